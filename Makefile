@@ -1,0 +1,40 @@
+# hbfp-hw: the two commands of the README (make demo, make test) bootstrap everything here.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+SHELL  := /bin/bash
+# pip's "Location ... is ignored" lines come from this machine's pip config, not from us.
+QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
+
+.PHONY: setup test test-slow demo lint bench clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes. torch is pinned (extra "torch") so that pip takes
+# the local CPU wheel and never the multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	set -o pipefail; $(PY) -m pip install --quiet -e '.[dev,torch]' $(QUIET_PIP)
+	@touch $(STAMP)
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite.
+test: setup
+	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/hbfp-hw demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/golden_gemm.py --update-docs
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,97 @@
+"""Benchmark: the bit-exact golden GEMM against numpy's float32 matmul, side by side.
+
+Usage::
+
+    .venv/bin/python bench/golden_gemm.py [--repeats 7] [--sizes 256,512,1024]
+                                          [--json PATH] [--update-docs]
+
+For every shape and format the two are timed alternately in the same process (numpy first,
+then the golden gemm, ``--repeats`` times), and the ratio of the medians is reported:
+``ratio = t(numpy float32 matmul) / t(golden gemm)``, i.e. the golden model's throughput as a
+fraction of numpy's. Target (issue 2): ratio >= 0.25 at 1024^3. ``--update-docs`` rewrites the
+golden-GEMM section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hbfp_hw import golden
+from hbfp_hw.formats import resolve_format
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- golden_gemm:begin -->", "<!-- golden_gemm:end -->"
+
+
+def measure(size, fmt, repeats, rng):
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    golden.gemm(a, b, fmt)        # warm-up (thread pool, page faults)
+    a @ b
+    t_np, t_gold = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        t1 = time.perf_counter()
+        golden.gemm(a, b, fmt)
+        t2 = time.perf_counter()
+        t_np.append(t1 - t0)
+        t_gold.append(t2 - t1)
+    med_np, med_gold = statistics.median(t_np), statistics.median(t_gold)
+    return {"size": size, "format": fmt.name, "numpy_s": med_np, "golden_s": med_gold,
+            "ratio": med_np / med_gold,
+            "golden_gmacs": size ** 3 / med_gold / 1e9}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sizes", default="256,512,1024")
+    parser.add_argument("--formats", default="bfp8,mxint8")
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--update-docs", action="store_true")
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for name in args.formats.split(","):
+            row = measure(size, resolve_format(name), args.repeats, rng)
+            rows.append(row)
+            print(f"{size:>5}^3 {row['format']:7} numpy {row['numpy_s'] * 1e3:8.2f} ms  "
+                  f"golden {row['golden_s'] * 1e3:8.2f} ms  ratio {row['ratio']:.3f}",
+                  flush=True)
+    machine = {"python": platform.python_version(), "numpy": np.__version__,
+               "cpus": os.cpu_count(), "machine": platform.machine()}
+    command = "make bench  # = .venv/bin/python bench/golden_gemm.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    if args.update_docs:
+        table = [f"Command: `{command.strip()}`  ",
+                 f"Machine: {machine['cpus']} cores, {machine['machine']}, Python "
+                 f"{machine['python']}, numpy {machine['numpy']}; median of "
+                 f"{args.repeats} alternating runs.", "",
+                 "| shape | format | numpy f32 matmul | golden gemm | ratio (throughput) |",
+                 "|---|---|---|---|---|"]
+        for r in rows:
+            table.append(f"| {r['size']}³ | {r['format']} | {r['numpy_s'] * 1e3:.2f} ms | "
+                         f"{r['golden_s'] * 1e3:.2f} ms | {r['ratio']:.3f} |")
+        text = DOC.read_text()
+        start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
+        DOC.write_text(text[:start] + "\n" + "\n".join(table) + "\n" + text[stop:])
+        print(f"updated {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
