@@ -16,8 +16,8 @@ from hbfp_hw.golden.arith import (
     product_exponent,
     to_float32,
 )
-from hbfp_hw.golden.gemm import float32_blas_exact, gemm, gemm_quantized
 from hbfp_hw.golden.prng import lane_seeds, lane_states, random_bits, xorshift32
+from hbfp_hw.golden.products import float32_blas_exact, gemm, gemm_quantized
 from hbfp_hw.golden.quantizer import BFPTensor, quantize, to_bf16
 
 __all__ = [

@@ -131,14 +131,13 @@ def _floor_log2(x):
 
 
 def _scale(x, k):
-    """Return ``x * 2**k`` (float32 ``x``, int ``k`` broadcast over the last axis).
+    """Return ``x * 2**k`` for float32 ``x`` and integer ``k`` (broadcast against ``x``).
 
     The product is exact whenever it is at least ``2**-126``; a smaller product may be rounded
     by gradual underflow, but it stays below ``2**-126`` and every rounding of it to an integer
-    is 0 either way. ``k`` ranges over -127..141, so large scales are applied in two exact
+    is 0 either way. ``k`` ranges over -141..141, so large scales are applied in two exact
     steps. Overflow (only for saturating elements) gives ±Inf, which the clamp handles.
     """
-    k = k[..., None]
     if k.size and (k.min() < -126 or k.max() > 127):
         k1 = k // 2
         out = x * np.ldexp(np.float32(1), k1).astype(np.float32)
@@ -174,29 +173,35 @@ def _round(a, rounding, rand):
     return np.copysign(n, a)
 
 
-def _quantize_core(blocks, fmt, rand):
-    """Quantize float32 ``blocks[..., N]`` (numerics.md 2.1-2.3).
+def _quantize_core(blocks, fmt, rand, axis=-1):
+    """Quantize float32 ``blocks`` whose elements run along ``axis`` (numerics.md 2.1-2.3).
+
+    Per-block results keep ``axis`` with length 1, so they broadcast against ``blocks``.
 
     Returns
     -------
-    exps : int32 ndarray ``[...]``
+    exps : int32 ndarray
         Unbiased exponents, ``fmt.nan_exponent`` for NaN blocks.
-    n : float32 ndarray ``[..., N]``
+    n : float32 ndarray, shaped like ``blocks``
         Signed integer mantissas (as floats); 0 in NaN blocks.
-    k : int32 ndarray ``[...]``
+    k : int32 ndarray
         ``(w-2) - E`` (0 for NaN blocks): the value of a mantissa is ``n * 2**-k``.
-    nonzero : bool ndarray ``[...]``
+    nonzero : bool ndarray
         Blocks that may hold a nonzero mantissa (finite, not all zero).
     """
     absbits = blocks.view(np.uint32) & np.uint32(0x7FFFFFFF)
     # For non-negative floats the order of the bit patterns is the order of the values, and
     # NaN/Inf patterns lie above every finite one.
-    amax = absbits.max(axis=-1) if blocks.shape[-1] else np.zeros(blocks.shape[:-1], np.uint32)
+    if blocks.shape[axis]:
+        amax = absbits.max(axis=axis, keepdims=True)
+    else:
+        amax = np.zeros(np.delete(blocks.shape, axis % blocks.ndim), np.uint32)
+        amax = np.expand_dims(amax, axis)
     nan_block = amax >= np.uint32(0x7F800000)
     zero_block = amax == 0
     any_nan = bool(nan_block.any())
     if any_nan:
-        blocks = np.where(nan_block[..., None], np.float32(0), blocks)
+        blocks = np.where(nan_block, np.float32(0), blocks)
         amax = np.where(nan_block, np.uint32(0), amax)
     fl = _floor_log2(amax.view(np.float32))
     exps = np.clip(fl, fmt.min_exponent, fmt.max_exponent).astype(np.int32)
@@ -224,12 +229,15 @@ def _to_blocks(arr, axis, n):
     return np.ascontiguousarray(moved).reshape(*moved.shape[:-1], nblocks, n)
 
 
-def _random_for(blocks, fmt, seed):
+def _random_for(shape, fmt, seed):
+    """Random bits for blocks of ``shape [..., N]`` in the contract's block order.
+
+    Returns None for formats that do not round stochastically.
+    """
     if fmt.rounding is not Rounding.STOCHASTIC:
         return None
-    total = int(np.prod(blocks.shape[:-1], dtype=np.int64))
-    rand = prng.random_bits(seed, total, fmt.block_size).reshape(blocks.shape)
-    return rand.astype(np.uint64)
+    total = int(np.prod(shape[:-1], dtype=np.int64))
+    return prng.random_bits(seed, total, fmt.block_size).reshape(shape).astype(np.uint64)
 
 
 def _check_quantize_args(x, fmt, axis, seed, input_format):
@@ -278,5 +286,6 @@ def quantize(x, fmt, axis=-1, seed=None, input_format="fp32"):
     """
     arr, fmt, axis, seed = _check_quantize_args(x, fmt, axis, seed, input_format)
     blocks = _to_blocks(arr, axis, fmt.block_size)
-    exps, n, _, _ = _quantize_core(blocks, fmt, _random_for(blocks, fmt, seed))
-    return BFPTensor(exps.astype(np.int16), n.astype(np.int32), fmt, tuple(arr.shape), axis)
+    exps, n, _, _ = _quantize_core(blocks, fmt, _random_for(blocks.shape, fmt, seed))
+    return BFPTensor(exps[..., 0].astype(np.int16), n.astype(np.int32), fmt, tuple(arr.shape),
+                     axis)

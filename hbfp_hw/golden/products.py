@@ -23,7 +23,6 @@ from hbfp_hw.golden.quantizer import (
     _quantize_core,
     _random_for,
     _scale,
-    _to_blocks,
     check_float_input,
 )
 
@@ -54,11 +53,6 @@ def _exponent_range(exps, nonzero):
     return lo, hi, nonzero.any(axis=0)
 
 
-def _dequantize_blocks(n, k):
-    """Exact float32 values ``n * 2**-k`` of rounded mantissas (``k`` per block)."""
-    return _scale(n, -k)
-
-
 def gemm_quantized(qa, qb):
     """Return the HBFP product of already-quantized operands.
 
@@ -83,25 +77,29 @@ def gemm_quantized(qa, qb):
     if qa.nblocks != qb.nblocks:
         raise ValueError(f"qa and qb must have the same number of k-blocks, not {qa.nblocks} "
                          f"and {qb.nblocks}")
-    operands = []
+    sides = []
     for q in (qa, qb):
         nan = q.nan_mask
         nonzero = np.any(q.mantissas != 0, axis=-1) & ~nan
         vals = q.mantissas.astype(np.float32) * q.scales()[..., None]
-        operands.append((vals, q.exponents, nonzero, nan))
-    return _gemm_core(qa.fmt, *operands)
+        sides.append((vals, q.exponents, nonzero, nan))
+    (a_vals, *a_rest), (b_vals, *b_rest) = sides
+    # B's values as [KB, N, Ncols]: one contiguous slab per k-block.
+    b_vals = np.ascontiguousarray(b_vals.transpose(1, 2, 0))
+    return _gemm_core(qa.fmt, (a_vals, *a_rest), (b_vals, *b_rest))
 
 
 def _gemm_core(fmt, a_side, b_side):
-    """Accumulate the block products of dequantized operands ``[rows, KB, N]``.
+    """Accumulate the block products of dequantized operands.
 
-    Each side is ``(values, exponents, nonzero, nan)`` with ``values`` exact float32
-    dequantized mantissas (0 in NaN blocks) and per-block exponents / masks ``[rows, KB]``.
+    ``a_side = (values [M, KB, N], exponents [M, KB], nonzero, nan)`` and
+    ``b_side = (values [KB, N, Ncols], exponents [Ncols, KB], nonzero, nan)``; ``values`` are
+    the exact float32 dequantized mantissas, 0 in NaN blocks.
     """
     a_vals, a_exp, a_nz, a_nan = a_side
     b_vals, b_exp, b_nz, b_nan = b_side
     m, kblocks, _ = a_vals.shape
-    n = b_vals.shape[0]
+    n = b_vals.shape[2]
 
     # Per k-block choice of arithmetic: float32 when provably exact, else float64.
     a_lo, a_hi, a_any = _exponent_range(a_exp, a_nz)
@@ -116,11 +114,6 @@ def _gemm_core(fmt, a_side, b_side):
     # never changes C (which never holds -0.0).
     active = np.flatnonzero(a_any & b_any)
 
-    # One contiguous [rows, N] slab per k-block makes each BLAS call a plain GEMM.
-    a_t = np.ascontiguousarray(a_vals[:, active].transpose(1, 0, 2))      # [KBa, M, N]
-    b_t = np.ascontiguousarray(b_vals[:, active].transpose(1, 2, 0))      # [KBa, N, n]
-    f32 = use_f32[active]
-
     acc = np.zeros((m, n), dtype=np.float32)
     rows = max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
     tiles = [(r0, min(m, r0 + rows)) for r0 in range(0, m, rows)]
@@ -131,14 +124,14 @@ def _gemm_core(fmt, a_side, b_side):
         out32 = np.empty((r1 - r0, n), dtype=np.float32)
         out64 = None
         with np.errstate(over="ignore", invalid="ignore"):
-            for i in range(len(active)):
-                if f32[i]:
-                    np.matmul(a_t[i, r0:r1], b_t[i], out=out32)
+            for kb in active:
+                if use_f32[kb]:
+                    np.matmul(a_vals[r0:r1, kb], b_vals[kb], out=out32)
                 else:
                     if out64 is None:
                         out64 = np.empty((r1 - r0, n), dtype=np.float64)
-                    np.matmul(a_t[i, r0:r1].astype(np.float64), b_t[i].astype(np.float64),
-                              out=out64)
+                    np.matmul(a_vals[r0:r1, kb].astype(np.float64),
+                              b_vals[kb].astype(np.float64), out=out64)
                     out32[...] = out64          # the single RNE rounding to FP32
                 np.add(acc_t, out32, out=acc_t)
 
@@ -161,11 +154,38 @@ def _gemm_core(fmt, a_side, b_side):
     return canonicalize_nan(acc)
 
 
-def _quantized_operand(x, axis, fmt, seed):
-    blocks = _to_blocks(x, axis, fmt.block_size)
-    exps, nvals, k, nonzero = _quantize_core(blocks, fmt, _random_for(blocks, fmt, seed))
+def _padded(x, axis, n):
+    """Zero-pad ``axis`` of ``x`` to a multiple of ``n``."""
+    pad = -x.shape[axis] % n
+    if not pad:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return np.pad(x, widths)
+
+
+def _operand_a(a, fmt, seed):
+    """Quantize ``A [M, K]`` along K into values ``[M, KB, N]`` plus per-block info."""
+    m = a.shape[0]
+    blocks = _padded(a, 1, fmt.block_size).reshape(m, -1, fmt.block_size)
+    exps, nvals, k, nonzero = _quantize_core(blocks, fmt, _random_for(blocks.shape, fmt, seed))
     with np.errstate(under="ignore"):
-        vals = _dequantize_blocks(nvals, k)
+        vals = _scale(nvals, -k)
+    return vals, exps[..., 0], nonzero[..., 0], exps[..., 0] == fmt.nan_exponent
+
+
+def _operand_b(b, fmt, seed):
+    """Quantize ``B [K, Ncols]`` along K into values ``[KB, N, Ncols]`` plus block info."""
+    ncols = b.shape[1]
+    blocks = _padded(b, 0, fmt.block_size).reshape(-1, fmt.block_size, ncols)
+    # The contract numbers B's blocks (column, k-block); lanes run along the block.
+    rand = _random_for((ncols, blocks.shape[0], fmt.block_size), fmt, seed)
+    if rand is not None:
+        rand = rand.transpose(1, 2, 0)
+    exps, nvals, k, nonzero = _quantize_core(blocks, fmt, rand, axis=1)
+    with np.errstate(under="ignore"):
+        vals = _scale(nvals, -k)
+    exps, nonzero = exps[:, 0].T, nonzero[:, 0].T                 # [Ncols, KB]
     return vals, exps, nonzero, exps == fmt.nan_exponent
 
 
@@ -200,5 +220,4 @@ def gemm(a, b, fmt, seed=None, input_format="fp32"):
     if seed is None and fmt.rounding.value == "stochastic":
         seed = prng.fresh_seed()
     seed_b = None if seed is None else (prng.check_seed(seed) + 1) % (1 << 32)
-    return _gemm_core(fmt, _quantized_operand(a, 1, fmt, seed),
-                      _quantized_operand(b, 0, fmt, seed_b))
+    return _gemm_core(fmt, _operand_a(a, fmt, seed), _operand_b(b, fmt, seed_b))
