@@ -28,12 +28,12 @@ _EXP_CLAMP = (-500, 500)
 
 def f32_to_bits(x):
     """Return the IEEE binary32 bit patterns of ``x`` as uint32."""
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32)).view(np.uint32)
+    return np.asarray(x, dtype=np.float32).view(np.uint32)
 
 
 def bits_to_f32(u):
     """Return float32 values from binary32 bit patterns."""
-    return np.ascontiguousarray(np.asarray(u, dtype=np.uint32)).view(np.float32)
+    return np.asarray(u, dtype=np.uint32).view(np.float32)
 
 
 def canonicalize_nan(x):
