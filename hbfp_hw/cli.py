@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -10,6 +11,13 @@ import time
 import numpy as np
 
 from hbfp_hw.formats import PRESETS, resolve_format
+
+
+#: Modules that contribute subcommands through ``register(subparsers)``.
+COMMAND_MODULES = [
+    "hbfp_hw.rtl_gen.commands",   # generate
+    "hbfp_hw.sim.commands",       # verify
+]
 
 
 def _format_arg(text):
@@ -141,6 +149,11 @@ def build_parser():
                        description="List the BFP format presets.")
     p.add_argument("--json", metavar="PATH", help="write the presets as JSON")
     p.set_defaults(func=cmd_formats)
+
+    # Subcommands that live with their subsystem. Each module's register(sub) adds its
+    # parsers without importing heavy dependencies (torch, cocotb) at parse time.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

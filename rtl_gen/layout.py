@@ -177,3 +177,12 @@ __all__ += [
     "accumulator_output_layout",
     "mac_input_layout",
 ]
+
+
+def block_pair_layout(fmt):
+    """Layout of the two operand blocks ``a`` and ``b`` of one block dot product."""
+    _check_format(fmt)
+    return data.StructLayout({"a": block_layout(fmt), "b": block_layout(fmt)})
+
+
+__all__ += ["block_pair_layout"]

@@ -1,0 +1,361 @@
+"""Exact block dot product to IEEE FP32, and the pipelining helpers shared by the FP32 units.
+
+:class:`BlockToFloat` turns the exact result of a block dot product, ``value * 2**exponent``
+(see ``docs/numerics.md``, section 3.1), into the FP32 bit pattern ``RNE_fp32(value *
+2**exponent)``: leading-zero count and normalization, gradual underflow (subnormals) and
+round-to-nearest-even with guard and sticky bits, overflow to infinity, canonical NaN.
+
+The rounding core, :func:`fp32_round_steps`, is written as a list of combinational *steps*
+that :func:`build_pipeline` strings together, with a register after some of them. The FP32
+adder and multiplier (:mod:`hbfp_hw.rtl_gen.fp_accumulator`, :mod:`hbfp_hw.rtl_gen.fp32_mac`)
+reuse both: every FP32 result in hbfp-hw is rounded by the same logic.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hbfp_hw.formats import CANONICAL_NAN_BITS, BFPFormat
+
+from .layout import product_layout
+
+__all__ = [
+    "BlockToFloat",
+    "build_pipeline",
+    "fp32_round_steps",
+    "check_stages",
+    "comb_signal",
+    "shift_right_sticky",
+    "FP32_INF_BITS",
+    "RTL_BLOCK_SIZE_RANGE",
+]
+
+#: Bit pattern of +Inf in FP32 (the sign is ORed in for -Inf).
+FP32_INF_BITS = 0x7F800000
+
+#: Block sizes that the RTL generators accept (powers of two).
+RTL_BLOCK_SIZE_RANGE = (2, 64)
+
+_FP32_BIAS = 127
+_FP32_FRACTION_BITS = 23
+# Width of the significand kept for rounding: 24 significand bits and one guard bit. Every
+# bit below goes into the sticky bit.
+_KEEP_BITS = _FP32_FRACTION_BITS + 2
+# A denormalizing shift of 25 or more moves every kept bit into the sticky bit.
+_MAX_DENORM_SHIFT = _KEEP_BITS
+
+
+def check_stages(name, value, maximum, minimum=0):
+    """Validate a pipeline-depth parameter and return it.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer.
+    ValueError
+        If ``value`` is outside ``minimum..maximum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be between {minimum} and {maximum}, not {value!r}")
+    return value
+
+
+def _cut_points(nsteps, stages):
+    """Return the indices of the steps that are followed by a register.
+
+    The registers are spread evenly; whenever ``stages >= 1`` the last step is registered, so
+    the output of the pipeline always comes from a flip-flop.
+    """
+    return {((i + 1) * nsteps) // stages - 1 for i in range(stages)}
+
+
+def build_pipeline(m, steps, *, stages, inputs, valid, enable, carry=None, name="p"):
+    """Chain combinational ``steps`` and insert ``stages`` register stages between them.
+
+    Each step is a callable ``step(m, values) -> dict`` that receives a dict of named values and
+    returns the dict of values that the next step needs. The ``carry`` values (side-band data
+    such as a channel number) bypass the steps and travel through the same registers, so they
+    stay aligned with the data. All registers, including the valid bits, load when ``enable``
+    is 1; with one enable for the whole pipeline, a stalled output stalls every stage.
+
+    Parameters
+    ----------
+    m : Module
+        Module that receives the logic.
+    steps : list of callable
+        The combinational steps, in order.
+    stages : int
+        Number of register stages, ``0..len(steps)``. With ``0`` the pipeline is combinational.
+    inputs : dict of str to Value
+        Values handed to the first step.
+    valid : Value
+        Valid bit entering the pipeline with ``inputs``.
+    enable : Value
+        Load enable of every register.
+    carry : dict of str to Value, optional
+        Side-band values carried alongside the data.
+    name : str
+        Prefix of the register names.
+
+    Returns
+    -------
+    tuple
+        ``(outputs, out_valid, out_carry, registered)``: the values returned by the last step,
+        the valid bit and side-band values at the output, and for each register stage (in
+        order) a tuple ``(valid, carry)`` of its registers.
+    """
+    cuts = _cut_points(len(steps), stages)
+    values = dict(inputs)
+    carry = dict(carry or {})
+    registered = []
+    for index, step in enumerate(steps):
+        values = step(m, values)
+        if index not in cuts:
+            continue
+        stage = len(registered) + 1
+        new_values = {}
+        for key, value in values.items():
+            if isinstance(value, Const):
+                new_values[key] = value
+                continue
+            reg = Signal.like(value, name=f"{name}{stage}_{key}", reset_less=True)
+            with m.If(enable):
+                m.d.sync += reg.eq(value)
+            new_values[key] = reg
+        new_carry = {}
+        for key, value in carry.items():
+            reg = Signal.like(value, name=f"{name}{stage}_{key}", reset_less=True)
+            with m.If(enable):
+                m.d.sync += reg.eq(value)
+            new_carry[key] = reg
+        valid_reg = Signal(name=f"{name}{stage}_valid")
+        with m.If(enable):
+            m.d.sync += valid_reg.eq(valid)
+        values, carry, valid = new_values, new_carry, valid_reg
+        registered.append((valid_reg, new_carry))
+    return values, valid, carry, registered
+
+
+def comb_signal(m, name, shape, value):
+    """Return a new ``Signal(shape, name=name)`` driven combinationally by ``value``."""
+    sig = Signal(shape, name=name)
+    m.d.comb += sig.eq(value)
+    return sig
+
+
+def shift_right_sticky(m, name, value, amount):
+    """Shift ``value`` right by ``amount`` and return ``(shifted, sticky)``.
+
+    ``sticky`` is the OR of every bit shifted out. The shift is a logarithmic shifter, one
+    multiplexer level per bit of ``amount``; an amount of ``len(value)`` or more leaves 0.
+    """
+    width = len(value)
+    sticky = Const(0, 1)
+    for k in range(len(amount)):
+        dist = 1 << k
+        lost = value[:dist] != 0 if dist < width else value != 0
+        value = comb_signal(m, f"{name}_sh{k}", unsigned(width),
+                      Mux(amount[k], value >> dist, value))
+        sticky = comb_signal(m, f"{name}_st{k}", 1, sticky | (amount[k] & lost))
+    return value, sticky
+
+
+def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
+    """Return the steps that round ``(-1)**sign * mag * 2**exp`` to an FP32 bit pattern.
+
+    The steps expect the keys ``sign`` (1 bit), ``mag`` (``unsigned(mag_width)``), ``exp``
+    (``exp_shape``), ``nan`` and ``inf`` (1 bit each) and produce the key ``bits``
+    (``unsigned(32)``). Rounding is IEEE roundTiesToEven with gradual underflow: a magnitude
+    whose rounded value reaches ``2**128`` gives infinity, and a magnitude that rounds to 0 gives
+    a zero with the given sign (so ``mag == 0`` with ``sign == 1`` gives -0.0). ``nan`` forces the
+    canonical NaN, otherwise ``inf`` forces an infinity with the given sign.
+
+    The four steps are: normalization (leading-zero count and left shift), biased-exponent
+    computation, denormalizing right shift (subnormal results), rounding and packing.
+    """
+    mag_width = int(mag_width)
+    exp_shape = Shape.cast(exp_shape)
+    lzc_bits = max(1, (mag_width - 1).bit_length())
+    levels = (mag_width - 1).bit_length()
+    # Biased exponent if the value is normal: exp + (position of the leading one) + bias.
+    be_width = max(exp_shape.width, (mag_width + _FP32_BIAS).bit_length() + 1) + 2
+
+    def normalize(m, v):
+        mag = v["mag"]
+        norm = mag
+        lzc = Const(0, lzc_bits)
+        for k in reversed(range(levels)):
+            dist = 1 << k
+            top_zero = norm[mag_width - dist:] == 0
+            norm = comb_signal(m, f"{name}_norm{k}", unsigned(mag_width),
+                         Mux(top_zero, norm << dist, norm)[:mag_width])
+            lzc = comb_signal(m, f"{name}_lzc{k}", unsigned(lzc_bits),
+                        lzc + Mux(top_zero, dist, 0))
+        return {
+            "sign": v["sign"], "nan": v["nan"], "inf": v["inf"], "exp": v["exp"],
+            "zero": comb_signal(m, f"{name}_zero", 1, mag == 0),
+            "norm": norm, "lzc": lzc,
+        }
+
+    def exponent(m, v):
+        norm = v["norm"]
+        if mag_width >= _KEEP_BITS:
+            kept = norm[mag_width - _KEEP_BITS:]
+            sticky = norm[:mag_width - _KEEP_BITS] != 0 if mag_width > _KEEP_BITS else Const(0, 1)
+        else:
+            kept = Cat(Const(0, _KEEP_BITS - mag_width), norm)
+            sticky = Const(0, 1)
+        be = comb_signal(m, f"{name}_be", signed(be_width),
+                   v["exp"] + (mag_width - 1 + _FP32_BIAS) - v["lzc"])
+        rs_width = _MAX_DENORM_SHIFT.bit_length()
+        rs = comb_signal(m, f"{name}_rs", unsigned(rs_width),
+                   Mux(be >= 1, 0, Mux(be <= 1 - _MAX_DENORM_SHIFT, _MAX_DENORM_SHIFT, 1 - be)))
+        return {
+            "sign": v["sign"], "nan": v["nan"], "zero": v["zero"],
+            "inf": comb_signal(m, f"{name}_ovf", 1, v["inf"] | ((be >= 255) & ~v["zero"])),
+            # Exponent field minus one for normal values (the hidden bit adds the one), 0 for
+            # subnormal ones. Only meaningful when the value does not overflow.
+            "efield": comb_signal(m, f"{name}_efield", unsigned(8), Mux(be >= 1, be - 1, 0)[:8]),
+            "kept": comb_signal(m, f"{name}_kept", unsigned(_KEEP_BITS), kept),
+            "sticky": comb_signal(m, f"{name}_sticky0", 1, sticky),
+            "rs": rs,
+        }
+
+    def denormalize(m, v):
+        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"])
+        return {
+            "sign": v["sign"], "nan": v["nan"], "zero": v["zero"], "inf": v["inf"],
+            "efield": v["efield"], "kept": kept,
+            "sticky": comb_signal(m, f"{name}_sticky", 1, v["sticky"] | sticky),
+        }
+
+    def round_pack(m, v):
+        kept = v["kept"]
+        sig = kept[1:]
+        guard = kept[0]
+        round_up = guard & (v["sticky"] | sig[0])
+        # The carry of the increment runs into the exponent field: into the next binade, from
+        # the largest subnormal into the smallest normal, and from the largest finite value
+        # into infinity (0x7F800000).
+        magnitude = comb_signal(m, f"{name}_rmag", unsigned(31),
+                          (v["efield"] << _FP32_FRACTION_BITS) + sig + round_up)
+        bits = Signal(32, name=f"{name}_bits")
+        with m.If(v["nan"]):
+            m.d.comb += bits.eq(CANONICAL_NAN_BITS)
+        with m.Elif(v["inf"]):
+            m.d.comb += bits.eq(Cat(Const(FP32_INF_BITS, 31), v["sign"]))
+        with m.Elif(v["zero"]):
+            m.d.comb += bits.eq(Cat(Const(0, 31), v["sign"]))
+        with m.Else():
+            m.d.comb += bits.eq(Cat(magnitude, v["sign"]))
+        return {"bits": bits}
+
+    return [normalize, exponent, denormalize, round_pack]
+
+
+class BlockToFloat(wiring.Component):
+    """Round exact block dot products to FP32.
+
+    Each input transfer carries one exact product ``value * 2**exponent`` (or NaN). The output
+    transfer carries the FP32 bit pattern of ``RNE_fp32(value * 2**exponent)``, as defined in
+    ``docs/numerics.md`` section 3.1 step 3: round to nearest, ties to even, with subnormals,
+    overflow to ±Inf, ``value == 0`` gives +0.0, a tiny negative product that rounds to zero
+    gives -0.0, and NaN gives the canonical NaN ``0x7FC00000``.
+
+    The unit is a pipeline of :attr:`MAX_STAGES` combinational steps (absolute value,
+    normalization, exponent, denormalization, rounding); ``stages`` of them are followed by a
+    register. It accepts one transfer per cycle while ``o_stream.ready`` is 1 and honours
+    backpressure: the whole pipeline stalls while its output is valid and not accepted.
+
+    Parameters
+    ----------
+    fmt : BFPFormat
+        Block format; fixes the widths of the product payload. ``block_size`` must be a power of
+        two between 2 and 64.
+    stages : int
+        Number of register stages, ``0..MAX_STAGES``. 0 gives a combinational unit.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(product_layout(fmt)))``
+        Exact products: ``value`` (``signed(fmt.product_bits)``), ``exponent``, ``nan``.
+    o_stream : ``Out(stream.Signature(unsigned(32)))``
+        FP32 bit patterns, in input order.
+
+    Raises
+    ------
+    TypeError
+        If ``fmt`` is not a :class:`BFPFormat` or ``stages`` is not an integer.
+    ValueError
+        If ``fmt.block_size`` is outside the RTL range or ``stages`` is out of range.
+    """
+
+    #: Number of combinational steps, hence the largest ``stages``.
+    MAX_STAGES = 5
+
+    def __init__(self, fmt, *, stages=3):
+        if not isinstance(fmt, BFPFormat):
+            raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
+        lo, hi = RTL_BLOCK_SIZE_RANGE
+        if not lo <= fmt.block_size <= hi:
+            raise ValueError(f"fmt.block_size must be a power of two between {lo} and {hi} "
+                             f"in the RTL, not {fmt.block_size!r}")
+        self._fmt = fmt
+        self._stages = check_stages("stages", stages, self.MAX_STAGES)
+        super().__init__({
+            "i_stream": In(stream.Signature(product_layout(fmt))),
+            "o_stream": Out(stream.Signature(unsigned(32))),
+        })
+
+    @property
+    def fmt(self):
+        """The block format (:class:`BFPFormat`)."""
+        return self._fmt
+
+    @property
+    def stages(self):
+        """Number of register stages."""
+        return self._stages
+
+    @property
+    def latency(self):
+        """Cycles from an accepted input to its output being valid: equal to ``stages``."""
+        return self._stages
+
+    @property
+    def throughput(self):
+        """Transfers per cycle while ``o_stream.ready`` is 1: always 1."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        payload = self.i_stream.payload
+        value = payload.value
+        width = len(value)
+
+        def absolute(m, v):
+            sign = comb_signal(m, "b2f_sign", 1, value[-1])
+            mag = comb_signal(m, "b2f_mag", unsigned(width), Mux(sign, -value, value)[:width])
+            return {"sign": sign, "mag": mag, "exp": v["exp"], "nan": v["nan"],
+                    "inf": Const(0, 1)}
+
+        steps = [absolute, *fp32_round_steps(width, payload.exponent.shape())]
+        enable = Signal()
+        outputs, out_valid, _, _ = build_pipeline(
+            m, steps, stages=self._stages, enable=enable, name="b2f",
+            inputs={"exp": payload.exponent, "nan": payload.nan},
+            valid=self.i_stream.valid)
+        m.d.comb += [
+            self.o_stream.payload.eq(outputs["bits"]),
+            self.o_stream.valid.eq(out_valid),
+        ]
+        if self._stages == 0:
+            m.d.comb += self.i_stream.ready.eq(self.o_stream.ready)
+        else:
+            m.d.comb += [
+                enable.eq(~self.o_stream.valid | self.o_stream.ready),
+                self.i_stream.ready.eq(enable),
+            ]
+        return m

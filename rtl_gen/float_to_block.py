@@ -1,0 +1,360 @@
+"""FP32/BF16 to BFP block quantizer (docs/numerics.md, section 2).
+
+:class:`FloatToBlock` turns ``block_size`` IEEE float lanes into one BFP block: a biased shared
+exponent code and ``block_size`` two's-complement mantissas, bit-exact with
+:func:`hbfp_hw.golden.quantize`.
+
+How the contract maps to hardware
+---------------------------------
+- **Shared exponent.** ``floor(log2|x|)`` of a normal float is its exponent field minus 127; a
+  subnormal gives at most -127, which is never above ``Emin`` (-127 for 8-bit exponents, more
+  for narrower ones). So ``E = clamp(max_i f_i - 127, Emin, Emax)`` with ``f_i`` the raw
+  exponent fields (0 for zeros and subnormals): a max tree over 8-bit fields, no leading-zero
+  counters. An exponent field of 255 (NaN or Inf) in any lane makes a NaN block.
+- **Alignment.** ``|x| = sig * 2**(fe - 150)`` with ``sig`` the 24-bit significand and
+  ``fe = max(f, 1)``, so ``a = |x| * 2**((w-2) - E) = sig * 2**-s`` with
+  ``s = E - fe + 152 - w``. A right shift of ``sig`` (extended by ``P`` zero bits so the shift
+  distance is never negative) keeps ``FB`` fraction bits; everything shifted out below them
+  is ORed into a sticky bit. Shift distances are clamped to the extended width, where every
+  bit is shifted out. ``FB`` is 1 for nearest-even (guard bit; the sticky bit makes the rest
+  exact), 16 for stochastic rounding and 0 for toward-zero.
+- **Upper clamp.** With ``exponent_bits < 8``, a lane with ``f - 127 > E`` has ``a >= 2**(w-1)``
+  and saturates to ``±(2**(w-1) - 1)``, as does any rounding that reaches ``2**(w-1)``.
+- **Stochastic rounding.** One xorshift32 per lane (section 2.4). The random bits of a block are
+  drawn when the block is accepted and travel with it through the pipeline, so reseeding never
+  disturbs blocks in flight.
+"""
+
+from amaranth.hdl import C, Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hbfp_hw.formats import SR_RANDOM_BITS, BFPFormat, FloatFormat, Rounding
+
+from .layout import block_layout, float_vector_layout
+
+__all__ = ["FloatToBlock", "XORSHIFT_LANE_CONSTANT", "DEFAULT_SEED"]
+
+#: Lane ``l`` of the stochastic-rounding PRNG starts from ``seed ^ (C * (l + 1) mod 2**32)``.
+XORSHIFT_LANE_CONSTANT = 0x9E3779B9
+#: Seed that the PRNG states hold after reset (as if reseeded with 0).
+DEFAULT_SEED = 0
+
+RTL_BLOCK_SIZE_RANGE = (2, 64)
+MAX_STAGES = 4
+_MASK32 = 0xFFFFFFFF
+
+
+def check_rtl_format(fmt):
+    """Validate that ``fmt`` is a :class:`BFPFormat` the RTL generators support.
+
+    Raises
+    ------
+    TypeError
+        If ``fmt`` is not a :class:`BFPFormat`.
+    ValueError
+        If its block size is outside the RTL range (a power of two from 2 to 64).
+    """
+    if not isinstance(fmt, BFPFormat):
+        raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
+    lo, hi = RTL_BLOCK_SIZE_RANGE
+    if not lo <= fmt.block_size <= hi:
+        raise ValueError(f"block_size must be a power of two between {lo} and {hi} for the RTL, "
+                         f"not {fmt.block_size!r}")
+    return fmt
+
+
+def check_stages(stages, hi):
+    """Validate a pipeline depth: an integer between 0 and ``hi``."""
+    if isinstance(stages, bool) or not isinstance(stages, int):
+        raise TypeError(f"stages must be an integer, not {stages!r}")
+    if not 0 <= stages <= hi:
+        raise ValueError(f"stages must be between 0 and {hi}, not {stages!r}")
+    return stages
+
+
+def _check_input_format(input_format):
+    if isinstance(input_format, FloatFormat):
+        return input_format
+    if isinstance(input_format, str):
+        try:
+            return FloatFormat(input_format)
+        except ValueError:
+            pass
+        raise ValueError(f"input_format must be 'fp32' or 'bf16', not {input_format!r}")
+    raise TypeError(f"input_format must be a FloatFormat or a string, not {input_format!r}")
+
+
+def lane_start_state(seed, lane):
+    """Return the start state of PRNG lane ``lane`` for ``seed`` (Python integers)."""
+    const = (XORSHIFT_LANE_CONSTANT * (lane + 1)) & _MASK32
+    state = seed ^ const
+    return state if state else const
+
+
+def _xorshift32(s):
+    s = s ^ (s << 13)[:32]
+    s = s ^ (s >> 17)
+    return s ^ (s << 5)[:32]
+
+
+class _Pipeline:
+    """Optional pipeline registers, all advanced by one global enable.
+
+    Each :meth:`cut` either passes its values through (no register at that point) or registers
+    them, together with a valid bit, while ``enable`` is high.
+    """
+
+    def __init__(self, m, enable, valid):
+        self.m = m
+        self.enable = enable
+        self.valid = valid
+
+    def cut(self, name, values, register):
+        if not register:
+            return values
+        out = {}
+        with self.m.If(self.enable):
+            for key, value in values.items():
+                if isinstance(value, list):
+                    regs = [Signal(Value.cast(v).shape(), name=f"{name}_{key}{i}")
+                            for i, v in enumerate(value)]
+                    self.m.d.sync += [r.eq(v) for r, v in zip(regs, value, strict=True)]
+                    out[key] = regs
+                else:
+                    reg = Signal(Value.cast(value).shape(), name=f"{name}_{key}")
+                    self.m.d.sync += reg.eq(value)
+                    out[key] = reg
+            valid = Signal(name=f"{name}_valid")
+            self.m.d.sync += valid.eq(self.valid)
+        self.valid = valid
+        return out
+
+
+class FloatToBlock(wiring.Component):
+    """Quantize ``block_size`` FP32 or BF16 values to one BFP block per transfer.
+
+    Bit-exact with :func:`hbfp_hw.golden.quantize` (docs/numerics.md, section 2), including the
+    stochastic-rounding PRNG: after reset (the ``sync`` domain reset restores the PRNG states)
+    the generator behaves like ``quantize(..., seed=0)`` (:data:`DEFAULT_SEED`); after
+    ``reseed`` with ``seed = S`` the blocks accepted from then on are quantized like
+    ``quantize(x, fmt, seed=S)`` of those blocks in order. Every accepted block steps every
+    lane's generator once, whatever its data (zeros, NaN).
+
+    Parameters
+    ----------
+    fmt : BFPFormat
+        The block format; ``block_size`` must be a power of two from 2 to 64.
+    input_format : FloatFormat or str
+        ``"fp32"`` (32-bit lanes) or ``"bf16"`` (16-bit lanes, widened by appending 16 zero
+        bits).
+    stages : int
+        Number of pipeline registers, 0 to 4. They are placed, in this order of preference, at
+        the output, after the exponent max tree, after the alignment shifters and at the input.
+        0 makes the component combinational.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(float_vector_layout(fmt, input_format)))``
+        Raw float lanes, lane ``i`` (element ``i`` of the block) in the low bits.
+    o_stream : ``Out(stream.Signature(block_layout(fmt)))``
+        The block: biased exponent code (all ones for NaN blocks) and the mantissas.
+    seed : ``In(32)``
+        Seed loaded by ``reseed``.
+    reseed : ``In(1)``
+        While high, the PRNG state of lane ``l`` is loaded from ``seed`` (``seed ^ C_l``, or
+        ``C_l`` if that is zero) at every clock edge and ``i_stream.ready`` is held low, so no
+        block is accepted in a reseed cycle. Blocks already accepted are not affected (their
+        random bits were drawn on acceptance). Both ports exist for every rounding so that
+        integrators need no special case; only stochastic formats use them (and only they get
+        PRNG hardware).
+
+    Raises
+    ------
+    TypeError
+        If a parameter has the wrong type.
+    ValueError
+        If a parameter is out of range.
+    """
+
+    def __init__(self, fmt, *, input_format="fp32", stages=2):
+        self._fmt = check_rtl_format(fmt)
+        self._input_format = _check_input_format(input_format)
+        self._stages = check_stages(stages, MAX_STAGES)
+        super().__init__({
+            "i_stream": In(stream.Signature(float_vector_layout(fmt, self._input_format))),
+            "o_stream": Out(stream.Signature(block_layout(fmt))),
+            "seed": In(32),
+            "reseed": In(1),
+        })
+
+    @property
+    def fmt(self):
+        """The :class:`BFPFormat` of the produced blocks."""
+        return self._fmt
+
+    @property
+    def input_format(self):
+        """The :class:`FloatFormat` of the input lanes."""
+        return self._input_format
+
+    @property
+    def stages(self):
+        """Number of pipeline registers."""
+        return self._stages
+
+    @property
+    def latency(self):
+        """Cycles from an accepted input transfer until its block is valid on ``o_stream``.
+
+        Equal to :attr:`stages` (when ``o_stream.ready`` stays high).
+        """
+        return self._stages
+
+    @property
+    def throughput(self):
+        """Transfers per cycle when ``o_stream.ready`` stays high: 1."""
+        return 1
+
+    def _cut_points(self):
+        """Return which of the cut points (input, max tree, shifters, output) hold a register."""
+        order = ["output", "exponent", "align", "input"]
+        chosen = set(order[:self._stages])
+        return {name: name in chosen for name in order}
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt = self._fmt
+        n = fmt.block_size
+        w = fmt.mantissa_bits
+        stochastic = fmt.rounding is Rounding.STOCHASTIC
+        nearest = fmt.rounding is Rounding.NEAREST_EVEN
+        cuts = self._cut_points()
+
+        # -- stream control: one enable for the whole pipeline --------------------------------
+        if self._stages:
+            enable = Signal()
+            m.d.comb += enable.eq(~self.o_stream.valid | self.o_stream.ready)
+        else:
+            enable = self.o_stream.ready
+        if stochastic:
+            in_valid = self.i_stream.valid & ~self.reseed
+            m.d.comb += self.i_stream.ready.eq(enable & ~self.reseed)
+        else:
+            in_valid = self.i_stream.valid
+            m.d.comb += self.i_stream.ready.eq(enable)
+        accepted = in_valid & enable
+
+        # -- lanes as 32-bit patterns ---------------------------------------------------------
+        lanes = []
+        for i in range(n):
+            lane = self.i_stream.payload[i]
+            if self._input_format is FloatFormat.BF16:
+                lane = Cat(C(0, 16), lane)
+            lanes.append(lane)
+        values = {"lane": lanes}
+
+        # -- stochastic-rounding PRNG ---------------------------------------------------------
+        if stochastic:
+            rand = []
+            for i in range(n):
+                state = Signal(32, name=f"prng_state{i}", init=lane_start_state(DEFAULT_SEED, i))
+                nxt = Signal(32, name=f"prng_next{i}")
+                m.d.comb += nxt.eq(_xorshift32(state))
+                const = (XORSHIFT_LANE_CONSTANT * (i + 1)) & _MASK32
+                start = Mux(self.seed == const, const, self.seed ^ const)
+                with m.If(self.reseed):
+                    m.d.sync += state.eq(start)
+                with m.Elif(accepted):
+                    m.d.sync += state.eq(nxt)
+                rand.append(nxt[32 - SR_RANDOM_BITS:])
+            values["rand"] = rand
+
+        pipe = _Pipeline(m, enable, in_valid)
+        values = pipe.cut("s_in", values, cuts["input"])
+
+        # -- shared exponent: max tree over the exponent fields -------------------------------
+        fields = [lane[23:31] for lane in values["lane"]]
+        nan = Cat(*[f == 0xFF for f in fields]).any()
+        level = fields
+        while len(level) > 1:
+            level = [Mux(a > b, a, b) for a, b in zip(level[0::2], level[1::2], strict=True)]
+        max_field = level[0]
+        unclamped = max_field - 127
+        exponent = Signal(signed(9))
+        m.d.comb += exponent.eq(Mux(unclamped < fmt.min_exponent, fmt.min_exponent,
+                                    Mux(unclamped > fmt.max_exponent, fmt.max_exponent,
+                                        unclamped)))
+        values = dict(values, exponent=exponent, nan=nan)
+        values = pipe.cut("s_exp", values, cuts["exponent"])
+
+        # -- alignment ------------------------------------------------------------------------
+        if stochastic:
+            frac_bits = SR_RANDOM_BITS
+        elif nearest:
+            frac_bits = 1
+        else:
+            frac_bits = 0
+        pad = max(0, frac_bits + w - 24)          # keeps the shift distance non-negative
+        width = 24 + pad                          # width of the extended significand
+        kept = w - 1 + frac_bits                  # integer part below 2**(w-1), plus fraction
+        exponent = values["exponent"]
+        aligned, sticky, saturate, sign = [], [], [], []
+        for i, lane in enumerate(values["lane"]):
+            field = lane[23:31]
+            is_normal = field != 0
+            sig = Cat(lane[:23], is_normal)
+            eff_field = Mux(is_normal, field, 1)
+            distance = Signal(signed(12), name=f"distance{i}")
+            m.d.comb += distance.eq(exponent - eff_field + (152 - w - frac_bits + pad))
+            clamped = Signal(range(width + 1), name=f"shift{i}")
+            m.d.comb += clamped.eq(Mux(distance < 0, 0,
+                                       Mux(distance > width, width, distance[:11])))
+            shifted = Signal(2 * width, name=f"shifted{i}")
+            m.d.comb += shifted.eq(Cat(C(0, width), C(0, pad), sig) >> clamped)
+            aligned.append(shifted[width:width + kept])
+            if nearest:
+                sticky.append(shifted[:width].any())
+            if fmt.max_exponent < 127:
+                saturate.append(field > exponent + 127)
+            sign.append(lane[31])
+        values = dict(values, aligned=aligned, sign=sign)
+        del values["lane"]
+        if nearest:
+            values["sticky"] = sticky
+        if saturate:
+            values["saturate"] = saturate
+        values = pipe.cut("s_align", values, cuts["align"])
+
+        # -- rounding, saturation, sign -------------------------------------------------------
+        mantissas = []
+        for i in range(n):
+            x = values["aligned"][i]
+            if stochastic:
+                rounded = (x + values["rand"][i])[SR_RANDOM_BITS:]
+            elif nearest:
+                q = x[1:]
+                up = x[0] & (values["sticky"][i] | q[0])
+                rounded = q + up
+            else:
+                rounded = x
+            too_big = rounded > fmt.max_mantissa
+            if "saturate" in values:
+                too_big = too_big | values["saturate"][i]
+            magnitude = Signal(unsigned(w - 1), name=f"magnitude{i}")
+            m.d.comb += magnitude.eq(Mux(too_big, fmt.max_mantissa, rounded))
+            mantissa = Signal(signed(w), name=f"mantissa{i}")
+            m.d.comb += mantissa.eq(Mux(values["nan"], 0,
+                                        Mux(values["sign"][i], -magnitude, magnitude)))
+            mantissas.append(mantissa)
+        code = Mux(values["nan"], fmt.nan_code, values["exponent"] + fmt.exponent_bias)
+        code = code[:fmt.exponent_bits]
+        values = pipe.cut("s_out", {"code": code, "mantissas": mantissas}, cuts["output"])
+
+        m.d.comb += [
+            self.o_stream.valid.eq(pipe.valid),
+            self.o_stream.payload.exponent.eq(values["code"]),
+        ]
+        m.d.comb += [self.o_stream.payload.mantissas[i].eq(values["mantissas"][i])
+                     for i in range(n)]
+        return m

@@ -1,0 +1,177 @@
+"""Exact integer block dot product: multipliers and an adder tree (docs/numerics.md, 3.1).
+
+:class:`MacTree` takes two BFP blocks per transfer and produces their exact dot product
+``S * 2**Ep`` with ``S = sum_i ma_i * mb_i`` at the full width ``2w + ceil(log2 N)`` and
+``Ep = Ea + Eb - 2(w-2)``, bit-exact with :func:`hbfp_hw.golden.int_dot` and
+:func:`hbfp_hw.golden.product_exponent`.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .float_to_block import check_rtl_format, check_stages
+from .layout import block_pair_layout, product_exponent_shape, product_layout
+
+__all__ = ["MacTree"]
+
+
+class _Pipeline:
+    """Optional pipeline registers, all advanced by one global enable."""
+
+    def __init__(self, m, enable, valid):
+        self.m = m
+        self.enable = enable
+        self.valid = valid
+
+    def cut(self, name, values, register):
+        if not register:
+            return values
+        out = {}
+        with self.m.If(self.enable):
+            for key, value in values.items():
+                if isinstance(value, list):
+                    regs = [Signal(Value.cast(v).shape(), name=f"{name}_{key}{i}")
+                            for i, v in enumerate(value)]
+                    self.m.d.sync += [r.eq(v) for r, v in zip(regs, value, strict=True)]
+                    out[key] = regs
+                else:
+                    reg = Signal(Value.cast(value).shape(), name=f"{name}_{key}")
+                    self.m.d.sync += reg.eq(value)
+                    out[key] = reg
+            valid = Signal(name=f"{name}_valid")
+            self.m.d.sync += valid.eq(self.valid)
+        self.valid = valid
+        return out
+
+
+class MacTree(wiring.Component):
+    """Exact dot product of two BFP blocks per transfer.
+
+    The datapath has ``1 + log2(block_size)`` logic levels: the ``block_size`` multipliers,
+    then one level per adder-tree rank (each rank one bit wider than the one before, so no
+    intermediate sum can overflow).
+
+    Parameters
+    ----------
+    fmt : BFPFormat
+        The block format; ``block_size`` must be a power of two from 2 to 64. The rounding is
+        irrelevant here.
+    stages : int
+        Number of pipeline registers, 0 to ``1 + log2(block_size)``. Register ``j`` (of
+        ``1..stages``) follows logic level ``round(j * levels / stages)``, so the last one is
+        always the output register and the rest are spread evenly. 0 makes the component
+        combinational.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(block_pair_layout(fmt)))``
+        The operands ``{a, b}``, each a ``block_layout(fmt)`` (biased exponent code and
+        mantissas).
+    o_stream : ``Out(stream.Signature(product_layout(fmt)))``
+        ``{value, exponent, nan}``: ``value`` is the exact ``S`` (signed, ``fmt.product_bits``
+        wide), ``exponent`` is ``Ep`` (signed, unbiased), ``nan`` is 1 when either operand
+        has the NaN exponent code; ``value`` and ``exponent`` are then 0.
+
+    Raises
+    ------
+    TypeError
+        If a parameter has the wrong type.
+    ValueError
+        If a parameter is out of range.
+    """
+
+    def __init__(self, fmt, *, stages=2):
+        self._fmt = check_rtl_format(fmt)
+        self._stages = check_stages(stages, self.max_stages_for(fmt))
+        super().__init__({
+            "i_stream": In(stream.Signature(block_pair_layout(fmt))),
+            "o_stream": Out(stream.Signature(product_layout(fmt))),
+        })
+
+    @staticmethod
+    def max_stages_for(fmt):
+        """Return the largest ``stages`` for ``fmt``: ``1 + log2(block_size)``."""
+        return 1 + (fmt.block_size - 1).bit_length()
+
+    @property
+    def fmt(self):
+        """The :class:`BFPFormat` of the operand blocks."""
+        return self._fmt
+
+    @property
+    def stages(self):
+        """Number of pipeline registers."""
+        return self._stages
+
+    @property
+    def latency(self):
+        """Cycles from an accepted input transfer until its product is valid on ``o_stream``.
+
+        Equal to :attr:`stages` (when ``o_stream.ready`` stays high).
+        """
+        return self._stages
+
+    @property
+    def throughput(self):
+        """Transfers per cycle when ``o_stream.ready`` stays high: 1."""
+        return 1
+
+    def _registered_levels(self):
+        """Return the set of logic levels (1-based) that are followed by a register."""
+        levels = self.max_stages_for(self._fmt)
+        return {(j * levels + self._stages // 2) // self._stages
+                for j in range(1, self._stages + 1)}
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt = self._fmt
+        n = fmt.block_size
+        w = fmt.mantissa_bits
+        registered = self._registered_levels() if self._stages else set()
+
+        if self._stages:
+            enable = Signal()
+            m.d.comb += enable.eq(~self.o_stream.valid | self.o_stream.ready)
+        else:
+            enable = self.o_stream.ready
+        m.d.comb += self.i_stream.ready.eq(enable)
+        pipe = _Pipeline(m, enable, self.i_stream.valid)
+
+        a = self.i_stream.payload.a
+        b = self.i_stream.payload.b
+        nan = Signal()
+        m.d.comb += nan.eq((a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code))
+        exponent = Signal(product_exponent_shape(fmt))
+        m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent
+                                    - (2 * fmt.exponent_bias + 2 * fmt.fraction_bits)))
+
+        # Level 1: the multipliers.
+        products = []
+        for i in range(n):
+            product = Signal(signed(2 * w), name=f"product{i}")
+            m.d.comb += product.eq(a.mantissas[i] * b.mantissas[i])
+            products.append(product)
+        values = pipe.cut("l1", {"sum": products, "exponent": exponent, "nan": nan},
+                          1 in registered)
+
+        # Levels 2..: the adder tree, one bit wider per rank.
+        level = 1
+        while len(values["sum"]) > 1:
+            level += 1
+            width = 2 * w + level - 1
+            sums = []
+            terms = values["sum"]
+            for i in range(0, len(terms), 2):
+                s = Signal(signed(width), name=f"sum{level}_{i // 2}")
+                m.d.comb += s.eq(terms[i] + terms[i + 1])
+                sums.append(s)
+            values = pipe.cut(f"l{level}", dict(values, sum=sums), level in registered)
+
+        m.d.comb += [
+            self.o_stream.valid.eq(pipe.valid),
+            self.o_stream.payload.value.eq(Mux(values["nan"], 0, values["sum"][0])),
+            self.o_stream.payload.exponent.eq(values["exponent"]),
+            self.o_stream.payload.nan.eq(values["nan"]),
+        ]
+        return m
