@@ -222,6 +222,10 @@ class FloatToBlock(wiring.Component):
         chosen = set(order[:self._stages])
         return {name: name in chosen for name in order}
 
+    #: Deliberately broken variant for proving that the testbenches catch it (see
+    #: :mod:`hbfp_hw.rtl_gen.faults`); None in every real build.
+    _fault = None
+
     def elaborate(self, platform):
         m = Module()
         fmt = self._fmt
@@ -334,7 +338,12 @@ class FloatToBlock(wiring.Component):
                 rounded = (x + values["rand"][i])[SR_RANDOM_BITS:]
             elif nearest:
                 q = x[1:]
-                up = x[0] & (values["sticky"][i] | q[0])
+                if self._fault == "sticky":          # bits below the guard bit ignored
+                    up = x[0] & q[0]
+                elif self._fault == "ties-away":     # a tie rounds away from zero
+                    up = x[0]
+                else:
+                    up = x[0] & (values["sticky"][i] | q[0])
                 rounded = q + up
             else:
                 rounded = x

@@ -8,7 +8,7 @@ NaN input give the canonical NaN ``0x7FC00000``, ``x + (-x) = +0``, ``(-0) + (-0
 order, which is the accumulation of section 3.3: every sum starts from +0.0.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -273,44 +273,80 @@ class FPAccumulator(wiring.Component):
         """Fewest round-robin channels that give one term per cycle: ``adder_stages``."""
         return self._adder_stages
 
+    #: Deliberately broken variant for proving that the testbenches catch it (see
+    #: :mod:`hbfp_hw.rtl_gen.faults`); None in every real build.
+    _fault = None
+
     def elaborate(self, platform):
         m = Module()
         i_p = self.i_stream.payload
         o_p = self.o_stream.payload
+        # Fault "accumulation-order": sum the even and the odd terms of a channel separately
+        # and add the two partial sums at the end, a plausible "pairwise" speed-up that
+        # changes the order of the FP32 additions the contract fixes.
+        split = self._fault == "accumulation-order"
+        slots = 2 * self._channels if split else self._channels
 
-        m.submodules.sums = sums = Memory(shape=unsigned(32), depth=self._channels, init=[])
+        m.submodules.sums = sums = Memory(shape=unsigned(32), depth=slots, init=[])
         rd = sums.read_port(domain="comb")
         wr = sums.write_port()
+
+        parity = Signal()          # parity of the incoming term within its sum (split only)
+        fresh = Signal()           # the term starts its partial sum at +0.0
+        if split:
+            counts = Array(Signal(2, name=f"count{c}") for c in range(self._channels))
+            count = Signal(2)
+            m.d.comb += [
+                count.eq(Mux(i_p.first, 0, counts[i_p.channel])),
+                parity.eq(count[0]),
+                fresh.eq(count < 2),
+            ]
+        else:
+            m.d.comb += fresh.eq(i_p.first)
 
         enable = Signal()
         accept = Signal()
         operand = Signal(32)
+        slot = Cat(parity, i_p.channel) if split else i_p.channel
         outputs, out_valid, out_carry, registered = build_pipeline(
             m, fp32_add_steps(), stages=self._adder_stages, enable=enable, name="acc",
             inputs={"a": operand, "b": i_p.value},
-            carry={"channel": i_p.channel, "last": i_p.last},
+            carry={"channel": i_p.channel, "last": i_p.last, "slot": slot,
+                   "single": i_p.first & i_p.last},
             valid=accept)
         out_bits = outputs["bits"]
         out_channel = out_carry["channel"]
 
         # The last stage writes its sum back this cycle (when the pipeline moves); a term of
         # the same channel entering now takes the sum from there instead of the memory.
-        forward = comb_signal(m, "acc_forward", 1, out_valid & (out_channel == i_p.channel))
+        forward = comb_signal(m, "acc_forward", 1, out_valid & (out_carry["slot"] == slot))
         hazard = Const(0, 1)
         for valid, carry in registered[:-1]:
             hazard = hazard | (valid & (carry["channel"] == i_p.channel))
         hazard = comb_signal(m, "acc_hazard", 1, hazard & ~i_p.first)
 
+        result = out_bits
+        if split:
+            with m.If(accept):
+                m.d.sync += counts[i_p.channel].eq(Mux(count == 3, 2, count + 1))
+            rd_other = sums.read_port(domain="comb")
+            m.d.comb += rd_other.addr.eq(out_carry["slot"] ^ 1)
+            other = Mux(out_carry["single"], 0, rd_other.data)
+            combined, _, _, _ = build_pipeline(
+                m, fp32_add_steps(name="pair"), stages=0, enable=Const(1), name="pair",
+                inputs={"a": out_bits, "b": other}, valid=Const(1))
+            result = combined["bits"]
+
         m.d.comb += [
-            rd.addr.eq(i_p.channel),
-            operand.eq(Mux(i_p.first, 0, Mux(forward, out_bits, rd.data))),
+            rd.addr.eq(slot),
+            operand.eq(Mux(fresh, 0, Mux(forward, out_bits, rd.data))),
             enable.eq(~self.o_stream.valid | self.o_stream.ready),
             self.i_stream.ready.eq(enable & ~hazard),
             accept.eq(self.i_stream.valid & self.i_stream.ready),
-            wr.addr.eq(out_channel),
+            wr.addr.eq(out_carry["slot"]),
             wr.data.eq(out_bits),
             wr.en.eq(out_valid & enable),
-            o_p.value.eq(out_bits),
+            o_p.value.eq(result),
             o_p.channel.eq(out_channel),
             self.o_stream.valid.eq(out_valid & out_carry["last"]),
         ]

@@ -123,6 +123,10 @@ class MacTree(wiring.Component):
         return {(j * levels + self._stages // 2) // self._stages
                 for j in range(1, self._stages + 1)}
 
+    #: Deliberately broken variant for proving that the testbenches catch it (see
+    #: :mod:`hbfp_hw.rtl_gen.faults`); None in every real build.
+    _fault = None
+
     def elaborate(self, platform):
         m = Module()
         fmt = self._fmt
@@ -141,10 +145,15 @@ class MacTree(wiring.Component):
         a = self.i_stream.payload.a
         b = self.i_stream.payload.b
         nan = Signal()
-        m.d.comb += nan.eq((a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code))
+        if self._fault == "nan-drop":                 # NaN blocks not propagated
+            m.d.comb += nan.eq(0)
+        else:
+            m.d.comb += nan.eq((a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code))
+        bias = 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
+        if self._fault == "exponent-off-by-one":      # product exponent one too large
+            bias -= 1
         exponent = Signal(product_exponent_shape(fmt))
-        m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent
-                                    - (2 * fmt.exponent_bias + 2 * fmt.fraction_bits)))
+        m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent - bias))
 
         # Level 1: the multipliers.
         products = []

@@ -184,6 +184,40 @@ def _channel_schedule(rng, channels, count, max_len=8):
     return sched
 
 
+def _sum_ids(schedule):
+    """Number every sum; return the sum id of each transfer."""
+    ids, current, nxt = [], {}, 0
+    for ch, first, _ in schedule:
+        if first:
+            current[ch] = nxt
+            nxt += 1
+        ids.append(current[ch])
+    return np.array(ids), nxt
+
+
+def _coherent_fp32_blocks(rng, schedule, bs, fmt, *, share=0.5):
+    """Blocks for a schedule of sums, where a share of the sums are *coherent*.
+
+    A coherent sum draws all its blocks around one magnitude (like a row of a real matrix),
+    so its terms are comparable and the FP32 rounding of every addition matters: this is
+    what exposes a wrong accumulation order. The other sums use the mixed categories of
+    :func:`random_fp32_blocks`.
+    """
+    ids, nsums = _sum_ids(schedule)
+    n = len(schedule)
+    out = random_fp32_blocks(rng, n, bs, fmt)
+    coherent = rng.random(nsums) < share
+    # Block exponents spread a few binades around the sum's centre: the block products then
+    # span more than FP32's 24 bits together, so their order of addition shows in the result.
+    center = rng.integers(110, 145, nsums)[ids] + rng.integers(-5, 6, n)
+    field = np.clip(center[:, None] + rng.integers(-1, 2, (n, bs)), 1, 254)
+    frac = rng.integers(0, 1 << 23, (n, bs))
+    sign = rng.integers(0, 2, (n, bs))
+    mask = coherent[ids]
+    out[mask] = _bits(sign, field, frac)[mask]
+    return out
+
+
 def _sum_terms(schedule, terms):
     """Expected ``(channel, value bits)`` per completed sum, in completion order."""
     acc = {}
@@ -209,7 +243,7 @@ def _fp32_terms(rng, count):
 def accumulator_vectors(channels, count, rng):
     """Vectors for :class:`FPAccumulator`: interleaved sums of FP32 terms."""
     sched = _channel_schedule(rng, channels, count)
-    terms = _fp32_terms(rng, len(sched))
+    terms = golden.bits_to_f32(_coherent_fp32_blocks(rng, sched, 1, BFP8)[:, 0])
     in_layout = layout.accumulator_input_layout(channels)
     out_layout = layout.accumulator_output_layout(channels)
     inputs = [layout.pack(in_layout, {"value": int(b), "channel": ch, "first": int(f),
@@ -242,9 +276,10 @@ def dot_vectors(fmt, channels, count, rng, *, input_format="fp32", seed=0):
     from hbfp_hw.rtl_gen.dot_product import dot_input_layout
 
     sched = _channel_schedule(rng, channels, count)
-    n = len(sched)
-    a_bits, a_vals = _lanes_for(random_fp32_blocks(rng, n, fmt.block_size, fmt), input_format)
-    b_bits, b_vals = _lanes_for(random_fp32_blocks(rng, n, fmt.block_size, fmt), input_format)
+    a_bits, a_vals = _lanes_for(_coherent_fp32_blocks(rng, sched, fmt.block_size, fmt),
+                                input_format)
+    b_bits, b_vals = _lanes_for(_coherent_fp32_blocks(rng, sched, fmt.block_size, fmt),
+                                input_format)
     sr_seed_b = (seed + 1) % (1 << 32)
     qa = golden.quantize(a_vals.view(np.float32), fmt, seed=seed, input_format=input_format)
     qb = golden.quantize(b_vals.view(np.float32), fmt, seed=sr_seed_b,
