@@ -113,20 +113,22 @@ def run_unit(verilog, top, vectors, *, sim="verilator", seed=0, valid_prob=1.0,
                "static": static or {}, "pulse": pulse or {}}
         (tmp / "config.json").write_text(json.dumps(cfg))
         log_file = tmp / "sim.log"
+        failure = None
         try:
             runner.test(test_module=TB_MODULE, hdl_toplevel=top, build_dir=build_dir,
                         hdl_toplevel_lang="verilog",
                         test_dir=tmp, extra_env={"HBFP_TB_CONFIG": str(tmp / "config.json")},
                         waves=waves, timescale=TIMESCALE, log_file=log_file,
                         results_xml=str(tmp / "results.xml"))
-        except Exception as exc:
-            text = log_file.read_text() if log_file.exists() else ""
-            raise RuntimeError(f"{sim} simulation of {top} failed to run:\n{text[-4000:]}") \
-                from exc
+        except (Exception, SystemExit) as exc:
+            # A failing testbench is a normal outcome (its result file says why); cocotb's
+            # runner reports it by raising, or by SystemExit under pytest.
+            failure = exc
         result_file = tmp / "result.json"
         if not result_file.exists():
             text = log_file.read_text() if log_file.exists() else ""
-            raise RuntimeError(f"the testbench produced no result:\n{text[-4000:]}")
+            raise RuntimeError(f"{sim} simulation of {top} produced no result:\n"
+                               f"{text[-4000:]}") from failure
         result = json.loads(result_file.read_text())
         if waves and waves_path:
             for candidate in list(tmp.glob("*.fst")) + list(tmp.glob("*.vcd")) + \
