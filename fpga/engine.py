@@ -1,0 +1,868 @@
+"""The GEMM engine and the host-link system around it.
+
+- :class:`BlockDotUnit` is a :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit` whose
+  quantizers are hoisted out: it takes BFP blocks (``MacTree -> BlockToFloat ->
+  FPAccumulator``) with the same ``channel/first/last`` interface.
+- :class:`GemmEngine` holds the A, B and C buffers (``amaranth.lib.memory``) and an array of
+  ``lanes`` :class:`BlockDotUnit` s, and computes ``C = A @ B`` from the buffered blocks with the
+  contract's exact semantics (docs/numerics.md 3.3): each element of C is one accumulator
+  channel that sees its k-blocks in increasing order from +0.0.
+- :class:`GemmSystem` is the top level that boards and the simulated device instantiate: a
+  :class:`~hbfp_hw.fpga.decoder.FrameDecoder`, a command executor, a
+  :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` that quantizes FP32/BF16 tile data as it
+  is written (so each element is quantized once), the engine, and a
+  :class:`~hbfp_hw.fpga.decoder.FrameEncoder`, behind one pair of 8-bit streams.
+
+Buffer organization (docs/protocol.md has the host's view):
+
+- A: ``a_blocks`` blocks, block index ``m * KB + kb``.
+- B: ``lanes`` banks of ``b_blocks // lanes`` blocks. Columns are grouped by ``lanes``
+  (``n = g * lanes + l``); block index ``(g * KB + kb) * lanes + l`` is bank ``l``, address
+  ``g * KB + kb``, so one address reads the same k-block of ``lanes`` adjacent columns.
+- C: ``lanes`` banks of ``c_words // lanes`` FP32 words; ``C[m, g * lanes + l]`` is bank ``l``,
+  address ``m * G + g`` with ``G = ceil(N / lanes)``.
+
+Schedule: for each row ``m``, for each pass of up to ``channels`` column groups, for each
+``kb``, for each group ``c`` of the pass: one cycle issues ``A[m, kb]`` to every unit and
+``B[g0 + c, kb]`` of lane ``l`` to unit ``l``, on channel ``c``. A channel's terms are
+``channels`` cycles apart, so with ``channels >= adder_stages`` the units accept one block pair
+per cycle.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hbfp_hw.formats import FloatFormat, Rounding
+from hbfp_hw.rtl_gen.block_to_float import BlockToFloat, check_stages
+from hbfp_hw.rtl_gen.float_to_block import FloatToBlock, check_rtl_format
+from hbfp_hw.rtl_gen.float_to_block import check_stages as check_mac_stages
+from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
+from hbfp_hw.rtl_gen.layout import (
+    accumulator_output_layout,
+    block_layout,
+    channel_shape,
+)
+from hbfp_hw.rtl_gen.mac_tree import MacTree
+
+from . import protocol
+from .decoder import FrameDecoder, FrameEncoder
+from .protocol import (
+    ARGS_BYTES,
+    COMPUTE_ARGS_LAYOUT,
+    COMPUTE_REPLY_LAYOUT,
+    INFO_LAYOUT,
+    NACK,
+    PROTOCOL_VERSION,
+    READ_ARGS_LAYOUT,
+    REPLY_FLAG,
+    STATUS_LAYOUT,
+    WRITE_ARGS_LAYOUT,
+    Cmd,
+    Status,
+    Wire,
+)
+
+__all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "GemmSystem"]
+
+
+def _check_int(name, value, lo, hi=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ValueError(f"{name} must be {rng}, not {value!r}")
+    return value
+
+
+def _check_pow2(name, value, lo, hi):
+    _check_int(name, value, lo, hi)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two between {lo} and {hi}, not {value!r}")
+    return value
+
+
+def block_dot_input_layout(fmt, channels):
+    """Layout of one :class:`BlockDotUnit` transfer ``{a, b, channel, first, last}``."""
+    return data.StructLayout({
+        "a": block_layout(fmt),
+        "b": block_layout(fmt),
+        "channel": channel_shape(channels),
+        "first": 1,
+        "last": 1,
+    })
+
+
+class BlockDotUnit(wiring.Component):
+    """HBFP dot products of BFP blocks: a DotProductUnit without its two quantizers.
+
+    Same semantics as :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit` (one transfer is one
+    block pair of a channel; ``first`` starts its running sum at +0.0, ``last`` completes it),
+    but the operands are already-quantized blocks.
+
+    Parameters
+    ----------
+    fmt : BFPFormat
+    channels : int
+        Number of independent running sums.
+    mac_stages, convert_stages, adder_stages : int
+        Pipeline registers of the MacTree, BlockToFloat and the accumulator's FP32 adder.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(block_dot_input_layout(fmt, channels)))``
+    o_stream : ``Out(stream.Signature(accumulator_output_layout(channels)))``
+    """
+
+    def __init__(self, fmt, *, channels, mac_stages=2, convert_stages=3, adder_stages=3):
+        self._fmt = check_rtl_format(fmt)
+        self._params = self.check_params(fmt, channels=channels, mac_stages=mac_stages,
+                                         convert_stages=convert_stages,
+                                         adder_stages=adder_stages)
+        super().__init__({
+            "i_stream": In(stream.Signature(block_dot_input_layout(fmt, channels))),
+            "o_stream": Out(stream.Signature(accumulator_output_layout(channels))),
+        })
+
+    @staticmethod
+    def check_params(fmt, *, channels, mac_stages, convert_stages, adder_stages):
+        """Validate the parameters (as the subunits do) and return them as a dict.
+
+        The subunits themselves are only built by :meth:`elaborate`, so a unit that is never
+        elaborated leaves no unused elaboratables behind.
+        """
+        check_rtl_format(fmt)
+        check_stages("channels", channels, MAX_CHANNELS, 1)
+        check_mac_stages(mac_stages, MacTree.max_stages_for(fmt))
+        check_stages("convert_stages", convert_stages, BlockToFloat.MAX_STAGES)
+        check_stages("adder_stages", adder_stages, FPAccumulator.MAX_ADDER_STAGES, 1)
+        return dict(channels=channels, mac_stages=mac_stages, convert_stages=convert_stages,
+                    adder_stages=adder_stages)
+
+    @property
+    def channels(self):
+        return self._params["channels"]
+
+    @property
+    def min_channels(self):
+        """Fewest round-robin channels that sustain one block pair per cycle."""
+        return self._params["adder_stages"]
+
+    @property
+    def latency(self):
+        """Cycles from accepting a ``last`` block pair to its dot product on ``o_stream``."""
+        p = self._params
+        return p["mac_stages"] + p["convert_stages"] + p["adder_stages"]
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._params
+        m.submodules.mac = mac = MacTree(self._fmt, stages=p["mac_stages"])
+        m.submodules.to_float = to_float = BlockToFloat(self._fmt, stages=p["convert_stages"])
+        m.submodules.acc = acc = FPAccumulator(channels=p["channels"],
+                                               adder_stages=p["adder_stages"])
+        side_layout = data.StructLayout({"channel": channel_shape(self.channels),
+                                         "first": 1, "last": 1})
+        depth = mac.latency + to_float.latency + 4
+        m.submodules.side = side = SyncFIFOBuffered(width=side_layout.size, depth=depth)
+
+        i_p = self.i_stream.payload
+        m.d.comb += [
+            mac.i_stream.payload.a.eq(i_p.a),
+            mac.i_stream.payload.b.eq(i_p.b),
+            side.w_data.eq(Cat(i_p.channel, i_p.first, i_p.last)),
+            mac.i_stream.valid.eq(self.i_stream.valid & side.w_rdy),
+            side.w_en.eq(self.i_stream.valid & mac.i_stream.ready),
+            self.i_stream.ready.eq(mac.i_stream.ready & side.w_rdy),
+        ]
+        wiring.connect(m, mac.o_stream, to_float.i_stream)
+        side_out = data.View(side_layout, side.r_data)
+        a_p = acc.i_stream.payload
+        m.d.comb += [
+            acc.i_stream.valid.eq(to_float.o_stream.valid & side.r_rdy),
+            a_p.value.eq(to_float.o_stream.payload),
+            a_p.channel.eq(side_out.channel),
+            a_p.first.eq(side_out.first),
+            a_p.last.eq(side_out.last),
+            to_float.o_stream.ready.eq(acc.i_stream.ready & side.r_rdy),
+            side.r_en.eq(acc.i_stream.ready & to_float.o_stream.valid),
+        ]
+        wiring.connect(m, acc.o_stream, wiring.flipped(self.o_stream))
+        return m
+
+
+class GemmEngine(wiring.Component):
+    """Buffers and a ``lanes``-wide array of block dot-product units computing ``C = A @ B``.
+
+    Parameters
+    ----------
+    fmt : BFPFormat
+    lanes : int
+        Dot-product units (a power of two, 1..64); unit ``l`` computes the columns ``n`` with
+        ``n % lanes == l``.
+    channels : int or None
+        Column groups interleaved per pass (default: the accumulator's ``min_channels``, the
+        fewest that give one block pair per cycle).
+    a_blocks, b_blocks, c_words : int
+        Buffer capacities in blocks (A, B) and FP32 words (C); ``b_blocks`` and ``c_words``
+        must be multiples of ``lanes``.
+    mac_stages, convert_stages, adder_stages : int
+        Pipeline depths of the units.
+
+    Members
+    -------
+    a_we, a_waddr, a_wdata : ``In``
+        Write the block ``a_wdata`` at A block index ``a_waddr``.
+    b_we, b_waddr, b_wdata : ``In``
+        Write the block ``b_wdata`` at B block index ``b_waddr`` (device order).
+    c_rlane, c_raddr : ``In``
+    c_rdata : ``Out(32)``
+        Read C bank ``c_rlane`` at ``c_raddr``; ``c_rdata`` follows one cycle later.
+    start : ``In(1)``
+        Start a computation of ``m`` rows, ``groups`` column groups and ``kblocks``
+        k-blocks (held stable until ``done``). Ignored while ``busy``.
+    m, groups, kblocks : ``In(16)``
+    busy : ``Out(1)``
+    done : ``Out(1)``
+        One-cycle pulse when every result is in C.
+    cycles : ``Out(32)``
+        Cycles of the last computation.
+    """
+
+    def __init__(self, fmt, *, lanes=2, channels=None, a_blocks=256, b_blocks=256,
+                 c_words=256, mac_stages=2, convert_stages=3, adder_stages=3):
+        params = self.check_params(fmt, lanes=lanes, channels=channels, a_blocks=a_blocks,
+                                   b_blocks=b_blocks, c_words=c_words, mac_stages=mac_stages,
+                                   convert_stages=convert_stages, adder_stages=adder_stages)
+        self._fmt = fmt
+        self._params = params
+        self._lanes = lanes
+        self._channels = params["channels"]
+        self._a_blocks, self._b_blocks, self._c_words = a_blocks, b_blocks, c_words
+        self._unit_params = BlockDotUnit.check_params(
+            fmt, channels=self._channels, mac_stages=mac_stages,
+            convert_stages=convert_stages, adder_stages=adder_stages)
+        blk = block_layout(fmt)
+        super().__init__({
+            "a_we": In(1), "a_waddr": In(range(a_blocks)), "a_wdata": In(blk),
+            "b_we": In(1), "b_waddr": In(range(b_blocks)), "b_wdata": In(blk),
+            "c_rlane": In(range(lanes)), "c_raddr": In(range(self.c_depth)),
+            "c_rdata": Out(32),
+            "start": In(1), "m": In(16), "groups": In(16), "kblocks": In(16),
+            "busy": Out(1), "done": Out(1), "cycles": Out(32),
+        })
+
+    @staticmethod
+    def check_params(fmt, *, lanes=2, channels=None, a_blocks=256, b_blocks=256, c_words=256,
+                     mac_stages=2, convert_stages=3, adder_stages=3):
+        """Validate the constructor parameters; return them as a dict (``channels`` resolved).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As the constructor.
+        """
+        check_rtl_format(fmt)
+        _check_pow2("lanes", lanes, 1, 64)
+        if channels is None:
+            channels = adder_stages
+        _check_int("channels", channels, 1, 256)
+        _check_int("a_blocks", a_blocks, 1, 1 << 24)
+        _check_int("b_blocks", b_blocks, lanes, 1 << 24)
+        _check_int("c_words", c_words, lanes, 1 << 24)
+        for name, value in (("b_blocks", b_blocks), ("c_words", c_words)):
+            if value % lanes:
+                raise ValueError(f"{name} must be a multiple of lanes ({lanes}), not {value!r}")
+        BlockDotUnit.check_params(fmt, channels=channels, mac_stages=mac_stages,
+                                  convert_stages=convert_stages, adder_stages=adder_stages)
+        return dict(lanes=lanes, channels=channels, a_blocks=a_blocks, b_blocks=b_blocks,
+                    c_words=c_words, mac_stages=mac_stages, convert_stages=convert_stages,
+                    adder_stages=adder_stages)
+
+    fmt = property(lambda self: self._fmt)
+    lanes = property(lambda self: self._lanes)
+    channels = property(lambda self: self._channels)
+    a_blocks = property(lambda self: self._a_blocks)
+    b_blocks = property(lambda self: self._b_blocks)
+    c_words = property(lambda self: self._c_words)
+
+    @property
+    def latency(self):
+        """Pipeline latency of one dot-product unit (cycles from a last block pair to C)."""
+        p = self._unit_params
+        return p["mac_stages"] + p["convert_stages"] + p["adder_stages"]
+
+    @property
+    def b_depth(self):
+        """Words of one B bank: ``b_blocks // lanes``."""
+        return self._b_blocks // self._lanes
+
+    @property
+    def c_depth(self):
+        """Words of one C bank: ``c_words // lanes``."""
+        return self._c_words // self._lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt = self._fmt
+        lanes = self._lanes
+        lane_bits = (lanes - 1).bit_length()
+        ch = self._channels
+        blk = block_layout(fmt)
+
+        m.submodules.a_mem = a_mem = Memory(shape=blk, depth=self._a_blocks, init=[])
+        a_wr = a_mem.write_port()
+        a_rd = a_mem.read_port()
+        m.d.comb += [a_wr.en.eq(self.a_we), a_wr.addr.eq(self.a_waddr),
+                     a_wr.data.eq(self.a_wdata)]
+
+        b_rds, c_rds, c_wrs = [], [], []
+        for lane in range(lanes):
+            b_mem = Memory(shape=blk, depth=self.b_depth, init=[])
+            c_mem = Memory(shape=unsigned(32), depth=self.c_depth, init=[])
+            m.submodules[f"b_mem{lane}"] = b_mem
+            m.submodules[f"c_mem{lane}"] = c_mem
+            b_wr = b_mem.write_port()
+            m.d.comb += [
+                b_wr.en.eq(self.b_we & ((self.b_waddr[:lane_bits] == lane) if lane_bits
+                                        else 1)),
+                b_wr.addr.eq(self.b_waddr >> lane_bits),
+                b_wr.data.eq(self.b_wdata),
+            ]
+            b_rds.append(b_mem.read_port())
+            c_rd = c_mem.read_port()
+            m.d.comb += c_rd.addr.eq(self.c_raddr)
+            c_rds.append(c_rd)
+            c_wrs.append(c_mem.write_port())
+        rlane = Signal.like(self.c_rlane)
+        m.d.sync += rlane.eq(self.c_rlane)
+        c_data = c_rds[0].data
+        for lane in range(1, lanes):
+            c_data = Mux(rlane == lane, c_rds[lane].data, c_data)
+        m.d.comb += self.c_rdata.eq(c_data)
+
+        units = []
+        for lane in range(lanes):
+            unit = BlockDotUnit(fmt, **self._unit_params)
+            m.submodules[f"unit{lane}"] = unit
+            units.append(unit)
+
+        # -- issue counters ---------------------------------------------------------------
+        row = Signal(16)
+        g0 = Signal(16)          # first column group of the pass
+        kb = Signal(16)
+        c = Signal(range(ch))
+        a_row = Signal(range(self._a_blocks + 1))     # row * KB
+        b_pass = Signal(range(self.b_depth + 1))      # g0 * KB
+        ckb = Signal(range(self.b_depth + 1))         # c * KB + kb
+        left = Signal(17)
+        m.d.comb += left.eq(self.groups - g0)
+        pass_groups = Signal(range(ch + 1))
+        m.d.comb += pass_groups.eq(Mux(left < ch, left, ch))
+
+        issuing = Signal()
+        s2_valid = Signal()
+        s2_channel = Signal(range(ch))
+        s2_first = Signal()
+        s2_last = Signal()
+        all_ready = Signal()
+        m.d.comb += all_ready.eq(Cat(*[u.i_stream.ready for u in units]).all())
+        advance = Signal()
+        m.d.comb += advance.eq(~s2_valid | all_ready)
+
+        m.d.comb += [a_rd.addr.eq(a_row + kb), a_rd.en.eq(advance)]
+        for rd in b_rds:
+            m.d.comb += [rd.addr.eq(b_pass + ckb), rd.en.eq(advance)]
+        for lane, unit in enumerate(units):
+            p = unit.i_stream.payload
+            m.d.comb += [
+                unit.i_stream.valid.eq(s2_valid & all_ready),
+                p.a.eq(a_rd.data),
+                p.b.eq(b_rds[lane].data),
+                p.channel.eq(s2_channel),
+                p.first.eq(s2_first),
+                p.last.eq(s2_last),
+            ]
+
+        with m.If(advance):
+            m.d.sync += [
+                s2_valid.eq(issuing),
+                s2_channel.eq(c),
+                s2_first.eq(kb == 0),
+                s2_last.eq(kb == self.kblocks - 1),
+            ]
+            with m.If(issuing):
+                with m.If(c + 1 < pass_groups):
+                    m.d.sync += [c.eq(c + 1), ckb.eq(ckb + self.kblocks)]
+                with m.Else():
+                    m.d.sync += c.eq(0)
+                    with m.If(kb + 1 < self.kblocks):
+                        m.d.sync += [kb.eq(kb + 1), ckb.eq(kb + 1)]
+                    with m.Else():
+                        m.d.sync += [kb.eq(0), ckb.eq(0)]
+                        with m.If(g0 + ch < self.groups):
+                            m.d.sync += [g0.eq(g0 + ch), b_pass.eq(b_pass + ch * self.kblocks)]
+                        with m.Else():
+                            m.d.sync += [g0.eq(0), b_pass.eq(0)]
+                            with m.If(row + 1 < self.m):
+                                m.d.sync += [row.eq(row + 1), a_row.eq(a_row + self.kblocks)]
+                            with m.Else():
+                                m.d.sync += issuing.eq(0)
+
+        # -- write-back: every unit writes its results to its own C bank, in order -----------
+        total = Signal(32)
+        written = [Signal(range(self.c_depth + 1), name=f"written{lane}")
+                   for lane in range(lanes)]
+        for lane, unit in enumerate(units):
+            m.d.comb += [
+                unit.o_stream.ready.eq(1),
+                c_wrs[lane].en.eq(unit.o_stream.valid),
+                c_wrs[lane].addr.eq(written[lane]),
+                c_wrs[lane].data.eq(unit.o_stream.payload.value),
+            ]
+            with m.If(unit.o_stream.valid):
+                m.d.sync += written[lane].eq(written[lane] + 1)
+
+        running = Signal()
+        m.d.comb += self.busy.eq(running)
+        finished = Cat(*[w == total for w in written]).all()
+        with m.If(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(~issuing & ~s2_valid & finished):
+                m.d.sync += running.eq(0)
+                m.d.comb += self.done.eq(1)
+        with m.Elif(self.start):
+            m.d.sync += [
+                running.eq(1), issuing.eq(1), self.cycles.eq(0),
+                row.eq(0), g0.eq(0), kb.eq(0), c.eq(0), a_row.eq(0), b_pass.eq(0), ckb.eq(0),
+                total.eq(self.m * self.groups),
+            ]
+            m.d.sync += [w.eq(0) for w in written]
+        return m
+
+
+class GemmSystem(wiring.Component):
+    """The device: a GEMM engine behind the framed byte protocol of docs/protocol.md.
+
+    Parameters
+    ----------
+    fmt : BFPFormat
+        The BFP format (block size 2..64).
+    input_format : {"fp32", "bf16"}
+        Element format of ``Wire.FLOAT`` tile data (4 or 2 bytes per element).
+    lanes : int
+        Dot-product units, a power of two 1..64.
+    channels : int or None
+        Column groups interleaved per unit (default: ``adder_stages``).
+    clock_hz : int
+        Clock frequency, reported by INFO (and the default timeout base).
+    build_hash : int or None
+        32-bit build identifier reported by INFO; default :func:`protocol.build_hash` of
+        every parameter.
+    a_blocks, b_blocks, c_words : int
+        Buffer capacities: blocks of A, blocks of B, FP32 words of C (``b_blocks`` and
+        ``c_words`` multiples of ``lanes``).
+    max_payload : int
+        Largest request payload in bytes (the payload RAM); at least ``ARGS_BYTES`` + one
+        block of either wire format.
+    timeout_cycles : int or None
+        Inter-byte idle timeout within a frame (default ``clock_hz // 10``, 100 ms).
+    mac_stages, convert_stages, adder_stages : int
+        Pipeline depths of the dot-product units.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(8))``
+        Request bytes from the host. ``ready`` is low while a command executes and its reply
+        is produced (the host sends one request at a time).
+    o_stream : ``Out(stream.Signature(8))``
+        Reply bytes to the host.
+    busy : ``Out(1)``
+        A command is executing (for a LED).
+    error : ``Out(1)``
+        The last reply that was not OK since RESET had an error status (STATUS
+        ``last_error != 0``; for a LED).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On invalid parameters.
+    """
+
+    def __init__(self, fmt, *, input_format="fp32", lanes=2, channels=None,
+                 clock_hz=50_000_000, build_hash=None, a_blocks=256, b_blocks=256,
+                 c_words=256, max_payload=1024, timeout_cycles=None, mac_stages=2,
+                 convert_stages=3, adder_stages=3):
+        self._fmt = check_rtl_format(fmt)
+        self._input_format = FloatFormat(input_format)
+        self._clock_hz = _check_int("clock_hz", clock_hz, 1, 2**32 - 1)
+        if timeout_cycles is None:
+            timeout_cycles = max(1, clock_hz // 10)
+        self._timeout = _check_int("timeout_cycles", timeout_cycles, 1, 2**32 - 1)
+        biggest = max(protocol.block_bytes(fmt, w, self._input_format) for w in Wire)
+        self._max_payload = _check_int("max_payload", max_payload, ARGS_BYTES + biggest, 0xFFFF)
+        if build_hash is not None:
+            _check_int("build_hash", build_hash, 0, 2**32 - 1)
+        # The engine is built by elaborate(): a component that is created but never elaborated
+        # makes Amaranth warn, and hosts build a GemmSystem only to read its `info`.
+        self._engine_params = GemmEngine.check_params(
+            fmt, lanes=lanes, channels=channels, a_blocks=a_blocks, b_blocks=b_blocks,
+            c_words=c_words, mac_stages=mac_stages, convert_stages=convert_stages,
+            adder_stages=adder_stages)
+        channels = self._engine_params["channels"]
+        if build_hash is None:
+            build_hash = protocol.build_hash(
+                fmt=fmt.name, rounding=fmt.rounding.value, w=fmt.mantissa_bits,
+                n=fmt.block_size, e=fmt.exponent_bits, input_format=self._input_format.value,
+                lanes=lanes, channels=channels, a_blocks=a_blocks,
+                b_blocks=b_blocks, c_words=c_words, max_payload=max_payload,
+                timeout=self._timeout, clock_hz=clock_hz, stages=(mac_stages, convert_stages,
+                                                                  adder_stages))
+        self._build_hash = build_hash
+        wires = {Wire.BFP}
+        if fmt.rounding is not Rounding.STOCHASTIC:
+            wires.add(Wire.FLOAT)
+        self._info = protocol.Info(
+            version=PROTOCOL_VERSION, fmt=fmt, input_format=self._input_format,
+            wire_formats=frozenset(wires), lanes=lanes, channels=channels,
+            max_payload=self._max_payload, a_blocks=a_blocks, b_blocks=b_blocks,
+            c_words=c_words, clock_hz=clock_hz, timeout_cycles=self._timeout,
+            build_hash=self._build_hash)
+        super().__init__({
+            "i_stream": In(stream.Signature(8)),
+            "o_stream": Out(stream.Signature(8)),
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    @property
+    def info(self):
+        """The :class:`~hbfp_hw.fpga.protocol.Info` this build reports."""
+        return self._info
+
+    fmt = property(lambda self: self._fmt)
+
+    @property
+    def latency(self):
+        """Pipeline latency of one dot-product unit, in cycles."""
+        p = self._engine_params
+        return p["mac_stages"] + p["convert_stages"] + p["adder_stages"]
+    build_hash = property(lambda self: self._build_hash)
+    timeout_cycles = property(lambda self: self._timeout)
+    max_payload = property(lambda self: self._max_payload)
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt = self._fmt
+        info = self._info
+        eng = GemmEngine(fmt, **self._engine_params)
+        lanes = eng.lanes
+        lane_bits = (lanes - 1).bit_length()
+        bs = fmt.block_size
+        bs_bits = (bs - 1).bit_length()
+        mb = protocol.mantissa_bytes(fmt)
+        bb_float = protocol.block_bytes(fmt, Wire.FLOAT, self._input_format)
+        bb_bfp = protocol.block_bytes(fmt, Wire.BFP)
+        vec_bytes = max(bb_float, bb_bfp)
+        stochastic = fmt.rounding is Rounding.STOCHASTIC
+
+        m.submodules.decoder = dec = FrameDecoder(max_payload=self._max_payload,
+                                                  timeout_cycles=self._timeout)
+        m.submodules.encoder = enc = FrameEncoder()
+        m.submodules.engine = eng
+        m.submodules.quantizer = q = FloatToBlock(fmt, input_format=self._input_format,
+                                                  stages=2)
+        wiring.connect(m, wiring.flipped(self.i_stream), dec.i_stream)
+        wiring.connect(m, enc.o_stream, wiring.flipped(self.o_stream))
+        m.d.comb += [q.seed.eq(0), q.reseed.eq(0)]
+
+        ev = dec.o_event.payload
+        wargs = data.View(WRITE_ARGS_LAYOUT, ev.args)
+        cargs = data.View(COMPUTE_ARGS_LAYOUT, ev.args)
+        rargs = data.View(READ_ARGS_LAYOUT, ev.args)
+
+        # -- state ------------------------------------------------------------------------
+        frames = Signal(16)
+        rx_errors = Signal(16)
+        last_error = Signal(8)
+        c_valid = Signal()
+        c_rows = Signal(16)
+        c_cols = Signal(16)
+        c_groups = Signal(16)
+        c_total = Signal(32)
+
+        # -- reply --------------------------------------------------------------------------
+        status = Signal(8)
+        reply_cmd = Signal(8)
+        reply_kind = Signal(2)        # 0: status only, 1: INFO, 2: STATUS, 3: COMPUTE
+        read_count = Signal(16)       # C words appended to the reply
+        kind_len = [1, 1 + INFO_LAYOUT.size // 8, 1 + STATUS_LAYOUT.size // 8,
+                    1 + COMPUTE_REPLY_LAYOUT.size // 8]
+        fixed_len = Signal(8)
+        m.d.comb += fixed_len.eq(Mux(status != Status.OK, 1,
+                                     Mux(reply_kind == 1, kind_len[1],
+                                         Mux(reply_kind == 2, kind_len[2],
+                                             Mux(reply_kind == 3, kind_len[3], 1)))))
+        info_bits = int.from_bytes(protocol.info_to_bytes(info), "little")
+        status_view = Signal(STATUS_LAYOUT)
+        m.d.comb += [
+            status_view.last_error.eq(last_error), status_view.c_valid.eq(c_valid),
+            status_view.frames.eq(frames), status_view.rx_errors.eq(rx_errors),
+            status_view.c_rows.eq(Mux(c_valid, c_rows, 0)),
+            status_view.c_cols.eq(Mux(c_valid, c_cols, 0)),
+        ]
+        fixed = Signal(8 * max(kind_len))
+        m.d.comb += fixed.eq(Mux(reply_kind == 1, Cat(status, Const(info_bits, INFO_LAYOUT.size)),
+                                 Mux(reply_kind == 2, Cat(status, status_view.as_value()),
+                                     Mux(reply_kind == 3, Cat(status, eng.cycles), status))))
+
+        # -- payload reader: rd_data is the payload byte at `ptr` ---------------------------
+        ptr = Signal(16)
+        ptr_next = Signal(16)
+        m.d.comb += [ptr_next.eq(ptr), dec.rd_addr.eq(ptr_next)]
+        m.d.sync += ptr.eq(ptr_next)
+        byte = dec.rd_data
+
+        # -- block assembly -----------------------------------------------------------------
+        vec = Signal(8 * vec_bytes)
+        bcount = Signal(range(vec_bytes + 1))
+        remaining = Signal(16)
+        waddr = Signal(32)
+        is_b = Signal()
+        is_bfp = Signal()
+        float_bits = vec[8 * (vec_bytes - bb_float):]
+        bfp_bits = vec[8 * (vec_bytes - bb_bfp):]
+        block_from_wire = Signal(block_layout(fmt))
+        m.d.comb += block_from_wire.exponent.eq(bfp_bits[:fmt.exponent_bits])
+        for i in range(bs):
+            lo = 8 + 8 * mb * i
+            m.d.comb += block_from_wire.mantissas[i].eq(bfp_bits[lo:lo + fmt.mantissa_bits])
+        m.d.comb += q.i_stream.payload.eq(float_bits)
+        block = Signal(block_layout(fmt))
+        block_we = Signal()
+        m.d.comb += [
+            eng.a_waddr.eq(waddr), eng.b_waddr.eq(waddr),
+            eng.a_wdata.eq(block), eng.b_wdata.eq(block),
+            eng.a_we.eq(block_we & ~is_b), eng.b_we.eq(block_we & is_b),
+            q.o_stream.ready.eq(1),
+        ]
+
+        # -- C readout ----------------------------------------------------------------------
+        rd_row_base = Signal(32)
+        rd_col = Signal(16)
+        word = Signal(32)
+        m.d.comb += [eng.c_raddr.eq(rd_row_base + (rd_col >> lane_bits)),
+                     eng.c_rlane.eq(rd_col[:lane_bits] if lane_bits else 0)]
+
+        # -- checks -------------------------------------------------------------------------
+        kb_req = Signal(17)
+        groups_req = Signal(17)
+        m.d.comb += [kb_req.eq((cargs.k + (bs - 1)) >> bs_bits),
+                     groups_req.eq((cargs.n + (lanes - 1)) >> lane_bits)]
+        prod_a = Signal(34)
+        prod_b = Signal(34)
+        prod_c = Signal(34)
+        prod_mn = Signal(32)
+        w_len = Signal(32)
+        m.d.comb += w_len.eq(ARGS_BYTES + wargs.count * Mux(wargs.wire == Wire.BFP, bb_bfp,
+                                                            bb_float))
+        byte_index = Signal(3)
+        tx_index = Signal(8)
+        m.d.comb += [eng.m.eq(cargs.m), eng.groups.eq(groups_req), eng.kblocks.eq(kb_req)]
+
+        def reply(st, kind=0):
+            m.d.sync += [status.eq(st), reply_kind.eq(kind), read_count.eq(0)]
+            m.next = "SEND"
+
+        m.d.comb += self.error.eq(last_error != 0)
+        with m.FSM(name="exec") as fsm:
+            with m.State("IDLE"):
+                with m.If(dec.o_event.valid):
+                    m.d.sync += [reply_cmd.eq(ev.cmd | REPLY_FLAG)]
+                    with m.If(ev.status != Status.OK):
+                        m.d.sync += [reply_cmd.eq(NACK), rx_errors.eq(rx_errors + 1)]
+                        reply(ev.status)
+                    with m.Else():
+                        m.d.sync += frames.eq(frames + 1)
+                        with m.Switch(ev.cmd):
+                            with m.Case(Cmd.INFO, Cmd.STATUS, Cmd.RESET):
+                                with m.If(ev.length != 0):
+                                    reply(Status.BAD_LENGTH)
+                                with m.Elif(ev.cmd == Cmd.INFO):
+                                    reply(Status.OK, 1)
+                                with m.Elif(ev.cmd == Cmd.STATUS):
+                                    reply(Status.OK, 2)
+                                with m.Else():
+                                    m.d.sync += [c_valid.eq(0), frames.eq(0),
+                                                 rx_errors.eq(0), last_error.eq(0)]
+                                    reply(Status.OK)
+                            with m.Case(Cmd.WRITE_A, Cmd.WRITE_B):
+                                m.d.sync += is_b.eq(ev.cmd == Cmd.WRITE_B)
+                                m.next = "WRITE_CHECK"
+                            with m.Case(Cmd.COMPUTE):
+                                m.next = "COMPUTE_CHECK"
+                            with m.Case(Cmd.READ_C):
+                                m.next = "READ_CHECK"
+                            with m.Default():
+                                reply(Status.UNKNOWN_CMD)
+
+            with m.State("WRITE_CHECK"):
+                cap = Mux(is_b, eng.b_blocks, eng.a_blocks)
+                m.d.sync += [waddr.eq(wargs.start), remaining.eq(wargs.count),
+                             is_bfp.eq(wargs.wire == Wire.BFP), bcount.eq(0)]
+                m.d.comb += ptr_next.eq(ARGS_BYTES)
+                with m.If(ev.length < ARGS_BYTES):
+                    reply(Status.BAD_LENGTH)
+                with m.Elif((wargs.wire > Wire.BFP) | (wargs.flags != 0)):
+                    reply(Status.BAD_ARG)
+                with m.Elif((wargs.wire == Wire.FLOAT) & stochastic):
+                    reply(Status.UNSUPPORTED)
+                with m.Elif(ev.length != w_len):
+                    reply(Status.BAD_LENGTH)
+                with m.Elif(wargs.start + wargs.count > cap):
+                    reply(Status.CAPACITY)
+                with m.Elif(wargs.count == 0):
+                    reply(Status.OK)
+                with m.Else():
+                    m.next = "WRITE_LOAD"
+
+            with m.State("WRITE_LOAD"):
+                m.d.comb += ptr_next.eq(ptr + 1)
+                m.d.sync += [vec.eq(Cat(vec[8:], byte)), bcount.eq(bcount + 1)]
+                with m.If(bcount == Mux(is_bfp, bb_bfp, bb_float) - 1):
+                    m.d.sync += bcount.eq(0)
+                    with m.If(is_bfp):
+                        m.next = "WRITE_STORE"
+                    with m.Else():
+                        m.next = "QUANTIZE"
+
+            with m.State("QUANTIZE"):
+                m.d.comb += q.i_stream.valid.eq(1)
+                with m.If(q.i_stream.ready):
+                    m.next = "QUANTIZE_WAIT"
+
+            with m.State("QUANTIZE_WAIT"):
+                with m.If(q.o_stream.valid):
+                    m.d.comb += [block.eq(q.o_stream.payload), block_we.eq(1)]
+                    m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):
+                        reply(Status.OK)
+                    with m.Else():
+                        m.next = "WRITE_LOAD"
+
+            with m.State("WRITE_STORE"):
+                m.d.comb += [block.eq(block_from_wire), block_we.eq(1)]
+                m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
+                with m.If(remaining == 1):
+                    reply(Status.OK)
+                with m.Else():
+                    m.next = "WRITE_LOAD"
+
+            with m.State("COMPUTE_CHECK"):
+                m.d.sync += [prod_a.eq(cargs.m * kb_req), prod_b.eq(groups_req * kb_req),
+                             prod_c.eq(cargs.m * groups_req), prod_mn.eq(cargs.m * cargs.n)]
+                with m.If(ev.length != COMPUTE_ARGS_LAYOUT.size // 8):
+                    reply(Status.BAD_LENGTH)
+                with m.Elif(cargs.flags != 0):
+                    reply(Status.BAD_ARG)
+                with m.Elif((cargs.m == 0) | (cargs.n == 0) | (cargs.k == 0)):
+                    reply(Status.BAD_ARG)
+                with m.Else():
+                    m.next = "COMPUTE_CHECK2"
+
+            with m.State("COMPUTE_CHECK2"):
+                with m.If((prod_a > eng.a_blocks) | (prod_b > eng.b_depth)
+                          | (prod_c > eng.c_depth)):
+                    reply(Status.CAPACITY)
+                with m.Else():
+                    m.d.sync += c_valid.eq(0)
+                    m.next = "COMPUTE_START"
+
+            with m.State("COMPUTE_START"):
+                m.d.comb += eng.start.eq(1)
+                m.next = "COMPUTE_RUN"
+
+            with m.State("COMPUTE_RUN"):
+                with m.If(eng.done):
+                    m.d.sync += [c_valid.eq(1), c_rows.eq(cargs.m), c_cols.eq(cargs.n),
+                                 c_groups.eq(groups_req), c_total.eq(prod_mn)]
+                    reply(Status.OK, 3)
+
+            with m.State("READ_CHECK"):
+                m.d.sync += [prod_a.eq(rargs.row * c_cols + rargs.col + rargs.count),
+                             rd_row_base.eq(rargs.row * c_groups), rd_col.eq(rargs.col)]
+                with m.If(ev.length != READ_ARGS_LAYOUT.size // 8):
+                    reply(Status.BAD_LENGTH)
+                with m.Elif(rargs.flags != 0):
+                    reply(Status.BAD_ARG)
+                with m.Elif(~c_valid):
+                    reply(Status.NO_RESULT)
+                with m.Elif((rargs.row >= c_rows) | (rargs.col >= c_cols)
+                            | (1 + 4 * rargs.count > self._max_payload)):
+                    reply(Status.CAPACITY)
+                with m.Else():
+                    m.next = "READ_CHECK2"
+
+            with m.State("READ_CHECK2"):
+                with m.If(prod_a > c_total):
+                    reply(Status.CAPACITY)
+                with m.Else():
+                    m.d.sync += [status.eq(Status.OK), reply_kind.eq(0),
+                                 read_count.eq(rargs.count)]
+                    m.next = "SEND"
+
+            # -- reply: header, fixed part, then `read_count` words of C ----------------------
+            with m.State("SEND"):
+                hdr = enc.i_header.payload
+                m.d.comb += [
+                    enc.i_header.valid.eq(1),
+                    hdr.cmd.eq(reply_cmd), hdr.seq.eq(ev.seq),
+                    hdr.length.eq(fixed_len + (read_count << 2)),
+                ]
+                with m.If(status != Status.OK):
+                    m.d.sync += last_error.eq(status)
+                with m.If(enc.i_header.ready):
+                    m.d.sync += tx_index.eq(0)
+                    m.next = "SEND_FIXED"
+
+            with m.State("SEND_FIXED"):
+                m.d.comb += [enc.i_stream.valid.eq(1),
+                             enc.i_stream.payload.eq(fixed.word_select(tx_index, 8))]
+                with m.If(enc.i_stream.ready):
+                    m.d.sync += tx_index.eq(tx_index + 1)
+                    with m.If(tx_index == fixed_len - 1):
+                        with m.If(read_count != 0):
+                            m.next = "SEND_C_ADDR"
+                        with m.Else():
+                            m.next = "DONE"
+
+            with m.State("SEND_C_ADDR"):
+                m.next = "SEND_C_LATCH"        # the address is applied; data next cycle
+
+            with m.State("SEND_C_LATCH"):
+                m.d.sync += [word.eq(eng.c_rdata), byte_index.eq(0)]
+                with m.If(rd_col + 1 == c_cols):
+                    m.d.sync += [rd_col.eq(0), rd_row_base.eq(rd_row_base + c_groups)]
+                with m.Else():
+                    m.d.sync += rd_col.eq(rd_col + 1)
+                m.next = "SEND_C_BYTES"
+
+            with m.State("SEND_C_BYTES"):
+                m.d.comb += [enc.i_stream.valid.eq(1),
+                             enc.i_stream.payload.eq(word.word_select(byte_index[:2], 8))]
+                with m.If(enc.i_stream.ready):
+                    m.d.sync += byte_index.eq(byte_index + 1)
+                    with m.If(byte_index == 3):
+                        m.d.sync += read_count.eq(read_count - 1)
+                        with m.If(read_count == 1):
+                            m.next = "DONE"
+                        with m.Else():
+                            m.next = "SEND_C_ADDR"
+
+            with m.State("DONE"):
+                m.d.comb += dec.o_event.ready.eq(1)
+                m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m

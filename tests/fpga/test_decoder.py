@@ -1,0 +1,377 @@
+# amaranth: UnusedElaboratable=no
+"""The protocol decoder and command executor of GemmSystem, in the Amaranth simulator.
+
+Every command, and every way a request can be wrong: bad CRC, truncated frames, wrong lengths,
+unknown commands, oversize requests, random garbage. Each error gets its reply and leaves the
+device's state (the buffers and C) as it was.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.sim import Simulator
+
+from hbfp_hw import golden
+from hbfp_hw.formats import BFPFormat
+from hbfp_hw.fpga import protocol
+from hbfp_hw.fpga.decoder import crc32_next
+from hbfp_hw.fpga.engine import GemmSystem
+from hbfp_hw.fpga.protocol import (
+    COMPUTE_ARGS_LAYOUT,
+    NACK,
+    READ_ARGS_LAYOUT,
+    REPLY_FLAG,
+    WRITE_ARGS_LAYOUT,
+    Cmd,
+    Status,
+    Wire,
+    to_bytes,
+)
+
+from .link import LinkTimeout, device_gemm, read_c, run_link
+
+FMT = BFPFormat(8, 4)
+TIMEOUT = 100
+
+
+def small_system(**kw):
+    params = dict(lanes=2, a_blocks=16, b_blocks=16, c_words=16, max_payload=128,
+                  timeout_cycles=TIMEOUT, clock_hz=12_000_000, build_hash=0x1234ABCD)
+    params.update(kw)
+    return GemmSystem(FMT, **params)
+
+
+def write_args(wire=Wire.BFP, count=0, start=0, flags=0):
+    return to_bytes(WRITE_ARGS_LAYOUT, {"wire": int(wire), "flags": flags, "count": count,
+                                        "start": start})
+
+
+def compute_args(m, n, k, flags=0):
+    return to_bytes(COMPUTE_ARGS_LAYOUT, {"m": m, "n": n, "k": k, "flags": flags})
+
+
+def read_args(row, col, count, flags=0):
+    return to_bytes(READ_ARGS_LAYOUT, {"row": row, "col": col, "count": count, "flags": flags})
+
+
+def operands(seed=0, m=3, k=6, n=3):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((m, k)).astype(np.float32),
+            rng.standard_normal((k, n)).astype(np.float32))
+
+
+async def expect(link, cmd, payload, status, *, reply_cmd=None):
+    reply = await link.request(cmd, payload)
+    assert reply.cmd == (cmd | REPLY_FLAG if reply_cmd is None else reply_cmd)
+    assert reply.status is status, (reply.status, status)
+    return reply
+
+
+def test_crc32_next_matches_python():
+    crc, byte, out = Signal(32), Signal(8), Signal(32)
+    m = Module()
+    m.d.comb += out.eq(crc32_next(crc, byte))
+    rng = random.Random(0)
+    cases = [(0xFFFFFFFF, 0), (0, 0xFF), (0x12345678, 0xA5)] + [
+        (rng.getrandbits(32), rng.getrandbits(8)) for _ in range(50)]
+
+    async def bench(ctx):
+        for c, b in cases:
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(out) == protocol.crc32_byte(c, b)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_info_reset_status():
+    dut = small_system()
+
+    async def test(link):
+        info = await link.info()
+        assert info == dut.info
+        assert info.version == protocol.PROTOCOL_VERSION
+        assert (info.fmt, info.lanes, info.a_blocks, info.max_payload) == (FMT, 2, 16, 128)
+        assert (info.clock_hz, info.build_hash, info.timeout_cycles) == (
+            12_000_000, 0x1234ABCD, TIMEOUT)
+        assert info.wire_formats == {Wire.FLOAT, Wire.BFP}
+        st = await link.status()
+        assert st == {"last_error": 0, "c_valid": 0, "frames": 2, "rx_errors": 0,
+                      "c_rows": 0, "c_cols": 0}
+        await expect(link, Cmd.READ_C, read_args(0, 0, 1), Status.NO_RESULT)
+        st = await link.status()
+        assert st["last_error"] == Status.NO_RESULT and st["frames"] == 4
+        await expect(link, Cmd.RESET, b"", Status.OK)
+        st = await link.status()
+        assert st == {"last_error": 0, "c_valid": 0, "frames": 1, "rx_errors": 0,
+                      "c_rows": 0, "c_cols": 0}
+
+    run_link(dut, test)
+
+
+def test_write_compute_read_every_command():
+    dut = small_system()
+    a, b = operands()
+    expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
+
+    async def test(link):
+        info = await link.info()
+        # WRITE_B: 2 column groups x 2 k-blocks x 2 lanes; WRITE_A: 3 rows x 2 k-blocks.
+        nb, raw_b = protocol.b_blocks_payload(b, FMT, Wire.FLOAT, info.lanes)
+        half = len(raw_b) // 2
+        await expect(link, Cmd.WRITE_B, write_args(Wire.FLOAT, nb // 2) + raw_b[:half],
+                     Status.OK)
+        await expect(link, Cmd.WRITE_B, write_args(Wire.FLOAT, nb // 2, nb // 2)
+                     + raw_b[half:], Status.OK)
+        na, raw_a = protocol.a_blocks_payload(a, FMT, Wire.BFP)
+        bb = protocol.block_bytes(FMT, Wire.BFP)
+        # In two frames, the second one first: the order of writes does not matter.
+        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, na - 2, 2) + raw_a[2 * bb:],
+                     Status.OK)
+        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, 2, 0) + raw_a[:2 * bb],
+                     Status.OK)
+        reply = await expect(link, Cmd.COMPUTE, compute_args(3, 3, 6), Status.OK)
+        cycles = protocol.from_bytes(protocol.COMPUTE_REPLY_LAYOUT, reply.body)["cycles"]
+        assert 0 < cycles < 200
+        st = await link.status()
+        assert (st["c_valid"], st["c_rows"], st["c_cols"]) == (1, 3, 3)
+        reply = await expect(link, Cmd.READ_C, read_args(1, 2, 4), Status.OK)
+        assert list(protocol.c_from_payload(reply.body)) == list(expected.reshape(-1)[5:9])
+        reply = await expect(link, Cmd.READ_C, read_args(2, 2, 0), Status.OK)
+        assert reply.body == b""
+        return await read_c(link, 3, 3, info)
+
+    assert (run_link(dut, test) == expected).all()
+
+
+async def _setup_c(link, a, b):
+    info = await link.info()
+    return info, await device_gemm(link, a, b, info, Wire.BFP, tile=(a.shape[0], b.shape[1]))
+
+
+async def _check_state(link, info, a, b, c):
+    """C reads back unchanged, and recomputing from the buffers gives it again."""
+    assert (await read_c(link, *c.shape, info) == c).all()
+    await expect(link, Cmd.COMPUTE, compute_args(a.shape[0], b.shape[1], a.shape[1]), Status.OK)
+    assert (await read_c(link, *c.shape, info) == c).all()
+
+
+def test_bad_crc_is_nacked_and_changes_nothing():
+    dut = small_system()
+    a, b = operands(1)
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        # A WRITE_A of other data whose CRC is corrupted must not reach the buffer.
+        na, raw = protocol.a_blocks_payload(-a, FMT, Wire.BFP)
+        for position in [2, 3, 5, 12, -1]:                   # cmd, seq, length, payload, CRC
+            frame = bytearray(protocol.encode_frame(Cmd.WRITE_A, 0x77,
+                                                    write_args(Wire.BFP, na) + raw))
+            frame[position] ^= 0x04
+            await link.send(frame)
+            if position == 5:                                # length now too long: TOO_LONG
+                reply = await link.recv()
+                assert reply.status is Status.TOO_LONG
+                await link.idle(2 * TIMEOUT)                 # the rest is garbage; settle
+                link.frames.clear()
+                continue
+            reply = await link.recv()
+            assert reply.cmd == NACK and reply.status is Status.BAD_CRC
+            assert reply.seq == (0x73 if position == 3 else 0x77)
+        st = await link.status()
+        assert st["last_error"] == Status.BAD_CRC and st["rx_errors"] >= 4
+        await _check_state(link, info, a, b, c)
+
+    run_link(dut, test)
+
+
+@pytest.mark.parametrize("cut", [3, 5, 8, 14, 16])          # in the header, payload, CRC
+def test_truncated_frame_times_out(cut):
+    dut = small_system()
+
+    async def test(link):
+        frame = protocol.encode_frame(Cmd.COMPUTE, 0x33, compute_args(1, 1, 1))   # 18 bytes
+        await link.send(frame[:cut])
+        start = link.cycle
+        reply = await link.recv()
+        assert reply.cmd == NACK and reply.status is Status.TIMEOUT
+        assert reply.seq == (0x33 if cut > 3 else 0)
+        assert TIMEOUT <= link.cycle - start <= TIMEOUT + 40
+        info = await link.info()                            # the decoder is back in sync
+        assert info == dut.info
+        st = await link.status()
+        assert st["c_valid"] == 0 and st["rx_errors"] == 1
+
+    run_link(dut, test)
+
+
+def test_wrong_lengths_and_arguments():
+    dut = small_system()
+    a, b = operands(2)
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        one_bfp = bytes(protocol.block_bytes(FMT, Wire.BFP))
+        for cmd in (Cmd.INFO, Cmd.RESET, Cmd.STATUS):
+            await expect(link, cmd, b"\x00", Status.BAD_LENGTH)
+        await expect(link, Cmd.WRITE_A, b"\x01\x00\x01", Status.BAD_LENGTH)
+        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, 2) + one_bfp, Status.BAD_LENGTH)
+        await expect(link, Cmd.WRITE_B, write_args(Wire.BFP, 1) + one_bfp + b"\x00",
+                     Status.BAD_LENGTH)
+        await expect(link, Cmd.WRITE_B, write_args(Wire.FLOAT, 1) + one_bfp, Status.BAD_LENGTH)
+        await expect(link, Cmd.WRITE_A, write_args(2, 1) + one_bfp, Status.BAD_ARG)
+        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, 1, flags=1) + one_bfp,
+                     Status.BAD_ARG)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1)[:7], Status.BAD_LENGTH)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1) + b"\x00", Status.BAD_LENGTH)
+        for args in [(0, 1, 1), (1, 0, 1), (1, 1, 0)]:
+            await expect(link, Cmd.COMPUTE, compute_args(*args), Status.BAD_ARG)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1, flags=1), Status.BAD_ARG)
+        await expect(link, Cmd.READ_C, read_args(0, 0, 1)[:6], Status.BAD_LENGTH)
+        await expect(link, Cmd.READ_C, read_args(0, 0, 1, flags=2), Status.BAD_ARG)
+        st = await link.status()
+        assert st["last_error"] == Status.BAD_ARG and st["rx_errors"] == 0
+        await _check_state(link, info, a, b, c)
+
+    run_link(dut, test)
+
+
+@pytest.mark.parametrize("cmd", [0x00, 0x04, 0x12, 0x21, 0x7F, 0x80, 0xFE])
+def test_unknown_command(cmd):
+    dut = small_system()
+
+    async def test(link):
+        reply = await link.request(cmd, b"abc")
+        assert reply.cmd == cmd | REPLY_FLAG and reply.status is Status.UNKNOWN_CMD
+        assert (await link.info()) == dut.info
+
+    run_link(dut, test)
+
+
+def test_oversize_requests():
+    dut = small_system()
+    a, b = operands(3)
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        # A length field above max_payload is refused before any payload byte is stored.
+        big = protocol.encode_frame(Cmd.WRITE_A, 9, bytes(info.max_payload + 1))
+        await link.send(big[:6])
+        reply = await link.recv()
+        assert reply.cmd == NACK and reply.seq == 9 and reply.status is Status.TOO_LONG
+        bb = protocol.block_bytes(FMT, Wire.BFP)
+        blocks = bytes(range(bb)) * 2
+        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, 2, 15) + blocks, Status.CAPACITY)
+        await expect(link, Cmd.WRITE_B, write_args(Wire.BFP, 2, 0xFFFFFFFF) + blocks,
+                     Status.CAPACITY)
+        await expect(link, Cmd.WRITE_B, write_args(Wire.BFP, 1, 16) + blocks[:bb],
+                     Status.CAPACITY)
+        # Exactly max_payload bytes pass the decoder (and then fail the capacity check).
+        full = write_args(Wire.BFP, 24) + bytes(24 * bb)
+        assert len(full) == info.max_payload
+        await expect(link, Cmd.WRITE_A, full, Status.CAPACITY)
+        # The last block of each buffer can be written (unused by the C below).
+        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, 1, 15) + blocks[:bb], Status.OK)
+        await expect(link, Cmd.WRITE_B, write_args(Wire.BFP, 1, 15) + blocks[:bb], Status.OK)
+        await expect(link, Cmd.COMPUTE, compute_args(17, 1, 1), Status.CAPACITY)   # A
+        await expect(link, Cmd.COMPUTE, compute_args(2, 1, 33), Status.CAPACITY)   # A (K)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 17, 1), Status.CAPACITY)   # B
+        await expect(link, Cmd.COMPUTE, compute_args(9, 3, 4), Status.CAPACITY)    # C
+        await expect(link, Cmd.COMPUTE, compute_args(0xFFFF, 0xFFFF, 0xFFFF), Status.CAPACITY)
+        await expect(link, Cmd.READ_C, read_args(3, 0, 1), Status.CAPACITY)
+        await expect(link, Cmd.READ_C, read_args(0, 3, 1), Status.CAPACITY)
+        await expect(link, Cmd.READ_C, read_args(2, 2, 2), Status.CAPACITY)
+        await expect(link, Cmd.READ_C, read_args(0, 0, 32), Status.CAPACITY)    # > max_payload
+        st = await link.status()
+        assert st["last_error"] == Status.CAPACITY and st["c_valid"] == 1
+        await _check_state(link, info, a, b, c)
+
+    run_link(dut, test)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_garbage_then_info(seed):
+    dut = small_system()
+    a, b = operands(4)
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        rng = random.Random(seed)
+        garbage = bytearray(rng.randrange(256) for _ in range(400))
+        for _ in range(8):                 # plenty of sync markers and valid-looking headers
+            pos = rng.randrange(len(garbage) - 6)
+            garbage[pos:pos + 6] = b"\xA5\x5A" + bytes([rng.randrange(256), rng.randrange(256),
+                                                         rng.randrange(40), 0])
+        garbage += protocol.encode_frame(Cmd.INFO, 1)[:7]            # and a cut frame
+        await link.send(garbage)
+        # Without waiting for the idle timeout: like the host driver, wait for the reply with
+        # our sequence number (dropping NACKs of the garbage), retry after a silent period.
+        reply = None
+        for attempt in range(4):
+            seq = 200 + attempt
+            await link.send(protocol.encode_frame(Cmd.INFO, seq))
+            while reply is None:
+                try:
+                    got = await link.recv(max_cycles=2 * TIMEOUT)
+                except LinkTimeout:
+                    break
+                if got.seq == seq and got.cmd == Cmd.INFO | REPLY_FLAG:
+                    reply = got
+            if reply is not None:
+                break
+        assert reply is not None, "no INFO reply after garbage"
+        assert protocol.Info.from_bytes(reply.body) == dut.info
+        # After an idle gap the very first request is answered.
+        await link.idle(2 * TIMEOUT)
+        link.frames.clear()
+        assert (await link.info()) == dut.info
+        await _check_state(link, info, a, b, c)
+
+    run_link(dut, test)
+
+
+def test_stochastic_rejects_float_wire():
+    fmt = BFPFormat(8, 4, "stochastic")
+    dut = GemmSystem(fmt, lanes=1, a_blocks=8, b_blocks=8, c_words=8, max_payload=96,
+                     timeout_cycles=TIMEOUT)
+
+    async def test(link):
+        info = await link.info()
+        assert info.wire_formats == {Wire.BFP} and info.fmt == fmt
+        one = bytes(protocol.block_bytes(fmt, Wire.FLOAT))
+        await expect(link, Cmd.WRITE_A, write_args(Wire.FLOAT, 1) + one, Status.UNSUPPORTED)
+
+    run_link(dut, test)
+
+
+def test_sequence_numbers_are_echoed():
+    dut = small_system()
+
+    async def test(link):
+        for seq in [0, 1, 0x7F, 0x80, 0xFF]:
+            reply = await link.request(Cmd.STATUS, seq=seq)
+            assert reply.seq == seq
+        # A retried (identical) WRITE is idempotent.
+        one = bytes(protocol.block_bytes(FMT, Wire.BFP))
+        for _ in range(2):
+            reply = await link.request(Cmd.WRITE_A, write_args(Wire.BFP, 1, 3) + one, seq=5)
+            assert reply.status is Status.OK and reply.seq == 5
+
+    run_link(dut, test)
+
+
+@pytest.mark.parametrize(("kw", "error", "match"), [
+    ({"lanes": 3}, ValueError, r"^lanes must be a power of two between 1 and 64, not 3$"),
+    ({"lanes": 2.0}, TypeError, r"^lanes must be an integer, not 2\.0$"),
+    ({"b_blocks": 15}, ValueError, r"^b_blocks must be a multiple of lanes \(2\), not 15$"),
+    ({"max_payload": 10}, ValueError, r"^max_payload must be between 24 and 65535, not 10$"),
+    ({"timeout_cycles": 0}, ValueError, r"^timeout_cycles must be between 1 and 4294967295"),
+    ({"build_hash": -1}, ValueError, r"^build_hash must be between 0 and 4294967295"),
+])
+def test_constructor_validation(kw, error, match):
+    with pytest.raises(error, match=match):
+        small_system(**kw)
