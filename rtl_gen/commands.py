@@ -7,6 +7,8 @@ import sys
 
 from hbfp_hw.formats import PRESETS, BFPFormat, FloatFormat, Rounding, resolve_format
 
+from .generate import FORMAT_FREE_UNITS, UNITS
+
 __all__ = ["register", "add_format_arguments", "format_from_args", "add_hw_arguments",
            "hw_from_args"]
 
@@ -17,23 +19,25 @@ def add_format_arguments(p):
                    help=f"format preset ({', '.join(PRESETS)}); overrides the fields below")
     p.add_argument("--mantissa-bits", type=int, metavar="W", help="element width, 2..16")
     p.add_argument("--block-size", type=int, metavar="N", help="block size, power of two 2..64")
-    p.add_argument("--rounding", default="nearest-even",
-                   choices=[r.value for r in Rounding])
-    p.add_argument("--exponent-bits", type=int, default=8, metavar="E",
-                   help="shared-exponent width, 2..8 (default 8)")
+    p.add_argument("--rounding", default=None, choices=[r.value for r in Rounding],
+                   help="default nearest-even (or the preset's)")
+    p.add_argument("--exponent-bits", type=int, default=None, metavar="E",
+                   help="shared-exponent width, 2..8 (default 8, or the preset's)")
     p.add_argument("--input-format", default="fp32", choices=[f.value for f in FloatFormat])
 
 
 def format_from_args(p, args):
     """Build the BFPFormat from parsed arguments; report bad values through ``p.error``."""
     try:
+        overrides = {k: v for k, v in (("rounding", args.rounding),
+                                       ("exponent_bits", args.exponent_bits)) if v is not None}
         if args.format:
             if args.mantissa_bits is not None or args.block_size is not None:
                 p.error("give either --format or --mantissa-bits/--block-size, not both")
-            return resolve_format(args.format)
+            return resolve_format(args.format).replace(**overrides)
         if args.mantissa_bits is None or args.block_size is None:
             p.error("--mantissa-bits and --block-size are required (or give --format)")
-        return BFPFormat(args.mantissa_bits, args.block_size, args.rounding, args.exponent_bits)
+        return BFPFormat(args.mantissa_bits, args.block_size, **overrides)
     except (TypeError, ValueError) as exc:
         name = str(exc).split(" ", 1)[0]
         flag = "--" + name.replace("_", "-") if name.isidentifier() else ""
@@ -58,8 +62,6 @@ def add_hw_arguments(p):
 
 def hw_from_args(p, args, unit):
     """Return the hardware parameters given on the command line, checked against ``unit``."""
-    from hbfp_hw.rtl_gen.generate import UNITS
-
     hw = {k: getattr(args, k) for k in _HW_ARGS if getattr(args, k) is not None}
     allowed = UNITS[unit][1]
     bad = [k for k in hw if k not in allowed]
@@ -72,7 +74,7 @@ def hw_from_args(p, args, unit):
 def cmd_generate(p, args):
     from hbfp_hw.rtl_gen.generate import emit
 
-    fmt = format_from_args(p, args)
+    fmt = None if args.unit in FORMAT_FREE_UNITS else format_from_args(p, args)
     hw = hw_from_args(p, args, args.unit)
     try:
         desc = emit(args.unit, fmt, args.out, input_format=args.input_format, **hw)
@@ -85,7 +87,7 @@ def cmd_generate(p, args):
     lint_text = ("lint: verilator not available" if lint is None else
                  f"lint: {lint['errors']} errors, warnings "
                  f"{', '.join(f'{k}={v}' for k, v in sorted(lint['warnings'].items())) or 'none'}"
-                 " (documented in docs/hardware.md)")
+                 " (documented in docs/units.md)")
     print(f"generated {desc['module']} ({desc['class']}): latency {desc['latency']} cycles, "
           f"throughput {desc['throughput']}/cycle")
     for kind, path in desc["files"].items():
@@ -99,8 +101,6 @@ def cmd_generate(p, args):
 
 
 def register(sub):
-    from hbfp_hw.rtl_gen.generate import UNITS
-
     p = sub.add_parser(
         "generate", help="emit a unit as Verilog, a JSON port map and a FuseSoC core",
         description="Generate synthesizable Verilog for a BFP unit, a JSON description of its "

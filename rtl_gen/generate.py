@@ -13,7 +13,6 @@ Names are deterministic: the same parameters always give the same module and fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -33,7 +32,7 @@ from .fp32_mac import Fp32MacBaseline
 from .fp_accumulator import FPAccumulator
 from .mac_tree import MacTree
 
-__all__ = ["UNITS", "build_unit", "unit_name", "describe", "emit", "lint"]
+__all__ = ["UNITS", "FORMAT_FREE_UNITS", "build_unit", "unit_name", "describe", "emit", "lint"]
 
 #: Unit names of ``hbfp-hw generate --unit`` and the hardware parameters each accepts.
 UNITS = {
@@ -45,8 +44,8 @@ UNITS = {
     "accumulator": ("FPAccumulator", ("channels", "adder_stages")),
     "fp32-baseline": ("Fp32MacBaseline", ("channels", "mul_stages", "adder_stages")),
 }
-# Units whose hardware does not depend on the BFP format.
-_FORMAT_FREE = {"accumulator", "fp32-baseline"}
+#: Units whose hardware does not depend on the BFP format.
+FORMAT_FREE_UNITS = ("accumulator", "fp32-baseline")
 
 
 def _check_unit(unit):
@@ -67,7 +66,7 @@ def build_unit(unit, fmt=None, *, input_format="fp32", **hw):
     if unknown:
         raise TypeError(f"unit {unit!r} takes the hardware parameters {', '.join(allowed)}, "
                         f"not {', '.join(unknown)}")
-    if unit in _FORMAT_FREE:
+    if unit in FORMAT_FREE_UNITS:
         hw.setdefault("channels", hw.get("adder_stages", 3))
         cls = FPAccumulator if unit == "accumulator" else Fp32MacBaseline
         return cls(**hw)
@@ -82,17 +81,22 @@ def build_unit(unit, fmt=None, *, input_format="fp32", **hw):
     return BlockToFloat(fmt, **hw)
 
 
+_ABBREV = {"channels": "c", "stages": "s", "align_stages": "as", "mac_stages": "ms",
+           "convert_stages": "cs", "adder_stages": "fs", "mul_stages": "xs"}
+
+
 def unit_name(unit, fmt=None, *, input_format="fp32", **hw):
     """Return the deterministic module name, e.g. ``hbfp_dot_bfp8_fp32``."""
     _check_unit(unit)
     parts = ["hbfp", unit.replace("-", "_")]
-    if unit not in _FORMAT_FREE:
+    if unit not in FORMAT_FREE_UNITS:
         parts.append(fmt.name)
     if unit in ("dot", "align"):
         parts.append(FloatFormat(input_format).value)
-    if hw:
-        digest = hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:8]
-        parts.append(digest)
+    # Non-default hardware parameters, abbreviated, in a fixed order.
+    for key in UNITS[unit][1]:
+        if key in hw:
+            parts.append(f"{_ABBREV[key]}{int(hw[key])}")
     return "_".join(parts)
 
 
@@ -212,7 +216,7 @@ def emit(unit, fmt=None, out_dir=".", *, input_format="fp32", run_lint=True, **h
     text = verilog.convert(component, name=name, emit_src=False)
     vpath = out / f"{name}.v"
     vpath.write_text(text)
-    desc = describe(component, name, unit, None if unit in _FORMAT_FREE else fmt,
+    desc = describe(component, name, unit, None if unit in FORMAT_FREE_UNITS else fmt,
                     input_format if unit in ("dot", "align") else None)
     desc["hardware_parameters"] = hw
     if run_lint:

@@ -11,6 +11,7 @@ from hbfp_hw.rtl_gen.commands import (
     format_from_args,
     hw_from_args,
 )
+from hbfp_hw.rtl_gen.generate import FORMAT_FREE_UNITS
 
 __all__ = ["register", "summary_line"]
 
@@ -41,7 +42,7 @@ def cmd_verify(p, args):
     from hbfp_hw.sim import toolchain
     from hbfp_hw.sim.verify import verify
 
-    fmt = None if args.unit in ("accumulator", "fp32-baseline") else format_from_args(p, args)
+    fmt = None if args.unit in FORMAT_FREE_UNITS else format_from_args(p, args)
     hw = hw_from_args(p, args, args.unit)
     if args.vectors < 1:
         p.error(f"--vectors must be at least 1, not {args.vectors}")
