@@ -36,9 +36,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import FloatFormat, Rounding
-from hbfp_hw.rtl_gen.block_to_float import BlockToFloat, check_stages
-from hbfp_hw.rtl_gen.float_to_block import FloatToBlock, check_rtl_format
-from hbfp_hw.rtl_gen.float_to_block import check_stages as check_mac_stages
+from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+from hbfp_hw.rtl_gen.common import check_rtl_format, check_stages
+from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
 from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
 from hbfp_hw.rtl_gen.layout import (
     accumulator_output_layout,
@@ -135,7 +135,7 @@ class BlockDotUnit(wiring.Component):
         """
         check_rtl_format(fmt)
         check_stages("channels", channels, MAX_CHANNELS, 1)
-        check_mac_stages(mac_stages, MacTree.max_stages_for(fmt))
+        check_stages("mac_stages", mac_stages, MacTree.max_stages_for(fmt))
         check_stages("convert_stages", convert_stages, BlockToFloat.MAX_STAGES)
         check_stages("adder_stages", adder_stages, FPAccumulator.MAX_ADDER_STAGES, 1)
         return dict(channels=channels, mac_stages=mac_stages, convert_stages=convert_stages,

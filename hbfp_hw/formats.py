@@ -19,6 +19,7 @@ __all__ = [
     "BFP8",
     "DEFAULT_FORMAT",
     "resolve_format",
+    "as_float_format",
     "CANONICAL_NAN_BITS",
     "SR_RANDOM_BITS",
 ]
@@ -87,6 +88,11 @@ def _coerce_enum(enum_cls, name, value):
         allowed = ", ".join(repr(m.value) for m in enum_cls)
         raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
     raise TypeError(f"{name} must be a {enum_cls.__name__} or a string, not {value!r}")
+
+
+def as_float_format(value, name="input_format"):
+    """Return ``value`` (a FloatFormat or ``"fp32"``/``"bf16"``) as a :class:`FloatFormat`."""
+    return _coerce_enum(FloatFormat, name, value)
 
 
 @dataclass(frozen=True)

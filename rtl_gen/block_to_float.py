@@ -15,8 +15,9 @@ from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigne
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hbfp_hw.formats import CANONICAL_NAN_BITS, BFPFormat
+from hbfp_hw.formats import CANONICAL_NAN_BITS
 
+from .common import check_rtl_format, check_stages
 from .layout import product_layout
 
 __all__ = [
@@ -27,14 +28,12 @@ __all__ = [
     "comb_signal",
     "shift_right_sticky",
     "FP32_INF_BITS",
-    "RTL_BLOCK_SIZE_RANGE",
 ]
 
 #: Bit pattern of +Inf in FP32 (the sign is ORed in for -Inf).
 FP32_INF_BITS = 0x7F800000
 
 #: Block sizes that the RTL generators accept (powers of two).
-RTL_BLOCK_SIZE_RANGE = (2, 64)
 
 _FP32_BIAS = 127
 _FP32_FRACTION_BITS = 23
@@ -43,23 +42,6 @@ _FP32_FRACTION_BITS = 23
 _KEEP_BITS = _FP32_FRACTION_BITS + 2
 # A denormalizing shift of 25 or more moves every kept bit into the sticky bit.
 _MAX_DENORM_SHIFT = _KEEP_BITS
-
-
-def check_stages(name, value, maximum, minimum=0):
-    """Validate a pipeline-depth parameter and return it.
-
-    Raises
-    ------
-    TypeError
-        If ``value`` is not an integer.
-    ValueError
-        If ``value`` is outside ``minimum..maximum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be between {minimum} and {maximum}, not {value!r}")
-    return value
 
 
 def _cut_points(nsteps, stages):
@@ -296,13 +278,7 @@ class BlockToFloat(wiring.Component):
     MAX_STAGES = 5
 
     def __init__(self, fmt, *, stages=3):
-        if not isinstance(fmt, BFPFormat):
-            raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
-        lo, hi = RTL_BLOCK_SIZE_RANGE
-        if not lo <= fmt.block_size <= hi:
-            raise ValueError(f"fmt.block_size must be a power of two between {lo} and {hi} "
-                             f"in the RTL, not {fmt.block_size!r}")
-        self._fmt = fmt
+        self._fmt = check_rtl_format(fmt)
         self._stages = check_stages("stages", stages, self.MAX_STAGES)
         super().__init__({
             "i_stream": In(stream.Signature(product_layout(fmt))),

@@ -25,12 +25,13 @@ How the contract maps to hardware
   disturbs blocks in flight.
 """
 
-from amaranth.hdl import C, Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hbfp_hw.formats import SR_RANDOM_BITS, BFPFormat, FloatFormat, Rounding
+from hbfp_hw.formats import SR_RANDOM_BITS, FloatFormat, Rounding, as_float_format
 
+from .common import Pipeline, check_rtl_format, check_stages
 from .layout import block_layout, float_vector_layout
 
 __all__ = ["FloatToBlock", "XORSHIFT_LANE_CONSTANT", "DEFAULT_SEED"]
@@ -40,49 +41,8 @@ XORSHIFT_LANE_CONSTANT = 0x9E3779B9
 #: Seed that the PRNG states hold after reset (as if reseeded with 0).
 DEFAULT_SEED = 0
 
-RTL_BLOCK_SIZE_RANGE = (2, 64)
 MAX_STAGES = 4
 _MASK32 = 0xFFFFFFFF
-
-
-def check_rtl_format(fmt):
-    """Validate that ``fmt`` is a :class:`BFPFormat` the RTL generators support.
-
-    Raises
-    ------
-    TypeError
-        If ``fmt`` is not a :class:`BFPFormat`.
-    ValueError
-        If its block size is outside the RTL range (a power of two from 2 to 64).
-    """
-    if not isinstance(fmt, BFPFormat):
-        raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
-    lo, hi = RTL_BLOCK_SIZE_RANGE
-    if not lo <= fmt.block_size <= hi:
-        raise ValueError(f"block_size must be a power of two between {lo} and {hi} for the RTL, "
-                         f"not {fmt.block_size!r}")
-    return fmt
-
-
-def check_stages(stages, hi):
-    """Validate a pipeline depth: an integer between 0 and ``hi``."""
-    if isinstance(stages, bool) or not isinstance(stages, int):
-        raise TypeError(f"stages must be an integer, not {stages!r}")
-    if not 0 <= stages <= hi:
-        raise ValueError(f"stages must be between 0 and {hi}, not {stages!r}")
-    return stages
-
-
-def _check_input_format(input_format):
-    if isinstance(input_format, FloatFormat):
-        return input_format
-    if isinstance(input_format, str):
-        try:
-            return FloatFormat(input_format)
-        except ValueError:
-            pass
-        raise ValueError(f"input_format must be 'fp32' or 'bf16', not {input_format!r}")
-    raise TypeError(f"input_format must be a FloatFormat or a string, not {input_format!r}")
 
 
 def lane_start_state(seed, lane):
@@ -96,39 +56,6 @@ def _xorshift32(s):
     s = s ^ (s << 13)[:32]
     s = s ^ (s >> 17)
     return s ^ (s << 5)[:32]
-
-
-class _Pipeline:
-    """Optional pipeline registers, all advanced by one global enable.
-
-    Each :meth:`cut` either passes its values through (no register at that point) or registers
-    them, together with a valid bit, while ``enable`` is high.
-    """
-
-    def __init__(self, m, enable, valid):
-        self.m = m
-        self.enable = enable
-        self.valid = valid
-
-    def cut(self, name, values, register):
-        if not register:
-            return values
-        out = {}
-        with self.m.If(self.enable):
-            for key, value in values.items():
-                if isinstance(value, list):
-                    regs = [Signal(Value.cast(v).shape(), name=f"{name}_{key}{i}")
-                            for i, v in enumerate(value)]
-                    self.m.d.sync += [r.eq(v) for r, v in zip(regs, value, strict=True)]
-                    out[key] = regs
-                else:
-                    reg = Signal(Value.cast(value).shape(), name=f"{name}_{key}")
-                    self.m.d.sync += reg.eq(value)
-                    out[key] = reg
-            valid = Signal(name=f"{name}_valid")
-            self.m.d.sync += valid.eq(self.valid)
-        self.valid = valid
-        return out
 
 
 class FloatToBlock(wiring.Component):
@@ -179,8 +106,8 @@ class FloatToBlock(wiring.Component):
 
     def __init__(self, fmt, *, input_format="fp32", stages=2):
         self._fmt = check_rtl_format(fmt)
-        self._input_format = _check_input_format(input_format)
-        self._stages = check_stages(stages, MAX_STAGES)
+        self._input_format = as_float_format(input_format)
+        self._stages = check_stages("stages", stages, MAX_STAGES)
         super().__init__({
             "i_stream": In(stream.Signature(float_vector_layout(fmt, self._input_format))),
             "o_stream": Out(stream.Signature(block_layout(fmt))),
@@ -274,7 +201,7 @@ class FloatToBlock(wiring.Component):
                 rand.append(nxt[32 - SR_RANDOM_BITS:])
             values["rand"] = rand
 
-        pipe = _Pipeline(m, enable, in_valid)
+        pipe = Pipeline(m, enable, in_valid)
         values = pipe.cut("s_in", values, cuts["input"])
 
         # -- shared exponent: max tree over the exponent fields -------------------------------

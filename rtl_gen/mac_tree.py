@@ -6,43 +6,14 @@
 :func:`hbfp_hw.golden.product_exponent`.
 """
 
-from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .float_to_block import check_rtl_format, check_stages
+from .common import Pipeline, check_rtl_format, check_stages
 from .layout import block_pair_layout, product_exponent_shape, product_layout
 
 __all__ = ["MacTree"]
-
-
-class _Pipeline:
-    """Optional pipeline registers, all advanced by one global enable."""
-
-    def __init__(self, m, enable, valid):
-        self.m = m
-        self.enable = enable
-        self.valid = valid
-
-    def cut(self, name, values, register):
-        if not register:
-            return values
-        out = {}
-        with self.m.If(self.enable):
-            for key, value in values.items():
-                if isinstance(value, list):
-                    regs = [Signal(Value.cast(v).shape(), name=f"{name}_{key}{i}")
-                            for i, v in enumerate(value)]
-                    self.m.d.sync += [r.eq(v) for r, v in zip(regs, value, strict=True)]
-                    out[key] = regs
-                else:
-                    reg = Signal(Value.cast(value).shape(), name=f"{name}_{key}")
-                    self.m.d.sync += reg.eq(value)
-                    out[key] = reg
-            valid = Signal(name=f"{name}_valid")
-            self.m.d.sync += valid.eq(self.valid)
-        self.valid = valid
-        return out
 
 
 class MacTree(wiring.Component):
@@ -83,7 +54,7 @@ class MacTree(wiring.Component):
 
     def __init__(self, fmt, *, stages=2):
         self._fmt = check_rtl_format(fmt)
-        self._stages = check_stages(stages, self.max_stages_for(fmt))
+        self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
         super().__init__({
             "i_stream": In(stream.Signature(block_pair_layout(fmt))),
             "o_stream": Out(stream.Signature(product_layout(fmt))),
@@ -140,7 +111,7 @@ class MacTree(wiring.Component):
         else:
             enable = self.o_stream.ready
         m.d.comb += self.i_stream.ready.eq(enable)
-        pipe = _Pipeline(m, enable, self.i_stream.valid)
+        pipe = Pipeline(m, enable, self.i_stream.valid)
 
         a = self.i_stream.payload.a
         b = self.i_stream.payload.b

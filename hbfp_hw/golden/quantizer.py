@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hbfp_hw.formats import SR_RANDOM_BITS, BFPFormat, FloatFormat, Rounding, resolve_format
+from hbfp_hw.formats import (
+    SR_RANDOM_BITS,
+    BFPFormat,
+    FloatFormat,
+    Rounding,
+    as_float_format,
+    resolve_format,
+)
 from hbfp_hw.golden import prng
 
 __all__ = ["BFPTensor", "quantize", "to_bf16", "check_float_input"]
@@ -93,7 +100,7 @@ def to_bf16(x):
 
 def check_float_input(x, name, input_format=FloatFormat.FP32):
     """Return ``x`` as a float32 ndarray, validating its dtype and the input format."""
-    input_format = _coerce_input_format(input_format)
+    input_format = as_float_format(input_format)
     arr = np.asarray(x)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating)
                                      or np.issubdtype(arr.dtype, np.integer)):
@@ -108,16 +115,6 @@ def check_float_input(x, name, input_format=FloatFormat.FP32):
                              f"but input_format is 'bf16'; round them with "
                              f"hbfp_hw.golden.to_bf16() or use input_format='fp32'")
     return arr
-
-
-def _coerce_input_format(input_format):
-    if isinstance(input_format, FloatFormat):
-        return input_format
-    try:
-        return FloatFormat(input_format)
-    except ValueError:
-        raise ValueError(f"input_format must be 'fp32' or 'bf16', not {input_format!r}") \
-            from None
 
 
 def _floor_log2(x):

@@ -222,9 +222,9 @@ def test_ports():
 @pytest.mark.parametrize("args,kwargs,exc,msg", [
     (("bfp8",), {}, TypeError, r"^fmt must be a BFPFormat, not 'bfp8'$"),
     ((BFPFormat(8, 128),), {}, ValueError,
-     r"^fmt\.block_size must be a power of two between 2 and 64 in the RTL, not 128$"),
+     r"^block_size must be a power of two between 2 and 64 for the RTL, not 128$"),
     ((BFPFormat(8, 1),), {}, ValueError,
-     r"^fmt\.block_size must be a power of two between 2 and 64 in the RTL, not 1$"),
+     r"^block_size must be a power of two between 2 and 64 for the RTL, not 1$"),
     ((BFPFormat(8, 16),), {"stages": 6}, ValueError, r"^stages must be between 0 and 5, not 6$"),
     ((BFPFormat(8, 16),), {"stages": -1}, ValueError,
      r"^stages must be between 0 and 5, not -1$"),

@@ -465,7 +465,7 @@ def test_properties_and_ports():
     ((BFPFormat(8, 16),), {"stages": 1.0}, TypeError, r"^stages must be an integer, not 1\.0$"),
     ((BFPFormat(8, 16),), {"stages": True}, TypeError, r"^stages must be an integer, not True$"),
     ((BFPFormat(8, 16),), {"input_format": "fp16"}, ValueError,
-     r"^input_format must be 'fp32' or 'bf16', not 'fp16'$"),
+     r"^input_format must be one of 'fp32', 'bf16', not 'fp16'$"),
     ((BFPFormat(8, 16),), {"input_format": 32}, TypeError,
      r"^input_format must be a FloatFormat or a string, not 32$"),
 ])

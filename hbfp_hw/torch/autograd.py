@@ -1,0 +1,293 @@
+"""Autograd functions and the functional API of HBFP ``linear``, ``matmul`` and ``conv2d``.
+
+Every product of these functions, forward and backward, is an HBFP GEMM
+(:func:`hbfp_hw.torch.ops.gemm`, i.e. ``golden.gemm`` bit for bit) whose two operands are
+quantized along that GEMM's own reduction axis; everything else (bias, the im2col/col2im data
+movement, sums over broadcast batch dimensions) stays in FP32. See :mod:`hbfp_hw.torch.config`
+for the roles and the seeds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hbfp_hw.golden import prng
+from hbfp_hw.torch import ops
+from hbfp_hw.torch.config import as_config, derive_seed
+
+__all__ = ["hbfp_linear", "hbfp_matmul", "hbfp_conv2d", "role_seeds", "linear_impl",
+           "conv2d_checked", "conv2d_impl"]
+
+_M32 = 0xFFFFFFFF
+
+
+def role_seeds(call_seed):
+    """Return the int64 tensor ``[3]`` of GEMM seeds (forward, grad_input, grad_weight)."""
+    if isinstance(call_seed, torch.Tensor):
+        return torch.stack([derive_seed(call_seed, r) for r in range(3)])
+    return torch.tensor([derive_seed(call_seed, r) for r in range(3)], dtype=torch.int64)
+
+
+def _offset(seeds, i):
+    """Seeds of sub-GEMM ``i`` of one call: ``(seed + 2 i) mod 2**32``."""
+    return seeds if i == 0 else (seeds + 2 * i) & _M32
+
+
+class _Linear(torch.autograd.Function):
+    """``y = x @ W^T``; ``dx = dy @ W``; ``dW = dy^T @ x`` (three HBFP GEMMs)."""
+
+    @staticmethod
+    def forward(x, weight, seeds, fmts, key):
+        return ops.role_gemm(x, weight.t(), fmts[0], seeds[0], key)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, seeds, fmts, key = inputs
+        ctx.save_for_backward(x, weight, seeds)
+        ctx.fmts, ctx.key = fmts, key
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, seeds = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ops.role_gemm(grad_y, weight, ctx.fmts[1], seeds[1], ctx.key)
+        if ctx.needs_input_grad[1]:
+            grad_w = ops.role_gemm(grad_y.t(), x, ctx.fmts[2], seeds[2], ctx.key)
+        return grad_x, grad_w, None, None, None
+
+
+class _Matmul(torch.autograd.Function):
+    """``c = a @ b``; ``da = dc @ b^T`` (grad_input); ``db = a^T @ dc`` (grad_weight)."""
+
+    @staticmethod
+    def forward(a, b, seeds, fmts, key):
+        return ops.role_gemm(a, b, fmts[0], seeds[0], key)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, b, seeds, fmts, key = inputs
+        ctx.save_for_backward(a, b, seeds)
+        ctx.fmts, ctx.key = fmts, key
+
+    @staticmethod
+    def backward(ctx, grad_c):
+        a, b, seeds = ctx.saved_tensors
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = ops.role_gemm(grad_c, b.t(), ctx.fmts[1], seeds[1], ctx.key)
+        if ctx.needs_input_grad[1]:
+            grad_b = ops.role_gemm(a.t(), grad_c, ctx.fmts[2], seeds[2], ctx.key)
+        return grad_a, grad_b, None, None, None
+
+
+def _prepare(fmt, seed, backend, device):
+    config = as_config(fmt, backend=backend, device=device)
+    fmts = config.gemm_args()
+    if seed is None:
+        stochastic = any(f is not None and f[2] == "stochastic" for f in fmts)
+        seed = prng.fresh_seed() if stochastic else 0
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64:
+            raise ValueError("seed must be an int or a 0-d int64 tensor")
+    else:
+        prng.check_seed(seed)
+    return role_seeds(seed), fmts, config.key
+
+
+def _check_float32(**tensors):
+    for name, t in tensors.items():
+        if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != torch.float32):
+            what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be a float32 tensor, not {what}")
+
+
+def hbfp_linear(x, weight, bias=None, fmt="bfp8", *, seed=0, backend="emulate", device=None):
+    """HBFP ``torch.nn.functional.linear``: ``x @ weight^T + bias``.
+
+    Parameters
+    ----------
+    x : torch.Tensor, float32, ``[..., in_features]``
+    weight : torch.Tensor, float32, ``[out_features, in_features]``
+    bias : torch.Tensor or None
+        Added in FP32.
+    fmt : preset name, BFPFormat, "fp32", dict of roles or HBFPConfig
+        Formats of the forward, grad_input and grad_weight GEMMs.
+    seed : int, 0-d int64 tensor or None
+        Call seed of stochastic rounding (see :mod:`hbfp_hw.torch.config`); ``None`` draws a
+        fresh one.
+    backend, device : str
+        Backend name and device URL (ignored when ``fmt`` is an HBFPConfig).
+    """
+    _check_float32(x=x, weight=weight, bias=bias)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out_features, in_features], not of shape "
+                         f"{tuple(weight.shape)}")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x's last dimension must equal in_features = {weight.shape[1]}, not "
+                         f"shape {tuple(x.shape)}")
+    return linear_impl(x, weight, bias, *_prepare(fmt, seed, backend, device))
+
+
+def linear_impl(x, weight, bias, seeds, fmts, key):
+    """:func:`hbfp_linear` on checked inputs with role ``seeds``, format args and backend key."""
+    lead = x.shape[:-1]
+    y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, seeds, fmts, key)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, weight.shape[0])
+
+
+def hbfp_matmul(a, b, fmt="bfp8", *, seed=0, backend="emulate", device=None):
+    """HBFP ``torch.matmul``, with its broadcasting rules.
+
+    ``b`` 1-D or 2-D: one GEMM on ``a`` flattened to ``[-1, K]`` (the grad_weight GEMM of ``b``
+    then reduces over every row of ``a``). Otherwise one GEMM per element of the broadcast batch
+    (sub-GEMM ``i`` in row-major batch order uses seeds ``+ 2 i``); gradients of broadcast
+    operands are summed in FP32, sequentially in batch order.
+    Roles: ``forward`` is ``a @ b``, ``grad_input`` the gradient of ``a`` (reduces over N),
+    ``grad_weight`` the gradient of ``b`` (reduces over M).
+    """
+    _check_float32(a=a, b=b)
+    if a.dim() == 0 or b.dim() == 0:
+        raise ValueError("a and b must have at least one dimension, not be scalars")
+    seeds, fmts, key = _prepare(fmt, seed, backend, device)
+    a_vec, b_vec = a.dim() == 1, b.dim() == 1
+    a2 = a.unsqueeze(0) if a_vec else a
+    b2 = b.unsqueeze(1) if b_vec else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(f"a's last dimension must equal b's second-to-last (K), not shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if b2.dim() == 2:
+        lead = a2.shape[:-1]
+        out = _Matmul.apply(a2.reshape(-1, a2.shape[-1]), b2, seeds, fmts, key)
+        out = out.reshape(*lead, b2.shape[-1])
+    else:
+        batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        a3 = _broadcast_batch(a2, batch)
+        b3 = _broadcast_batch(b2, batch)
+        outs = [_Matmul.apply(a3[i], b3[i], _offset(seeds, i), fmts, key)
+                for i in range(a3.shape[0])]
+        out = torch.stack(outs).reshape(*batch, a2.shape[-2], b2.shape[-1])
+    if a_vec:
+        out = out.squeeze(-2)
+    if b_vec:
+        out = out.squeeze(-1)
+    return out
+
+
+class _SequentialBroadcast(torch.autograd.Function):
+    """Expand ``x`` to ``shape``; the backward sums over broadcast dims sequentially in FP32."""
+
+    @staticmethod
+    def forward(x, shape):
+        return x.expand(shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.in_shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad):
+        in_shape = ctx.in_shape
+        lead = grad.dim() - len(in_shape)
+        g = grad
+        for d in range(grad.dim()):
+            size_in = in_shape[d - lead] if d >= lead else None
+            if size_in is None or (size_in == 1 and grad.shape[d] != 1):
+                acc = torch.zeros_like(g.select(d, 0))
+                for i in range(g.shape[d]):
+                    acc = acc + g.select(d, i)
+                g = acc.unsqueeze(d)
+        return g.reshape(in_shape), None
+
+
+def _broadcast_batch(x, batch):
+    shape = (*batch, *x.shape[-2:])
+    if tuple(x.shape) != shape:
+        x = _SequentialBroadcast.apply(x, shape)
+    return x.reshape(-1, *x.shape[-2:])
+
+
+def _pair(v, name):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in v):
+        return tuple(v)
+    raise TypeError(f"{name} must be an int or a pair of ints, not {v!r}")
+
+
+def hbfp_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, fmt="bfp8",
+                *, seed=0, backend="emulate", device=None):
+    """HBFP ``torch.nn.functional.conv2d`` through im2col (``F.unfold``) and GEMMs.
+
+    The unfolded input ``[B*L, C/groups*kh*kw]`` (``L`` output positions) multiplies the
+    flattened weight of each group: the forward GEMM reduces over ``C/groups*kh*kw``, the
+    grad_input GEMM over the output channels of the group, the grad_weight GEMM over the batch
+    and the spatial positions ``B*L``. col2im (``F.fold``) and the bias stay in FP32. Group
+    ``g`` uses seeds ``+ 2 g``. ``padding`` may be an int, a pair, ``"valid"`` or ``"same"``.
+    """
+    return conv2d_checked(x, weight, bias, stride, padding, dilation, groups,
+                          *_prepare(fmt, seed, backend, device))
+
+
+def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key):
+    """Validate the arguments of :func:`hbfp_conv2d` and run it with role seeds."""
+    _check_float32(x=x, weight=weight, bias=bias)
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D [out, in/groups, kh, kw], not of shape "
+                         f"{tuple(weight.shape)}")
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 3-D or 4-D [B, C, H, W], not of shape {tuple(x.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, not {groups!r}")
+    out_ch, in_per_group, kh, kw = weight.shape
+    if x.shape[1] != in_per_group * groups or out_ch % groups:
+        raise ValueError(f"x has {x.shape[1]} channels and weight {tuple(weight.shape)}; with "
+                         f"groups={groups} x must have {in_per_group * groups} channels and "
+                         f"out_channels must be a multiple of groups")
+    stride = _pair(stride, "stride")
+    dilation = _pair(dilation, "dilation")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' needs stride 1, as in torch")
+            total = [dilation[i] * (k - 1) for i, k in enumerate((kh, kw))]
+            left = [t // 2 for t in total]
+            x = F.pad(x, (left[1], total[1] - left[1], left[0], total[0] - left[0]))
+            padding = (0, 0)
+        else:
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', not "
+                             f"{padding!r}")
+    padding = _pair(padding, "padding")
+    y = conv2d_impl(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key)
+    return y.squeeze(0) if unbatched else y
+
+
+def conv2d_impl(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key):
+    """:func:`hbfp_conv2d` on checked 4-D input, pairs of ints, role seeds and format args."""
+    out_ch, in_per_group, kh, kw = weight.shape
+    batch, _, height, width = x.shape
+    oh = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    cols = cols.transpose(1, 2)                                   # [B, L, C*kh*kw]
+    per_group = in_per_group * kh * kw
+    out_per_group = out_ch // groups
+    outs = []
+    for g in range(groups):
+        a = cols[..., g * per_group:(g + 1) * per_group].reshape(-1, per_group)
+        w = weight[g * out_per_group:(g + 1) * out_per_group].reshape(out_per_group, -1)
+        outs.append(_Linear.apply(a, w, _offset(seeds, g), fmts, key))
+    y = outs[0] if groups == 1 else torch.cat(outs, dim=1)        # [B*L, out]
+    y = y.reshape(batch, oh * ow, out_ch).transpose(1, 2).reshape(batch, out_ch, oh, ow)
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return y

@@ -1,0 +1,145 @@
+"""Per-role formats, backend and seeds of the HBFP layers.
+
+Each HBFP layer runs three GEMMs, each quantized along its own reduction axis:
+
+====================  =============================  ===================================
+role                  GEMM (linear layer)            reduces over
+====================  =============================  ===================================
+``forward``           ``y = x @ W^T``                in_features
+``grad_input``        ``dx = dy @ W``                out_features
+``grad_weight``       ``dW = dy^T @ x``              the batch (and spatial positions)
+====================  =============================  ===================================
+
+:class:`HBFPConfig` holds one format per role (``None`` keeps that GEMM in plain FP32), the
+backend and the base seed of stochastic rounding.
+
+Seeds. Every GEMM gets a 32-bit seed, and ``golden.gemm`` uses it for ``A`` and ``seed + 1``
+for ``B``. A layer call derives its seeds from the base seed, the layer id (its position among
+the layers that :func:`~hbfp_hw.torch.convert` replaced) and the layer's step counter (the
+number of its forward calls so far, see :func:`~hbfp_hw.torch.set_seed`)::
+
+    call_seed = derive_seed(seed, layer_id, step)
+    gemm seed of role r (0 forward, 1 grad_input, 2 grad_weight) = derive_seed(call_seed, r)
+
+The functional API takes ``call_seed`` directly. Sub-GEMMs of one call (conv groups, batched
+matmul) use ``(role seed + 2 * i) mod 2**32`` for sub-GEMM ``i``. :func:`derive_seed` is a
+fixed integer hash, so a run is reproducible from its seed, and it accepts int64 tensors as
+well as ints so that ``torch.compile`` sees no Python-side state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from hbfp_hw.formats import BFPFormat, resolve_format
+from hbfp_hw.golden import prng
+from hbfp_hw.torch.backends import backend_key
+
+__all__ = ["HBFPConfig", "ROLES", "as_config", "derive_seed", "mix32"]
+
+#: The three GEMMs of a layer, in seed order.
+ROLES = ("forward", "grad_input", "grad_weight")
+_M32 = 0xFFFFFFFF
+
+
+def mix32(x):
+    """A 32-bit integer hash (works on ints and on int64 tensors holding 0..2**32-1)."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def derive_seed(seed, *values):
+    """Fold ``values`` (ints or int64 tensors) into ``seed``; returns a value in 0..2**32-1."""
+    s = seed & _M32
+    for v in values:
+        s = mix32(s ^ mix32(v & _M32))
+    return s
+
+
+def _role_format(name, value):
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "fp32":
+        return None
+    try:
+        return resolve_format(value)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e} (or 'fp32' to keep this GEMM unquantized)") from None
+
+
+@dataclass(frozen=True)
+class HBFPConfig:
+    """Formats of the three GEMM roles, the backend and the base seed.
+
+    Parameters
+    ----------
+    forward, grad_input, grad_weight : BFPFormat, preset name, "fp32" or None
+        Format of each GEMM role; ``"fp32"``/``None`` keeps that GEMM in FP32.
+    backend : str
+        ``"emulate"`` (default), ``"device"`` or ``"fp32"`` (see :mod:`hbfp_hw.torch.backends`).
+    device : str or None
+        Device URL for ``backend="device"``.
+    seed : int
+        Base seed of stochastic rounding, ``0..2**32-1``.
+    """
+
+    forward: BFPFormat | None = resolve_format("bfp8")
+    grad_input: BFPFormat | None = resolve_format("bfp8")
+    grad_weight: BFPFormat | None = resolve_format("bfp8")
+    backend: str = "emulate"
+    device: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for role in ROLES:
+            object.__setattr__(self, role, _role_format(role, getattr(self, role)))
+        backend_key(self.backend, self.device)
+        prng.check_seed(self.seed)
+
+    @property
+    def key(self):
+        """The backend key (see :func:`hbfp_hw.torch.backends.backend_key`)."""
+        return backend_key(self.backend, self.device)
+
+    @property
+    def formats(self):
+        """The three role formats as a tuple (``None`` = FP32)."""
+        return tuple(getattr(self, role) for role in ROLES)
+
+    def gemm_args(self):
+        """Per role ``(mantissa_bits, block_size, rounding, exponent_bits)`` or ``None``."""
+        return tuple(None if f is None or self.backend == "fp32" else
+                     (f.mantissa_bits, f.block_size, f.rounding.value, f.exponent_bits)
+                     for f in self.formats)
+
+    def replace(self, **changes):
+        """Return a copy with some fields changed (and validated)."""
+        return replace(self, **changes)
+
+    def describe(self):
+        """Short text such as ``bfp8`` or ``fwd=bfp8 gi=bfp4 gw=fp32``."""
+        names = ["fp32" if f is None else f.name for f in self.formats]
+        if len(set(names)) == 1:
+            return names[0]
+        return f"fwd={names[0]} gi={names[1]} gw={names[2]}"
+
+
+def as_config(fmt="bfp8", backend="emulate", device=None, seed=0):
+    """Build an :class:`HBFPConfig`.
+
+    ``fmt`` is a preset name, a :class:`BFPFormat`, ``"fp32"``, a dict with some of the keys
+    ``forward``, ``grad_input``, ``grad_weight`` (missing roles use ``"bfp8"``), or an
+    :class:`HBFPConfig`, which is returned as it is.
+    """
+    if isinstance(fmt, HBFPConfig):
+        return fmt
+    if isinstance(fmt, dict):
+        unknown = set(fmt) - set(ROLES)
+        if unknown:
+            raise ValueError(f"fmt's keys must be among {', '.join(ROLES)}, not "
+                             f"{', '.join(sorted(map(str, unknown)))}")
+        roles = {role: fmt.get(role, "bfp8") for role in ROLES}
+    else:
+        roles = dict.fromkeys(ROLES, fmt)
+    return HBFPConfig(**roles, backend=backend, device=device, seed=seed)

@@ -1,0 +1,111 @@
+"""The HBFP GEMM as a ``torch.library`` custom op, ``torch.ops.hbfp.gemm``.
+
+``hbfp::gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding,
+int exponent_bits, Tensor seed, str backend) -> Tensor`` computes the HBFP product of 2-D
+float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3) on the backend named by
+``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``seed`` is a 0-d int64 tensor, so that
+per-step seeds flow through compiled graphs as data. The op has a fake (meta) implementation,
+so shapes propagate through ``torch.compile``, ``torch.export`` and FakeTensor tracing; it has
+no autograd formula of its own: :mod:`hbfp_hw.torch.autograd` builds the three GEMMs of a layer
+from it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from hbfp_hw.formats import BFPFormat
+from hbfp_hw.torch.backends import get_backend
+
+__all__ = ["gemm", "role_gemm"]
+
+
+# The low-level registration API: its CPU kernel is called straight from the C++ dispatcher,
+# which costs far less per call than the Python-side wrapper of torch.library.custom_op.
+_LIB = torch.library.Library("hbfp", "DEF")
+_LIB.define("gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
+            "int exponent_bits, Tensor seed, str backend) -> Tensor")
+
+
+@functools.lru_cache(maxsize=64)
+def _format(mantissa_bits, block_size, rounding, exponent_bits):
+    return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits)
+
+
+def _gemm_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits)
+    out = get_backend(backend).gemm(a, b, fmt, int(seed.item()) & 0xFFFFFFFF)
+    return out.to(a.device)
+
+
+_LIB.impl("gemm", _gemm_kernel, "CPU")
+
+
+@torch.library.register_fake("hbfp::gemm", lib=_LIB)
+def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend):
+    torch._check(a.dim() == 2 and b.dim() == 2, lambda: "hbfp::gemm takes 2-D a and b")
+    torch._check(a.shape[1] == b.shape[0], lambda: "hbfp::gemm: a's columns must equal b's rows")
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def _check_operands(a, b):
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be a float32 tensor, not {t.dtype} (HBFP layers take "
+                            f"FP32 activations and weights; call model.float())")
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"a and b must be 2-D matrices, not of shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"a's columns must equal b's rows (K), not {a.shape[1]} and "
+                         f"{b.shape[0]}")
+
+
+def role_gemm(a, b, fmt_args, seed, key):
+    """One HBFP GEMM ``a @ b`` of one role (used by the autograd functions).
+
+    Parameters
+    ----------
+    a, b : torch.Tensor
+        2-D float32, ``[M, K]`` and ``[K, N]``.
+    fmt_args : tuple or None
+        ``(mantissa_bits, block_size, rounding, exponent_bits)``; ``None`` computes the
+        product in plain FP32.
+    seed : torch.Tensor or int
+        0-d int64 seed, ``0..2**32-1``.
+    key : str
+        Backend key.
+    """
+    _check_operands(a, b)
+    if fmt_args is None:
+        return torch.matmul(a, b)
+    if a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
+        return a.new_zeros((a.shape[0], b.shape[1]))
+    if not isinstance(seed, torch.Tensor):
+        seed = torch.tensor(seed, dtype=torch.int64)
+    return torch.ops.hbfp.gemm(a, b, *fmt_args, seed, key)
+
+
+def gemm(a, b, fmt="bfp8", seed=None, backend="emulate", device=None):
+    """HBFP product ``a @ b`` of 2-D float32 tensors through ``torch.ops.hbfp.gemm``.
+
+    Equal bit for bit to ``hbfp_hw.golden.gemm(a, b, fmt, seed)`` (no autograd: use
+    :func:`hbfp_hw.torch.hbfp_matmul` for that). ``seed`` (stochastic rounding only) is used
+    for ``a`` and ``seed + 1`` for ``b``; ``None`` draws a fresh one.
+    """
+    from hbfp_hw.formats import Rounding, resolve_format
+    from hbfp_hw.golden import prng
+    from hbfp_hw.torch.backends import backend_key
+
+    fmt = resolve_format(fmt)
+    key = backend_key(backend, device)
+    if seed is None:
+        seed = prng.fresh_seed() if fmt.rounding is Rounding.STOCHASTIC else 0
+    seed = prng.check_seed(seed)
+    args = (fmt.mantissa_bits, fmt.block_size, fmt.rounding.value, fmt.exponent_bits)
+    with torch.no_grad():
+        return role_gemm(a, b, None if backend == "fp32" else args, seed, key)

@@ -1,0 +1,183 @@
+"""The emulate backend's GEMM and quantizer against the golden model, bit for bit."""
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from hbfp_hw import golden
+from hbfp_hw.formats import BFPFormat, Rounding
+from hbfp_hw.torch import emulate
+
+from ..golden_checks import f32, random_finite_bits, special_blocks, tie_blocks
+from .helpers import clustered, same_bits
+
+FORMATS = [BFPFormat(w, n, r) for (w, n) in [(2, 1), (2, 16), (3, 2), (4, 8), (8, 16),
+                                             (8, 32), (10, 64), (12, 8), (16, 16), (7, 1)]
+           for r in Rounding] + [BFPFormat(8, 16, exponent_bits=4), BFPFormat(6, 4, "stochastic",
+                                                                         exponent_bits=3)]
+
+
+def _check(a, b, fmt, seed):
+    ref = golden.gemm(a.numpy(), b.numpy(), fmt, seed=seed)
+    out = emulate.gemm(a, b, fmt, seed=seed)
+    assert out.dtype == torch.float32 and tuple(out.shape) == ref.shape
+    assert same_bits(out, ref), f"{fmt.name}: {int((out.numpy() != ref).sum())} mismatches"
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=[f.name for f in FORMATS])
+def test_random_shapes(fmt):
+    rng = np.random.default_rng(zlib.crc32(fmt.name.encode()))
+    for _ in range(3):
+        m, n = (int(v) for v in rng.integers(1, 24, size=2))
+        k = int(rng.integers(1, 90))
+        if k % fmt.block_size == 0 and fmt.block_size > 1:
+            k += 1                                   # K not a multiple of the block size
+        a = clustered(rng, (m, k))
+        b = clustered(rng, (k, n))
+        # per-row / per-column scales: blocks with very different exponents
+        a *= torch.from_numpy(np.ldexp(1.0, rng.integers(-60, 60, size=(m, 1))).astype("f4"))
+        b *= torch.from_numpy(np.ldexp(1.0, rng.integers(-60, 60, size=(1, n))).astype("f4"))
+        _check(a, b, fmt, int(rng.integers(0, 2**32)))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+def test_memory_layouts(layout):
+    """Row-major, column-major and strided operands give the same bits."""
+    rng = np.random.default_rng(1)
+    fmt = BFPFormat(8, 16, "stochastic")
+    m, k, n = 13, 70, 9
+    if layout == "contiguous":
+        a, b = clustered(rng, (m, k)), clustered(rng, (k, n))
+    elif layout == "transposed":
+        a, b = clustered(rng, (k, m)).t(), clustered(rng, (n, k)).t()
+    else:
+        a, b = clustered(rng, (m, 2 * k))[:, ::2], clustered(rng, (k + 3, n + 5))[2:-1, 1:-4]
+    _check(a, b, fmt, seed=77)
+
+
+def test_large_tiled():
+    """Big enough to be split into row tiles and k-block chunks."""
+    rng = np.random.default_rng(2)
+    a = clustered(rng, (300, 1030), lo=-5, hi=5)
+    b = clustered(rng, (1030, 257), lo=-5, hi=5)
+    assert emulate._tiles(300, 257, 65) != (300, 65)
+    _check(a, b, BFPFormat(8, 16), seed=None)
+
+
+@pytest.mark.parametrize("fmt", [BFPFormat(8, 16), BFPFormat(4, 8, "stochastic"),
+                                 BFPFormat(16, 4, "toward-zero"), BFPFormat(2, 2)],
+                         ids=lambda f: f.name)
+def test_special_values(fmt):
+    """NaN/Inf blocks, subnormals, zeros, ties, FLT_MAX (overflow to Inf and Inf - Inf)."""
+    rng = np.random.default_rng(3)
+    n = fmt.block_size
+    special = special_blocks(max(n, 2))[:, :n]
+    rows = np.concatenate([special, tie_blocks(rng, fmt, 6),
+                           random_finite_bits(rng, (8, n))]).astype(np.float32)
+    a = torch.from_numpy(np.concatenate([rows, rows[::-1]], axis=1))      # K = 2 blocks
+    b = torch.from_numpy(np.ascontiguousarray(
+        np.concatenate([-rows[::-1], rows[:, ::-1]], axis=1).T))
+    _check(a, b, fmt, seed=5)
+    out = emulate.gemm(a, b, fmt, seed=5).numpy()
+    nan_bits = out.view(np.uint32)[np.isnan(out)]
+    assert nan_bits.size and (nan_bits == 0x7FC00000).all()
+
+
+def test_extreme_exponents_use_exact_paths():
+    """Products below 2^-149 and above FLT_MAX force the float64 path; subnormal results."""
+    rng = np.random.default_rng(4)
+    for lo, hi in [(-149, -100), (90, 127), (-149, 127)]:
+        a = torch.from_numpy(random_finite_bits(rng, (7, 40), lo + 127 if lo > -127 else 0,
+                                                hi + 127))
+        b = torch.from_numpy(random_finite_bits(rng, (40, 5), lo + 127 if lo > -127 else 0,
+                                                hi + 127))
+        for fmt in (BFPFormat(8, 16), BFPFormat(2, 4), BFPFormat(16, 8, "stochastic")):
+            _check(a, b, fmt, seed=9)
+
+
+def test_float32_matmul_precision_falls_back_to_float64():
+    rng = np.random.default_rng(5)
+    a, b = clustered(rng, (20, 50)), clustered(rng, (50, 11))
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        _check(a, b, BFPFormat(8, 16), seed=1)
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def test_mkldnn_bf16_matmul_setting_falls_back_to_float64():
+    rng = np.random.default_rng(15)
+    a, b = clustered(rng, (64, 256)), clustered(rng, (256, 48))
+    matmul = torch.backends.mkldnn.matmul
+    old = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "bf16"
+        assert not emulate._f32_matmul_is_ieee()
+        _check(a, b, BFPFormat(8, 16), seed=1)
+    finally:
+        matmul.fp32_precision = old
+    assert emulate._f32_matmul_is_ieee()
+
+
+def test_flush_denormal_is_lifted_and_restored():
+    a = torch.from_numpy(f32(np.array([[0x00000003, 0x00400000]], dtype=np.uint32)))
+    b = torch.ones(2, 1)
+    ref = golden.gemm(a.numpy(), b.numpy(), BFPFormat(8, 2))      # numpy flushes too
+    assert ref.item() > 0
+    supported = torch.set_flush_denormal(True)
+    try:
+        out = emulate.gemm(a, b, BFPFormat(8, 2))
+        if supported:
+            assert (torch.tensor(1e-40) * 1.0).item() == 0.0       # still flushing afterwards
+    finally:
+        torch.set_flush_denormal(False)
+    assert same_bits(out, ref)
+
+
+def test_accumulation_order_is_sequential():
+    """The accumulation over k-blocks is float32, sequential, from +0.0 (not pairwise)."""
+    assert emulate._accumulation_is_sequential()
+    # 1 then many half-ulps: only a sequential float32 sum stays exactly 1.
+    k = 16 * 40
+    a = torch.zeros(1, k)
+    a[0, ::16] = 1.0
+    b = torch.zeros(k, 1)
+    b[::16, 0] = 2.0 ** -24
+    b[0, 0] = 1.0
+    out = emulate.gemm(a, b, "bfp8")
+    assert out.item() == 1.0
+    _check(a, b, BFPFormat(8, 16), seed=None)
+
+
+@pytest.mark.parametrize("fmt", [BFPFormat(8, 16), BFPFormat(5, 4, "stochastic"),
+                                 BFPFormat(3, 32, "toward-zero"), BFPFormat(2, 1)],
+                         ids=lambda f: f.name)
+def test_quantize_matches_golden(fmt):
+    rng = np.random.default_rng(6)
+    x = np.concatenate([random_finite_bits(rng, (6, 45)),
+                        np.pad(special_blocks(16), ((0, 0), (0, 29)))]).astype(np.float32)
+    for axis in (0, 1, -1):
+        ref = golden.quantize(x, fmt, axis=axis, seed=11)
+        exps, mants = emulate.quantize(torch.from_numpy(x), fmt, axis=axis, seed=11)
+        assert np.array_equal(exps.numpy(), ref.exponents)
+        assert np.array_equal(mants.numpy(), ref.mantissas)
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    ((torch.ones(2, 3), torch.ones(4, 2), "bfp8"), ValueError,
+     r"^a's columns must equal b's rows \(K\), not 3 and 4$"),
+    ((torch.ones(2, 3, dtype=torch.float64), torch.ones(3, 2), "bfp8"), TypeError,
+     r"^a must be a float32 tensor, not torch.float64$"),
+    ((torch.ones(3), torch.ones(3, 2), "bfp8"), ValueError, r"^a and b must be 2-D matrices"),
+    ((torch.ones(0, 3), torch.ones(3, 2), "bfp8"), ValueError,
+     r"^M, N and K must be at least 1"),
+    ((torch.ones(2, 3), torch.ones(3, 2), "bfp9"), ValueError, r"^fmt must be a BFPFormat"),
+    ((torch.ones(2, 3), torch.ones(3, 2), "bfp8", -1), ValueError,
+     r"^seed must be between 0 and 4294967295, not -1$"),
+])
+def test_errors(args, exc, match):
+    with pytest.raises(exc, match=match):
+        emulate.gemm(*args)

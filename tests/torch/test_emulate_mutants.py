@@ -1,0 +1,85 @@
+"""The emulate tests can fail: deliberately broken variants of the emulation are caught."""
+
+import numpy as np
+import pytest
+import torch
+
+from hbfp_hw import golden
+from hbfp_hw.formats import BFPFormat, Rounding
+from hbfp_hw.torch import emulate
+
+from ..golden_checks import special_blocks, tie_blocks
+from .helpers import clustered, same_bits
+
+
+def _mismatch_found(fmt):
+    """Run the kinds of data of test_emulate.py; True if any result differs from golden."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(4):
+        m, n, k = 9, 7, 70
+        cases.append((clustered(rng, (m, k), lo=-140, hi=100, spread=20),
+                      clustered(rng, (k, n), lo=-140, hi=100, spread=20)))
+    # products in float32's subnormal range: only the float64 path keeps their low bits
+    tiny = torch.from_numpy(rng.standard_normal((6, 48)).astype(np.float32)) * 2.0 ** -74
+    cases.append((tiny, tiny.t().contiguous() * 1.5))
+    # partial sums beyond FLT_MAX that cancel: only the float64 path gets the exact 0
+    big = torch.full((3, 32), 1.5 * 2.0 ** 126)
+    signs = torch.tensor([1.0] * 8 + [-1.0] * 8 + [1.0, -1.0] * 8).reshape(32, 1).repeat(1, 2)
+    cases.append((big, signs))
+    # 1 followed by half-ulps: only a sequential float32 sum stays 1
+    ones = torch.zeros(2, 16 * 40)
+    ones[:, ::16] = 1.0
+    halves = torch.zeros(16 * 40, 2)
+    halves[::16] = 2.0 ** -24
+    halves[0] = 1.0
+    cases.append((ones, halves))
+    ties = torch.from_numpy(tie_blocks(rng, fmt, 8).reshape(8, -1))
+    cases.append((ties, ties.t().contiguous()))
+    special = torch.from_numpy(special_blocks(fmt.block_size)[:, :fmt.block_size])
+    cases.append((special, special.t().contiguous()))
+    for a, b in cases:
+        ref = golden.gemm(a.numpy(), b.numpy(), fmt, seed=5)
+        if not same_bits(emulate.gemm(a, b, fmt, seed=5), ref):
+            return True
+    return False
+
+
+def _trunc_instead_of_rne(a, rounding, rand):
+    return torch.trunc(a, out=a)
+
+
+def _pairwise_accumulation(acc, products):
+    acc.add_(products.sum(dim=0))
+
+
+def _double_accumulation(acc, products):
+    acc.copy_(acc.double().add_(products.double().sum(dim=0)).float())
+
+
+def _unpermuted_random_bits(seed, rows, nblocks, n):
+    bits = golden.random_bits(seed, rows * nblocks, n)
+    return torch.from_numpy(bits.astype(np.int64)).view(nblocks, rows, n).transpose(0, 1)
+
+
+def _no_canonical_nan():
+    return torch.tensor(0xFFC00000 - (1 << 32), dtype=torch.int32).view(torch.float32)
+
+
+MUTANTS = {
+    "ties-truncated": ("_round_", _trunc_instead_of_rne, BFPFormat(8, 16)),
+    "pairwise-accumulation": ("_accumulate_", _pairwise_accumulation, BFPFormat(8, 16)),
+    "double-accumulation": ("_accumulate_", _double_accumulation, BFPFormat(8, 16)),
+    "random-bits-block-order": ("_random_rows", _unpermuted_random_bits,
+                                BFPFormat(6, 16, Rounding.STOCHASTIC)),
+    "nan-not-canonical": ("_canonical_nan", _no_canonical_nan, BFPFormat(8, 16)),
+    "f32-overflow-check-off": ("_f32_max_grid", lambda fmt: 10_000, BFPFormat(8, 16)),
+}
+
+
+@pytest.mark.parametrize("name", MUTANTS)
+def test_mutant_is_caught(name, monkeypatch):
+    attr, replacement, fmt = MUTANTS[name]
+    assert not _mismatch_found(fmt)                      # the real emulation is exact
+    monkeypatch.setattr(emulate, attr, replacement)
+    assert _mismatch_found(fmt)
