@@ -8,8 +8,9 @@ Usage::
 For every shape and format the two are timed alternately in the same process (numpy first,
 then the golden gemm, ``--repeats`` times), and the ratio of the medians is reported:
 ``ratio = t(numpy float32 matmul) / t(golden gemm)``, i.e. the golden model's throughput as a
-fraction of numpy's. Target (issue 2): ratio >= 0.25 at 1024^3. ``--update-docs`` rewrites the
-golden-GEMM section of docs/benchmarks.md.
+fraction of numpy's. The times are the minimum over the repeats (the least disturbed run of
+each on a shared machine); the medians are recorded too. Target (issue 2): ratio >= 0.25 at
+1024^3. ``--update-docs`` rewrites the golden-GEMM section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,15 +47,16 @@ def measure(size, fmt, repeats, rng):
         t2 = time.perf_counter()
         t_np.append(t1 - t0)
         t_gold.append(t2 - t1)
-    med_np, med_gold = statistics.median(t_np), statistics.median(t_gold)
-    return {"size": size, "format": fmt.name, "numpy_s": med_np, "golden_s": med_gold,
-            "ratio": med_np / med_gold,
-            "golden_gmacs": size ** 3 / med_gold / 1e9}
+    best_np, best_gold = min(t_np), min(t_gold)
+    return {"size": size, "format": fmt.name, "numpy_s": best_np, "golden_s": best_gold,
+            "ratio": best_np / best_gold,
+            "median_ratio": statistics.median(t_np) / statistics.median(t_gold),
+            "golden_gmacs": size ** 3 / best_gold / 1e9}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--sizes", default="256,512,1024")
     parser.add_argument("--formats", default="bfp8,mxint8")
     parser.add_argument("--json", metavar="PATH")
@@ -68,7 +70,8 @@ def main(argv=None):
             row = measure(size, resolve_format(name), args.repeats, rng)
             rows.append(row)
             print(f"{size:>5}^3 {row['format']:7} numpy {row['numpy_s'] * 1e3:8.2f} ms  "
-                  f"golden {row['golden_s'] * 1e3:8.2f} ms  ratio {row['ratio']:.3f}",
+                  f"golden {row['golden_s'] * 1e3:8.2f} ms  ratio {row['ratio']:.3f} "
+                  f"(medians {row['median_ratio']:.3f})",
                   flush=True)
     machine = {"python": platform.python_version(), "numpy": np.__version__,
                "cpus": os.cpu_count(), "machine": platform.machine()}
@@ -79,13 +82,15 @@ def main(argv=None):
     if args.update_docs:
         table = [f"Command: `{command.strip()}`  ",
                  f"Machine: {machine['cpus']} cores, {machine['machine']}, Python "
-                 f"{machine['python']}, numpy {machine['numpy']}; median of "
-                 f"{args.repeats} alternating runs.", "",
-                 "| shape | format | numpy f32 matmul | golden gemm | ratio (throughput) |",
-                 "|---|---|---|---|---|"]
+                 f"{machine['python']}, numpy {machine['numpy']}; best of "
+                 f"{args.repeats} alternating runs (ratio of medians alongside).", "",
+                 "| shape | format | numpy f32 matmul | golden gemm | ratio (throughput) | "
+                 "ratio of medians |",
+                 "|---|---|---|---|---|---|"]
         for r in rows:
             table.append(f"| {r['size']}³ | {r['format']} | {r['numpy_s'] * 1e3:.2f} ms | "
-                         f"{r['golden_s'] * 1e3:.2f} ms | {r['ratio']:.3f} |")
+                         f"{r['golden_s'] * 1e3:.2f} ms | {r['ratio']:.3f} | "
+                         f"{r['median_ratio']:.3f} |")
         text = DOC.read_text()
         start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
         DOC.write_text(text[:start] + "\n" + "\n".join(table) + "\n" + text[stop:])

@@ -13,7 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from hbfp_hw.formats import resolve_format
 from hbfp_hw.golden import prng
@@ -33,6 +33,18 @@ _FLT_MAX = float(np.finfo(np.float32).max)
 _TILE_ELEMENTS = 1 << 16
 # Below this many multiply-adds a thread pool costs more than it saves.
 _PARALLEL_MIN_WORK = 1 << 22
+
+
+_controller = None
+
+
+def _single_threaded_blas():
+    """Context manager limiting BLAS to one thread (the controller is created once: scanning
+    the loaded libraries costs milliseconds)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def float32_blas_exact(fmt):
@@ -138,7 +150,7 @@ def _gemm_core(fmt, a_side, b_side):
     # Tiles are independent; numpy releases the GIL in BLAS and ufunc loops. BLAS itself is
     # kept single-threaded: its threading costs more than it gains on these thin GEMMs.
     workers = min(len(tiles), os.cpu_count() or 1)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _single_threaded_blas():
         if workers > 1 and len(active) * m * n >= _PARALLEL_MIN_WORK:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(run_tile, tiles))
