@@ -1,0 +1,525 @@
+"""Byte transports between the host driver and a GEMM device.
+
+A :class:`Transport` moves raw bytes; the driver (:mod:`hbfp_hw.fpga.driver`) does the framing,
+the sequence numbers and the retries on top of it, so the same driver code runs against all of
+them:
+
+- :class:`SerialTransport`: a real board on a UART (pyserial), locked per device path so that a
+  second opener gets a clear :class:`DeviceBusy` instead of a garbled link.
+- :class:`TcpTransport`: a board behind ``hbfp-hw serve`` (:mod:`hbfp_hw.fpga.server`).
+- :class:`SimTransport`: the simulated board, the real gateware under Verilator
+  (:mod:`hbfp_hw.fpga.simboard`), through its stdin/stdout pipes.
+- :class:`FaultInjectingTransport` wraps any of them and drops, corrupts, duplicates and delays
+  bytes, truncates frames and inserts garbage, at given rates with a fixed seed.
+
+The exception classes of the driver live here, so transports raise the same types.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import fcntl
+import os
+import random
+import re
+import select
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import protocol as _protocol
+
+__all__ = [
+    "DeviceError", "DeviceNotFound", "DeviceBusy", "ProtocolError", "DeviceTimeout",
+    "FormatMismatch", "ShapeError",
+    "Transport", "SerialTransport", "TcpTransport", "SimTransport", "FaultInjectingTransport",
+    "PipeTransport", "lock_dir",
+]
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+class DeviceError(Exception):
+    """Base class of every error the driver raises."""
+
+
+class DeviceNotFound(DeviceError):
+    """The device could not be opened (no such port, nothing listening, no simulator)."""
+
+
+class DeviceBusy(DeviceNotFound):
+    """The device is already opened by another process (its lock is held)."""
+
+
+class ProtocolError(DeviceError, _protocol.ProtocolError):
+    """The device answered something the protocol does not allow (or a different version)."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not give a valid reply within the bounded number of retries."""
+
+
+class FormatMismatch(DeviceError):
+    """The device's BFP format (or build) is not the one that was asked for."""
+
+
+class ShapeError(DeviceError, ValueError):
+    """The operands of a GEMM have shapes the device cannot take."""
+
+
+# -- the interface ------------------------------------------------------------------------------
+
+class Transport(abc.ABC):
+    """A bidirectional byte pipe to one device.
+
+    Members
+    -------
+    name : str
+        Human-readable description (the URL).
+    byte_time : float
+        Seconds per byte on the line, or a bound on the device's time per byte if that is
+        longer (the driver's reply timeouts scale with it).
+    cycle_rate : float or None
+        Device clock cycles per second of host time, if not the clock that INFO reports (a
+        simulation runs slower).
+    latency : float
+        A bound on the round-trip time of a short frame, beyond the line time, in seconds.
+    window_bytes : int or None
+        How many request bytes may be in flight ahead of the device (its receive FIFO), or
+        None for "as many as the driver likes".
+    """
+
+    name = "transport"
+    byte_time = 0.0
+    cycle_rate = None
+    latency = 0.05
+    window_bytes = None
+
+    @abc.abstractmethod
+    def write(self, data):
+        """Send ``data`` (bytes)."""
+
+    @abc.abstractmethod
+    def read(self, timeout):
+        """Return the bytes that arrive within ``timeout`` seconds (``b""`` if none).
+
+        Returns as soon as at least one byte is available.
+        """
+
+    @abc.abstractmethod
+    def close(self):
+        """Release the device."""
+
+    def drain(self, duration):
+        """Read and discard input for ``duration`` seconds; return the bytes discarded."""
+        end = time.monotonic() + duration
+        dropped = 0
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return dropped
+            dropped += len(self.read(left))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class _BufferedReader:
+    """A thread that drains a blocking file descriptor into a buffer (never lets a pipe fill)."""
+
+    def __init__(self, fileno, name):
+        self._fd = fileno
+        self._buf = bytearray()
+        self._cond = threading.Condition()
+        self.closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self.closed = True
+                    self._cond.notify_all()
+                    return
+                self._buf += data
+                self._cond.notify_all()
+
+    def read(self, timeout):
+        end = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while not self._buf and not self.closed:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return b""
+                self._cond.wait(left)
+            data = bytes(self._buf)
+            self._buf.clear()
+            return data
+
+
+# -- pipes and the simulated board --------------------------------------------------------------
+
+class PipeTransport(Transport):
+    """Bytes over a pair of file descriptors (used by :class:`SimTransport` and the tests)."""
+
+    def __init__(self, read_fd, write_fd, name="pipe"):
+        self.name = name
+        self._wfd = write_fd
+        self._reader = _BufferedReader(read_fd, f"hbfp-hw reader {name}")
+
+    def write(self, data):
+        view = memoryview(bytes(data))
+        while view:
+            try:
+                n = os.write(self._wfd, view)
+            except BrokenPipeError:
+                raise DeviceNotFound(f"{self.name}: the device went away (broken pipe); "
+                                     f"open it again") from None
+            view = view[n:]
+
+    def read(self, timeout):
+        data = self._reader.read(timeout)
+        if not data and self._reader.closed:
+            raise DeviceNotFound(f"{self.name}: the device closed the link; open it again")
+        return data
+
+    def close(self):
+        pass
+
+
+class SimTransport(PipeTransport):
+    """The simulated board (``GemmSystem`` under Verilator) as a child process.
+
+    Parameters
+    ----------
+    config : hbfp_hw.fpga.simboard.SimConfig
+        The build; built and cached on first use (a minute or two).
+    progress : bool
+        Report the first build on stderr.
+    """
+
+    latency = 0.05
+    # The Verilator model runs at a few hundred thousand cycles per second and takes about
+    # two cycles per byte; these bounds leave room for a loaded machine.
+    cycle_rate = 50_000.0
+    byte_time = 4e-5
+    window_bytes = 16384
+
+    def __init__(self, config=None, *, progress=True, name="sim"):
+        from . import simboard
+
+        self.config = config or simboard.SimConfig()
+        fd, self._stats_path = tempfile.mkstemp(prefix="hbfp-simboard-", suffix=".stats")
+        os.close(fd)
+        try:
+            self._proc = simboard.launch(self.config, progress=progress,
+                                         stats=self._stats_path)
+        except simboard.BuildError as exc:
+            raise DeviceNotFound(str(exc)) from exc
+        if self.config.baud:
+            self.byte_time = max(self.byte_time, 10.0 / self.config.baud)
+        super().__init__(self._proc.stdout.fileno(), self._proc.stdin.fileno(), name=name)
+
+    @property
+    def pid(self):
+        return self._proc.pid
+
+    def link_stats(self):
+        """Return the harness counters as of its last idle moment.
+
+        A dict with ``virtual_seconds`` (the line model's clock; 0 without ``vclock_hz``),
+        ``cycles``, ``bytes_in`` and ``bytes_out``.
+        """
+        try:
+            fields = Path(self._stats_path).read_text().split()
+            vt, cycles, bin_, bout = float(fields[0]), *map(int, fields[1:4])
+        except (OSError, ValueError, IndexError):
+            return None
+        return {"virtual_seconds": vt, "cycles": cycles, "bytes_in": bin_, "bytes_out": bout}
+
+    def close(self):
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self._proc.wait(timeout=5)
+            except Exception:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc.stdout.close()
+        try:
+            os.unlink(self._stats_path)
+        except OSError:
+            pass
+
+
+# -- TCP ----------------------------------------------------------------------------------------
+
+class TcpTransport(Transport):
+    """A board behind ``hbfp-hw serve`` (:mod:`hbfp_hw.fpga.server`)."""
+
+    latency = 0.2
+
+    def __init__(self, host, port, *, connect_timeout=5.0):
+        self.name = f"tcp://{host}:{port}"
+        try:
+            self._sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except OSError as exc:
+            raise DeviceNotFound(f"{self.name}: cannot connect ({exc.strerror or exc}); is "
+                                 f"`hbfp-hw serve` running there?") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock.settimeout(None)
+        self._closed = False
+
+    def write(self, data):
+        try:
+            self._sock.sendall(bytes(data))
+        except OSError as exc:
+            raise DeviceNotFound(f"{self.name}: connection lost ({exc}); open it again") \
+                from None
+
+    def read(self, timeout):
+        if self._closed:
+            raise DeviceNotFound(f"{self.name}: the server closed the connection")
+        ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        if not ready:
+            return b""
+        try:
+            data = self._sock.recv(1 << 16)
+        except OSError as exc:
+            raise DeviceNotFound(f"{self.name}: connection lost ({exc}); open it again") \
+                from None
+        if not data:
+            self._closed = True
+            raise DeviceNotFound(f"{self.name}: the server closed the connection (another "
+                                 f"client's session, a server restart, or a bad request)")
+        return data
+
+    def close(self):
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+# -- serial -------------------------------------------------------------------------------------
+
+def lock_dir():
+    """Directory of the per-device lock files (``$HBFP_HW_LOCK_DIR`` or the temp dir)."""
+    path = Path(os.environ.get("HBFP_HW_LOCK_DIR", Path(tempfile.gettempdir()) / "hbfp-hw-locks"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _DeviceLock:
+    """An exclusive ``flock`` on a lock file named after a device path; released on close.
+
+    ``flock`` locks belong to the open file, so the kernel releases them when the process dies:
+    a crashed holder never leaves a stale lock.
+    """
+
+    def __init__(self, device_path):
+        real = os.path.realpath(device_path)
+        self.path = lock_dir() / (re.sub(r"[^A-Za-z0-9_.-]", "_", real.strip("/")) + ".lock")
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._f.seek(0)
+            owner = self._f.read().strip() or "another process"
+            self._f.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise DeviceBusy(f"{device_path} is already in use by {owner} (lock "
+                                 f"{self.path}); close that program, or share the board with "
+                                 f"`hbfp-hw serve --device serial://{device_path}`") from None
+            raise
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"pid {os.getpid()}\n")
+        self._f.flush()
+
+    def release(self):
+        if not self._f.closed:
+            self._f.seek(0)
+            self._f.truncate()
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+
+
+class SerialTransport(Transport):
+    """A real board on a serial port (pyserial), with an exclusive lock per device path.
+
+    Parameters
+    ----------
+    path : str
+        The device, e.g. ``/dev/ttyUSB0``.
+    baud : int
+        Line rate (8N1).
+    window_bytes : int
+        Request bytes the driver may send ahead of the device: the board's receive FIFO
+        (512 bytes on the ULX3S build).
+    """
+
+    latency = 0.05
+
+    def __init__(self, path, baud=3_000_000, *, window_bytes=512):
+        import serial
+
+        self.name = f"serial://{path}?baud={baud}"
+        if not os.path.exists(path):
+            raise DeviceNotFound(f"{path} does not exist; is the board plugged in? (try "
+                                 f"`ls /dev/ttyUSB* /dev/ttyACM*`)")
+        self._lock = _DeviceLock(path)
+        try:
+            self._port = serial.Serial(path, baud, timeout=0, write_timeout=10)
+        except (serial.SerialException, OSError) as exc:
+            self._lock.release()
+            raise DeviceNotFound(f"cannot open {path}: {exc}; check the permissions (the "
+                                 f"dialout group) and that the board is attached") from None
+        self.byte_time = 10.0 / baud
+        self.window_bytes = window_bytes
+
+    def write(self, data):
+        import serial
+        try:
+            self._port.write(bytes(data))
+        except (serial.SerialException, OSError) as exc:
+            raise DeviceNotFound(f"{self.name}: write failed ({exc}); is the board still "
+                                 f"attached?") from None
+
+    def read(self, timeout):
+        import serial
+        try:
+            ready, _, _ = select.select([self._port.fileno()], [], [], max(0.0, timeout))
+            if not ready:
+                return b""
+            return self._port.read(max(1, self._port.in_waiting))
+        except (serial.SerialException, OSError) as exc:
+            raise DeviceNotFound(f"{self.name}: read failed ({exc}); is the board still "
+                                 f"attached?") from None
+
+    def close(self):
+        try:
+            self._port.close()
+        finally:
+            self._lock.release()
+
+
+# -- fault injection ----------------------------------------------------------------------------
+
+class FaultInjectingTransport(Transport):
+    """Wrap a transport and damage the bytes that pass through it, reproducibly.
+
+    Parameters
+    ----------
+    inner : Transport
+    corrupt, drop, duplicate : float
+        Per-byte probabilities (both directions) that a byte is XORed with a random nonzero
+        value, left out, or sent twice.
+    delay : float
+        Per-write probability of a pause of up to ``max_delay`` seconds before the bytes go out.
+    truncate : float
+        Per-write probability that the write (one frame) is cut at a random point.
+    garbage : float
+        Per-write probability that 1..``max_garbage`` random bytes are sent first.
+    seed : int
+        Seed of the fault pattern.
+    directions : {"both", "tx", "rx"}
+        Which direction the per-byte faults hit.
+
+    Members
+    -------
+    counts : dict
+        How many faults of each kind were injected.
+    """
+
+    def __init__(self, inner, *, corrupt=0.0, drop=0.0, duplicate=0.0, delay=0.0,
+                 max_delay=0.002, truncate=0.0, garbage=0.0, max_garbage=32, seed=0,
+                 directions="both"):
+        for name, p in (("corrupt", corrupt), ("drop", drop), ("duplicate", duplicate),
+                        ("delay", delay), ("truncate", truncate), ("garbage", garbage)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability between 0 and 1, not {p!r}")
+        if directions not in ("both", "tx", "rx"):
+            raise ValueError(f"directions must be 'both', 'tx' or 'rx', not {directions!r}")
+        self.inner = inner
+        self.name = f"faulty({inner.name})"
+        self.byte_time = inner.byte_time
+        self.cycle_rate = inner.cycle_rate
+        self.latency = inner.latency
+        self.window_bytes = inner.window_bytes
+        self.corrupt, self.drop, self.duplicate = corrupt, drop, duplicate
+        self.delay, self.max_delay = delay, max_delay
+        self.truncate, self.garbage, self.max_garbage = truncate, garbage, max_garbage
+        self.directions = directions
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.counts = {k: 0 for k in ("corrupt", "drop", "duplicate", "delay", "truncate",
+                                      "garbage")}
+
+    def _mangle(self, data):
+        if not (self.corrupt or self.drop or self.duplicate):
+            return bytes(data)
+        rng = self._rng
+        out = bytearray()
+        p_any = self.corrupt + self.drop + self.duplicate
+        for byte in bytes(data):
+            r = rng.random()
+            if r >= p_any:
+                out.append(byte)
+            elif r < self.corrupt:
+                out.append(byte ^ rng.randrange(1, 256))
+                self.counts["corrupt"] += 1
+            elif r < self.corrupt + self.drop:
+                self.counts["drop"] += 1
+            else:
+                out += bytes((byte, byte))
+                self.counts["duplicate"] += 1
+        return bytes(out)
+
+    def write(self, data):
+        with self._lock:
+            rng = self._rng
+            data = bytes(data)
+            pre = b""
+            pause = 0.0
+            if self.delay and rng.random() < self.delay:
+                pause = rng.uniform(0, self.max_delay)
+                self.counts["delay"] += 1
+            if self.garbage and rng.random() < self.garbage:
+                pre = bytes(rng.randrange(256) for _ in range(rng.randint(1, self.max_garbage)))
+                self.counts["garbage"] += 1
+            if self.truncate and len(data) > 1 and rng.random() < self.truncate:
+                data = data[:rng.randrange(1, len(data))]
+                self.counts["truncate"] += 1
+            if self.directions in ("both", "tx"):
+                data = self._mangle(data)
+        if pause:
+            time.sleep(pause)
+        self.inner.write(pre + data)
+
+    def read(self, timeout):
+        data = self.inner.read(timeout)
+        if data and self.directions in ("both", "rx"):
+            with self._lock:
+                data = self._mangle(data)
+        return data
+
+    def close(self):
+        self.inner.close()

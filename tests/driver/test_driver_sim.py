@@ -1,0 +1,190 @@
+"""The driver against the simulated board: INFO, bit-exact GEMMs for both wires, errors."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import hbfp_hw
+from hbfp_hw.fpga import driver, protocol
+from hbfp_hw.fpga.driver import (
+    Device,
+    DeviceNotFound,
+    FormatMismatch,
+    ShapeError,
+    tile_sizes,
+)
+
+from .conftest import assert_bit_exact, random_operands
+
+
+def test_info_matches_the_build(sim_device, sim_config):
+    info = sim_device.info()
+    assert info == sim_config.info
+    assert info.version == protocol.PROTOCOL_VERSION
+    assert info.fmt.name == "bfp8"
+    assert info.lanes == 4 and info.a_blocks == 1024 and info.c_words == 4096
+    assert info.wire_formats == {protocol.Wire.FLOAT, protocol.Wire.BFP}
+
+
+@pytest.mark.parametrize("wire", ["bfp", "fp32"])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 16, 1), (3, 17, 5), (64, 64, 64),
+                                   (40, 100, 9), (7, 33, 300)])
+def test_gemm_bit_exact(sim_device, wire, m, k, n):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a, b = random_operands(rng, m, k, n, spread=20)
+    c = sim_device.gemm(a, b, wire=wire)
+    assert_bit_exact(c, a, b, sim_device.info())
+
+
+def test_gemm_spans_several_tiles(sim_device):
+    info = sim_device.info()
+    rows, cols = tile_sizes(info, 64)
+    m, n = 2 * rows + 3, 8
+    rng = np.random.default_rng(5)
+    a, b = random_operands(rng, m, 64, n)
+    before = sim_device.stats["frames"]
+    c = sim_device.gemm(a, b)
+    assert_bit_exact(c, a, b, info)
+    computes = sim_device.status()["c_rows"]
+    assert computes == m - 2 * rows            # the last tile's rows
+    assert sim_device.stats["frames"] - before >= 3 * 3
+
+
+def test_special_values(sim_device):
+    rng = np.random.default_rng(9)
+    a, b = random_operands(rng, 6, 40, 7)
+    a[1, 3] = np.nan
+    b[20, 2] = -np.inf
+    a[2, :] = np.float32(3e38)
+    b[:, 5] = np.float32(1e-41)              # subnormal
+    for wire in ("bfp", "fp32"):
+        assert_bit_exact(sim_device.gemm(a, b, wire=wire), a, b, sim_device.info())
+
+
+def test_bf16_operands_via_torch(sim_device):
+    torch = pytest.importorskip("torch")
+    a = torch.randn(5, 20).to(torch.bfloat16)
+    b = torch.randn(20, 6).to(torch.bfloat16)
+    c = sim_device.gemm(a, b)
+    assert_bit_exact(c, a.float().numpy(), b.float().numpy(), sim_device.info())
+
+
+def test_shape_and_type_errors(sim_device):
+    a = np.ones((3, 4), np.float32)
+    with pytest.raises(ShapeError, match="inner dimensions differ"):
+        sim_device.gemm(a, np.ones((5, 2), np.float32))
+    with pytest.raises(ShapeError, match="2-D"):
+        sim_device.gemm(np.ones(4, np.float32), a)
+    with pytest.raises(ShapeError, match="at least 1"):
+        sim_device.gemm(np.ones((0, 4), np.float32), np.ones((4, 2), np.float32))
+    with pytest.raises(ShapeError, match="does not fit this device"):
+        sim_device.gemm(np.ones((1, 70000), np.float32), np.ones((70000, 1), np.float32))
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        sim_device.gemm(np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="wire must be"):
+        sim_device.gemm(a, np.ones((4, 2), np.float32), wire="int8")
+    assert isinstance(ShapeError("x"), ValueError)
+
+
+def test_format_mismatch_and_bad_urls(sim_config):
+    with pytest.raises(FormatMismatch, match=r"asked for; open a device built for"):
+        Device.open("sim", fmt="mxint8")
+    with Device.open("sim", fmt="bfp8") as dev:
+        assert dev.fmt.name == "bfp8"
+    with pytest.raises(DeviceNotFound, match="Unknown device URL"):
+        Device.open("usb://x")
+    with pytest.raises(DeviceNotFound, match="Unknown sim:// option 'lanez'"):
+        Device.open("sim://?lanez=4")
+    with pytest.raises(DeviceNotFound, match="does not exist"):
+        Device.open("serial:///dev/does-not-exist-hbfp")
+    with pytest.raises(DeviceNotFound, match="cannot connect"):
+        Device.open("tcp://127.0.0.1:1")
+
+
+def test_shared_and_separate_instances(sim_config):
+    held = {k: v.refs for k, v in driver._SIM_BOARDS.items()}
+    with Device.open("sim") as d1, Device.open("sim") as d2, \
+            Device.open("sim://?instance=2") as d3:
+        assert d1._t is d2._t                  # one board per configuration and instance
+        assert d3._t is not d1._t
+        rng = np.random.default_rng(1)
+        a, b = random_operands(rng, 4, 20, 4)
+        assert_bit_exact(d3.gemm(a, b), a, b, d3.info())
+    assert d1._shared.refs == held.get(d1._shared.key, 0)
+    assert d3._shared.refs == 0 and d3._shared.key not in driver._SIM_BOARDS
+
+
+def test_thread_safe(sim_device):
+    rng = np.random.default_rng(3)
+    cases = [random_operands(rng, 9 + i, 30 + i, 11 + 2 * i) for i in range(6)]
+    results = [None] * len(cases)
+    errors = []
+
+    def work(i):
+        try:
+            results[i] = sim_device.gemm(*cases[i], wire=("bfp", "fp32")[i % 2])
+        except Exception as exc:                      # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for (a, b), c in zip(cases, results):
+        assert_bit_exact(c, a, b, sim_device.info())
+
+
+def test_lazy_reexports():
+    assert hbfp_hw.Device is Device
+    from hbfp_hw.fpga import Device as D2
+    from hbfp_hw.fpga import DeviceTimeout
+    assert D2 is Device and DeviceTimeout is driver.DeviceTimeout
+
+
+def test_demo_offload(sim_config):
+    lines = []
+    assert driver.demo_offload(print=lines.append) is True
+    assert len(lines) == 1 and "64x64 @ 64x64" in lines[0] and "bit-exact" in lines[0]
+    assert "yes" in lines[0]
+
+
+def test_cli_gemm(sim_config, tmp_path, capsys):
+    import json
+
+    from hbfp_hw.cli import main
+    out = tmp_path / "r.json"
+    assert main(["gemm", "--device", "sim", "--m", "20", "--n", "9", "--k", "40",
+                 "--wire", "fp32", "--seed", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "bit-exact: yes" in text and "throughput:" in text and "time:" in text
+    result = json.loads(out.read_text())
+    assert result["bit_exact"] is True and result["wire"] == "fp32"
+
+
+def test_line_models(sim_config):
+    import time
+    rng = np.random.default_rng(6)
+    a, b = random_operands(rng, 16, 64, 16)
+    # Wall-clock pacing at 1 Mbaud: 100 kB/s each way.
+    with Device.open("sim://?baud=1000000") as dev:
+        t0 = time.perf_counter()
+        assert_bit_exact(dev.gemm(a, b), a, b, dev.info())
+        elapsed = time.perf_counter() - t0
+        assert elapsed >= 0.9 * dev.stats["rx_bytes"] / 100_000
+    # Virtual time at 3 Mbaud: the harness's clock covers every byte at the line rate.
+    with Device.open("sim://?baud=3000000&vclock_hz=100000000") as dev:
+        dev.status()
+        time.sleep(0.05)
+        s0 = dev.transport.link_stats()
+        before = dict(dev.stats)
+        assert_bit_exact(dev.gemm(a, b), a, b, dev.info())
+        time.sleep(0.05)
+        s1 = dev.transport.link_stats()
+        vt = s1["virtual_seconds"] - s0["virtual_seconds"]
+        down = s1["bytes_out"] - s0["bytes_out"]
+        assert down == dev.stats["rx_bytes"] - before["rx_bytes"]
+        assert vt >= down / 300_000
+        assert s1["cycles"] > s0["cycles"]
