@@ -12,11 +12,13 @@ import numpy as np
 
 from hbfp_hw.formats import PRESETS, resolve_format
 
-
 #: Modules that contribute subcommands through ``register(subparsers)``.
 COMMAND_MODULES = [
     "hbfp_hw.rtl_gen.commands",   # generate
     "hbfp_hw.sim.commands",       # verify
+    "hbfp_hw.fpga.commands",      # build
+    "hbfp_hw.fpga.driver_commands",  # gemm, serve
+    "hbfp_hw.torch.commands",     # train
 ]
 
 
@@ -115,12 +117,22 @@ def cmd_demo(args):
               f"{elapsed * 1e3:>7.1f}ms")
     fp32_err = float(np.abs(fp32 - exact).max() / scale)
     print(f"{'fp32':10} {'-':>26} {fp32_err:>19.3e}")
-    _write_json(args.json, {"shape": [m, n, k], "results": results, "fp32_rel_error": fp32_err})
     if not ok:
         print("error: the fast golden GEMM disagrees with the step-by-step contract",
               file=sys.stderr)
-        return 1
-    return 0
+
+    offload = None
+    if args.device != "none":
+        from hbfp_hw.fpga.driver import demo_offload
+
+        print(f"\nThe same kind of GEMM offloaded to the device {args.device!r} "
+              f"(the simulated board runs the real gateware under Verilator; the first run "
+              f"builds it, which takes a minute):")
+        offload = demo_offload(url=args.device)
+        ok &= offload
+    _write_json(args.json, {"shape": [m, n, k], "results": results, "fp32_rel_error": fp32_err,
+                            "offload_bit_exact": offload})
+    return 0 if ok else 1
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -142,6 +154,9 @@ def build_parser():
     p.add_argument("--n", type=_positive_int("--n"), default=64)
     p.add_argument("--k", type=_positive_int("--k"), default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="sim", metavar="URL",
+                   help="device for the offloaded GEMM (default: sim, the simulated board; "
+                        "'none' skips it)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.set_defaults(func=cmd_demo)
 

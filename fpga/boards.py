@@ -1,0 +1,546 @@
+"""Board definitions and top-levels: clock, reset, UART PHY, ``GemmSystem`` and status LEDs.
+
+Two boards come from ``amaranth-boards``:
+
+``ulx3s-85f`` (default)
+    ULX3S with the LFE5U-85F (ECP5). An ``EHXPLLL`` makes the compute clock (default 100 MHz)
+    from the 25 MHz oscillator; :func:`ecp5_pll` computes its dividers. LEDs 0..7: heartbeat,
+    activity, error, PLL lock, busy, and the low bits of the lane count.
+``icebreaker``
+    iCEBreaker (iCE40UP5K), with a reduced configuration (see :data:`BOARDS`). The default is to
+    run the whole design from the 12 MHz oscillator, no PLL: the small configuration does not
+    need more, 3 Mbaud is exactly 4 cycles per bit at 12 MHz, and the slow clock leaves timing
+    slack. Another ``--clock-mhz`` instantiates ``SB_PLL40_PAD`` with dividers from
+    :func:`ice40_pll`. Green LED: heartbeat, blinking faster while bytes move; red LED: error.
+
+Every top-level (:class:`BoardTop`) is::
+
+    clock ─> PLL ─> sync domain (reset: !lock | button, through a ResetSynchronizer)
+    uart.rx ─> UARTReceiver ─> SyncFIFOBuffered ─> register ─> GemmSystem
+    GemmSystem ─> UARTTransmitter ─> uart.tx
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amaranth.hdl import ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.fifo import SyncFIFOBuffered
+
+from hbfp_hw.formats import BFPFormat, resolve_format
+
+from .uart import UARTReceiver, UARTTransmitter
+
+__all__ = [
+    "Board",
+    "BOARDS",
+    "DEFAULT_BOARD",
+    "DEFAULT_BAUD",
+    "BuildConfig",
+    "PLLConfig",
+    "ecp5_pll",
+    "ice40_pll",
+    "BoardTop",
+]
+
+DEFAULT_BAUD = 3_000_000
+
+
+@dataclass(frozen=True)
+class Board:
+    """A supported board and its default (fitting) configuration.
+
+    Parameters
+    ----------
+    name : str
+        The ``--board`` name.
+    family : {"ecp5", "ice40"}
+    device : str
+        FPGA part, for reports.
+    osc_hz : int
+        Frequency of the board oscillator.
+    fmt : BFPFormat
+        Default format.
+    lanes : int
+        Default number of dot-product lanes.
+    clock_mhz : float
+        Default compute clock.
+    rx_fifo_depth : int
+        Bytes buffered between the UART receiver and the ``GemmSystem``.
+    input_format : {"fp32", "bf16"}
+        Default float format of the operands on the link.
+    system_params : dict
+        Default capacity parameters passed to ``GemmSystem`` (on-chip buffer sizes).
+    programmer : str
+        Tool used by ``--program``.
+    """
+
+    name: str
+    family: str
+    device: str
+    osc_hz: int
+    fmt: BFPFormat
+    lanes: int
+    clock_mhz: float
+    rx_fifo_depth: int
+    programmer: str
+    input_format: str = "fp32"
+    system_params: dict = field(default_factory=dict)
+
+    def platform(self):
+        """Return a fresh ``amaranth-boards`` platform object for this board."""
+        if self.name == "ulx3s-85f":
+            from amaranth_boards.ulx3s import ULX3S_85F_Platform
+            return ULX3S_85F_Platform()
+        from amaranth_boards.icebreaker import ICEBreakerPlatform
+        return ICEBreakerPlatform()
+
+
+#: Supported boards by ``--board`` name.
+BOARDS = {
+    "ulx3s-85f": Board(
+        name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", osc_hz=25_000_000,
+        fmt=resolve_format("bfp8"), lanes=4, clock_mhz=100.0, rx_fifo_depth=512,
+        programmer="openFPGALoader"),
+    # UP5K: 5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K. The GemmSystem's control logic, FP32
+    # accumulator and on-device quantizer alone take most of it, so the reduced default is one
+    # lane of 4-element blocks of 4-bit mantissas, BF16 operands on the link (a narrower
+    # quantizer than FP32), small buffers, at the 12 MHz oscillator.
+    "icebreaker": Board(
+        name="icebreaker", family="ice40", device="iCE40UP5K-SG48", osc_hz=12_000_000,
+        fmt=BFPFormat(4, 4), lanes=1, clock_mhz=12.0, rx_fifo_depth=64,
+        input_format="bf16", programmer="iceprog",
+        system_params={"a_blocks": 32, "b_blocks": 32, "c_words": 32, "max_payload": 64}),
+}
+
+DEFAULT_BOARD = "ulx3s-85f"
+
+
+# -- PLLs ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PLLConfig:
+    """Divider settings of a PLL and the frequencies they give (all in Hz)."""
+
+    family: str
+    f_in: float
+    f_out: float
+    f_vco: float
+    params: dict
+
+    @property
+    def f_out_mhz(self):
+        return self.f_out / 1e6
+
+
+def _check_freq(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+
+
+def ecp5_pll(f_in, f_out):
+    """Compute ``EHXPLLL`` dividers for ``f_out`` from ``f_in`` (both in Hz).
+
+    Feedback comes from CLKOP, so ``f_out = f_in / CLKI_DIV * CLKFB_DIV`` and
+    ``f_vco = f_out * CLKOP_DIV``. Searches like Trellis' ``ecppll``: input 8..400 MHz, PFD
+    3.125..400 MHz, VCO 400..800 MHz, output 10..400 MHz; the closest output wins, ties go to
+    the VCO nearest 600 MHz.
+
+    Raises
+    ------
+    ValueError
+        If a frequency is out of range.
+    """
+    _check_freq("f_in", f_in)
+    _check_freq("f_out", f_out)
+    if not 8e6 <= f_in <= 400e6:
+        raise ValueError(f"ECP5 PLL input must be between 8 and 400 MHz, not {f_in / 1e6:g} MHz")
+    if not 10e6 <= f_out <= 400e6:
+        raise ValueError(
+            f"ECP5 PLL output must be between 10 and 400 MHz, not {f_out / 1e6:g} MHz")
+    best = None
+    for clki_div in range(1, 129):
+        f_pfd = f_in / clki_div
+        if not 3.125e6 <= f_pfd <= 400e6:
+            continue
+        for clkfb_div in range(1, 81):
+            fout = f_pfd * clkfb_div
+            for clkop_div in range(1, 129):
+                fvco = fout * clkop_div
+                if not 400e6 <= fvco <= 800e6:
+                    continue
+                key = (abs(fout - f_out), abs(fvco - 600e6))
+                if best is None or key < best[0]:
+                    best = (key, clki_div, clkfb_div, clkop_div, fout, fvco)
+    _, clki_div, clkfb_div, clkop_div, fout, fvco = best
+    return PLLConfig("ecp5", f_in, fout, fvco, {
+        "CLKI_DIV": clki_div,
+        "CLKFB_DIV": clkfb_div,
+        "CLKOP_DIV": clkop_div,
+        # Lattice's tools shift the primary output by 180 degrees; ecppll does the same.
+        "CLKOP_CPHASE": clkop_div // 2,
+        "CLKOP_FPHASE": 0,
+    })
+
+
+def _ice40_filter_range(f_pfd):
+    for limit, value in ((17e6, 1), (26e6, 2), (44e6, 3), (66e6, 4), (101e6, 5)):
+        if f_pfd < limit:
+            return value
+    return 6
+
+
+def ice40_pll(f_in, f_out):
+    """Compute ``SB_PLL40`` dividers (SIMPLE feedback) for ``f_out`` from ``f_in`` (Hz).
+
+    ``f_out = f_in * (DIVF + 1) / ((DIVR + 1) * 2**DIVQ)``, with the ``icepll`` limits: input
+    10..133 MHz, PFD 10..133 MHz, VCO 533..1066 MHz, output 16..275 MHz.
+
+    Raises
+    ------
+    ValueError
+        If a frequency is out of range.
+    """
+    _check_freq("f_in", f_in)
+    _check_freq("f_out", f_out)
+    if not 10e6 <= f_in <= 133e6:
+        raise ValueError(
+            f"iCE40 PLL input must be between 10 and 133 MHz, not {f_in / 1e6:g} MHz")
+    if not 16e6 <= f_out <= 275e6:
+        raise ValueError(
+            f"iCE40 PLL output must be between 16 and 275 MHz, not {f_out / 1e6:g} MHz")
+    best = None
+    for divr in range(16):
+        f_pfd = f_in / (divr + 1)
+        if not 10e6 <= f_pfd <= 133e6:
+            continue
+        for divf in range(128):
+            fvco = f_pfd * (divf + 1)
+            if not 533e6 <= fvco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                fout = fvco / (1 << divq)
+                key = abs(fout - f_out)
+                if best is None or key < best[0]:
+                    best = (key, divr, divf, divq, fout, fvco, f_pfd)
+    if best is None:
+        raise ValueError(f"No iCE40 PLL setting reaches {f_out / 1e6:g} MHz")
+    _, divr, divf, divq, fout, fvco, f_pfd = best
+    return PLLConfig("ice40", f_in, fout, fvco, {
+        "DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": _ice40_filter_range(f_pfd),
+    })
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value!r}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines a bitstream.
+
+    Parameters
+    ----------
+    board : str
+        A key of :data:`BOARDS`.
+    fmt : BFPFormat, optional
+        Defaults to the board's format.
+    lanes : int, optional
+        Dot-product lanes (defaults to the board's).
+    clock_mhz : float, optional
+        Compute clock (defaults to the board's). On the ULX3S the PLL gets as close as its
+        dividers allow; :attr:`clock_hz` is the frequency actually produced.
+    baud : int
+        UART baud rate.
+    input_format : {"fp32", "bf16"}, optional
+        Float format of the operands on the link (defaults to the board's).
+    system_params : dict
+        Extra (capacity) parameters for ``GemmSystem``, over the board's defaults.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad board name or parameter.
+    """
+
+    board: str = DEFAULT_BOARD
+    fmt: BFPFormat | None = None
+    lanes: int | None = None
+    clock_mhz: float | None = None
+    baud: int = DEFAULT_BAUD
+    input_format: str | None = None
+    system_params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.board not in BOARDS:
+            raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {self.board!r}")
+        spec = BOARDS[self.board]
+        if self.fmt is None:
+            object.__setattr__(self, "fmt", spec.fmt)
+        elif not isinstance(self.fmt, BFPFormat):
+            raise TypeError(f"fmt must be a BFPFormat, not {self.fmt!r}")
+        if self.input_format is None:
+            object.__setattr__(self, "input_format", spec.input_format)
+        if str(self.input_format) not in ("fp32", "bf16"):
+            raise ValueError(f"input_format must be one of 'fp32', 'bf16', "
+                             f"not {self.input_format!r}")
+        object.__setattr__(self, "input_format", str(self.input_format))
+        if self.lanes is None:
+            object.__setattr__(self, "lanes", spec.lanes)
+        _check_positive_int("lanes", self.lanes)
+        if self.clock_mhz is None:
+            object.__setattr__(self, "clock_mhz", spec.clock_mhz)
+        _check_freq("clock_mhz", self.clock_mhz)
+        _check_freq("baud", self.baud)
+        # Fail early on a PLL or UART that cannot be made.
+        from .uart import baud_divisor
+        baud_divisor(self.clock_hz, self.baud)
+
+    @property
+    def spec(self):
+        """The :class:`Board`."""
+        return BOARDS[self.board]
+
+    @property
+    def pll(self):
+        """The :class:`PLLConfig`, or None when the oscillator clocks the design directly."""
+        spec = self.spec
+        if abs(self.clock_mhz * 1e6 - spec.osc_hz) < 1:
+            return None
+        if spec.family == "ecp5":
+            return ecp5_pll(spec.osc_hz, self.clock_mhz * 1e6)
+        return ice40_pll(spec.osc_hz, self.clock_mhz * 1e6)
+
+    @property
+    def clock_hz(self):
+        """Frequency of the compute (``sync``) clock actually produced."""
+        pll = self.pll
+        return self.spec.osc_hz if pll is None else pll.f_out
+
+    @property
+    def params(self):
+        """Parameters passed to ``GemmSystem``: board defaults, then :attr:`system_params`.
+
+        On the ECP5 the pipelines of the dot-product units default to their deepest setting
+        (the FP32 adder of the accumulators fully registered, and so on), as the 100 MHz target
+        needs; ``docs/benchmarks.md`` says what still limits the clock.
+        """
+        params = {}
+        if self.spec.family == "ecp5":
+            from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+            from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
+            from hbfp_hw.rtl_gen.mac_tree import MacTree
+            params.update(mac_stages=MacTree.max_stages_for(self.fmt),
+                          convert_stages=BlockToFloat.MAX_STAGES,
+                          adder_stages=FPAccumulator.MAX_ADDER_STAGES)
+        return {**params, **self.spec.system_params, **self.system_params}
+
+    def to_dict(self):
+        return {
+            "board": self.board,
+            "device": self.spec.device,
+            "format": self.fmt.to_dict(),
+            "input_format": str(self.input_format),
+            "lanes": self.lanes,
+            "clock_mhz_requested": self.clock_mhz,
+            "clock_mhz": self.clock_hz / 1e6,
+            "baud": self.baud,
+            "system_params": self.params,
+        }
+
+
+def _default_system(config):
+    from .engine import GemmSystem
+    # build_hash is left to GemmSystem: its default covers every parameter of the system.
+    return GemmSystem(config.fmt, input_format=config.input_format, lanes=config.lanes,
+                      clock_hz=int(round(config.clock_hz)), **config.params)
+
+
+# -- top-level ----------------------------------------------------------------------------------
+
+def _input(m, platform, name, number=0):
+    buf = io.Buffer("i", platform.request(name, number, dir="-"))
+    m.submodules[f"{name}_{number}_buf"] = buf
+    return buf.i
+
+
+def _output(m, platform, name, number=0):
+    buf = io.Buffer("o", platform.request(name, number, dir="-"))
+    m.submodules[f"{name}_{number}_buf"] = buf
+    return buf.o
+
+
+class BoardTop(Elaboratable):
+    """Top-level of one board: clock, reset, UART PHY, ``GemmSystem`` and LEDs.
+
+    Parameters
+    ----------
+    config : BuildConfig
+    system_factory : callable, optional
+        ``system_factory(config)`` returns the component between the UART streams (anything
+        with ``i_stream: In(stream.Signature(8))`` and ``o_stream: Out(stream.Signature(8))``).
+        Defaults to ``hbfp_hw.fpga.engine.GemmSystem``. Optional 1-bit outputs ``error`` and
+        ``busy`` of that component drive LEDs.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`BuildConfig`.
+    """
+
+    def __init__(self, config, *, system_factory=None):
+        if not isinstance(config, BuildConfig):
+            raise TypeError(f"config must be a BuildConfig, not {config!r}")
+        self._config = config
+        self._system_factory = _default_system if system_factory is None else system_factory
+
+    @property
+    def config(self):
+        return self._config
+
+    # Clock and reset generation; returns the PLL lock signal (1 when there is no PLL).
+    def _clocking(self, m, platform):
+        config = self._config
+        spec = config.spec
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        pll = config.pll
+        locked = Signal(init=0 if pll is not None else 1)
+
+        if spec.family == "ecp5":
+            clk_in = _input(m, platform, "clk25")
+            button = _input(m, platform, "button_fire")
+            if pll is None:
+                m.d.comb += cd_sync.clk.eq(clk_in)
+            else:
+                p = pll.params
+                m.submodules.pll = Instance(
+                    "EHXPLLL",
+                    a_FREQUENCY_PIN_CLKI=f"{pll.f_in / 1e6:g}",
+                    a_FREQUENCY_PIN_CLKOP=f"{pll.f_out / 1e6:g}",
+                    a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
+                    a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                    p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED",
+                    p_STDBY_ENABLE="DISABLED", p_DPHASE_SOURCE="DISABLED",
+                    p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+                    p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+                    p_CLKI_DIV=p["CLKI_DIV"], p_CLKOP_ENABLE="ENABLED",
+                    p_CLKOP_DIV=p["CLKOP_DIV"], p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
+                    p_CLKOP_FPHASE=p["CLKOP_FPHASE"], p_FEEDBK_PATH="CLKOP",
+                    p_CLKFB_DIV=p["CLKFB_DIV"],
+                    i_RST=Const(0), i_STDBY=Const(0), i_CLKI=clk_in,
+                    o_CLKOP=cd_sync.clk, i_CLKFB=cd_sync.clk,
+                    i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1),
+                    i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0),
+                    i_ENCLKOP=Const(0), o_LOCK=locked)
+        else:
+            button = _input(m, platform, "button")
+            if pll is None:
+                m.d.comb += cd_sync.clk.eq(_input(m, platform, "clk12"))
+            else:
+                p = pll.params
+                clk_port = platform.request("clk12", dir="-")
+                m.submodules.pll = Instance(
+                    "SB_PLL40_PAD",
+                    p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+                    p_DIVR=Const(p["DIVR"], 4), p_DIVF=Const(p["DIVF"], 7),
+                    p_DIVQ=Const(p["DIVQ"], 3), p_FILTER_RANGE=Const(p["FILTER_RANGE"], 3),
+                    io_PACKAGEPIN=clk_port.io,
+                    i_RESETB=Const(1), i_BYPASS=Const(0),
+                    o_PLLOUTGLOBAL=cd_sync.clk, o_LOCK=locked)
+        # No explicit constraint on the compute clock: nextpnr derives it from the PLL
+        # parameters and the oscillator's pin constraint (an explicit one would name a net
+        # that flattening has renamed, and be ignored with a warning).
+        m.submodules.reset_sync = ResetSynchronizer(~locked | button, domain="sync")
+        return locked
+
+    def elaborate(self, platform):
+        config = self._config
+        spec = config.spec
+        m = Module()
+        locked = self._clocking(m, platform)
+
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_buf = uart_rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buf = uart_tx = io.Buffer("o", uart.tx)
+        m.submodules.rx = rx = UARTReceiver(clock_hz=config.clock_hz, baud=config.baud)
+        m.submodules.tx = tx = UARTTransmitter(clock_hz=config.clock_hz, baud=config.baud)
+        m.submodules.rx_fifo = rx_fifo = SyncFIFOBuffered(width=8, depth=spec.rx_fifo_depth)
+        m.submodules.system = system = self._system_factory(config)
+
+        m.d.comb += [
+            rx.rx.eq(uart_rx.i),
+            uart_tx.o.eq(tx.tx),
+            rx_fifo.w_data.eq(rx.o_stream.payload),
+            rx_fifo.w_en.eq(rx.o_stream.valid),
+            rx.o_stream.ready.eq(rx_fifo.w_rdy),
+        ]
+        # A register after the FIFO: the block RAM's clock-to-output time (about 6 ns on the
+        # ECP5) would otherwise start the decoder's paths.
+        in_valid = Signal()
+        in_data = Signal(8)
+        take = ~in_valid | system.i_stream.ready
+        m.d.comb += [
+            rx_fifo.r_en.eq(take),
+            system.i_stream.valid.eq(in_valid),
+            system.i_stream.payload.eq(in_data),
+        ]
+        with m.If(take):
+            m.d.sync += [in_valid.eq(rx_fifo.r_rdy), in_data.eq(rx_fifo.r_data)]
+        wiring.connect(m, system.o_stream, tx.i_stream)
+
+        # Status: heartbeat (1 Hz), activity (stretched to ~50 ms), sticky error.
+        clock_hz = int(config.clock_hz)
+        heartbeat = Signal()
+        beat = Signal(range(clock_hz // 2 + 1))
+        with m.If(beat == 0):
+            m.d.sync += [beat.eq(clock_hz // 2), heartbeat.eq(~heartbeat)]
+        with m.Else():
+            m.d.sync += beat.eq(beat - 1)
+
+        activity = Signal()
+        stretch = Signal(range(clock_hz // 20 + 1))
+        moved = ((rx.o_stream.valid & rx.o_stream.ready) | (tx.i_stream.valid & tx.i_stream.ready))
+        with m.If(moved):
+            m.d.sync += stretch.eq(clock_hz // 20)
+        with m.Elif(stretch != 0):
+            m.d.sync += stretch.eq(stretch - 1)
+        m.d.comb += activity.eq(stretch != 0)
+
+        members = system.signature.members
+        error = Signal()
+        sys_error = system.error if "error" in members else Const(0)
+        busy = system.busy if "busy" in members else Const(0)
+        with m.If(rx.framing_error | rx.overflow | sys_error):
+            m.d.sync += error.eq(1)
+
+        if spec.family == "ecp5":
+            leds = [_output(m, platform, "led", i) for i in range(8)]
+            m.d.comb += [
+                leds[0].eq(heartbeat),
+                leds[1].eq(activity),
+                leds[2].eq(error),
+                leds[3].eq(locked),
+                leds[4].eq(busy),
+                leds[5].eq(config.lanes & 1),
+                leds[6].eq((config.lanes >> 1) & 1),
+                leds[7].eq((config.lanes >> 2) & 1),
+            ]
+        else:
+            led_r = _output(m, platform, "led_r")
+            led_g = _output(m, platform, "led_g")
+            # Activity makes the heartbeat flicker at ~8 Hz.
+            flicker = beat[max(0, (clock_hz // 16).bit_length() - 1)]
+            m.d.comb += [
+                led_g.eq(Mux(activity, flicker, heartbeat)),
+                led_r.eq(error),
+            ]
+        return m
