@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import ops
+from hbfp_hw.torch.backends import check_backend
 from hbfp_hw.torch.config import as_config, derive_seed
 
 __all__ = ["hbfp_linear", "hbfp_matmul", "hbfp_conv2d", "role_seeds", "linear_impl",
@@ -84,6 +85,8 @@ class _Matmul(torch.autograd.Function):
 
 def _prepare(fmt, seed, backend, device):
     config = as_config(fmt, backend=backend, device=device)
+    if config.backend == "device":
+        check_backend(config)           # opens the device; FormatMismatch names the role
     fmts = config.gemm_args()
     if seed is None:
         stochastic = any(f is not None and f[2] == "stochastic" for f in fmts)

@@ -11,23 +11,45 @@ Built in:
 - ``"emulate"``: :class:`hbfp_hw.torch.emulate.EmulateBackend`, a vectorized torch
   implementation;
 - ``"fp32"``: plain ``torch.matmul``, the unquantized reference (the format is ignored);
-- ``"device"``: an hbfp-hw device through the ``hbfp_hw.Device`` host driver. That driver is not
-  available yet, so asking for this backend raises :class:`BackendUnavailableError`.
+- ``"device"``: :class:`DeviceBackend`, an hbfp-hw device through the ``hbfp_hw.Device`` host
+  driver (docs/driver.md), over any URL: ``"sim"`` (the default: the simulated board, i.e. the
+  real gateware under Verilator), ``"sim://?instance=N&..."``, ``"tcp://HOST:PORT"``,
+  ``"serial:///dev/ttyUSB0"``, or an already open ``hbfp_hw.Device`` (which the backend uses
+  but never closes). Bit-exact with ``"emulate"``, since both are bit-exact with
+  :func:`hbfp_hw.golden.gemm`.
 
 Backends are named by a *key*: ``"emulate"``, ``"fp32"``, or ``"device"`` followed by
 ``"@URL"`` (for example ``"device@sim://?instance=1"``), so that a key can travel through a
-``torch.library`` op as a string. :func:`get_backend` builds each key's backend once and caches
-it. New kinds plug in with :func:`register_backend`.
+``torch.library`` op as a string (an open Device object is named ``"device@object:ID"``).
+:func:`get_backend` builds each key's backend once and caches it. New kinds plug in with
+:func:`register_backend`.
+
+Device backend notes:
+
+- The device computes one format (``dev.info().fmt``). Every quantized GEMM role must ask for
+  exactly that format, else ``FormatMismatch`` (naming the role and both formats) is raised by
+  :func:`~hbfp_hw.torch.convert` (and by the functional API); a role in ``"fp32"`` stays in
+  torch. To train another format, open a board built for it, e.g.
+  ``sim://?mantissa_bits=4&block_size=16``.
+- Stochastic rounding is supported when the device's format is stochastic: the driver
+  quantizes on the host with ``golden.quantize`` using ``seed`` for ``a`` and ``seed + 1`` for
+  ``b``, the same semantics as ``emulate``.
+- ``K`` (the reduction length of each GEMM role) is limited by the device's buffers (4096 on
+  the default simulated board); a larger ``K`` raises ``ShapeError``.
+- Multi-process (DDP) training: each rank opens its own device, e.g.
+  ``device=f"sim://?instance={rank}"`` (or one board per rank / ``hbfp-hw serve`` instance).
+- Devices the backend opened are closed by :func:`close_devices`, which also runs at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 import torch
 
 __all__ = ["BackendUnavailableError", "register_backend", "get_backend", "backend_key",
-           "backend_names", "Fp32Backend"]
+           "backend_names", "Fp32Backend", "DeviceBackend", "close_devices", "check_backend"]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -57,13 +79,119 @@ def _fp32_factory(device):
     return Fp32Backend()
 
 
+#: Open Device objects passed as ``device=``, by the token that names them in a key.
+_DEVICE_OBJECTS = {}
+_OBJECT_PREFIX = "object:"
+
+
+def _is_device_object(device):
+    return not isinstance(device, str) and callable(getattr(device, "gemm", None)) \
+        and callable(getattr(device, "info", None))
+
+
+def _device_token(device):
+    """Name an open Device object by a string token (the object is kept alive here)."""
+    token = f"{_OBJECT_PREFIX}{id(device)}"
+    with _LOCK:
+        _DEVICE_OBJECTS[token] = device
+    return token
+
+
+class DeviceBackend:
+    """The ``device`` backend: HBFP GEMMs on an hbfp-hw device through ``hbfp_hw.Device``.
+
+    Parameters
+    ----------
+    device : str or hbfp_hw.Device
+        A device URL (default ``"sim"``), opened here and closed by :meth:`close`, or an open
+        Device, which is used as it is and never closed here.
+    """
+
+    name = "device"
+
+    def __init__(self, device="sim"):
+        from hbfp_hw.fpga.driver import Device, DeviceError
+
+        if _is_device_object(device):
+            self.device, self.url, self._owned = device, getattr(device, "url", repr(device)), \
+                False
+        else:
+            self.url, self._owned = device, True
+            try:
+                self.device = Device.open(device)
+            except DeviceError as e:
+                raise type(e)(f"backend='device' could not open {device!r}: {e}") from e
+        self.fmt = self.device.info().fmt
+
+    def check_format(self, fmt, role=None):
+        """Raise ``FormatMismatch`` unless ``fmt`` (a BFPFormat or ``None``) is the device's."""
+        if fmt is None or fmt == self.fmt:
+            return
+        from hbfp_hw.fpga.driver import FormatMismatch
+
+        what = f"the {role} GEMM" if role else "this GEMM"
+        raise FormatMismatch(
+            f"backend='device': {what} asks for {fmt.name} ({fmt}) but {self.url} computes "
+            f"{self.fmt.name} ({self.fmt}); use a device built for {fmt.name} (e.g. "
+            f"sim://?mantissa_bits={fmt.mantissa_bits}&block_size={fmt.block_size}), give "
+            f"this role the device's format, or keep it in 'fp32'")
+
+    def check_config(self, config):
+        """Check every quantized role of an :class:`~hbfp_hw.torch.HBFPConfig`."""
+        from hbfp_hw.torch.config import ROLES
+
+        for role, fmt in zip(ROLES, config.formats):
+            self.check_format(fmt, role)
+
+    def gemm(self, a, b, fmt, seed):
+        """Return the HBFP product ``a @ b`` computed on the device (float32 CPU tensor)."""
+        import numpy as np
+
+        from hbfp_hw.formats import Rounding
+
+        self.check_format(fmt)
+        a_np = np.ascontiguousarray(a.detach().cpu().numpy(), dtype=np.float32)
+        b_np = np.ascontiguousarray(b.detach().cpu().numpy(), dtype=np.float32)
+        seed = seed if fmt.rounding is Rounding.STOCHASTIC else None
+        out = self.device.gemm(a_np, b_np, wire="bfp", seed=seed)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+    def close(self):
+        """Close the device if this backend opened it."""
+        if self._owned:
+            self.device.close()
+
+    def __repr__(self):
+        return f"DeviceBackend({self.url!r}, {self.fmt.name})"
+
+
 def _device_factory(device):
-    # Plug-in point: once hbfp_hw.Device exists, open `device` (a URL such as
-    # "sim://?instance=0") here and return an object whose gemm() runs on it.
-    raise BackendUnavailableError(
-        f"backend='device' (device={device!r}) runs the HBFP GEMMs on an hbfp-hw device "
-        f"through the hbfp_hw.Device host driver, which is not available yet; use "
-        f"backend='emulate' (bit-exact with the golden model) or backend='fp32'")
+    if device is None:
+        device = "sim"
+    if device.startswith(_OBJECT_PREFIX):
+        obj = _DEVICE_OBJECTS.get(device)
+        if obj is None:
+            raise ValueError(f"unknown device token {device!r}; pass the Device object itself")
+        return DeviceBackend(obj)
+    return DeviceBackend(device)
+
+
+def close_devices():
+    """Close the devices that cached ``device`` backends opened (and forget those backends).
+
+    Runs at interpreter exit too. The next use of a ``device`` key opens its device again.
+    """
+    with _LOCK:
+        keys = [k for k, v in _CACHE.items() if isinstance(v, DeviceBackend)]
+        backends = [_CACHE.pop(k) for k in keys]
+    for backend in backends:
+        try:
+            backend.close()
+        except Exception:                               # noqa: BLE001 -- best effort at exit
+            pass
+
+
+atexit.register(close_devices)
 
 
 _FACTORIES = {"emulate": _emulate_factory, "fp32": _fp32_factory, "device": _device_factory}
@@ -119,6 +247,8 @@ def backend_key(backend="emulate", device=None):
     if backend not in _NEEDS_DEVICE:
         raise ValueError(f"device must be None for backend={backend!r}, not {device!r} "
                          f"(only {', '.join(sorted(_NEEDS_DEVICE))} take a device URL)")
+    if backend == "device" and _is_device_object(device):
+        device = _device_token(device)
     if not isinstance(device, str) or not device:
         raise ValueError(f"device must be a device URL string such as 'sim://', not {device!r}")
     return f"{backend}@{device}"
@@ -129,8 +259,8 @@ def get_backend(key):
 
     Raises
     ------
-    BackendUnavailableError
-        If the backend cannot run here (``"device"`` for now).
+    hbfp_hw.fpga.DeviceError
+        ``"device"``: the device cannot be opened (``DeviceNotFound``, ...).
     """
     backend = _CACHE.get(key)
     if backend is not None:
@@ -141,4 +271,13 @@ def get_backend(key):
         backend = _CACHE.get(key)
         if backend is None:
             backend = _CACHE[key] = _FACTORIES[name](device or None)
+    return backend
+
+
+def check_backend(config):
+    """Build (or reuse) the backend of an HBFPConfig and check its role formats; return it."""
+    backend = get_backend(config.key)
+    check = getattr(backend, "check_config", None)
+    if check is not None:
+        check(config)
     return backend

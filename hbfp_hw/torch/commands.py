@@ -60,7 +60,9 @@ def register(subparsers):
     p.add_argument("--lr", type=_positive_float, default=0.05,
                    help="SGD learning rate (momentum 0.9), default 0.05")
     p.add_argument("--backend", choices=["emulate", "device"], default="emulate")
-    p.add_argument("--device", metavar="URL", help="device URL for --backend device")
+    p.add_argument("--device", metavar="URL",
+                   help="device URL for --backend device (default sim: the simulated board; "
+                        "also sim://?instance=N, tcp://HOST:PORT, serial:///dev/ttyUSB0)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--json", metavar="PATH", help="write results and curves as JSON")
     p.add_argument("--plot", metavar="PNG",
@@ -73,6 +75,7 @@ def register(subparsers):
 
 def cmd_train(args):
     """Run ``hbfp-hw train``; returns the exit status."""
+    from hbfp_hw.fpga.driver import DeviceError
     from hbfp_hw.torch import train
     from hbfp_hw.torch.backends import BackendUnavailableError
 
@@ -93,7 +96,7 @@ def cmd_train(args):
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                   backend=args.backend, device=args.device,
                                   progress=not args.no_progress)
-    except BackendUnavailableError as e:
+    except (BackendUnavailableError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(train.format_table(run))

@@ -78,8 +78,9 @@ class HBFPConfig:
         Format of each GEMM role; ``"fp32"``/``None`` keeps that GEMM in FP32.
     backend : str
         ``"emulate"`` (default), ``"device"`` or ``"fp32"`` (see :mod:`hbfp_hw.torch.backends`).
-    device : str or None
-        Device URL for ``backend="device"``.
+    device : str, hbfp_hw.Device or None
+        Device URL for ``backend="device"`` (``None``: ``"sim"``, the simulated board), or an
+        open ``hbfp_hw.Device`` (stored as the ``"object:ID"`` token that names it).
     seed : int
         Base seed of stochastic rounding, ``0..2**32-1``.
     """
@@ -94,7 +95,9 @@ class HBFPConfig:
     def __post_init__(self):
         for role in ROLES:
             object.__setattr__(self, role, _role_format(role, getattr(self, role)))
-        backend_key(self.backend, self.device)
+        key = backend_key(self.backend, self.device)
+        if "@" in key:
+            object.__setattr__(self, "device", key.partition("@")[2])
         prng.check_seed(self.seed)
 
     @property

@@ -10,7 +10,7 @@ from torch import nn
 
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.autograd import conv2d_checked, linear_impl
-from hbfp_hw.torch.backends import get_backend
+from hbfp_hw.torch.backends import check_backend
 from hbfp_hw.torch.config import HBFPConfig, as_config, derive_seed
 
 __all__ = ["HBFPLinear", "HBFPConv2d", "convert", "set_seed", "hbfp_modules"]
@@ -183,10 +183,14 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, inpla
         Formats of the forward, grad_input and grad_weight GEMMs (by default one format for
         all three).
     backend : {"emulate", "device", "fp32"}
-        Where the GEMMs run. ``"device"`` needs the hbfp_hw.Device host driver, which is not
-        available yet, and raises :class:`~hbfp_hw.torch.backends.BackendUnavailableError`.
-    device : str or None
-        Device URL for ``backend="device"`` (for example ``"sim://?instance=0"``).
+        Where the GEMMs run. ``"device"`` runs them on an hbfp-hw device through the
+        ``hbfp_hw.Device`` host driver, bit-exact with ``"emulate"``; the device is opened
+        here (``DeviceNotFound`` etc. propagate) and every quantized role's format must be
+        the device's (``FormatMismatch`` otherwise, see :mod:`hbfp_hw.torch.backends`).
+    device : str, hbfp_hw.Device or None
+        For ``backend="device"``: a device URL (default ``"sim"``, the simulated board; for
+        example ``"sim://?instance=RANK"`` to give each DDP rank its own board,
+        ``"tcp://127.0.0.1:7777"``, ``"serial:///dev/ttyUSB0"``) or an open Device.
     skip : iterable of str or type
         Modules to keep in FP32: qualified names as in ``model.named_modules()`` (glob patterns
         allowed; a name also skips everything under it) or module classes.
@@ -206,7 +210,7 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, inpla
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     config = as_config(fmt, backend=backend, device=device, seed=prng.check_seed(seed))
-    get_backend(config.key)                 # fail now, not at the first forward
+    check_backend(config)                   # fail now, not at the first forward
     skipped = _skip_matcher(skip)
     if not inplace:
         model = copy.deepcopy(model)

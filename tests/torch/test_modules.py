@@ -6,11 +6,9 @@ from torch import nn
 
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.torch import (
-    BackendUnavailableError,
     HBFPConv2d,
     HBFPLinear,
     convert,
-    get_backend,
     hbfp_conv2d,
     hbfp_linear,
     hbfp_modules,
@@ -138,11 +136,7 @@ def test_modules_built_directly():
         HBFPLinear(2, 2, layer_id=-1)
 
 
-def test_device_backend_is_not_available_yet():
-    with pytest.raises(BackendUnavailableError, match=r"hbfp_hw.Device host driver, which is "
-                                                      r"not available yet"):
-        convert(_net(), backend="device", device="sim://?instance=0")
-    with pytest.raises(BackendUnavailableError):
-        get_backend("device")
+def test_device_url_is_only_for_the_device_backend():
+    # the device backend itself is tested in test_device_backend.py
     with pytest.raises(ValueError, match=r"^device must be None for backend='emulate'"):
         convert(_net(), device="sim://")
