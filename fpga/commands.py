@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
+from hbfp_hw.cliargs import positive_float, positive_int
+
 __all__ = ["register", "cmd_build", "default_out_dir", "config_from_args", "format_report"]
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, not {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, not {value}")
-        return value
-    return parse
-
-
-def _positive_float(name):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, not {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, not {text}")
-        return value
-    return parse
 
 
 def register(subparsers):
@@ -51,15 +28,15 @@ def register(subparsers):
                    help=f"target board (default {DEFAULT_BOARD})")
     p.add_argument("--format", metavar="PRESET",
                    help="BFP preset to start from (default: the board's)")
-    p.add_argument("--mantissa-bits", type=_positive_int("--mantissa-bits"), metavar="W",
+    p.add_argument("--mantissa-bits", type=positive_int("--mantissa-bits"), metavar="W",
                    help="element width w, sign included")
-    p.add_argument("--block-size", type=_positive_int("--block-size"), metavar="N",
+    p.add_argument("--block-size", type=positive_int("--block-size"), metavar="N",
                    help="elements per block")
-    p.add_argument("--lanes", type=_positive_int("--lanes"), metavar="L",
+    p.add_argument("--lanes", type=positive_int("--lanes"), metavar="L",
                    help="dot-product lanes (the array size)")
-    p.add_argument("--clock-mhz", type=_positive_float("--clock-mhz"), metavar="F",
+    p.add_argument("--clock-mhz", type=positive_float("--clock-mhz"), metavar="F",
                    help="compute clock in MHz (PLL output)")
-    p.add_argument("--baud", type=_positive_int("--baud"), default=DEFAULT_BAUD,
+    p.add_argument("--baud", type=positive_int("--baud"), default=DEFAULT_BAUD,
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--input-format", choices=["fp32", "bf16"],
                    help="float format of the operands on the link (default: the board's)")

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
 import time
 
+from hbfp_hw.cliargs import positive_int, seed
+
 __all__ = ["register", "cmd_gemm", "cmd_serve"]
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, not {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, not {value}")
-        return value
-    return parse
 
 
 def register(subparsers):
@@ -33,12 +22,12 @@ def register(subparsers):
                     "throughput. Device URLs: 'sim' (the simulated board, built on first use), "
                     "'serial:///dev/ttyUSB0?baud=3000000', 'tcp://127.0.0.1:7777'.")
     p.add_argument("--device", default="sim", metavar="URL", help="device URL (default: sim)")
-    p.add_argument("--m", type=_positive_int("--m"), default=64)
-    p.add_argument("--n", type=_positive_int("--n"), default=64)
-    p.add_argument("--k", type=_positive_int("--k"), default=64)
+    p.add_argument("--m", type=positive_int("--m"), default=64)
+    p.add_argument("--n", type=positive_int("--n"), default=64)
+    p.add_argument("--k", type=positive_int("--k"), default=64)
     p.add_argument("--wire", choices=("bfp", "fp32"), default="bfp",
                    help="send host-quantized BFP blocks (default) or raw FP32 values")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random operands")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random operands")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     p.set_defaults(func=cmd_gemm)
 

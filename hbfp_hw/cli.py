@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from hbfp_hw import cliargs
 from hbfp_hw.formats import PRESETS, resolve_format
 
 #: Modules that contribute subcommands through ``register(subparsers)``.
@@ -28,18 +29,6 @@ def _format_arg(text):
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--format must be one of the presets {', '.join(PRESETS)}, not {text!r}") from None
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, not {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, not {value}")
-        return value
-    return parse
 
 
 def _write_json(path, payload):
@@ -150,10 +139,10 @@ def build_parser():
                                    "bit for bit against the step-by-step contract.")
     p.add_argument("--format", type=_format_arg, default=PRESETS["bfp8"],
                    help=f"preset name ({', '.join(PRESETS)}); default bfp8")
-    p.add_argument("--m", type=_positive_int("--m"), default=64)
-    p.add_argument("--n", type=_positive_int("--n"), default=64)
-    p.add_argument("--k", type=_positive_int("--k"), default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--m", type=cliargs.positive_int("--m"), default=64)
+    p.add_argument("--n", type=cliargs.positive_int("--n"), default=64)
+    p.add_argument("--k", type=cliargs.positive_int("--k"), default=256)
+    p.add_argument("--seed", type=cliargs.seed, default=0)
     p.add_argument("--device", default="sim", metavar="URL",
                    help="device for the offloaded GEMM (default: sim, the simulated board; "
                         "'none' skips it)")

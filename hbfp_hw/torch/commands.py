@@ -2,42 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from hbfp_hw.cliargs import positive_float, positive_int, seed
+
 __all__ = ["register", "cmd_train"]
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, not {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, not {value}")
-        return value
-    return parse
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lr must be a number, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"--lr must be positive, not {value}")
-    return value
-
-
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be an integer, not {text!r}") from None
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"--seed must be between 0 and 4294967295, not {value}")
-    return value
 
 
 def register(subparsers):
@@ -55,19 +24,19 @@ def register(subparsers):
     p.add_argument("--formats", metavar="LIST",
                    help="comma-separated formats, e.g. bfp8,bfp4,fp32 (overrides --format); "
                         "fp32 is always trained as the reference")
-    p.add_argument("--epochs", type=_positive_int("--epochs"), default=20)
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64)
-    p.add_argument("--lr", type=_positive_float, default=0.05,
+    p.add_argument("--epochs", type=positive_int("--epochs"), default=20)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
+    p.add_argument("--lr", type=positive_float("--lr"), default=0.05,
                    help="SGD learning rate (momentum 0.9), default 0.05")
     p.add_argument("--backend", choices=["emulate", "device"], default="emulate")
     p.add_argument("--device", metavar="URL",
                    help="device URL for --backend device (default sim: the simulated board; "
                         "also sim://?instance=N, tcp://HOST:PORT, serial:///dev/ttyUSB0)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", metavar="PATH", help="write results and curves as JSON")
     p.add_argument("--plot", metavar="PNG",
                    help="write the training curves here (default train_digits_MODEL.png)")
-    p.add_argument("--threads", type=_positive_int("--threads"),
+    p.add_argument("--threads", type=positive_int("--threads"),
                    help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=cmd_train)
