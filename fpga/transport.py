@@ -198,7 +198,8 @@ class PipeTransport(Transport):
         return data
 
     def close(self):
-        pass
+        """Do nothing: the descriptors belong to whoever passed them in, who closes them
+        (:class:`SimTransport` closes its child's pipes itself)."""
 
 
 class SimTransport(PipeTransport):
