@@ -74,3 +74,15 @@ def test_verify_cli_passes(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("PASS hbfp_to_float_w4b4 on verilator: 300 vectors, "
                                   "300/300 outputs, 0 mismatches")
+
+
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+def test_verify_writes_waves(tmp_path, sim):
+    reason = toolchain.missing_reason(sim)
+    if reason:
+        pytest.skip(reason)
+    path = tmp_path / "waves.fst"
+    result = verify("to-float", BFP8, sim=sim, count=30, waves=True, waves_path=path)
+    assert result["passed"] and result["waves"] == str(path)
+    data = path.read_bytes()
+    assert len(data) > 1000
