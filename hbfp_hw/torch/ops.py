@@ -7,7 +7,8 @@ float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3) on the backend name
 per-step seeds flow through compiled graphs as data. The op has a fake (meta) implementation,
 so shapes propagate through ``torch.compile``, ``torch.export`` and FakeTensor tracing; it has
 no autograd formula of its own: :mod:`hbfp_hw.torch.autograd` builds the three GEMMs of a layer
-from it.
+from it. In plain eager mode (CPU tensors, no compile, tracing or dispatch mode)
+:func:`role_gemm` calls the backend directly, which is what the op's CPU kernel does.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ def _gemm_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed,
     fmt = _format(mantissa_bits, block_size, rounding, exponent_bits)
     out = get_backend(backend).gemm(a, b, fmt, int(seed.item()) & 0xFFFFFFFF)
     return out.to(a.device)
+
+
+def _plain_eager(a, b):
+    """Whether the op may be skipped: plain CPU tensors, nothing tracing or intercepting.
+
+    Then calling the kernel directly is what the dispatcher would do, minus its overhead
+    (some ten microseconds per GEMM, for three GEMMs per layer and step).
+    """
+    return (type(a) is torch.Tensor and type(b) is torch.Tensor
+            and a.device.type == "cpu" and b.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._len_torch_function_stack() == 0
+            and not torch._C._are_functorch_transforms_active())
 
 
 _LIB.impl("gemm", _gemm_kernel, "CPU")
@@ -79,19 +94,27 @@ def role_gemm(a, b, fmt_args, seed, key):
         0-d int64 seed, ``0..2**32-1``.
     key : str
         Backend key.
+
+    In plain eager mode (see :func:`_plain_eager`) the backend is called directly; under
+    ``torch.compile``, FakeTensor/meta tracing, a dispatch or function mode or a functorch
+    transform the call goes through ``torch.ops.hbfp.gemm``.
     """
     _check_operands(a, b)
     if fmt_args is None:
         return torch.matmul(a, b)
     if a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
         return a.new_zeros((a.shape[0], b.shape[1]))
+    if _plain_eager(a, b):
+        seed = int(seed) & 0xFFFFFFFF
+        return get_backend(key).gemm(a, b, _format(*fmt_args), seed)
     if not isinstance(seed, torch.Tensor):
         seed = torch.tensor(seed, dtype=torch.int64)
     return torch.ops.hbfp.gemm(a, b, *fmt_args, seed, key)
 
 
 def gemm(a, b, fmt="bfp8", seed=None, backend="emulate", device=None):
-    """HBFP product ``a @ b`` of 2-D float32 tensors through ``torch.ops.hbfp.gemm``.
+    """HBFP product ``a @ b`` of 2-D float32 tensors through ``torch.ops.hbfp.gemm`` (in plain
+    eager mode the backend is called directly, see :func:`role_gemm`).
 
     Equal bit for bit to ``hbfp_hw.golden.gemm(a, b, fmt, seed)`` (no autograd: use
     :func:`hbfp_hw.torch.hbfp_matmul` for that). ``seed`` (stochastic rounding only) is used

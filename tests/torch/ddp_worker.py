@@ -1,5 +1,8 @@
 """DDP worker for test_ddp.py, run as ``torchrun --standalone --nproc_per_node 2 ddp_worker.py
-OUT_DIR``: trains an HBFP MLP (emulate backend) with DDP over gloo and saves its parameters.
+OUT_DIR [BACKEND]``: trains an HBFP MLP with DDP over gloo and saves its parameters.
+
+``BACKEND`` is ``emulate`` (the default) or ``device``: then every rank opens its own
+simulated board, ``sim://?instance=RANK``.
 
 Only absolute imports: torchrun runs this file as a script.
 """
@@ -29,10 +32,11 @@ def make_data():
             for _ in range(STEPS)]
 
 
-def main(out_dir):
+def main(out_dir, backend="emulate"):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = convert(build_model(), "bfp8", backend="emulate")
+    device = f"sim://?instance={rank}" if backend == "device" else None
+    model = convert(build_model(), "bfp8", backend=backend, device=device)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
     losses = []
@@ -43,10 +47,11 @@ def main(out_dir):
         opt.step()
         losses.append(loss.item())
     torch.save({"params": [p.detach().clone() for p in model.parameters()], "losses": losses,
-                "steps": [int(m.hbfp_step) for m in model if hasattr(m, "hbfp_step")]},
+                "steps": [int(m.hbfp_step) for m in model if hasattr(m, "hbfp_step")],
+                "backend": repr(model[0].hbfp_config.key)},
                f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

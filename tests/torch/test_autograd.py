@@ -130,12 +130,15 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("name", ["sr-mixed", "bfp8"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])))
-def test_conv2d(case):
+def test_conv2d(case, name):
+    """Stochastic grad_input keeps the ``dy @ W`` orientation; bfp8 computes it as
+    ``W^T @ dy^T``, which must give the same bits."""
     bsz, cin, h, wd, cout, k, stride, padding, dilation, groups = case
     kh, kw = (k, k) if isinstance(k, int) else k
     rng = np.random.default_rng(bsz * 100 + cin * 10 + cout)
-    cfg = CONFIGS["sr-mixed"]
+    cfg = CONFIGS[name]
     x = _leaf(rng, (bsz, cin, h, wd))
     w = _leaf(rng, (cout, cin // groups, kh, kw))
     b = _leaf(rng, (cout,))
@@ -170,6 +173,33 @@ def test_conv2d(case):
     assert same_bits(x.grad, ref_gx)
     assert same_bits(w.grad, ref_gw)
     assert same_bits(b.grad, gy.sum((0, 2, 3)))
+
+
+def test_conv2d_input_view_with_offset():
+    """An input that is a strided view into a larger tensor (no padding: im2col reads it in
+    place) gives the bits of its contiguous copy."""
+    rng = np.random.default_rng(16)
+    big, w = clustered(rng, (3, 5, 9, 8)), clustered(rng, (4, 3, 2, 3))
+    view = big[1:, 1:4, 2:, 1:7]
+    assert view.storage_offset() > 0 and not view.is_contiguous()
+    assert same_bits(hbfp_conv2d(view, w, fmt="bfp8"),
+                     hbfp_conv2d(view.contiguous(), w, fmt="bfp8"))
+
+
+def test_conv2d_channels_last_and_memory_formats():
+    """Channels-last input gives a channels-last output (as F.conv2d does), contiguous input a
+    contiguous one; the values and all gradients do not depend on the memory format."""
+    rng = np.random.default_rng(14)
+    x, w, b = clustered(rng, (3, 4, 7, 6)), clustered(rng, (5, 4, 3, 3)), clustered(rng, (5,))
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xi = x.detach().contiguous(memory_format=fmt).requires_grad_(True)
+        wi, bi = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        y = hbfp_conv2d(xi, wi, bi, padding=1, fmt="bfp8")
+        assert y.is_contiguous(memory_format=fmt)
+        y.backward(torch.ones_like(y))
+        results.append([y.detach(), xi.grad, wi.grad, bi.grad])
+    assert all(same_bits(p.contiguous(), q.contiguous()) for p, q in zip(*results))
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")

@@ -106,3 +106,41 @@ def test_compile_inductor():
     assert same_bits(out_e, out_c)
     # inductor may fuse the FP32 glue (bias add) differently, but the GEMMs are the same op
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(grads_e, grads_c))
+
+
+def test_eager_calls_skip_the_dispatcher_only_when_nothing_watches():
+    """Plain eager role_gemm calls the backend directly, with the op's bits; under a dispatch
+    mode (tracing, FakeTensor, ...) the op goes through the dispatcher, where the mode sees it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hbfp_hw.torch import ops
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    a, b = torch.randn(9, 50), torch.randn(50, 4)
+    args = ((4, 16, "stochastic", 8), torch.tensor(3, dtype=torch.int64), "emulate")
+    direct = ops.role_gemm(a, b, *args)
+    assert same_bits(direct, torch.ops.hbfp.gemm(a, b, *args[0], *args[1:]))
+    seen = []
+    with Record():
+        watched = ops.role_gemm(a, b, *args)
+    assert torch.ops.hbfp.gemm.default in seen
+    assert same_bits(direct, watched)
+
+
+def test_compile_conv_model_matches_eager():
+    """im2col (a strided view), the conv autograd function and col2im trace in one graph."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 36, 5))
+    x = torch.randn(3, 2, 6, 6)
+    eager, compiled_model = convert(model, "bfp8"), convert(model, "bfp8")
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
+    out_e, grads_e = _step(eager, x)
+    out_c, grads_c = _step(compiled, x)
+    assert same_bits(out_e, out_c)
+    assert all(same_bits(a, b) for a, b in zip(grads_e, grads_c))

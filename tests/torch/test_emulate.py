@@ -42,11 +42,13 @@ def test_random_shapes(fmt):
         _check(a, b, fmt, int(rng.integers(0, 2**32)))
 
 
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest-even"])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
-def test_memory_layouts(layout):
-    """Row-major, column-major and strided operands give the same bits."""
+def test_memory_layouts(layout, rounding):
+    """Row-major, column-major and strided operands give the same bits (on the general path
+    with stochastic rounding, on the fast one with nearest-even)."""
     rng = np.random.default_rng(1)
-    fmt = BFPFormat(8, 16, "stochastic")
+    fmt = BFPFormat(8, 16, rounding)
     m, k, n = 13, 70, 9
     if layout == "contiguous":
         a, b = clustered(rng, (m, k)), clustered(rng, (k, n))
@@ -181,3 +183,131 @@ def test_quantize_matches_golden(fmt):
 def test_errors(args, exc, match):
     with pytest.raises(exc, match=match):
         emulate.gemm(*args)
+
+
+# -- the fast path (nearest-even/toward-zero, ordinary exponents) -------------------------------
+
+FAST_FORMATS = [BFPFormat(8, 16), BFPFormat(8, 32), BFPFormat(4, 8, "toward-zero"),
+                BFPFormat(12, 16), BFPFormat(16, 4, "toward-zero"), BFPFormat(2, 64),
+                BFPFormat(6, 16, exponent_bits=5)]
+
+
+def _layout(t, how):
+    """``t`` row-major (``"r"``) or column-major (``"c"``), same values."""
+    return t if how == "r" else t.t().contiguous().t()
+
+
+@pytest.fixture
+def paths(monkeypatch):
+    """Record which path each GEMM took: True (fast) or False (general)."""
+    taken = []
+    fast = emulate._gemm_fast
+
+    def spy(a, b, fmt):
+        out = fast(a, b, fmt)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(emulate, "_gemm_fast", spy)
+    return taken
+
+
+@pytest.mark.parametrize("layouts", ["rr", "rc", "cr", "cc"])
+@pytest.mark.parametrize("fmt", FAST_FORMATS, ids=[f.name for f in FAST_FORMATS])
+def test_fast_path_large_shapes(fmt, layouts, paths):
+    """Shapes that use the workspace (same-layout operands too), the k-block by k-block loop,
+    padding of K, and (column-major A and B, many k-blocks) the transposed products."""
+    rng = np.random.default_rng(zlib.crc32(f"{fmt.name}{layouts}".encode()))
+    m, n = 150, 170
+    k = fmt.block_size * max(17, 320 // fmt.block_size) + 5          # not a multiple
+    top = min(20, fmt.max_exponent - 8)               # (no upper clamp of E: fast path)
+    a = clustered(rng, (m, k), lo=-top, hi=top)
+    b = clustered(rng, (k, n), lo=-top, hi=top)
+    a *= torch.from_numpy(np.ldexp(1.0, rng.integers(-7, 7, size=(m, 1))).astype("f4"))
+    b *= torch.from_numpy(np.ldexp(1.0, rng.integers(-7, 7, size=(1, n))).astype("f4"))
+    _check(_layout(a, layouts[0]), _layout(b, layouts[1]), fmt, seed=None)
+    assert paths == [True]
+
+
+@pytest.mark.parametrize("layouts", ["rr", "cc"])
+def test_fast_path_many_k_blocks(layouts, paths):
+    """Narrow outputs and hundreds of k-blocks: chunks of k-blocks through bmm/index_add_."""
+    rng = np.random.default_rng(20)
+    a = clustered(rng, (40, 16 * 410), lo=-30, hi=30)
+    b = clustered(rng, (16 * 410, 70), lo=-30, hi=30)
+    assert emulate._tiles(40, 70, 410)[1] < 410
+    _check(_layout(a, layouts[0]), _layout(b, layouts[1]), BFPFormat(8, 16), seed=None)
+    assert paths == [True]
+
+
+@pytest.mark.parametrize("shape", [(3, 48, 5), (150, 16 * 24, 170)], ids=["bmm", "loop"])
+def test_fast_path_special_values_and_negative_zero(shape, paths):
+    """NaN/Inf blocks, zero blocks, subnormal elements, ties and saturation on the fast path;
+    products that are -0.0 must accumulate to +0.0."""
+    rng = np.random.default_rng(21)
+    m, k, n = shape
+    fmt = BFPFormat(8, 16)
+    a = clustered(rng, (m, k), lo=-10, hi=10)
+    b = clustered(rng, (k, n), lo=-10, hi=10)
+    a[0] = 0.0                                      # row 0 of C: -0.0 or +0.0 products
+    b[:, 0] = -torch.rand(k) - 0.5                  # C[0, 0]: only -0.0 products
+    a[1, 16:32] = torch.from_numpy(tie_blocks(rng, fmt, 1, e_choices=[3])[0])
+    a[2, :16] = 1.999                               # 1.999 * 2**6 rounds to 128: saturates
+    a[2, 16:32] = torch.from_numpy(f32(np.full(16, 5, dtype=np.uint32)))
+    a[2, 16] = 1.0                                  # subnormal elements in a normal block
+    b[5:7, 1] = float("nan")
+    b[20, 2] = float("-inf")
+    b[k - 1, n - 1] = float("inf")
+    for how in ("rr", "cc"):
+        _check(_layout(a, how[0]), _layout(b, how[1]), fmt, seed=None)
+        out = emulate.gemm(_layout(a, how[0]), _layout(b, how[1]), fmt).view(torch.int32)
+        finite = torch.ones(n, dtype=torch.bool)
+        finite[[1, 2, n - 1]] = False
+        assert bool((out[0, finite] == 0).all())             # +0.0, not -0.0
+        assert not bool((out == -(1 << 31)).any())
+    assert all(paths)
+
+
+def test_fast_path_sequential_accumulation_k_block_loop(paths):
+    """1 followed by half-ulps over a wide output (the k-block by k-block loop)."""
+    m = n = 160
+    a = torch.zeros(m, 16 * 40)
+    a[:, ::16] = 1.0
+    b = torch.zeros(16 * 40, n)
+    b[::16] = 2.0 ** -24
+    b[0] = 1.0
+    out = emulate.gemm(a, b, "bfp8")
+    assert bool((out == 1.0).all())
+    _check(a, b, BFPFormat(8, 16), seed=None)
+    assert all(paths)
+
+
+def test_fast_path_large_exponents_skip_the_rounding_constant(paths):
+    """Blocks with E > (w-2) + 104 (1.5 * 2**23 * 2**-k would overflow) still round exactly,
+    with the four-pass quantizer; column-major B puts them on the three-pass path otherwise."""
+    rng = np.random.default_rng(22)
+    a = clustered(rng, (30, 64), lo=-100, hi=-90)
+    b = clustered(rng, (64, 20), lo=100, hi=118)
+    for how in ("rr", "rc", "cr", "cc"):
+        _check(_layout(a, how[0]), _layout(b, how[1]), BFPFormat(8, 16), seed=None)
+    assert all(paths) and len(paths) == 4
+
+
+@pytest.mark.parametrize("fmt, a_range, b_range", [
+    (BFPFormat(8, 16), (-140, -130), (-10, 0)),                     # k > 126: tiny blocks
+    (BFPFormat(2, 4), (126, 127), (-130, -120)),                    # k < -126 for w = 2
+    (BFPFormat(8, 16, exponent_bits=4), (8, 12), (-2, 2)),          # E clamped above
+], ids=["tiny", "huge-w2", "upper-clamp"])
+def test_general_path_where_the_fast_one_does_not_apply(fmt, a_range, b_range, paths):
+    rng = np.random.default_rng(23)
+    a = clustered(rng, (9, 48), lo=a_range[0], hi=a_range[1], spread=2)
+    b = clustered(rng, (48, 7), lo=b_range[0], hi=b_range[1], spread=2)
+    _check(a, b, fmt, seed=None)
+    assert paths == [False]
+
+
+def test_stochastic_rounding_takes_the_general_path(paths):
+    rng = np.random.default_rng(24)
+    _check(clustered(rng, (9, 48)), clustered(rng, (48, 7)), BFPFormat(8, 16, "stochastic"),
+           seed=3)
+    assert paths == []

@@ -1,5 +1,7 @@
 """The emulate tests can fail: deliberately broken variants of the emulation are caught."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -38,11 +40,32 @@ def _mismatch_found(fmt):
     cases.append((ties, ties.t().contiguous()))
     special = torch.from_numpy(special_blocks(fmt.block_size)[:, :fmt.block_size])
     cases.append((special, special.t().contiguous()))
+    cases += _fast_path_cases(rng, fmt)
     for a, b in cases:
         ref = golden.gemm(a.numpy(), b.numpy(), fmt, seed=5)
         if not same_bits(emulate.gemm(a, b, fmt, seed=5), ref):
             return True
     return False
+
+
+def _fast_path_cases(rng, fmt):
+    """Cases of the fast path's own code: wide outputs (k-block by k-block loop), operands of
+    workspace size in the same layout, column-major operands (three-pass quantizer,
+    transposed products), saturation, -0.0 products, 1 followed by half-ulps."""
+    m, k, n = 130, 16 * 20, 150
+    a = clustered(rng, (m, k), lo=-12, hi=12)
+    b = clustered(rng, (k, n), lo=-12, hi=12)
+    a[0] = 0.0
+    b[:, 0] = -1.0                                  # C[0, 0]: -0.0 products only
+    b[:16, 1] = 1.999                               # rounds up to 2**(w-1): saturates
+    cases = [(a, b), (a.t().contiguous().t(), b.t().contiguous().t())]
+    ones = torch.zeros(m, 16 * 40)
+    ones[:, ::16] = 1.0
+    halves = torch.zeros(16 * 40, n)
+    halves[::16] = 2.0 ** -24
+    halves[0] = 1.0
+    cases.append((ones, halves))
+    return cases
 
 
 def _trunc_instead_of_rne(a, rounding, rand):
@@ -66,6 +89,35 @@ def _no_canonical_nan():
     return torch.tensor(0xFFC00000 - (1 << 32), dtype=torch.int32).view(torch.float32)
 
 
+_PENDING = {}
+
+
+def _pairwise_add(acc, products):
+    """Add the k-blocks of the loop in pairs, ``acc + (p1 + p2)`` (the last odd one is kept)."""
+    key = acc.data_ptr()
+    if key in _PENDING:
+        acc.add_(_PENDING.pop(key).add_(products))
+    else:
+        _PENDING[key] = products.clone()
+
+
+def _exponent_off_by_one(fmt):
+    c = _real_fast_format(fmt)                      # E read one too small: k one too large
+    return types.SimpleNamespace(**{**vars(c), "k_base": c.k_base + np.int32(1 << 23)})
+
+
+def _magic_without_clamp(fmt):
+    c = _real_fast_format(fmt)
+    return types.SimpleNamespace(**{**vars(c), "m": 1 << 20})   # no saturation
+
+
+class _OneSlotWorkspace(emulate._Workspace):
+    def get(self, slot, shape, dtype=torch.float32):
+        return super().get("shared", shape, dtype)
+
+
+_real_fast_format = emulate._fast_format
+
 MUTANTS = {
     "ties-truncated": ("_round_", _trunc_instead_of_rne, BFPFormat(8, 16)),
     "pairwise-accumulation": ("_accumulate_", _pairwise_accumulation, BFPFormat(8, 16)),
@@ -74,6 +126,10 @@ MUTANTS = {
                                 BFPFormat(6, 16, Rounding.STOCHASTIC)),
     "nan-not-canonical": ("_canonical_nan", _no_canonical_nan, BFPFormat(8, 16)),
     "f32-overflow-check-off": ("_f32_max_grid", lambda fmt: 10_000, BFPFormat(8, 16)),
+    "fast-loop-pairwise-accumulation": ("_add_", _pairwise_add, BFPFormat(8, 16)),
+    "fast-exponent-off-by-one": ("_fast_format", _exponent_off_by_one, BFPFormat(8, 16)),
+    "fast-no-saturation": ("_fast_format", _magic_without_clamp, BFPFormat(8, 16)),
+    "fast-shared-workspace-slot": ("_WORKSPACE", _OneSlotWorkspace(), BFPFormat(8, 16)),
 }
 
 
