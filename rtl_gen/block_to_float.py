@@ -127,15 +127,18 @@ def comb_signal(m, name, shape, value):
     return sig
 
 
-def shift_right_sticky(m, name, value, amount):
+def shift_right_sticky(m, name, value, amount, *, bits=None, sticky=None):
     """Shift ``value`` right by ``amount`` and return ``(shifted, sticky)``.
 
     ``sticky`` is the OR of every bit shifted out. The shift is a logarithmic shifter, one
     multiplexer level per bit of ``amount``; an amount of ``len(value)`` or more leaves 0.
+    ``bits`` (a range of bit indices of ``amount``, default all of them) applies only those
+    levels, and ``sticky`` is an incoming sticky bit, so that a shift can be split over two
+    pipeline steps.
     """
     width = len(value)
-    sticky = Const(0, 1)
-    for k in range(len(amount)):
+    sticky = Const(0, 1) if sticky is None else sticky
+    for k in (range(len(amount)) if bits is None else bits):
         dist = 1 << k
         lost = value[:dist] != 0 if dist < width else value != 0
         value = comb_signal(m, f"{name}_sh{k}", unsigned(width),
@@ -154,8 +157,9 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
     a zero with the given sign (so ``mag == 0`` with ``sign == 1`` gives -0.0). ``nan`` forces the
     canonical NaN, otherwise ``inf`` forces an infinity with the given sign.
 
-    The four steps are: normalization (leading-zero count and left shift), biased-exponent
-    computation, denormalizing right shift (subnormal results), rounding and packing.
+    The six steps are: normalization (leading-zero count and left shift, in two steps of
+    about half the levels each), biased-exponent computation, denormalizing right shift
+    (subnormal results, in two steps), rounding and packing.
     """
     mag_width = int(mag_width)
     exp_shape = Shape.cast(exp_shape)
@@ -164,22 +168,32 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
     # Biased exponent if the value is normal: exp + (position of the leading one) + bias.
     be_width = max(exp_shape.width, (mag_width + _FP32_BIAS).bit_length() + 1) + 2
 
-    def normalize(m, v):
-        mag = v["mag"]
-        norm = mag
-        lzc = Const(0, lzc_bits)
-        for k in reversed(range(levels)):
+    def normalize_levels(m, norm, lzc, ks):
+        for k in ks:
             dist = 1 << k
             top_zero = norm[mag_width - dist:] == 0
             norm = comb_signal(m, f"{name}_norm{k}", unsigned(mag_width),
                          Mux(top_zero, norm << dist, norm)[:mag_width])
             lzc = comb_signal(m, f"{name}_lzc{k}", unsigned(lzc_bits),
-                        lzc + Mux(top_zero, dist, 0))
+                        lzc | Mux(top_zero, dist, 0))
+        return norm, lzc
+
+    # The leading-zero count is built from disjoint powers of two, so OR adds them.
+    split = (levels + 1) // 2
+
+    def normalize_high(m, v):
+        mag = v["mag"]
+        norm, lzc = normalize_levels(m, mag, Const(0, lzc_bits),
+                                     reversed(range(split, levels)))
         return {
             "sign": v["sign"], "nan": v["nan"], "inf": v["inf"], "exp": v["exp"],
             "zero": comb_signal(m, f"{name}_zero", 1, mag == 0),
             "norm": norm, "lzc": lzc,
         }
+
+    def normalize_low(m, v):
+        norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(range(split)))
+        return dict(v, norm=norm, lzc=lzc)
 
     def exponent(m, v):
         norm = v["norm"]
@@ -205,12 +219,20 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
             "rs": rs,
         }
 
-    def denormalize(m, v):
-        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"])
+    rs_levels = _MAX_DENORM_SHIFT.bit_length()
+
+    def denormalize_low(m, v):
+        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"],
+                                          bits=range(2), sticky=v["sticky"])
+        return dict(v, kept=kept, sticky=comb_signal(m, f"{name}_sticky1", 1, sticky))
+
+    def denormalize_high(m, v):
+        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"],
+                                          bits=range(2, rs_levels), sticky=v["sticky"])
         return {
             "sign": v["sign"], "nan": v["nan"], "zero": v["zero"], "inf": v["inf"],
             "efield": v["efield"], "kept": kept,
-            "sticky": comb_signal(m, f"{name}_sticky", 1, v["sticky"] | sticky),
+            "sticky": comb_signal(m, f"{name}_sticky", 1, sticky),
         }
 
     def round_pack(m, v):
@@ -234,7 +256,8 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
             m.d.comb += bits.eq(Cat(magnitude, v["sign"]))
         return {"bits": bits}
 
-    return [normalize, exponent, denormalize, round_pack]
+    return [normalize_high, normalize_low, exponent, denormalize_low, denormalize_high,
+            round_pack]
 
 
 class BlockToFloat(wiring.Component):
@@ -247,7 +270,8 @@ class BlockToFloat(wiring.Component):
     gives -0.0, and NaN gives the canonical NaN ``0x7FC00000``.
 
     The unit is a pipeline of :attr:`MAX_STAGES` combinational steps (absolute value,
-    normalization, exponent, denormalization, rounding); ``stages`` of them are followed by a
+    normalization in two steps, exponent, denormalization in two steps, rounding); ``stages``
+    of them are followed by a
     register. It accepts one transfer per cycle while ``o_stream.ready`` is 1 and honours
     backpressure: the whole pipeline stalls while its output is valid and not accepted.
 
@@ -275,7 +299,7 @@ class BlockToFloat(wiring.Component):
     """
 
     #: Number of combinational steps, hence the largest ``stages``.
-    MAX_STAGES = 5
+    MAX_STAGES = 7
 
     def __init__(self, fmt, *, stages=3):
         self._fmt = check_rtl_format(fmt)

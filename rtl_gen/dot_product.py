@@ -4,8 +4,14 @@
 
     i_stream {a, b, channel, first, last}
       ├─ a ─> FloatToBlock ─┐
-      ├─ b ─> FloatToBlock ─┴─> MacTree ─> BlockToFloat ─┬─> FPAccumulator ─> o_stream
-      └─ {channel, first, last} ─> side FIFO ────────────┘
+      ├─ b ─> FloatToBlock ─┼─> buffer ─> BlockDotUnit ─> o_stream
+      └─ {channel, first, last} ─> side FIFO ─┘
+
+    BlockDotUnit: MacTree ─> BlockToFloat ─┬─> buffer ─> FPAccumulator
+                  {channel, first, last} ─> side FIFO ─┘
+
+The two-entry buffers cut the ready path (stalls propagate through registered fill levels),
+and :class:`~hbfp_hw.rtl_gen.block_dot.BlockDotUnit` is also what the GEMM engine's lanes are.
 
 One transfer carries one block of a row of A and one block of a column of B
 (``block_size`` lanes each). ``channel`` names the running sum the block product goes to,
@@ -17,19 +23,16 @@ cycle.
 
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import FloatFormat
 
-from .block_to_float import BlockToFloat
+from .block_dot import BUFFER_LATENCY, BlockDotUnit, block_dot_input_layout
 from .float_to_block import FloatToBlock, check_rtl_format
-from .fp_accumulator import FPAccumulator
 from .layout import accumulator_output_layout, channel_shape, float_vector_layout
-from .mac_tree import MacTree
 
 __all__ = ["DotProductUnit", "dot_input_layout"]
-
 
 def dot_input_layout(fmt, input_format, channels):
     """Layout of one block pair ``{a, b, channel, first, last}`` of a :class:`DotProductUnit`."""
@@ -78,11 +81,10 @@ class DotProductUnit(wiring.Component):
         self._fmt = check_rtl_format(fmt)
         self._align_a = FloatToBlock(fmt, input_format=input_format, stages=align_stages)
         self._align_b = FloatToBlock(fmt, input_format=input_format, stages=align_stages)
-        self._mac = MacTree(fmt, stages=mac_stages)
-        self._to_float = BlockToFloat(fmt, stages=convert_stages)
         if channels is None:
             channels = adder_stages
-        self._acc = FPAccumulator(channels=channels, adder_stages=adder_stages)
+        self._core = BlockDotUnit(fmt, channels=channels, mac_stages=mac_stages,
+                                  convert_stages=convert_stages, adder_stages=adder_stages)
         self._input_format = FloatFormat(input_format)
         super().__init__({
             "i_stream": In(stream.Signature(
@@ -102,18 +104,17 @@ class DotProductUnit(wiring.Component):
 
     @property
     def channels(self):
-        return self._acc.channels
+        return self._core.channels
 
     @property
     def min_channels(self):
         """Fewest round-robin channels that sustain one block pair per cycle."""
-        return self._acc.min_channels
+        return self._core.min_channels
 
     @property
     def latency(self):
         """Cycles from accepting a ``last`` block pair to its dot product on ``o_stream``."""
-        return (self._align_a.latency + self._mac.latency + self._to_float.latency
-                + self._acc.latency)
+        return self._align_a.latency + BUFFER_LATENCY + self._core.latency
 
     @property
     def throughput(self):
@@ -124,15 +125,13 @@ class DotProductUnit(wiring.Component):
         m = Module()
         m.submodules.align_a = align_a = self._align_a
         m.submodules.align_b = align_b = self._align_b
-        m.submodules.mac = mac = self._mac
-        m.submodules.to_float = to_float = self._to_float
-        m.submodules.acc = acc = self._acc
+        m.submodules.core = core = self._core
 
         side_layout = data.StructLayout({"channel": channel_shape(self.channels),
                                          "first": 1, "last": 1})
-        # Holds the sideband of every block pair in flight between the input and the
-        # accumulator; deep enough that it never throttles the data path.
-        depth = align_a.latency + mac.latency + to_float.latency + 4
+        # Holds the sideband of every block pair in flight in the aligners; deep enough that
+        # it never throttles the data path.
+        depth = align_a.latency + BUFFER_LATENCY + 4
         m.submodules.side = side = SyncFIFOBuffered(width=side_layout.size, depth=depth)
 
         i_p = self.i_stream.payload
@@ -157,29 +156,27 @@ class DotProductUnit(wiring.Component):
             align_b.reseed.eq(self.reseed),
         ]
 
-        # Join: both aligners run in lockstep (same latency, same stalls).
-        both = align_a.o_stream.valid & align_b.o_stream.valid
-        m.d.comb += [
-            mac.i_stream.valid.eq(both),
-            mac.i_stream.payload.a.eq(align_a.o_stream.payload),
-            mac.i_stream.payload.b.eq(align_b.o_stream.payload),
-            align_a.o_stream.ready.eq(mac.i_stream.ready & align_b.o_stream.valid),
-            align_b.o_stream.ready.eq(mac.i_stream.ready & align_a.o_stream.valid),
-        ]
-        wiring.connect(m, mac.o_stream, to_float.i_stream)
-
-        # Join the FP32 block product with its sideband.
+        # Join: both aligners run in lockstep (same latency, same stalls). The block pair and
+        # its sideband go through a two-entry buffer, whose registered fill level (not the
+        # core's ready) stalls the aligners: it cuts the ready path of the pipeline.
         side_out = data.View(side_layout, side.r_data)
-        a_p = acc.i_stream.payload
+        pair = Signal(block_dot_input_layout(self._fmt, self.channels))
+        m.submodules.pair_buf = pair_buf = SyncFIFO(width=len(Cat(pair)), depth=2)
+        both = align_a.o_stream.valid & align_b.o_stream.valid & side.r_rdy
         m.d.comb += [
-            acc.i_stream.valid.eq(to_float.o_stream.valid & side.r_rdy),
-            a_p.value.eq(to_float.o_stream.payload),
-            a_p.channel.eq(side_out.channel),
-            a_p.first.eq(side_out.first),
-            a_p.last.eq(side_out.last),
-            to_float.o_stream.ready.eq(acc.i_stream.ready & side.r_rdy),
-            side.r_en.eq(acc.i_stream.ready & to_float.o_stream.valid),
+            pair.a.eq(align_a.o_stream.payload),
+            pair.b.eq(align_b.o_stream.payload),
+            pair.channel.eq(side_out.channel),
+            pair.first.eq(side_out.first),
+            pair.last.eq(side_out.last),
+            pair_buf.w_en.eq(both),
+            pair_buf.w_data.eq(pair),
+            align_a.o_stream.ready.eq(pair_buf.w_rdy & align_b.o_stream.valid & side.r_rdy),
+            align_b.o_stream.ready.eq(pair_buf.w_rdy & align_a.o_stream.valid & side.r_rdy),
+            side.r_en.eq(pair_buf.w_rdy & align_a.o_stream.valid & align_b.o_stream.valid),
+            core.i_stream.valid.eq(pair_buf.r_rdy),
+            core.i_stream.payload.eq(pair_buf.r_data),
+            pair_buf.r_en.eq(core.i_stream.ready),
         ]
-        wiring.connect(m, acc.o_stream, wiring.flipped(self.o_stream))
+        wiring.connect(m, core.o_stream, wiring.flipped(self.o_stream))
         return m
-

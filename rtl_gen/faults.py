@@ -6,6 +6,7 @@ elaborated. Real builds never set a fault; ``hbfp-hw verify --inject-fault NAME`
 test suite use them to show that the testbench reports a mismatch for each.
 """
 
+from .block_dot import BlockDotUnit
 from .dot_product import DotProductUnit
 from .float_to_block import FloatToBlock
 from .fp_accumulator import FPAccumulator
@@ -29,7 +30,11 @@ def _targets(component, cls):
     if isinstance(component, cls):
         return [component]
     if isinstance(component, DotProductUnit):
-        parts = [component._align_a, component._align_b, component._mac, component._acc]
+        core = component._core
+        parts = [component._align_a, component._align_b, core._mac, core._acc]
+        return [p for p in parts if isinstance(p, cls)]
+    if isinstance(component, BlockDotUnit):
+        parts = [component._mac, component._acc]
         return [p for p in parts if isinstance(p, cls)]
     return []
 

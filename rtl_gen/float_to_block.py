@@ -41,7 +41,9 @@ XORSHIFT_LANE_CONSTANT = 0x9E3779B9
 #: Seed that the PRNG states hold after reset (as if reseeded with 0).
 DEFAULT_SEED = 0
 
-MAX_STAGES = 4
+#: Largest ``stages`` of any block size (64); :meth:`FloatToBlock.max_stages_for` gives it per
+#: format.
+MAX_STAGES = 13
 _MASK32 = 0xFFFFFFFF
 
 
@@ -56,6 +58,25 @@ def _xorshift32(s):
     s = s ^ (s << 13)[:32]
     s = s ^ (s >> 17)
     return s ^ (s << 5)[:32]
+
+
+def _trailing_zeros(m, x, name):
+    """Trailing zero count of ``x`` (a power-of-two width), ``len(x)`` when ``x`` is zero.
+
+    A balanced tree of 2:1 multiplexers, ``log2(len(x))`` levels deep. A count of ``k`` bits
+    equals ``2**(k-1)`` exactly when its top bit is set, so the upper half's count is offset
+    by concatenation alone. Every node is a ``Signal`` driven in ``m``: each count is read
+    twice by its parent, and as a bare expression it would be copied into the netlist once per
+    read, doubling at every level.
+    """
+    if len(x) == 1:
+        return ~x[0]
+    half = len(x) // 2
+    lo = _trailing_zeros(m, x[:half], f"{name}_lo")
+    hi = _trailing_zeros(m, x[half:], f"{name}_hi")
+    count = Signal(len(lo) + 1, name=name)
+    m.d.comb += count.eq(Mux(lo[-1], Cat(hi[:-1], ~hi[-1], hi[-1]), Cat(lo, C(0, 1))))
+    return count
 
 
 class FloatToBlock(wiring.Component):
@@ -76,9 +97,12 @@ class FloatToBlock(wiring.Component):
         ``"fp32"`` (32-bit lanes) or ``"bf16"`` (16-bit lanes, widened by appending 16 zero
         bits).
     stages : int
-        Number of pipeline registers, 0 to 4. They are placed, in this order of preference, at
-        the output, after the exponent max tree, after the alignment shifters and at the input.
-        0 makes the component combinational.
+        Number of pipeline registers, 0 to :meth:`max_stages_for` (``7 + log2(block_size)``).
+        They are placed, in this order of preference, at the output, after the exponent max
+        tree, after the alignment shifters, at the input, after the rounding, after the shift
+        distances, between the coarse and the fine shift, halfway up the max tree, after the
+        per-lane exponent clamp, and after each remaining level of the max tree. 0 makes the
+        component combinational. The deepest setting is the one for a high clock.
 
     Members
     -------
@@ -107,7 +131,7 @@ class FloatToBlock(wiring.Component):
     def __init__(self, fmt, *, input_format="fp32", stages=2):
         self._fmt = check_rtl_format(fmt)
         self._input_format = as_float_format(input_format)
-        self._stages = check_stages("stages", stages, MAX_STAGES)
+        self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
         super().__init__({
             "i_stream": In(stream.Signature(float_vector_layout(fmt, self._input_format))),
             "o_stream": Out(stream.Signature(block_layout(fmt))),
@@ -143,9 +167,22 @@ class FloatToBlock(wiring.Component):
         """Transfers per cycle when ``o_stream.ready`` stays high: 1."""
         return 1
 
+    @staticmethod
+    def _cut_order(fmt):
+        """Cut points in order of preference (see ``stages``); ``max{k}`` is after ``k``
+        levels of the exponent max tree (``max0``: after the per-lane clamp)."""
+        levels = (fmt.block_size - 1).bit_length()
+        tree = [f"max{levels // 2}"] + [f"max{k}" for k in range(levels) if k != levels // 2]
+        return ["output", "exponent", "align", "input", "round", "distance", "coarse", *tree]
+
+    @staticmethod
+    def max_stages_for(fmt):
+        """Return the largest ``stages`` for ``fmt``: ``7 + log2(block_size)``."""
+        return len(FloatToBlock._cut_order(fmt))
+
     def _cut_points(self):
-        """Return which of the cut points (input, max tree, shifters, output) hold a register."""
-        order = ["output", "exponent", "align", "input"]
+        """Return, for every cut point, whether it holds a register."""
+        order = self._cut_order(self._fmt)
         chosen = set(order[:self._stages])
         return {name: name in chosen for name in order}
 
@@ -204,22 +241,7 @@ class FloatToBlock(wiring.Component):
         pipe = Pipeline(m, enable, in_valid)
         values = pipe.cut("s_in", values, cuts["input"])
 
-        # -- shared exponent: max tree over the exponent fields -------------------------------
-        fields = [lane[23:31] for lane in values["lane"]]
-        nan = Cat(*[f == 0xFF for f in fields]).any()
-        level = fields
-        while len(level) > 1:
-            level = [Mux(a > b, a, b) for a, b in zip(level[0::2], level[1::2], strict=True)]
-        max_field = level[0]
-        unclamped = max_field - 127
-        exponent = Signal(signed(9))
-        m.d.comb += exponent.eq(Mux(unclamped < fmt.min_exponent, fmt.min_exponent,
-                                    Mux(unclamped > fmt.max_exponent, fmt.max_exponent,
-                                        unclamped)))
-        values = dict(values, exponent=exponent, nan=nan)
-        values = pipe.cut("s_exp", values, cuts["exponent"])
-
-        # -- alignment ------------------------------------------------------------------------
+        # -- per-lane fields, computed beside the exponent max tree ---------------------------
         if stochastic:
             frac_bits = SR_RANDOM_BITS
         elif nearest:
@@ -229,36 +251,121 @@ class FloatToBlock(wiring.Component):
         pad = max(0, frac_bits + w - 24)          # keeps the shift distance non-negative
         width = 24 + pad                          # width of the extended significand
         kept = w - 1 + frac_bits                  # integer part below 2**(w-1), plus fraction
-        exponent = values["exponent"]
-        aligned, sticky, saturate, sign = [], [], [], []
+        lo_field = fmt.min_exponent + 127         # E clamped to [Emin, Emax], as a biased field
+        hi_field = fmt.max_exponent + 127
+        # distance = E - fe + 152 - w - FB + P = E_field + (K - fe), with K below
+        k_dist = 152 - w - frac_bits + pad - 127
+        saturating = fmt.max_exponent < 127
+        fields, clamped_fields = [], []
+        lane_values = {"sig": [], "sign": [], "nk": []}
+        if nearest:
+            lane_values["tz"] = []
+        if saturating:
+            lane_values["field"] = []
         for i, lane in enumerate(values["lane"]):
             field = lane[23:31]
-            is_normal = field != 0
-            sig = Cat(lane[:23], is_normal)
+            fields.append(field)
+            clamped = field
+            if hi_field < 255:
+                clamped = Mux(field > hi_field, hi_field, clamped)
+            if lo_field > 0:
+                clamped = Mux(field < lo_field, lo_field, clamped)
+            clamped_fields.append(clamped)
+            # Signals, not expressions: each is read several times (see _trailing_zeros)
+            is_normal = Signal(name=f"normal{i}")
+            sig = Signal(24, name=f"sig{i}")
+            m.d.comb += [is_normal.eq(field != 0), sig.eq(Cat(lane[:23], is_normal))]
             eff_field = Mux(is_normal, field, 1)
-            distance = Signal(signed(12), name=f"distance{i}")
-            m.d.comb += distance.eq(exponent - eff_field + (152 - w - frac_bits + pad))
+            nk = Signal(signed(10), name=f"nk{i}")
+            m.d.comb += nk.eq(k_dist - eff_field)
+            lane_values["sig"].append(sig)
+            lane_values["sign"].append(lane[31])
+            lane_values["nk"].append(nk)
+            if nearest:
+                # trailing zeros of the significand (32 when it is zero): the bits shifted out
+                # below the guard bit are non-zero exactly when tz + P < shift distance
+                tz = Signal(6, name=f"tz{i}")
+                m.d.comb += tz.eq(_trailing_zeros(m, Cat(sig, C(0, 8)), f"tz{i}_tree"))
+                lane_values["tz"].append(tz)
+            if saturating:
+                lane_values["field"].append(field)
+        nan = Cat(*[f == 0xFF for f in fields]).any()
+
+        # -- shared exponent: max tree over the clamped exponent fields -----------------------
+        # max(clamp(f_i)) == clamp(max(f_i)): the clamp is monotonic, so it is done per lane,
+        # in parallel, and the tree ends at the biased shared exponent.
+        def max_level(level):
+            return [Mux(a > b, a, b) for a, b in zip(level[0::2], level[1::2], strict=True)]
+
+        levels = (n - 1).bit_length()
+        carried = {"rand": values["rand"]} if stochastic else {}
+        values = dict(carried, level=clamped_fields, nan=nan, **lane_values)
+        for depth in range(levels - 1):
+            values = pipe.cut(f"s_max{depth}", values, cuts[f"max{depth}"])
+            values["level"] = max_level(values["level"])
+        values = pipe.cut(f"s_max{levels - 1}", values, cuts[f"max{levels - 1}"])
+        # Last level: the two sums E_field + nk_i are formed beside the comparison, so no adder
+        # follows the max tree.
+        a, b = values.pop("level")
+        a_wins = a > b
+        values["e_field"] = Mux(a_wins, a, b)
+        distances = []
+        for i, nk in enumerate(values.pop("nk")):
+            distance = Signal(signed(11), name=f"distance{i}")
+            m.d.comb += distance.eq(Mux(a_wins, a + nk, b + nk))
+            distances.append(distance)
+        values["distance"] = distances
+        values = pipe.cut("s_exp", values, cuts["exponent"])
+
+        # -- shift distances ------------------------------------------------------------------
+        e_field = values.pop("e_field")
+        shifts, saturate = [], []
+        for i, distance in enumerate(values.pop("distance")):
             clamped = Signal(range(width + 1), name=f"shift{i}")
             m.d.comb += clamped.eq(Mux(distance < 0, 0,
-                                       Mux(distance > width, width, distance[:11])))
-            shifted = Signal(2 * width, name=f"shifted{i}")
-            m.d.comb += shifted.eq(Cat(C(0, width), C(0, pad), sig) >> clamped)
-            aligned.append(shifted[width:width + kept])
+                                       Mux(distance > width, width, distance[:10])))
+            shifts.append(clamped)
+            if saturating:
+                saturate.append(values["field"][i] > e_field)
+        values.pop("field", None)
+        values["shift"] = shifts
+        if saturating:
+            values["saturate"] = saturate
+        values["code"] = Mux(values["nan"], fmt.nan_code,
+                             e_field - 127 + fmt.exponent_bias)[:fmt.exponent_bits]
+        values = pipe.cut("s_dist", values, cuts["distance"])
+
+        # -- alignment: coarse shift by multiples of 8, then the fine shift --------------------
+        # aligned = (sig << P) >> shift, keeping the low ``kept`` bits
+        coarse_list, fine_list, sticky = [], [], []
+        for i, sig in enumerate(values.pop("sig")):
+            shift = values["shift"][i]
+            ext = Cat(C(0, pad), sig)
+            coarse = Signal(kept + 7, name=f"coarse{i}")
+            m.d.comb += coarse.eq(ext >> Cat(C(0, 3), shift[3:]))
+            coarse_list.append(coarse)
+            fine_list.append(shift[:3])
             if nearest:
-                sticky.append(shifted[:width].any())
-            if fmt.max_exponent < 127:
-                saturate.append(field > exponent + 127)
-            sign.append(lane[31])
-        values = dict(values, aligned=aligned, sign=sign)
-        del values["lane"]
+                sticky.append(values["tz"][i] + pad < shift)
+        values.pop("shift")
+        values.pop("tz", None)
+        values["coarse"] = coarse_list
+        values["fine"] = fine_list
         if nearest:
             values["sticky"] = sticky
-        if saturate:
-            values["saturate"] = saturate
+        values = pipe.cut("s_coarse", values, cuts["coarse"])
+
+        aligned = []
+        for i, coarse in enumerate(values.pop("coarse")):
+            shifted = Signal(kept, name=f"aligned{i}")
+            m.d.comb += shifted.eq(coarse >> values["fine"][i])
+            aligned.append(shifted)
+        values.pop("fine")
+        values["aligned"] = aligned
         values = pipe.cut("s_align", values, cuts["align"])
 
-        # -- rounding, saturation, sign -------------------------------------------------------
-        mantissas = []
+        # -- rounding and saturation ----------------------------------------------------------
+        magnitudes = []
         for i in range(n):
             x = values["aligned"][i]
             if stochastic:
@@ -275,17 +382,25 @@ class FloatToBlock(wiring.Component):
             else:
                 rounded = x
             too_big = rounded > fmt.max_mantissa
-            if "saturate" in values:
+            if saturating:
                 too_big = too_big | values["saturate"][i]
             magnitude = Signal(unsigned(w - 1), name=f"magnitude{i}")
             m.d.comb += magnitude.eq(Mux(too_big, fmt.max_mantissa, rounded))
+            magnitudes.append(magnitude)
+        values = {"magnitude": magnitudes, "sign": values["sign"], "nan": values["nan"],
+                  "code": values["code"]}
+        values = pipe.cut("s_round", values, cuts["round"])
+
+        # -- sign -----------------------------------------------------------------------------
+        mantissas = []
+        for i in range(n):
+            magnitude = values["magnitude"][i]
             mantissa = Signal(signed(w), name=f"mantissa{i}")
             m.d.comb += mantissa.eq(Mux(values["nan"], 0,
                                         Mux(values["sign"][i], -magnitude, magnitude)))
             mantissas.append(mantissa)
-        code = Mux(values["nan"], fmt.nan_code, values["exponent"] + fmt.exponent_bias)
-        code = code[:fmt.exponent_bits]
-        values = pipe.cut("s_out", {"code": code, "mantissas": mantissas}, cuts["output"])
+        values = pipe.cut("s_out", {"code": values["code"], "mantissas": mantissas},
+                          cuts["output"])
 
         m.d.comb += [
             self.o_stream.valid.eq(pipe.valid),

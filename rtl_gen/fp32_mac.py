@@ -56,7 +56,7 @@ class Fp32MacBaseline(wiring.Component):
 
     An input transfer carries two FP32 operands and the same channel/``first``/``last``
     controls as :class:`~hbfp_hw.rtl_gen.fp_accumulator.FPAccumulator`. The product is
-    rounded to FP32 by a pipelined multiplier (``mul_stages`` register stages out of 6 steps)
+    rounded to FP32 by a pipelined multiplier (``mul_stages`` register stages out of 8 steps)
     and fed to an ``FPAccumulator(channels=channels, adder_stages=adder_stages)``; a completed
     sum ``fp32_add(...fp32_add(+0.0, a0*b0)..., an*bn)`` leaves on ``o_stream``. The whole unit
     honours backpressure and accepts one term per cycle when at least :attr:`min_channels`
@@ -67,9 +67,9 @@ class Fp32MacBaseline(wiring.Component):
     channels : int
         Number of channels (running sums), ``1..4096``.
     mul_stages : int
-        Register stages of the multiplier, ``0..6``.
+        Register stages of the multiplier, ``0..8``.
     adder_stages : int
-        Register stages of the accumulating adder, ``1..7``.
+        Register stages of the accumulating adder, ``1..11``.
 
     Members
     -------

@@ -61,40 +61,59 @@ def fp32_unpack(m, name, bits):
 def fp32_add_steps(*, name="add"):
     """Return the steps of the FP32 adder: keys ``a`` and ``b`` in, key ``bits`` out.
 
-    Steps: unpack and order by magnitude, align the smaller operand (guard, round and sticky
-    bits), add or subtract, then the four rounding steps of :func:`fp32_round_steps`. The
+    Steps: unpack and compare magnitudes, order the operands, align the smaller operand
+    (guard, round and sticky bits, in two steps), add or subtract, then the six rounding steps
+    of :func:`fp32_round_steps`. The
     sticky bit is ORed into the LSB of the aligned operand; since the rounding position is
     always at least two bits above it whenever a bit was shifted out, the rounded result is
     the same as that of the exact sum.
     """
     sig_ext = 24 + _EXTRA
 
-    def order(m, v):
+    def classify(m, v):
         a = fp32_unpack(m, f"{name}_a", v["a"])
         b = fp32_unpack(m, f"{name}_b", v["b"])
-        # The magnitudes of IEEE numbers are ordered like their low 31 bits as integers.
-        swap = comb_signal(m, f"{name}_swap", 1, v["b"][:31] > v["a"][:31])
-        big = {k: Mux(swap, b[k], a[k]) for k in ("sign", "eff", "sig")}
-        small = {k: Mux(swap, a[k], b[k]) for k in ("eff", "sig")}
-        diff = comb_signal(m, f"{name}_ediff", unsigned(8), big["eff"] - small["eff"])
-        shift_bits = sig_ext.bit_length()
         return {
-            "sign": comb_signal(m, f"{name}_sign", 1, big["sign"]),
+            # The magnitudes of IEEE numbers are ordered like their low 31 bits as integers.
+            "swap": comb_signal(m, f"{name}_swap", 1, v["b"][:31] > v["a"][:31]),
+            # Both orders of the exponent difference, beside the comparison.
+            "dab": comb_signal(m, f"{name}_dab", unsigned(8), a["eff"] - b["eff"]),
+            "dba": comb_signal(m, f"{name}_dba", unsigned(8), b["eff"] - a["eff"]),
+            "asign": a["sign"], "bsign": b["sign"], "aeff": a["eff"], "beff": b["eff"],
+            "asig": a["sig"], "bsig": b["sig"],
             "zsign": comb_signal(m, f"{name}_zsign", 1, a["sign"] & b["sign"]),
             "sub": comb_signal(m, f"{name}_sub", 1, a["sign"] ^ b["sign"]),
-            "ebig": comb_signal(m, f"{name}_ebig", unsigned(8), big["eff"]),
-            "sbig": comb_signal(m, f"{name}_sbig", unsigned(24), big["sig"]),
-            "ssmall": comb_signal(m, f"{name}_ssmall", unsigned(24), small["sig"]),
-            "shift": comb_signal(m, f"{name}_shift", unsigned(shift_bits),
-                           Mux(diff >= sig_ext, sig_ext, diff)),
             "nan": comb_signal(m, f"{name}_isnan", 1,
                          a["nan"] | b["nan"] | (a["inf"] & b["inf"] & (a["sign"] ^ b["sign"]))),
             "inf": comb_signal(m, f"{name}_isinf", 1, a["inf"] | b["inf"]),
         }
 
-    def align(m, v):
+    def order(m, v):
+        swap = v["swap"]
+        diff = Mux(swap, v["dba"], v["dab"])
+        shift_bits = sig_ext.bit_length()
+        return {
+            "sign": comb_signal(m, f"{name}_sign", 1, Mux(swap, v["bsign"], v["asign"])),
+            "zsign": v["zsign"], "sub": v["sub"], "nan": v["nan"], "inf": v["inf"],
+            "ebig": comb_signal(m, f"{name}_ebig", unsigned(8), Mux(swap, v["beff"], v["aeff"])),
+            "sbig": comb_signal(m, f"{name}_sbig", unsigned(24), Mux(swap, v["bsig"], v["asig"])),
+            "ssmall": comb_signal(m, f"{name}_ssmall", unsigned(24),
+                                  Mux(swap, v["asig"], v["bsig"])),
+            "shift": comb_signal(m, f"{name}_shift", unsigned(shift_bits),
+                           Mux(diff >= sig_ext, sig_ext, diff)),
+        }
+
+    def align_low(m, v):
         small, sticky = shift_right_sticky(m, f"{name}_al",
-                                           Cat(Const(0, _EXTRA), v["ssmall"]), v["shift"])
+                                           Cat(Const(0, _EXTRA), v["ssmall"]), v["shift"],
+                                           bits=range(2))
+        out = dict(v, small=small, sticky=sticky)
+        del out["ssmall"]
+        return out
+
+    def align(m, v):
+        small, sticky = shift_right_sticky(m, f"{name}_al", v["small"], v["shift"],
+                                           bits=range(2, len(v["shift"])), sticky=v["sticky"])
         out = {k: v[k] for k in ("sign", "zsign", "sub", "ebig", "nan", "inf")}
         out["big"] = comb_signal(m, f"{name}_bigx", unsigned(sig_ext),
                                  Cat(Const(0, _EXTRA), v["sbig"]))
@@ -113,7 +132,8 @@ def fp32_add_steps(*, name="add"):
             "nan": v["nan"], "inf": v["inf"],
         }
 
-    return [order, align, add, *fp32_round_steps(sig_ext + 1, signed(10), name=f"{name}_r")]
+    return [classify, order, align_low, align, add,
+            *fp32_round_steps(sig_ext + 1, signed(10), name=f"{name}_r")]
 
 
 #: Number of combinational steps of the FP32 adder, hence its largest number of stages.
@@ -127,15 +147,16 @@ class FP32Adder(wiring.Component):
     and any NaN operand give the canonical NaN ``0x7FC00000``; ``x + (-x) = +0``,
     ``(-0) + (-0) = -0``; overflow gives ±Inf.
 
-    The adder is a chain of :data:`ADDER_STEPS` (7) combinational steps (order operands, align,
-    add, normalize, exponent, denormalize, round); ``stages`` of them are followed by a
+    The adder is a chain of :data:`ADDER_STEPS` (11) combinational steps (compare, order
+    operands, align in two steps, add, normalize in two steps, exponent, denormalize in two
+    steps, round); ``stages`` of them are followed by a
     register. It accepts one transfer per cycle while ``o_stream.ready`` is 1 and stalls as a
     whole while its output is not accepted.
 
     Parameters
     ----------
     stages : int
-        Number of register stages, ``0..7``; 0 gives a combinational adder.
+        Number of register stages, ``0..11``; 0 gives a combinational adder.
 
     Members
     -------
@@ -221,7 +242,7 @@ class FPAccumulator(wiring.Component):
     channels : int
         Number of channels (running sums), ``1..4096``. Terms must use channels below it.
     adder_stages : int
-        Register stages of the adder, ``1..7``.
+        Register stages of the adder, ``1..11``.
 
     Members
     -------

@@ -225,9 +225,9 @@ def test_ports():
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 128$"),
     ((BFPFormat(8, 1),), {}, ValueError,
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 1$"),
-    ((BFPFormat(8, 16),), {"stages": 6}, ValueError, r"^stages must be between 0 and 5, not 6$"),
+    ((BFPFormat(8, 16),), {"stages": 8}, ValueError, r"^stages must be between 0 and 7, not 8$"),
     ((BFPFormat(8, 16),), {"stages": -1}, ValueError,
-     r"^stages must be between 0 and 5, not -1$"),
+     r"^stages must be between 0 and 7, not -1$"),
     ((BFPFormat(8, 16),), {"stages": 2.0}, TypeError, r"^stages must be an integer, not 2\.0$"),
     ((BFPFormat(8, 16),), {"stages": True}, TypeError, r"^stages must be an integer, not True$"),
 ])

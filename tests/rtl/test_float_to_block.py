@@ -322,7 +322,7 @@ def _run_config(cfg, nrandom, seed_index):
     fmt = BFPFormat(w, n, rounding, ebits)
     rng = np.random.default_rng([w, n, ebits, seed_index, ROUNDINGS.index(rounding)])
     values = np.concatenate([corner_blocks(fmt), random_blocks(fmt, nrandom, rng)])
-    stages = int(rng.integers(0, 5))
+    stages = int(rng.integers(0, FloatToBlock.max_stages_for(fmt) + 1))
     seed = int(rng.integers(0, 1 << 32)) if rounding == "stochastic" else None
     check_against_golden(fmt, values, input_format=inp, seed=seed, stages=stages,
                          valid_prob=0.8, ready_prob=0.7, rng=rng)
@@ -411,7 +411,7 @@ def test_stochastic_rounding_threshold_is_exact():
 
 # -- stream behaviour: latency, throughput, backpressure -------------------------------------
 
-@pytest.mark.parametrize("stages", range(5))
+@pytest.mark.parametrize("stages", range(10))     # every cut point of a block of 4
 def test_latency_and_throughput(stages):
     fmt = BFPFormat(8, 4, "stochastic")
     dut = FloatToBlock(fmt, stages=stages)
@@ -459,9 +459,11 @@ def test_properties_and_ports():
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 1$"),
     ((BFPFormat(8, 128),), {}, ValueError,
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 128$"),
-    ((BFPFormat(8, 16),), {"stages": 5}, ValueError, r"^stages must be between 0 and 4, not 5$"),
+    ((BFPFormat(8, 16),), {"stages": 12}, ValueError,
+     r"^stages must be between 0 and 11, not 12$"),
+    ((BFPFormat(8, 2),), {"stages": 9}, ValueError, r"^stages must be between 0 and 8, not 9$"),
     ((BFPFormat(8, 16),), {"stages": -1}, ValueError,
-     r"^stages must be between 0 and 4, not -1$"),
+     r"^stages must be between 0 and 11, not -1$"),
     ((BFPFormat(8, 16),), {"stages": 1.0}, TypeError, r"^stages must be an integer, not 1\.0$"),
     ((BFPFormat(8, 16),), {"stages": True}, TypeError, r"^stages must be an integer, not True$"),
     ((BFPFormat(8, 16),), {"input_format": "fp16"}, ValueError,
@@ -478,6 +480,7 @@ def test_constructor_validation(args, kwargs, exc, message):
     (BFPFormat(8, 4), "fp32", 2),
     (BFPFormat(4, 2, "stochastic", 5), "bf16", 4),
     (BFPFormat(3, 2, "toward-zero"), "fp32", 0),
+    (BFPFormat(8, 64), "fp32", 13),
 ])
 def test_converts_to_verilog(fmt, input_format, stages):
     dut = FloatToBlock(fmt, input_format=input_format, stages=stages)

@@ -310,12 +310,12 @@ def test_ports():
 
 
 @pytest.mark.parametrize("cls,kwargs,exc,msg", [
-    (FP32Adder, {"stages": 8}, ValueError, r"^stages must be between 0 and 7, not 8$"),
+    (FP32Adder, {"stages": 12}, ValueError, r"^stages must be between 0 and 11, not 12$"),
     (FP32Adder, {"stages": "3"}, TypeError, r"^stages must be an integer, not '3'$"),
     (FPAccumulator, {"channels": 0}, ValueError, r"^channels must be between 1 and 4096, not 0$"),
     (FPAccumulator, {"channels": 2.5}, TypeError, r"^channels must be an integer, not 2\.5$"),
     (FPAccumulator, {"channels": 4, "adder_stages": 0}, ValueError,
-     r"^adder_stages must be between 1 and 7, not 0$"),
+     r"^adder_stages must be between 1 and 11, not 0$"),
     (FPAccumulator, {"channels": 4, "adder_stages": None}, TypeError,
      r"^adder_stages must be an integer, not None$"),
 ])
