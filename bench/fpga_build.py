@@ -26,12 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+from docs_section import DOC, update_section
+
 from hbfp_hw.fpga.boards import BuildConfig
 from hbfp_hw.fpga.build import BuildError, TimingError, build, parse_nextpnr_log
 from hbfp_hw.fpga.commands import default_out_dir
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- fpga_build:begin -->", "<!-- fpga_build:end -->"
 HEADING = ("## FPGA build: default bfp8 GEMM system on the ULX3S LFE5U-85F "
            "(`bench/fpga_build.py`)")
 
@@ -170,15 +170,6 @@ def render(results, command):
     return "\n".join(lines)
 
 
-def update_docs(text, path=DOCS):
-    doc = path.read_text()
-    if BEGIN not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{HEADING}\n\n{BEGIN}\n{END}\n"
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lanes", type=int, help="lanes of the default build (board default)")
@@ -198,7 +189,7 @@ def main(argv=None):
     parser.add_argument("--out", metavar="DIR", help="build root (default: per-config cache)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--update-docs", action="store_true",
-                        help=f"rewrite the fpga_build section of {DOCS.name}")
+                        help=f"rewrite the fpga_build section of {DOC.name}")
     args = parser.parse_args(argv)
 
     # The command as recorded in the docs: without the local --json/--out paths.
@@ -247,8 +238,7 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.update_docs:
-        update_docs(text)
-        print(f"updated {DOCS}", file=sys.stderr)
+        update_section("fpga_build", text, HEADING)
     return 0 if default.get("status") == "met" else 1
 
 

@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from docs_section import update_section
 
 from hbfp_hw import golden
 from hbfp_hw.formats import resolve_format
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- golden_gemm:begin -->", "<!-- golden_gemm:end -->"
+HEADING = "## Golden model: bit-exact HBFP GEMM vs numpy float32 matmul (`bench/golden_gemm.py`)"
 
 
 def measure(size, fmt, repeats, rng):
@@ -91,10 +91,7 @@ def main(argv=None):
             table.append(f"| {r['size']}³ | {r['format']} | {r['numpy_s'] * 1e3:.2f} ms | "
                          f"{r['golden_s'] * 1e3:.2f} ms | {r['ratio']:.3f} | "
                          f"{r['median_ratio']:.3f} |")
-        text = DOC.read_text()
-        start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
-        DOC.write_text(text[:start] + "\n" + "\n".join(table) + "\n" + text[stop:])
-        print(f"updated {DOC}")
+        update_section("golden_gemm", "\n".join(table), HEADING)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/offload.py [--update-docs] [--baud 3000000]
+    .venv/bin/python bench/offload.py [--update-docs] [--baud 3000000] [--repeat 3]
 
 Two parts, both through the real driver (``hbfp_hw.Device``) and the simulated board (the
 ``GemmSystem`` gateware under Verilator, :mod:`hbfp_hw.fpga.simboard`); every result is checked
@@ -14,36 +14,55 @@ bit for bit against ``golden.gemm``. The build is done (or taken from the cache)
    costs a user, not what a board would do.
 2. **Link efficiency** at ``--baud`` (default 3 Mbaud) with the harness's virtual-time line
    model (``sim://?baud=3000000&vclock_hz=100000000``): a virtual clock advances 10 ns per model
-   cycle (the ULX3S build's 100 MHz) and by the wall time the harness waits for the host (so
-   the host's own time counts), request bytes arrive back to back at ``baud / 10`` bytes per
-   second into a receive FIFO, and reply bytes leave at the same rate: a full-duplex UART.
-   The model runs slower than 3 Mbaud in wall time, so wall-clock pacing could not measure a
-   link-bound number; virtual time does. Efficiency = frame payload bytes (requests and
-   replies) per virtual second / (``baud / 10``). Per-direction values are shown too; as the
-   link is full duplex the total can in principle exceed 1. The losses are the frame overhead
-   (10 bytes per frame, the status byte, the arguments), the COMPUTE round trips (the driver
-   waits for the writes of a tile before COMPUTE and for COMPUTE before the reads) and the
-   host's time between batches. The driver pipelines transfers within a batch (the reads of
-   one C tile overlap the writes of the next A/B tile).
+   cycle (the ULX3S build's 100 MHz), request bytes arrive back to back at ``baud / 10`` bytes
+   per second into a receive FIFO, and reply bytes leave at the same rate: a full-duplex UART.
+   Whenever the device waits for the host, the whole wall time of the wait counts as line
+   time, so the host's own time (quantizing, planning, Python) is included. The model runs
+   slower than 3 Mbaud in wall time, so wall-clock pacing could not measure a link-bound
+   number; virtual time does.
+
+   Efficiency of a direction = frame payload bytes in that direction per virtual second /
+   (``baud / 10``). The target (at least 0.9) is checked on the **busier direction** of each
+   GEMM, the one that bounds the time: the host-to-device direction for ``wire=fp32``, the
+   device-to-host direction (the FP32 results) for ``wire=bfp``. The driver streams a GEMM
+   without waiting for replies (the device executes sequenced frames exactly once and in
+   order), loads A and B once in growing steps so that results flow back early, and gets
+   each result with its COMPUTE reply (READBACK). What remains is the frame overhead and, in
+   the busier direction, the time before the first result can exist (bfp: a row and a column
+   of the whole K must arrive first) or after the last operand arrived (fp32).
+
+   Host time counts, and this machine is shared, so each link figure is the best of
+   ``--repeat`` runs; the driver's plan cache is cleared before every run, so planning is
+   included each time. The median is shown beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from docs_section import update_section
 
 from hbfp_hw import golden
+from hbfp_hw.fpga import driver
 from hbfp_hw.fpga.driver import Device
 from hbfp_hw.fpga.simboard import SimConfig, build
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- offload:begin -->", "<!-- offload:end -->"
+HEADING = None                                  # the section starts with its own heading
 SHAPES = [(16, 16, 16), (64, 64, 64), (128, 128, 128), (64, 512, 64), (256, 64, 256)]
-LINK_SHAPES = [(64, 64, 64), (128, 128, 128), (256, 64, 256)]
+#: Shapes of the link table: the targets (64^3, 128^3 and a larger one), and one whose K is
+#: beyond the buffers of one COMPUTE (4096 on the default board): K split into chunks that the
+#: device accumulates.
+LINK_SHAPES = [(64, 64, 64), (128, 128, 128), (256, 64, 256), (32, 6144, 32)]
+TARGET = 0.9
+SPEED_REPEAT = 3
+
+
+def clear_plan_cache():
+    driver.growth_steps.cache_clear()
 
 
 def run(dev, m, k, n, wire, repeat, rng):
@@ -64,12 +83,11 @@ def run(dev, m, k, n, wire, repeat, rng):
     return best, moved
 
 
-def link_run(dev, m, k, n, wire, rng, rate):
+def link_run(dev, a, b, ref, wire, rate):
     """One GEMM through the virtual-time line model; return its link figures."""
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    info = dev.info()
-    ref = golden.gemm(a, b, info.fmt, input_format=info.input_format).view(np.uint32)
+    m, k = a.shape
+    n = b.shape[1]
+    clear_plan_cache()
     dev.status()                               # the harness goes idle after this reply
     t_idle = time.perf_counter()
     time.sleep(0.05)
@@ -82,19 +100,37 @@ def link_run(dev, m, k, n, wire, rng, rate):
     time.sleep(0.05)
     s1 = dev.transport.link_stats()
     # The harness counts the wall time it waits for the host as idle line time; the wait
-    # before the GEMM includes this script's own sleep, which is not the driver's.
-    vt = s1["virtual_seconds"] - s0["virtual_seconds"] - (t_start - t_idle)
+    # before the GEMM includes this script's own sleep, which is not the driver's. (The
+    # harness's wait began slightly before t_idle, so this errs on the slow side.)
+    before_gemm = t_start - t_idle
+    vt = s1["virtual_seconds"] - s0["virtual_seconds"] - before_gemm
+    host = s1["host_wait_seconds"] - s0["host_wait_seconds"] - before_gemm
     d = {key: dev.stats[key] - before[key] for key in dev.stats}
     tx, rx = d["tx_payload"], d["rx_payload"]
-    return {"vt": vt, "tx": tx, "rx": rx, "eff": (tx + rx) / vt / rate, "up": tx / vt / rate,
-            "down": rx / vt / rate, "use": (d["tx_bytes"] + d["rx_bytes"]) / vt / rate,
-            "flops": 2.0 * m * n * k / vt, "retries": d["resent"]}
+    up, down = tx / vt / rate, rx / vt / rate
+    busy = max(up, down)
+    return {"vt": vt, "tx": tx, "rx": rx, "up": up, "down": down, "busy": busy,
+            "busier": "up" if up >= down else "down", "host": max(0.0, host),
+            "link": busy * vt / max(1e-9, vt - max(0.0, host)),
+            "use": max(d["tx_bytes"], d["rx_bytes"]) / vt / rate,
+            "flops": 2.0 * m * n * k / vt, "resent": d["resent"], "frames": d["frames"]}
+
+
+def link_best(dev, m, k, n, wire, rng, rate, repeat):
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    info = dev.info()
+    ref = golden.gemm(a, b, info.fmt, input_format=info.input_format).view(np.uint32)
+    runs = [link_run(dev, a, b, ref, wire, rate) for _ in range(repeat)]
+    best = dict(max(runs, key=lambda r: r["busy"]))
+    best["median"] = statistics.median(r["busy"] for r in runs)
+    return best
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baud", type=int, default=3_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args(argv)
 
@@ -110,10 +146,11 @@ def main(argv=None):
     speed = []
     with Device.open("sim") as dev:
         info = dev.info()
+        dev.gemm(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))     # warm up
         for m, k, n in SHAPES:
             row = {"shape": (m, k, n)}
             for wire in ("bfp", "fp32"):
-                dt, moved = run(dev, m, k, n, wire, args.repeat, rng)
+                dt, moved = run(dev, m, k, n, wire, SPEED_REPEAT, rng)
                 row[wire] = (dt, 2.0 * m * n * k / dt, moved["tx_bytes"] + moved["rx_bytes"])
             speed.append(row)
             print(f"sim {m}x{k}x{n}: bfp {row['bfp'][0] * 1e3:.0f} ms "
@@ -123,15 +160,17 @@ def main(argv=None):
     link = []
     rate = args.baud / 10
     with Device.open(f"sim://?baud={args.baud}&vclock_hz=100000000") as dev:
+        dev.gemm(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))     # warm up
         for m, k, n in LINK_SHAPES:
             row = {"shape": (m, k, n)}
             for wire in ("bfp", "fp32"):
-                row[wire] = link_run(dev, m, k, n, wire, rng, rate)
+                row[wire] = link_best(dev, m, k, n, wire, rng, rate, args.repeat)
             link.append(row)
             print(f"{args.baud} baud {m}x{k}x{n}: " + ", ".join(
-                f"{w} {row[w]['vt'] * 1e3:.0f} ms efficiency {row[w]['eff']:.3f} "
-                f"(up {row[w]['up']:.3f}, down {row[w]['down']:.3f})" for w in ("bfp", "fp32")),
-                flush=True)
+                f"{w} {row[w]['vt'] * 1e3:.0f} ms up {row[w]['up']:.3f} down "
+                f"{row[w]['down']:.3f} (busier {row[w]['busy']:.3f}, median "
+                f"{row[w]['median']:.3f}, host waits {row[w]['host'] * 1e3:.1f} ms, without "
+                f"them {row[w]['link']:.3f})" for w in ("bfp", "fp32")), flush=True)
 
     lines = [
         "",
@@ -140,11 +179,12 @@ def main(argv=None):
         f"Measured {time.strftime('%Y-%m-%d')} on this machine (2 shared cores). Device: "
         f"the `GemmSystem` gateware ({info.fmt.name}, {info.lanes} lanes, A/B "
         f"{info.a_blocks}/{info.b_blocks} blocks, C {info.c_words} words, max payload "
-        f"{info.max_payload} B) under Verilator, driven by `hbfp_hw.Device` through pipes. "
-        f"Every result was checked bit for bit against `golden.gemm`. Times are the best of "
-        f"{args.repeat}, after the build ({build_note}).",
+        f"{info.max_payload} B, protocol version {info.version}) under Verilator, driven by "
+        f"`hbfp_hw.Device` through pipes. Every result was checked bit for bit against "
+        f"`golden.gemm`. Command: `.venv/bin/python bench/offload.py --update-docs`.",
         "",
-        "Simulation speed (no line-rate model; what the simulated board costs, not a board):",
+        f"Simulation speed (no line-rate model; what the simulated board costs, not a board; "
+        f"best of {SPEED_REPEAT}, after the build: {build_note}):",
         "",
         "| M x K x N | wire=bfp | MFLOP/s | wire=fp32 | MFLOP/s | link bytes bfp / fp32 |",
         "|---|---|---|---|---|---|",
@@ -157,42 +197,49 @@ def main(argv=None):
     lines += [
         "",
         f"Link efficiency at {args.baud / 1e6:g} Mbaud: virtual-time UART model of the "
-        f"harness (full duplex, {rate / 1e3:.0f} kB/s each way, 100 MHz device clock, host "
-        f"time included; see the docstring of `bench/offload.py`). Efficiency = frame payload "
-        f"bytes per second, requests + replies, / line rate; up / down split it by direction; "
-        f"line use counts whole frames. Target: at least 0.9.",
+        f"harness (full duplex, {rate / 1e3:.0f} kB/s each way, 100 MHz device clock; host "
+        f"time included: every wait of the device for the host counts in full; see the "
+        f"docstring of `bench/offload.py`). Efficiency of a direction = frame payload bytes "
+        f"sent that way per second / line rate. **Busier** is the larger of the two, the "
+        f"direction that bounds the GEMM; the target, at least {TARGET}, applies to it. "
+        f"Best of {args.repeat} runs (the driver's plan cache cleared before each), median "
+        f"beside it; line use counts whole frames in the busier direction. *Host waits* is "
+        f"the part of the link time in which the device had nothing to do and waited for the "
+        f"host (quantizing, planning, and the scheduler of this shared machine); *without* is "
+        f"the busier direction's efficiency with those waits taken out, the protocol's and "
+        f"the device's share alone.",
         "",
-        "| M x K x N | wire | link time | payload bytes up / down | efficiency | "
-        "up / down | line use | MFLOP/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| M x K x N | wire | link time | payload bytes up / down | up / down | "
+        "**busier** (median) | host waits | without | line use | MFLOP/s | frames |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in link:
         m, k, n = r["shape"]
         for w in ("bfp", "fp32"):
             x = r[w]
             lines.append(f"| {m} x {k} x {n} | {w} | {x['vt'] * 1e3:.0f} ms "
-                         f"| {x['tx']:.0f} / {x['rx']:.0f} | **{x['eff']:.3f}** "
-                         f"| {x['up']:.3f} / {x['down']:.3f} | {x['use']:.3f} "
-                         f"| {x['flops'] / 1e6:.2f} |")
-    worst = min(r[w]["eff"] for r in link for w in ("bfp", "fp32"))
-    busy = [max(r[w]["up"], r[w]["down"]) for r in link for w in ("bfp", "fp32")]
-    lines += ["", f"Lowest efficiency (both directions): {worst:.3f} "
-              f"({'meets' if worst >= 0.9 else 'misses'} the 0.9 target under this "
-              f"definition). Read it with care: the busier direction alone carries only "
-              f"{min(busy):.2f} to {max(busy):.2f} of its line rate, so neither direction is "
-              f"saturated; a total near 1 comes from the overlap of requests and replies. The "
-              f"remaining loss is mostly the round trips around each COMPUTE (the driver "
-              f"waits for a tile's writes before COMPUTE, and for COMPUTE before its reads).",
+                         f"| {x['tx']:.0f} / {x['rx']:.0f} | {x['up']:.3f} / {x['down']:.3f} "
+                         f"| **{x['busy']:.3f}** {x['busier']} ({x['median']:.3f}) "
+                         f"| {x['host'] * 1e3:.1f} ms | {x['link']:.3f} "
+                         f"| {x['use']:.3f} | {x['flops'] / 1e6:.2f} | {x['frames']} |")
+    target_rows = [(r["shape"], w, r[w]) for r in link[:3] for w in ("bfp", "fp32")]
+    worst = min(x["busy"] for _, _, x in target_rows)
+    misses = [f"{s[0]}x{s[1]}x{s[2]} {w} ({x['busy']:.3f})" for s, w, x in target_rows
+              if x["busy"] < TARGET]
+    lines += ["", f"Busier direction, target shapes (the first three): lowest {worst:.3f}; "
+              + (f"all meet the {TARGET} target." if not misses else
+                 f"below {TARGET}: {', '.join(misses)}.") +
+              " For wire=bfp and M = N = K the results (4 bytes per element) are about twice "
+              "the operands (17/16 bytes per element each), and no result exists before a "
+              "row of A and a column of B have arrived: even with the operands sent in "
+              "ideally growing squares, the device-to-host direction is idle for a part of "
+              "the time, which bounds its efficiency at about 1 / (1 + (u/d)^2 / 4) = 0.93 "
+              "(u/d = 0.53, the ratio of operand to result bytes) before any framing.",
               ""]
     text = "\n".join(lines)
     print(text)
     if args.update_docs:
-        doc = DOC.read_text()
-        if BEGIN not in doc:
-            doc = doc.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-        start, stop = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        DOC.write_text(doc[:start] + "\n" + text.strip("\n") + "\n" + doc[stop:])
-        print(f"updated {DOC}")
+        update_section("offload", text, HEADING)
     return 0
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+
+from docs_section import update_section
 
 from hbfp_hw.formats import resolve_format
 from hbfp_hw.sim import toolchain
 from hbfp_hw.sim.verify import verify
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- sim_speed:begin -->", "<!-- sim_speed:end -->"
+HEADING = ("## RTL simulation speed (`bench/sim_speed.py`)\n\n"
+           "Verified bfp8 dot products per second through the cocotb testbench "
+           "(every output compared with the golden model).")
 
 
 def main(argv=None):
@@ -70,15 +72,7 @@ def main(argv=None):
                          f"{r['dots_per_s']:.0f} |")
         if len(rows) == 2:
             lines += ["", f"Verilator is {ratio:.1f}x faster than Icarus on this bench."]
-        text = DOC.read_text()
-        if BEGIN not in text:
-            text += ("\n## RTL simulation speed (`bench/sim_speed.py`)\n\n"
-                     "Verified bfp8 dot products per second through the cocotb testbench "
-                     "(every output compared with the golden model).\n\n"
-                     f"{BEGIN}\n{END}\n")
-        start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
-        DOC.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[stop:])
-        print(f"updated {DOC}")
+        update_section("sim_speed", "\n".join(lines), HEADING)
     return 0
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from docs_section import update_section
 from torch import nn
 
 from hbfp_hw import golden
@@ -46,8 +47,7 @@ from hbfp_hw.torch import convert, emulate, register_backend
 from hbfp_hw.torch.emulate import gemm as emulate_gemm
 from hbfp_hw.torch.train import build_model
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- torch_overhead:begin -->", "<!-- torch_overhead:end -->"
+HEADING = "## PyTorch emulation overhead (`bench/torch_overhead.py`)"
 GEMM_TARGET, STEP_TARGET = 0.25, 3.0
 
 
@@ -273,15 +273,8 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps({"machine": machine, "gemm": gemms,
                                                "train_step": steps}, indent=2))
     if args.update_docs:
-        text = DOC.read_text()
-        if BEGIN not in text:
-            text = text.rstrip("\n") + (
-                "\n\n## PyTorch emulation overhead (`bench/torch_overhead.py`)\n\n"
-                f"{BEGIN}\n{END}\n")
-        start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
-        section = _section(args, machine, gemms, steps, command.strip())
-        DOC.write_text(text[:start] + "\n" + section + "\n" + text[stop:])
-        print(f"updated {DOC}")
+        update_section("torch_overhead", _section(args, machine, gemms, steps, command.strip()),
+                       HEADING)
     return 0
 
 

@@ -337,9 +337,11 @@ class BuildConfig:
         params = {}
         if self.spec.family == "ecp5":
             from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+            from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
             from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
             from hbfp_hw.rtl_gen.mac_tree import MacTree
-            params.update(mac_stages=MacTree.max_stages_for(self.fmt),
+            params.update(align_stages=FloatToBlock.max_stages_for(self.fmt),
+                          mac_stages=MacTree.max_stages_for(self.fmt),
                           convert_stages=BlockToFloat.MAX_STAGES,
                           adder_stages=FPAccumulator.MAX_ADDER_STAGES)
         return {**params, **self.spec.system_params, **self.system_params}

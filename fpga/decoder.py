@@ -5,7 +5,8 @@ The frame format and every constant come from :mod:`hbfp_hw.fpga.protocol`;
 
 - :class:`FrameDecoder` hunts for the sync marker, parses the header, checks the length against
   the payload capacity *before* buffering anything, stores the payload in a RAM, captures the
-  first :data:`~hbfp_hw.fpga.protocol.ARGS_BYTES` payload bytes as an argument register, and
+  first :data:`~hbfp_hw.fpga.protocol.ARGS_LATCH_BYTES` payload bytes as an argument register,
+  and
   checks the CRC. It then presents one *event* (a good frame, or an error for a NACK) and holds
   ``i_stream.ready`` low until the event is taken, so the payload RAM is stable while the
   command executes. An inter-byte idle timeout ends a truncated frame, so no input can wedge it.
@@ -17,7 +18,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .protocol import ARGS_BYTES, HEADER_LAYOUT, SYNC, Status, crc32_byte
+from .protocol import ARGS_LATCH_BYTES, HEADER_LAYOUT, SYNC, Status, crc32_byte
 
 __all__ = ["crc32_next", "FrameDecoder", "FrameEncoder", "frame_event_layout"]
 
@@ -71,7 +72,7 @@ def frame_event_layout():
         "cmd": unsigned(8),
         "seq": unsigned(8),
         "length": unsigned(16),
-        "args": unsigned(8 * ARGS_BYTES),
+        "args": unsigned(8 * ARGS_LATCH_BYTES),
     })
 
 
@@ -89,7 +90,7 @@ class FrameDecoder(wiring.Component):
     Parameters
     ----------
     max_payload : int
-        Payload capacity in bytes (``ARGS_BYTES..65535``); a header with a longer ``length``
+        Payload capacity in bytes (``ARGS_LATCH_BYTES..65535``); a header with a longer ``length``
         is rejected with ``TOO_LONG`` before any payload byte is stored.
     timeout_cycles : int
         Inter-byte idle timeout inside a frame, in clock cycles (at least 1). A frame that
@@ -114,7 +115,7 @@ class FrameDecoder(wiring.Component):
     """
 
     def __init__(self, *, max_payload, timeout_cycles):
-        self._max_payload = _check_int("max_payload", max_payload, ARGS_BYTES, 0xFFFF)
+        self._max_payload = _check_int("max_payload", max_payload, ARGS_LATCH_BYTES, 0xFFFF)
         self._timeout = _check_int("timeout_cycles", timeout_cycles, 1, 2**32 - 1)
         super().__init__({
             "i_stream": In(stream.Signature(8)),
@@ -204,9 +205,9 @@ class FrameDecoder(wiring.Component):
                 with m.If(take):
                     m.d.comb += wr.en.eq(1)
                     m.d.sync += [idle.eq(0), crc.eq(crc_next), index.eq(index + 1)]
-                    for i in range(ARGS_BYTES):
-                        with m.If(index == i):
-                            m.d.sync += ev.args.word_select(i, 8).eq(byte)
+                    with m.If(index < ARGS_LATCH_BYTES):
+                        arg_bits = (ARGS_LATCH_BYTES - 1).bit_length()
+                        m.d.sync += ev.args.word_select(index[:arg_bits], 8).eq(byte)
                     with m.If(index == header.length - 1):
                         m.d.sync += index.eq(0)
                         m.next = "CRC"

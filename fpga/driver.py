@@ -9,18 +9,21 @@ URLs (see docs/driver.md):
 - ``"serial:///dev/ttyUSB0?baud=3000000"``: a real board through pyserial.
 - ``"tcp://127.0.0.1:7777"``: a board behind ``hbfp-hw serve``.
 
-Reliability: every request is a CRC-checked frame with a fresh sequence number, and every
-command is idempotent (docs/protocol.md 5). A NACK, a reply that fails its CRC, a lost reply
-(a later one arrives first, or none within the reply timeout) makes the driver resend the
-request, after the device's idle timeout when the link state is unknown. A request that fails
-repeatedly is split into smaller frames. After ``retries`` failed attempts of one request the
-driver raises :class:`DeviceTimeout`. A reply is accepted only with the expected sequence
-number, command and length, so a result that is returned is the device's result for exactly
-the data that was sent.
+A GEMM is a program of writes, COMPUTEs and reads that the driver streams to the device
+without waiting for replies: every request is a CRC-checked frame, and the device executes the
+sequenced ones (WRITE, COMPUTE, READ_C) exactly once and in sequence-number order
+(docs/protocol.md 2.2), so an OK reply acknowledges every frame before it as well. After an
+error (a NACK, a refused out-of-order frame, a damaged or missing reply) the driver stops,
+asks STATUS for the device's next sequence number, reads again the results whose replies were
+lost and sends again the frames that were not executed, in smaller frames if they failed.
+After ``retries`` failed attempts of one request it raises :class:`DeviceTimeout`. A reply is
+accepted only with the expected sequence number, command and length, so a result that is
+returned is the device's result for exactly the data that was sent.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+
+from hbfp_hw.formats import Rounding
 
 from . import protocol
 from .protocol import NACK, REPLY_FLAG, Cmd, FrameParser, Status, Wire
@@ -47,8 +52,8 @@ from .transport import (
 
 __all__ = [
     "Device", "DeviceError", "DeviceNotFound", "DeviceBusy", "ProtocolError", "DeviceTimeout",
-    "FormatMismatch", "ShapeError", "open_transport", "tile_sizes", "demo_offload",
-    "WIRES",
+    "FormatMismatch", "ShapeError", "open_transport", "tile_sizes", "growth_steps",
+    "growth_first", "demo_offload", "WIRES",
 ]
 
 #: ``wire=`` names accepted by :meth:`Device.gemm`.
@@ -128,74 +133,344 @@ def open_transport(url, *, progress=True):
                          f"'serial:///dev/ttyUSB0?baud=3000000' or 'tcp://host:port'")
 
 
-# -- requests -----------------------------------------------------------------------------------
+# -- the plan of a GEMM -------------------------------------------------------------------------
+#
+# A GEMM becomes a program: an ordered list of operations (writes of A and B blocks, COMPUTEs,
+# reads of C). The device executes sequenced frames exactly once and in order (docs/protocol.md
+# 2.2), so the driver streams the program without waiting for replies: a COMPUTE can follow
+# the writes it needs at once, and the writes of the next tile can follow that COMPUTE even
+# when they overwrite its operands. The only thing the driver waits for is free space in C: a
+# region of C is reused only after the result in it has been received.
+
+def tile_sizes(info, m, n, k):
+    """Return ``(rows, cols, chunk)``: the C tile and the k-blocks per COMPUTE for a GEMM.
+
+    If the whole of A and B fits the buffers the result is ``(m, n, KB)``: everything is
+    loaded once and C is computed in tiles of growing size (see :func:`growth_steps`).
+    Otherwise C is computed in tiles of ``rows x cols``, and K is split into chunks of
+    ``chunk`` k-blocks whose COMPUTEs accumulate on the device (``chunk == KB``: no split).
+    """
+    kb = protocol.kblocks(k, info.fmt)
+    lanes = info.lanes
+    groups = protocol.column_groups(n, lanes)
+    if (m * kb <= info.a_blocks and groups * kb <= info.b_depth
+            and max(m, n, k) <= 0xFFFF):              # COMPUTE's M, N, K are 16 bits
+        return m, n, kb
+    # C tiles: as large as C allows (half of it when C needs several tiles, so that one tile
+    # is computed while the previous one is read), then the largest chunk that fits A and B.
+    whole = m * groups <= info.c_depth
+    c_cap = info.c_depth if whole else max(1, info.c_depth // 2)
+    c_cap = min(c_cap, max(1, (protocol.MAX_READ_WORDS - 1) // lanes))
+    best = None
+    for rows in sorted({min(m, r, 0xFFFF) for r in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
+                                                    1024, 4096, 16384, m)}):
+        g = min(groups, c_cap // rows, 0xFFFF // lanes)
+        if g < 1:
+            break
+        chunk = min(kb, info.a_blocks // rows, info.b_depth // g,
+                    0xFFFF // info.fmt.block_size)
+        if chunk < 1:
+            continue
+        tiles = -(-m // rows) * -(-groups // g)
+        # Bytes uploaded (A once per column tile, B once per row tile) plus per-COMPUTE cost.
+        cost = (m * kb * -(-groups // g) + groups * lanes * kb * -(-m // rows)
+                + 64 * tiles * -(-kb // chunk))
+        if best is None or cost < best[0]:
+            best = (cost, rows, g * lanes, chunk)
+    if best is None:
+        raise ShapeError(f"this device cannot hold one row of A and one column of B even "
+                         f"for one k-block ({info}); it is misconfigured")
+    return best[1], min(best[2], n), best[3]
+
+
+def _frames_time(frames):
+    """Model of a full-duplex line at one byte per time unit each way: ``frames`` are
+    ``(request bytes, reply bytes or None)`` in order; the device takes a frame when it has
+    arrived and its previous reply has been sent. Returns the time of the last byte."""
+    t_up = end = 0
+    for req, rep in frames:
+        t_up += req
+        start = t_up if t_up > end else end
+        end = start + rep if rep is not None else start
+    return max(t_up, end)
+
+
+#: The family of growth sequences :func:`growth_steps` chooses from, in units of
+#: ``max(4, lanes)`` rows and columns: the first step, the number of small (one-unit) steps
+#: after it, the size of the later steps, and the number of small steps at the end.
+_GROWTH_PARAMS = ((1, 2, 3, 4, 5, 6, 8), (0, 2, 4, 6, 8), (2, 3, 4, 6, 8, 12, 16), (0, 2, 4))
+
+
+def _growth_time(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, index):
+    first, n_small, big, n_tail = (p[i] for p, i in zip(_GROWTH_PARAMS, index))
+    unit = max(4, lanes)
+    steps = _growth(m, n, unit, first * unit, n_small, big * unit, n_tail)
+    return _frames_time(_growth_frames(steps, lanes, row_bytes, col_bytes, max_write,
+                                       tile_words)), steps
+
+
+#: Index (in ``_GROWTH_PARAMS[0]``) of the first step: two units. Small enough that results
+#: come back early, and known without a search, so that the GEMM starts at once; over the
+#: shapes of the benchmarks it costs under 1% against the best first step of the family.
+_GROWTH_FIRST = 1
+
+
+def growth_first(*model):
+    """Return the first step of :func:`growth_steps` (no search), so that a GEMM can start
+    while the rest of its steps are chosen."""
+    return growth_steps.__wrapped__(*model, _only_first=True)
+
+
+@functools.lru_cache(maxsize=256)
+def growth_steps(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, *,
+                 _only_first=False):
+    """Return the order in which a resident GEMM loads A and B: ``[(rows, cols), ...]``.
+
+    Step ``i`` loads the rows and columns beyond step ``i-1`` and computes the new part of C.
+    Small steps first let C flow back early (the host has to send a row and a column of the
+    whole K before the first element of C exists); large steps later cost fewer frames; small
+    steps at the end keep the last results short. This searches a family of such sequences
+    (:data:`_GROWTH_PARAMS`) by coordinate descent for the one that a model of a full-duplex
+    UART (equal rates both ways, framing included) finishes first; a few milliseconds. The
+    first step is fixed (:data:`_GROWTH_FIRST`), so that it can be sent during the search.
+    """
+    model = (m, n, lanes, row_bytes, col_bytes, max_write, tile_words)
+    first = _GROWTH_FIRST
+    if _only_first:
+        unit = max(4, lanes)
+        f = _GROWTH_PARAMS[0][first] * unit
+        return min(f, m), min(f, n)
+    cost = {}
+
+    def time_of(index):
+        if index not in cost:
+            cost[index] = _growth_time(*model, index)
+        return cost[index][0]
+
+    best = (first, 2, 2, 1)
+    while True:
+        moves = [best[:d] + (best[d] + step,) + best[d + 1:]
+                 for d in range(1, 4) for step in (-1, 1)
+                 if 0 <= best[d] + step < len(_GROWTH_PARAMS[d])]
+        better = min(moves, key=time_of)
+        if time_of(better) >= time_of(best):
+            return cost[best][1]
+        best = better
+
+
+def _growth(m, n, unit, first, n_small, big, n_tail):
+    steps = []
+    r = c = first
+    i = 0
+    while True:
+        steps.append((min(r, m), min(c, n)))
+        if r >= m and c >= n:
+            return tuple(steps)
+        left = max(m - r, n - c)
+        inc = unit if (i < n_small or left <= unit * n_tail) else big
+        r, c, i = r + inc, c + inc, i + 1
+
+
+def _growth_frames(steps, lanes, row_bytes, col_bytes, max_write, tile_words):
+    frames = []
+    rows = cols = 0
+
+    def write(nbytes):
+        while nbytes > 0:
+            x = min(max_write, nbytes)
+            frames.append((x + 18, None))
+            nbytes -= x
+
+    def tiles(rn, cn):
+        per = max(1, tile_words // cn)
+        for r in range(0, rn, per):
+            frames.append((30, 15 + 4 * min(per, rn - r) * cn))
+
+    for r1, c1 in steps:
+        if c1 > cols:
+            write(protocol.padded_columns(c1 - cols, lanes) * col_bytes)
+            if rows:
+                tiles(rows, c1 - cols)
+        if r1 > rows:
+            write((r1 - rows) * row_bytes)
+            tiles(r1 - rows, c1)
+        rows, cols = max(rows, r1), max(cols, c1)
+    return frames
+
+
+class _Blocks:
+    """The wire blocks of the rows of A, or of the columns of B: ``[rows, KB, block bytes]``.
+
+    Encoded (quantized, with ``Wire.BFP``) when the plan first asks for them, so that the first
+    frames of a GEMM go out before the rest of its operands are encoded. A stochastic format is
+    encoded whole at once: its random bits follow the block order of the whole matrix (rows of
+    A, or columns of B, each along K, as ``golden.gemm`` quantizes them), so the blocks are
+    those of ``golden.gemm`` however the GEMM is cut.
+    """
+
+    def __init__(self, x, fmt, wire, input_format, seed, kb, bb):
+        self._x = np.ascontiguousarray(x, np.float32)         # [rows, K]
+        self._args = (fmt, wire)
+        self._kw = {"input_format": input_format, "seed": seed}
+        self._arr = np.empty((self._x.shape[0], kb, bb), np.uint8)
+        self._done = np.zeros(self._x.shape[0], bool)
+        self.shape = self._arr.shape
+        if fmt.rounding is Rounding.STOCHASTIC:
+            self._encode(0, self._x.shape[0])
+
+    def _encode(self, r0, r1):
+        _, raw = protocol.a_blocks_payload(self._x[r0:r1], *self._args, **self._kw)
+        self._arr[r0:r1] = np.frombuffer(raw, np.uint8).reshape(r1 - r0, *self.shape[1:])
+        self._done[r0:r1] = True
+
+    def __getitem__(self, key):
+        rows = key[0] if isinstance(key, tuple) else key
+        r0, r1, _ = rows.indices(self.shape[0])
+        if not self._done[r0:r1].all():
+            self._encode(r0, r1)
+        return self._arr[key]
+
+
+class _Tile:
+    """One rectangle of C: where it is on the device and which of its words have arrived."""
+
+    def __init__(self, c, r0, rn, c0, cn, lanes):
+        self.c, self.r0, self.rn, self.c0, self.cn = c, r0, rn, c0, cn
+        self.words = rn * protocol.column_groups(cn, lanes)   # C bank words per bank
+        self.base = None                                        # C bank word, once placed
+        self.data = np.zeros(rn * cn, np.uint32)
+        self.have = np.zeros(rn * cn, bool)
+        self.done = False
+
+    def put(self, first, words):
+        self.data[first:first + len(words)] = words
+        self.have[first:first + len(words)] = True
+        if not self.done and self.have.all():
+            self.done = True
+            self.c[self.r0:self.r0 + self.rn, self.c0:self.c0 + self.cn] = \
+                self.data.reshape(self.rn, self.cn)
+            return True
+        return False
+
+
+class _CRing:
+    """Allocation of C regions (bank words) in ring order; a region is freed when the tile in
+    it has been received."""
+
+    def __init__(self, depth):
+        self.depth = depth
+        self.head = 0
+        self.live = []                  # [(base, size, tile)]
+
+    def _free(self, lo, hi):
+        return all(b + s <= lo or b >= hi for b, s, t in self.live if not t.done)
+
+    def place(self, tile):
+        self.live = [x for x in self.live if not x[2].done]
+        size = tile.words
+        for base in (self.head, 0):
+            if base + size <= self.depth and self._free(base, base + size):
+                tile.base = base
+                self.live.append((base, size, tile))
+                self.head = base + size if base + size < self.depth else 0
+                return True
+        return False
+
 
 @dataclass
-class _Req:
-    """One request: a command, its argument fields and data, and what to do with the reply."""
+class _Op:
+    """One operation of the program: a write, a COMPUTE or a read of C."""
 
     cmd: Cmd
     args: dict
     data: bytes = b""
-    unit: int = 1              # bytes per block (writes)
-    reply_len: int = 0         # expected reply body length (after the status byte)
-    on_reply: object = None    # callable(req, body)
+    unit: int = 1               # bytes per block (writes)
+    tile: _Tile = None
     attempts: int = 0
-    seconds: float = 0.0       # device time to execute (COMPUTE), for the reply timeout
+    last: bool = False          # COMPUTE: the last chunk of its tile (the result is final)
+    readback: bool = None       # COMPUTE: the reply carries the result (decided when sent)
+    resent: bool = False        # sent again after a failure (its attempt is counted)
 
-    def payload(self):
-        if self.cmd in (Cmd.WRITE_A, Cmd.WRITE_B):
-            return protocol.to_bytes(protocol.WRITE_ARGS_LAYOUT, self.args) + self.data
-        if self.cmd is Cmd.COMPUTE:
-            return protocol.to_bytes(protocol.COMPUTE_ARGS_LAYOUT, self.args)
+    def count(self):
+        return self.args.get("count", 1)
+
+    def head(self, n):
+        """Split off the first ``n`` blocks (writes) or words (reads); return that part."""
         if self.cmd is Cmd.READ_C:
-            return protocol.to_bytes(protocol.READ_ARGS_LAYOUT,
-                                     {k: self.args[k] for k in ("row", "col", "count", "flags")})
-        return b""
-
-    def split(self):
-        """Return two requests that do the same work in smaller frames, or None."""
-        count = self.args.get("count", 1)
-        if self.cmd not in (Cmd.WRITE_A, Cmd.WRITE_B, Cmd.READ_C) or count < 2:
-            return None
-        half = count // 2
-        if self.cmd is Cmd.READ_C:
-            first = self.args["first"]
-            return [_read_req(first, half, self.args["ncols"], self.on_reply, self.attempts),
-                    _read_req(first + half, count - half, self.args["ncols"], self.on_reply,
-                              self.attempts)]
-        out = []
-        for lo, n in ((0, half), (half, count - half)):
-            args = dict(self.args, count=n, start=self.args["start"] + lo)
-            out.append(_Req(self.cmd, args, self.data[lo * self.unit:(lo + n) * self.unit],
-                            self.unit, attempts=self.attempts))
-        return out
+            part = _Op(Cmd.READ_C, dict(self.args, count=n), tile=self.tile,
+                       attempts=self.attempts)
+            self.args = dict(self.args, first=self.args["first"] + n,
+                             count=self.args["count"] - n)
+            return part
+        part = _Op(self.cmd, dict(self.args, count=n), self.data[:n * self.unit], self.unit,
+                   attempts=self.attempts)
+        self.args = dict(self.args, start=self.args["start"] + n,
+                         count=self.args["count"] - n)
+        self.data = self.data[n * self.unit:]
+        return part
 
 
-def _read_req(first, count, ncols, on_reply, attempts=0):
-    args = {"row": first // ncols, "col": first % ncols, "count": count, "flags": 0,
-            "first": first, "ncols": ncols}
-    return _Req(Cmd.READ_C, args, reply_len=4 * count, on_reply=on_reply, attempts=attempts)
+class _Program:
+    """The operations still to send: a deque in front of a lazy plan (a generator), so that
+    the first frames go out while the rest of the GEMM is still being planned."""
+
+    def __init__(self, plan):
+        self._ops = deque()
+        self._plan = iter(plan)
+
+    def _fill(self):
+        if not self._ops and self._plan is not None:
+            op = next(self._plan, None)
+            if op is None:
+                self._plan = None
+            else:
+                self._ops.append(op)
+        return self._ops
+
+    def __bool__(self):
+        return bool(self._fill())
+
+    def __getitem__(self, index):
+        return self._fill()[index]
+
+    def popleft(self):
+        return self._fill().popleft()
+
+    def appendleft(self, op):
+        self._ops.appendleft(op)
+
+    def extendleft(self, ops):
+        self._ops.extendleft(ops)
 
 
-def tile_sizes(info, k):
-    """Largest ``(rows, cols)`` tile of C that fits the device's buffers for this K.
+def _read_op(tile, first, count):
+    return _Op(Cmd.READ_C, {"first": first, "count": count}, tile=tile)
 
-    Raises
-    ------
-    ShapeError
-        K does not fit: the whole K of a row and of a column must be in the buffers.
-    """
-    kb = protocol.kblocks(k, info.fmt)
-    if kb > info.a_blocks or kb > info.b_depth:
-        kmax = min(info.a_blocks, info.b_depth) * info.fmt.block_size
-        raise ShapeError(f"K = {k} does not fit this device (at most {kmax}: a row of A and a "
-                         f"column of B must fit its buffers); split K on the host or use a "
-                         f"build with larger a_blocks/b_blocks (e.g. sim://?b_blocks=4096)")
-    cols = min(info.b_depth // kb * info.lanes, 0xFFFF)
-    rows = min(info.a_blocks // kb, 0xFFFF)
-    rows = min(rows, max(1, info.c_depth // protocol.column_groups(cols, info.lanes)))
-    return rows, cols
+
+@dataclass
+class _Frame:
+    seq: int
+    op: _Op
+    nbytes: int                 # bytes of the frame
+    reply_len: int              # expected reply body length; None: QUIET, no reply
+    payload_len: int
+    seconds: float = 0.0        # device time to execute (COMPUTE), for the reply timeout
+
+
+class _LinkState:
+    """What the driver knows of a device's sequence number, shared by the Devices that share
+    a transport (a simulated board shared within a process). None: unknown, ask STATUS."""
+
+    def __init__(self):
+        self.next_seq = None
+
+
+def _link_state(transport):
+    state = getattr(transport, "_hbfp_link_state", None)
+    if state is None:
+        state = _LinkState()
+        transport._hbfp_link_state = state
+    return state
 
 
 # -- the device ---------------------------------------------------------------------------------
@@ -219,10 +494,12 @@ class Device:
     Members
     -------
     stats : dict
-        Counters: ``frames`` (requests answered OK), ``retries``, ``nacks``, ``timeouts``,
-        ``lost`` (replies overtaken), ``crc_errors`` (reply frames with a bad CRC),
-        ``splits``, ``tx_bytes``/``rx_bytes`` (link bytes) and
-        ``tx_payload``/``rx_payload`` (frame payload bytes).
+        Counters: ``frames`` (requests executed), ``retries`` (timeouts), ``nacks``,
+        ``timeouts``, ``lost`` (replies lost, found by a later one), ``crc_errors`` (reply
+        frames with a bad CRC), ``out_of_order`` (refused frames after a loss), ``recoveries``
+        (STATUS queries after an error), ``resent`` (frames sent again), ``splits``,
+        ``stale``, ``tx_bytes``/``rx_bytes`` (link bytes) and ``tx_payload``/``rx_payload``
+        (frame payload bytes).
     """
 
     def __init__(self, transport, *, fmt=None, retries=16, timeout=None, url=None,
@@ -236,13 +513,16 @@ class Device:
         self._retries = int(retries)
         self._timeout = timeout
         self._parser = FrameParser()
-        self._seq = int(time.monotonic_ns()) & 0xFF
+        self._useq = int(time.monotonic_ns()) & 0xFF        # seq of unsequenced requests
+        self._link = _link_state(transport)
         self._closed = False
         self._frame_limit = None
         self._ok_streak = 0
+        self._window_frames = 96            # frames in flight: 1 after an error, then grows
         self.stats = dict.fromkeys(("frames", "retries", "nacks", "timeouts", "lost",
-                                    "crc_errors", "splits", "resent", "stale", "tx_bytes",
-                                    "rx_bytes", "tx_payload", "rx_payload"), 0)
+                                    "crc_errors", "out_of_order", "recoveries", "splits",
+                                    "resent", "stale", "tx_bytes", "rx_bytes", "tx_payload",
+                                    "rx_payload"), 0)
         try:
             with self._lock:
                 self._info = self._query_info()
@@ -298,7 +578,7 @@ class Device:
                                  f"pass fmt=None")
 
     def _query_info(self):
-        reply = self._run([_Req(Cmd.INFO, {}, reply_len=None)])[0]
+        reply = self._query(Cmd.INFO, None)
         if not reply:
             raise ProtocolError(f"{self.url}: empty INFO reply")
         version = reply[0]
@@ -348,14 +628,17 @@ class Device:
     def status(self):
         """Return the STATUS counters as a dict (docs/protocol.md 3)."""
         with self._lock:
-            body = self._run([_Req(Cmd.STATUS, {}, reply_len=protocol.layout_bytes(
-                protocol.STATUS_LAYOUT))])[0]
-        return protocol.from_bytes(protocol.STATUS_LAYOUT, body)
+            body = self._query(Cmd.STATUS, protocol.layout_bytes(protocol.STATUS_LAYOUT))
+            status = protocol.from_bytes(protocol.STATUS_LAYOUT, body)
+            self._link.next_seq = status["next_seq"]
+        return status
 
     def reset(self):
-        """Send RESET: forget C, clear the counters (the A and B buffers stay)."""
+        """Send RESET: forget C, clear the counters and the sequence number (A and B stay)."""
         with self._lock:
-            self._run([_Req(Cmd.RESET, {}, reply_len=0)])
+            self._link.next_seq = None
+            self._query(Cmd.RESET, 0)
+            self._link.next_seq = 0
 
     # -- GEMM ---------------------------------------------------------------------------------
 
@@ -367,7 +650,8 @@ class Device:
         a : array_like, shape ``[M, K]``
         b : array_like, shape ``[K, N]``
             float32 (or BF16: ``ml_dtypes.bfloat16`` arrays, torch tensors) values. Any
-            ``M, N >= 1``; ``K >= 1`` up to what the buffers hold (:func:`tile_sizes`).
+            ``M, N, K >= 1``: C is tiled to the buffers, and a K that does not fit is split
+            into chunks that the device accumulates in order (:func:`tile_sizes`).
         wire : {"bfp", "fp32"}
             ``"bfp"``: the host quantizes (``golden.quantize``) and sends blocks, about 3.8x
             less traffic for bfp8. ``"fp32"``: raw floats (BF16 on a BF16-input build); the
@@ -384,7 +668,7 @@ class Device:
         Raises
         ------
         ShapeError
-            Shapes that do not match or do not fit.
+            Shapes that do not match.
         TypeError
             Operands that are not float32 / BF16 values.
         DeviceTimeout, ProtocolError
@@ -409,77 +693,129 @@ class Device:
             raise FormatMismatch(f"{self.url} does not accept wire={wire!r} (format "
                                  f"{info.fmt.name}); use wire='bfp'")
         with self._lock:
-            return self._gemm(a, b, wire_code, seed).view(np.float32)
+            if self._closed:
+                raise DeviceNotFound(f"{self.url} is closed; open it again")
+            try:
+                return self._gemm(a, b, wire_code, seed).view(np.float32)
+            except BaseException:
+                self._link.next_seq = None          # ask STATUS before the next GEMM
+                raise
 
     def _gemm(self, a, b, wire, seed):
         info = self._info
         fmt = info.fmt
         m, k = a.shape
         n = b.shape[1]
-        rows, cols = tile_sizes(info, k)
         kb = protocol.kblocks(k, fmt)
         bb = protocol.block_bytes(fmt, wire, info.input_format)
         seed_b = None if seed is None else (seed + 1) % (1 << 32)
-        _, a_raw = protocol.a_blocks_payload(a, fmt, wire, input_format=info.input_format,
-                                             seed=seed)
-        _, b_raw = protocol.b_blocks_payload(b, fmt, wire, 1, input_format=info.input_format,
-                                             seed=seed_b)
-        b_cols = np.frombuffer(b_raw, np.uint8).reshape(n, kb, bb)
+        a_blk = _Blocks(a, fmt, wire, info.input_format, seed, kb, bb)
+        b_blk = _Blocks(b.T, fmt, wire, info.input_format, seed_b, kb, bb)
         c = np.zeros((m, n), np.uint32)
-        tiles = [(r0, c0) for c0 in range(0, n, cols) for r0 in range(0, m, rows)]
-        pending_reads = []
-        a_loaded = b_loaded = None
-        for r0, c0 in tiles:
-            rn, cn = min(rows, m - r0), min(cols, n - c0)
-            writes = []
-            if b_loaded != c0:
-                dev = protocol.b_device_order(b_cols[c0:c0 + cn], info.lanes)
-                writes += self._write_reqs(Cmd.WRITE_B, dev.tobytes(), bb, wire)
-                b_loaded = c0
-            if a_loaded != r0:
-                writes += self._write_reqs(Cmd.WRITE_A, a_raw[r0 * kb * bb:(r0 + rn) * kb * bb],
-                                           bb, wire)
-                a_loaded = r0
-            # The reads of the previous tile's C overlap the writes of this tile's A and B.
-            self._run(pending_reads + writes)
-            groups = protocol.column_groups(cn, info.lanes)
-            cycles = rn * -(-groups // info.channels) * info.channels * kb + 1000
-            rate = self._t.cycle_rate or info.clock_hz
-            self._run([_Req(Cmd.COMPUTE, {"m": rn, "n": cn, "k": k, "flags": 0},
-                            reply_len=protocol.layout_bytes(protocol.COMPUTE_REPLY_LAYOUT),
-                            seconds=2.0 * cycles / rate)])
-            pending_reads = self._read_reqs(c, r0, c0, rn, cn)
-        self._run(pending_reads)
+        rows, cols, chunk = tile_sizes(info, m, n, k)
+        tiles = []
+        if (rows, cols, chunk) == (m, n, kb):
+            plan = self._plan_resident(a_blk, b_blk, c, k, wire, tiles)
+        else:
+            plan = self._plan_tiles(a_blk, b_blk, c, k, wire, rows, cols, chunk, tiles)
+        self._stream(_Program(plan), tiles)
         return c
+
+    def _write(self, cmd, start, blocks, bb, wire):
+        raw = np.ascontiguousarray(blocks).tobytes()
+        return _Op(cmd, {"wire": int(wire), "flags": 0, "count": len(raw) // bb,
+                         "start": start}, raw, bb)
+
+    def _b_write(self, b_blk, c0, c1, k0, k1, word, bb, wire):
+        """WRITE_B of the columns ``c0:c1`` (padded to lanes), k-blocks ``k0:k1``, placed from
+        B bank word ``word`` on."""
+        dev = protocol.b_device_order(b_blk[c0:c1, k0:k1], self._info.lanes)
+        return self._write(Cmd.WRITE_B, word * self._info.lanes, dev, bb, wire)
+
+    def _compute(self, tile, k, kb_chunk, a_base, b_base, accumulate, last):
+        flags = protocol.Flag.ACCUMULATE if accumulate else 0
+        return _Op(Cmd.COMPUTE, {"m": tile.rn, "n": tile.cn, "k": k, "flags": int(flags),
+                                 "a_base": a_base, "b_base": b_base, "kb": kb_chunk},
+                   tile=tile, last=last)
+
+    def _plan_resident(self, a_blk, b_blk, c, k, wire, tiles):
+        """A and B fit the buffers: load each row and column once, in growing steps
+        (:func:`growth_steps`), each row of A at ``row * KB``, each column group of B at
+        ``group * KB``; compute every new part of C as soon as its operands are sent.
+
+        A generator: it yields the first step before the search for the rest of the steps,
+        which then runs while the first frames are on the line."""
+        info = self._info
+        lanes = info.lanes
+        m, kb, bb = a_blk.shape
+        n = b_blk.shape[0]
+        tile_words = max(lanes, min(info.c_words // 4, protocol.MAX_READ_WORDS - 1))
+        model = (m, n, lanes, kb * bb, kb * bb, info.max_payload - 8, tile_words)
+
+        def compute(r0, rn, c0, cn):
+            col_per = min(protocol.padded_columns(cn, lanes),
+                          max(lanes, tile_words // lanes * lanes))
+            for cc in range(c0, c0 + cn, col_per):
+                cw = min(col_per, c0 + cn - cc)
+                per = max(1, min(rn, tile_words // protocol.padded_columns(cw, lanes)))
+                for r in range(r0, r0 + rn, per):
+                    tile = _Tile(c, r, min(per, r0 + rn - r), cc, cw, lanes)
+                    tiles.append(tile)
+                    yield self._compute(tile, k, kb, r * kb, cc // lanes * kb, False, True)
+
+        rows = cols = 0
+        first = growth_first(*model)
+        steps = (first,)
+        while steps:
+            for r1, c1 in steps:
+                if c1 > cols:
+                    yield self._b_write(b_blk, cols, c1, 0, kb, cols // lanes * kb, bb, wire)
+                    if rows:
+                        yield from compute(0, rows, cols, c1 - cols)
+                if r1 > rows:
+                    yield self._write(Cmd.WRITE_A, rows * kb, a_blk[rows:r1], bb, wire)
+                    yield from compute(rows, r1 - rows, 0, c1)
+                rows, cols = max(rows, r1), max(cols, c1)
+            steps = growth_steps(*model)[1:] if steps[0] is first else ()
+
+    def _plan_tiles(self, a_blk, b_blk, c, k, wire, rows, cols, chunk, tiles):
+        """C in tiles of ``rows x cols``; K in chunks of ``chunk`` k-blocks, accumulated on the
+        device in order (the first chunk of a tile starts from +0.0, the others ACCUMULATE).
+        A and B chunks go to slots of the buffers; a chunk still in a slot is not sent again."""
+        info = self._info
+        lanes = info.lanes
+        bs = info.fmt.block_size
+        m, kb, bb = a_blk.shape
+        n = b_blk.shape[0]
+        a_size = rows * chunk
+        b_size = protocol.column_groups(cols, lanes) * chunk
+        a_slots = _Slots(info.a_blocks // a_size, a_size)
+        b_slots = _Slots(info.b_depth // b_size, b_size)
+        for c0 in range(0, n, cols):
+            c1 = min(n, c0 + cols)
+            for r0 in range(0, m, rows):
+                r1 = min(m, r0 + rows)
+                tile = _Tile(c, r0, r1 - r0, c0, c1 - c0, lanes)
+                tiles.append(tile)
+                for q, k0 in enumerate(range(0, kb, chunk)):
+                    k1 = min(kb, k0 + chunk)
+                    a_at, new = a_slots.get((r0, k0))
+                    if new:
+                        yield self._write(Cmd.WRITE_A, a_at, a_blk[r0:r1, k0:k1], bb, wire)
+                    b_at, new = b_slots.get((c0, k0))
+                    if new:
+                        yield self._b_write(b_blk, c0, c1, k0, k1, b_at, bb, wire)
+                    k_elems = min(k, k1 * bs) - k0 * bs
+                    yield self._compute(tile, k_elems, k1 - k0, a_at, b_at, q > 0, k1 == kb)
+
+    # -- the request engine ---------------------------------------------------------------------
 
     def _limit(self):
         info = getattr(self, "_info", None)
         return self._frame_limit or (info.max_payload if info else 0xFFFF)
 
-    def _write_reqs(self, cmd, raw, bb, wire):
-        per = max(1, (self._limit() - protocol.ARGS_BYTES) // bb)
-        nblocks = len(raw) // bb
-        return [_Req(cmd, {"wire": int(wire), "flags": 0, "count": min(per, nblocks - s),
-                           "start": s}, raw[s * bb:(s + min(per, nblocks - s)) * bb], bb,
-                     reply_len=0)
-                for s in range(0, nblocks, per)]
-
-    def _read_reqs(self, c, r0, c0, rn, cn):
-        tile = np.zeros(rn * cn, np.uint32)
-
-        def place(req, body, tile=tile):
-            first, count = req.args["first"], req.args["count"]
-            tile[first:first + count] = protocol.c_from_payload(body)
-            c[r0:r0 + rn, c0:c0 + cn] = tile.reshape(rn, cn)
-
-        per = max(1, min(self._info.max_read_words, (self._limit() - 1) // 4))
-        return [_read_req(f, min(per, rn * cn - f), cn, place) for f in range(0, rn * cn, per)]
-
-    # -- the reliable request engine ----------------------------------------------------------
-
-    def _next_seq(self):
-        self._seq = (self._seq + 1) & 0xFF
-        return self._seq
+    def _reply_limit(self):
+        return self._frame_limit or 16 * 1024
 
     def _settle_time(self):
         info = getattr(self, "_info", None)
@@ -488,176 +824,427 @@ class Device:
 
     @property
     def _grace(self):
-        return min(self._t.latency, 0.01) + 64 * self._t.byte_time
+        """How long to wait after a damaged reply for a valid one before acting."""
+        return min(self._t.latency, 0.003) + 64 * self._t.byte_time
 
     def _reply_timeout(self, inflight_bytes, failures, seconds=0.0):
         base = self._timeout if self._timeout is not None else (
             self._t.latency + 2.0 * inflight_bytes * self._t.byte_time + seconds)
         return base * (2 ** min(max(0, failures - 1), 5))
 
-    def _run(self, reqs):
-        """Execute independent requests (pipelined) until each has an OK reply.
+    def _send(self, cmd, seq, payload):
+        frame = protocol.encode_frame(int(cmd), seq, payload)
+        self.stats["tx_bytes"] += len(frame)
+        self.stats["tx_payload"] += len(payload)
+        self._t.write(frame)
+        return len(frame)
 
-        Returns the reply bodies in request order (after splitting, those of the parts).
+    def _read_frames(self, timeout):
+        """Return the frames that arrive within ``timeout`` and whether a damaged one did."""
+        raw = self._t.read(timeout)
+        if not raw:
+            return [], False
+        self.stats["rx_bytes"] += len(raw)
+        errors = self._parser.errors
+        frames = self._parser.feed(raw)
+        self.stats["crc_errors"] += self._parser.errors - errors
+        # Damaged: a frame failed its CRC, or bytes arrived that hold no sync marker.
+        damaged = self._parser.errors != errors or (not frames and not self._parser._buf)
+        return frames, damaged
+
+    def _resync(self):
+        """Wait for the device's idle timeout (it drops any partial frame) and forget what
+        arrived meanwhile."""
+        self.stats["rx_bytes"] += self._t.drain(self._settle_time())
+        self._parser.reset()
+
+    def _query(self, cmd, reply_len):
+        """Send an unsequenced request (INFO, STATUS, RESET) and return its reply body.
+
+        Only one request is in flight; it is retried after a NACK, a damaged reply or a
+        timeout, up to ``retries`` more times.
         """
         if self._closed:
             raise DeviceNotFound(f"{self.url} is closed; open it again")
-        queue = deque(reqs)
-        order = list(reqs)
-        out = {id(r): None for r in reqs}
-        inflight = OrderedDict()            # seq -> (req, frame bytes, reply bytes)
-        window_bytes = self._t.window_bytes or (1 << 16)
-        failures = 0
-        while queue or inflight:
-            sent_bytes = sum(x[1] + x[2] for x in inflight.values())
-            while queue and len(inflight) < 64:
-                req = queue[0]
-                payload = req.payload()
-                if inflight and sent_bytes + len(payload) + 10 > window_bytes:
+        attempts = 0
+        reason = None
+        while True:
+            if attempts > self._retries:
+                raise DeviceTimeout(
+                    f"{self.url}: no valid reply to {cmd.name} after {attempts} attempts "
+                    f"(last problem: {reason}); check the cable, the baud rate and that the "
+                    f"board runs the hbfp-hw bitstream, then open the device again")
+            self._useq = (self._useq + 1) & 0xFF
+            seq = self._useq
+            size = self._send(cmd, seq, b"")
+            deadline = time.monotonic() + self._reply_timeout(size + 64, attempts)
+            attempts += 1
+            reason = "timeout"
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.stats["timeouts"] += 1
+                    self.stats["retries"] += 1
+                    self._resync()
                     break
-                queue.popleft()
-                seq = self._next_seq()
-                frame = protocol.encode_frame(int(req.cmd), seq, payload)
-                reply_bytes = 11 + (req.reply_len if req.reply_len is not None else 40)
-                inflight[seq] = (req, len(frame), reply_bytes)
-                sent_bytes += len(frame) + reply_bytes
-                self.stats["tx_bytes"] += len(frame)
-                self.stats["tx_payload"] += len(payload)
-                self._t.write(frame)
-            busy = sum(x[0].seconds for x in inflight.values())
-            reason, failed = self._await_reply(inflight, out,
-                                               self._reply_timeout(sent_bytes, failures, busy))
-            # Requests that got a NACK or were overtaken by a later reply (replies come in
-            # request order) are sent again at once: the device answered after them, so it is
-            # in sync.
-            again = []
-            for req in failed:
-                again += self._again(req, order, out, reason or "reply lost")
-            queue.extendleft(reversed(again))
-            if reason != "timeout":
-                if not failed:
-                    failures = 0
-                continue
-            # No reply at all: the link state is unknown. Wait until the device has dropped any
-            # partial frame, forget what arrived meanwhile, and send everything in flight again
-            # with fresh sequence numbers (only the oldest request is charged an attempt).
-            failures += 1
-            self.stats["retries"] += 1
-            self.stats["rx_bytes"] += self._t.drain(self._settle_time())
-            self._parser.reset()
-            again = []
-            for i, (req, _, _) in enumerate(inflight.values()):
-                again += self._again(req, order, out, reason) if i == 0 else [req]
+                frames, damaged = self._read_frames(left)
+                if damaged:
+                    deadline = min(deadline, time.monotonic() + self._grace)
+                    reason = "damaged reply"
+                for f in frames:
+                    if f.cmd == NACK and f.seq == seq:
+                        self.stats["nacks"] += 1
+                        reason = f"NACK {_status_name(f.payload)}"
+                        deadline = 0
+                    elif f.seq == seq and f.cmd == int(cmd) | REPLY_FLAG:
+                        if not f.payload or f.payload[0] != Status.OK:
+                            raise ProtocolError(
+                                f"{self.url} refused {cmd.name} with "
+                                f"{_status_name(f.payload)}; report this as a bug")
+                        body = f.payload[1:]
+                        if reply_len is not None and len(body) != reply_len:
+                            self.stats["stale"] += 1
+                            continue
+                        self.stats["frames"] += 1
+                        self.stats["rx_payload"] += len(f.payload)
+                        return body
+                if deadline == 0:
+                    self.stats["resent"] += 1
+                    break
+
+    def _sync(self):
+        """Make sure the driver knows the device's next sequence number."""
+        if self._link.next_seq is None:
+            body = self._query(Cmd.STATUS, protocol.layout_bytes(protocol.STATUS_LAYOUT))
+            self._link.next_seq = protocol.from_bytes(protocol.STATUS_LAYOUT, body)["next_seq"]
+
+    def _next_op(self, queue, c_ring):
+        """Take the operation of the next frame from the head of ``queue``; None if it waits.
+
+        Writes and reads longer than the frame limit are split, and the rest stays at the
+        head of the queue. A COMPUTE that starts a tile first takes a region of C (and waits
+        if none is free); the last COMPUTE of a tile returns the result (READBACK) if that
+        reply fits the limit, otherwise READ_C requests for it follow.
+        """
+        op = queue[0]
+        if op.cmd in (Cmd.WRITE_A, Cmd.WRITE_B):
+            per = max(1, (self._limit() - protocol.ARGS_BYTES) // op.unit)
+            return op.head(per) if op.count() > per else queue.popleft()
+        if op.cmd is Cmd.READ_C:
+            per = max(1, min(protocol.MAX_READ_WORDS, (self._reply_limit() - 1) // 4))
+            return op.head(per) if op.count() > per else queue.popleft()
+        tile = op.tile
+        if tile.base is None and not c_ring.place(tile):
+            if not c_ring.live:
+                raise ProtocolError(f"a tile of {tile.words} C words does not fit "
+                                    f"{self._info.c_depth}; report this as a bug")
+            return None
+        queue.popleft()
+        if op.last and op.readback is None:
+            op.readback = 5 + 4 * tile.rn * tile.cn <= self._reply_limit()
+            if not op.readback:
+                queue.appendleft(_read_op(tile, 0, tile.rn * tile.cn))
+        return op
+
+    def _payload(self, op, quiet):
+        """Return the payload of ``op``'s frame and the length of the reply body it expects
+        (None: no reply, QUIET)."""
+        if op.cmd in (Cmd.WRITE_A, Cmd.WRITE_B):
+            flags = int(protocol.Flag.QUIET) if quiet else 0
+            return (protocol.to_bytes(protocol.WRITE_ARGS_LAYOUT, dict(op.args, flags=flags))
+                    + op.data), (None if quiet else 0)
+        tile = op.tile
+        if op.cmd is Cmd.READ_C:
+            first = op.args["first"]
+            return protocol.to_bytes(protocol.READ_ARGS_LAYOUT, {
+                "row": first // tile.cn, "col": first % tile.cn, "count": op.args["count"],
+                "flags": 0, "base": tile.base, "rows": tile.rn, "cols": tile.cn}), \
+                4 * op.args["count"]
+        flags = op.args["flags"]
+        readback = bool(op.last and op.readback)
+        flags |= protocol.Flag.READBACK if readback else protocol.Flag.QUIET
+        return protocol.to_bytes(protocol.COMPUTE_ARGS_LAYOUT, {
+            "m": tile.rn, "n": tile.cn, "k": op.args["k"], "flags": int(flags),
+            "a_base": op.args["a_base"], "b_base": op.args["b_base"],
+            "c_base": tile.base}), (4 + 4 * tile.rn * tile.cn if readback else None)
+
+    def _stream(self, queue, tiles):
+        """Run a program: stream its frames, and recover from errors, until every tile of C
+        has arrived.
+
+        Frames are sent ahead of their replies, up to the transport's window (bytes) and an
+        adaptive number of frames. The device executes sequenced frames in order, so an OK
+        reply acknowledges every frame before it too, and writes and COMPUTEs without results
+        ask for no reply (QUIET), except one write in every quarter window.
+
+        Errors: an OUT_OF_ORDER reply says which sequence number the device expects, so the
+        frames before it were executed (a result among them whose reply was lost is read
+        again). A single frame in flight that failed (NACK, damaged or missing reply) is sent
+        again with the same sequence number: the device executes it if it has not yet, and
+        refuses it as OUT_OF_ORDER if it has. With several frames in flight the driver stops
+        and asks STATUS for the device's next sequence number instead, then sends again, with
+        the same numbers, the frames that were not executed. After an error it sends one frame
+        at a time, and doubles the number after every 16 good frames.
+        """
+        self._sync()
+        info = self._info
+        c_ring = _CRing(info.c_depth)
+        inflight = deque()                  # _Frame, in sequence order
+        window = self._t.window_bytes or (1 << 16)
+        quiet_budget = max(256, window // 4)
+        quiet_run = 0
+        inflight_bytes = 0
+        recovery = None                     # (STATUS seq, deadline) while asking STATUS
+        failures = 0                        # consecutive timeouts
+        deadline = None
+        reason = None
+        damaged = False                     # the deadline is a grace period after a bad reply
+        rate = self._t.cycle_rate or info.clock_hz
+        max_frames = 96
+
+        def pending():
+            """Bytes of the frames in flight and their expected replies, and device time."""
+            return (inflight_bytes + sum(f.reply_len or 0 for f in inflight) + 64,
+                    sum(f.seconds for f in inflight))
+
+        def shrink(f):
+            """Short frames get through a noisy link: halve the frame (or reply) size, down to
+            64 bytes or one block; it grows again after 32 good frames."""
+            size = max(f.payload_len, f.reply_len or 0)
+            if size > 64:
+                new_limit = max(64, min(self._limit(), size // 2))
+                if new_limit < self._limit():
+                    self._frame_limit = new_limit
+                    self.stats["splits"] += 1
+
+        def failed(why):
+            """An error: from now on one frame at a time, growing again after good frames."""
+            nonlocal reason
+            reason = why
+            self._window_frames = 1
+            self._ok_streak = 0
+
+        def lost_result(f):
+            """``f`` was executed but its result did not arrive: read it again (in smaller
+            replies), counting the attempt."""
+            op = f.op
+            if op.cmd is Cmd.READ_C:
+                again = _read_op(op.tile, op.args["first"], op.args["count"])
+            elif op.cmd is Cmd.COMPUTE and op.readback and op.last:
+                again = _read_op(op.tile, 0, op.tile.rn * op.tile.cn)
+            else:
+                return
+            # The loss is one failed attempt (already counted if the frame was sent again).
+            again.attempts = op.attempts + (0 if op.resent else 1)
+            if again.attempts > self._retries:
+                raise DeviceTimeout(
+                    f"{self.url}: the result of {op.cmd.name} was lost {again.attempts} times "
+                    f"(last problem: {reason}); check the cable, the baud rate and that the "
+                    f"board runs the hbfp-hw bitstream, then open the device again")
+            shrink(f)
+            queue.appendleft(again)
+
+        def executed(f, body):
+            """``f`` was executed; ``body`` is its reply, or None if the reply was lost."""
+            nonlocal inflight_bytes
+            inflight_bytes -= f.nbytes
+            self.stats["frames"] += 1
+            self._ok_streak += 1
+            if self._ok_streak % 16 == 0:
+                self._window_frames = min(max_frames, 2 * self._window_frames)
+            if self._frame_limit and self._ok_streak >= 32:
+                self._frame_limit *= 2
+                if self._frame_limit >= self._info.max_payload:
+                    self._frame_limit = None
+                self._ok_streak = 0
+            op = f.op
+            if body is None:
+                if f.reply_len is not None:
+                    self.stats["lost"] += 1
+                    lost_result(f)
+                return
+            if op.cmd is Cmd.READ_C:
+                op.tile.put(op.args["first"], protocol.c_from_payload(body))
+            elif op.cmd is Cmd.COMPUTE and op.readback and op.last:
+                op.tile.put(0, protocol.c_from_payload(body[4:]))
+
+        def executed_before(seq):
+            """The device expects ``seq``: every frame in flight before it was executed."""
+            done = (seq - inflight[0].seq) & 0xFF if inflight else 0
+            if done > len(inflight):
+                self._link.next_seq = None
+                raise ProtocolError(
+                    f"{self.url} expects sequence number {seq}, which the driver has not sent "
+                    f"yet: another program reset or used the device during this GEMM; run it "
+                    f"again")
+            for _ in range(done):
+                executed(inflight.popleft(), None)
+
+        def send_again():
+            """Send the frames in flight again (none of them was executed), with the same
+            sequence numbers; the first one counts a failed attempt."""
+            nonlocal inflight_bytes
+            if not inflight:
+                return
+            first = inflight[0]
+            first.op.attempts += 1
+            first.op.resent = True
+            if first.op.attempts > self._retries:
+                raise DeviceTimeout(
+                    f"{self.url}: {first.op.cmd.name} failed {first.op.attempts} times (last "
+                    f"problem: {reason}); check the cable, the baud rate and that the board "
+                    f"runs the hbfp-hw bitstream, then open the device again")
+            shrink(first)
+            self.stats["resent"] += len(inflight)
+            queue.extendleft(reversed([f.op for f in inflight]))
+            self._link.next_seq = first.seq
             inflight.clear()
-            queue.extendleft(reversed(again))
-        return [out[id(r)] for r in order]
+            inflight_bytes = 0
 
-    def _again(self, req, order, out, reason):
-        """Count a failed attempt of ``req``; return the requests that replace it.
+        def start_recovery(settle):
+            """After an error: one frame in flight is simply sent again; with several, ask
+            STATUS (it comes after all of them) before sending anything else."""
+            nonlocal recovery, deadline
+            deadline = None
+            if settle:
+                self._resync()
+            if len(inflight) <= 1:
+                send_again()
+                return
+            self.stats["recoveries"] += 1
+            self._useq = (self._useq + 1) & 0xFF
+            size = self._send(Cmd.STATUS, self._useq, b"")
+            nbytes, seconds = pending()
+            recovery = (self._useq, time.monotonic() + self._reply_timeout(
+                nbytes + size, failures, seconds))
 
-        A request that failed is split into frames of at most half its size (down to 64 payload
-        bytes or one block): under a high error rate short frames get through.
-        """
-        req.attempts += 1
-        self.stats["resent"] += 1
-        if req.attempts > self._retries:
-            raise DeviceTimeout(
-                f"{self.url}: no valid reply to {req.cmd.name} after {req.attempts} attempts "
-                f"(last problem: {reason}); check the cable, the baud rate and that the "
-                f"board runs the hbfp-hw bitstream, then open the device again")
-        size = len(req.payload())
-        self._frame_limit = max(64, min(self._limit(), size // 2))
-        self._ok_streak = 0
-        parts = [req]
         while True:
-            new = []
-            for p in parts:
-                halves = p.split() if len(p.payload()) > self._frame_limit else None
-                new += halves or [p]
-            if len(new) == len(parts):
-                break
-            parts = new
-        if len(parts) == 1:
-            return parts
-        self.stats["splits"] += 1
-        pos = order.index(req)
-        order[pos:pos + 1] = parts
-        del out[id(req)]
-        for p in parts:
-            out[id(p)] = None
-        return parts
-
-    def _await_reply(self, inflight, out, timeout):
-        """Wait for the next reply(ies) and handle them.
-
-        Returns ``(reason, failed)``: ``reason`` is None, ``"timeout"`` (nothing valid arrived
-        in time) or what went wrong; ``failed`` are the requests that were NACKed or overtaken
-        by a later reply (removed from ``inflight``).
-        """
-        end = time.monotonic() + timeout
-        lost = []
-        while True:
-            left = end - time.monotonic()
+            # -- send ------------------------------------------------------------------------
+            while recovery is None and queue and len(inflight) < self._window_frames and (
+                    not inflight or inflight_bytes + self._limit() + 16 <= window):
+                op = self._next_op(queue, c_ring)
+                if op is None:
+                    break
+                quiet = (op.cmd in (Cmd.WRITE_A, Cmd.WRITE_B) and self._window_frames > 1
+                         and quiet_run + len(op.data) + 18 <= quiet_budget)
+                payload, reply_len = self._payload(op, quiet)
+                seconds = 0.0
+                if op.cmd is Cmd.COMPUTE:
+                    groups = protocol.column_groups(op.tile.cn, info.lanes)
+                    cycles = op.tile.rn * (-(-groups // info.channels) * info.channels) * (
+                        op.args["kb"] + 1) + 1000
+                    seconds = 2.0 * cycles / rate
+                quiet_run = quiet_run + len(payload) + 10 if reply_len is None else 0
+                seq = self._link.next_seq
+                nbytes = self._send(op.cmd, seq, payload)
+                inflight.append(_Frame(seq, op, nbytes, reply_len, len(payload), seconds))
+                inflight_bytes += nbytes
+                self._link.next_seq = (seq + 1) & 0xFF
+                deadline = None
+            if not (queue or inflight or recovery):
+                if all(t.done for t in tiles):
+                    return
+                raise ProtocolError(f"{self.url}: the driver lost track of a result; report "
+                                    f"this as a bug")
+            if not (inflight or recovery):
+                continue                    # a re-read was queued: send it
+            # -- wait ------------------------------------------------------------------------
+            now = time.monotonic()
+            if recovery is not None:
+                until = recovery[1]
+            else:
+                if deadline is None:
+                    nbytes, seconds = pending()
+                    deadline = now + self._reply_timeout(nbytes, failures, seconds)
+                until = deadline
+            left = until - now
             if left <= 0:
-                self.stats["timeouts"] += 1
-                return "timeout", lost
-            raw = self._t.read(left)
-            if not raw:
+                self.stats["retries"] += 1
+                if not damaged:
+                    self.stats["timeouts"] += 1
+                failures += 1
+                if failures > self._retries + 1:
+                    raise DeviceTimeout(
+                        f"{self.url}: no valid reply after {failures} attempts (last problem: "
+                        f"{reason}); check the cable, the baud rate and that the board runs "
+                        f"the hbfp-hw bitstream, then open the device again")
+                failed("damaged reply" if damaged else "timeout")
+                recovery = None
+                start_recovery(settle=not damaged)
+                damaged = False
                 continue
-            self.stats["rx_bytes"] += len(raw)
-            errors = self._parser.errors
-            frames = self._parser.feed(raw)
-            self.stats["crc_errors"] += self._parser.errors - errors
-            if not frames and (self._parser.errors != errors or not self._parser._buf):
-                # A damaged reply (bad CRC, or bytes without a sync marker): unless a valid
-                # one follows at once, give up on the oldest request soon.
-                end = min(end, time.monotonic() + self._grace)
-            failed = None
-            progress = False
+            frames, bad = self._read_frames(left)
+            if bad and recovery is None:
+                # A damaged reply: unless a valid one follows at once, act as on a timeout
+                # (the request arrived, so the device need not time out a partial frame).
+                deadline = min(deadline or until, time.monotonic() + self._grace)
+                damaged = True
             for f in frames:
                 if f.cmd == NACK:
-                    if f.seq in inflight:
-                        self.stats["nacks"] += 1
-                        failed = failed or f"NACK {_status_name(f.payload)}"
-                        for seq in list(inflight):      # this one and any before it
-                            lost.append(inflight.pop(seq)[0])
-                            if seq == f.seq:
-                                break
+                    self.stats["nacks"] += 1
+                    if recovery is None and inflight:
+                        failed(f"NACK {_status_name(f.payload)}")
+                        start_recovery(settle=False)
                     continue
-                entry = inflight.get(f.seq)
-                if entry is None or f.cmd != int(entry[0].cmd) | REPLY_FLAG:
-                    continue                        # stale or foreign reply
-                req = entry[0]
-                if not f.payload or f.payload[0] != Status.OK:
+                if f.cmd == Cmd.STATUS | REPLY_FLAG:
+                    if recovery is not None and f.seq == recovery[0] and len(f.payload) == \
+                            1 + protocol.layout_bytes(protocol.STATUS_LAYOUT):
+                        st = protocol.from_bytes(protocol.STATUS_LAYOUT, f.payload[1:])
+                        recovery = None
+                        deadline = None
+                        executed_before(st["next_seq"])
+                        send_again()
+                    continue
+                entry = next((x for x in inflight if x.seq == f.seq), None)
+                if entry is None or f.cmd != int(entry.op.cmd) | REPLY_FLAG:
+                    self.stats["stale"] += 1
+                    continue
+                status = f.payload[0] if f.payload else None
+                if status == Status.OUT_OF_ORDER and len(f.payload) == 2:
+                    # The device expects f.payload[1]: the frames before it were executed.
+                    self.stats["out_of_order"] += 1
+                    executed_before(f.payload[1])
+                    if recovery is None and inflight:
+                        failed("a frame was lost")
+                        start_recovery(settle=False)
+                    deadline = None
+                    continue
+                if status != Status.OK:
+                    self._link.next_seq = None
                     raise ProtocolError(
-                        f"{self.url} refused {req.cmd.name} {req.args} with "
+                        f"{self.url} refused {entry.op.cmd.name} {entry.op.args} with "
                         f"{_status_name(f.payload)}: the driver and the device disagree; "
                         f"report this as a bug together with `dev.info()`")
                 body = f.payload[1:]
-                if req.reply_len is not None and len(body) != req.reply_len:
-                    # A stale reply whose sequence number came round again: not ours.
+                if entry.reply_len is None or len(body) != entry.reply_len:
                     self.stats["stale"] += 1
                     continue
-                for seq in list(inflight):
-                    if seq == f.seq:
-                        break
-                    lost.append(inflight.pop(seq)[0])
-                    self.stats["lost"] += 1
-                del inflight[f.seq]
-                progress = True
-                self.stats["frames"] += 1
+                executed_before(entry.seq)
+                inflight.popleft()
                 self.stats["rx_payload"] += len(f.payload)
-                out[id(req)] = body
-                if req.on_reply is not None:
-                    req.on_reply(req, body)
-                self._ok_streak += 1
-                if self._frame_limit and self._ok_streak >= 32:
-                    self._frame_limit *= 2
-                    if self._frame_limit >= self._info.max_payload:
-                        self._frame_limit = None
-                    self._ok_streak = 0
-            if failed or progress:
-                return failed, lost
+                executed(entry, body)
+                deadline = None
+                damaged = False
+                failures = 0
+
+
+class _Slots:
+    """Slots of one buffer (A or B) that hold chunks of operands, reused least recently first."""
+
+    def __init__(self, count, size):
+        self.size = size
+        self.held = OrderedDict((i, None) for i in range(max(1, count)))
+
+    def get(self, key):
+        """Return ``(address, new)``: where ``key`` is, and whether it must be sent."""
+        for slot, held in self.held.items():
+            if held == key:
+                self.held.move_to_end(slot)
+                return slot * self.size, False
+        slot = next(iter(self.held))
+        self.held[slot] = key
+        self.held.move_to_end(slot)
+        return slot * self.size, True
 
 
 def _status_name(payload):

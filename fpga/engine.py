@@ -1,12 +1,16 @@
 """The GEMM engine and the host-link system around it.
 
-- :class:`BlockDotUnit` is a :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit` whose
-  quantizers are hoisted out: it takes BFP blocks (``MacTree -> BlockToFloat ->
-  FPAccumulator``) with the same ``channel/first/last`` interface.
+- :class:`~hbfp_hw.rtl_gen.block_dot.BlockDotUnit` (from the generators, with ``init=True``)
+  is a :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit` whose quantizers are hoisted out:
+  it takes BFP blocks (``MacTree -> BlockToFloat -> FPAccumulator``) with the same
+  ``channel/first/last`` interface, plus ``init`` transfers that start a running sum from a
+  given FP32 value (accumulation across COMPUTEs).
 - :class:`GemmEngine` holds the A, B and C buffers (``amaranth.lib.memory``) and an array of
   ``lanes`` :class:`BlockDotUnit` s, and computes ``C = A @ B`` from the buffered blocks with the
   contract's exact semantics (docs/numerics.md 3.3): each element of C is one accumulator
-  channel that sees its k-blocks in increasing order from +0.0.
+  channel that sees its k-blocks in increasing order from +0.0. With ``accumulate`` it starts
+  each running sum from the value already in C instead, so a K split into chunks at multiples
+  of the block size gives exactly the sum over the whole K.
 - :class:`GemmSystem` is the top level that boards and the simulated device instantiate: a
   :class:`~hbfp_hw.fpga.decoder.FrameDecoder`, a command executor, a
   :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` that quantizes FP32/BF16 tile data as it
@@ -15,42 +19,40 @@
 
 Buffer organization (docs/protocol.md has the host's view):
 
-- A: ``a_blocks`` blocks, block index ``m * KB + kb``.
+- A: ``a_blocks`` blocks, block index ``a_base + m * KB + kb``.
 - B: ``lanes`` banks of ``b_blocks // lanes`` blocks. Columns are grouped by ``lanes``
-  (``n = g * lanes + l``); block index ``(g * KB + kb) * lanes + l`` is bank ``l``, address
-  ``g * KB + kb``, so one address reads the same k-block of ``lanes`` adjacent columns.
+  (``n = g * lanes + l``); bank ``l``, address ``b_base + g * KB + kb`` holds block index
+  ``(b_base + g * KB + kb) * lanes + l``, so one address reads the same k-block of ``lanes``
+  adjacent columns.
 - C: ``lanes`` banks of ``c_words // lanes`` FP32 words; ``C[m, g * lanes + l]`` is bank ``l``,
-  address ``m * G + g`` with ``G = ceil(N / lanes)``.
+  address ``c_base + m * G + g`` with ``G = ceil(N / lanes)``.
 
-Schedule: for each row ``m``, for each pass of up to ``channels`` column groups, for each
-``kb``, for each group ``c`` of the pass: one cycle issues ``A[m, kb]`` to every unit and
-``B[g0 + c, kb]`` of lane ``l`` to unit ``l``, on channel ``c``. A channel's terms are
-``channels`` cycles apart, so with ``channels >= adder_stages`` the units accept one block pair
-per cycle.
+Schedule: for each row ``m``, for each pass of up to ``channels`` column groups, (with
+``accumulate``: one cycle per group ``c`` of the pass that issues the C value of its element
+as an ``init`` term), then for each ``kb``, for each group ``c`` of the pass: one cycle issues
+``A[m, kb]`` to every unit and ``B[g0 + c, kb]`` of lane ``l`` to unit ``l``, on channel ``c``.
+A channel's terms are ``channels`` cycles apart, so with ``channels >= adder_stages`` the units
+accept one block pair per cycle.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import FloatFormat, Rounding
-from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+from hbfp_hw.rtl_gen.block_dot import BUFFER_LATENCY, BlockDotUnit, block_dot_input_layout
 from hbfp_hw.rtl_gen.common import check_rtl_format, check_stages
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
-from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
 from hbfp_hw.rtl_gen.layout import (
-    accumulator_output_layout,
     block_layout,
-    channel_shape,
 )
-from hbfp_hw.rtl_gen.mac_tree import MacTree
 
 from . import protocol
 from .decoder import FrameDecoder, FrameEncoder
 from .protocol import (
     ARGS_BYTES,
+    ARGS_LATCH_BYTES,
     COMPUTE_ARGS_LAYOUT,
     COMPUTE_REPLY_LAYOUT,
     INFO_LAYOUT,
@@ -61,6 +63,7 @@ from .protocol import (
     STATUS_LAYOUT,
     WRITE_ARGS_LAYOUT,
     Cmd,
+    Flag,
     Status,
     Wire,
 )
@@ -82,115 +85,6 @@ def _check_pow2(name, value, lo, hi):
     if value & (value - 1):
         raise ValueError(f"{name} must be a power of two between {lo} and {hi}, not {value!r}")
     return value
-
-
-def block_dot_input_layout(fmt, channels):
-    """Layout of one :class:`BlockDotUnit` transfer ``{a, b, channel, first, last}``."""
-    return data.StructLayout({
-        "a": block_layout(fmt),
-        "b": block_layout(fmt),
-        "channel": channel_shape(channels),
-        "first": 1,
-        "last": 1,
-    })
-
-
-class BlockDotUnit(wiring.Component):
-    """HBFP dot products of BFP blocks: a DotProductUnit without its two quantizers.
-
-    Same semantics as :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit` (one transfer is one
-    block pair of a channel; ``first`` starts its running sum at +0.0, ``last`` completes it),
-    but the operands are already-quantized blocks.
-
-    Parameters
-    ----------
-    fmt : BFPFormat
-    channels : int
-        Number of independent running sums.
-    mac_stages, convert_stages, adder_stages : int
-        Pipeline registers of the MacTree, BlockToFloat and the accumulator's FP32 adder.
-
-    Members
-    -------
-    i_stream : ``In(stream.Signature(block_dot_input_layout(fmt, channels)))``
-    o_stream : ``Out(stream.Signature(accumulator_output_layout(channels)))``
-    """
-
-    def __init__(self, fmt, *, channels, mac_stages=2, convert_stages=3, adder_stages=3):
-        self._fmt = check_rtl_format(fmt)
-        self._params = self.check_params(fmt, channels=channels, mac_stages=mac_stages,
-                                         convert_stages=convert_stages,
-                                         adder_stages=adder_stages)
-        super().__init__({
-            "i_stream": In(stream.Signature(block_dot_input_layout(fmt, channels))),
-            "o_stream": Out(stream.Signature(accumulator_output_layout(channels))),
-        })
-
-    @staticmethod
-    def check_params(fmt, *, channels, mac_stages, convert_stages, adder_stages):
-        """Validate the parameters (as the subunits do) and return them as a dict.
-
-        The subunits themselves are only built by :meth:`elaborate`, so a unit that is never
-        elaborated leaves no unused elaboratables behind.
-        """
-        check_rtl_format(fmt)
-        check_stages("channels", channels, MAX_CHANNELS, 1)
-        check_stages("mac_stages", mac_stages, MacTree.max_stages_for(fmt))
-        check_stages("convert_stages", convert_stages, BlockToFloat.MAX_STAGES)
-        check_stages("adder_stages", adder_stages, FPAccumulator.MAX_ADDER_STAGES, 1)
-        return dict(channels=channels, mac_stages=mac_stages, convert_stages=convert_stages,
-                    adder_stages=adder_stages)
-
-    @property
-    def channels(self):
-        return self._params["channels"]
-
-    @property
-    def min_channels(self):
-        """Fewest round-robin channels that sustain one block pair per cycle."""
-        return self._params["adder_stages"]
-
-    @property
-    def latency(self):
-        """Cycles from accepting a ``last`` block pair to its dot product on ``o_stream``."""
-        p = self._params
-        return p["mac_stages"] + p["convert_stages"] + p["adder_stages"]
-
-    def elaborate(self, platform):
-        m = Module()
-        p = self._params
-        m.submodules.mac = mac = MacTree(self._fmt, stages=p["mac_stages"])
-        m.submodules.to_float = to_float = BlockToFloat(self._fmt, stages=p["convert_stages"])
-        m.submodules.acc = acc = FPAccumulator(channels=p["channels"],
-                                               adder_stages=p["adder_stages"])
-        side_layout = data.StructLayout({"channel": channel_shape(self.channels),
-                                         "first": 1, "last": 1})
-        depth = mac.latency + to_float.latency + 4
-        m.submodules.side = side = SyncFIFOBuffered(width=side_layout.size, depth=depth)
-
-        i_p = self.i_stream.payload
-        m.d.comb += [
-            mac.i_stream.payload.a.eq(i_p.a),
-            mac.i_stream.payload.b.eq(i_p.b),
-            side.w_data.eq(Cat(i_p.channel, i_p.first, i_p.last)),
-            mac.i_stream.valid.eq(self.i_stream.valid & side.w_rdy),
-            side.w_en.eq(self.i_stream.valid & mac.i_stream.ready),
-            self.i_stream.ready.eq(mac.i_stream.ready & side.w_rdy),
-        ]
-        wiring.connect(m, mac.o_stream, to_float.i_stream)
-        side_out = data.View(side_layout, side.r_data)
-        a_p = acc.i_stream.payload
-        m.d.comb += [
-            acc.i_stream.valid.eq(to_float.o_stream.valid & side.r_rdy),
-            a_p.value.eq(to_float.o_stream.payload),
-            a_p.channel.eq(side_out.channel),
-            a_p.first.eq(side_out.first),
-            a_p.last.eq(side_out.last),
-            to_float.o_stream.ready.eq(acc.i_stream.ready & side.r_rdy),
-            side.r_en.eq(acc.i_stream.ready & to_float.o_stream.valid),
-        ]
-        wiring.connect(m, acc.o_stream, wiring.flipped(self.o_stream))
-        return m
 
 
 class GemmEngine(wiring.Component):
@@ -219,11 +113,17 @@ class GemmEngine(wiring.Component):
         Write the block ``b_wdata`` at B block index ``b_waddr`` (device order).
     c_rlane, c_raddr : ``In``
     c_rdata : ``Out(32)``
-        Read C bank ``c_rlane`` at ``c_raddr``; ``c_rdata`` follows one cycle later.
+        Read C bank ``c_rlane`` at ``c_raddr``; ``c_rdata`` follows one cycle later. The C
+        read ports belong to the engine while it is ``busy`` (it reads the start values of
+        an ``accumulate`` computation through them).
     start : ``In(1)``
         Start a computation of ``m`` rows, ``groups`` column groups and ``kblocks``
-        k-blocks (held stable until ``done``). Ignored while ``busy``.
+        k-blocks (the inputs below are held stable until ``done``). Ignored while ``busy``.
     m, groups, kblocks : ``In(16)``
+    a_base, b_base, c_base : ``In``
+        First A block, first B bank word and first C bank word of the computation.
+    accumulate : ``In(1)``
+        Start each running sum from the element's value in C instead of +0.0.
     busy : ``Out(1)``
     done : ``Out(1)``
         One-cycle pulse when every result is in C.
@@ -251,6 +151,8 @@ class GemmEngine(wiring.Component):
             "c_rlane": In(range(lanes)), "c_raddr": In(range(self.c_depth)),
             "c_rdata": Out(32),
             "start": In(1), "m": In(16), "groups": In(16), "kblocks": In(16),
+            "a_base": In(range(a_blocks)), "b_base": In(range(self.b_depth)),
+            "c_base": In(range(self.c_depth)), "accumulate": In(1),
             "busy": Out(1), "done": Out(1), "cycles": Out(32),
         })
 
@@ -290,9 +192,9 @@ class GemmEngine(wiring.Component):
 
     @property
     def latency(self):
-        """Pipeline latency of one dot-product unit (cycles from a last block pair to C)."""
+        """Cycles from the buffer read of a last block pair to its result in C."""
         p = self._unit_params
-        return p["mac_stages"] + p["convert_stages"] + p["adder_stages"]
+        return 1 + p["mac_stages"] + p["convert_stages"] + BUFFER_LATENCY + p["adder_stages"]
 
     @property
     def b_depth(self):
@@ -318,6 +220,9 @@ class GemmEngine(wiring.Component):
         m.d.comb += [a_wr.en.eq(self.a_we), a_wr.addr.eq(self.a_waddr),
                      a_wr.data.eq(self.a_wdata)]
 
+        running = Signal()
+        advance = Signal()
+        c_init_addr = Signal(range(self.c_depth))
         b_rds, c_rds, c_wrs = [], [], []
         for lane in range(lanes):
             b_mem = Memory(shape=blk, depth=self.b_depth, init=[])
@@ -332,8 +237,11 @@ class GemmEngine(wiring.Component):
                 b_wr.data.eq(self.b_wdata),
             ]
             b_rds.append(b_mem.read_port())
+            # The C read port is shared: the engine reads the start values of an accumulating
+            # computation through it while it runs; the host reads results when it does not.
             c_rd = c_mem.read_port()
-            m.d.comb += c_rd.addr.eq(self.c_raddr)
+            m.d.comb += [c_rd.addr.eq(Mux(running, c_init_addr, self.c_raddr)),
+                         c_rd.en.eq(~running | advance)]
             c_rds.append(c_rd)
             c_wrs.append(c_mem.write_port())
         rlane = Signal.like(self.c_rlane)
@@ -345,7 +253,7 @@ class GemmEngine(wiring.Component):
 
         units = []
         for lane in range(lanes):
-            unit = BlockDotUnit(fmt, **self._unit_params)
+            unit = BlockDotUnit(fmt, **self._unit_params, init=True)
             m.submodules[f"unit{lane}"] = unit
             units.append(unit)
 
@@ -357,6 +265,8 @@ class GemmEngine(wiring.Component):
         a_row = Signal(range(self._a_blocks + 1))     # row * KB
         b_pass = Signal(range(self.b_depth + 1))      # g0 * KB
         ckb = Signal(range(self.b_depth + 1))         # c * KB + kb
+        init_round = Signal()    # issuing the start values of the pass (accumulate)
+        init_index = Signal(range(self.c_depth + 1))  # element index of the next start value
         left = Signal(17)
         m.d.comb += left.eq(self.groups - g0)
         pass_groups = Signal(range(ch + 1))
@@ -367,33 +277,61 @@ class GemmEngine(wiring.Component):
         s2_channel = Signal(range(ch))
         s2_first = Signal()
         s2_last = Signal()
+        s2_init = Signal()
+        # s3: the buffer read data and the flags of s2, registered before they fan out to the
+        # units (the block RAMs' clock-to-output is long).
+        s3_valid = Signal()
+        s3_channel = Signal(range(ch))
+        s3_first = Signal()
+        s3_last = Signal()
+        s3_init = Signal()
+        s3_a = Signal(blk)
+        s3_b = [Signal(blk, name=f"s3_b{lane}") for lane in range(lanes)]
+        s3_c = [Signal(32, name=f"s3_c{lane}") for lane in range(lanes)]
         all_ready = Signal()
         m.d.comb += all_ready.eq(Cat(*[u.i_stream.ready for u in units]).all())
-        advance = Signal()
-        m.d.comb += advance.eq(~s2_valid | all_ready)
+        m.d.comb += advance.eq(~s3_valid | all_ready)
+        with m.If(advance):
+            m.d.sync += [
+                s3_valid.eq(s2_valid), s3_channel.eq(s2_channel), s3_first.eq(s2_first),
+                s3_last.eq(s2_last), s3_init.eq(s2_init), s3_a.eq(a_rd.data),
+            ]
+            m.d.sync += [s3_b[lane].eq(b_rds[lane].data) for lane in range(lanes)]
+            m.d.sync += [s3_c[lane].eq(c_rds[lane].data) for lane in range(lanes)]
 
-        m.d.comb += [a_rd.addr.eq(a_row + kb), a_rd.en.eq(advance)]
+        m.d.comb += [a_rd.addr.eq(self.a_base + a_row + kb), a_rd.en.eq(advance),
+                     c_init_addr.eq(self.c_base + init_index)]
         for rd in b_rds:
-            m.d.comb += [rd.addr.eq(b_pass + ckb), rd.en.eq(advance)]
+            m.d.comb += [rd.addr.eq(self.b_base + b_pass + ckb), rd.en.eq(advance)]
         for lane, unit in enumerate(units):
             p = unit.i_stream.payload
             m.d.comb += [
-                unit.i_stream.valid.eq(s2_valid & all_ready),
-                p.a.eq(a_rd.data),
-                p.b.eq(b_rds[lane].data),
-                p.channel.eq(s2_channel),
-                p.first.eq(s2_first),
-                p.last.eq(s2_last),
+                unit.i_stream.valid.eq(s3_valid & all_ready),
+                p.a.eq(s3_a),
+                p.b.eq(s3_b[lane]),
+                p.channel.eq(s3_channel),
+                p.first.eq(s3_first),
+                p.last.eq(s3_last),
+                p.init.eq(s3_init),
+                p.c.eq(s3_c[lane]),
             ]
 
         with m.If(advance):
             m.d.sync += [
                 s2_valid.eq(issuing),
                 s2_channel.eq(c),
-                s2_first.eq(kb == 0),
-                s2_last.eq(kb == self.kblocks - 1),
+                s2_init.eq(init_round),
+                # An init term starts the sum; without one the first k-block does.
+                s2_first.eq(init_round | ((kb == 0) & ~self.accumulate)),
+                s2_last.eq(~init_round & (kb == self.kblocks - 1)),
             ]
-            with m.If(issuing):
+            with m.If(issuing & init_round):
+                m.d.sync += init_index.eq(init_index + 1)
+                with m.If(c + 1 < pass_groups):
+                    m.d.sync += c.eq(c + 1)
+                with m.Else():
+                    m.d.sync += [c.eq(0), init_round.eq(0)]
+            with m.Elif(issuing):
                 with m.If(c + 1 < pass_groups):
                     m.d.sync += [c.eq(c + 1), ckb.eq(ckb + self.kblocks)]
                 with m.Else():
@@ -401,7 +339,7 @@ class GemmEngine(wiring.Component):
                     with m.If(kb + 1 < self.kblocks):
                         m.d.sync += [kb.eq(kb + 1), ckb.eq(kb + 1)]
                     with m.Else():
-                        m.d.sync += [kb.eq(0), ckb.eq(0)]
+                        m.d.sync += [kb.eq(0), ckb.eq(0), init_round.eq(self.accumulate)]
                         with m.If(g0 + ch < self.groups):
                             m.d.sync += [g0.eq(g0 + ch), b_pass.eq(b_pass + ch * self.kblocks)]
                         with m.Else():
@@ -419,24 +357,24 @@ class GemmEngine(wiring.Component):
             m.d.comb += [
                 unit.o_stream.ready.eq(1),
                 c_wrs[lane].en.eq(unit.o_stream.valid),
-                c_wrs[lane].addr.eq(written[lane]),
+                c_wrs[lane].addr.eq(self.c_base + written[lane]),
                 c_wrs[lane].data.eq(unit.o_stream.payload.value),
             ]
             with m.If(unit.o_stream.valid):
                 m.d.sync += written[lane].eq(written[lane] + 1)
 
-        running = Signal()
         m.d.comb += self.busy.eq(running)
         finished = Cat(*[w == total for w in written]).all()
         with m.If(running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
-            with m.If(~issuing & ~s2_valid & finished):
+            with m.If(~issuing & ~s2_valid & ~s3_valid & finished):
                 m.d.sync += running.eq(0)
                 m.d.comb += self.done.eq(1)
         with m.Elif(self.start):
             m.d.sync += [
                 running.eq(1), issuing.eq(1), self.cycles.eq(0),
                 row.eq(0), g0.eq(0), kb.eq(0), c.eq(0), a_row.eq(0), b_pass.eq(0), ckb.eq(0),
+                init_round.eq(self.accumulate), init_index.eq(0),
                 total.eq(self.m * self.groups),
             ]
             m.d.sync += [w.eq(0) for w in written]
@@ -471,6 +409,9 @@ class GemmSystem(wiring.Component):
         Inter-byte idle timeout within a frame (default ``clock_hz // 10``, 100 ms).
     mac_stages, convert_stages, adder_stages : int
         Pipeline depths of the dot-product units.
+    align_stages : int
+        Pipeline depth of the quantizer of FP32/BF16 tile data
+        (:class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` ``stages``).
 
     Members
     -------
@@ -494,15 +435,18 @@ class GemmSystem(wiring.Component):
     def __init__(self, fmt, *, input_format="fp32", lanes=2, channels=None,
                  clock_hz=50_000_000, build_hash=None, a_blocks=256, b_blocks=256,
                  c_words=256, max_payload=1024, timeout_cycles=None, mac_stages=2,
-                 convert_stages=3, adder_stages=3):
+                 convert_stages=3, adder_stages=3, align_stages=2):
         self._fmt = check_rtl_format(fmt)
         self._input_format = FloatFormat(input_format)
+        self._align_stages = check_stages("align_stages", align_stages,
+                                          FloatToBlock.max_stages_for(fmt))
         self._clock_hz = _check_int("clock_hz", clock_hz, 1, 2**32 - 1)
         if timeout_cycles is None:
             timeout_cycles = max(1, clock_hz // 10)
         self._timeout = _check_int("timeout_cycles", timeout_cycles, 1, 2**32 - 1)
         biggest = max(protocol.block_bytes(fmt, w, self._input_format) for w in Wire)
-        self._max_payload = _check_int("max_payload", max_payload, ARGS_BYTES + biggest, 0xFFFF)
+        self._max_payload = _check_int("max_payload", max_payload,
+                                       max(ARGS_LATCH_BYTES, ARGS_BYTES + biggest), 0xFFFF)
         if build_hash is not None:
             _check_int("build_hash", build_hash, 0, 2**32 - 1)
         # The engine is built by elaborate(): a component that is created but never elaborated
@@ -519,7 +463,7 @@ class GemmSystem(wiring.Component):
                 lanes=lanes, channels=channels, a_blocks=a_blocks,
                 b_blocks=b_blocks, c_words=c_words, max_payload=max_payload,
                 timeout=self._timeout, clock_hz=clock_hz, stages=(mac_stages, convert_stages,
-                                                                  adder_stages))
+                                                                  adder_stages, align_stages))
         self._build_hash = build_hash
         wires = {Wire.BFP}
         if fmt.rounding is not Rounding.STOCHASTIC:
@@ -546,9 +490,9 @@ class GemmSystem(wiring.Component):
 
     @property
     def latency(self):
-        """Pipeline latency of one dot-product unit, in cycles."""
+        """Cycles from the buffer read of a last block pair to its result in C."""
         p = self._engine_params
-        return p["mac_stages"] + p["convert_stages"] + p["adder_stages"]
+        return 1 + p["mac_stages"] + p["convert_stages"] + BUFFER_LATENCY + p["adder_stages"]
     build_hash = property(lambda self: self._build_hash)
     timeout_cycles = property(lambda self: self._timeout)
     max_payload = property(lambda self: self._max_payload)
@@ -573,25 +517,27 @@ class GemmSystem(wiring.Component):
         m.submodules.encoder = enc = FrameEncoder()
         m.submodules.engine = eng
         m.submodules.quantizer = q = FloatToBlock(fmt, input_format=self._input_format,
-                                                  stages=2)
+                                                  stages=self._align_stages)
         wiring.connect(m, wiring.flipped(self.i_stream), dec.i_stream)
         wiring.connect(m, enc.o_stream, wiring.flipped(self.o_stream))
         m.d.comb += [q.seed.eq(0), q.reseed.eq(0)]
 
         ev = dec.o_event.payload
-        wargs = data.View(WRITE_ARGS_LAYOUT, ev.args)
-        cargs = data.View(COMPUTE_ARGS_LAYOUT, ev.args)
-        rargs = data.View(READ_ARGS_LAYOUT, ev.args)
+        wargs = data.View(WRITE_ARGS_LAYOUT, ev.args[:WRITE_ARGS_LAYOUT.size])
+        cargs = data.View(COMPUTE_ARGS_LAYOUT, ev.args[:COMPUTE_ARGS_LAYOUT.size])
+        rargs = data.View(READ_ARGS_LAYOUT, ev.args[:READ_ARGS_LAYOUT.size])
 
         # -- state ------------------------------------------------------------------------
         frames = Signal(16)
         rx_errors = Signal(16)
         last_error = Signal(8)
+        next_seq = Signal(8)          # the seq of the next sequenced frame to execute
+        in_order = Signal()           # the frame being executed is the next sequenced one
+        quiet = Signal()              # ... and asks for no reply if it succeeds
         c_valid = Signal()
-        c_rows = Signal(16)
+        c_rows = Signal(16)           # shape and place of the last COMPUTE's result
         c_cols = Signal(16)
-        c_groups = Signal(16)
-        c_total = Signal(32)
+        c_at = Signal(32)
 
         # -- reply --------------------------------------------------------------------------
         status = Signal(8)
@@ -601,10 +547,13 @@ class GemmSystem(wiring.Component):
         kind_len = [1, 1 + INFO_LAYOUT.size // 8, 1 + STATUS_LAYOUT.size // 8,
                     1 + COMPUTE_REPLY_LAYOUT.size // 8]
         fixed_len = Signal(8)
-        m.d.comb += fixed_len.eq(Mux(status != Status.OK, 1,
-                                     Mux(reply_kind == 1, kind_len[1],
-                                         Mux(reply_kind == 2, kind_len[2],
-                                             Mux(reply_kind == 3, kind_len[3], 1)))))
+        out_of_order = Signal()
+        m.d.comb += out_of_order.eq(status == Status.OUT_OF_ORDER)
+        m.d.comb += fixed_len.eq(Mux(out_of_order, 2,
+                                     Mux(status != Status.OK, 1,
+                                         Mux(reply_kind == 1, kind_len[1],
+                                             Mux(reply_kind == 2, kind_len[2],
+                                                 Mux(reply_kind == 3, kind_len[3], 1))))))
         info_bits = int.from_bytes(protocol.info_to_bytes(info), "little")
         status_view = Signal(STATUS_LAYOUT)
         m.d.comb += [
@@ -612,11 +561,14 @@ class GemmSystem(wiring.Component):
             status_view.frames.eq(frames), status_view.rx_errors.eq(rx_errors),
             status_view.c_rows.eq(Mux(c_valid, c_rows, 0)),
             status_view.c_cols.eq(Mux(c_valid, c_cols, 0)),
+            status_view.next_seq.eq(next_seq),
         ]
         fixed = Signal(8 * max(kind_len))
-        m.d.comb += fixed.eq(Mux(reply_kind == 1, Cat(status, Const(info_bits, INFO_LAYOUT.size)),
+        # An OUT_OF_ORDER reply also says which sequence number the device expects.
+        m.d.comb += fixed.eq(Mux(out_of_order, Cat(status, next_seq),
+                             Mux(reply_kind == 1, Cat(status, Const(info_bits, INFO_LAYOUT.size)),
                                  Mux(reply_kind == 2, Cat(status, status_view.as_value()),
-                                     Mux(reply_kind == 3, Cat(status, eng.cycles), status))))
+                                     Mux(reply_kind == 3, Cat(status, eng.cycles), status)))))
 
         # -- payload reader: rd_data is the payload byte at `ptr` ---------------------------
         ptr = Signal(16)
@@ -649,9 +601,11 @@ class GemmSystem(wiring.Component):
             q.o_stream.ready.eq(1),
         ]
 
-        # -- C readout ----------------------------------------------------------------------
-        rd_row_base = Signal(32)
+        # -- C readout (READ_C, and the result of a READBACK COMPUTE) -----------------------
+        rd_row_base = Signal(32)      # C bank word of the current row's first column group
         rd_col = Signal(16)
+        rd_cols = Signal(16)          # columns of the result being read
+        rd_groups = Signal(17)
         word = Signal(32)
         m.d.comb += [eng.c_raddr.eq(rd_row_base + (rd_col >> lane_bits)),
                      eng.c_rlane.eq(rd_col[:lane_bits] if lane_bits else 0)]
@@ -659,28 +613,48 @@ class GemmSystem(wiring.Component):
         # -- checks -------------------------------------------------------------------------
         kb_req = Signal(17)
         groups_req = Signal(17)
+        read_groups = Signal(17)
         m.d.comb += [kb_req.eq((cargs.k + (bs - 1)) >> bs_bits),
-                     groups_req.eq((cargs.n + (lanes - 1)) >> lane_bits)]
+                     groups_req.eq((cargs.n + (lanes - 1)) >> lane_bits),
+                     read_groups.eq((rargs.cols + (lanes - 1)) >> lane_bits)]
         prod_a = Signal(34)
         prod_b = Signal(34)
         prod_c = Signal(34)
         prod_mn = Signal(32)
         w_len = Signal(32)
+        w_len_r = Signal(32)
         m.d.comb += w_len.eq(ARGS_BYTES + wargs.count * Mux(wargs.wire == Wire.BFP, bb_bfp,
                                                             bb_float))
         byte_index = Signal(3)
         tx_index = Signal(8)
-        m.d.comb += [eng.m.eq(cargs.m), eng.groups.eq(groups_req), eng.kblocks.eq(kb_req)]
+        accumulate = Signal()
+        readback = Signal()
+        m.d.comb += [
+            eng.m.eq(cargs.m), eng.groups.eq(groups_req), eng.kblocks.eq(kb_req),
+            eng.a_base.eq(cargs.a_base), eng.b_base.eq(cargs.b_base),
+            eng.c_base.eq(cargs.c_base), eng.accumulate.eq(accumulate),
+            accumulate.eq((cargs.flags & Flag.ACCUMULATE) != 0),
+            readback.eq((cargs.flags & Flag.READBACK) != 0),
+        ]
 
         def reply(st, kind=0):
             m.d.sync += [status.eq(st), reply_kind.eq(kind), read_count.eq(0)]
             m.next = "SEND"
 
+        def succeed(kind=0):
+            """The command succeeded: reply OK, unless the frame asked for no reply."""
+            m.d.sync += [status.eq(Status.OK), reply_kind.eq(kind), read_count.eq(0)]
+            with m.If(quiet):
+                m.next = "DONE"
+            with m.Else():
+                m.next = "SEND"
+
         m.d.comb += self.error.eq(last_error != 0)
         with m.FSM(name="exec") as fsm:
             with m.State("IDLE"):
                 with m.If(dec.o_event.valid):
-                    m.d.sync += [reply_cmd.eq(ev.cmd | REPLY_FLAG)]
+                    m.d.sync += [reply_cmd.eq(ev.cmd | REPLY_FLAG), in_order.eq(0),
+                                 quiet.eq(0)]
                     with m.If(ev.status != Status.OK):
                         m.d.sync += [reply_cmd.eq(NACK), rx_errors.eq(rx_errors + 1)]
                         reply(ev.status)
@@ -695,38 +669,55 @@ class GemmSystem(wiring.Component):
                                 with m.Elif(ev.cmd == Cmd.STATUS):
                                     reply(Status.OK, 2)
                                 with m.Else():
-                                    m.d.sync += [c_valid.eq(0), frames.eq(0),
+                                    m.d.sync += [c_valid.eq(0), frames.eq(0), next_seq.eq(0),
                                                  rx_errors.eq(0), last_error.eq(0)]
                                     reply(Status.OK)
-                            with m.Case(Cmd.WRITE_A, Cmd.WRITE_B):
-                                m.d.sync += is_b.eq(ev.cmd == Cmd.WRITE_B)
-                                m.next = "WRITE_CHECK"
-                            with m.Case(Cmd.COMPUTE):
-                                m.next = "COMPUTE_CHECK"
-                            with m.Case(Cmd.READ_C):
-                                m.next = "READ_CHECK"
+                            with m.Case(*sorted(protocol.SEQUENCED)):
+                                # Exactly once, in order: anything but the next sequence
+                                # number is refused without being executed.
+                                with m.If(ev.seq != next_seq):
+                                    reply(Status.OUT_OF_ORDER)
+                                with m.Else():
+                                    m.d.sync += in_order.eq(1)
+                                    with m.Switch(ev.cmd):
+                                        with m.Case(Cmd.WRITE_A, Cmd.WRITE_B):
+                                            m.d.sync += is_b.eq(ev.cmd == Cmd.WRITE_B)
+                                            m.next = "WRITE_LEN"
+                                        with m.Case(Cmd.COMPUTE):
+                                            m.next = "COMPUTE_CHECK"
+                                        with m.Default():
+                                            m.next = "READ_CHECK"
                             with m.Default():
                                 reply(Status.UNKNOWN_CMD)
+
+            with m.State("WRITE_LEN"):
+                # The expected length (a multiply) gets a cycle of its own.
+                m.d.sync += w_len_r.eq(w_len)
+                m.next = "WRITE_CHECK"
 
             with m.State("WRITE_CHECK"):
                 cap = Mux(is_b, eng.b_blocks, eng.a_blocks)
                 m.d.sync += [waddr.eq(wargs.start), remaining.eq(wargs.count),
-                             is_bfp.eq(wargs.wire == Wire.BFP), bcount.eq(0)]
+                             is_bfp.eq(wargs.wire == Wire.BFP), bcount.eq(0),
+                             quiet.eq((wargs.flags & Flag.QUIET) != 0)]
                 m.d.comb += ptr_next.eq(ARGS_BYTES)
                 with m.If(ev.length < ARGS_BYTES):
                     reply(Status.BAD_LENGTH)
-                with m.Elif((wargs.wire > Wire.BFP) | (wargs.flags != 0)):
+                with m.Elif((wargs.wire > Wire.BFP) | ((wargs.flags & ~int(Flag.QUIET)) != 0)):
                     reply(Status.BAD_ARG)
                 with m.Elif((wargs.wire == Wire.FLOAT) & stochastic):
                     reply(Status.UNSUPPORTED)
-                with m.Elif(ev.length != w_len):
+                with m.Elif(ev.length != w_len_r):
                     reply(Status.BAD_LENGTH)
                 with m.Elif(wargs.start + wargs.count > cap):
                     reply(Status.CAPACITY)
                 with m.Elif(wargs.count == 0):
-                    reply(Status.OK)
+                    m.next = "WRITE_EMPTY"
                 with m.Else():
                     m.next = "WRITE_LOAD"
+
+            with m.State("WRITE_EMPTY"):
+                succeed()
 
             with m.State("WRITE_LOAD"):
                 m.d.comb += ptr_next.eq(ptr + 1)
@@ -748,7 +739,7 @@ class GemmSystem(wiring.Component):
                     m.d.comb += [block.eq(q.o_stream.payload), block_we.eq(1)]
                     m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
-                        reply(Status.OK)
+                        succeed()
                     with m.Else():
                         m.next = "WRITE_LOAD"
 
@@ -756,16 +747,20 @@ class GemmSystem(wiring.Component):
                 m.d.comb += [block.eq(block_from_wire), block_we.eq(1)]
                 m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
                 with m.If(remaining == 1):
-                    reply(Status.OK)
+                    succeed()
                 with m.Else():
                     m.next = "WRITE_LOAD"
 
             with m.State("COMPUTE_CHECK"):
-                m.d.sync += [prod_a.eq(cargs.m * kb_req), prod_b.eq(groups_req * kb_req),
-                             prod_c.eq(cargs.m * groups_req), prod_mn.eq(cargs.m * cargs.n)]
+                m.d.sync += [prod_a.eq(cargs.a_base + cargs.m * kb_req),
+                             prod_b.eq(cargs.b_base + groups_req * kb_req),
+                             prod_c.eq(cargs.c_base + cargs.m * groups_req),
+                             prod_mn.eq(cargs.m * cargs.n),
+                             quiet.eq((cargs.flags & Flag.QUIET) != 0)]
+                flags_ok = (cargs.flags & ~int(Flag.QUIET | Flag.ACCUMULATE | Flag.READBACK)) == 0
                 with m.If(ev.length != COMPUTE_ARGS_LAYOUT.size // 8):
                     reply(Status.BAD_LENGTH)
-                with m.Elif(cargs.flags != 0):
+                with m.Elif(~flags_ok | (((cargs.flags & Flag.QUIET) != 0) & readback)):
                     reply(Status.BAD_ARG)
                 with m.Elif((cargs.m == 0) | (cargs.n == 0) | (cargs.k == 0)):
                     reply(Status.BAD_ARG)
@@ -774,8 +769,14 @@ class GemmSystem(wiring.Component):
 
             with m.State("COMPUTE_CHECK2"):
                 with m.If((prod_a > eng.a_blocks) | (prod_b > eng.b_depth)
-                          | (prod_c > eng.c_depth)):
+                          | (prod_c > eng.c_depth)
+                          | (readback & (prod_mn > protocol.MAX_READ_WORDS - 1))):
                     reply(Status.CAPACITY)
+                with m.Elif(accumulate & ~c_valid):
+                    reply(Status.NO_RESULT)
+                with m.Elif(accumulate & ((cargs.m != c_rows) | (cargs.n != c_cols)
+                                          | (cargs.c_base != c_at))):
+                    reply(Status.MISMATCH)
                 with m.Else():
                     m.d.sync += c_valid.eq(0)
                     m.next = "COMPUTE_START"
@@ -787,26 +788,34 @@ class GemmSystem(wiring.Component):
             with m.State("COMPUTE_RUN"):
                 with m.If(eng.done):
                     m.d.sync += [c_valid.eq(1), c_rows.eq(cargs.m), c_cols.eq(cargs.n),
-                                 c_groups.eq(groups_req), c_total.eq(prod_mn)]
-                    reply(Status.OK, 3)
+                                 c_at.eq(cargs.c_base),
+                                 rd_row_base.eq(cargs.c_base), rd_col.eq(0),
+                                 rd_cols.eq(cargs.n), rd_groups.eq(groups_req)]
+                    succeed(3)
+                    with m.If(readback):
+                        m.d.sync += read_count.eq(prod_mn)
 
             with m.State("READ_CHECK"):
-                m.d.sync += [prod_a.eq(rargs.row * c_cols + rargs.col + rargs.count),
-                             rd_row_base.eq(rargs.row * c_groups), rd_col.eq(rargs.col)]
+                m.d.sync += [prod_a.eq(rargs.row * rargs.cols + rargs.col + rargs.count),
+                             prod_b.eq(rargs.rows * rargs.cols),
+                             prod_c.eq(rargs.base + rargs.rows * read_groups),
+                             rd_row_base.eq(rargs.base + rargs.row * read_groups),
+                             rd_col.eq(rargs.col), rd_cols.eq(rargs.cols),
+                             rd_groups.eq(read_groups)]
                 with m.If(ev.length != READ_ARGS_LAYOUT.size // 8):
                     reply(Status.BAD_LENGTH)
                 with m.Elif(rargs.flags != 0):
                     reply(Status.BAD_ARG)
                 with m.Elif(~c_valid):
                     reply(Status.NO_RESULT)
-                with m.Elif((rargs.row >= c_rows) | (rargs.col >= c_cols)
-                            | (1 + 4 * rargs.count > self._max_payload)):
+                with m.Elif((rargs.row >= rargs.rows) | (rargs.col >= rargs.cols)
+                            | (rargs.count > protocol.MAX_READ_WORDS)):
                     reply(Status.CAPACITY)
                 with m.Else():
                     m.next = "READ_CHECK2"
 
             with m.State("READ_CHECK2"):
-                with m.If(prod_a > c_total):
+                with m.If((prod_a > prod_b) | (prod_c > eng.c_depth)):
                     reply(Status.CAPACITY)
                 with m.Else():
                     m.d.sync += [status.eq(Status.OK), reply_kind.eq(0),
@@ -843,8 +852,8 @@ class GemmSystem(wiring.Component):
 
             with m.State("SEND_C_LATCH"):
                 m.d.sync += [word.eq(eng.c_rdata), byte_index.eq(0)]
-                with m.If(rd_col + 1 == c_cols):
-                    m.d.sync += [rd_col.eq(0), rd_row_base.eq(rd_row_base + c_groups)]
+                with m.If(rd_col + 1 == rd_cols):
+                    m.d.sync += [rd_col.eq(0), rd_row_base.eq(rd_row_base + rd_groups)]
                 with m.Else():
                     m.d.sync += rd_col.eq(rd_col + 1)
                 m.next = "SEND_C_BYTES"
@@ -863,6 +872,11 @@ class GemmSystem(wiring.Component):
 
             with m.State("DONE"):
                 m.d.comb += dec.o_event.ready.eq(1)
+                # A sequenced frame that succeeded has been executed: the next one may follow.
+                # One that failed its checks keeps the sequence number, so no later frame runs
+                # after it until the host has seen (or asked STATUS about) the failure.
+                with m.If(in_order & (status == Status.OK)):
+                    m.d.sync += next_seq.eq(next_seq + 1)
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

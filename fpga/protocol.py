@@ -15,6 +15,12 @@ The CRC-32 is the IEEE 802.3 one (reflected, polynomial 0xEDB88320, init and fin
 0xFFFFFFFF, i.e. ``zlib.crc32``) over ``cmd, seq, length, payload``. A reply echoes ``seq``,
 has ``cmd | 0x80`` as its command (or :data:`NACK` for a frame that could not be decoded),
 and its payload starts with a :class:`Status` byte.
+
+The commands that change or read the buffers (:data:`SEQUENCED`: WRITE_A, WRITE_B, COMPUTE,
+READ_C) are executed exactly once and in order: the device executes such a frame only if its
+``seq`` is the device's next sequence number (reported by STATUS), and refuses any other with
+``OUT_OF_ORDER`` without executing it. So a host can stream requests without waiting for
+their replies, and after an error it learns from STATUS which of them were executed.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from hbfp_hw.formats import BFPFormat, FloatFormat, Rounding, resolve_format
 from hbfp_hw.rtl_gen.layout import pack, unpack
 
 __all__ = [
-    "PROTOCOL_VERSION", "SYNC", "REPLY_FLAG", "NACK", "ARGS_BYTES", "CRC_POLY",
+    "PROTOCOL_VERSION", "SYNC", "REPLY_FLAG", "NACK", "ARGS_BYTES", "ARGS_LATCH_BYTES",
+    "CRC_POLY", "MAX_REPLY", "MAX_READ_WORDS", "SEQUENCED", "Flag",
     "HEADER_LAYOUT", "WRITE_ARGS_LAYOUT", "COMPUTE_ARGS_LAYOUT", "READ_ARGS_LAYOUT",
     "INFO_LAYOUT", "STATUS_LAYOUT", "COMPUTE_REPLY_LAYOUT",
     "Cmd", "Status", "Wire", "ROUNDING_CODES", "INPUT_FORMAT_CODES",
@@ -44,15 +51,24 @@ __all__ = [
 ]
 
 #: Version reported by INFO; bumped on any incompatible change of this module.
-PROTOCOL_VERSION = 1
+#: Version 2: sequenced (exactly-once, in-order) WRITE/COMPUTE/READ_C, buffer base addresses
+#: and the ACCUMULATE, READBACK and QUIET flags of COMPUTE, C regions in READ_C.
+PROTOCOL_VERSION = 2
 #: The start-of-frame marker.
 SYNC = b"\xA5\x5A"
 #: Set in the command byte of every reply.
 REPLY_FLAG = 0x80
 #: Command byte of the reply to a frame that could not be decoded (bad CRC, timeout, too long).
 NACK = 0xFF
-#: The first ``ARGS_BYTES`` payload bytes of a request are its argument block.
+#: Size of the argument block of WRITE_A / WRITE_B: their tile data starts at this offset.
 ARGS_BYTES = 8
+#: The decoder latches this many leading payload bytes: enough for every argument block.
+ARGS_LATCH_BYTES = 20
+#: Largest reply payload (the 16-bit length field); READ_C and READBACK replies are bounded by
+#: it, not by ``max_payload`` (which bounds requests).
+MAX_REPLY = 0xFFFF
+#: Largest ``count`` of one READ_C: ``(MAX_REPLY - 1) // 4``.
+MAX_READ_WORDS = (MAX_REPLY - 1) // 4
 #: Reflected CRC-32 polynomial (IEEE 802.3).
 CRC_POLY = 0xEDB88320
 #: Bytes of the frame around the payload: sync (2), header (4), CRC (4).
@@ -71,6 +87,18 @@ class Cmd(enum.IntEnum):
     READ_C = 0x30     #: READ_ARGS_LAYOUT; reply: status + ``count`` FP32 words of C
 
 
+#: Commands executed exactly once, in sequence-number order (docs/protocol.md 2.2).
+SEQUENCED = frozenset({Cmd.WRITE_A, Cmd.WRITE_B, Cmd.COMPUTE, Cmd.READ_C})
+
+
+class Flag(enum.IntFlag):
+    """Bits of the ``flags`` argument of WRITE_A / WRITE_B (QUIET only) and COMPUTE."""
+
+    QUIET = 1         #: no reply if the command succeeds (errors are still replied)
+    ACCUMULATE = 2    #: COMPUTE: each running sum starts from the C value, not from +0.0
+    READBACK = 4      #: COMPUTE: the reply also holds the result (M x N words, row-major)
+
+
 class Status(enum.IntEnum):
     """First payload byte of every reply."""
 
@@ -83,7 +111,9 @@ class Status(enum.IntEnum):
     BAD_ARG = 6          #: an argument is invalid (zero size, unknown wire format, flags)
     CAPACITY = 7         #: the request exceeds a buffer capacity (or C's extent)
     UNSUPPORTED = 8      #: valid but not supported by this build (see docs/protocol.md)
-    NO_RESULT = 9        #: READ_C before a successful COMPUTE (or after RESET)
+    NO_RESULT = 9        #: READ_C or ACCUMULATE before a successful COMPUTE (or after RESET)
+    OUT_OF_ORDER = 10    #: a sequenced frame whose seq is not the next one: not executed
+    MISMATCH = 11        #: ACCUMULATE that does not continue the last COMPUTE's result
 
 
 class Wire(enum.IntEnum):
@@ -104,12 +134,19 @@ HEADER_LAYOUT = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8),
 #: Arguments of WRITE_A / WRITE_B: ``count`` blocks from block index ``start`` on.
 WRITE_ARGS_LAYOUT = data.StructLayout({"wire": unsigned(8), "flags": unsigned(8),
                                        "count": unsigned(16), "start": unsigned(32)})
-#: Arguments of COMPUTE: ``C[M, N] = A[M, K] @ B[K, N]`` from the buffers.
+#: Arguments of COMPUTE: ``C[M, N] (+)= A[M, K] @ B[K, N]`` from the buffers. A is read from
+#: block ``a_base`` on, B from bank word ``b_base`` on, C is written from bank word ``c_base``
+#: on (docs/protocol.md 4).
 COMPUTE_ARGS_LAYOUT = data.StructLayout({"m": unsigned(16), "n": unsigned(16),
-                                         "k": unsigned(16), "flags": unsigned(16)})
-#: Arguments of READ_C: ``count`` consecutive row-major elements from ``C[row, col]`` on.
+                                         "k": unsigned(16), "flags": unsigned(16),
+                                         "a_base": unsigned(32), "b_base": unsigned(32),
+                                         "c_base": unsigned(32)})
+#: Arguments of READ_C: ``count`` consecutive row-major elements from ``C[row, col]`` on, of
+#: the ``rows x cols`` result stored from C bank word ``base`` on.
 READ_ARGS_LAYOUT = data.StructLayout({"row": unsigned(16), "col": unsigned(16),
-                                      "count": unsigned(16), "flags": unsigned(16)})
+                                      "count": unsigned(16), "flags": unsigned(16),
+                                      "base": unsigned(32), "rows": unsigned(16),
+                                      "cols": unsigned(16)})
 #: Reply of COMPUTE after the status byte.
 COMPUTE_REPLY_LAYOUT = data.StructLayout({"cycles": unsigned(32)})
 #: Reply of INFO after the status byte.
@@ -137,8 +174,9 @@ STATUS_LAYOUT = data.StructLayout({
     "c_valid": unsigned(8),           # 1 once a COMPUTE succeeded (C holds c_rows x c_cols)
     "frames": unsigned(16),           # frames executed (valid CRC), wraps
     "rx_errors": unsigned(16),        # NACKed frames, wraps
-    "c_rows": unsigned(16),
+    "c_rows": unsigned(16),           # shape of the last COMPUTE's result
     "c_cols": unsigned(16),
+    "next_seq": unsigned(8),          # the seq the next sequenced frame must carry
 })
 
 
@@ -179,10 +217,16 @@ _CRC_TABLE = _make_table()
 
 
 def crc32(raw, crc=0):
-    """Return the IEEE CRC-32 of ``raw`` (same as ``zlib.crc32``), table-driven.
+    """Return the IEEE CRC-32 of ``raw``: ``zlib.crc32`` (fast), which the table-driven
+    :func:`crc32_table` and the hardware's :func:`crc32_byte` steps reproduce.
 
     ``crc`` is a previous result to continue from.
     """
+    return zlib.crc32(bytes(raw), crc)
+
+
+def crc32_table(raw, crc=0):
+    """Return the IEEE CRC-32 of ``raw``, table-driven (the reference for :func:`crc32`)."""
     reg = crc ^ 0xFFFFFFFF
     for byte in bytes(raw):
         reg = (reg >> 8) ^ _CRC_TABLE[(reg ^ byte) & 0xFF]
@@ -411,24 +455,25 @@ def b_blocks_payload(b, fmt, wire, lanes, *, input_format="fp32", seed=None):
 
 # -- requests -----------------------------------------------------------------------------------
 
-def request_write(cmd, seq, start, count, blocks, wire):
+def request_write(cmd, seq, start, count, blocks, wire, flags=0):
     """Return a WRITE_A / WRITE_B frame carrying ``count`` blocks (bytes) from ``start`` on."""
-    args = to_bytes(WRITE_ARGS_LAYOUT, {"wire": int(wire), "flags": 0, "count": count,
+    args = to_bytes(WRITE_ARGS_LAYOUT, {"wire": int(wire), "flags": int(flags), "count": count,
                                         "start": start})
     return encode_frame(int(cmd), seq, args + bytes(blocks))
 
 
-def request_compute(seq, m, n, k, flags=0):
-    """Return a COMPUTE frame."""
-    return encode_frame(Cmd.COMPUTE, seq, to_bytes(COMPUTE_ARGS_LAYOUT,
-                                                   {"m": m, "n": n, "k": k, "flags": flags}))
+def request_compute(seq, m, n, k, flags=0, *, a_base=0, b_base=0, c_base=0):
+    """Return a COMPUTE frame (``flags``: a combination of :class:`Flag`)."""
+    return encode_frame(Cmd.COMPUTE, seq, to_bytes(COMPUTE_ARGS_LAYOUT, {
+        "m": m, "n": n, "k": k, "flags": int(flags), "a_base": a_base, "b_base": b_base,
+        "c_base": c_base}))
 
 
-def request_read(seq, row, col, count):
-    """Return a READ_C frame."""
-    return encode_frame(Cmd.READ_C, seq, to_bytes(READ_ARGS_LAYOUT,
-                                                  {"row": row, "col": col, "count": count,
-                                                   "flags": 0}))
+def request_read(seq, row, col, count, *, rows, cols, base=0):
+    """Return a READ_C frame for ``count`` words of the ``rows x cols`` result at ``base``."""
+    return encode_frame(Cmd.READ_C, seq, to_bytes(READ_ARGS_LAYOUT, {
+        "row": row, "col": col, "count": count, "flags": 0, "base": base, "rows": rows,
+        "cols": cols}))
 
 
 def c_from_payload(body):
@@ -487,7 +532,7 @@ class Info:
         return self.c_words // self.lanes
 
     def fits(self, m, n, k):
-        """Return whether ``COMPUTE(m, n, k)`` fits the buffers (no CAPACITY error)."""
+        """Return whether ``COMPUTE(m, n, k)`` with zero bases fits the buffers."""
         kb = kblocks(k, self.fmt)
         g = column_groups(n, self.lanes)
         return (m * kb <= self.a_blocks and g * kb <= self.b_depth
@@ -499,8 +544,9 @@ class Info:
 
     @property
     def max_read_words(self):
-        """Largest ``count`` of one READ_C."""
-        return (self.max_payload - 1) // 4
+        """Largest ``count`` of one READ_C (:data:`MAX_READ_WORDS`; replies are not bounded by
+        ``max_payload``)."""
+        return MAX_READ_WORDS
 
 
 def info_to_bytes(info):

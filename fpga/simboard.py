@@ -16,9 +16,10 @@ for a truncated frame exactly as it would on a board after that much silence.
 
 Line models (optional): with ``baud > 0`` the harness paces both directions to ``baud / 10``
 bytes per second of wall time (a UART with 8N1 framing). With ``baud`` and ``vclock_hz``
-it keeps a virtual clock instead: ``1 / vclock_hz`` per model cycle plus the wall time it
-waits for the host; request bytes arrive back to back at the line rate into a receive FIFO
-and reply bytes leave at the line rate (full duplex). The model itself is slower than
+it keeps a virtual clock instead: ``1 / vclock_hz`` per model cycle, and the whole wall time
+of every wait for the host (from the moment it has nothing to do until input arrives); request
+bytes arrive back to back at the line rate into a receive FIFO and reply bytes leave at the
+line rate (full duplex). The model itself is slower than
 3 Mbaud, so link-bound numbers at that rate are measured in virtual time
 (``SimTransport.link_stats``, ``bench/offload.py``).
 """
@@ -219,19 +220,29 @@ int main(int argc, char** argv) {
     const double burst = 64 * byte_time;
     double next_in = 0, next_out = 0;
     double vt = 0, last_arr = 0;
+    // While the harness waits for the host (no input, nothing to do), the line idles in real
+    // time: when input comes, virtual time is at least the virtual time when the wait began
+    // plus the wall time it lasted (including any idle fast-forward cycles run meanwhile).
+    bool waiting = false;
+    double wait_vt = 0, wait_wall = 0, host_wait = 0;
     bool last_iready = true;
     std::vector<double> arr;
     uint64_t total_cycles = 0, bytes_in = 0, bytes_out = 0;
     int stats_fd = stats_path ? open(stats_path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
     auto write_stats = [&]() {
         if (stats_fd < 0) return;
-        char line[160];
-        int n = std::snprintf(line, sizeof line, "%.9f %llu %llu %llu\n", vt,
+        char line[200];
+        int n = std::snprintf(line, sizeof line, "%.9f %llu %llu %llu %.9f\n", vt,
                               (unsigned long long)total_cycles, (unsigned long long)bytes_in,
-                              (unsigned long long)bytes_out);
+                              (unsigned long long)bytes_out, host_wait);
         if (pwrite(stats_fd, line, n, 0) < 0) stats_fd = -1;
     };
     auto take_input = [&](ssize_t n) {
+        if (virt && waiting) {
+            double waited = wait_vt + (now_s() - wait_wall);
+            if (waited > vt) { host_wait += waited - vt; vt = waited; }
+        }
+        waiting = false;
         if (head == in.size()) { in.clear(); arr.clear(); head = 0; }
         in.insert(in.end(), buf, buf + n);
         if (virt) {
@@ -262,10 +273,11 @@ int main(int argc, char** argv) {
             }
             if (!active || (quiet & 255) == 0) {
                 struct pollfd p = {0, POLLIN, 0};
-                if (!active) write_stats();
-                double w0 = (virt && to != 0) ? now_s() : 0;
+                if (!active) {
+                    write_stats();
+                    if (!waiting) { waiting = true; wait_vt = vt; wait_wall = now_s(); }
+                }
                 int r = poll(&p, 1, to);
-                if (virt && to != 0) vt += now_s() - w0;   // the line idles while we wait
                 if (r > 0) {
                     ssize_t n = read(0, buf, sizeof buf);
                     if (n > 0) {
@@ -494,7 +506,8 @@ def launch(config, *, progress=True, stats=None):
 
     The child's stdin takes request bytes and its stdout gives reply bytes. Closing its stdin
     ends it. With ``stats`` (a path), the harness writes ``"virtual_seconds cycles bytes_in
-    bytes_out"`` there whenever it goes idle.
+    bytes_out host_wait_seconds"`` there whenever it goes idle (``host_wait_seconds``: the
+    part of the virtual time spent waiting for the host).
     """
     exe = build(config, progress=progress)
     cmd = [str(exe), "--timeout-cycles", str(config.timeout_cycles), "--baud",

@@ -215,10 +215,11 @@ class SimTransport(PipeTransport):
 
     latency = 0.05
     # The Verilator model runs at a few hundred thousand cycles per second and takes about
-    # two cycles per byte; these bounds leave room for a loaded machine.
+    # two cycles per byte; these bounds leave room for a loaded machine. The harness buffers
+    # whatever the host sends, so the window only bounds how much is resent after an error.
     cycle_rate = 50_000.0
     byte_time = 4e-5
-    window_bytes = 16384
+    window_bytes = 65536
 
     def __init__(self, config=None, *, progress=True, name="sim"):
         from . import simboard
@@ -243,14 +244,17 @@ class SimTransport(PipeTransport):
         """Return the harness counters as of its last idle moment.
 
         A dict with ``virtual_seconds`` (the line model's clock; 0 without ``vclock_hz``),
-        ``cycles``, ``bytes_in`` and ``bytes_out``.
+        ``cycles``, ``bytes_in``, ``bytes_out`` and ``host_wait_seconds`` (the part of the
+        virtual time during which the device waited for the host).
         """
         try:
             fields = Path(self._stats_path).read_text().split()
             vt, cycles, bin_, bout = float(fields[0]), *map(int, fields[1:4])
+            host_wait = float(fields[4])
         except (OSError, ValueError, IndexError):
             return None
-        return {"virtual_seconds": vt, "cycles": cycles, "bytes_in": bin_, "bytes_out": bout}
+        return {"virtual_seconds": vt, "cycles": cycles, "bytes_in": bin_, "bytes_out": bout,
+                "host_wait_seconds": host_wait}
 
     def close(self):
         if self._proc.poll() is None:

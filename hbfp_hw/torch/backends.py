@@ -34,8 +34,9 @@ Device backend notes:
 - Stochastic rounding is supported when the device's format is stochastic: the driver
   quantizes on the host with ``golden.quantize`` using ``seed`` for ``a`` and ``seed + 1`` for
   ``b``, the same semantics as ``emulate``.
-- ``K`` (the reduction length of each GEMM role) is limited by the device's buffers (4096 on
-  the default simulated board); a larger ``K`` raises ``ShapeError``.
+- Any ``K`` (the reduction length of each GEMM role) works: a ``K`` beyond the device's buffers
+  (4096 on the default simulated board) is split by the driver into chunks that the device
+  accumulates in the contract's order, so the result stays bit-exact.
 - Multi-process (DDP) training: each rank opens its own device, e.g.
   ``device=f"sim://?instance={rank}"`` (or one board per rank / ``hbfp-hw serve`` instance).
 - Devices the backend opened are closed by :func:`close_devices`, which also runs at exit.

@@ -18,6 +18,21 @@ def sim_config():
     return config
 
 
+#: A small simulated board: K up to 16 k-blocks (256 elements) per COMPUTE, C of 64 words.
+SMALL = "a_blocks=64&b_blocks=64&c_words=64&max_payload=256"
+
+
+@pytest.fixture(scope="session")
+def small_sim_url():
+    """URL of a small simulated board (built once, cached): large-K GEMMs are fast on it."""
+    from hbfp_hw.fpga.simboard import SimConfig, build
+    reason = toolchain.missing_reason("verilator")
+    if reason:
+        pytest.skip(f"the simulated board needs Verilator: {reason}")
+    build(SimConfig.from_query(SMALL))
+    return f"sim://?{SMALL}"
+
+
 @pytest.fixture(scope="module")
 def sim_device(sim_config):
     from hbfp_hw.fpga.driver import Device

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 import hbfp_hw
+from hbfp_hw import golden
 from hbfp_hw.fpga import driver, protocol
 from hbfp_hw.fpga.driver import (
     Device,
     DeviceNotFound,
     FormatMismatch,
     ShapeError,
+    growth_steps,
     tile_sizes,
 )
 
@@ -38,17 +40,37 @@ def test_gemm_bit_exact(sim_device, wire, m, k, n):
 
 
 def test_gemm_spans_several_tiles(sim_device):
+    # A does not fit the buffers (300 rows x 4 k-blocks > 1024 blocks): C in fixed tiles.
     info = sim_device.info()
-    rows, cols = tile_sizes(info, 64)
-    m, n = 2 * rows + 3, 8
+    m, k, n = 300, 64, 40
+    rows, cols, chunk = tile_sizes(info, m, n, k)
+    assert chunk == 4 and (rows < m or cols < n)
     rng = np.random.default_rng(5)
-    a, b = random_operands(rng, m, 64, n)
+    a, b = random_operands(rng, m, k, n)
     before = sim_device.stats["frames"]
     c = sim_device.gemm(a, b)
     assert_bit_exact(c, a, b, info)
-    computes = sim_device.status()["c_rows"]
-    assert computes == m - 2 * rows            # the last tile's rows
-    assert sim_device.stats["frames"] - before >= 3 * 3
+    st = sim_device.status()
+    assert (st["c_rows"], st["c_cols"]) == ((m - 1) % rows + 1, (n - 1) % cols + 1)
+    tiles = -(-m // rows) * -(-n // cols)
+    assert tiles > 1 and sim_device.stats["frames"] - before >= 2 * tiles
+
+
+def test_resident_gemm_grows_its_tiles(sim_device):
+    # A and B fit: each is sent once, and C comes back in growing steps.
+    info = sim_device.info()
+    assert tile_sizes(info, 64, 64, 64) == (64, 64, 4)
+    steps = growth_steps(64, 64, info.lanes, 4 * 17, 4 * 17, info.max_payload - 8,
+                         info.c_words // 4)
+    assert steps[-1] == (64, 64) and len(steps) > 2
+    assert all(r0 <= r1 and c0 <= c1 for (r0, c0), (r1, c1) in zip(steps, steps[1:]))
+    assert steps[0][0] < 64 and all(c % info.lanes == 0 for _, c in steps[:-1])
+    rng = np.random.default_rng(6)
+    a, b = random_operands(rng, 64, 64, 64)
+    before = sim_device.stats["tx_payload"]
+    assert_bit_exact(sim_device.gemm(a, b, wire="bfp"), a, b, info)
+    data = 2 * 64 * 4 * 17                       # A and B blocks, each sent once
+    assert data < sim_device.stats["tx_payload"] - before < 1.1 * data
 
 
 def test_special_values(sim_device):
@@ -78,8 +100,6 @@ def test_shape_and_type_errors(sim_device):
         sim_device.gemm(np.ones(4, np.float32), a)
     with pytest.raises(ShapeError, match="at least 1"):
         sim_device.gemm(np.ones((0, 4), np.float32), np.ones((4, 2), np.float32))
-    with pytest.raises(ShapeError, match="does not fit this device"):
-        sim_device.gemm(np.ones((1, 70000), np.float32), np.ones((70000, 1), np.float32))
     with pytest.raises(TypeError, match="float32 or bfloat16"):
         sim_device.gemm(np.ones((2, 2)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="wire must be"):
@@ -188,3 +208,64 @@ def test_line_models(sim_config):
         assert down == dev.stats["rx_bytes"] - before["rx_bytes"]
         assert vt >= down / 300_000
         assert s1["cycles"] > s0["cycles"]
+
+
+# -- K beyond the buffers: chunks accumulated on the device ----------------------------------
+
+def test_k_beyond_the_buffers(small_sim_url):
+    """K two to three times what one COMPUTE can hold: the device accumulates the chunks."""
+    with Device.open(small_sim_url) as dev:
+        info = dev.info()
+        k_cap = min(info.a_blocks, info.b_depth) * info.fmt.block_size      # 256
+        rng = np.random.default_rng(40)
+        for m, k, n, wire in [(1, 1, 1, "bfp"), (1, 3 * k_cap, 1, "fp32"),
+                              (5, 2 * k_cap + 7, 9, "bfp"), (3, 3 * k_cap - 5, 6, "fp32"),
+                              (9, 2 * k_cap, 13, "bfp")]:
+            rows, cols, chunk = tile_sizes(info, m, n, k)
+            assert chunk * info.fmt.block_size < k or k == 1
+            a, b = random_operands(rng, m, k, n, spread=20)
+            assert_bit_exact(dev.gemm(a, b, wire=wire), a, b, info)
+
+
+def test_k_beyond_the_buffers_special_values_and_bf16(small_sim_url):
+    """NaN, Inf and a running sum that overflows only across chunks; BF16 operands."""
+    torch = pytest.importorskip("torch")
+    with Device.open(small_sim_url) as dev:
+        info = dev.info()
+        k = 600
+        rng = np.random.default_rng(41)
+        a, b = random_operands(rng, 4, k, 3)
+        a[0, 500] = np.nan                          # in the last chunk
+        b[300, 1] = -np.inf                         # in the second chunk
+        a[2, :] = np.float32(2.0 ** 119)            # each chunk finite, their sum overflows
+        b[:, 2] = np.float32(1.0)
+        ref = golden.gemm(a, b, info.fmt)
+        assert np.isnan(ref[0]).all() and np.isnan(ref[:, 1]).all() and ref[2, 2] == np.inf
+        assert np.isfinite(golden.gemm(a[:, :256], b[:256], info.fmt)[2, 2])
+        for wire in ("bfp", "fp32"):
+            assert_bit_exact(dev.gemm(a, b, wire=wire), a, b, info)
+        a16 = torch.from_numpy(a).to(torch.bfloat16)
+        b16 = torch.from_numpy(b).to(torch.bfloat16)
+        for wire in ("bfp", "fp32"):
+            c = dev.gemm(a16, b16, wire=wire)
+            assert_bit_exact(c, a16.float().numpy(), b16.float().numpy(), info)
+
+
+def test_accumulate_refused_when_it_does_not_continue_c(small_sim_url):
+    """An ACCUMULATE that does not match the last result gets MISMATCH; the device goes on."""
+    from hbfp_hw.fpga.protocol import REPLY_FLAG, Cmd, Flag, FrameParser, Status
+    with Device.open(small_sim_url) as dev:
+        info = dev.info()
+        rng = np.random.default_rng(42)
+        a, b = random_operands(rng, 3, 40, 4)
+        assert_bit_exact(dev.gemm(a, b), a, b, info)
+        seq = dev.status()["next_seq"]
+        dev.transport.write(protocol.request_compute(seq, 2, 4, 40, Flag.ACCUMULATE))
+        parser, frames = FrameParser(), []
+        while not frames:
+            frames = parser.feed(dev.transport.read(5.0))
+        assert frames[0].cmd == Cmd.COMPUTE | REPLY_FLAG and frames[0].seq == seq
+        assert frames[0].status is Status.MISMATCH
+        st = dev.status()
+        assert st["next_seq"] == seq and st["last_error"] == Status.MISMATCH
+        assert_bit_exact(dev.gemm(a, b), a, b, info)

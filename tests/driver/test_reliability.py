@@ -1,9 +1,12 @@
 """Many GEMMs through a damaged link: every result returned is bit-exact; failures are typed.
 
 The fault-injecting transport wraps the simulated board. With 1% of the bytes corrupted in
-both directions most frames of a few hundred bytes are hit, so the driver must NACK-retry,
-detect lost replies, time out and resynchronize, and shrink its frames. The driver may give up
-on a GEMM (DeviceTimeout, counted and reported), but it must never return a wrong result.
+both directions most frames of a few hundred bytes are hit, so the driver must handle NACKs,
+refused out-of-order frames (it streams several frames before their replies), lost replies and
+lost results, time out and resynchronize, fall back to one frame at a time, and shrink its
+frames. The device executes sequenced frames exactly once, so a frame sent again is never
+executed twice. The driver may give up on a GEMM (DeviceTimeout, counted and reported), but it
+must never return a wrong result.
 """
 
 import time

@@ -167,7 +167,7 @@ def test_replies_of_a_departed_client_do_not_reach_the_next(server):
     sock = socket.create_connection(server.address)
     frames = [protocol.request_write(Cmd.WRITE_A, s, 0, 50, bytes(50 * 17), protocol.Wire.BFP)
               for s in range(40)]
-    frames += [protocol.request_read(s, 0, 0, 1) for s in range(40, 80)]
+    frames += [protocol.request_read(s, 0, 0, 1, rows=1, cols=1) for s in range(40, 80)]
     sock.sendall(b"".join(frames))
     sock.close()
     sock = socket.create_connection(server.address)

@@ -2,8 +2,12 @@
 
 :func:`run_link` runs an async test function against the gateware; the function talks to the
 device through a :class:`SimLink` (send bytes, receive frames), so the tests read like host
-code. :func:`device_gemm` is a small host: it tiles a GEMM over M and N to fit the buffers,
-writes A and B in frames, computes and reads C back.
+code. :func:`device_gemm` is a small host: it tiles a GEMM over M and N to fit the buffers
+(and splits K into chunks that it accumulates on the device), writes A and B in frames,
+computes and reads C back, one request at a time.
+
+Sequenced commands (WRITE_A/B, COMPUTE, READ_C) carry the device's next sequence number: the
+link counts it from 0 (the value after reset) and advances it on every OK reply.
 """
 
 import random
@@ -32,6 +36,7 @@ class SimLink:
         self.frames = []
         self.cycle = 0
         self.seq = 0
+        self.order = 0                    # the device's next sequence number
 
     async def _cycle(self, valid=0, byte=0):
         i, o = self.dut.i_stream, self.dut.o_stream
@@ -76,12 +81,27 @@ class SimLink:
         return self.seq
 
     async def request(self, cmd, payload=b"", *, seq=None):
-        """Send one request frame and return its reply (checking the echoed sequence)."""
-        seq = self.next_seq() if seq is None else seq
+        """Send one request frame and return its reply (checking the echoed sequence).
+
+        A sequenced command gets the device's next sequence number unless ``seq`` is given.
+        """
+        sequenced = cmd in protocol.SEQUENCED
+        if seq is None:
+            seq = self.order if sequenced else self.next_seq()
         await self.send(protocol.encode_frame(cmd, seq, payload))
         reply = await self.recv()
         assert reply.seq == seq, f"reply seq {reply.seq} != {seq}"
+        if sequenced and seq == self.order and reply.cmd == cmd | protocol.REPLY_FLAG \
+                and reply.status is Status.OK:
+            self.order = (self.order + 1) & 0xFF
+        if cmd == Cmd.RESET and reply.status is Status.OK:
+            self.order = 0
         return reply
+
+    async def send_quiet(self, cmd, payload):
+        """Send a sequenced request with the QUIET flag set (no reply expected if it works)."""
+        await self.send(protocol.encode_frame(cmd, self.order, payload))
+        self.order = (self.order + 1) & 0xFF
 
     async def info(self):
         reply = await self.request(Cmd.INFO)
@@ -125,19 +145,32 @@ def _write_steps(cmd, nblocks, raw, wire, info):
         yield cmd, args + raw[first * bb:(first + count) * bb], None
 
 
-def _read_steps(m, n, info, origin=(0, 0)):
+def read_args(row, col, count, rows, cols, base=0):
+    """The READ_C arguments for ``count`` words of the ``rows x cols`` result at ``base``."""
+    return protocol.to_bytes(protocol.READ_ARGS_LAYOUT, {
+        "row": row, "col": col, "count": count, "flags": 0, "base": base, "rows": rows,
+        "cols": cols})
+
+
+def compute_args(m, n, k, flags=0, a_base=0, b_base=0, c_base=0):
+    """The COMPUTE arguments."""
+    return protocol.to_bytes(protocol.COMPUTE_ARGS_LAYOUT, {
+        "m": m, "n": n, "k": k, "flags": int(flags), "a_base": a_base, "b_base": b_base,
+        "c_base": c_base})
+
+
+def _read_steps(m, n, info, origin=(0, 0), per=None):
     """READ_C requests for ``C [m, n]``; their tags say where the words go in the big C."""
-    per = info.max_read_words
+    per = per or (info.max_payload - 1) // 4
     for first in range(0, m * n, per):
         count = min(per, m * n - first)
-        args = protocol.to_bytes(protocol.READ_ARGS_LAYOUT, {
-            "row": first // n, "col": first % n, "count": count, "flags": 0})
-        yield Cmd.READ_C, args, (origin, (m, n), first, count)
+        yield (Cmd.READ_C, read_args(first // n, first % n, count, m, n),
+               (origin, (m, n), first, count))
 
 
-def tile_sizes(info, k):
-    """Largest (rows, cols) tile of C that fits the buffers for this K."""
-    kb = protocol.kblocks(k, info.fmt)
+def tile_sizes(info, k, kc=None):
+    """Largest (rows, cols) tile of C that fits the buffers for ``kc`` k-blocks per chunk."""
+    kb = kc or protocol.kblocks(k, info.fmt)
     if kb > info.a_blocks or kb > info.b_depth:
         raise ValueError(f"K = {k} does not fit the buffers")
     cols = min(info.b_depth // kb * info.lanes, 0xFFFF)
@@ -146,37 +179,52 @@ def tile_sizes(info, k):
     return rows, cols
 
 
-def gemm_plan(a, b, info, wire, *, seed=None, tile=None):
+def gemm_plan(a, b, info, wire, *, seed=None, tile=None, chunk=None):
     """Return the requests ``(cmd, payload, tag)`` of a whole GEMM, tiled over M and N.
 
-    Every request must get an OK reply; the READ_C replies, placed with
-    :func:`place_read`, make up C.
+    K is split into chunks of ``chunk`` k-blocks (default: the whole K if it fits); the first
+    chunk of a tile is a plain COMPUTE, the others ACCUMULATE into its C. Every request must
+    get an OK reply; the READ_C replies, placed with :func:`place_read`, make up C.
     """
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
     m, k = a.shape
     n = b.shape[1]
-    rows, cols = tile or tile_sizes(info, k)
+    kb = protocol.kblocks(k, info.fmt)
+    chunk = chunk or kb
+    rows, cols = tile or tile_sizes(info, k, min(chunk, kb))
     seed_b = None if seed is None else (seed + 1) % (1 << 32)
     # With stochastic rounding the blocks must be those of the whole matrices (the PRNG order
     # is global), so quantize once and cut the tiles from the quantized blocks.
-    a_raw = protocol.a_blocks_payload(a, info.fmt, wire, input_format=info.input_format,
-                                      seed=seed)[1]
-    kb = protocol.kblocks(k, info.fmt)
     bb = protocol.block_bytes(info.fmt, wire, info.input_format)
+    a_raw = np.frombuffer(protocol.a_blocks_payload(a, info.fmt, wire,
+                                                    input_format=info.input_format,
+                                                    seed=seed)[1], np.uint8).reshape(m, kb, bb)
     b_cols = _b_columns(b, info, wire, seed_b)
+    bsz = info.fmt.block_size
     steps = []
+
+    def write_b(c0, cn, k0, kn):
+        dev = protocol.b_device_order(
+            np.stack([col[k0:k0 + kn] for col in b_cols[c0:c0 + cn]]), info.lanes)
+        return list(_write_steps(Cmd.WRITE_B, dev.shape[0] * dev.shape[1] * dev.shape[2],
+                                 dev.tobytes(), wire, info))
+
     for c0 in range(0, n, cols):
         cn = min(cols, n - c0)
-        dev = protocol.b_device_order(np.stack(b_cols[c0:c0 + cn]), info.lanes)
-        steps += _write_steps(Cmd.WRITE_B, dev.shape[0] * dev.shape[1] * dev.shape[2],
-                              dev.tobytes(), wire, info)
+        if chunk >= kb:                       # one chunk: B once per column block
+            steps += write_b(c0, cn, 0, kb)
         for r0 in range(0, m, rows):
             rn = min(rows, m - r0)
-            steps += _write_steps(Cmd.WRITE_A, rn * kb,
-                                  a_raw[r0 * kb * bb:(r0 + rn) * kb * bb], wire, info)
-            steps.append((Cmd.COMPUTE, protocol.to_bytes(
-                protocol.COMPUTE_ARGS_LAYOUT, {"m": rn, "n": cn, "k": k, "flags": 0}), None))
+            for q, k0 in enumerate(range(0, kb, chunk)):
+                kn = min(chunk, kb - k0)
+                if chunk < kb:
+                    steps += write_b(c0, cn, k0, kn)
+                steps += _write_steps(Cmd.WRITE_A, rn * kn,
+                                      a_raw[r0:r0 + rn, k0:k0 + kn].tobytes(), wire, info)
+                k_elems = min(kn * bsz, k - k0 * bsz)
+                flags = protocol.Flag.ACCUMULATE if q else 0
+                steps.append((Cmd.COMPUTE, compute_args(rn, cn, k_elems, flags), None))
             steps += _read_steps(rn, cn, info, (r0, c0))
     return steps
 
@@ -191,23 +239,24 @@ def place_read(c, tag, body):
     c[r0:r0 + m, c0:c0 + n] = tile.reshape(m, n)
 
 
-async def read_c(link, m, n, info):
-    """Read ``C [m, n]`` (FP32 bit patterns) of the last COMPUTE in maximal READ_C frames."""
+async def read_c(link, m, n, info, per=None):
+    """Read ``C [m, n]`` (FP32 bit patterns) of the last COMPUTE in READ_C frames of ``per``
+    words (default: as many as ``max_payload`` bytes hold)."""
     c = np.zeros((m, n), np.uint32)
-    for cmd, payload, tag in _read_steps(m, n, info):
+    for cmd, payload, tag in _read_steps(m, n, info, per=per):
         reply = await link.request(cmd, payload)
         assert reply.status is Status.OK, reply.status
         place_read(c, tag, reply.body)
     return c
 
 
-async def device_gemm(link, a, b, info, wire, *, seed=None, tile=None):
+async def device_gemm(link, a, b, info, wire, *, seed=None, tile=None, chunk=None):
     """Compute ``golden.gemm(a, b)`` on the device: tile, write, compute, read.
 
     Returns the FP32 bit patterns of C.
     """
     c = np.zeros((np.shape(a)[0], np.shape(b)[1]), np.uint32)
-    for cmd, payload, tag in gemm_plan(a, b, info, wire, seed=seed, tile=tile):
+    for cmd, payload, tag in gemm_plan(a, b, info, wire, seed=seed, tile=tile, chunk=chunk):
         reply = await link.request(cmd, payload)
         assert reply.status is Status.OK, (Cmd(cmd), reply.status)
         if tag is not None:

@@ -2,8 +2,8 @@
 """The protocol decoder and command executor of GemmSystem, in the Amaranth simulator.
 
 Every command, and every way a request can be wrong: bad CRC, truncated frames, wrong lengths,
-unknown commands, oversize requests, random garbage. Each error gets its reply and leaves the
-device's state (the buffers and C) as it was.
+unknown commands, oversize requests, random garbage, sequence numbers out of order. Each error
+gets its reply and leaves the device's state (the buffers and C) as it was.
 """
 
 import random
@@ -48,12 +48,14 @@ def write_args(wire=Wire.BFP, count=0, start=0, flags=0):
                                         "start": start})
 
 
-def compute_args(m, n, k, flags=0):
-    return to_bytes(COMPUTE_ARGS_LAYOUT, {"m": m, "n": n, "k": k, "flags": flags})
+def compute_args(m, n, k, flags=0, a_base=0, b_base=0, c_base=0):
+    return to_bytes(COMPUTE_ARGS_LAYOUT, {"m": m, "n": n, "k": k, "flags": int(flags),
+                                          "a_base": a_base, "b_base": b_base, "c_base": c_base})
 
 
-def read_args(row, col, count, flags=0):
-    return to_bytes(READ_ARGS_LAYOUT, {"row": row, "col": col, "count": count, "flags": flags})
+def read_args(row, col, count, flags=0, rows=3, cols=3, base=0):
+    return to_bytes(READ_ARGS_LAYOUT, {"row": row, "col": col, "count": count, "flags": flags,
+                                       "base": base, "rows": rows, "cols": cols})
 
 
 def operands(seed=0, m=3, k=6, n=3):
@@ -101,14 +103,17 @@ def test_info_reset_status():
         assert info.wire_formats == {Wire.FLOAT, Wire.BFP}
         st = await link.status()
         assert st == {"last_error": 0, "c_valid": 0, "frames": 2, "rx_errors": 0,
-                      "c_rows": 0, "c_cols": 0}
+                      "c_rows": 0, "c_cols": 0, "next_seq": 0}
         await expect(link, Cmd.READ_C, read_args(0, 0, 1), Status.NO_RESULT)
         st = await link.status()
         assert st["last_error"] == Status.NO_RESULT and st["frames"] == 4
+        assert st["next_seq"] == 0                      # a refused frame keeps the number
+        await expect(link, Cmd.WRITE_A, write_args(), Status.OK)
+        assert (await link.status())["next_seq"] == 1
         await expect(link, Cmd.RESET, b"", Status.OK)
         st = await link.status()
         assert st == {"last_error": 0, "c_valid": 0, "frames": 1, "rx_errors": 0,
-                      "c_rows": 0, "c_cols": 0}
+                      "c_rows": 0, "c_cols": 0, "next_seq": 0}
 
     run_link(dut, test)
 
@@ -189,12 +194,12 @@ def test_bad_crc_is_nacked_and_changes_nothing():
     run_link(dut, test)
 
 
-@pytest.mark.parametrize("cut", [3, 5, 8, 14, 16])          # in the header, payload, CRC
+@pytest.mark.parametrize("cut", [3, 5, 8, 14, 28])          # in the header, payload, CRC
 def test_truncated_frame_times_out(cut):
     dut = small_system()
 
     async def test(link):
-        frame = protocol.encode_frame(Cmd.COMPUTE, 0x33, compute_args(1, 1, 1))   # 18 bytes
+        frame = protocol.encode_frame(Cmd.COMPUTE, 0x33, compute_args(1, 1, 1))   # 30 bytes
         await link.send(frame[:cut])
         start = link.cycle
         reply = await link.recv()
@@ -224,14 +229,16 @@ def test_wrong_lengths_and_arguments():
                      Status.BAD_LENGTH)
         await expect(link, Cmd.WRITE_B, write_args(Wire.FLOAT, 1) + one_bfp, Status.BAD_LENGTH)
         await expect(link, Cmd.WRITE_A, write_args(2, 1) + one_bfp, Status.BAD_ARG)
-        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, 1, flags=1) + one_bfp,
+        await expect(link, Cmd.WRITE_A, write_args(Wire.BFP, 1, flags=2) + one_bfp,
                      Status.BAD_ARG)
-        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1)[:7], Status.BAD_LENGTH)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1)[:8], Status.BAD_LENGTH)
         await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1) + b"\x00", Status.BAD_LENGTH)
         for args in [(0, 1, 1), (1, 0, 1), (1, 1, 0)]:
             await expect(link, Cmd.COMPUTE, compute_args(*args), Status.BAD_ARG)
-        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1, flags=1), Status.BAD_ARG)
-        await expect(link, Cmd.READ_C, read_args(0, 0, 1)[:6], Status.BAD_LENGTH)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1, flags=8), Status.BAD_ARG)
+        await expect(link, Cmd.COMPUTE, compute_args(
+            1, 1, 1, flags=protocol.Flag.QUIET | protocol.Flag.READBACK), Status.BAD_ARG)
+        await expect(link, Cmd.READ_C, read_args(0, 0, 1)[:8], Status.BAD_LENGTH)
         await expect(link, Cmd.READ_C, read_args(0, 0, 1, flags=2), Status.BAD_ARG)
         st = await link.status()
         assert st["last_error"] == Status.BAD_ARG and st["rx_errors"] == 0
@@ -282,10 +289,21 @@ def test_oversize_requests():
         await expect(link, Cmd.COMPUTE, compute_args(1, 17, 1), Status.CAPACITY)   # B
         await expect(link, Cmd.COMPUTE, compute_args(9, 3, 4), Status.CAPACITY)    # C
         await expect(link, Cmd.COMPUTE, compute_args(0xFFFF, 0xFFFF, 0xFFFF), Status.CAPACITY)
+        # ... and with base addresses (A 16 blocks, B and C 8 words per bank).
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 8, a_base=15), Status.CAPACITY)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1, a_base=0xFFFFFFFF),
+                     Status.CAPACITY)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 1, 1, b_base=8), Status.CAPACITY)
+        await expect(link, Cmd.COMPUTE, compute_args(1, 3, 1, c_base=7), Status.CAPACITY)
+        await expect(link, Cmd.COMPUTE, compute_args(
+            128, 128, 4, flags=protocol.Flag.READBACK), Status.CAPACITY)      # reply too long
         await expect(link, Cmd.READ_C, read_args(3, 0, 1), Status.CAPACITY)
         await expect(link, Cmd.READ_C, read_args(0, 3, 1), Status.CAPACITY)
         await expect(link, Cmd.READ_C, read_args(2, 2, 2), Status.CAPACITY)
-        await expect(link, Cmd.READ_C, read_args(0, 0, 32), Status.CAPACITY)    # > max_payload
+        await expect(link, Cmd.READ_C, read_args(0, 0, 16384, rows=200, cols=200),
+                     Status.CAPACITY)                                    # reply too long
+        await expect(link, Cmd.READ_C, read_args(0, 0, 1, base=7), Status.CAPACITY)
+        await expect(link, Cmd.READ_C, read_args(0, 0, 1, rows=9, cols=1), Status.CAPACITY)
         st = await link.status()
         assert st["last_error"] == Status.CAPACITY and st["c_valid"] == 1
         await _check_state(link, info, a, b, c)
@@ -355,11 +373,79 @@ def test_sequence_numbers_are_echoed():
         for seq in [0, 1, 0x7F, 0x80, 0xFF]:
             reply = await link.request(Cmd.STATUS, seq=seq)
             assert reply.seq == seq
-        # A retried (identical) WRITE is idempotent.
         one = bytes(protocol.block_bytes(FMT, Wire.BFP))
-        for _ in range(2):
-            reply = await link.request(Cmd.WRITE_A, write_args(Wire.BFP, 1, 3) + one, seq=5)
-            assert reply.status is Status.OK and reply.seq == 5
+        reply = await link.request(Cmd.WRITE_A, write_args(Wire.BFP, 1, 3) + one, seq=0)
+        assert reply.status is Status.OK and reply.seq == 0
+
+    run_link(dut, test)
+
+
+def test_sequenced_frames_run_exactly_once_in_order():
+    dut = small_system()
+    a, b = operands(5)
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        st = await link.status()
+        start = st["next_seq"]
+        assert start == link.order > 0
+        na, raw = protocol.a_blocks_payload(-a, FMT, Wire.BFP)
+        other = write_args(Wire.BFP, na) + raw
+        # Ahead of the next number, or a repeat of an executed one: refused, not executed.
+        for seq in [(start + 1) & 0xFF, (start + 0x7F) & 0xFF, (start - 1) & 0xFF]:
+            reply = await link.request(Cmd.WRITE_A, other, seq=seq)
+            assert reply.status is Status.OUT_OF_ORDER and reply.seq == seq
+            assert reply.body == bytes([start])             # the number it expects
+        for seq in [(start + 2) & 0xFF, (start - 3) & 0xFF]:
+            reply = await link.request(Cmd.COMPUTE, compute_args(3, 3, 6), seq=seq)
+            assert reply.status is Status.OUT_OF_ORDER
+            reply = await link.request(Cmd.READ_C, read_args(0, 0, 1), seq=seq)
+            assert reply.status is Status.OUT_OF_ORDER
+        st = await link.status()
+        assert st["next_seq"] == start and st["last_error"] == Status.OUT_OF_ORDER
+        await _check_state(link, info, a, b, c)
+        # Unsequenced commands do not take a number; RESET sets it back to 0.
+        seq = link.order
+        await link.info()
+        assert (await link.status())["next_seq"] == seq
+        await expect(link, Cmd.RESET, b"", Status.OK)
+        assert link.order == 0 and (await link.status())["next_seq"] == 0
+        reply = await link.request(Cmd.WRITE_A, other, seq=seq)
+        assert seq != 0 and reply.status is Status.OUT_OF_ORDER
+        await expect(link, Cmd.WRITE_A, other, Status.OK)            # seq 0
+        assert (await link.status())["next_seq"] == 1
+
+    run_link(dut, test)
+
+
+def test_quiet_frames_reply_only_on_error():
+    dut = small_system()
+    a, b = operands(6)
+    expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
+    quiet = protocol.Flag.QUIET
+
+    async def test(link):
+        await link.info()
+        nb, raw_b = protocol.b_blocks_payload(b, FMT, Wire.BFP, 2)
+        na, raw_a = protocol.a_blocks_payload(a, FMT, Wire.BFP)
+        # Three quiet frames back to back, then READ_C: the only reply is the READ_C one.
+        await link.send_quiet(Cmd.WRITE_B, write_args(Wire.BFP, nb, flags=quiet) + raw_b)
+        await link.send_quiet(Cmd.WRITE_A, write_args(Wire.BFP, na, flags=quiet) + raw_a)
+        await link.send_quiet(Cmd.COMPUTE, compute_args(3, 3, 6, flags=quiet))
+        reply = await link.request(Cmd.READ_C, read_args(0, 0, 9))
+        assert reply.seq == link.order - 1 and reply.status is Status.OK
+        assert list(protocol.c_from_payload(reply.body)) == list(expected.reshape(-1))
+        assert not link.frames
+        # A quiet frame that fails is answered, and keeps its sequence number.
+        seq = link.order
+        await link.send(protocol.encode_frame(Cmd.COMPUTE, seq, compute_args(
+            9, 9, 9, flags=quiet)))
+        reply = await link.recv()
+        assert reply.seq == seq and reply.status is Status.CAPACITY
+        assert (await link.status())["next_seq"] == seq
+        # A quiet write with nothing to write is still a sequenced frame.
+        await link.send_quiet(Cmd.WRITE_A, write_args(Wire.BFP, 0, flags=quiet))
+        assert (await link.status())["next_seq"] == (seq + 1) & 0xFF
 
     run_link(dut, test)
 

@@ -16,7 +16,7 @@ from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.engine import BlockDotUnit, GemmEngine, GemmSystem
 from hbfp_hw.fpga.protocol import Cmd, Status, Wire
 
-from .link import device_gemm, read_c, run_link, tile_sizes
+from .link import compute_args, device_gemm, read_args, read_c, run_link, tile_sizes
 
 FMT = BFPFormat(8, 4)
 
@@ -38,13 +38,16 @@ def random_matrix(rng, shape, kind="normal"):
     raise ValueError(kind)
 
 
-def check(dut, cases, wire, *, input_format="fp32", seed=None, tile=None):
-    """Run every ``(a, b)`` of ``cases`` in one simulation; compare with golden.gemm."""
+def check(dut, cases, wire, *, input_format="fp32", seed=None, tile=None, chunk=None):
+    """Run every ``(a, b)`` of ``cases`` in one simulation; compare with golden.gemm.
+
+    ``chunk``: split K into chunks of this many k-blocks, accumulated on the device.
+    """
     fmt = dut.fmt
 
     async def test(link):
         info = await link.info()
-        return [await device_gemm(link, a, b, info, wire, seed=seed, tile=tile)
+        return [await device_gemm(link, a, b, info, wire, seed=seed, tile=tile, chunk=chunk)
                 for a, b in cases]
 
     results = run_link(dut, test)
@@ -99,6 +102,108 @@ def test_accumulation_overflow_and_cancellation():
     check(system(), [(a, b), (a2, b2)], Wire.BFP)
 
 
+@pytest.mark.parametrize(("wire", "chunk"), [(Wire.BFP, 1), (Wire.FLOAT, 2)])
+def test_k_in_chunks_accumulated_on_the_device(wire, chunk):
+    # K split into chunks of `chunk` k-blocks: the first COMPUTE of a tile starts from +0.0,
+    # the others ACCUMULATE into its C. Shapes with K = 1, K not a multiple of the block
+    # size, several tiles, and K beyond what one COMPUTE could hold (16 blocks here).
+    rng = np.random.default_rng(20 + chunk)
+    shapes = [(1, 1, 1), (2, 9, 3), (5, 13, 7), (2, 70, 3)]
+    cases = [(random_matrix(rng, (m, k), "wide"), random_matrix(rng, (k, n), "wide"))
+             for m, k, n in shapes]
+    dut = system()
+    assert not dut.info.fits(2, 3, 70)
+    check(dut, cases, wire, chunk=chunk)
+
+
+def test_accumulate_special_values_across_chunks():
+    """NaN and Inf in later chunks, a running sum that overflows to Inf, Inf + -Inf, exact
+    cancellation to +0.0 and rounding ties, each across a chunk boundary."""
+    k = 16                                       # 4 blocks of 4: one chunk per block
+    a = np.zeros((7, k), np.float32)
+    b = np.ones((k, 2), np.float32)
+    a[0, 13] = np.nan                            # NaN in the last chunk only
+    a[1, 5] = np.inf                             # Inf block in chunk 1: NaN
+    a[2, :8] = 2.0 ** 125                        # chunk 0 and 1 each 2^127: the sum overflows
+    a[3, :4], a[3, 4:8] = 2.0 ** 126, -2.0 ** 126    # +2^128 -> Inf, then... see b
+    b[4:8, 1] = -1.0                             # column 1: row 3 gets Inf + Inf, col 0: Inf-Inf
+    a[4, :4], a[4, 4:8] = 3.0, -3.0              # column 0: 18 + (-18) = +0.0 (not -0.0)
+    a[5, 0], a[5, 8] = 2.0 ** 24, 1.0            # column 1: 2^24 + 1, a tie, to even (2^24)
+    a[5, 12] = 3.0                               # then 2^24 + 3: a tie, to 2^24 + 4
+    a[6, :] = -np.float32(1e-40)                 # subnormal partial sums
+    b[:, 0] *= np.float32(1.5)
+    # The data does what the comments say (golden.gemm is the reference below, too).
+    ref = golden.gemm(a, b, FMT)
+    assert np.isnan(ref[:2]).all() and np.isnan(ref[3, 0])
+    assert ref[2, 0] == np.inf and ref[3, 1] == np.inf
+    assert golden.f32_to_bits(ref[4, 0]) == 0 and ref[5, 1] == 2.0 ** 24 + 4
+    assert 0 > ref[6, 0] > -np.finfo(np.float32).tiny
+    assert golden.gemm(a[:, :4], b[:4], FMT)[2, 0] < np.inf      # finite after chunk 0
+    check(system(), [(a, b)], Wire.BFP, chunk=1)
+    check(system(), [(a, b)], Wire.FLOAT, chunk=3)   # chunks of 3 blocks, then 1
+
+
+def test_accumulate_needs_the_last_result():
+    """ACCUMULATE continues the last COMPUTE's result only: same M, N and C place."""
+    dut = system()
+    rng = np.random.default_rng(30)
+    a, b = random_matrix(rng, (2, 8)), random_matrix(rng, (8, 3))
+    acc = protocol.Flag.ACCUMULATE
+
+    async def test(link):
+        info = await link.info()
+        reply = await link.request(Cmd.COMPUTE, compute_args(2, 3, 4, acc))
+        assert reply.status is Status.NO_RESULT                 # nothing to continue
+        c = await device_gemm(link, a, b, info, Wire.BFP, tile=(2, 3), chunk=1)
+        for args in [(1, 3, 4), (2, 2, 4), (2, 3, 4, acc, 0, 0, 1)]:
+            reply = await link.request(Cmd.COMPUTE, compute_args(*args[:3], acc, *args[4:]))
+            assert reply.status is Status.MISMATCH, args
+        st = await link.status()
+        assert st["last_error"] == Status.MISMATCH and (st["c_rows"], st["c_cols"]) == (2, 3)
+        assert (await read_c(link, 2, 3, info) == c).all()     # C is untouched
+        return c
+
+    c = run_link(dut, test)
+    assert (c == golden.f32_to_bits(golden.gemm(a, b, FMT))).all()
+
+
+def test_bases_regions_and_readback():
+    """Two results at different places of C, from operands at different places of A and B;
+    READBACK returns a result with the COMPUTE reply; READ_C reads either region."""
+    dut = system(lanes=2, a_blocks=16, b_blocks=32, c_words=32)
+    rng = np.random.default_rng(31)
+    a1, b1 = random_matrix(rng, (2, 7)), random_matrix(rng, (7, 3))       # KB 2, G 2
+    a2, b2 = random_matrix(rng, (3, 4)), random_matrix(rng, (4, 4))       # KB 1, G 2
+    bb = protocol.block_bytes(FMT, Wire.BFP)
+
+    async def test(link):
+        await link.info()
+        for x, y, a_at, b_at in [(a1, b1, 0, 0), (a2, b2, 9, 5)]:
+            na, raw_a = protocol.a_blocks_payload(x, FMT, Wire.BFP)
+            nb, raw_b = protocol.b_blocks_payload(y, FMT, Wire.BFP, 2)
+            for cmd, start, n, raw in [(Cmd.WRITE_A, a_at, na, raw_a),
+                                       (Cmd.WRITE_B, 2 * b_at, nb, raw_b)]:
+                args = protocol.to_bytes(protocol.WRITE_ARGS_LAYOUT, {
+                    "wire": 1, "flags": 0, "count": n, "start": start})
+                assert (await link.request(cmd, args + raw)).status is Status.OK
+        reply = await link.request(Cmd.COMPUTE, compute_args(2, 3, 7, 0, 0, 0, 10))
+        assert reply.status is Status.OK and len(reply.body) == 4
+        reply = await link.request(Cmd.COMPUTE, compute_args(
+            3, 4, 4, protocol.Flag.READBACK, 9, 5, 3))
+        assert reply.status is Status.OK and len(reply.body) == 4 + 4 * 12
+        second = protocol.c_from_payload(reply.body[4:])
+        first = await link.request(Cmd.READ_C, read_args(0, 0, 6, 2, 3, 10))
+        again = await link.request(Cmd.READ_C, read_args(1, 1, 7, 3, 4, 3))
+        assert bb == 5
+        return (protocol.c_from_payload(first.body), second,
+                protocol.c_from_payload(again.body))
+
+    first, second, again = run_link(dut, test)
+    exp1 = golden.f32_to_bits(golden.gemm(a1, b1, FMT)).reshape(-1)
+    exp2 = golden.f32_to_bits(golden.gemm(a2, b2, FMT)).reshape(-1)
+    assert (first == exp1).all() and (second == exp2).all() and (again == exp2[5:]).all()
+
+
 def test_stochastic_rounding_with_bfp_wire():
     fmt = BFPFormat(6, 4, "stochastic")
     rng = np.random.default_rng(8)
@@ -138,8 +243,7 @@ def test_compute_is_one_block_pair_per_cycle_per_unit():
     async def test(link):
         info = await link.info()
         c = await device_gemm(link, a, b, info, Wire.BFP, tile=(m, n))
-        reply = await link.request(Cmd.COMPUTE, protocol.to_bytes(
-            protocol.COMPUTE_ARGS_LAYOUT, {"m": m, "n": n, "k": k, "flags": 0}))
+        reply = await link.request(Cmd.COMPUTE, compute_args(m, n, k))
         assert reply.status is Status.OK
         return c, protocol.from_bytes(protocol.COMPUTE_REPLY_LAYOUT, reply.body)["cycles"]
 
@@ -161,12 +265,10 @@ def test_reads_in_chunks_with_backpressure_and_gaps():
         await device_gemm(link, a, b, info, Wire.FLOAT, tile=(4, 4))
         out = []
         for row, col, count in [(0, 0, 1), (0, 3, 2), (1, 1, 7), (3, 3, 1), (0, 0, 16)]:
-            reply = await link.request(Cmd.READ_C, protocol.to_bytes(
-                protocol.READ_ARGS_LAYOUT, {"row": row, "col": col, "count": count,
-                                            "flags": 0}))
+            reply = await link.request(Cmd.READ_C, read_args(row, col, count, 4, 4))
             assert reply.status is Status.OK
             out.append((row * 4 + col, protocol.c_from_payload(reply.body)))
-        out.append((0, await read_c(link, 4, 4, info)))
+        out.append((0, await read_c(link, 4, 4, info, per=3)))
         return out
 
     # The host accepts reply bytes at random and leaves gaps between request bytes.

@@ -26,7 +26,7 @@ def test_crc32_matches_zlib():
     rng = random.Random(0)
     for length in [0, 1, 2, 3, 4, 7, 64, 1000]:
         raw = bytes(rng.randrange(256) for _ in range(length))
-        assert protocol.crc32(raw) == zlib.crc32(raw)
+        assert protocol.crc32(raw) == zlib.crc32(raw) == protocol.crc32_table(raw)
     assert protocol.crc32(b"123456789") == 0xCBF43926        # the standard check value
 
 
@@ -44,10 +44,30 @@ def test_crc32_continues():
 
 def test_layouts_are_byte_aligned_and_sized():
     assert protocol.layout_bytes(HEADER_LAYOUT) == 4
-    for layout in (WRITE_ARGS_LAYOUT, COMPUTE_ARGS_LAYOUT, READ_ARGS_LAYOUT):
-        assert protocol.layout_bytes(layout) == protocol.ARGS_BYTES
+    assert protocol.layout_bytes(WRITE_ARGS_LAYOUT) == protocol.ARGS_BYTES == 8
+    assert protocol.layout_bytes(COMPUTE_ARGS_LAYOUT) == 20
+    assert protocol.layout_bytes(READ_ARGS_LAYOUT) == 16
+    # The decoder latches enough bytes for every argument block.
+    assert protocol.ARGS_LATCH_BYTES == max(protocol.layout_bytes(x) for x in (
+        WRITE_ARGS_LAYOUT, COMPUTE_ARGS_LAYOUT, READ_ARGS_LAYOUT))
     assert protocol.layout_bytes(INFO_LAYOUT) == 36
-    assert protocol.layout_bytes(STATUS_LAYOUT) == 10
+    assert protocol.layout_bytes(STATUS_LAYOUT) == 11
+    assert protocol.MAX_READ_WORDS == 16383 and 1 + 4 * protocol.MAX_READ_WORDS <= 0xFFFF
+
+
+def test_sequenced_commands_and_flags():
+    assert protocol.SEQUENCED == {Cmd.WRITE_A, Cmd.WRITE_B, Cmd.COMPUTE, Cmd.READ_C}
+    flags = protocol.Flag
+    assert (int(flags.QUIET), int(flags.ACCUMULATE), int(flags.READBACK)) == (1, 2, 4)
+    frame = protocol.request_compute(7, 2, 3, 40, flags.ACCUMULATE, a_base=5, b_base=6,
+                                     c_base=0x01020304)
+    (parsed,) = protocol.FrameParser().feed(frame)
+    assert parsed.seq == 7 and protocol.from_bytes(COMPUTE_ARGS_LAYOUT, parsed.payload) == {
+        "m": 2, "n": 3, "k": 40, "flags": 2, "a_base": 5, "b_base": 6, "c_base": 0x01020304}
+    (parsed,) = protocol.FrameParser().feed(protocol.request_read(9, 1, 2, 3, rows=4, cols=5,
+                                                                  base=6))
+    assert protocol.from_bytes(READ_ARGS_LAYOUT, parsed.payload) == {
+        "row": 1, "col": 2, "count": 3, "flags": 0, "base": 6, "rows": 4, "cols": 5}
 
 
 def test_to_bytes_is_little_endian_in_field_order():
@@ -124,7 +144,7 @@ def test_info_roundtrip():
                          clock_hz=48_000_000, timeout_cycles=4_800_000, build_hash=0xDEADBEEF)
     assert protocol.Info.from_bytes(info.to_bytes()) == info
     assert info.b_depth == 64 and info.c_depth == 32
-    assert info.max_read_words == 255
+    assert info.max_read_words == 16383                 # replies are not bound by max_payload
 
 
 def test_block_bytes():

@@ -1,5 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""GemmSystem under Verilator (cocotb): a bfp8 device with 4 lanes, larger GEMMs, bit-exact.
+"""GemmSystem under Verilator (cocotb): a bfp8 device with 4 lanes, larger GEMMs, bit-exact
+(one of them with K split into chunks accumulated on the device).
 
 The Amaranth simulator is too slow for bfp8-sized GEMMs with many tiles; this runs the
 generated Verilog of the same component, replaying request frames planned by the host helper
@@ -72,11 +73,13 @@ def test_bfp8_gemm_session(tmp_path, monkeypatch):
     requests.append(bytes(bad))
     expect.append(("nack", None))
     results = []
-    seq = 2
+    seq = 0                        # sequenced frames: the device's next number after reset
     for a, b in cases:
         for wire in (Wire.FLOAT, Wire.BFP):
             results.append(np.zeros((a.shape[0], b.shape[1]), np.uint32))
-            for cmd, payload, tag in gemm_plan(a, b, info, wire):
+            # K in chunks of 3 k-blocks for the 100-long K: accumulated on the device.
+            chunk = 3 if a.shape[1] > 64 else None
+            for cmd, payload, tag in gemm_plan(a, b, info, wire, chunk=chunk):
                 requests.append(protocol.encode_frame(cmd, seq & 0xFF, payload))
                 expect.append((cmd, (len(results) - 1, tag)))
                 seq += 1
