@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "hbfp_hw.rtl_gen.commands",   # generate
     "hbfp_hw.sim.commands",       # verify
     "hbfp_hw.fpga.commands",      # build
+    "hbfp_hw.fpga.sweep_commands",  # sweep
     "hbfp_hw.fpga.driver_commands",  # gemm, serve
     "hbfp_hw.torch.commands",     # train
 ]

@@ -1,0 +1,313 @@
+"""``hbfp-hw sweep``: hardware cost and Fmax of a grid of BFP formats against FP32.
+
+The work is done by :mod:`hbfp_hw.fpga.sweep`; importing this module imports neither the
+generators nor matplotlib nor torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hbfp_hw.cliargs import positive_float, positive_int
+
+__all__ = ["register", "cmd_sweep", "int_list", "DEFAULT_FULL_CHIP"]
+
+#: Format of the full-chip estimate per target (None: no estimate by default).
+DEFAULT_FULL_CHIP = {"ecp5-85f": "bfp8", "ice40-up5k": None}
+
+
+def int_list(flag, check):
+    """``type=`` for a comma-separated integer list; ``check(value)`` raises ValueError."""
+    def parse(text):
+        from .sweep import parse_int_list
+
+        try:
+            values = parse_int_list(text, flag)
+            for value in values:
+                check(value)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return values
+    return parse
+
+
+def _check_mantissa_bits(value):
+    from hbfp_hw.formats import BFPFormat
+
+    BFPFormat(value, 16)
+
+
+def _check_block_size(value):
+    from hbfp_hw.formats import BFPFormat
+    from hbfp_hw.rtl_gen.common import RTL_BLOCK_SIZE_RANGE
+
+    lo, hi = RTL_BLOCK_SIZE_RANGE
+    if not lo <= value <= hi or value & (value - 1):
+        raise ValueError(f"block_size must be a power of two between {lo} and {hi} (the "
+                         f"RTL generators' range), not {value!r}")
+    BFPFormat(8, value)
+
+
+def _check_seed(value):
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"seeds must be between 0 and 4294967295, not {value}")
+
+
+def _stages(text):
+    from .sweep import parse_stages
+
+    try:
+        return parse_stages(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fill must be a number, not {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--fill must be in (0, 1], not {text}")
+    return value
+
+
+def register(subparsers):
+    """Add the ``sweep`` subcommand."""
+    from .sweep import TARGETS
+
+    p = subparsers.add_parser(
+        "sweep", help="synthesize and place-and-route a grid of BFP units against FP32",
+        description="Synthesize and place-and-route, out of context on an FPGA part, every "
+                    "DotProductUnit configuration of a grid of mantissa widths and block sizes "
+                    "and the FP32 MAC baseline from the same generator (every port "
+                    "registered). Reports LUT4/logic cells, FF, DSP, BRAM and carry cells, the "
+                    "worse Fmax of the nextpnr seeds, MAC/s, MAC/s per LUT and per "
+                    "DSP-equivalent and the ratios to FP32; writes a table, JSON and PNG plots, "
+                    "a full-chip estimate, and with --with-accuracy the accuracy/area Pareto "
+                    "front. Results are cached per configuration hash, so a rerun is instant. "
+                    "See docs/hardware.md, 'Design-space sweep'.")
+    p.add_argument("--target", choices=sorted(TARGETS), default="ecp5-85f",
+                   help="FPGA part (default ecp5-85f: LFE5U-85F-6BG381; ice40-up5k: "
+                        "iCE40UP5K-SG48)")
+    p.add_argument("--mantissa-bits", type=int_list("--mantissa-bits", _check_mantissa_bits),
+                   default=[4, 6, 8, 12], metavar="W,...",
+                   help="element widths w, sign included (default 4,6,8,12)")
+    p.add_argument("--block-size", type=int_list("--block-size", _check_block_size),
+                   default=[8, 16, 32], metavar="N,...",
+                   help="block sizes, powers of two from 2 to 64 (default 8,16,32)")
+    p.add_argument("--input-format", choices=["fp32", "bf16"], default="fp32",
+                   help="float format of the dot-product unit's operands (default fp32)")
+    p.add_argument("--rounding", choices=["nearest-even", "toward-zero", "stochastic"],
+                   default="nearest-even", help="rounding of the BFP formats")
+    p.add_argument("--stages", type=_stages, default={}, metavar="KEY=VALUE,...",
+                   help="hardware parameters, applied to every unit that takes them: "
+                        "align_stages, mac_stages, convert_stages, adder_stages, mul_stages, "
+                        "channels; a value is an integer, 'max' or 'default'. Default: the "
+                        "deepest pipelines ('max') and the fewest channels that sustain one "
+                        "block pair per cycle")
+    p.add_argument("--multipliers", choices=["dsp", "lut", "both"], default="dsp",
+                   help="map multipliers to DSP blocks (default), to LUTs (synth -nodsp / no "
+                        "-dsp), or sweep both")
+    p.add_argument("--seeds", type=int_list("--seeds", _check_seed), default=[1, 2],
+                   metavar="S,...", help="nextpnr seeds; Fmax is the worse (default 1,2)")
+    p.add_argument("--freq", type=positive_float("--freq"), metavar="MHZ",
+                   help="nextpnr --freq target (default 150 on ecp5-85f, 50 on ice40-up5k)")
+    p.add_argument("--router", choices=["router2", "router1"], default="router2",
+                   help="nextpnr router (default router2: router1 stalls for tens of minutes "
+                        "on the larger units of the LFE5U-85F)")
+    p.add_argument("--io", choices=["serial", "ooc"], default="serial",
+                   help="how the registered ports leave the part: 'serial' (default; 4 pins, "
+                        "global clock) or 'ooc' (nextpnr --out-of-context, ECP5 only)")
+    p.add_argument("--full-chip", metavar="FORMAT",
+                   help="format of the full-chip estimate, a preset or wWbN ('none' to skip; "
+                        "default bfp8 on ecp5-85f, none on ice40-up5k); adds its "
+                        "LUT-multiplier variants to the sweep")
+    p.add_argument("--fill", type=_fraction, default=0.85,
+                   help="fraction of the logic cells and FFs a full chip may use (default "
+                        "0.85)")
+    p.add_argument("--with-accuracy", action="store_true",
+                   help="train the digits model in every format (as `hbfp-hw train`, "
+                        "cached) and plot accuracy against area (needs PyTorch)")
+    p.add_argument("--accuracy-model", choices=["mlp", "cnn"], default="mlp",
+                   help="digits model for --with-accuracy (default mlp)")
+    p.add_argument("--accuracy-epochs", type=positive_int("--accuracy-epochs"), default=30,
+                   help="training epochs for --with-accuracy (default 30)")
+    p.add_argument("--jobs", "-j", type=positive_int("--jobs"), default=1,
+                   help="tool runs in parallel (default 1; each nextpnr uses one core)")
+    p.add_argument("--timeout", type=positive_float("--timeout"), metavar="MIN",
+                   help="stop a tool run after MIN minutes (the point is reported as timed "
+                        "out, not cached)")
+    p.add_argument("--out", metavar="DIR",
+                   help="write sweep.json, sweep.txt, the plots and every point's logs here")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PNG",
+                   help="write the MAC/s-per-LUT plot here (the Fmax plot goes next to it, "
+                        "'mac_per_lut' replaced by 'fmax', or with '_fmax' added)")
+    p.add_argument("--fmax-plot", metavar="PNG", help="write the Fmax plot here")
+    p.add_argument("--pareto-plot", metavar="PNG",
+                   help="write the accuracy/area Pareto plot here (with --with-accuracy)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="cache directory (default $HBFP_HW_CACHE/sweep or "
+                        "~/.cache/hbfp-hw/sweep)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _sibling(path, name):
+    path = Path(path)
+    if "mac_per_lut" in path.stem:
+        return path.with_name(path.stem.replace("mac_per_lut", name) + path.suffix)
+    return path.with_name(f"{path.stem}_{name}{path.suffix}")
+
+
+def build_points(args):
+    """Return the sweep points of parsed ``sweep`` arguments and the full-chip format."""
+    from .sweep import make_points, parse_format_spec
+
+    full_chip = args.full_chip if args.full_chip is not None else DEFAULT_FULL_CHIP[args.target]
+    if full_chip is not None and full_chip.lower() == "none":
+        full_chip = None
+    fmt = None
+    if full_chip is not None:
+        try:
+            fmt = parse_format_spec(full_chip).replace(rounding=args.rounding)
+        except ValueError as e:
+            raise ValueError(f"--full-chip must be 'none', a preset name or wWbN (such as "
+                             f"w8b16), not {full_chip!r}") from e
+    modes = ["dsp", "lut"] if args.multipliers == "both" else [args.multipliers]
+    points = []
+    try:
+        for mode in modes:
+            points += make_points(args.mantissa_bits, args.block_size,
+                                  input_format=args.input_format, rounding=args.rounding,
+                                  stages=args.stages, multipliers=mode)
+    except ValueError as e:
+        raise ValueError(f"--stages: {e}") from None
+    if fmt is not None:
+        for mode in ("dsp", "lut"):
+            extra = make_points([fmt.mantissa_bits], [fmt.block_size],
+                                input_format="fp32", rounding=args.rounding, stages=args.stages,
+                                multipliers=mode)
+            for point in extra:
+                if point not in points:
+                    points.append(point)
+    return points, fmt
+
+
+def _write_json(path, payload):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+
+
+def cmd_sweep(args):
+    """Run ``hbfp-hw sweep``; returns the exit status."""
+    from .build import BuildError
+    from .sweep import (
+        AccuracyUnavailable,
+        attach_accuracy,
+        format_full_chip,
+        format_table,
+        full_chip_estimate,
+        plot_fmax,
+        plot_mac_per_lut,
+        plot_pareto,
+        run_sweep,
+    )
+
+    if args.io == "ooc" and args.target != "ecp5-85f":
+        print(f"error: --io ooc needs nextpnr --out-of-context, which {args.target} does not "
+              f"support; use --io serial", file=sys.stderr)
+        return 2
+    try:
+        points, full_chip = build_points(args)
+    except (TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.with_accuracy:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("error: --with-accuracy trains the digits models with PyTorch, which is not "
+                  "installed; install the extra: pip install 'hbfp-hw[torch]'",
+                  file=sys.stderr)
+            return 2
+    out = Path(args.out) if args.out else None
+    try:
+        doc = run_sweep(points, args.target, seeds=args.seeds, jobs=args.jobs, io=args.io,
+                        freq_mhz=args.freq, router=args.router,
+                        timeout=None if args.timeout is None else args.timeout * 60,
+                        progress=not args.quiet, cache=args.cache,
+                        logs_dir=None if out is None else out / "logs")
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: the tools were stopped; finished steps are cached, so the same "
+              "command resumes where this one stopped", file=sys.stderr)
+        return 130
+    doc["options"] = {k: v for k, v in vars(args).items() if k != "func"}
+    if args.with_accuracy:
+        def log(text):
+            if not args.quiet:
+                print(f"[hbfp-hw sweep] {text}", file=sys.stderr, flush=True)
+        try:
+            attach_accuracy(doc, model=args.accuracy_model, epochs=args.accuracy_epochs,
+                            cache=args.cache, progress=not args.quiet, log=log)
+        except AccuracyUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    estimate = None
+    if full_chip is not None:
+        estimate = full_chip_estimate(doc, full_chip, fill=args.fill)
+        doc["full_chip"] = estimate
+    text = format_table(doc)
+    if full_chip is not None:
+        text += "\n\n" + format_full_chip(estimate)
+    if args.with_accuracy and doc.get("pareto_front"):
+        text += ("\n\nAccuracy/area Pareto front (cheapest first): "
+                 + ", ".join(doc["pareto_front"]))
+    print(text)
+
+    plots = {}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plots = {"mac_per_lut": out / "mac_per_lut.png", "fmax": out / "fmax.png"}
+        if args.with_accuracy:
+            plots["pareto"] = out / "pareto.png"
+    if args.plot:
+        plots["mac_per_lut"] = Path(args.plot)
+        plots["fmax"] = _sibling(args.plot, "fmax")
+        if args.with_accuracy:
+            plots["pareto"] = _sibling(args.plot, "pareto")
+    if args.fmax_plot:
+        plots["fmax"] = Path(args.fmax_plot)
+    if args.pareto_plot:
+        if not args.with_accuracy:
+            print("warning: --pareto-plot needs --with-accuracy; not written", file=sys.stderr)
+        else:
+            plots["pareto"] = Path(args.pareto_plot)
+    writers = {"mac_per_lut": plot_mac_per_lut, "fmax": plot_fmax, "pareto": plot_pareto}
+    for name, path in plots.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writers[name](doc, path)
+        print(f"wrote {path}")
+    doc["plots"] = {k: str(v) for k, v in plots.items()}
+    if out is not None:
+        _write_json(out / "sweep.json", doc)
+        (out / "sweep.txt").write_text(text + "\n")
+        print(f"wrote {out / 'sweep.json'}, {out / 'sweep.txt'}, logs in {out / 'logs'}")
+    if args.json:
+        _write_json(args.json, doc)
+        print(f"wrote {args.json}")
+    broken = [r for r in doc["points"] if r["status"] not in ("ok", "does not fit")]
+    if broken:
+        print("error: " + "; ".join(f"{r['label']}: {r['status']}" for r in broken),
+              file=sys.stderr)
+        return 1
+    return 0
