@@ -270,7 +270,9 @@ class FloatToBlock(wiring.Component):
                 clamped = Mux(field > hi_field, hi_field, clamped)
             if lo_field > 0:
                 clamped = Mux(field < lo_field, lo_field, clamped)
-            clamped_fields.append(clamped)
+            clamped_field = Signal(8, name=f"clamped{i}")
+            m.d.comb += clamped_field.eq(clamped)
+            clamped_fields.append(clamped_field)
             # Signals, not expressions: each is read several times (see _trailing_zeros)
             is_normal = Signal(name=f"normal{i}")
             sig = Signal(24, name=f"sig{i}")
@@ -295,7 +297,13 @@ class FloatToBlock(wiring.Component):
         # max(clamp(f_i)) == clamp(max(f_i)): the clamp is monotonic, so it is done per lane,
         # in parallel, and the tree ends at the biased shared exponent.
         def max_level(level):
-            return [Mux(a > b, a, b) for a, b in zip(level[0::2], level[1::2], strict=True)]
+            # Signals, not expressions: each operand is read twice (see _trailing_zeros)
+            nodes = []
+            for a, b in zip(level[0::2], level[1::2], strict=True):
+                node = Signal(8, name=f"max{len(level)}_{len(nodes)}")
+                m.d.comb += node.eq(Mux(a > b, a, b))
+                nodes.append(node)
+            return nodes
 
         levels = (n - 1).bit_length()
         carried = {"rand": values["rand"]} if stochastic else {}
