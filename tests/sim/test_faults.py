@@ -36,10 +36,11 @@ def test_same_bench_passes_without_fault():
 
 def _unused(component):
     # These units are built only to test argument checks; tell Amaranth they are not
-    # forgotten designs.
-    for c in [component, *vars(component).values()]:
-        if hasattr(c, "_MustUse__silence"):
-            c._MustUse__silence = True
+    # forgotten designs, down to the innermost subunit (DotProductUnit -> BlockDotUnit -> ...).
+    if hasattr(component, "_MustUse__silence"):
+        component._MustUse__silence = True
+        for child in vars(component).values():
+            _unused(child)
     return component
 
 
