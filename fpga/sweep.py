@@ -215,9 +215,9 @@ def stage_ranges(kind, fmt=None):
     ``kind`` is ``"dot"`` (:class:`DotProductUnit`, needs ``fmt``) or ``"fp32-baseline"``.
     The maxima are read from the generators, so they follow the RTL.
     """
-    from hbfp_hw.rtl_gen import float_to_block
     from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
     from hbfp_hw.rtl_gen.dot_product import DotProductUnit
+    from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
     from hbfp_hw.rtl_gen.fp32_mac import Fp32MacBaseline
     from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
     from hbfp_hw.rtl_gen.mac_tree import MacTree
@@ -231,13 +231,11 @@ def stage_ranges(kind, fmt=None):
     adder = (1, FPAccumulator.MAX_ADDER_STAGES, defaults.get("adder_stages"))
     channels = (1, MAX_CHANNELS, defaults.get("channels"))
     if kind == "dot":
-        align_max = _stage_max(float_to_block.FloatToBlock, fmt,
-                               getattr(float_to_block, "MAX_STAGES", None))
         return {
             "channels": channels,
-            "align_stages": (0, align_max, defaults.get("align_stages")),
-            "mac_stages": (0, _stage_max(MacTree, fmt), defaults.get("mac_stages")),
-            "convert_stages": (0, _stage_max(BlockToFloat, fmt), defaults.get("convert_stages")),
+            "align_stages": (0, FloatToBlock.max_stages_for(fmt), defaults.get("align_stages")),
+            "mac_stages": (0, MacTree.max_stages_for(fmt), defaults.get("mac_stages")),
+            "convert_stages": (0, BlockToFloat.MAX_STAGES, defaults.get("convert_stages")),
             "adder_stages": adder,
         }
     if kind == "fp32-baseline":
@@ -247,14 +245,6 @@ def stage_ranges(kind, fmt=None):
             "adder_stages": adder,
         }
     raise ValueError(f"kind must be 'dot' or 'fp32-baseline', not {kind!r}")
-
-
-def _stage_max(cls, fmt, fallback=None):
-    """Largest ``stages`` of a generator: its ``max_stages_for(fmt)`` if it has one (the depth
-    may depend on the format), else its ``MAX_STAGES``, else ``fallback``."""
-    if fmt is not None and hasattr(cls, "max_stages_for"):
-        return cls.max_stages_for(fmt)
-    return getattr(cls, "MAX_STAGES", fallback)
 
 
 def parse_stages(text):

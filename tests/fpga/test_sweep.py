@@ -68,21 +68,16 @@ def test_parse_stages():
 
 
 def test_resolve_params_deepest_by_default():
-    from hbfp_hw.rtl_gen import float_to_block
     from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+    from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
     from hbfp_hw.rtl_gen.fp32_mac import Fp32MacBaseline
     from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
     from hbfp_hw.rtl_gen.mac_tree import MacTree
 
-    def deepest(cls, fallback=None):
-        if hasattr(cls, "max_stages_for"):
-            return cls.max_stages_for(BFP8)
-        return getattr(cls, "MAX_STAGES", fallback)
-
     assert resolve_params("dot", BFP8) == {
-        "align_stages": deepest(float_to_block.FloatToBlock, float_to_block.MAX_STAGES),
+        "align_stages": FloatToBlock.max_stages_for(BFP8),
         "mac_stages": MacTree.max_stages_for(BFP8),
-        "convert_stages": deepest(BlockToFloat),
+        "convert_stages": BlockToFloat.MAX_STAGES,
         "adder_stages": FPAccumulator.MAX_ADDER_STAGES,
     }
     assert resolve_params("fp32-baseline") == {
