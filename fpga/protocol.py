@@ -209,28 +209,13 @@ def crc32_byte(crc, byte):
     return crc
 
 
-def _make_table():
-    return [crc32_byte(0, i) for i in range(256)]
-
-
-_CRC_TABLE = _make_table()
-
-
 def crc32(raw, crc=0):
-    """Return the IEEE CRC-32 of ``raw``: ``zlib.crc32`` (fast), which the table-driven
-    :func:`crc32_table` and the hardware's :func:`crc32_byte` steps reproduce.
+    """Return the IEEE CRC-32 of ``raw``: ``zlib.crc32`` (fast), which the hardware's
+    :func:`crc32_byte` steps reproduce.
 
     ``crc`` is a previous result to continue from.
     """
     return zlib.crc32(bytes(raw), crc)
-
-
-def crc32_table(raw, crc=0):
-    """Return the IEEE CRC-32 of ``raw``, table-driven (the reference for :func:`crc32`)."""
-    reg = crc ^ 0xFFFFFFFF
-    for byte in bytes(raw):
-        reg = (reg >> 8) ^ _CRC_TABLE[(reg ^ byte) & 0xFF]
-    return reg ^ 0xFFFFFFFF
 
 
 # -- frames -------------------------------------------------------------------------------------
