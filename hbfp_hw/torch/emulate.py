@@ -20,6 +20,12 @@ the golden model step by step: ``frexp`` on float64 for the exponents, scaling i
 where ``2**k`` leaves float32's range, ``torch.round``/``torch.trunc`` or stochastic rounding on
 int64 with the contract's xorshift32 bits.
 
+The fast path has two implementations with the same bits: the fused C kernel of
+:mod:`.native` (``_fused.c``: quantization, block products and accumulation in one pass per
+operand, several times faster), and the torch implementation described here, which runs where
+the kernel cannot be built or is turned off (``HBFP_HW_NATIVE=0``). The tests run every
+fast-path case on both.
+
 Both paths then compute the block products of each k-block with BLAS on the dequantized
 values, in float32 when that is provably exact (every partial sum is an integer multiple of
 the product grid below ``2**24`` grid units and no product leaves float32's range, so any
@@ -51,6 +57,7 @@ import torch
 
 from hbfp_hw.formats import CANONICAL_NAN_BITS, SR_RANDOM_BITS, Rounding, resolve_format
 from hbfp_hw.golden import prng
+from hbfp_hw.torch import native
 
 __all__ = ["gemm", "quantize", "EmulateBackend"]
 
@@ -699,8 +706,11 @@ def _gemm_fast(a, b, fmt):
 
 def _gemm(a, b, fmt, seed_a, seed_b):
     if fmt.rounding is not Rounding.STOCHASTIC:
-        out = _gemm_fast(a, b, fmt)
-        if out is not None:
+        out = native.fused_gemm(a, b, fmt, fmt.block_size * fmt.max_mantissa ** 2 <= 1 << 24,
+                                _f32_max_grid(fmt))
+        if out is None:                     # the fused kernel is off or unavailable
+            out = _gemm_fast(a, b, fmt)
+        if out is not None and out is not native.NOT_FAST:
             return out
     return _gemm_general(a, b, fmt, seed_a, seed_b)
 

@@ -8,7 +8,7 @@ import torch
 
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat, Rounding
-from hbfp_hw.torch import emulate
+from hbfp_hw.torch import emulate, native
 
 from ..golden_checks import f32, random_finite_bits, special_blocks, tie_blocks
 from .helpers import clustered, same_bits
@@ -197,10 +197,25 @@ def _layout(t, how):
     return t if how == "r" else t.t().contiguous().t()
 
 
-@pytest.fixture
-def paths(monkeypatch):
-    """Record which path each GEMM took: True (fast) or False (general)."""
+@pytest.fixture(params=["native", "torch"])
+def paths(request, monkeypatch):
+    """Run the test on each implementation of the fast path (the fused C kernel, then the torch
+    path with the kernel off) and record which path each GEMM took: True (fast) or False
+    (general)."""
     taken = []
+    if request.param == "native":
+        assert native.available(), "gcc is installed, so the fused kernel must build"
+        fused = native.fused_gemm
+
+        def spy_native(*args):
+            out = fused(*args)
+            taken.append(out is not native.NOT_FAST)
+            return out
+
+        monkeypatch.setattr(native, "fused_gemm", spy_native)
+        monkeypatch.setattr(emulate, "_gemm_fast", _never)
+        yield taken
+        return
     fast = emulate._gemm_fast
 
     def spy(a, b, fmt):
@@ -209,7 +224,12 @@ def paths(monkeypatch):
         return out
 
     monkeypatch.setattr(emulate, "_gemm_fast", spy)
-    return taken
+    with native.enabled(False):
+        yield taken
+
+
+def _never(*args):
+    raise AssertionError("the torch fast path ran although the fused kernel is on")
 
 
 @pytest.mark.parametrize("layouts", ["rr", "rc", "cr", "cc"])

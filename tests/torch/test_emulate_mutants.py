@@ -8,7 +8,7 @@ import torch
 
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat, Rounding
-from hbfp_hw.torch import emulate
+from hbfp_hw.torch import emulate, native
 
 from ..golden_checks import special_blocks, tie_blocks
 from .helpers import clustered, same_bits
@@ -29,6 +29,9 @@ def _mismatch_found(fmt):
     big = torch.full((3, 32), 1.5 * 2.0 ** 126)
     signs = torch.tensor([1.0] * 8 + [-1.0] * 8 + [1.0, -1.0] * 8).reshape(32, 1).repeat(1, 2)
     cases.append((big, signs))
+    # block products that overflow to +Inf and -Inf: their sum is a NaN, made canonical
+    cases.append((torch.full((2, 32), 1.5 * 2.0 ** 126),
+                  torch.tensor([1.5] * 16 + [-1.5] * 16).reshape(32, 1).repeat(1, 3)))
     # 1 followed by half-ulps: only a sequential float32 sum stays 1
     ones = torch.zeros(2, 16 * 40)
     ones[:, ::16] = 1.0
@@ -135,7 +138,41 @@ MUTANTS = {
 
 @pytest.mark.parametrize("name", MUTANTS)
 def test_mutant_is_caught(name, monkeypatch):
+    """Mutants of the torch path, which runs with the fused kernel off."""
     attr, replacement, fmt = MUTANTS[name]
+    monkeypatch.setattr(native, "_enabled", False)
     assert not _mismatch_found(fmt)                      # the real emulation is exact
     monkeypatch.setattr(emulate, attr, replacement)
+    assert _mismatch_found(fmt)
+
+
+#: Deliberately broken variants of the fused C kernel: (text of _fused.c, its replacement).
+NATIVE_MUTANTS = {
+    "native-ties-away": ("nearest ? rintf(x * s)", "nearest ? roundf(x * s)"),
+    "native-no-saturation": ("v = v < -mm ? -mm : (v > mm ? mm : v);", ""),
+    "native-reversed-accumulation": (
+        "    vf acc[MR][2];\n    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = (vf){0};\n"
+        "    for (int64_t kb = 0; kb < kblocks; kb++) {",
+        "    vf acc[MR][2];\n    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = (vf){0};\n"
+        "    for (int64_t kb = kblocks - 1; kb >= 0; kb--) {"),
+    "native-float32-always": ("const int f64 = !(", "const int f64 = 0 && !("),
+    "native-nan-not-canonical": ("dst[q] = src[q] != src[q] ? nan : src[q];", "dst[q] = src[q];"),
+    "native-exponent-off-by-one": ("k_base - (int32_t)(u & EXP_MASK)",
+                                   "k_base - (int32_t)(u & EXP_MASK) + (1 << 23)"),
+}
+
+
+@pytest.mark.parametrize("name", NATIVE_MUTANTS)
+def test_native_mutant_is_caught(name, monkeypatch, tmp_path):
+    """Mutants of the fused C kernel, compiled from an edited copy of its source."""
+    assert native.available(), "gcc is installed, so the fused kernel must build"
+    old, new = NATIVE_MUTANTS[name]
+    source = native._SOURCE.read_text()
+    assert source.count(old) == 1, f"{name}: the mutated text is not in _fused.c once"
+    mutant = tmp_path / "_fused.c"
+    mutant.write_text(source.replace(old, new))
+    monkeypatch.setenv("HBFP_HW_CACHE", str(tmp_path / "cache"))
+    fmt = BFPFormat(8, 16)
+    assert not _mismatch_found(fmt)                      # the real kernel is exact
+    monkeypatch.setattr(native, "_lib", native._build(mutant))
     assert _mismatch_found(fmt)

@@ -1,0 +1,172 @@
+"""The fused C kernel of the emulate backend's fast path (``_fused.c``).
+
+One call quantizes both operands, computes the block products and accumulates them into C in
+FP32, k-block after k-block: the work that the torch fast path of :mod:`.emulate` spreads over
+some 30 torch and numpy calls and several passes over memory. ``_fused.c`` explains why it is
+bit-exact with :func:`hbfp_hw.golden.gemm`; the tests compare it with the golden model and with
+the torch path.
+
+The kernel is compiled with the system C compiler (``$CC``, else ``cc`` or ``gcc``) on first
+use, with ``-O3 -march=native``, into ``$HBFP_HW_CACHE/native`` (default
+``~/.cache/hbfp-hw/native``), named by a hash of the source, the flags, the compiler and the
+CPU; later processes load it from there. Without a compiler, or with ``HBFP_HW_NATIVE=0`` in
+the environment, the emulate backend uses its torch path, which gives the same bits, more
+slowly (one ``RuntimeWarning`` says why when a build fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from hbfp_hw.formats import Rounding
+
+__all__ = ["available", "fused_gemm", "enabled", "NOT_FAST"]
+
+_SOURCE = Path(__file__).with_name("_fused.c")
+_FLAGS = ("-std=gnu11", "-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno",
+          "-fPIC", "-shared", "-pthread")
+#: GEMMs with fewer multiply-accumulates run on one thread (starting threads costs more).
+_THREAD_MIN_MACS = 1 << 21
+#: Returned by :func:`fused_gemm` when the fast path does not apply to the operands.
+NOT_FAST = "not-fast"
+
+_lock = threading.Lock()
+_lib = None
+_error = None           # why the kernel is unavailable, once a build was tried
+_enabled = os.environ.get("HBFP_HW_NATIVE", "1").strip().lower() not in ("0", "no", "false",
+                                                                          "off")
+
+
+def _cache_dir():
+    root = Path(os.environ.get("HBFP_HW_CACHE", Path.home() / ".cache" / "hbfp-hw"))
+    return root / "native"
+
+
+def _compiler():
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc) or cc
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def _cpu_signature():
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [ln for ln in text.splitlines()
+             if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _build(source=_SOURCE):
+    """Compile ``source`` (cached by content) and return the loaded library."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"the C compiler {cc} does not run: {exc}") from exc
+    text = Path(source).read_bytes()
+    key = hashlib.sha256(b"\0".join([text, " ".join(_FLAGS).encode(), cc.encode(),
+                                     version.encode(), _cpu_signature().encode(),
+                                     platform.machine().encode()])).hexdigest()[:16]
+    out = _cache_dir() / f"fused-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cc, *_FLAGS, "-o", tmp, str(source), "-lm"],
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cc} failed on {Path(source).name}:\n{proc.stderr.strip()}")
+            os.replace(tmp, out)        # atomic: concurrent processes (DDP ranks) agree
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(out))
+    fn = lib.hbfp_fused_gemm
+    i64, i32 = ctypes.c_int64, ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ctypes.c_void_p, i64, i64, i64,
+                   ctypes.c_void_p, i32, i32, ctypes.c_float, i32, i32, i32, i32, i32, i32]
+    fn.restype = i32
+    return lib
+
+
+def _library():
+    global _lib, _error
+    if _lib is not None or _error is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _error is None:
+            try:
+                _lib = _build()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _error = str(exc)
+                warnings.warn(f"hbfp_hw.torch: the fused C kernel of the emulate backend is not "
+                              f"available ({_error}); emulated GEMMs use the slower torch path, "
+                              f"which gives the same results", RuntimeWarning, stacklevel=3)
+    return _lib
+
+
+def available():
+    """Whether the fused kernel is enabled and built (building it if needed)."""
+    return _enabled and _library() is not None
+
+
+@contextlib.contextmanager
+def enabled(flag):
+    """Turn the fused kernel on or off within a ``with`` block (tests, benchmarks)."""
+    global _enabled
+    before, _enabled = _enabled, bool(flag)
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid):
+    """Return the HBFP product ``a @ b`` of CPU float32 matrices (any strides) computed by the
+    fused kernel, for a nearest-even or toward-zero ``fmt``.
+
+    Returns ``None`` when the kernel is disabled or unavailable, and :data:`NOT_FAST` when the
+    operands need the general path (exponents at the ends of the range; see
+    :func:`.emulate._gemm_fast`). The caller ensures IEEE subnormals.
+    """
+    if not _enabled:
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    m, kdim = a.shape
+    n = b.shape[1]
+    threads = torch.get_num_threads() if m * n * kdim >= _THREAD_MIN_MACS else 1
+    out = torch.empty(m, n, dtype=torch.float32)
+    rc = lib.hbfp_fused_gemm(
+        a.data_ptr(), m, kdim, a.stride(0), a.stride(1),
+        b.data_ptr(), n, b.stride(0), b.stride(1), out.data_ptr(),
+        fmt.block_size, fmt.fraction_bits, float(fmt.max_mantissa), fmt.min_exponent,
+        fmt.max_exponent, int(fmt.rounding is Rounding.NEAREST_EVEN), int(f32_bound_ok),
+        f32_max_grid, threads)
+    if rc == 1:
+        return NOT_FAST
+    if rc != 0:
+        raise MemoryError(f"the fused HBFP kernel could not allocate its buffers for a "
+                          f"{m}x{kdim} @ {kdim}x{n} GEMM")
+    return out
