@@ -31,6 +31,10 @@ bit for bit against ``golden.gemm``. The build is done (or taken from the cache)
    the busier direction, the time before the first result can exist (bfp: a row and a column
    of the whole K must arrive first) or after the last operand arrived (fp32).
 
+   The link time of a GEMM starts when ``dev.gemm`` is called (the harness reports when its
+   wait for the host began, ``idle_since``, so the wait before the call is taken out exactly)
+   and ends with the last reply byte.
+
    Host time counts, and this machine is shared, so each link figure is the best of
    ``--repeat`` runs; the driver's plan cache is cleared before every run, so planning is
    included each time. The median is shown beside it.
@@ -89,20 +93,22 @@ def link_run(dev, a, b, ref, wire, rate):
     n = b.shape[1]
     clear_plan_cache()
     dev.status()                               # the harness goes idle after this reply
-    t_idle = time.perf_counter()
     time.sleep(0.05)
     s0 = dev.transport.link_stats()
     before = dict(dev.stats)
-    t_start = time.perf_counter()
+    t_start = time.monotonic()
     c = dev.gemm(a, b, wire=wire)
     if not np.array_equal(c.view(np.uint32), ref):
         raise SystemExit(f"NOT bit-exact: {m}x{k}x{n} wire={wire}")
     time.sleep(0.05)
     s1 = dev.transport.link_stats()
-    # The harness counts the wall time it waits for the host as idle line time; the wait
-    # before the GEMM includes this script's own sleep, which is not the driver's. (The
-    # harness's wait began slightly before t_idle, so this errs on the slow side.)
-    before_gemm = t_start - t_idle
+    # The harness counts the wall time it waits for the host as idle line time. The wait that
+    # the GEMM ends began at s0["idle_since"] (the same clock as time.monotonic); the part of
+    # it before the GEMM was called is this script's own sleep, not the driver's. From the
+    # call on, everything counts: the driver's quantizing and planning before its first byte.
+    if s1["bytes_in"] == s0["bytes_in"] or s0["idle_since"] > t_start:
+        raise SystemExit("the simulated board was not idle before the GEMM")
+    before_gemm = t_start - s0["idle_since"]
     vt = s1["virtual_seconds"] - s0["virtual_seconds"] - before_gemm
     host = s1["host_wait_seconds"] - s0["host_wait_seconds"] - before_gemm
     d = {key: dev.stats[key] - before[key] for key in dev.stats}

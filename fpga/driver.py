@@ -183,97 +183,122 @@ def tile_sizes(info, m, n, k):
     return best[1], min(best[2], n), best[3]
 
 
+class _LineModel:
+    """Model of a full-duplex line at one byte per time unit each way, for planning.
+
+    Frames are ``(request bytes, reply bytes or None)`` in sequence order. The device takes a
+    frame when it has arrived and its previous reply has been sent (docs/protocol.md 1: it
+    holds its input while it replies), so a reply starts at the later of the two. ``idle`` is
+    the time the device-to-host direction waited for a reply to exist while the GEMM was
+    under way (after its first reply could have started)."""
+
+    __slots__ = ("up", "down", "idle")
+
+    def __init__(self, up=0, down=0, idle=0):
+        self.up, self.down, self.idle = up, down, idle
+
+    def copy(self):
+        return _LineModel(self.up, self.down, self.idle)
+
+    def add(self, frames):
+        for req, rep in frames:
+            self.up += req
+            if rep is not None:
+                if self.up > self.down:
+                    self.idle += self.up - self.down
+                    self.down = self.up
+                self.down += rep
+        return self
+
+    @property
+    def end(self):
+        return max(self.up, self.down)
+
+
 def _frames_time(frames):
-    """Model of a full-duplex line at one byte per time unit each way: ``frames`` are
-    ``(request bytes, reply bytes or None)`` in order; the device takes a frame when it has
-    arrived and its previous reply has been sent. Returns the time of the last byte."""
-    t_up = end = 0
-    for req, rep in frames:
-        t_up += req
-        start = t_up if t_up > end else end
-        end = start + rep if rep is not None else start
-    return max(t_up, end)
+    """Time of the last byte of ``frames`` on the line model (:class:`_LineModel`)."""
+    return _LineModel().add(frames).end
 
 
-#: The family of growth sequences :func:`growth_steps` chooses from, in units of
-#: ``max(4, lanes)`` rows and columns: the first step, the number of small (one-unit) steps
-#: after it, the size of the later steps, and the number of small steps at the end.
-_GROWTH_PARAMS = ((1, 2, 3, 4, 5, 6, 8), (0, 2, 4, 6, 8), (2, 3, 4, 6, 8, 12, 16), (0, 2, 4))
+#: Largest first step of :func:`growth_steps`, in units of ``max(4, lanes)``.
+_GROWTH_FIRST_MAX = 6
 
+#: The family of regular growth sequences that :func:`growth_steps` also searches, in units
+#: of ``max(4, lanes)``: the number of one-unit steps after the first, the size of the later
+#: steps, and the number of one-unit steps at the end.
+_GROWTH_PARAMS = ((0, 2, 4, 6, 8), (2, 3, 4, 6, 8, 12, 16), (0, 2, 4))
 
-def _growth_time(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, index):
-    first, n_small, big, n_tail = (p[i] for p, i in zip(_GROWTH_PARAMS, index))
-    unit = max(4, lanes)
-    steps = _growth(m, n, unit, first * unit, n_small, big * unit, n_tail)
-    return _frames_time(_growth_frames(steps, lanes, row_bytes, col_bytes, max_write,
-                                       tile_words)), steps
-
-
-#: Index (in ``_GROWTH_PARAMS[0]``) of the first step: two units. Small enough that results
-#: come back early, and known without a search, so that the GEMM starts at once; over the
-#: shapes of the benchmarks it costs under 1% against the best first step of the family.
-_GROWTH_FIRST = 1
-
-
-def growth_first(*model):
-    """Return the first step of :func:`growth_steps` (no search), so that a GEMM can start
-    while the rest of its steps are chosen."""
-    return growth_steps.__wrapped__(*model, _only_first=True)
+def growth_first(m, n, lanes, *_model):
+    """Return the first step of :func:`growth_steps` (no planning), so that a GEMM can start
+    while the rest of its steps are chosen: ``log2(min(m, n) / 8)`` units of ``max(4,
+    lanes)`` rows and columns (1 to :data:`_GROWTH_FIRST_MAX`; 12 for a 64 x 64 C with 4
+    lanes), which over the benchmark shapes is within 0.3% of the best first step."""
+    units = min(_GROWTH_FIRST_MAX, max(1, (min(m, n) // 8).bit_length() - 1))
+    f = units * max(4, lanes)
+    return min(f, m), min(f, n)
 
 
 @functools.lru_cache(maxsize=256)
-def growth_steps(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, *,
-                 _only_first=False):
+def growth_steps(m, n, lanes, row_bytes, col_bytes, max_write, tile_words):
     """Return the order in which a resident GEMM loads A and B: ``[(rows, cols), ...]``.
 
     Step ``i`` loads the rows and columns beyond step ``i-1`` and computes the new part of C.
-    Small steps first let C flow back early (the host has to send a row and a column of the
-    whole K before the first element of C exists); large steps later cost fewer frames; small
-    steps at the end keep the last results short. This searches a family of such sequences
-    (:data:`_GROWTH_PARAMS`) by coordinate descent for the one that a model of a full-duplex
-    UART (equal rates both ways, framing included) finishes first; a few milliseconds. The
-    first step is fixed (:data:`_GROWTH_FIRST`), so that it can be sent during the search.
+    Before the first element of C exists the host has to send a row and a column of the whole
+    K, and while few results exist each result frame is soon sent and the device-to-host
+    direction waits for the next one; so the steps start small (results flow back early) and
+    grow once the results already computed keep that direction busy (fewer frames, less
+    framing).
+
+    Every candidate starts with :func:`growth_first` and is timed on a model of the
+    full-duplex line (:class:`_LineModel`, framing included); the best of a family of regular
+    sequences (:data:`_GROWTH_PARAMS`, by coordinate descent) is returned. A few milliseconds
+    at most, while the first step is on the line. (Greedy plans that grow as fast as the model
+    keeps the device-to-host direction busy were 0.2 to 0.6% faster in the model for bfp8,
+    but their large late steps were 7% slower than this on the simulated board for a
+    256 x 64 x 256 FP32-wire GEMM, which the model does not capture.)
     """
-    model = (m, n, lanes, row_bytes, col_bytes, max_write, tile_words)
-    first = _GROWTH_FIRST
-    if _only_first:
-        unit = max(4, lanes)
-        f = _GROWTH_PARAMS[0][first] * unit
-        return min(f, m), min(f, n)
+    model = (lanes, row_bytes, col_bytes, max_write, tile_words)
+    first = growth_first(m, n, lanes)
+    unit = max(4, lanes)
     cost = {}
 
-    def time_of(index):
+    def regular(index):
         if index not in cost:
-            cost[index] = _growth_time(*model, index)
-        return cost[index][0]
+            n_small, big, n_tail = (p[i] for p, i in zip(_GROWTH_PARAMS, index))
+            steps = _growth(m, n, unit, first, n_small, big * unit, n_tail)
+            cost[index] = (_frames_time(_growth_frames(steps, *model)), steps)
+        return cost[index]
 
-    best = (first, 2, 2, 1)
+    best = (1, 2, 1)
     while True:
         moves = [best[:d] + (best[d] + step,) + best[d + 1:]
-                 for d in range(1, 4) for step in (-1, 1)
+                 for d in range(3) for step in (-1, 1)
                  if 0 <= best[d] + step < len(_GROWTH_PARAMS[d])]
-        better = min(moves, key=time_of)
-        if time_of(better) >= time_of(best):
-            return cost[best][1]
+        better = min(moves, key=lambda i: regular(i)[0])
+        if regular(better)[0] >= regular(best)[0]:
+            break
         best = better
+    return regular(best)[1]
 
 
 def _growth(m, n, unit, first, n_small, big, n_tail):
-    steps = []
-    r = c = first
+    """A regular growth sequence: ``first``, ``n_small`` one-unit steps, steps of ``big``,
+    and one-unit steps once at most ``n_tail`` units are left."""
+    steps = [first]
+    r, c = first
     i = 0
-    while True:
-        steps.append((min(r, m), min(c, n)))
-        if r >= m and c >= n:
-            return tuple(steps)
+    while r < m or c < n:
         left = max(m - r, n - c)
         inc = unit if (i < n_small or left <= unit * n_tail) else big
         r, c, i = r + inc, c + inc, i + 1
+        steps.append((min(r, m), min(c, n)))
+    return tuple(steps)
 
 
-def _growth_frames(steps, lanes, row_bytes, col_bytes, max_write, tile_words):
+def _step_frames(rows, cols, r1, c1, *, lanes, row_bytes, col_bytes, max_write, tile_words):
+    """Model frames of one growth step from ``rows x cols`` to ``r1 x c1`` (as the driver
+    sends it: the new columns of B, their results, the new rows of A, their results)."""
     frames = []
-    rows = cols = 0
 
     def write(nbytes):
         while nbytes > 0:
@@ -286,14 +311,23 @@ def _growth_frames(steps, lanes, row_bytes, col_bytes, max_write, tile_words):
         for r in range(0, rn, per):
             frames.append((30, 15 + 4 * min(per, rn - r) * cn))
 
+    if c1 > cols:
+        write(protocol.padded_columns(c1 - cols, lanes) * col_bytes)
+        if rows:
+            tiles(rows, c1 - cols)
+    if r1 > rows:
+        write((r1 - rows) * row_bytes)
+        tiles(r1 - rows, c1)
+    return frames
+
+
+def _growth_frames(steps, lanes, row_bytes, col_bytes, max_write, tile_words):
+    """Model frames of a whole growth sequence ``steps`` (see :func:`growth_steps`)."""
+    frames = []
+    rows = cols = 0
     for r1, c1 in steps:
-        if c1 > cols:
-            write(protocol.padded_columns(c1 - cols, lanes) * col_bytes)
-            if rows:
-                tiles(rows, c1 - cols)
-        if r1 > rows:
-            write((r1 - rows) * row_bytes)
-            tiles(r1 - rows, c1)
+        frames += _step_frames(rows, cols, r1, c1, lanes=lanes, row_bytes=row_bytes,
+                               col_bytes=col_bytes, max_write=max_write, tile_words=tile_words)
         rows, cols = max(rows, r1), max(cols, c1)
     return frames
 

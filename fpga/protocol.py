@@ -360,16 +360,16 @@ def _float_blocks(blocks, input_format):
 
 
 def _bfp_blocks(codes, mantissas, fmt):
-    """Bytes of quantized blocks: per block the exponent code, then the mantissas."""
+    """Bytes of quantized blocks: per block the exponent code, then the mantissas (each the
+    low ``mantissa_bytes`` bytes of its little-endian two's complement)."""
     mb = mantissa_bytes(fmt)
-    codes = np.asarray(codes, dtype=np.int64).reshape(-1, 1)
-    mant = np.asarray(mantissas, dtype=np.int64).reshape(codes.shape[0], -1)
-    cols = [codes.astype(np.uint8)]
-    for i in range(mant.shape[1]):
-        word = mant[:, i] & ((1 << (8 * mb)) - 1)
-        for j in range(mb):
-            cols.append(((word >> (8 * j)) & 0xFF).astype(np.uint8).reshape(-1, 1))
-    return np.concatenate(cols, axis=1).tobytes()
+    codes = np.asarray(codes).reshape(-1)
+    nblocks = codes.shape[0]
+    out = np.empty((nblocks, 1 + fmt.block_size * mb), np.uint8)
+    out[:, 0] = codes
+    words = np.asarray(mantissas).astype("<i8").reshape(nblocks, fmt.block_size, 1)
+    out[:, 1:] = words.view(np.uint8)[:, :, :mb].reshape(nblocks, -1)
+    return out.tobytes()
 
 
 def _a_blocks(a, fmt):

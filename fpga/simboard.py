@@ -147,9 +147,10 @@ HARNESS_CPP = r"""
 #include <unistd.h>
 #include <vector>
 
-static double now_s() {
-    using namespace std::chrono;
-    return duration<double>(steady_clock::now().time_since_epoch()).count();
+static double now_s() {              // CLOCK_MONOTONIC: the clock of Python's time.monotonic
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static void write_all(std::vector<uint8_t>& out) {
@@ -231,10 +232,10 @@ int main(int argc, char** argv) {
     int stats_fd = stats_path ? open(stats_path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
     auto write_stats = [&]() {
         if (stats_fd < 0) return;
-        char line[200];
-        int n = std::snprintf(line, sizeof line, "%.9f %llu %llu %llu %.9f\n", vt,
+        char line[240];
+        int n = std::snprintf(line, sizeof line, "%.9f %llu %llu %llu %.9f %.9f\n", vt,
                               (unsigned long long)total_cycles, (unsigned long long)bytes_in,
-                              (unsigned long long)bytes_out, host_wait);
+                              (unsigned long long)bytes_out, host_wait, wait_wall);
         if (pwrite(stats_fd, line, n, 0) < 0) stats_fd = -1;
     };
     auto take_input = [&](ssize_t n) {
@@ -274,8 +275,8 @@ int main(int argc, char** argv) {
             if (!active || (quiet & 255) == 0) {
                 struct pollfd p = {0, POLLIN, 0};
                 if (!active) {
-                    write_stats();
                     if (!waiting) { waiting = true; wait_vt = vt; wait_wall = now_s(); }
+                    write_stats();
                 }
                 int r = poll(&p, 1, to);
                 if (r > 0) {
@@ -506,8 +507,10 @@ def launch(config, *, progress=True, stats=None):
 
     The child's stdin takes request bytes and its stdout gives reply bytes. Closing its stdin
     ends it. With ``stats`` (a path), the harness writes ``"virtual_seconds cycles bytes_in
-    bytes_out host_wait_seconds"`` there whenever it goes idle (``host_wait_seconds``: the
-    part of the virtual time spent waiting for the host).
+    bytes_out host_wait_seconds idle_since"`` there whenever it goes idle
+    (``host_wait_seconds``: the part of the virtual time spent waiting for the host;
+    ``idle_since``: the ``CLOCK_MONOTONIC`` time, as :func:`time.monotonic` reads it, at which
+    the current or last wait for the host began).
     """
     exe = build(config, progress=progress)
     cmd = [str(exe), "--timeout-cycles", str(config.timeout_cycles), "--baud",

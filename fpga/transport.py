@@ -244,17 +244,19 @@ class SimTransport(PipeTransport):
         """Return the harness counters as of its last idle moment.
 
         A dict with ``virtual_seconds`` (the line model's clock; 0 without ``vclock_hz``),
-        ``cycles``, ``bytes_in``, ``bytes_out`` and ``host_wait_seconds`` (the part of the
-        virtual time during which the device waited for the host).
+        ``cycles``, ``bytes_in``, ``bytes_out``, ``host_wait_seconds`` (the part of the
+        virtual time during which the device waited for the host) and ``idle_since`` (the
+        :func:`time.monotonic` time at which the harness's current or last wait for the host
+        began: a wait counts as line time from then on).
         """
         try:
             fields = Path(self._stats_path).read_text().split()
             vt, cycles, bin_, bout = float(fields[0]), *map(int, fields[1:4])
-            host_wait = float(fields[4])
+            host_wait, idle_since = float(fields[4]), float(fields[5])
         except (OSError, ValueError, IndexError):
             return None
         return {"virtual_seconds": vt, "cycles": cycles, "bytes_in": bin_, "bytes_out": bout,
-                "host_wait_seconds": host_wait}
+                "host_wait_seconds": host_wait, "idle_since": idle_since}
 
     def close(self):
         if self._proc.poll() is None:

@@ -197,12 +197,17 @@ def test_line_models(sim_config):
     # Virtual time at 3 Mbaud: the harness's clock covers every byte at the line rate.
     with Device.open("sim://?baud=3000000&vclock_hz=100000000") as dev:
         dev.status()
+        t_reply = time.monotonic()
         time.sleep(0.05)
         s0 = dev.transport.link_stats()
+        # The harness began to wait for the host when it had sent the reply (same clock).
+        assert abs(s0["idle_since"] - t_reply) < 0.02
         before = dict(dev.stats)
+        t_gemm = time.monotonic()
         assert_bit_exact(dev.gemm(a, b), a, b, dev.info())
         time.sleep(0.05)
         s1 = dev.transport.link_stats()
+        assert t_gemm < s1["idle_since"] < time.monotonic()
         vt = s1["virtual_seconds"] - s0["virtual_seconds"]
         down = s1["bytes_out"] - s0["bytes_out"]
         assert down == dev.stats["rx_bytes"] - before["rx_bytes"]
