@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import CANONICAL_NAN_BITS
 
-from .common import check_rtl_format, check_stages
+from .common import CreditOutput, check_rtl_format, check_stages
 from .layout import product_layout
 
 __all__ = [
@@ -273,7 +273,8 @@ class BlockToFloat(wiring.Component):
     normalization in two steps, exponent, denormalization in two steps, rounding); ``stages``
     of them are followed by a
     register. It accepts one transfer per cycle while ``o_stream.ready`` is 1 and honours
-    backpressure: the whole pipeline stalls while its output is valid and not accepted.
+    backpressure: the pipeline runs freely and its results wait in an output FIFO, whose
+    credits (:class:`~hbfp_hw.rtl_gen.common.CreditOutput`) gate ``i_stream.ready``.
 
     Parameters
     ----------
@@ -342,20 +343,12 @@ class BlockToFloat(wiring.Component):
                     "inf": Const(0, 1)}
 
         steps = [absolute, *fp32_round_steps(width, payload.exponent.shape())]
-        enable = Signal()
+        # Free-running pipeline; back-pressure through the credits of the output FIFO.
+        out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
+        m.d.comb += self.i_stream.ready.eq(out.ready)
         outputs, out_valid, _, _ = build_pipeline(
-            m, steps, stages=self._stages, enable=enable, name="b2f",
+            m, steps, stages=self._stages, enable=Const(1), name="b2f",
             inputs={"exp": payload.exponent, "nan": payload.nan},
-            valid=self.i_stream.valid)
-        m.d.comb += [
-            self.o_stream.payload.eq(outputs["bits"]),
-            self.o_stream.valid.eq(out_valid),
-        ]
-        if self._stages == 0:
-            m.d.comb += self.i_stream.ready.eq(self.o_stream.ready)
-        else:
-            m.d.comb += [
-                enable.eq(~self.o_stream.valid | self.o_stream.ready),
-                self.i_stream.ready.eq(enable),
-            ]
+            valid=out.admit(self.i_stream.valid))
+        out.drive(out_valid, outputs["bits"])
         return m

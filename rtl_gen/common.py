@@ -1,10 +1,13 @@
-"""Helpers shared by the generators: parameter checks and staged pipeline registers."""
+"""Helpers shared by the generators: parameter checks, staged pipeline registers and the
+credit-counted output of a free-running pipeline."""
 
-from amaranth.hdl import Signal, Value
+from amaranth.hdl import Mux, Signal, Value
+from amaranth.lib.fifo import SyncFIFO
 
 from hbfp_hw.formats import BFPFormat
 
-__all__ = ["RTL_BLOCK_SIZE_RANGE", "check_stages", "check_rtl_format", "Pipeline"]
+__all__ = ["RTL_BLOCK_SIZE_RANGE", "check_stages", "check_rtl_format", "Pipeline",
+           "CreditOutput"]
 
 RTL_BLOCK_SIZE_RANGE = (2, 64)
 
@@ -49,7 +52,8 @@ class Pipeline:
     """Optional pipeline registers, all advanced by one global enable.
 
     Each :meth:`cut` either passes its values through (no register at that point) or registers
-    them, together with a valid bit, while ``enable`` is high. Values may be signals or lists
+    them, together with a valid bit, while ``enable`` is high (every cycle if ``enable`` is
+    None: a free-running pipeline, see :class:`CreditOutput`). Values may be signals or lists
     of signals.
     """
 
@@ -62,7 +66,7 @@ class Pipeline:
         if not register:
             return values
         out = {}
-        with self.m.If(self.enable):
+        with self.m.If(1 if self.enable is None else self.enable):
             for key, value in values.items():
                 if isinstance(value, list):
                     regs = [Signal(Value.cast(v).shape(), name=f"{name}_{key}{i}")
@@ -77,3 +81,94 @@ class Pipeline:
             self.m.d.sync += valid.eq(self.valid)
         self.valid = valid
         return out
+
+
+class CreditOutput:
+    """Output stage of a free-running pipeline: a FIFO and a credit counter.
+
+    The pipeline registers of a unit load every cycle (no enable), so no stall signal fans
+    out to them; back-pressure is handled at the two ends instead. Each transfer accepted at
+    the input takes one of ``stages + 1`` credits and gives it back when it leaves on
+    ``o_stream``. Its result, ``stages`` cycles later, goes straight to ``o_stream`` when the
+    FIFO is empty and the consumer is ready, and into the FIFO (``stages + 1`` entries)
+    otherwise; with every credit taken, the FIFO can hold every transfer in flight, so none
+    is lost. ``i_stream.ready`` is then :attr:`ready`, a function of the credit counter alone:
+    ``o_stream.ready`` reaches only the FIFO and the counter, not the input.
+
+    The stream semantics are those of a stalling pipeline: the same outputs in the same
+    order, ``stages`` cycles of latency and one transfer per cycle while ``o_stream.ready``
+    stays high (a transfer leaving frees its credit at the next clock edge, and ``stages``
+    transfers are in flight). With ``stages == 0`` the pipeline is combinational and the
+    output is wired through: :attr:`ready` is ``o_stream.ready``.
+
+    Parameters
+    ----------
+    m : Module
+        Module that receives the logic.
+    o_stream : stream interface
+        The unit's output stream (``valid``, ``ready``, ``payload``).
+    stages : int
+        Register stages of the pipeline, its latency.
+    name : str
+        Prefix of the signal and submodule names.
+
+    Members
+    -------
+    ready : Signal(1)
+        A credit is free: the pipeline may accept a transfer in this cycle.
+    accept : Signal(1)
+        A transfer enters the pipeline in this cycle (``valid & ready``; see :meth:`admit`).
+    """
+
+    def __init__(self, m, o_stream, *, stages, name="out"):
+        self._m = m
+        self._o_stream = o_stream
+        self._stages = stages
+        self._name = name
+        self.accept = Signal(name=f"{name}_accept")
+        if stages == 0:
+            self.ready = o_stream.ready
+            return
+        self.ready = Signal(name=f"{name}_credit")
+        depth = stages + 1
+        self._used = used = Signal(range(depth + 1), name=f"{name}_used")
+        self._sent = sent = Signal(name=f"{name}_sent")
+        m.d.comb += [self.ready.eq(used != depth), sent.eq(o_stream.valid & o_stream.ready)]
+        with m.If(self.accept & ~sent):
+            m.d.sync += used.eq(used + 1)
+        with m.Elif(sent & ~self.accept):
+            m.d.sync += used.eq(used - 1)
+
+    def admit(self, valid):
+        """Drive :attr:`accept` from the input's ``valid``; return the pipeline's input valid.
+
+        That is :attr:`accept` for a registered pipeline and ``valid`` itself for a
+        combinational one (whose output valid must not depend on ``o_stream.ready``).
+        """
+        self._m.d.comb += self.accept.eq(valid & self.ready)
+        return valid if self._stages == 0 else self.accept
+
+    @property
+    def depth(self):
+        """Credits, and entries of the FIFO: ``stages + 1`` (0 when combinational)."""
+        return self._stages + 1 if self._stages else 0
+
+    def drive(self, valid, payload):
+        """Connect the pipeline's output: ``valid`` and ``payload`` of its last register."""
+        m, o_stream, name = self._m, self._o_stream, self._name
+        if self._stages == 0:
+            m.d.comb += [o_stream.valid.eq(valid), o_stream.payload.eq(payload)]
+            return
+        payload = Value.cast(payload)
+        fifo = SyncFIFO(width=len(payload), depth=self.depth)
+        m.submodules[f"{name}_fifo"] = fifo
+        # The FIFO is bypassed while it is empty, so the latency stays ``stages``; once it
+        # holds a transfer, later results queue behind it.
+        bypass = ~fifo.r_rdy
+        m.d.comb += [
+            fifo.w_data.eq(payload),
+            fifo.w_en.eq(valid & ~(bypass & o_stream.ready)),
+            fifo.r_en.eq(o_stream.ready),
+            o_stream.valid.eq(fifo.r_rdy | valid),
+            o_stream.payload.eq(Mux(bypass, payload, fifo.r_data)),
+        ]

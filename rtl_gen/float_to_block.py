@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import SR_RANDOM_BITS, FloatFormat, Rounding, as_float_format
 
-from .common import Pipeline, check_rtl_format, check_stages
+from .common import CreditOutput, Pipeline, check_rtl_format, check_stages
 from .layout import block_layout, float_vector_layout
 
 __all__ = ["FloatToBlock", "XORSHIFT_LANE_CONSTANT", "DEFAULT_SEED"]
@@ -199,19 +199,16 @@ class FloatToBlock(wiring.Component):
         nearest = fmt.rounding is Rounding.NEAREST_EVEN
         cuts = self._cut_points()
 
-        # -- stream control: one enable for the whole pipeline --------------------------------
-        if self._stages:
-            enable = Signal()
-            m.d.comb += enable.eq(~self.o_stream.valid | self.o_stream.ready)
-        else:
-            enable = self.o_stream.ready
+        # -- stream control: a free-running pipeline and a credit-counted output -------------
+        out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
         if stochastic:
             in_valid = self.i_stream.valid & ~self.reseed
-            m.d.comb += self.i_stream.ready.eq(enable & ~self.reseed)
+            m.d.comb += self.i_stream.ready.eq(out.ready & ~self.reseed)
         else:
             in_valid = self.i_stream.valid
-            m.d.comb += self.i_stream.ready.eq(enable)
-        accepted = in_valid & enable
+            m.d.comb += self.i_stream.ready.eq(out.ready)
+        pipe_valid = out.admit(in_valid)
+        accepted = out.accept
 
         # -- lanes as 32-bit patterns ---------------------------------------------------------
         lanes = []
@@ -238,7 +235,7 @@ class FloatToBlock(wiring.Component):
                 rand.append(nxt[32 - SR_RANDOM_BITS:])
             values["rand"] = rand
 
-        pipe = Pipeline(m, enable, in_valid)
+        pipe = Pipeline(m, None, pipe_valid)
         values = pipe.cut("s_in", values, cuts["input"])
 
         # -- per-lane fields, computed beside the exponent max tree ---------------------------
@@ -410,10 +407,8 @@ class FloatToBlock(wiring.Component):
         values = pipe.cut("s_out", {"code": values["code"], "mantissas": mantissas},
                           cuts["output"])
 
-        m.d.comb += [
-            self.o_stream.valid.eq(pipe.valid),
-            self.o_stream.payload.exponent.eq(values["code"]),
-        ]
-        m.d.comb += [self.o_stream.payload.mantissas[i].eq(values["mantissas"][i])
-                     for i in range(n)]
+        block = Signal(block_layout(fmt))
+        m.d.comb += block.exponent.eq(values["code"])
+        m.d.comb += [block.mantissas[i].eq(values["mantissas"][i]) for i in range(n)]
+        out.drive(pipe.valid, block)
         return m

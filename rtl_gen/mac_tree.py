@@ -10,7 +10,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import Pipeline, check_rtl_format, check_stages
+from .common import CreditOutput, Pipeline, check_rtl_format, check_stages
 from .layout import block_pair_layout, product_exponent_shape, product_layout
 
 __all__ = ["MacTree"]
@@ -105,13 +105,10 @@ class MacTree(wiring.Component):
         w = fmt.mantissa_bits
         registered = self._registered_levels() if self._stages else set()
 
-        if self._stages:
-            enable = Signal()
-            m.d.comb += enable.eq(~self.o_stream.valid | self.o_stream.ready)
-        else:
-            enable = self.o_stream.ready
-        m.d.comb += self.i_stream.ready.eq(enable)
-        pipe = Pipeline(m, enable, self.i_stream.valid)
+        # Free-running pipeline; back-pressure through the credits of the output FIFO.
+        out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
+        m.d.comb += self.i_stream.ready.eq(out.ready)
+        pipe = Pipeline(m, None, out.admit(self.i_stream.valid))
 
         a = self.i_stream.payload.a
         b = self.i_stream.payload.b
@@ -148,10 +145,11 @@ class MacTree(wiring.Component):
                 sums.append(s)
             values = pipe.cut(f"l{level}", dict(values, sum=sums), level in registered)
 
+        result = Signal(product_layout(fmt))
         m.d.comb += [
-            self.o_stream.valid.eq(pipe.valid),
-            self.o_stream.payload.value.eq(Mux(values["nan"], 0, values["sum"][0])),
-            self.o_stream.payload.exponent.eq(values["exponent"]),
-            self.o_stream.payload.nan.eq(values["nan"]),
+            result.value.eq(Mux(values["nan"], 0, values["sum"][0])),
+            result.exponent.eq(values["exponent"]),
+            result.nan.eq(values["nan"]),
         ]
+        out.drive(pipe.valid, result)
         return m
