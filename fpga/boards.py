@@ -510,7 +510,11 @@ class BoardTop(Elaboratable):
 
         activity = Signal()
         stretch = Signal(range(clock_hz // 20 + 1))
-        moved = ((rx.o_stream.valid & rx.o_stream.ready) | (tx.i_stream.valid & tx.i_stream.ready))
+        # The byte pulses come from the system's stream handshakes; registered, they stay off
+        # the paths of the system's control logic.
+        moved = Signal()
+        m.d.sync += moved.eq((rx.o_stream.valid & rx.o_stream.ready)
+                             | (tx.i_stream.valid & tx.i_stream.ready))
         with m.If(moved):
             m.d.sync += stretch.eq(clock_hz // 20)
         with m.Elif(stretch != 0):

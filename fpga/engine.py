@@ -259,7 +259,6 @@ class GemmEngine(wiring.Component):
 
         # -- issue counters ---------------------------------------------------------------
         row = Signal(16)
-        g0 = Signal(16)          # first column group of the pass
         kb = Signal(16)
         c = Signal(range(ch))
         a_row = Signal(range(self._a_blocks + 1))     # row * KB
@@ -267,10 +266,10 @@ class GemmEngine(wiring.Component):
         ckb = Signal(range(self.b_depth + 1))         # c * KB + kb
         init_round = Signal()    # issuing the start values of the pass (accumulate)
         init_index = Signal(range(self.c_depth + 1))  # element index of the next start value
+        # Column groups from the pass's first one on, and those of the pass (min(left, ch)):
+        # registers updated once per pass, so no subtract-and-compare precedes the counters.
         left = Signal(17)
-        m.d.comb += left.eq(self.groups - g0)
         pass_groups = Signal(range(ch + 1))
-        m.d.comb += pass_groups.eq(Mux(left < ch, left, ch))
 
         issuing = Signal()
         s2_valid = Signal()
@@ -340,17 +339,25 @@ class GemmEngine(wiring.Component):
                         m.d.sync += [kb.eq(kb + 1), ckb.eq(kb + 1)]
                     with m.Else():
                         m.d.sync += [kb.eq(0), ckb.eq(0), init_round.eq(self.accumulate)]
-                        with m.If(g0 + ch < self.groups):
-                            m.d.sync += [g0.eq(g0 + ch), b_pass.eq(b_pass + ch * self.kblocks)]
+                        with m.If(left > ch):
+                            rest = left - ch
+                            m.d.sync += [b_pass.eq(b_pass + ch * self.kblocks),
+                                         left.eq(rest), pass_groups.eq(Mux(rest < ch, rest, ch))]
                         with m.Else():
-                            m.d.sync += [g0.eq(0), b_pass.eq(0)]
+                            m.d.sync += [b_pass.eq(0), left.eq(self.groups),
+                                         pass_groups.eq(Mux(self.groups < ch, self.groups, ch))]
                             with m.If(row + 1 < self.m):
                                 m.d.sync += [row.eq(row + 1), a_row.eq(a_row + self.kblocks)]
                             with m.Else():
                                 m.d.sync += issuing.eq(0)
 
         # -- write-back: every unit writes its results to its own C bank, in order -----------
+        # total = m * groups, the results to wait for: the multiply gets a cycle of its own
+        # after start (the completion check runs three cycles later at the earliest).
         total = Signal(32)
+        total_m = Signal(16)
+        total_groups = Signal(16)
+        m.d.sync += total.eq(total_m * total_groups)
         written = [Signal(range(self.c_depth + 1), name=f"written{lane}")
                    for lane in range(lanes)]
         for lane, unit in enumerate(units):
@@ -373,9 +380,10 @@ class GemmEngine(wiring.Component):
         with m.Elif(self.start):
             m.d.sync += [
                 running.eq(1), issuing.eq(1), self.cycles.eq(0),
-                row.eq(0), g0.eq(0), kb.eq(0), c.eq(0), a_row.eq(0), b_pass.eq(0), ckb.eq(0),
+                row.eq(0), kb.eq(0), c.eq(0), a_row.eq(0), b_pass.eq(0), ckb.eq(0),
+                left.eq(self.groups), pass_groups.eq(Mux(self.groups < ch, self.groups, ch)),
                 init_round.eq(self.accumulate), init_index.eq(0),
-                total.eq(self.m * self.groups),
+                total_m.eq(self.m), total_groups.eq(self.groups),
             ]
             m.d.sync += [w.eq(0) for w in written]
         return m
@@ -611,16 +619,33 @@ class GemmSystem(wiring.Component):
                      eng.c_rlane.eq(rd_col[:lane_bits] if lane_bits else 0)]
 
         # -- checks -------------------------------------------------------------------------
+        # Registered every cycle: the arguments are stable from the event in IDLE until DONE,
+        # so these are valid from the first CHECK state on.
         kb_req = Signal(17)
         groups_req = Signal(17)
         read_groups = Signal(17)
-        m.d.comb += [kb_req.eq((cargs.k + (bs - 1)) >> bs_bits),
+        m.d.sync += [kb_req.eq((cargs.k + (bs - 1)) >> bs_bits),
                      groups_req.eq((cargs.n + (lanes - 1)) >> lane_bits),
                      read_groups.eq((rargs.cols + (lanes - 1)) >> lane_bits)]
+        # The capacity checks: products registered every cycle (valid from the SUM states on;
+        # computed outside the FSM, so Yosys does not share one multiplier between states
+        # behind a state-driven operand multiplexer), sums in the SUM states, comparisons in
+        # CHECK2.
+        mul_a = Signal(33)
+        mul_b = Signal(33)
+        mul_c = Signal(33)
+        r_mul_a = Signal(33)
+        r_mul_b = Signal(33)
+        r_mul_c = Signal(33)
+        r_mul_d = Signal(33)
         prod_a = Signal(34)
         prod_b = Signal(34)
         prod_c = Signal(34)
         prod_mn = Signal(32)
+        m.d.sync += [mul_a.eq(cargs.m * kb_req), mul_b.eq(groups_req * kb_req),
+                     mul_c.eq(cargs.m * groups_req), prod_mn.eq(cargs.m * cargs.n),
+                     r_mul_a.eq(rargs.row * rargs.cols), r_mul_b.eq(rargs.rows * rargs.cols),
+                     r_mul_c.eq(rargs.rows * read_groups), r_mul_d.eq(rargs.row * read_groups)]
         w_len = Signal(32)
         w_len_r = Signal(32)
         m.d.comb += w_len.eq(ARGS_BYTES + wargs.count * Mux(wargs.wire == Wire.BFP, bb_bfp,
@@ -752,11 +777,7 @@ class GemmSystem(wiring.Component):
                     m.next = "WRITE_LOAD"
 
             with m.State("COMPUTE_CHECK"):
-                m.d.sync += [prod_a.eq(cargs.a_base + cargs.m * kb_req),
-                             prod_b.eq(cargs.b_base + groups_req * kb_req),
-                             prod_c.eq(cargs.c_base + cargs.m * groups_req),
-                             prod_mn.eq(cargs.m * cargs.n),
-                             quiet.eq((cargs.flags & Flag.QUIET) != 0)]
+                m.d.sync += [quiet.eq((cargs.flags & Flag.QUIET) != 0)]
                 flags_ok = (cargs.flags & ~int(Flag.QUIET | Flag.ACCUMULATE | Flag.READBACK)) == 0
                 with m.If(ev.length != COMPUTE_ARGS_LAYOUT.size // 8):
                     reply(Status.BAD_LENGTH)
@@ -765,7 +786,12 @@ class GemmSystem(wiring.Component):
                 with m.Elif((cargs.m == 0) | (cargs.n == 0) | (cargs.k == 0)):
                     reply(Status.BAD_ARG)
                 with m.Else():
-                    m.next = "COMPUTE_CHECK2"
+                    m.next = "COMPUTE_SUM"
+
+            with m.State("COMPUTE_SUM"):
+                m.d.sync += [prod_a.eq(cargs.a_base + mul_a), prod_b.eq(cargs.b_base + mul_b),
+                             prod_c.eq(cargs.c_base + mul_c)]
+                m.next = "COMPUTE_CHECK2"
 
             with m.State("COMPUTE_CHECK2"):
                 with m.If((prod_a > eng.a_blocks) | (prod_b > eng.b_depth)
@@ -796,11 +822,7 @@ class GemmSystem(wiring.Component):
                         m.d.sync += read_count.eq(prod_mn)
 
             with m.State("READ_CHECK"):
-                m.d.sync += [prod_a.eq(rargs.row * rargs.cols + rargs.col + rargs.count),
-                             prod_b.eq(rargs.rows * rargs.cols),
-                             prod_c.eq(rargs.base + rargs.rows * read_groups),
-                             rd_row_base.eq(rargs.base + rargs.row * read_groups),
-                             rd_col.eq(rargs.col), rd_cols.eq(rargs.cols),
+                m.d.sync += [rd_col.eq(rargs.col), rd_cols.eq(rargs.cols),
                              rd_groups.eq(read_groups)]
                 with m.If(ev.length != READ_ARGS_LAYOUT.size // 8):
                     reply(Status.BAD_LENGTH)
@@ -812,7 +834,13 @@ class GemmSystem(wiring.Component):
                             | (rargs.count > protocol.MAX_READ_WORDS)):
                     reply(Status.CAPACITY)
                 with m.Else():
-                    m.next = "READ_CHECK2"
+                    m.next = "READ_SUM"
+
+            with m.State("READ_SUM"):
+                m.d.sync += [prod_a.eq(r_mul_a + rargs.col + rargs.count), prod_b.eq(r_mul_b),
+                             prod_c.eq(rargs.base + r_mul_c),
+                             rd_row_base.eq(rargs.base + r_mul_d)]
+                m.next = "READ_CHECK2"
 
             with m.State("READ_CHECK2"):
                 with m.If((prod_a > prod_b) | (prod_c > eng.c_depth)):
