@@ -41,7 +41,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import FloatFormat, Rounding
-from hbfp_hw.rtl_gen.block_dot import BUFFER_LATENCY, BlockDotUnit, block_dot_input_layout
+from hbfp_hw.rtl_gen.block_dot import (
+    TERM_BUFFER_LATENCY,
+    BlockDotUnit,
+    block_dot_input_layout,
+)
 from hbfp_hw.rtl_gen.common import check_rtl_format, check_stages
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
 from hbfp_hw.rtl_gen.layout import (
@@ -194,7 +198,8 @@ class GemmEngine(wiring.Component):
     def latency(self):
         """Cycles from the buffer read of a last block pair to its result in C."""
         p = self._unit_params
-        return 1 + p["mac_stages"] + p["convert_stages"] + BUFFER_LATENCY + p["adder_stages"]
+        return (1 + p["mac_stages"] + p["convert_stages"] + TERM_BUFFER_LATENCY
+                + p["adder_stages"])
 
     @property
     def b_depth(self):
@@ -500,7 +505,8 @@ class GemmSystem(wiring.Component):
     def latency(self):
         """Cycles from the buffer read of a last block pair to its result in C."""
         p = self._engine_params
-        return 1 + p["mac_stages"] + p["convert_stages"] + BUFFER_LATENCY + p["adder_stages"]
+        return (1 + p["mac_stages"] + p["convert_stages"] + TERM_BUFFER_LATENCY
+                + p["adder_stages"])
     build_hash = property(lambda self: self._build_hash)
     timeout_cycles = property(lambda self: self._timeout)
     max_payload = property(lambda self: self._max_payload)

@@ -5,15 +5,17 @@ after its two quantizers. The GEMM engine (:mod:`hbfp_hw.fpga.engine`), whose bu
 blocks, uses it directly; :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit` puts two
 :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` in front of it.
 
-The channel flags travel beside the data path in a FIFO. A two-entry buffer in front of the
+The channel flags travel beside the data path in a FIFO. A buffer in front of the
 accumulator cuts the ready path: the accumulator's ready (its read-after-write hazard check)
 only reaches that buffer, and the rest of the pipeline stalls on the buffer's registered fill
-level.
+level. The buffer's output is a register (:class:`~amaranth.lib.fifo.SyncFIFOBuffered`), so
+the term enters the accumulator's hazard check, running-sum read and forwarding multiplexer
+straight from a flip-flop rather than through a LUT-RAM read.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .block_to_float import BlockToFloat
@@ -22,11 +24,15 @@ from .fp_accumulator import MAX_CHANNELS, FPAccumulator
 from .layout import accumulator_output_layout, block_layout, channel_shape
 from .mac_tree import MacTree
 
-__all__ = ["BlockDotUnit", "block_dot_input_layout", "BUFFER_LATENCY"]
+__all__ = ["BlockDotUnit", "block_dot_input_layout", "BUFFER_LATENCY", "TERM_BUFFER_LATENCY"]
 
 #: Cycles that a two-entry :class:`~amaranth.lib.fifo.SyncFIFO` adds between two pipeline parts
 #: (written in one cycle, readable in the next; one transfer per cycle).
 BUFFER_LATENCY = 1
+
+#: Cycles that the term buffer in front of the accumulator adds (a three-entry
+#: :class:`~amaranth.lib.fifo.SyncFIFOBuffered`: registered output, one transfer per cycle).
+TERM_BUFFER_LATENCY = 2
 
 
 def block_dot_input_layout(fmt, channels, *, init=False):
@@ -126,7 +132,7 @@ class BlockDotUnit(wiring.Component):
     def latency(self):
         """Cycles from accepting a ``last`` block pair to its dot product on ``o_stream``."""
         p = self._params
-        return p["mac_stages"] + p["convert_stages"] + BUFFER_LATENCY + p["adder_stages"]
+        return p["mac_stages"] + p["convert_stages"] + TERM_BUFFER_LATENCY + p["adder_stages"]
 
     @property
     def throughput(self):
@@ -170,7 +176,7 @@ class BlockDotUnit(wiring.Component):
         value = to_float.o_stream.payload
         if self._init:
             value = Mux(side_out.init, side_out.c, value)
-        m.submodules.term_buf = term_buf = SyncFIFO(width=len(Cat(term)), depth=2)
+        m.submodules.term_buf = term_buf = SyncFIFOBuffered(width=len(Cat(term)), depth=3)
         m.d.comb += [
             term.value.eq(value),
             term.channel.eq(side_out.channel),
