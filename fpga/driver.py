@@ -228,7 +228,7 @@ _GROWTH_FIRST_MAX = 6
 #: steps, and the number of one-unit steps at the end.
 _GROWTH_PARAMS = ((0, 2, 4, 6, 8), (2, 3, 4, 6, 8, 12, 16), (0, 2, 4))
 
-def growth_first(m, n, lanes, *_model):
+def growth_first(m, n, lanes):
     """Return the first step of :func:`growth_steps` (no planning), so that a GEMM can start
     while the rest of its steps are chosen: ``log2(min(m, n) / 8)`` units of ``max(4,
     lanes)`` rows and columns (1 to :data:`_GROWTH_FIRST_MAX`; 12 for a 64 x 64 C with 4
@@ -798,7 +798,7 @@ class Device:
                     yield self._compute(tile, k, kb, r * kb, cc // lanes * kb, False, True)
 
         rows = cols = 0
-        first = growth_first(*model)
+        first = growth_first(m, n, lanes)
         steps = (first,)
         while steps:
             for r1, c1 in steps:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from hbfp_hw.cache import cache_root
+
 __all__ = ["SimConfig", "HARNESS_CPP", "build", "launch", "executable_path", "BuildError"]
 
 #: Top module name of the emitted Verilog (the C++ class is ``V`` + this).
@@ -371,8 +373,7 @@ int main(int argc, char** argv) {
 
 
 def _cache_root():
-    root = Path(os.environ.get("HBFP_HW_CACHE", Path.home() / ".cache" / "hbfp-hw"))
-    return root / "simboard"
+    return cache_root() / "simboard"
 
 
 def _sources(config):

@@ -1,5 +1,5 @@
-"""Helpers shared by the generators: parameter checks, staged pipeline registers and the
-credit-counted output of a free-running pipeline."""
+"""Helpers shared by the generators: parameter checks, the registers of a free-running
+pipeline and its credit-counted output."""
 
 from amaranth.hdl import Mux, Signal, Value
 from amaranth.lib.fifo import SyncFIFO
@@ -49,36 +49,33 @@ def check_rtl_format(fmt):
 
 
 class Pipeline:
-    """Optional pipeline registers, all advanced by one global enable.
+    """Optional registers of a free-running pipeline (they load every cycle; back-pressure is
+    taken by a :class:`CreditOutput`).
 
     Each :meth:`cut` either passes its values through (no register at that point) or registers
-    them, together with a valid bit, while ``enable`` is high (every cycle if ``enable`` is
-    None: a free-running pipeline, see :class:`CreditOutput`). Values may be signals or lists
-    of signals.
+    them, together with a valid bit. Values may be signals or lists of signals.
     """
 
-    def __init__(self, m, enable, valid):
+    def __init__(self, m, valid):
         self.m = m
-        self.enable = enable
         self.valid = valid
 
     def cut(self, name, values, register):
         if not register:
             return values
         out = {}
-        with self.m.If(1 if self.enable is None else self.enable):
-            for key, value in values.items():
-                if isinstance(value, list):
-                    regs = [Signal(Value.cast(v).shape(), name=f"{name}_{key}{i}")
-                            for i, v in enumerate(value)]
-                    self.m.d.sync += [r.eq(v) for r, v in zip(regs, value, strict=True)]
-                    out[key] = regs
-                else:
-                    reg = Signal(Value.cast(value).shape(), name=f"{name}_{key}")
-                    self.m.d.sync += reg.eq(value)
-                    out[key] = reg
-            valid = Signal(name=f"{name}_valid")
-            self.m.d.sync += valid.eq(self.valid)
+        for key, value in values.items():
+            if isinstance(value, list):
+                regs = [Signal(Value.cast(v).shape(), name=f"{name}_{key}{i}")
+                        for i, v in enumerate(value)]
+                self.m.d.sync += [r.eq(v) for r, v in zip(regs, value, strict=True)]
+                out[key] = regs
+            else:
+                reg = Signal(Value.cast(value).shape(), name=f"{name}_{key}")
+                self.m.d.sync += reg.eq(value)
+                out[key] = reg
+        valid = Signal(name=f"{name}_valid")
+        self.m.d.sync += valid.eq(self.valid)
         self.valid = valid
         return out
 

@@ -235,7 +235,7 @@ class FloatToBlock(wiring.Component):
                 rand.append(nxt[32 - SR_RANDOM_BITS:])
             values["rand"] = rand
 
-        pipe = Pipeline(m, None, pipe_valid)
+        pipe = Pipeline(m, pipe_valid)
         values = pipe.cut("s_in", values, cuts["input"])
 
         # -- per-lane fields, computed beside the exponent max tree ---------------------------

@@ -108,7 +108,7 @@ class MacTree(wiring.Component):
         # Free-running pipeline; back-pressure through the credits of the output FIFO.
         out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
         m.d.comb += self.i_stream.ready.eq(out.ready)
-        pipe = Pipeline(m, None, out.admit(self.i_stream.valid))
+        pipe = Pipeline(m, out.admit(self.i_stream.valid))
 
         a = self.i_stream.payload.a
         b = self.i_stream.payload.b

@@ -706,7 +706,7 @@ def _gemm_fast(a, b, fmt):
 
 def _gemm(a, b, fmt, seed_a, seed_b):
     if fmt.rounding is not Rounding.STOCHASTIC:
-        out = native.fused_gemm(a, b, fmt, fmt.block_size * fmt.max_mantissa ** 2 <= 1 << 24,
+        out = native.fused_gemm(a, b, fmt, _fast_format(fmt).bound <= 1 << 24,
                                 _f32_max_grid(fmt))
         if out is None:                     # the fused kernel is off or unavailable
             out = _gemm_fast(a, b, fmt)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from hbfp_hw.cache import cache_root
 from hbfp_hw.formats import Rounding
 
 __all__ = ["available", "fused_gemm", "enabled", "NOT_FAST"]
@@ -50,8 +51,7 @@ _enabled = os.environ.get("HBFP_HW_NATIVE", "1").strip().lower() not in ("0", "n
 
 
 def _cache_dir():
-    root = Path(os.environ.get("HBFP_HW_CACHE", Path.home() / ".cache" / "hbfp-hw"))
-    return root / "native"
+    return cache_root() / "native"
 
 
 def _compiler():

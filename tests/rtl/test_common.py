@@ -32,7 +32,7 @@ class ToyUnit(wiring.Component):
         m = Module()
         out = CreditOutput(m, self.o_stream, stages=self.stages, name="out")
         m.d.comb += self.i_stream.ready.eq(out.ready)
-        pipe = Pipeline(m, None, out.admit(self.i_stream.valid))
+        pipe = Pipeline(m, out.admit(self.i_stream.valid))
         x = self.i_stream.payload
         y = Signal(WIDTH)
         m.d.comb += y.eq(3 * x + 1)
