@@ -4,6 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core, at most 8. The cocotb builds are cached under a file lock,
+# so workers that need the same build wait for one compile. JOBS=0 runs in one process.
+JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 8 ] && n=8; echo $$n)
+XDIST  := $(if $(filter 0 1,$(JOBS)),,-n $(JOBS) --dist worksteal)
 SHELL  := /bin/bash
 # pip's "Location ... is ignored" lines come from this machine's pip config, not from us.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
@@ -21,7 +25,7 @@ $(STAMP): pyproject.toml
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
 test: setup
-	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 test-slow: setup

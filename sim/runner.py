@@ -8,12 +8,15 @@ configuration travels as JSON through ``extra_env``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from hbfp_hw.cache import cache_root
 from hbfp_hw.sim import toolchain
 
 __all__ = ["cache_dir", "build", "run_unit", "TIMESCALE", "TB_MODULE"]
@@ -28,9 +31,24 @@ VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O
 
 def cache_dir():
     """Return the root of the build cache (created on demand)."""
-    root = Path(os.environ.get("HBFP_HW_CACHE", Path.home() / ".cache" / "hbfp-hw"))
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _toolchain_key(sim):
+    """What a build depends on besides its Verilog: the simulator and the cocotb installation.
+
+    A Verilator model links cocotb's VPI library by absolute path (its RUNPATH), so a build
+    made under another virtualenv (or another cocotb) fails to load here; it must not be
+    reused.
+    """
+    import cocotb
+    from cocotb_tools import config
+
+    tool = (str(toolchain.verilator_root()) if sim == "verilator"
+            else str(shutil.which("iverilog")))
+    return [cocotb.__version__, str(Path(config.libs_dir).resolve()), tool]
 
 
 def build(verilog, top, sim="verilator", *, waves=False, log=None):
@@ -39,19 +57,29 @@ def build(verilog, top, sim="verilator", *, waves=False, log=None):
     Reuses an earlier build of the same text. Raises RuntimeError with the simulator's log if
     compilation fails.
     """
-    from cocotb_tools.runner import get_runner
-
     toolchain.check_simulator(sim)
     reason = toolchain.missing_reason(sim)
     if reason:
         raise RuntimeError(reason)
     toolchain.verilator_env()
-    digest = hashlib.sha256(f"{sim}\0{waves}\0{top}\0{verilog}".encode()).hexdigest()[:16]
+    key = "\0".join([sim, str(waves), top, *_toolchain_key(sim), verilog])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     build_dir = cache_dir() / "sim" / f"{top}-{sim}{'-waves' if waves else ''}-{digest}"
     marker = build_dir / "build.ok"
     if marker.exists():
         return build_dir
     build_dir.mkdir(parents=True, exist_ok=True)
+    # Concurrent processes (pytest-xdist workers) wanting the same build wait for the first.
+    with open(build_dir.with_name(build_dir.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            _compile(verilog, top, sim, waves, build_dir)
+    return build_dir
+
+
+def _compile(verilog, top, sim, waves, build_dir):
+    from cocotb_tools.runner import get_runner
+
     src = build_dir / f"{top}.v"
     src.write_text(verilog)
     runner = get_runner(sim)
@@ -74,8 +102,7 @@ def build(verilog, top, sim="verilator", *, waves=False, log=None):
             os.environ.pop("MAKEFLAGS", None)
         else:
             os.environ["MAKEFLAGS"] = saved
-    marker.write_text("ok\n")
-    return build_dir
+    (build_dir / "build.ok").write_text("ok\n")
 
 
 def run_unit(verilog, top, vectors, *, sim="verilator", seed=0, valid_prob=1.0,
