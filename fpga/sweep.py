@@ -89,6 +89,7 @@ from amaranth.hdl import (
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hbfp_hw.cache import cache_root as hbfp_cache_root
 from hbfp_hw.formats import BFPFormat, FloatFormat, resolve_format
 
 from .build import (
@@ -155,6 +156,12 @@ class Target:
         ``ff`` (ECP5 only: an iCE40 flip-flop lives in its logic cell), ``dsp``, ``bram``.
     ooc : bool
         Whether nextpnr supports ``--out-of-context`` for this family.
+    stages : str
+        The pipeline depths of a sweep without ``--stages`` (:func:`parse_stages` text):
+        ``"max"``, the deepest pipelines, on the ECP5; ``"default"``, the constructors'
+        defaults, on the UP5K. There the deepest ones do not fit: a flip-flop takes a logic
+        cell, the free-running pipelines' output FIFOs are flip-flops (no LUT RAM), and even
+        the smallest unit (w2b2, BF16 in) needs 5,083 of the 5,280 logic cells.
     """
 
     name: str
@@ -164,6 +171,7 @@ class Target:
     freq_mhz: float
     bels: dict
     ooc: bool
+    stages: str = "max"
 
     def synth_command(self, multipliers):
         """Return the Yosys synthesis command for ``multipliers`` ("dsp" or "lut")."""
@@ -187,7 +195,7 @@ TARGETS = {
         name="ice40-up5k", family="ice40", device="iCE40UP5K-SG48",
         nextpnr_args=("--up5k", "--package", "sg48"), freq_mhz=50.0,
         bels={"logic_cells": "ICESTORM_LC", "dsp": "ICESTORM_DSP", "bram": "ICESTORM_RAM"},
-        ooc=False),
+        ooc=False, stages="default"),
 }
 
 IO_MODES = ("serial", "ooc")
@@ -251,7 +259,9 @@ def parse_stages(text):
     """Parse ``--stages`` text, ``"align_stages=4,mac_stages=max"``, into a dict.
 
     Values are integers, ``"max"`` (the deepest pipeline the generator allows for the point) or
-    ``"default"`` (the constructor's default).
+    ``"default"`` (the constructor's default). A bare ``max`` or ``default`` item sets every
+    pipeline depth (all parameters but ``channels``); later items override it, so
+    ``"default,adder_stages=5"`` is the defaults with a deeper adder.
 
     Raises
     ------
@@ -265,6 +275,9 @@ def parse_stages(text):
     for item in (text or "").split(","):
         item = item.strip()
         if not item:
+            continue
+        if item in ("max", "default"):
+            result.update(dict.fromkeys((k for k in known if k != "channels"), item))
             continue
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
@@ -561,8 +574,7 @@ def cache_root(root=None):
     """Root of the sweep cache: ``root``, else ``$HBFP_HW_CACHE/sweep``, else
     ``~/.cache/hbfp-hw/sweep`` (the same cache as the simulator builds)."""
     if root is None:
-        root = Path(os.environ.get("HBFP_HW_CACHE", Path.home() / ".cache" / "hbfp-hw"))
-        root = root / "sweep"
+        root = hbfp_cache_root() / "sweep"
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     return root

