@@ -634,28 +634,32 @@ class GemmSystem(wiring.Component):
                      groups_req.eq((cargs.n + (lanes - 1)) >> lane_bits),
                      read_groups.eq((rargs.cols + (lanes - 1)) >> lane_bits)]
         # The capacity checks: products registered every cycle (valid from the SUM states on;
-        # computed outside the FSM, so Yosys does not share one multiplier between states
-        # behind a state-driven operand multiplexer), sums in the SUM states, comparisons in
-        # CHECK2.
-        mul_a = Signal(33)
-        mul_b = Signal(33)
-        mul_c = Signal(33)
-        r_mul_a = Signal(33)
-        r_mul_b = Signal(33)
-        r_mul_c = Signal(33)
-        r_mul_d = Signal(33)
+        # computed outside the FSM, so that no state-driven multiplexer sits between the
+        # argument registers and the multipliers). COMPUTE and READ_C share four multipliers:
+        # `is_read`, set when the command is dispatched, selects their operands (one LUT
+        # level from registers), so the iCE40's eight DSPs suffice.
+        is_read = Signal()
+        mul = [Signal(33, name=f"check_mul{i}") for i in range(4)]
         prod_a = Signal(34)
         prod_b = Signal(34)
         prod_c = Signal(34)
-        prod_mn = Signal(32)
-        m.d.sync += [mul_a.eq(cargs.m * kb_req), mul_b.eq(groups_req * kb_req),
-                     mul_c.eq(cargs.m * groups_req), prod_mn.eq(cargs.m * cargs.n),
-                     r_mul_a.eq(rargs.row * rargs.cols), r_mul_b.eq(rargs.rows * rargs.cols),
-                     r_mul_c.eq(rargs.rows * read_groups), r_mul_d.eq(rargs.row * read_groups)]
-        w_len = Signal(32)
-        w_len_r = Signal(32)
-        m.d.comb += w_len.eq(ARGS_BYTES + wargs.count * Mux(wargs.wire == Wire.BFP, bb_bfp,
-                                                            bb_float))
+        operands = [(cargs.m, kb_req, rargs.row, rargs.cols),
+                    (groups_req, kb_req, rargs.rows, rargs.cols),
+                    (cargs.m, groups_req, rargs.rows, read_groups),
+                    (cargs.m, cargs.n, rargs.row, read_groups)]
+        m.d.sync += [p.eq(Mux(is_read, r0, c0) * Mux(is_read, r1, c1))
+                     for p, (c0, c1, r0, r1) in zip(mul, operands, strict=True)]
+        # COMPUTE: m*kblocks, groups*kblocks, m*groups, m*n; READ_C: row*cols, rows*cols,
+        # rows*groups, row*groups.
+        prod_mn = mul[3][:32]
+        # WRITE's expected length, ARGS_BYTES + count * block bytes: the block size is a
+        # register (valid in WRITE_LEN), the product is registered in WRITE_LEN and compared
+        # with the registered payload length in WRITE_CHECK.
+        w_bytes = Signal(range(max(bb_bfp, bb_float) + 1))
+        w_prod = Signal(len(wargs.count) + len(w_bytes))
+        w_body = Signal(len(ev.length))
+        m.d.sync += [w_bytes.eq(Mux(wargs.wire == Wire.BFP, bb_bfp, bb_float)),
+                     w_body.eq(ev.length - ARGS_BYTES)]
         byte_index = Signal(3)
         tx_index = Signal(8)
         accumulate = Signal()
@@ -709,7 +713,8 @@ class GemmSystem(wiring.Component):
                                 with m.If(ev.seq != next_seq):
                                     reply(Status.OUT_OF_ORDER)
                                 with m.Else():
-                                    m.d.sync += in_order.eq(1)
+                                    m.d.sync += [in_order.eq(1),
+                                                 is_read.eq(ev.cmd == Cmd.READ_C)]
                                     with m.Switch(ev.cmd):
                                         with m.Case(Cmd.WRITE_A, Cmd.WRITE_B):
                                             m.d.sync += is_b.eq(ev.cmd == Cmd.WRITE_B)
@@ -723,7 +728,7 @@ class GemmSystem(wiring.Component):
 
             with m.State("WRITE_LEN"):
                 # The expected length (a multiply) gets a cycle of its own.
-                m.d.sync += w_len_r.eq(w_len)
+                m.d.sync += w_prod.eq(wargs.count * w_bytes)
                 m.next = "WRITE_CHECK"
 
             with m.State("WRITE_CHECK"):
@@ -738,7 +743,7 @@ class GemmSystem(wiring.Component):
                     reply(Status.BAD_ARG)
                 with m.Elif((wargs.wire == Wire.FLOAT) & stochastic):
                     reply(Status.UNSUPPORTED)
-                with m.Elif(ev.length != w_len_r):
+                with m.Elif(w_body != w_prod):      # ev.length >= ARGS_BYTES here
                     reply(Status.BAD_LENGTH)
                 with m.Elif(wargs.start + wargs.count > cap):
                     reply(Status.CAPACITY)
@@ -795,8 +800,8 @@ class GemmSystem(wiring.Component):
                     m.next = "COMPUTE_SUM"
 
             with m.State("COMPUTE_SUM"):
-                m.d.sync += [prod_a.eq(cargs.a_base + mul_a), prod_b.eq(cargs.b_base + mul_b),
-                             prod_c.eq(cargs.c_base + mul_c)]
+                m.d.sync += [prod_a.eq(cargs.a_base + mul[0]), prod_b.eq(cargs.b_base + mul[1]),
+                             prod_c.eq(cargs.c_base + mul[2])]
                 m.next = "COMPUTE_CHECK2"
 
             with m.State("COMPUTE_CHECK2"):
@@ -843,9 +848,9 @@ class GemmSystem(wiring.Component):
                     m.next = "READ_SUM"
 
             with m.State("READ_SUM"):
-                m.d.sync += [prod_a.eq(r_mul_a + rargs.col + rargs.count), prod_b.eq(r_mul_b),
-                             prod_c.eq(rargs.base + r_mul_c),
-                             rd_row_base.eq(rargs.base + r_mul_d)]
+                m.d.sync += [prod_a.eq(mul[0] + rargs.col + rargs.count), prod_b.eq(mul[1]),
+                             prod_c.eq(rargs.base + mul[2]),
+                             rd_row_base.eq(rargs.base + mul[3])]
                 m.next = "READ_CHECK2"
 
             with m.State("READ_CHECK2"):
