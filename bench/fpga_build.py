@@ -209,8 +209,8 @@ def main(argv=None):
     results["default"] = default = run_one(default_config, args.out, args.seed, reuse=args.reuse,
                                           timeout_min=args.build_timeout)
     results["sweep"] = []
-    sweep_mhz = sweep_clock(args, default)
-    results["sweep_clock_mhz"] = sweep_mhz
+    sweep_mhz = None if args.no_sweep else sweep_clock(args, default)
+    results["sweep_clock_mhz"] = sweep_mhz     # None: no sweep, and no sentence about one
     best = default if default.get("status") == "met" else None
     lanes = default_config.lanes
     if best is None and not args.no_sweep and sweep_mhz is not None:
