@@ -325,6 +325,9 @@ def test_timing_failure_names_the_clock(tmp_path):
 
 @pytest.mark.synth
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=BuildError,
+                   reason="the iCEBreaker default needs 6,637 of the UP5K's 5,280 logic cells "
+                          "(docs/hardware.md); strict, so the fix shows up as XPASS")
 def test_icebreaker_default_build(tmp_path):
     """The reduced iCEBreaker configuration fits the UP5K and meets 12 MHz."""
     _require("ice40")
