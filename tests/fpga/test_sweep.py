@@ -26,8 +26,8 @@ from hbfp_hw.formats import BFP8, BFPFormat
 from hbfp_hw.fpga import sweep
 from hbfp_hw.fpga.build import missing_tools
 from hbfp_hw.fpga.sweep import (
-    RegisteredPorts,
     TARGETS,
+    RegisteredPorts,
     SweepPoint,
     derive_metrics,
     full_chip_estimate,
