@@ -4,8 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist): one per core, at most 8. The cocotb builds are cached under a file lock,
-# so workers that need the same build wait for one compile. JOBS=0 runs in one process.
+# Test processes (pytest-xdist): one per core, at most 8. The cocotb builds are cached under a
+# file lock, so workers that need the same build wait for one compile. JOBS=0: one process.
 JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 8 ] && n=8; echo $$n)
 XDIST  := $(if $(filter 0 1,$(JOBS)),,-n $(JOBS) --dist worksteal)
 SHELL  := /bin/bash

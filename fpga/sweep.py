@@ -179,6 +179,11 @@ class Target:
             return "synth_ecp5 -top top" + (" -nodsp" if multipliers == "lut" else "")
         return "synth_ice40 -top top" + (" -dsp" if multipliers == "dsp" else "")
 
+    def stages_with(self, overrides=None):
+        """Return the target's pipeline depths (:attr:`stages`) updated with ``overrides``
+        (a :func:`parse_stages` dict), for :func:`make_points`."""
+        return {**parse_stages(self.stages), **(overrides or {})}
+
     def to_dict(self):
         return {"name": self.name, "family": self.family, "device": self.device,
                 "nextpnr_args": list(self.nextpnr_args), "freq_mhz": self.freq_mhz}

@@ -168,7 +168,7 @@ def _sibling(path, name):
 
 def build_points(args):
     """Return the sweep points of parsed ``sweep`` arguments and the full-chip format."""
-    from .sweep import TARGETS, make_points, parse_format_spec, parse_stages
+    from .sweep import TARGETS, make_points, parse_format_spec
 
     full_chip = args.full_chip if args.full_chip is not None else DEFAULT_FULL_CHIP[args.target]
     if full_chip is not None and full_chip.lower() == "none":
@@ -181,7 +181,7 @@ def build_points(args):
             raise ValueError(f"--full-chip must be 'none', a preset name or wWbN (such as "
                              f"w8b16), not {full_chip!r}") from e
     modes = ["dsp", "lut"] if args.multipliers == "both" else [args.multipliers]
-    stages = {**parse_stages(TARGETS[args.target].stages), **args.stages}
+    stages = TARGETS[args.target].stages_with(args.stages)
     points = []
     try:
         for mode in modes:

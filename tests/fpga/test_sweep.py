@@ -812,8 +812,8 @@ def test_real_sweep_smallest_unit_ice40(tmp_path, monkeypatch):
     _require("ice40")
     for var in ("YOSYS", "NEXTPNR_ICE40", "ICEPACK"):
         monkeypatch.delenv(var, raising=False)
-    stages = parse_stages(TARGETS["ice40-up5k"].stages)
-    points = make_points([2], [2], input_format="bf16", stages=stages)
+    points = make_points([2], [2], input_format="bf16",
+                         stages=TARGETS["ice40-up5k"].stages_with())
     # A design that no longer fits makes nextpnr search for a placement for tens of minutes
     # (45 min in CI once): bound each step, so such a change fails fast.
     doc = run_sweep(points, "ice40-up5k", cache=tmp_path, progress=False, timeout=900)
