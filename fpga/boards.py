@@ -104,15 +104,16 @@ BOARDS = {
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", osc_hz=25_000_000,
         fmt=resolve_format("bfp8"), lanes=4, clock_mhz=100.0, rx_fifo_depth=512,
         programmer="openFPGALoader"),
-    # UP5K: 5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K. The GemmSystem's control logic, FP32
-    # accumulator and on-device quantizer alone take most of it, so the reduced default is one
-    # lane of 4-element blocks of 4-bit mantissas, BF16 operands on the link (a narrower
-    # quantizer than FP32), small buffers, at the 12 MHz oscillator.
+    # UP5K: 5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K. The GemmSystem's control logic and
+    # FP32 accumulator alone take most of it, so the reduced default is one lane of 4-element
+    # blocks of 4-bit mantissas, small buffers, at the 12 MHz oscillator, and no on-device
+    # quantizer: the host sends quantized blocks (wire=bfp), and wire=fp32 is refused.
     "icebreaker": Board(
         name="icebreaker", family="ice40", device="iCE40UP5K-SG48", osc_hz=12_000_000,
         fmt=BFPFormat(4, 4), lanes=1, clock_mhz=12.0, rx_fifo_depth=64,
         input_format="bf16", programmer="iceprog",
-        system_params={"a_blocks": 32, "b_blocks": 32, "c_words": 32, "max_payload": 64}),
+        system_params={"a_blocks": 32, "b_blocks": 32, "c_words": 32, "max_payload": 64,
+                       "float_wire": False}),
 }
 
 DEFAULT_BOARD = "ulx3s-85f"

@@ -269,6 +269,9 @@ class FrameEncoder(wiring.Component):
         out = self.o_stream
         sent = Signal()
         m.d.comb += sent.eq(out.valid & out.ready)
+        # One CRC update for the header and the payload bytes: the frame byte being sent.
+        crc_next = Signal(32)
+        m.d.comb += crc_next.eq(crc32_next(crc, out.payload))
 
         with m.FSM(name="tx"):
             with m.State("IDLE"):
@@ -289,7 +292,7 @@ class FrameEncoder(wiring.Component):
                 byte = header.as_value().word_select(index[:2], 8)
                 m.d.comb += [out.valid.eq(1), out.payload.eq(byte)]
                 with m.If(sent):
-                    m.d.sync += [crc.eq(crc32_next(crc, byte)), index.eq(index + 1)]
+                    m.d.sync += [crc.eq(crc_next), index.eq(index + 1)]
                     with m.If(index == 3):
                         m.d.sync += index.eq(0)
                         with m.If(header.length == 0):
@@ -303,8 +306,7 @@ class FrameEncoder(wiring.Component):
                     self.i_stream.ready.eq(out.ready),
                 ]
                 with m.If(sent):
-                    m.d.sync += [crc.eq(crc32_next(crc, self.i_stream.payload)),
-                                 index.eq(index + 1)]
+                    m.d.sync += [crc.eq(crc_next), index.eq(index + 1)]
                     with m.If(index == header.length - 1):
                         m.d.sync += index.eq(0)
                         m.next = "CRC"

@@ -91,6 +91,20 @@ def _check_pow2(name, value, lo, hi):
     return value
 
 
+def _saturate(value, bits):
+    """``value`` if it is below ``2**bits``, else ``2**bits - 1`` (a ``bits``-wide value).
+
+    The capacity checks of :class:`GemmSystem` run on protocol fields (16 and 32 bits) clamped
+    this way to ``bits = capacity.bit_length() + 1``: a clamped operand is above every
+    capacity, and sums and products of non-negative operands stay above it (a product only
+    with a non-zero other factor, and then the true product is too), so every ``x > capacity``
+    comes out as it would at full width, from narrow adders and multipliers.
+    """
+    if len(value) <= bits:
+        return value
+    return Mux(value[bits:].any(), (1 << bits) - 1, value[:bits])
+
+
 class GemmEngine(wiring.Component):
     """Buffers and a ``lanes``-wide array of block dot-product units computing ``C = A @ B``.
 
@@ -123,7 +137,9 @@ class GemmEngine(wiring.Component):
     start : ``In(1)``
         Start a computation of ``m`` rows, ``groups`` column groups and ``kblocks``
         k-blocks (the inputs below are held stable until ``done``). Ignored while ``busy``.
-    m, groups, kblocks : ``In(16)``
+    m, groups, kblocks : ``In``
+        At most :attr:`max_m`, :attr:`max_groups` and :attr:`max_kblocks`, the most the
+        buffers can hold (the caller checks that the whole computation fits them).
     a_base, b_base, c_base : ``In``
         First A block, first B bank word and first C bank word of the computation.
     accumulate : ``In(1)``
@@ -154,7 +170,9 @@ class GemmEngine(wiring.Component):
             "b_we": In(1), "b_waddr": In(range(b_blocks)), "b_wdata": In(blk),
             "c_rlane": In(range(lanes)), "c_raddr": In(range(self.c_depth)),
             "c_rdata": Out(32),
-            "start": In(1), "m": In(16), "groups": In(16), "kblocks": In(16),
+            "start": In(1), "m": In(range(self.max_m + 1)),
+            "groups": In(range(self.max_groups + 1)),
+            "kblocks": In(range(self.max_kblocks + 1)),
             "a_base": In(range(a_blocks)), "b_base": In(range(self.b_depth)),
             "c_base": In(range(self.c_depth)), "accumulate": In(1),
             "busy": Out(1), "done": Out(1), "cycles": Out(32),
@@ -200,6 +218,21 @@ class GemmEngine(wiring.Component):
         p = self._unit_params
         return (1 + p["mac_stages"] + p["convert_stages"] + TERM_BUFFER_LATENCY
                 + p["adder_stages"])
+
+    @property
+    def max_m(self):
+        """Most rows of a computation: each needs a C word and an A block."""
+        return min(self.c_depth, self._a_blocks)
+
+    @property
+    def max_groups(self):
+        """Most column groups: each needs a C word and a B bank word."""
+        return min(self.c_depth, self.b_depth)
+
+    @property
+    def max_kblocks(self):
+        """Most k-blocks: each needs an A block and a B bank word."""
+        return min(self._a_blocks, self.b_depth)
 
     @property
     def b_depth(self):
@@ -263,8 +296,8 @@ class GemmEngine(wiring.Component):
             units.append(unit)
 
         # -- issue counters ---------------------------------------------------------------
-        row = Signal(16)
-        kb = Signal(16)
+        row = Signal.like(self.m)
+        kb = Signal.like(self.kblocks)
         c = Signal(range(ch))
         a_row = Signal(range(self._a_blocks + 1))     # row * KB
         b_pass = Signal(range(self.b_depth + 1))      # g0 * KB
@@ -273,7 +306,7 @@ class GemmEngine(wiring.Component):
         init_index = Signal(range(self.c_depth + 1))  # element index of the next start value
         # Column groups from the pass's first one on, and those of the pass (min(left, ch)):
         # registers updated once per pass, so no subtract-and-compare precedes the counters.
-        left = Signal(17)
+        left = Signal.like(self.groups)
         pass_groups = Signal(range(ch + 1))
 
         issuing = Signal()
@@ -359,9 +392,9 @@ class GemmEngine(wiring.Component):
         # -- write-back: every unit writes its results to its own C bank, in order -----------
         # total = m * groups, the results to wait for: the multiply gets a cycle of its own
         # after start (the completion check runs three cycles later at the earliest).
-        total = Signal(32)
-        total_m = Signal(16)
-        total_groups = Signal(16)
+        total = Signal(range(self.c_depth + 1))
+        total_m = Signal.like(self.m)
+        total_groups = Signal.like(self.groups)
         m.d.sync += total.eq(total_m * total_groups)
         written = [Signal(range(self.c_depth + 1), name=f"written{lane}")
                    for lane in range(lanes)]
@@ -403,6 +436,12 @@ class GemmSystem(wiring.Component):
         The BFP format (block size 2..64).
     input_format : {"fp32", "bf16"}
         Element format of ``Wire.FLOAT`` tile data (4 or 2 bytes per element).
+    float_wire : bool
+        Accept ``Wire.FLOAT`` tile data, quantized on the device by a
+        :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock`. Without it (and always with a
+        stochastic format) the device has no quantizer, INFO lists ``Wire.BFP`` only, and a
+        ``Wire.FLOAT`` write gets ``UNSUPPORTED``: the host quantizes. The iCEBreaker's reduced
+        configuration leaves it out to fit.
     lanes : int
         Dot-product units, a power of two 1..64.
     channels : int or None
@@ -445,19 +484,23 @@ class GemmSystem(wiring.Component):
         On invalid parameters.
     """
 
-    def __init__(self, fmt, *, input_format="fp32", lanes=2, channels=None,
+    def __init__(self, fmt, *, input_format="fp32", float_wire=True, lanes=2, channels=None,
                  clock_hz=50_000_000, build_hash=None, a_blocks=256, b_blocks=256,
                  c_words=256, max_payload=1024, timeout_cycles=None, mac_stages=2,
                  convert_stages=3, adder_stages=3, align_stages=2):
         self._fmt = check_rtl_format(fmt)
         self._input_format = FloatFormat(input_format)
+        if not isinstance(float_wire, bool):
+            raise TypeError(f"float_wire must be True or False, not {float_wire!r}")
+        # A stochastic format is quantized by the host only (docs/protocol.md, Wire formats).
+        self._float_wire = float_wire and fmt.rounding is not Rounding.STOCHASTIC
         self._align_stages = check_stages("align_stages", align_stages,
                                           FloatToBlock.max_stages_for(fmt))
         self._clock_hz = _check_int("clock_hz", clock_hz, 1, 2**32 - 1)
         if timeout_cycles is None:
             timeout_cycles = max(1, clock_hz // 10)
         self._timeout = _check_int("timeout_cycles", timeout_cycles, 1, 2**32 - 1)
-        biggest = max(protocol.block_bytes(fmt, w, self._input_format) for w in Wire)
+        biggest = max(protocol.block_bytes(fmt, w, self._input_format) for w in self._wires)
         self._max_payload = _check_int("max_payload", max_payload,
                                        max(ARGS_LATCH_BYTES, ARGS_BYTES + biggest), 0xFFFF)
         if build_hash is not None:
@@ -476,11 +519,10 @@ class GemmSystem(wiring.Component):
                 lanes=lanes, channels=channels, a_blocks=a_blocks,
                 b_blocks=b_blocks, c_words=c_words, max_payload=max_payload,
                 timeout=self._timeout, clock_hz=clock_hz, stages=(mac_stages, convert_stages,
-                                                                  adder_stages, align_stages))
+                                                                  adder_stages, align_stages),
+                float_wire=self._float_wire)
         self._build_hash = build_hash
-        wires = {Wire.BFP}
-        if fmt.rounding is not Rounding.STOCHASTIC:
-            wires.add(Wire.FLOAT)
+        wires = self._wires
         self._info = protocol.Info(
             version=PROTOCOL_VERSION, fmt=fmt, input_format=self._input_format,
             wire_formats=frozenset(wires), lanes=lanes, channels=channels,
@@ -500,6 +542,11 @@ class GemmSystem(wiring.Component):
         return self._info
 
     fmt = property(lambda self: self._fmt)
+    float_wire = property(lambda self: self._float_wire)
+
+    @property
+    def _wires(self):
+        return frozenset({Wire.BFP, Wire.FLOAT} if self._float_wire else {Wire.BFP})
 
     @property
     def latency(self):
@@ -523,18 +570,19 @@ class GemmSystem(wiring.Component):
         mb = protocol.mantissa_bytes(fmt)
         bb_float = protocol.block_bytes(fmt, Wire.FLOAT, self._input_format)
         bb_bfp = protocol.block_bytes(fmt, Wire.BFP)
-        vec_bytes = max(bb_float, bb_bfp)
-        stochastic = fmt.rounding is Rounding.STOCHASTIC
+        float_wire = self._float_wire
+        vec_bytes = max(bb_float, bb_bfp) if float_wire else bb_bfp
 
         m.submodules.decoder = dec = FrameDecoder(max_payload=self._max_payload,
                                                   timeout_cycles=self._timeout)
         m.submodules.encoder = enc = FrameEncoder()
         m.submodules.engine = eng
-        m.submodules.quantizer = q = FloatToBlock(fmt, input_format=self._input_format,
-                                                  stages=self._align_stages)
+        if float_wire:
+            m.submodules.quantizer = q = FloatToBlock(fmt, input_format=self._input_format,
+                                                      stages=self._align_stages)
+            m.d.comb += [q.seed.eq(0), q.reseed.eq(0)]
         wiring.connect(m, wiring.flipped(self.i_stream), dec.i_stream)
         wiring.connect(m, enc.o_stream, wiring.flipped(self.o_stream))
-        m.d.comb += [q.seed.eq(0), q.reseed.eq(0)]
 
         ev = dec.o_event.payload
         wargs = data.View(WRITE_ARGS_LAYOUT, ev.args[:WRITE_ARGS_LAYOUT.size])
@@ -549,15 +597,18 @@ class GemmSystem(wiring.Component):
         in_order = Signal()           # the frame being executed is the next sequenced one
         quiet = Signal()              # ... and asks for no reply if it succeeds
         c_valid = Signal()
-        c_rows = Signal(16)           # shape and place of the last COMPUTE's result
-        c_cols = Signal(16)
-        c_at = Signal(32)
+        # The capacity checks' width (see _saturate): every size and base that passes them is
+        # below 2**cap_bits.
+        cap_bits = max(eng.a_blocks, eng.b_blocks, eng.c_words).bit_length() + 1
+        c_rows = Signal(cap_bits)     # shape and place of the last COMPUTE's result
+        c_cols = Signal(cap_bits)
+        c_at = Signal(cap_bits)
 
         # -- reply --------------------------------------------------------------------------
         status = Signal(8)
         reply_cmd = Signal(8)
         reply_kind = Signal(2)        # 0: status only, 1: INFO, 2: STATUS, 3: COMPUTE
-        read_count = Signal(16)       # C words appended to the reply
+        read_count = Signal(range(protocol.MAX_READ_WORDS + 1))  # C words in the reply
         kind_len = [1, 1 + INFO_LAYOUT.size // 8, 1 + STATUS_LAYOUT.size // 8,
                     1 + COMPUTE_REPLY_LAYOUT.size // 8]
         fixed_len = Signal(8)
@@ -594,80 +645,104 @@ class GemmSystem(wiring.Component):
         # -- block assembly -----------------------------------------------------------------
         vec = Signal(8 * vec_bytes)
         bcount = Signal(range(vec_bytes + 1))
-        remaining = Signal(16)
-        waddr = Signal(32)
+        remaining = Signal(cap_bits)
+        waddr = Signal(cap_bits)
         is_b = Signal()
         is_bfp = Signal()
-        float_bits = vec[8 * (vec_bytes - bb_float):]
         bfp_bits = vec[8 * (vec_bytes - bb_bfp):]
         block_from_wire = Signal(block_layout(fmt))
         m.d.comb += block_from_wire.exponent.eq(bfp_bits[:fmt.exponent_bits])
         for i in range(bs):
             lo = 8 + 8 * mb * i
             m.d.comb += block_from_wire.mantissas[i].eq(bfp_bits[lo:lo + fmt.mantissa_bits])
-        m.d.comb += q.i_stream.payload.eq(float_bits)
         block = Signal(block_layout(fmt))
         block_we = Signal()
         m.d.comb += [
             eng.a_waddr.eq(waddr), eng.b_waddr.eq(waddr),
             eng.a_wdata.eq(block), eng.b_wdata.eq(block),
             eng.a_we.eq(block_we & ~is_b), eng.b_we.eq(block_we & is_b),
-            q.o_stream.ready.eq(1),
         ]
+        if float_wire:
+            m.d.comb += [q.i_stream.payload.eq(vec[8 * (vec_bytes - bb_float):]),
+                         q.o_stream.ready.eq(1)]
 
         # -- C readout (READ_C, and the result of a READBACK COMPUTE) -----------------------
-        rd_row_base = Signal(32)      # C bank word of the current row's first column group
-        rd_col = Signal(16)
-        rd_cols = Signal(16)          # columns of the result being read
-        rd_groups = Signal(17)
+        rd_row_base = Signal.like(eng.c_raddr)  # C bank word of the row's first column group
+        rd_col = Signal(cap_bits)
+        rd_cols = Signal(cap_bits)    # columns of the result being read
+        rd_groups = Signal(cap_bits)
         word = Signal(32)
         m.d.comb += [eng.c_raddr.eq(rd_row_base + (rd_col >> lane_bits)),
                      eng.c_rlane.eq(rd_col[:lane_bits] if lane_bits else 0)]
 
         # -- checks -------------------------------------------------------------------------
         # Registered every cycle: the arguments are stable from the event in IDLE until DONE,
-        # so these are valid from the first CHECK state on.
-        kb_req = Signal(17)
-        groups_req = Signal(17)
-        read_groups = Signal(17)
-        m.d.sync += [kb_req.eq((cargs.k + (bs - 1)) >> bs_bits),
-                     groups_req.eq((cargs.n + (lanes - 1)) >> lane_bits),
-                     read_groups.eq((rargs.cols + (lanes - 1)) >> lane_bits)]
+        # so these are valid from the first CHECK state on. Sizes and bases are clamped to
+        # cap_bits (_saturate): exact for every request that passes the checks, and above
+        # every capacity for the others.
+        def sat(value):
+            return _saturate(value, cap_bits)
+
+        names = ["m", "n", "a_base", "b_base", "c_base", "row", "col", "rows", "cols", "base",
+                 "start", "count", "kb_req", "groups_req", "read_groups"]
+        a = {name: Signal(cap_bits, name=f"arg_{name}") for name in names}
+        m.d.sync += [
+            a["m"].eq(sat(cargs.m)), a["n"].eq(sat(cargs.n)),
+            a["a_base"].eq(sat(cargs.a_base)), a["b_base"].eq(sat(cargs.b_base)),
+            a["c_base"].eq(sat(cargs.c_base)),
+            a["row"].eq(sat(rargs.row)), a["col"].eq(sat(rargs.col)),
+            a["rows"].eq(sat(rargs.rows)), a["cols"].eq(sat(rargs.cols)),
+            a["base"].eq(sat(rargs.base)),
+            a["start"].eq(sat(wargs.start)), a["count"].eq(sat(wargs.count)),
+            a["kb_req"].eq(sat((cargs.k + (bs - 1)) >> bs_bits)),
+            a["groups_req"].eq(sat((cargs.n + (lanes - 1)) >> lane_bits)),
+            a["read_groups"].eq(sat((rargs.cols + (lanes - 1)) >> lane_bits)),
+        ]
+        kb_req, groups_req, read_groups = a["kb_req"], a["groups_req"], a["read_groups"]
+        # READ_C's count, clamped above MAX_READ_WORDS (READ_CHECK refuses more).
+        read_words = Signal(range(2 * protocol.MAX_READ_WORDS + 1))
+        m.d.sync += read_words.eq(_saturate(rargs.count, len(read_words)))
         # The capacity checks: products registered every cycle (valid from the SUM states on;
         # computed outside the FSM, so that no state-driven multiplexer sits between the
         # argument registers and the multipliers). COMPUTE and READ_C share four multipliers:
         # `is_read`, set when the command is dispatched, selects their operands (one LUT
         # level from registers), so the iCE40's eight DSPs suffice.
         is_read = Signal()
-        mul = [Signal(33, name=f"check_mul{i}") for i in range(4)]
-        prod_a = Signal(34)
-        prod_b = Signal(34)
-        prod_c = Signal(34)
-        operands = [(cargs.m, kb_req, rargs.row, rargs.cols),
-                    (groups_req, kb_req, rargs.rows, rargs.cols),
-                    (cargs.m, groups_req, rargs.rows, read_groups),
-                    (cargs.m, cargs.n, rargs.row, read_groups)]
+        mul = [Signal(2 * cap_bits, name=f"check_mul{i}") for i in range(4)]
+        sum_bits = max(2 * cap_bits, len(read_words)) + 2
+        prod_a = Signal(sum_bits)
+        prod_b = Signal(sum_bits)
+        prod_c = Signal(sum_bits)
+        operands = [(a["m"], kb_req, a["row"], a["cols"]),
+                    (groups_req, kb_req, a["rows"], a["cols"]),
+                    (a["m"], groups_req, a["rows"], read_groups),
+                    (a["m"], a["n"], a["row"], read_groups)]
         m.d.sync += [p.eq(Mux(is_read, r0, c0) * Mux(is_read, r1, c1))
                      for p, (c0, c1, r0, r1) in zip(mul, operands, strict=True)]
         # COMPUTE: m*kblocks, groups*kblocks, m*groups, m*n; READ_C: row*cols, rows*cols,
         # rows*groups, row*groups.
-        prod_mn = mul[3][:32]
+        prod_mn = mul[3]
         # WRITE's expected length, ARGS_BYTES + count * block bytes: the block size is a
         # register (valid in WRITE_LEN), the product is registered in WRITE_LEN and compared
-        # with the registered payload length in WRITE_CHECK.
-        w_bytes = Signal(range(max(bb_bfp, bb_float) + 1))
-        w_prod = Signal(len(wargs.count) + len(w_bytes))
+        # with the registered payload length in WRITE_CHECK. The count is clamped above the
+        # largest payload (the decoder refuses longer frames).
+        w_bytes = Signal(range(max(bb_bfp, bb_float if float_wire else 0) + 1))
+        w_count = Signal(range(2 * self._max_payload + 1))
+        w_prod = Signal(len(w_count) + len(w_bytes))
         w_body = Signal(len(ev.length))
-        m.d.sync += [w_bytes.eq(Mux(wargs.wire == Wire.BFP, bb_bfp, bb_float)),
+        # (Without float_wire, WRITE_CHECK refuses Wire.FLOAT before it compares lengths.)
+        m.d.sync += [w_bytes.eq(Mux(wargs.wire == Wire.BFP, bb_bfp, bb_float) if float_wire
+                                else bb_bfp),
+                     w_count.eq(_saturate(wargs.count, len(w_count))),
                      w_body.eq(ev.length - ARGS_BYTES)]
         byte_index = Signal(3)
         tx_index = Signal(8)
         accumulate = Signal()
         readback = Signal()
         m.d.comb += [
-            eng.m.eq(cargs.m), eng.groups.eq(groups_req), eng.kblocks.eq(kb_req),
-            eng.a_base.eq(cargs.a_base), eng.b_base.eq(cargs.b_base),
-            eng.c_base.eq(cargs.c_base), eng.accumulate.eq(accumulate),
+            eng.m.eq(a["m"]), eng.groups.eq(groups_req), eng.kblocks.eq(kb_req),
+            eng.a_base.eq(a["a_base"]), eng.b_base.eq(a["b_base"]),
+            eng.c_base.eq(a["c_base"]), eng.accumulate.eq(accumulate),
             accumulate.eq((cargs.flags & Flag.ACCUMULATE) != 0),
             readback.eq((cargs.flags & Flag.READBACK) != 0),
         ]
@@ -728,12 +803,12 @@ class GemmSystem(wiring.Component):
 
             with m.State("WRITE_LEN"):
                 # The expected length (a multiply) gets a cycle of its own.
-                m.d.sync += w_prod.eq(wargs.count * w_bytes)
+                m.d.sync += w_prod.eq(w_count * w_bytes)
                 m.next = "WRITE_CHECK"
 
             with m.State("WRITE_CHECK"):
                 cap = Mux(is_b, eng.b_blocks, eng.a_blocks)
-                m.d.sync += [waddr.eq(wargs.start), remaining.eq(wargs.count),
+                m.d.sync += [waddr.eq(a["start"]), remaining.eq(a["count"]),
                              is_bfp.eq(wargs.wire == Wire.BFP), bcount.eq(0),
                              quiet.eq((wargs.flags & Flag.QUIET) != 0)]
                 m.d.comb += ptr_next.eq(ARGS_BYTES)
@@ -741,11 +816,11 @@ class GemmSystem(wiring.Component):
                     reply(Status.BAD_LENGTH)
                 with m.Elif((wargs.wire > Wire.BFP) | ((wargs.flags & ~int(Flag.QUIET)) != 0)):
                     reply(Status.BAD_ARG)
-                with m.Elif((wargs.wire == Wire.FLOAT) & stochastic):
+                with m.Elif((wargs.wire == Wire.FLOAT) & (not float_wire)):
                     reply(Status.UNSUPPORTED)
                 with m.Elif(w_body != w_prod):      # ev.length >= ARGS_BYTES here
                     reply(Status.BAD_LENGTH)
-                with m.Elif(wargs.start + wargs.count > cap):
+                with m.Elif(a["start"] + a["count"] > cap):
                     reply(Status.CAPACITY)
                 with m.Elif(wargs.count == 0):
                     m.next = "WRITE_EMPTY"
@@ -758,26 +833,32 @@ class GemmSystem(wiring.Component):
             with m.State("WRITE_LOAD"):
                 m.d.comb += ptr_next.eq(ptr + 1)
                 m.d.sync += [vec.eq(Cat(vec[8:], byte)), bcount.eq(bcount + 1)]
-                with m.If(bcount == Mux(is_bfp, bb_bfp, bb_float) - 1):
-                    m.d.sync += bcount.eq(0)
-                    with m.If(is_bfp):
+                if float_wire:
+                    with m.If(bcount == Mux(is_bfp, bb_bfp, bb_float) - 1):
+                        m.d.sync += bcount.eq(0)
+                        with m.If(is_bfp):
+                            m.next = "WRITE_STORE"
+                        with m.Else():
+                            m.next = "QUANTIZE"
+                else:                       # WRITE_CHECK refused Wire.FLOAT
+                    with m.If(bcount == bb_bfp - 1):
+                        m.d.sync += bcount.eq(0)
                         m.next = "WRITE_STORE"
-                    with m.Else():
-                        m.next = "QUANTIZE"
 
-            with m.State("QUANTIZE"):
-                m.d.comb += q.i_stream.valid.eq(1)
-                with m.If(q.i_stream.ready):
-                    m.next = "QUANTIZE_WAIT"
+            if float_wire:
+                with m.State("QUANTIZE"):
+                    m.d.comb += q.i_stream.valid.eq(1)
+                    with m.If(q.i_stream.ready):
+                        m.next = "QUANTIZE_WAIT"
 
-            with m.State("QUANTIZE_WAIT"):
-                with m.If(q.o_stream.valid):
-                    m.d.comb += [block.eq(q.o_stream.payload), block_we.eq(1)]
-                    m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
-                    with m.If(remaining == 1):
-                        succeed()
-                    with m.Else():
-                        m.next = "WRITE_LOAD"
+                with m.State("QUANTIZE_WAIT"):
+                    with m.If(q.o_stream.valid):
+                        m.d.comb += [block.eq(q.o_stream.payload), block_we.eq(1)]
+                        m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
+                        with m.If(remaining == 1):
+                            succeed()
+                        with m.Else():
+                            m.next = "WRITE_LOAD"
 
             with m.State("WRITE_STORE"):
                 m.d.comb += [block.eq(block_from_wire), block_we.eq(1)]
@@ -800,8 +881,8 @@ class GemmSystem(wiring.Component):
                     m.next = "COMPUTE_SUM"
 
             with m.State("COMPUTE_SUM"):
-                m.d.sync += [prod_a.eq(cargs.a_base + mul[0]), prod_b.eq(cargs.b_base + mul[1]),
-                             prod_c.eq(cargs.c_base + mul[2])]
+                m.d.sync += [prod_a.eq(a["a_base"] + mul[0]), prod_b.eq(a["b_base"] + mul[1]),
+                             prod_c.eq(a["c_base"] + mul[2])]
                 m.next = "COMPUTE_CHECK2"
 
             with m.State("COMPUTE_CHECK2"):
@@ -811,8 +892,8 @@ class GemmSystem(wiring.Component):
                     reply(Status.CAPACITY)
                 with m.Elif(accumulate & ~c_valid):
                     reply(Status.NO_RESULT)
-                with m.Elif(accumulate & ((cargs.m != c_rows) | (cargs.n != c_cols)
-                                          | (cargs.c_base != c_at))):
+                with m.Elif(accumulate & ((a["m"] != c_rows) | (a["n"] != c_cols)
+                                          | (a["c_base"] != c_at))):
                     reply(Status.MISMATCH)
                 with m.Else():
                     m.d.sync += c_valid.eq(0)
@@ -824,16 +905,16 @@ class GemmSystem(wiring.Component):
 
             with m.State("COMPUTE_RUN"):
                 with m.If(eng.done):
-                    m.d.sync += [c_valid.eq(1), c_rows.eq(cargs.m), c_cols.eq(cargs.n),
-                                 c_at.eq(cargs.c_base),
-                                 rd_row_base.eq(cargs.c_base), rd_col.eq(0),
-                                 rd_cols.eq(cargs.n), rd_groups.eq(groups_req)]
+                    m.d.sync += [c_valid.eq(1), c_rows.eq(a["m"]), c_cols.eq(a["n"]),
+                                 c_at.eq(a["c_base"]),
+                                 rd_row_base.eq(a["c_base"]), rd_col.eq(0),
+                                 rd_cols.eq(a["n"]), rd_groups.eq(groups_req)]
                     succeed(3)
                     with m.If(readback):
                         m.d.sync += read_count.eq(prod_mn)
 
             with m.State("READ_CHECK"):
-                m.d.sync += [rd_col.eq(rargs.col), rd_cols.eq(rargs.cols),
+                m.d.sync += [rd_col.eq(a["col"]), rd_cols.eq(a["cols"]),
                              rd_groups.eq(read_groups)]
                 with m.If(ev.length != READ_ARGS_LAYOUT.size // 8):
                     reply(Status.BAD_LENGTH)
@@ -841,16 +922,16 @@ class GemmSystem(wiring.Component):
                     reply(Status.BAD_ARG)
                 with m.Elif(~c_valid):
                     reply(Status.NO_RESULT)
-                with m.Elif((rargs.row >= rargs.rows) | (rargs.col >= rargs.cols)
-                            | (rargs.count > protocol.MAX_READ_WORDS)):
+                with m.Elif((a["row"] >= a["rows"]) | (a["col"] >= a["cols"])
+                            | (read_words > protocol.MAX_READ_WORDS)):
                     reply(Status.CAPACITY)
                 with m.Else():
                     m.next = "READ_SUM"
 
             with m.State("READ_SUM"):
-                m.d.sync += [prod_a.eq(mul[0] + rargs.col + rargs.count), prod_b.eq(mul[1]),
-                             prod_c.eq(rargs.base + mul[2]),
-                             rd_row_base.eq(rargs.base + mul[3])]
+                m.d.sync += [prod_a.eq(mul[0] + a["col"] + read_words), prod_b.eq(mul[1]),
+                             prod_c.eq(a["base"] + mul[2]),
+                             rd_row_base.eq(a["base"] + mul[3])]
                 m.next = "READ_CHECK2"
 
             with m.State("READ_CHECK2"):
@@ -858,7 +939,7 @@ class GemmSystem(wiring.Component):
                     reply(Status.CAPACITY)
                 with m.Else():
                     m.d.sync += [status.eq(Status.OK), reply_kind.eq(0),
-                                 read_count.eq(rargs.count)]
+                                 read_count.eq(read_words)]
                     m.next = "SEND"
 
             # -- reply: header, fixed part, then `read_count` words of C ----------------------
