@@ -366,6 +366,95 @@ def test_stochastic_rejects_float_wire():
     run_link(dut, test)
 
 
+def test_without_float_wire_the_host_quantizes():
+    # The iCEBreaker's reduced configuration: no on-device quantizer.
+    dut = small_system(float_wire=False)
+    a, b = operands(7)
+
+    async def test(link):
+        info = await link.info()
+        assert info.wire_formats == {Wire.BFP}
+        one = bytes(protocol.block_bytes(FMT, Wire.FLOAT))
+        await expect(link, Cmd.WRITE_A, write_args(Wire.FLOAT, 1) + one, Status.UNSUPPORTED)
+        c = await device_gemm(link, a, b, info, Wire.BFP, tile=(3, 3))
+        assert (c == golden.f32_to_bits(golden.gemm(a, b, FMT))).all()
+
+    run_link(dut, test)
+
+
+def _expected_status(cmd, args, *, c_valid, a_blocks=16, b_depth=8, c_depth=8, lanes=2):
+    """The device's reply status for a valid-length request, at full width (docs/protocol.md)."""
+    if cmd == Cmd.COMPUTE:
+        m, n, k, flags, a_base, b_base, c_base = args
+        kb, g = -(-k // FMT.block_size), -(-n // lanes)
+        if (a_base + m * kb > a_blocks or b_base + g * kb > b_depth or c_base + m * g > c_depth
+                or (flags & protocol.Flag.READBACK and m * n > protocol.MAX_READ_WORDS - 1)):
+            return Status.CAPACITY
+        return Status.OK
+    if cmd == Cmd.READ_C:
+        row, col, count, base, rows, cols = args
+        if not c_valid:
+            return Status.NO_RESULT
+        if (row >= rows or col >= cols or count > protocol.MAX_READ_WORDS
+                or row * cols + col + count > rows * cols or base + rows * -(-cols // lanes)
+                > c_depth):
+            return Status.CAPACITY
+        return Status.OK
+    start, count = args
+    return Status.CAPACITY if start + count > a_blocks else Status.OK
+
+
+def _random_field(rng, bits):
+    """Mostly values near the small system's capacities and near powers of two, some huge."""
+    kind = rng.random()
+    if kind < 0.5:
+        return rng.randrange(0, 20)
+    if kind < 0.8:
+        return min((1 << rng.randrange(3, bits)) + rng.randrange(-2, 3), (1 << bits) - 1)
+    return rng.randrange(0, 1 << bits)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_capacity_checks_match_full_width_reference(seed):
+    """The checks run on clamped narrow values (engine._saturate); every reply must be the one
+    the full-width arithmetic of the protocol gives, for sizes and bases up to 2**32 - 1."""
+    dut = small_system()
+    rng = random.Random(seed)
+    a, b = operands(8)
+    bb = protocol.block_bytes(FMT, Wire.BFP)
+
+    async def test(link):
+        await _setup_c(link, a, b)
+        for _ in range(100):
+            which = rng.random()
+            if which < 0.45:
+                m, n, k = (max(1, _random_field(rng, 16)) for _ in range(3))
+                flags = rng.choice([0, int(protocol.Flag.READBACK)])
+                bases = [rng.choice([0, 0, 1, 7, 8, 15, 16, _random_field(rng, 32)])
+                         for _ in range(3)]
+                args = (m, n, k, flags, *bases)
+                payload = compute_args(m, n, k, flags, *bases)
+                cmd = Cmd.COMPUTE
+            elif which < 0.9:
+                row, col, count, rows, cols = (_random_field(rng, 16) for _ in range(5))
+                base = rng.choice([0, 0, 1, 7, 8, _random_field(rng, 32)])
+                args = (row, col, count, base, rows, cols)
+                payload = read_args(row, col, count, rows=rows, cols=cols, base=base)
+                cmd = Cmd.READ_C
+            else:
+                count = rng.randrange(0, 4)
+                start = rng.choice([0, 13, 14, 15, 16, _random_field(rng, 32)])
+                args = (start, count)
+                payload = write_args(Wire.BFP, count, start) + bytes(count * bb)
+                cmd = Cmd.WRITE_A
+            want = _expected_status(cmd, args, c_valid=True)
+            reply = await expect(link, cmd, payload, want)
+            if cmd == Cmd.READ_C and want is Status.OK:
+                assert len(reply.body) == 4 * args[2]
+
+    run_link(dut, test)
+
+
 def test_sequence_numbers_are_echoed():
     dut = small_system()
 
