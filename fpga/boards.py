@@ -107,13 +107,18 @@ BOARDS = {
     # UP5K: 5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K. The GemmSystem's control logic and
     # FP32 accumulator alone take most of it, so the reduced default is one lane of 4-element
     # blocks of 4-bit mantissas, small buffers, at the 12 MHz oscillator, and no on-device
-    # quantizer: the host sends quantized blocks (wire=bfp), and wire=fp32 is refused.
+    # quantizer: the host sends quantized blocks (wire=bfp), and wire=fp32 is refused. The
+    # pipelines are as short as 12 MHz allows, since on the iCE40 every register and output
+    # FIFO entry is a logic cell: a combinational MAC tree, two conversion stages (one misses
+    # 12 MHz) and three adder stages (two reach only 11.5-12.4 MHz from the term buffer's block
+    # RAM). Measured: 5,096 logic cells (97 %), 15.4-15.6 MHz over nextpnr seeds 1 and 2.
     "icebreaker": Board(
         name="icebreaker", family="ice40", device="iCE40UP5K-SG48", osc_hz=12_000_000,
         fmt=BFPFormat(4, 4), lanes=1, clock_mhz=12.0, rx_fifo_depth=64,
         input_format="bf16", programmer="iceprog",
         system_params={"a_blocks": 32, "b_blocks": 32, "c_words": 32, "max_payload": 64,
-                       "float_wire": False}),
+                       "float_wire": False, "mac_stages": 0, "convert_stages": 2,
+                       "adder_stages": 3}),
 }
 
 DEFAULT_BOARD = "ulx3s-85f"
