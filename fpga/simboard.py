@@ -382,7 +382,8 @@ int main(int argc, char** argv) {
         top->eval();
         if (virt) vt += 1.0 / vclock;
         total_cycles++;
-        if (trace && virt && in_fire) std::fprintf(trace, "i %.9f %.9f %u\n", vt, arr[head], in[head]);
+        if (trace && virt && in_fire)
+            std::fprintf(trace, "i %.9f %.9f %u\n", vt, arr[head], in[head]);
         if (trace && virt && out_fire) std::fprintf(trace, "o %.9f %u\n", vt, ob);
         if (in_fire) {
             head++;
