@@ -234,6 +234,7 @@ def growth_first(m, n, lanes):
     lanes)`` rows and columns (1 to :data:`_GROWTH_FIRST_MAX`; 12 for a 64 x 64 C with 4
     lanes), which over the benchmark shapes is within 0.3% of the best first step."""
     units = min(_GROWTH_FIRST_MAX, max(1, (min(m, n) // 8).bit_length() - 1))
+
     f = units * max(4, lanes)
     return min(f, m), min(f, n)
 
@@ -489,6 +490,7 @@ class _Frame:
     reply_len: int              # expected reply body length; None: QUIET, no reply
     payload_len: int
     seconds: float = 0.0        # device time to execute (COMPUTE), for the reply timeout
+    end: int = 0                # request bytes of the GEMM sent up to the end of this frame
 
 
 class _LinkState:
@@ -952,18 +954,27 @@ class Device:
             body = self._query(Cmd.STATUS, protocol.layout_bytes(protocol.STATUS_LAYOUT))
             self._link.next_seq = protocol.from_bytes(protocol.STATUS_LAYOUT, body)["next_seq"]
 
-    def _next_op(self, queue, c_ring):
+    def _next_op(self, queue, c_ring, room=None):
         """Take the operation of the next frame from the head of ``queue``; None if it waits.
 
         Writes and reads longer than the frame limit are split, and the rest stays at the
-        head of the queue. A COMPUTE that starts a tile first takes a region of C (and waits
+        head of the queue. ``room`` (bytes, None: no limit) is what the device's receive FIFO
+        can take now: a write is cut to fit it (but not below two blocks), and nothing larger
+        is taken. A COMPUTE that starts a tile first takes a region of C (and waits
         if none is free); the last COMPUTE of a tile returns the result (READBACK) if that
         reply fits the limit, otherwise READ_C requests for it follow.
         """
         op = queue[0]
         if op.cmd in (Cmd.WRITE_A, Cmd.WRITE_B):
             per = max(1, (self._limit() - protocol.ARGS_BYTES) // op.unit)
+            if room is not None:
+                fits = (room - protocol.FRAME_OVERHEAD - protocol.ARGS_BYTES) // op.unit
+                if fits < min(2, op.count()):
+                    return None
+                per = min(per, fits)
             return op.head(per) if op.count() > per else queue.popleft()
+        if room is not None and room < protocol.FRAME_OVERHEAD + 20:
+            return None
         if op.cmd is Cmd.READ_C:
             per = max(1, min(protocol.MAX_READ_WORDS, (self._reply_limit() - 1) // 4))
             return op.head(per) if op.count() > per else queue.popleft()
@@ -996,11 +1007,17 @@ class Device:
                 4 * op.args["count"]
         flags = op.args["flags"]
         readback = bool(op.last and op.readback)
-        flags |= protocol.Flag.READBACK if readback else protocol.Flag.QUIET
+        # Behind a receive FIFO every COMPUTE has a reply: the device takes no input while it
+        # computes, and the reply says when the FIFO is being read again (see _stream).
+        replied = readback or self._t.rx_fifo_bytes is not None
+        if readback:
+            flags |= protocol.Flag.READBACK
+        elif not replied:
+            flags |= protocol.Flag.QUIET
         return protocol.to_bytes(protocol.COMPUTE_ARGS_LAYOUT, {
             "m": tile.rn, "n": tile.cn, "k": op.args["k"], "flags": int(flags),
             "a_base": op.args["a_base"], "b_base": op.args["b_base"],
-            "c_base": tile.base}), (4 + 4 * tile.rn * tile.cn if readback else None)
+            "c_base": tile.base}), (4 + 4 * tile.rn * tile.cn * readback if replied else None)
 
     def _stream(self, queue, tiles):
         """Run a program: stream its frames, and recover from errors, until every tile of C
@@ -1035,6 +1052,21 @@ class Device:
         damaged = False                     # the deadline is a grace period after a bad reply
         rate = self._t.cycle_rate or info.clock_hz
         max_frames = 96
+        # The receive FIFO (docs/protocol.md 1): while the device executes a frame and sends its
+        # reply it takes no input, and a byte that arrives while its FIFO is full is lost. So
+        # behind the oldest frame whose reply has not fully arrived (the device may still be
+        # replying to it), at most `fifo_room` bytes are sent. Quiet writes execute in a few
+        # byte times; the margin covers the bytes that arrive meanwhile.
+        fifo = self._t.rx_fifo_bytes
+        fifo_room = None if fifo is None else max(1, fifo - 16)
+        sent = 0                            # request bytes sent by this call
+
+        def fifo_free():
+            """Bytes the receive FIFO can take now (None: any number)."""
+            if fifo_room is None:
+                return None
+            oldest = next((f for f in inflight if f.reply_len is not None), None)
+            return None if oldest is None else fifo_room - (sent - oldest.end)
 
         def pending():
             """Bytes of the frames in flight and their expected replies, and device time."""
@@ -1156,12 +1188,16 @@ class Device:
             # -- send ------------------------------------------------------------------------
             while recovery is None and queue and len(inflight) < self._window_frames and (
                     not inflight or inflight_bytes + self._limit() + 16 <= window):
-                op = self._next_op(queue, c_ring)
+                room = fifo_free()
+                op = self._next_op(queue, c_ring, room)
                 if op is None:
                     break
                 quiet = (op.cmd in (Cmd.WRITE_A, Cmd.WRITE_B) and self._window_frames > 1
                          and quiet_run + len(op.data) + 18 <= quiet_budget)
                 payload, reply_len = self._payload(op, quiet)
+                if room is not None and len(payload) + protocol.FRAME_OVERHEAD > room:
+                    queue.appendleft(op)            # a READ_C or COMPUTE that does not fit
+                    break
                 seconds = 0.0
                 if op.cmd is Cmd.COMPUTE:
                     groups = protocol.column_groups(op.tile.cn, info.lanes)
@@ -1171,7 +1207,9 @@ class Device:
                 quiet_run = quiet_run + len(payload) + 10 if reply_len is None else 0
                 seq = self._link.next_seq
                 nbytes = self._send(op.cmd, seq, payload)
-                inflight.append(_Frame(seq, op, nbytes, reply_len, len(payload), seconds))
+                sent += nbytes
+                inflight.append(_Frame(seq, op, nbytes, reply_len, len(payload), seconds,
+                                       sent))
                 inflight_bytes += nbytes
                 self._link.next_seq = (seq + 1) & 0xFF
                 deadline = None

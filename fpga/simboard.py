@@ -19,7 +19,9 @@ bytes per second of wall time (a UART with 8N1 framing). With ``baud`` and ``vcl
 it keeps a virtual clock instead: ``1 / vclock_hz`` per model cycle, and the whole wall time
 of every wait for the host (from the moment it has nothing to do until input arrives); request
 bytes arrive back to back at the line rate into a receive FIFO and reply bytes leave at the
-line rate (full duplex). The model itself is slower than
+line rate (full duplex). The receive FIFO holds ``rx_fifo`` bytes, as the board's does (the
+device does not take input while it executes a frame or sends its reply); a byte that arrives
+while it is full is lost and counted (``overruns``). The model itself is slower than
 3 Mbaud, so link-bound numbers at that rate are measured in virtual time
 (``SimTransport.link_stats``, ``bench/offload.py``).
 """
@@ -80,6 +82,12 @@ class SimConfig:
     baud: int = 0
     vclock_hz: int = 0
     idle_ms: int = 2
+    #: Bytes of the board's receive FIFO in the virtual-time model: that of the default board
+    #: (``boards.BOARDS["ulx3s-85f"].rx_fifo_depth``, checked by a test). A byte that arrives
+    #: while it is full is lost, as on the board.
+    rx_fifo: int = 512
+    #: Virtual time only: a path to write a trace of every byte that moves (see the harness).
+    trace: str = ""
 
     GATEWARE_FIELDS = ("mantissa_bits", "block_size", "rounding", "exponent_bits",
                        "input_format", "lanes", "a_blocks", "b_blocks", "c_words",
@@ -181,14 +189,18 @@ int main(int argc, char** argv) {
     uint64_t timeout_cycles = 2000;
     double baud = 0, vclock = 0;
     int idle_ms = 2;
+    size_t rx_fifo = 0;
     const char* stats_path = nullptr;
+    const char* trace_path = nullptr;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char* v = argv[i + 1];
         if (!std::strcmp(argv[i], "--timeout-cycles")) timeout_cycles = std::strtoull(v, 0, 10);
         else if (!std::strcmp(argv[i], "--baud")) baud = std::atof(v);
         else if (!std::strcmp(argv[i], "--vclock")) vclock = std::atof(v);
         else if (!std::strcmp(argv[i], "--idle-ms")) idle_ms = std::atoi(v);
+        else if (!std::strcmp(argv[i], "--rx-fifo")) rx_fifo = std::strtoull(v, 0, 10);
         else if (!std::strcmp(argv[i], "--stats")) stats_path = v;
+        else if (!std::strcmp(argv[i], "--trace")) trace_path = v;
     }
     std::signal(SIGPIPE, SIG_IGN);
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
@@ -212,6 +224,11 @@ int main(int argc, char** argv) {
     in.reserve(1 << 16);
     out.reserve(1 << 16);
     size_t head = 0;
+    // Virtual time: in[head, fifo_end) is in the board's receive FIFO (arrived, not yet taken
+    // by the device), in[fifo_end, ...) is still on the line. A byte that arrives while the
+    // FIFO holds rx_fifo bytes is lost, as the board's UART receiver drops it (0: no limit).
+    size_t fifo_end = 0;
+    uint64_t overruns = 0;
     // Line model. Wall pacing (baud > 0, vclock == 0): bytes move at most at baud / 10 per
     // second of wall time. Virtual time (vclock > 0): a virtual clock advances 1 / vclock per
     // model cycle and by the wall time the harness waits for the host; input bytes arrive
@@ -232,21 +249,30 @@ int main(int argc, char** argv) {
     std::vector<double> arr;
     uint64_t total_cycles = 0, bytes_in = 0, bytes_out = 0;
     int stats_fd = stats_path ? open(stats_path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
+    // Trace (virtual time only): one line per byte that moves, "i <vt> <arrival> <byte>" for
+    // a request byte the device takes and "o <vt> <byte>" for a reply byte, and "w <from>
+    // <to>" for a wait for the host.
+    FILE* trace = trace_path ? std::fopen(trace_path, "w") : nullptr;
     auto write_stats = [&]() {
         if (stats_fd < 0) return;
         char line[240];
-        int n = std::snprintf(line, sizeof line, "%.9f %llu %llu %llu %.9f %.9f\n", vt,
+        int n = std::snprintf(line, sizeof line, "%.9f %llu %llu %llu %.9f %.9f %llu\n", vt,
                               (unsigned long long)total_cycles, (unsigned long long)bytes_in,
-                              (unsigned long long)bytes_out, host_wait, wait_wall);
+                              (unsigned long long)bytes_out, host_wait, wait_wall,
+                              (unsigned long long)overruns);
         if (pwrite(stats_fd, line, n, 0) < 0) stats_fd = -1;
     };
     auto take_input = [&](ssize_t n) {
         if (virt && waiting) {
             double waited = wait_vt + (now_s() - wait_wall);
-            if (waited > vt) { host_wait += waited - vt; vt = waited; }
+            if (waited > vt) {
+                if (trace) std::fprintf(trace, "w %.9f %.9f\n", vt, waited);
+                host_wait += waited - vt;
+                vt = waited;
+            }
         }
         waiting = false;
-        if (head == in.size()) { in.clear(); arr.clear(); head = 0; }
+        if (head == in.size()) { in.clear(); arr.clear(); head = 0; fifo_end = 0; }
         in.insert(in.end(), buf, buf + n);
         if (virt) {
             for (ssize_t i = 0; i < n; i++) {
@@ -279,6 +305,7 @@ int main(int argc, char** argv) {
                 if (!active) {
                     if (!waiting) { waiting = true; wait_vt = vt; wait_wall = now_s(); }
                     write_stats();
+                    if (trace) std::fflush(trace);
                 }
                 int r = poll(&p, 1, to);
                 if (r > 0) {
@@ -312,7 +339,17 @@ int main(int argc, char** argv) {
         if (!active) continue;
 
         double t = pacing ? now_s() : 0;
-        bool can_in = pending && (!pacing || t >= next_in) && (!virt || vt >= arr[head]);
+        while (virt && fifo_end < in.size() && arr[fifo_end] <= vt) {
+            if (rx_fifo && fifo_end - head >= rx_fifo) {
+                in.erase(in.begin() + fifo_end);
+                arr.erase(arr.begin() + fifo_end);
+                overruns++;
+            } else {
+                fifo_end++;
+            }
+        }
+        pending = head < in.size();
+        bool can_in = pending && (!pacing || t >= next_in) && (!virt || head < fifo_end);
         bool can_out = (!pacing || t >= next_out) && (!virt || vt >= next_out);
         if (virt && (!can_in || !last_iready) && top->o_stream___05Fvalid && !can_out) {
             vt = next_out;            // stalled on the line: skip to the end of the byte
@@ -345,6 +382,9 @@ int main(int argc, char** argv) {
         top->eval();
         if (virt) vt += 1.0 / vclock;
         total_cycles++;
+        if (trace && virt && in_fire)
+            std::fprintf(trace, "i %.9f %.9f %u\n", vt, arr[head], in[head]);
+        if (trace && virt && out_fire) std::fprintf(trace, "o %.9f %u\n", vt, ob);
         if (in_fire) {
             head++;
             bytes_in++;
@@ -364,6 +404,7 @@ int main(int argc, char** argv) {
     }
     write_all(out);
     write_stats();
+    if (trace) std::fclose(trace);
     top->final();
     delete top;
     delete ctx;
@@ -508,15 +549,18 @@ def launch(config, *, progress=True, stats=None):
 
     The child's stdin takes request bytes and its stdout gives reply bytes. Closing its stdin
     ends it. With ``stats`` (a path), the harness writes ``"virtual_seconds cycles bytes_in
-    bytes_out host_wait_seconds idle_since"`` there whenever it goes idle
+    bytes_out host_wait_seconds idle_since overruns"`` there whenever it goes idle
     (``host_wait_seconds``: the part of the virtual time spent waiting for the host;
     ``idle_since``: the ``CLOCK_MONOTONIC`` time, as :func:`time.monotonic` reads it, at which
-    the current or last wait for the host began).
+    the current or last wait for the host began; ``overruns``: request bytes lost because the
+    receive FIFO was full).
     """
     exe = build(config, progress=progress)
     cmd = [str(exe), "--timeout-cycles", str(config.timeout_cycles), "--baud",
            str(config.baud), "--vclock", str(config.vclock_hz), "--idle-ms",
-           str(config.idle_ms)]
+           str(config.idle_ms), "--rx-fifo", str(config.rx_fifo)]
     if stats:
         cmd += ["--stats", str(stats)]
+    if config.trace:
+        cmd += ["--trace", config.trace]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)

@@ -90,6 +90,12 @@ class Transport(abc.ABC):
     window_bytes : int or None
         How many request bytes may be in flight ahead of the device (its receive FIFO), or
         None for "as many as the driver likes".
+    rx_fifo_bytes : int or None
+        The device's receive FIFO, in bytes, if the line has no flow control and a byte that
+        arrives while the FIFO is full is lost: the driver then never has more request bytes
+        queued behind a frame whose reply has not fully arrived than this (the device takes no
+        input while it executes a frame and sends its reply). None: the line does not lose
+        bytes, or ``window_bytes`` already bounds everything in flight.
     """
 
     name = "transport"
@@ -97,6 +103,7 @@ class Transport(abc.ABC):
     cycle_rate = None
     latency = 0.05
     window_bytes = None
+    rx_fifo_bytes = None
 
     @abc.abstractmethod
     def write(self, data):
@@ -215,8 +222,9 @@ class SimTransport(PipeTransport):
 
     latency = 0.05
     # The Verilator model runs at a few hundred thousand cycles per second and takes about
-    # two cycles per byte; these bounds leave room for a loaded machine. The harness buffers
-    # whatever the host sends, so the window only bounds how much is resent after an error.
+    # two cycles per byte; these bounds leave room for a loaded machine. Without the
+    # virtual-time line model the harness buffers whatever the host sends, and the window only
+    # bounds how much is resent after an error; with it, rx_fifo_bytes is the board's FIFO.
     cycle_rate = 50_000.0
     byte_time = 4e-5
     window_bytes = 65536
@@ -234,6 +242,8 @@ class SimTransport(PipeTransport):
             raise DeviceNotFound(str(exc)) from exc
         if self.config.baud:
             self.byte_time = max(self.byte_time, 10.0 / self.config.baud)
+        if self.config.baud and self.config.vclock_hz and self.config.rx_fifo:
+            self.rx_fifo_bytes = self.config.rx_fifo        # the line model loses bytes
         super().__init__(self._proc.stdout.fileno(), self._proc.stdin.fileno(), name=name)
 
     @property
@@ -253,10 +263,12 @@ class SimTransport(PipeTransport):
             fields = Path(self._stats_path).read_text().split()
             vt, cycles, bin_, bout = float(fields[0]), *map(int, fields[1:4])
             host_wait, idle_since = float(fields[4]), float(fields[5])
+            overruns = int(fields[6])
         except (OSError, ValueError, IndexError):
             return None
         return {"virtual_seconds": vt, "cycles": cycles, "bytes_in": bin_, "bytes_out": bout,
-                "host_wait_seconds": host_wait, "idle_since": idle_since}
+                "host_wait_seconds": host_wait, "idle_since": idle_since,
+                "overruns": overruns}
 
     def close(self):
         if self._proc.poll() is None:
@@ -471,6 +483,7 @@ class FaultInjectingTransport(Transport):
         self.cycle_rate = inner.cycle_rate
         self.latency = inner.latency
         self.window_bytes = inner.window_bytes
+        self.rx_fifo_bytes = inner.rx_fifo_bytes
         self.corrupt, self.drop, self.duplicate = corrupt, drop, duplicate
         self.delay, self.max_delay = delay, max_delay
         self.truncate, self.garbage, self.max_garbage = truncate, garbage, max_garbage

@@ -1,6 +1,7 @@
 """The driver against the simulated board: INFO, bit-exact GEMMs for both wires, errors."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -185,7 +186,6 @@ def test_cli_gemm(sim_config, tmp_path, capsys):
 
 
 def test_line_models(sim_config):
-    import time
     rng = np.random.default_rng(6)
     a, b = random_operands(rng, 16, 64, 16)
     # Wall-clock pacing at 1 Mbaud: 100 kB/s each way.
@@ -274,3 +274,49 @@ def test_accumulate_refused_when_it_does_not_continue_c(small_sim_url):
         st = dev.status()
         assert st["next_seq"] == seq and st["last_error"] == Status.MISMATCH
         assert_bit_exact(dev.gemm(a, b), a, b, info)
+
+
+def test_rx_fifo_is_the_boards():
+    from hbfp_hw.fpga.boards import BOARDS, DEFAULT_BOARD
+    from hbfp_hw.fpga.simboard import SimConfig
+    assert SimConfig().rx_fifo == BOARDS[DEFAULT_BOARD].rx_fifo_depth
+
+
+@pytest.mark.parametrize("wire", ["bfp", "fp32"])
+def test_rx_fifo_never_overruns(sim_config, wire):
+    """Through the virtual-time line model (the board's 512-byte receive FIFO) the driver
+    streams a GEMM whose replies are far longer than the FIFO without losing a byte."""
+    rng = np.random.default_rng(7)
+    a, b = random_operands(rng, 37, 70, 45)
+    with Device.open("sim://?baud=3000000&vclock_hz=100000000") as dev:
+        assert dev.transport.rx_fifo_bytes == 512
+        s0 = dev.transport.link_stats() or {"overruns": 0}
+        assert_bit_exact(dev.gemm(a, b, wire=wire), a, b, dev.info())
+        dev.status()
+        time.sleep(0.05)
+        s1 = dev.transport.link_stats()
+        assert s1["overruns"] == s0["overruns"]
+        assert dev.stats["resent"] == 0 and dev.stats["retries"] == 0
+
+
+def test_rx_fifo_loses_bytes_when_full(sim_config):
+    """A host that ignores the FIFO loses bytes, as on the board: the model is no more
+    generous than the board."""
+    from hbfp_hw.fpga.protocol import Cmd
+    with Device.open("sim://?baud=3000000&vclock_hz=100000000&instance=overrun") as dev:
+        info = dev.info()
+        dev.gemm(np.ones((64, 16), np.float32), np.ones((16, 64), np.float32))
+        seq = protocol.from_bytes(protocol.STATUS_LAYOUT, dev._query(
+            Cmd.STATUS, protocol.layout_bytes(protocol.STATUS_LAYOUT)))["next_seq"]
+        s0 = dev.transport.link_stats()
+        # A READ_C of the whole 64 x 64 result (16 KB of reply), then 2 KB at once behind it.
+        read = protocol.to_bytes(protocol.READ_ARGS_LAYOUT, {
+            "row": 0, "col": 0, "count": 4096, "flags": 0, "base": 0, "rows": 64, "cols": 64})
+        dev.transport.write(protocol.encode_frame(int(Cmd.READ_C), seq, read)
+                            + bytes(2048))
+        time.sleep(0.5)
+        dev.transport.read(0.5)
+        dev.status()
+        time.sleep(0.05)
+        assert dev.transport.link_stats()["overruns"] - s0["overruns"] > 1000
+        assert info.c_words >= 4096
