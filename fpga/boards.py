@@ -111,7 +111,7 @@ BOARDS = {
     # pipelines are as short as 12 MHz allows, since on the iCE40 every register and output
     # FIFO entry is a logic cell: a combinational MAC tree, two conversion stages (one misses
     # 12 MHz) and three adder stages (two reach only 11.5-12.4 MHz from the term buffer's block
-    # RAM). Measured: 5,096 logic cells (97 %), 15.4-15.6 MHz over nextpnr seeds 1 and 2.
+    # RAM). Measured: 5,096 logic cells (96.5 %), 14.8-15.6 MHz (docs/hardware.md).
     "icebreaker": Board(
         name="icebreaker", family="ice40", device="iCE40UP5K-SG48", osc_hz=12_000_000,
         fmt=BFPFormat(4, 4), lanes=1, clock_mhz=12.0, rx_fifo_depth=64,
