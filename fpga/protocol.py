@@ -53,7 +53,9 @@ __all__ = [
 #: Version reported by INFO; bumped on any incompatible change of this module.
 #: Version 2: sequenced (exactly-once, in-order) WRITE/COMPUTE/READ_C, buffer base addresses
 #: and the ACCUMULATE, READBACK and QUIET flags of COMPUTE, C regions in READ_C.
-PROTOCOL_VERSION = 2
+#: Version 3: the device receives the next frame while it sends a reply (a host may then have
+#: one more frame in flight than the receive FIFO holds; docs/protocol.md 1).
+PROTOCOL_VERSION = 3
 #: The start-of-frame marker.
 SYNC = b"\xA5\x5A"
 #: Set in the command byte of every reply.
