@@ -283,6 +283,14 @@ class FrameParser:
         """Drop any partial frame (the host's equivalent of the idle timeout)."""
         self._buf.clear()
 
+    def partial_header(self):
+        """Return ``(cmd, seq)`` of the frame being received (its header has arrived, the rest
+        of it not yet), or None."""
+        buf = self._buf
+        if len(buf) < 6 or buf[:2] != SYNC:
+            return None
+        return buf[2], buf[3]
+
     def feed(self, raw):
         self._buf += bytes(raw)
         frames = []
