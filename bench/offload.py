@@ -241,6 +241,25 @@ def main(argv=None):
               "ideally growing squares, the device-to-host direction is idle for a part of "
               "the time, which bounds its efficiency at about 1 / (1 + (u/d)^2 / 4) = 0.93 "
               "(u/d = 0.53, the ratio of operand to result bytes) before any framing.",
+              "",
+              "The model has the board's 512-byte receive FIFO (a byte that arrives while it "
+              "is full is lost; the harness counts overruns; tests/driver asserts none). "
+              "The device executes one frame at a time and takes no input while a "
+              "command executes; "
+              "since protocol version 3 its decoder takes the next frame while a reply is "
+              "sent (docs/protocol.md 1). The driver therefore keeps at most 496 bytes behind "
+              "the oldest frame whose reply has not fully arrived, and once that reply has "
+              "started arriving, the next frame whole (up to max payload + 10 bytes) plus 496 "
+              "bytes behind it. What bounds the rest: a result reply (READBACK, up to 4 kB) "
+              "is far longer than one frame plus the FIFO, so the host-to-device direction "
+              "stops for the rest of each long reply (64 x 64 x 64 fp32: 3615 of 38006 byte "
+              "times, all during replies), and with wire=bfp the device-to-host direction "
+              "waits for the operands of the next growth step (and, before the first result, "
+              "1458 byte times for a row and a column of the whole K). Capping result replies "
+              "at one frame plus the FIFO (382 words) did not help: more, smaller COMPUTEs "
+              "each hold the decoder for their reply too (64 x 64 x 64 bfp 0.804, fp32 0.818; "
+              "256 x 64 x 256 fp32 0.726, against 0.806, 0.850 and 0.755 without the cap in "
+              "the same session).",
               ""]
     text = "\n".join(lines)
     print(text)

@@ -1052,21 +1052,32 @@ class Device:
         damaged = False                     # the deadline is a grace period after a bad reply
         rate = self._t.cycle_rate or info.clock_hz
         max_frames = 96
-        # The receive FIFO (docs/protocol.md 1): while the device executes a frame and sends its
-        # reply it takes no input, and a byte that arrives while its FIFO is full is lost. So
-        # behind the oldest frame whose reply has not fully arrived (the device may still be
-        # replying to it), at most `fifo_room` bytes are sent. Quiet writes execute in a few
+        # The receive FIFO (docs/protocol.md 1): while the device executes a frame it takes no
+        # input, and a byte that arrives while its FIFO is full is lost. So behind the oldest
+        # frame whose reply has not fully arrived (the device may still be executing it), at
+        # most `fifo_room` bytes are sent. Once its reply has started arriving, the frame has
+        # executed and the device's decoder takes the next frame while the reply is sent: then
+        # that frame, whole, and `fifo_room` bytes behind it. Quiet writes execute in a few
         # byte times; the margin covers the bytes that arrive meanwhile.
         fifo = self._t.rx_fifo_bytes
         fifo_room = None if fifo is None else max(1, fifo - 16)
+        max_frame = info.max_payload + protocol.FRAME_OVERHEAD
         sent = 0                            # request bytes sent by this call
 
         def fifo_free():
-            """Bytes the receive FIFO can take now (None: any number)."""
+            """Bytes the device can take now (None: any number)."""
             if fifo_room is None:
                 return None
-            oldest = next((f for f in inflight if f.reply_len is not None), None)
-            return None if oldest is None else fifo_room - (sent - oldest.end)
+            frames = iter(inflight)
+            oldest = next((f for f in frames if f.reply_len is not None), None)
+            if oldest is None:
+                return None
+            if self._parser.partial_header() != (int(oldest.op.cmd) | REPLY_FLAG, oldest.seq):
+                return fifo_room - (sent - oldest.end)
+            after = next(frames, None)          # the frame the decoder takes meanwhile
+            if after is None:                   # not sent yet: the next one, any size
+                return fifo_room + max_frame
+            return fifo_room - (sent - after.end)
 
         def pending():
             """Bytes of the frames in flight and their expected replies, and device time."""

@@ -472,8 +472,9 @@ class GemmSystem(wiring.Component):
     Members
     -------
     i_stream : ``In(stream.Signature(8))``
-        Request bytes from the host. ``ready`` is low while a command executes and its reply
-        is produced (the host sends one request at a time).
+        Request bytes from the host. ``ready`` is low while a command executes. Once it has
+        executed, its reply is sent while the decoder receives the next frame (``ready`` is
+        high again until that frame is complete); that frame executes after the reply.
     o_stream : ``Out(stream.Signature(8))``
         Reply bytes to the host.
     busy : ``Out(1)``
@@ -611,6 +612,10 @@ class GemmSystem(wiring.Component):
         # -- reply --------------------------------------------------------------------------
         status = Signal(8)
         reply_cmd = Signal(8)
+        # The reply's seq, latched from the event: the event is released when the reply starts
+        # (SEND), and the decoder then parses the next frame into it while the reply is sent.
+        reply_seq = Signal(8)
+        released = Signal()           # the event of the frame being replied to was released
         reply_kind = Signal(2)        # 0: status only, 1: INFO, 2: STATUS, 3: COMPUTE
         read_count = Signal(range(protocol.MAX_READ_WORDS + 1))  # C words in the reply
         kind_len = [1, 1 + INFO_LAYOUT.size // 8, 1 + STATUS_LAYOUT.size // 8,
@@ -680,8 +685,9 @@ class GemmSystem(wiring.Component):
                      eng.c_rlane.eq(rd_col[:lane_bits] if lane_bits else 0)]
 
         # -- checks -------------------------------------------------------------------------
-        # Registered every cycle: the arguments are stable from the event in IDLE until DONE,
-        # so these are valid from the first CHECK state on. Sizes and bases are clamped to
+        # Registered every cycle: the arguments are stable from the event in IDLE until the
+        # reply starts (SEND, or DONE without a reply), so these are valid from the first CHECK
+        # state on; the reply does not use them. Sizes and bases are clamped to
         # cap_bits (_saturate): exact for every request that passes the checks, and above
         # every capacity for the others.
         def sat(value):
@@ -767,8 +773,8 @@ class GemmSystem(wiring.Component):
         with m.FSM(name="exec") as fsm:
             with m.State("IDLE"):
                 with m.If(dec.o_event.valid):
-                    m.d.sync += [reply_cmd.eq(ev.cmd | REPLY_FLAG), in_order.eq(0),
-                                 quiet.eq(0)]
+                    m.d.sync += [reply_cmd.eq(ev.cmd | REPLY_FLAG), reply_seq.eq(ev.seq),
+                                 in_order.eq(0), quiet.eq(0)]
                     with m.If(ev.status != Status.OK):
                         m.d.sync += [reply_cmd.eq(NACK), rx_errors.eq(rx_errors + 1)]
                         reply(ev.status)
@@ -947,17 +953,25 @@ class GemmSystem(wiring.Component):
                     m.next = "SEND"
 
             # -- reply: header, fixed part, then `read_count` words of C ----------------------
+            # The command has executed: the event is released as the reply starts, so the
+            # decoder receives the next frame while the reply is sent. From here on nothing
+            # depends on the event, its arguments or the payload RAM (the registers derived
+            # from them every cycle, `a`, `w_body`, `read_words` and the check products, change
+            # with the next frame): the reply uses `status`, `reply_cmd`, `reply_seq`,
+            # `reply_kind`, `read_count`, the `rd_*` readout registers and the device state.
             with m.State("SEND"):
                 hdr = enc.i_header.payload
                 m.d.comb += [
                     enc.i_header.valid.eq(1),
-                    hdr.cmd.eq(reply_cmd), hdr.seq.eq(ev.seq),
+                    hdr.cmd.eq(reply_cmd), hdr.seq.eq(reply_seq),
                     hdr.length.eq(fixed_len + (read_count << 2)),
                 ]
                 with m.If(status != Status.OK):
                     m.d.sync += last_error.eq(status)
                 with m.If(enc.i_header.ready):
-                    m.d.sync += tx_index.eq(0)
+                    # One cycle per frame: SEND is left in this cycle.
+                    m.d.comb += dec.o_event.ready.eq(1)
+                    m.d.sync += [tx_index.eq(0), released.eq(1)]
                     m.next = "SEND_FIXED"
 
             with m.State("SEND_FIXED"):
@@ -995,7 +1009,11 @@ class GemmSystem(wiring.Component):
                             m.next = "SEND_C_ADDR"
 
             with m.State("DONE"):
-                m.d.comb += dec.o_event.ready.eq(1)
+                # A frame without a reply (QUIET success) releases its event here; one that was
+                # replied to released it in SEND, and the decoder's event now (if valid) is the
+                # next frame's, which IDLE takes.
+                m.d.comb += dec.o_event.ready.eq(~released)
+                m.d.sync += released.eq(0)
                 # A sequenced frame that succeeded has been executed: the next one may follow.
                 # One that failed its checks keeps the sequence number, so no later frame runs
                 # after it until the host has seen (or asked STATUS about) the failure.

@@ -53,7 +53,9 @@ __all__ = [
 #: Version reported by INFO; bumped on any incompatible change of this module.
 #: Version 2: sequenced (exactly-once, in-order) WRITE/COMPUTE/READ_C, buffer base addresses
 #: and the ACCUMULATE, READBACK and QUIET flags of COMPUTE, C regions in READ_C.
-PROTOCOL_VERSION = 2
+#: Version 3: the device receives the next frame while it sends a reply (a host may then have
+#: one more frame in flight than the receive FIFO holds; docs/protocol.md 1).
+PROTOCOL_VERSION = 3
 #: The start-of-frame marker.
 SYNC = b"\xA5\x5A"
 #: Set in the command byte of every reply.
@@ -280,6 +282,14 @@ class FrameParser:
     def reset(self):
         """Drop any partial frame (the host's equivalent of the idle timeout)."""
         self._buf.clear()
+
+    def partial_header(self):
+        """Return ``(cmd, seq)`` of the frame being received (its header has arrived, the rest
+        of it not yet), or None."""
+        buf = self._buf
+        if len(buf) < 6 or buf[:2] != SYNC:
+            return None
+        return buf[2], buf[3]
 
     def feed(self, raw):
         self._buf += bytes(raw)

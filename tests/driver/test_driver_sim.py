@@ -283,11 +283,13 @@ def test_rx_fifo_is_the_boards():
 
 
 @pytest.mark.parametrize("wire", ["bfp", "fp32"])
-def test_rx_fifo_never_overruns(sim_config, wire):
+@pytest.mark.parametrize("shape", [(37, 70, 45), (64, 64, 64), (96, 48, 80)])
+def test_rx_fifo_never_overruns(sim_config, wire, shape):
     """Through the virtual-time line model (the board's 512-byte receive FIFO) the driver
-    streams a GEMM whose replies are far longer than the FIFO without losing a byte."""
+    streams a GEMM whose replies are far longer than the FIFO without losing a byte, sending
+    a frame and the FIFO's bytes while each reply arrives."""
     rng = np.random.default_rng(7)
-    a, b = random_operands(rng, 37, 70, 45)
+    a, b = random_operands(rng, *shape)
     with Device.open("sim://?baud=3000000&vclock_hz=100000000") as dev:
         assert dev.transport.rx_fifo_bytes == 512
         s0 = dev.transport.link_stats() or {"overruns": 0}
@@ -309,14 +311,25 @@ def test_rx_fifo_loses_bytes_when_full(sim_config):
         seq = protocol.from_bytes(protocol.STATUS_LAYOUT, dev._query(
             Cmd.STATUS, protocol.layout_bytes(protocol.STATUS_LAYOUT)))["next_seq"]
         s0 = dev.transport.link_stats()
-        # A READ_C of the whole 64 x 64 result (16 KB of reply), then 2 KB at once behind it.
+        # A READ_C of the whole 64 x 64 result (16 KB of reply), then three WRITE_A frames of
+        # the largest size at once behind it (refused: out of order): the device takes the
+        # first one while it replies and the FIFO 512 bytes of the rest; the others are lost.
         read = protocol.to_bytes(protocol.READ_ARGS_LAYOUT, {
             "row": 0, "col": 0, "count": 4096, "flags": 0, "base": 0, "rows": 64, "cols": 64})
-        dev.transport.write(protocol.encode_frame(int(Cmd.READ_C), seq, read)
-                            + bytes(2048))
+        bb = protocol.block_bytes(info.fmt, protocol.Wire.BFP)
+        count = (info.max_payload - protocol.ARGS_BYTES) // bb
+        write = protocol.to_bytes(protocol.WRITE_ARGS_LAYOUT, {
+            "wire": int(protocol.Wire.BFP), "flags": 0, "count": count, "start": 0}) + bytes(
+            count * bb)
+        frames = [protocol.encode_frame(int(Cmd.WRITE_A), (seq + 9 + i) & 0xFF, write)
+                  for i in range(3)]
+        behind = b"".join(frames)
+        dev.transport.write(protocol.encode_frame(int(Cmd.READ_C), seq, read) + behind)
         time.sleep(0.5)
         dev.transport.read(0.5)
         dev.status()
         time.sleep(0.05)
-        assert dev.transport.link_stats()["overruns"] - s0["overruns"] > 1000
+        lost = dev.transport.link_stats()["overruns"] - s0["overruns"]
+        expected = len(behind) - len(frames[0]) - 512
+        assert expected > 1000 and expected - 8 <= lost <= expected, (lost, expected)
         assert info.c_words >= 4096

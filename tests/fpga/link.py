@@ -35,6 +35,8 @@ class SimLink:
         self.parser = FrameParser()
         self.frames = []
         self.cycle = 0
+        self.rx_bytes = 0                 # reply bytes received so far
+        self.taken_at = []                # per request byte taken: rx_bytes at that moment
         self.seq = 0
         self.order = 0                    # the device's next sequence number
 
@@ -46,7 +48,10 @@ class SimLink:
         self.ctx.set(o.ready, ready)
         _, _, iready, ovalid, obyte = await self.ctx.tick().sample(i.ready, o.valid, o.payload)
         self.cycle += 1
+        if valid and iready:
+            self.taken_at.append(self.rx_bytes)
         if ovalid and ready:
+            self.rx_bytes += 1
             self.frames.extend(self.parser.feed(bytes([obyte])))
         return iready
 

@@ -550,3 +550,138 @@ def test_quiet_frames_reply_only_on_error():
 def test_constructor_validation(kw, error, match):
     with pytest.raises(error, match=match):
         small_system(**kw)
+
+
+# -- a request received while a reply is sent ----------------------------------------------------
+
+def overlap_system():
+    """A system whose C holds an 8 x 8 result: a READ_C reply of 64 words takes ~400 cycles."""
+    return small_system(a_blocks=16, b_blocks=16, c_words=64)
+
+
+async def _send_during_reply(link, first, then):
+    """Send the frame ``first``, then the frames ``then`` at once (the host does not wait for
+    the first reply); return how many bytes of ``then`` the device took while it was still
+    sending the first reply (the frame bytes it has to send, ``reply_len``, known to the
+    caller: the reply bytes received so far are in ``link.rx_bytes``)."""
+    start = link.rx_bytes
+    await link.send(first)
+    mark = len(link.taken_at)
+    await link.send(b"".join(then))
+    return start, link.taken_at[mark:]
+
+
+@pytest.mark.parametrize("ready_prob", [1.0, 0.5])
+def test_next_frame_is_received_while_a_reply_is_sent(ready_prob):
+    dut = overlap_system()
+    a, b = operands(7, m=8, k=6, n=8)
+    expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        assert (c == expected).all()
+        s = link.order
+        first = protocol.encode_frame(Cmd.READ_C, s, read_args(0, 0, 64, rows=8, cols=8))
+        reply_len = protocol.FRAME_OVERHEAD + 1 + 4 * 64
+        second = protocol.encode_frame(Cmd.READ_C, (s + 1) & 0xFF,
+                                       read_args(2, 3, 9, rows=8, cols=8))
+        start, taken = await _send_during_reply(link, first, [second])
+        # Every byte of the second request went in while the first reply was being sent
+        # (the device used to take none until that reply was complete).
+        assert len(taken) == len(second)
+        assert all(t - start < reply_len for t in taken), (taken[0] - start, reply_len)
+        r1 = await link.recv()
+        r2 = await link.recv()
+        assert (r1.seq, r1.cmd, r1.status) == (s, Cmd.READ_C | REPLY_FLAG, Status.OK)
+        assert (r2.seq, r2.cmd, r2.status) == ((s + 1) & 0xFF, Cmd.READ_C | REPLY_FLAG,
+                                               Status.OK)
+        assert list(protocol.c_from_payload(r1.body)) == list(expected.reshape(-1))
+        assert list(protocol.c_from_payload(r2.body)) == list(expected.reshape(-1)[19:28])
+        link.order = (s + 2) & 0xFF
+        st = await link.status()
+        assert st["next_seq"] == link.order and st["last_error"] == 0
+        await _check_state(link, info, a, b, c)
+
+    run_link(dut, test, ready_prob=ready_prob)
+
+
+def test_frames_behind_a_reply_run_exactly_once_in_order():
+    """Behind a long reply: a quiet write, an out-of-order frame, a COMPUTE that reads it
+    back, a STATUS; each executes once, in order, after the reply before it."""
+    dut = overlap_system()
+    a, b = operands(8, m=8, k=6, n=8)
+    expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
+    neg = golden.f32_to_bits(golden.gemm(-a, b, FMT))
+    quiet = protocol.Flag.QUIET
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        s = link.order
+        na, raw = protocol.a_blocks_payload(-a, FMT, Wire.BFP)
+        bb = protocol.block_bytes(FMT, Wire.BFP)
+        per = (info.max_payload - protocol.ARGS_BYTES) // bb
+        frames = [protocol.encode_frame(Cmd.READ_C, s, read_args(0, 0, 64, rows=8, cols=8))]
+        seq = s + 1
+        for first in range(0, na, per):           # -A, quiet, in frames of the largest size
+            count = min(per, na - first)
+            frames.append(protocol.encode_frame(Cmd.WRITE_A, seq & 0xFF, write_args(
+                Wire.BFP, count, first, flags=quiet) + raw[first * bb:(first + count) * bb]))
+            seq += 1
+        # A frame ahead of its turn is refused (the next one then has its number).
+        frames.append(protocol.encode_frame(Cmd.COMPUTE, (seq + 1) & 0xFF,
+                                            compute_args(8, 8, 6)))
+        frames.append(protocol.encode_frame(Cmd.COMPUTE, seq & 0xFF, compute_args(
+            8, 8, 6, flags=protocol.Flag.READBACK)))
+        frames.append(protocol.encode_frame(Cmd.STATUS, 0x42))
+        await link.send(frames[0])
+        await link.send(b"".join(frames[1:]))
+        replies = [await link.recv() for _ in range(4)]
+        assert [(r.seq, r.status) for r in replies] == [
+            (s, Status.OK), ((seq + 1) & 0xFF, Status.OUT_OF_ORDER), (seq & 0xFF, Status.OK),
+            (0x42, Status.OK)]
+        assert list(protocol.c_from_payload(replies[0].body)) == list(expected.reshape(-1))
+        assert replies[1].body == bytes([seq & 0xFF])
+        assert list(protocol.c_from_payload(replies[2].body[4:])) == list(neg.reshape(-1))
+        st = protocol.from_bytes(protocol.STATUS_LAYOUT, replies[3].body)
+        assert st["next_seq"] == (seq + 1) & 0xFF
+        assert st["last_error"] == Status.OUT_OF_ORDER
+        assert not link.frames
+        link.order = (seq + 1) & 0xFF
+        await _check_state(link, info, -a, b, neg)
+
+    run_link(dut, test)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bad_frames_during_a_reply(seed):
+    """A corrupted frame, then garbage, arrive while a long reply is sent: the reply is intact,
+    the bad frame is NACKed and not executed, and the device answers again afterwards."""
+    dut = overlap_system()
+    a, b = operands(9, m=8, k=6, n=8)
+    expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        s = link.order
+        first = protocol.encode_frame(Cmd.READ_C, s, read_args(0, 0, 64, rows=8, cols=8))
+        na, raw = protocol.a_blocks_payload(-a, FMT, Wire.BFP)
+        bad = bytearray(protocol.encode_frame(Cmd.WRITE_A, (s + 1) & 0xFF,
+                                              write_args(Wire.BFP, 4) + raw[:4 * 5]))
+        bad[12] ^= 0x10
+        rng = random.Random(seed)
+        garbage = bytes(rng.choice([0xA5, 0x5A, 0x00, 0x13, 0xFF]) for _ in range(40))
+        start, taken = await _send_during_reply(link, first, [bytes(bad), garbage])
+        assert sum(t - start < 10 + 1 + 256 for t in taken) >= len(bad)
+        r1 = await link.recv()
+        assert (r1.seq, r1.status) == (s, Status.OK)
+        assert list(protocol.c_from_payload(r1.body)) == list(expected.reshape(-1))
+        r2 = await link.recv()
+        assert r2.cmd == NACK and r2.status is Status.BAD_CRC and r2.seq == (s + 1) & 0xFF
+        await link.idle(2 * TIMEOUT)              # the garbage times out
+        link.frames.clear()
+        link.order = (s + 1) & 0xFF
+        st = await link.status()
+        assert st["next_seq"] == link.order and st["rx_errors"] >= 1
+        await _check_state(link, info, a, b, c)
+
+    run_link(dut, test)
