@@ -357,18 +357,6 @@ def _run_stage(argv, cwd, env, log_path, progress, watch, deadline=None):
     return rc
 
 
-#: Registers that Yosys must keep apart from their identical twins (``opt_merge`` would merge
-#: them): copies made on purpose to cut a fan-out, given as patterns of the wires they drive.
-#: The GEMM engine's per-lane copies of the A operand register (fpga/engine.py).
-KEEP_REGISTERS = ("s3_a_lane*",)
-
-
-def _keep_registers_script():
-    """Yosys command that sets ``keep`` on the flip-flops driving :data:`KEEP_REGISTERS`."""
-    sel = " ".join(f"*/w:{pattern} %ci1 t:$*dff* %i" for pattern in KEEP_REGISTERS)
-    return f"setattr -set keep 1 {sel}"
-
-
 def build(config, out_dir, *, name="top", system_factory=None, progress=True, seed=None,
           allow_timing_fail=False, timeout=None):
     """Build the bitstream of ``config`` into ``out_dir`` and return a :class:`BuildResult`.
@@ -416,14 +404,13 @@ def build(config, out_dir, *, name="top", system_factory=None, progress=True, se
         nextpnr_opts += ["--seed", str(seed)]
     # iCE40: let Yosys map multipliers to the UP5K's SB_MAC16 blocks (it does not by default).
     synth_opts = "-dsp" if family == "ice40" else ""
-    # `proc` first, so that the registers are cells that `setattr` can select.
-    overrides = {"script_after_read": "proc\n" + _keep_registers_script()}
+    overrides = {}
     if family == "ice40":
         # The iCE40 has no LUT RAM, so Yosys builds small memories from flip-flops, a logic
         # cell each. The dot-product units' two sync-read FIFOs (BlockDotUnit's side and term
         # buffers) go to the spare SB_RAM40_4K instead: about 300 logic cells on the UP5K.
-        overrides["script_after_read"] += (
-            '\nsetattr -set ram_style "block" *.side/storage *.term_buf/storage')
+        overrides["script_after_read"] = (
+            'setattr -set ram_style "block" *.side/storage *.term_buf/storage')
     plan = platform.prepare(top, name=name, nextpnr_opts=" ".join(nextpnr_opts),
                             synth_opts=synth_opts, debug_verilog=False, **overrides)
     plan.extract(str(out_dir))

@@ -322,10 +322,7 @@ class GemmEngine(wiring.Component):
         s3_first = Signal()
         s3_last = Signal()
         s3_init = Signal()
-        # One copy of the A block per lane, each next to its lane's multipliers, instead of
-        # one register fanning out to every lane (the board build keeps Yosys from merging
-        # the copies: fpga/build.py, KEEP_REGISTERS).
-        s3_a = [Signal(blk, name=f"s3_a_lane{lane}") for lane in range(lanes)]
+        s3_a = Signal(blk)
         s3_b = [Signal(blk, name=f"s3_b{lane}") for lane in range(lanes)]
         s3_c = [Signal(32, name=f"s3_c{lane}") for lane in range(lanes)]
         all_ready = Signal()
@@ -334,9 +331,8 @@ class GemmEngine(wiring.Component):
         with m.If(advance):
             m.d.sync += [
                 s3_valid.eq(s2_valid), s3_channel.eq(s2_channel), s3_first.eq(s2_first),
-                s3_last.eq(s2_last), s3_init.eq(s2_init),
+                s3_last.eq(s2_last), s3_init.eq(s2_init), s3_a.eq(a_rd.data),
             ]
-            m.d.sync += [s3_a[lane].eq(a_rd.data) for lane in range(lanes)]
             m.d.sync += [s3_b[lane].eq(b_rds[lane].data) for lane in range(lanes)]
             m.d.sync += [s3_c[lane].eq(c_rds[lane].data) for lane in range(lanes)]
 
@@ -348,7 +344,7 @@ class GemmEngine(wiring.Component):
             p = unit.i_stream.payload
             m.d.comb += [
                 unit.i_stream.valid.eq(s3_valid & all_ready),
-                p.a.eq(s3_a[lane]),
+                p.a.eq(s3_a),
                 p.b.eq(s3_b[lane]),
                 p.channel.eq(s3_channel),
                 p.first.eq(s3_first),
