@@ -234,7 +234,6 @@ def growth_first(m, n, lanes):
     lanes)`` rows and columns (1 to :data:`_GROWTH_FIRST_MAX`; 12 for a 64 x 64 C with 4
     lanes), which over the benchmark shapes is within 0.3% of the best first step."""
     units = min(_GROWTH_FIRST_MAX, max(1, (min(m, n) // 8).bit_length() - 1))
-
     f = units * max(4, lanes)
     return min(f, m), min(f, n)
 
@@ -973,7 +972,10 @@ class Device:
                     return None
                 per = min(per, fits)
             return op.head(per) if op.count() > per else queue.popleft()
-        if room is not None and room < protocol.FRAME_OVERHEAD + 20:
+        # Checked before a COMPUTE takes a C region: no READ_C or COMPUTE is sent into less
+        # room than a COMPUTE frame.
+        if room is not None and room < protocol.FRAME_OVERHEAD + protocol.layout_bytes(
+                protocol.COMPUTE_ARGS_LAYOUT):
             return None
         if op.cmd is Cmd.READ_C:
             per = max(1, min(protocol.MAX_READ_WORDS, (self._reply_limit() - 1) // 4))

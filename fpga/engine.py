@@ -523,10 +523,9 @@ class GemmSystem(wiring.Component):
                                                                   adder_stages, align_stages),
                 float_wire=self._float_wire)
         self._build_hash = build_hash
-        wires = self._wires
         self._info = protocol.Info(
             version=PROTOCOL_VERSION, fmt=fmt, input_format=self._input_format,
-            wire_formats=frozenset(wires), lanes=lanes, channels=channels,
+            wire_formats=self._wires, lanes=lanes, channels=channels,
             max_payload=self._max_payload, a_blocks=a_blocks, b_blocks=b_blocks,
             c_words=c_words, clock_hz=clock_hz, timeout_cycles=self._timeout,
             build_hash=self._build_hash)
@@ -686,24 +685,16 @@ class GemmSystem(wiring.Component):
         # state on; the reply does not use them. Sizes and bases are clamped to
         # cap_bits (_saturate): exact for every request that passes the checks, and above
         # every capacity for the others.
-        def sat(value):
-            return _saturate(value, cap_bits)
-
-        names = ["m", "n", "a_base", "b_base", "c_base", "row", "col", "rows", "cols", "base",
-                 "start", "count", "kb_req", "groups_req", "read_groups"]
-        a = {name: Signal(cap_bits, name=f"arg_{name}") for name in names}
-        m.d.sync += [
-            a["m"].eq(sat(cargs.m)), a["n"].eq(sat(cargs.n)),
-            a["a_base"].eq(sat(cargs.a_base)), a["b_base"].eq(sat(cargs.b_base)),
-            a["c_base"].eq(sat(cargs.c_base)),
-            a["row"].eq(sat(rargs.row)), a["col"].eq(sat(rargs.col)),
-            a["rows"].eq(sat(rargs.rows)), a["cols"].eq(sat(rargs.cols)),
-            a["base"].eq(sat(rargs.base)),
-            a["start"].eq(sat(wargs.start)), a["count"].eq(sat(wargs.count)),
-            a["kb_req"].eq(sat((cargs.k + (bs - 1)) >> bs_bits)),
-            a["groups_req"].eq(sat((cargs.n + (lanes - 1)) >> lane_bits)),
-            a["read_groups"].eq(sat((rargs.cols + (lanes - 1)) >> lane_bits)),
-        ]
+        sources = {
+            "m": cargs.m, "n": cargs.n, "a_base": cargs.a_base, "b_base": cargs.b_base,
+            "c_base": cargs.c_base, "row": rargs.row, "col": rargs.col, "rows": rargs.rows,
+            "cols": rargs.cols, "base": rargs.base, "start": wargs.start, "count": wargs.count,
+            "kb_req": (cargs.k + (bs - 1)) >> bs_bits,
+            "groups_req": (cargs.n + (lanes - 1)) >> lane_bits,
+            "read_groups": (rargs.cols + (lanes - 1)) >> lane_bits,
+        }
+        a = {name: Signal(cap_bits, name=f"arg_{name}") for name in sources}
+        m.d.sync += [a[name].eq(_saturate(value, cap_bits)) for name, value in sources.items()]
         kb_req, groups_req, read_groups = a["kb_req"], a["groups_req"], a["read_groups"]
         # READ_C's count, clamped above MAX_READ_WORDS (READ_CHECK refuses more).
         read_words = Signal(range(2 * protocol.MAX_READ_WORDS + 1))
@@ -839,16 +830,15 @@ class GemmSystem(wiring.Component):
             with m.State("WRITE_LOAD"):
                 m.d.comb += ptr_next.eq(ptr + 1)
                 m.d.sync += [vec.eq(Cat(vec[8:], byte)), bcount.eq(bcount + 1)]
-                if float_wire:
-                    with m.If(bcount == Mux(is_bfp, bb_bfp, bb_float) - 1):
-                        m.d.sync += bcount.eq(0)
+                # (Without float_wire, WRITE_CHECK refused Wire.FLOAT: every block is BFP.)
+                with m.If(bcount == (Mux(is_bfp, bb_bfp, bb_float) if float_wire else bb_bfp) - 1):
+                    m.d.sync += bcount.eq(0)
+                    if float_wire:
                         with m.If(is_bfp):
                             m.next = "WRITE_STORE"
                         with m.Else():
                             m.next = "QUANTIZE"
-                else:                       # WRITE_CHECK refused Wire.FLOAT
-                    with m.If(bcount == bb_bfp - 1):
-                        m.d.sync += bcount.eq(0)
+                    else:
                         m.next = "WRITE_STORE"
 
             if float_wire:

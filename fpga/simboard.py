@@ -20,9 +20,9 @@ it keeps a virtual clock instead: ``1 / vclock_hz`` per model cycle, and the who
 of every wait for the host (from the moment it has nothing to do until input arrives); request
 bytes arrive back to back at the line rate into a receive FIFO and reply bytes leave at the
 line rate (full duplex). The receive FIFO holds ``rx_fifo`` bytes, as the board's does (the
-device does not take input while it executes a frame or sends its reply); a byte that arrives
-while it is full is lost and counted (``overruns``). The model itself is slower than
-3 Mbaud, so link-bound numbers at that rate are measured in virtual time
+device takes no input while it executes a frame, and only the next frame while it replies); a
+byte that arrives while it is full is lost and counted (``overruns``). The model itself is
+slower than 3 Mbaud, so link-bound numbers at that rate are measured in virtual time
 (``SimTransport.link_stats``, ``bench/offload.py``).
 """
 

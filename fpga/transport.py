@@ -94,7 +94,8 @@ class Transport(abc.ABC):
         The device's receive FIFO, in bytes, if the line has no flow control and a byte that
         arrives while the FIFO is full is lost: the driver then never has more request bytes
         queued behind a frame whose reply has not fully arrived than this (the device takes no
-        input while it executes a frame and sends its reply). None: the line does not lose
+        input while it executes a frame; during its reply, only the next frame: docs/protocol.md
+        1). None: the line does not lose
         bytes, or ``window_bytes`` already bounds everything in flight.
     """
 
