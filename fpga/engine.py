@@ -379,7 +379,9 @@ class GemmEngine(wiring.Component):
                         m.d.sync += [kb.eq(0), ckb.eq(0), init_round.eq(self.accumulate)]
                         with m.If(left > ch):
                             rest = left - ch
-                            m.d.sync += [b_pass.eq(b_pass + ch * self.kblocks),
+                            # ckb = c * KB + kb is now (ch - 1) * KB + KB - 1: the next pass
+                            # starts ch * KB further on, without a multiplier on the path.
+                            m.d.sync += [b_pass.eq(b_pass + ckb + 1),
                                          left.eq(rest), pass_groups.eq(Mux(rest < ch, rest, ch))]
                         with m.Else():
                             m.d.sync += [b_pass.eq(0), left.eq(self.groups),

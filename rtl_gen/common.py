@@ -7,7 +7,7 @@ from amaranth.lib.fifo import SyncFIFO
 from hbfp_hw.formats import BFPFormat
 
 __all__ = ["RTL_BLOCK_SIZE_RANGE", "check_stages", "check_rtl_format", "Pipeline",
-           "CreditOutput"]
+           "CreditOutput", "TargetFamily", "platform_family"]
 
 RTL_BLOCK_SIZE_RANGE = (2, 64)
 
@@ -46,6 +46,28 @@ def check_rtl_format(fmt):
         raise ValueError(f"block_size must be a power of two between {lo} and {hi} for the RTL, "
                          f"not {fmt.block_size!r}")
     return fmt
+
+
+class TargetFamily:
+    """A stand-in elaboration platform for out-of-context Verilog of one FPGA family.
+
+    ``verilog.convert(unit, platform=TargetFamily("ecp5"))`` elaborates the generators as a
+    board build for that family would (see :func:`platform_family`) without a board: the
+    design-space sweep synthesizes units this way. It provides nothing else, so the library's
+    own cells (memories, FIFOs) elaborate as they do without a platform.
+    """
+
+    def __init__(self, family):
+        self.family = family
+
+    def __repr__(self):
+        return f"TargetFamily({self.family!r})"
+
+
+def platform_family(platform):
+    """Return the FPGA family of an elaboration ``platform`` (Amaranth's Lattice platforms
+    say ``"ecp5"``), or None without a platform or for one that does not say."""
+    return getattr(platform, "family", None)
 
 
 class Pipeline:

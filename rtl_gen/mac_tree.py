@@ -4,16 +4,29 @@
 ``S * 2**Ep`` with ``S = sum_i ma_i * mb_i`` at the full width ``2w + ceil(log2 N)`` and
 ``Ep = Ea + Eb - 2(w-2)``, bit-exact with :func:`hbfp_hw.golden.int_dot` and
 :func:`hbfp_hw.golden.product_exponent`.
+
+On the ECP5 (an elaboration platform whose ``family`` is ``"ecp5"``: an amaranth-boards
+platform, or :class:`~hbfp_hw.rtl_gen.common.TargetFamily` for out-of-context Verilog) the
+multipliers of a pipeline with registers around them are ``MULT18X18D`` primitives that hold
+those registers themselves (``REG_INPUTA/B_CLK``, ``REG_OUTPUT_CLK``). Yosys does not pack
+flip-flops into ECP5 DSPs, so a behavioural multiplier between two registers is a combinational
+DSP with a route on each side, the critical path of the GEMM system; inside the DSP the product
+is register to register. Anywhere else (simulation, the iCE40) the same registers are ordinary
+flip-flops; ``tests/rtl/test_mac_tree.py`` checks the primitive version bit for bit in Verilator
+against a model of the primitive's documented behaviour.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import CreditOutput, Pipeline, check_rtl_format, check_stages
+from .common import CreditOutput, Pipeline, check_rtl_format, check_stages, platform_family
 from .layout import block_pair_layout, product_exponent_shape, product_layout
 
 __all__ = ["MacTree"]
+
+#: Operand width of an ECP5 ``MULT18X18D``.
+_DSP_WIDTH = 18
 
 
 class MacTree(wiring.Component):
@@ -21,7 +34,9 @@ class MacTree(wiring.Component):
 
     The datapath has ``1 + log2(block_size)`` logic levels: the ``block_size`` multipliers,
     then one level per adder-tree rank (each rank one bit wider than the one before, so no
-    intermediate sum can overflow).
+    intermediate sum can overflow). The deepest pipeline also registers the operands in front
+    of the multipliers (level 0), so that each multiplier sits between two registers: on the
+    ECP5 those are the DSP block's own (see the module docstring).
 
     Parameters
     ----------
@@ -29,10 +44,11 @@ class MacTree(wiring.Component):
         The block format; ``block_size`` must be a power of two from 2 to 64. The rounding is
         irrelevant here.
     stages : int
-        Number of pipeline registers, 0 to ``1 + log2(block_size)``. Register ``j`` (of
-        ``1..stages``) follows logic level ``round(j * levels / stages)``, so the last one is
-        always the output register and the rest are spread evenly. 0 makes the component
-        combinational.
+        Number of pipeline registers, 0 to ``2 + log2(block_size)``. Up to ``levels = 1 +
+        log2(block_size)``, register ``j`` (of ``1..stages``) follows logic level
+        ``round(j * levels / stages)``, so the last one is always the output register and the
+        rest are spread evenly; ``levels + 1`` registers every level and the operands (level
+        0). 0 makes the component combinational.
 
     Members
     -------
@@ -62,8 +78,9 @@ class MacTree(wiring.Component):
 
     @staticmethod
     def max_stages_for(fmt):
-        """Return the largest ``stages`` for ``fmt``: ``1 + log2(block_size)``."""
-        return 1 + (fmt.block_size - 1).bit_length()
+        """Return the largest ``stages`` for ``fmt``: ``2 + log2(block_size)`` (every logic
+        level registered, and the operands)."""
+        return 2 + (fmt.block_size - 1).bit_length()
 
     @property
     def fmt(self):
@@ -89,8 +106,10 @@ class MacTree(wiring.Component):
         return 1
 
     def _registered_levels(self):
-        """Return the set of logic levels (1-based) that are followed by a register."""
-        levels = self.max_stages_for(self._fmt)
+        """Return the set of logic levels (1-based; 0: the operands) followed by a register."""
+        levels = self.max_stages_for(self._fmt) - 1
+        if self._stages > levels:
+            return set(range(levels + 1))
         return {(j * levels + self._stages // 2) // self._stages
                 for j in range(1, self._stages + 1)}
 
@@ -123,14 +142,25 @@ class MacTree(wiring.Component):
         exponent = Signal(product_exponent_shape(fmt))
         m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent - bias))
 
-        # Level 1: the multipliers.
-        products = []
-        for i in range(n):
-            product = Signal(signed(2 * w), name=f"product{i}")
-            m.d.comb += product.eq(a.mantissas[i] * b.mantissas[i])
-            products.append(product)
-        values = pipe.cut("l1", {"sum": products, "exponent": exponent, "nan": nan},
-                          1 in registered)
+        # Level 0, the operand registers, and level 1, the multipliers.
+        side = {"exponent": exponent, "nan": nan}
+        if platform_family(platform) == "ecp5" and w <= _DSP_WIDTH and \
+                registered & {0, 1}:
+            side = pipe.cut("l1", pipe.cut("l0", side, 0 in registered), 1 in registered)
+            products = [self._ecp5_product(m, f"dsp{i}", a.mantissas[i], b.mantissas[i],
+                                           0 in registered, 1 in registered)
+                        for i in range(n)]
+            values = dict(side, sum=products)
+        else:
+            ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
+                           0 in registered)
+            products = []
+            for i in range(n):
+                product = Signal(signed(2 * w), name=f"product{i}")
+                m.d.comb += product.eq(ops["a"][i] * ops["b"][i])
+                products.append(product)
+            values = pipe.cut("l1", {"sum": products, "exponent": ops["exponent"],
+                                     "nan": ops["nan"]}, 1 in registered)
 
         # Levels 2..: the adder tree, one bit wider per rank.
         level = 1
@@ -153,3 +183,26 @@ class MacTree(wiring.Component):
         ]
         out.drive(pipe.valid, result)
         return m
+
+    @staticmethod
+    def _ecp5_product(m, name, a, b, input_register, output_register):
+        """``a * b`` (signed, ``w <= 18`` bits each) from a ``MULT18X18D``, with its input
+        registers (A and B) and its output register as asked; returns the product signal."""
+        w = len(a)
+        ports = {"i_SIGNEDA": Const(1), "i_SIGNEDB": Const(1), "i_SOURCEA": Const(0),
+                 "i_SOURCEB": Const(0), "i_CLK0": ClockSignal("sync"), "i_CE0": Const(1),
+                 "i_RST0": Const(0)}
+        for port, value in (("A", a), ("B", b)):
+            for i in range(_DSP_WIDTH):                  # sign-extended to 18 bits
+                ports[f"i_{port}{i}"] = value[min(i, w - 1)]
+        for i in range(_DSP_WIDTH):
+            ports[f"i_C{i}"] = Const(0)
+        product = Signal(signed(2 * w), name=f"{name}_p")
+        for i in range(2 * w):
+            ports[f"o_P{i}"] = product[i]
+        clock = {True: "CLK0", False: "NONE"}
+        m.submodules[name] = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK=clock[input_register], p_REG_INPUTB_CLK=clock[input_register],
+            p_REG_OUTPUT_CLK=clock[output_register], **ports)
+        return product

@@ -15,8 +15,10 @@ from amaranth.back import verilog
 
 from hbfp_hw.formats import FloatFormat
 from hbfp_hw.rtl_gen import layout
+from hbfp_hw.rtl_gen.common import TargetFamily
 from hbfp_hw.rtl_gen.generate import build_unit, unit_name
 from hbfp_hw.sim import toolchain, vectors
+from hbfp_hw.sim.models import models_for
 from hbfp_hw.sim.runner import run_unit
 
 __all__ = ["verify", "make_vectors", "decode_mismatch"]
@@ -57,12 +59,16 @@ def decode_mismatch(component, mismatch):
 
 
 def verify(unit, fmt=None, *, input_format="fp32", sim="verilator", count=10_000, seed=0,
-           valid_prob=0.8, ready_prob=0.7, waves=False, waves_path=None, fault=None, **hw):
+           valid_prob=0.8, ready_prob=0.7, waves=False, waves_path=None, fault=None,
+           family=None, **hw):
     """Run the cocotb testbench of ``unit``; return a summary dict (``passed`` and details).
 
     ``fault`` injects a deliberately broken variant (see :mod:`hbfp_hw.rtl_gen.faults`),
-    for proving that the testbench catches it.
+    for proving that the testbench catches it. ``family`` (``"ecp5"``) elaborates the unit as
+    a build for that FPGA family does, with its primitives, and simulates them with the models
+    of :mod:`hbfp_hw.sim.models`.
     """
+    extra = models_for(family)
     toolchain.check_simulator(sim)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"vectors must be a positive integer, not {count!r}")
@@ -75,7 +81,10 @@ def verify(unit, fmt=None, *, input_format="fp32", sim="verilator", count=10_000
     name = unit_name(unit, fmt, input_format=input_format, **hw)
     if fault:
         name += "_fault_" + fault.replace("-", "_")
-    text = verilog.convert(component, name=name, emit_src=False)
+    if family:
+        name += f"_{family}"
+    platform = TargetFamily(family) if family else None
+    text = verilog.convert(component, name=name, emit_src=False, platform=platform) + extra
     rng = np.random.default_rng(seed)
     vecs = make_vectors(unit, component, count, rng, input_format=input_format, seed=seed)
     t1 = time.perf_counter()
@@ -85,7 +94,7 @@ def verify(unit, fmt=None, *, input_format="fp32", sim="verilator", count=10_000
     t2 = time.perf_counter()
     result.update({
         "unit": unit, "module": name, "format": fmt.to_dict() if fmt is not None else None,
-        "input_format": input_format, "fault": fault, "seed": seed,
+        "input_format": input_format, "fault": fault, "family": family, "seed": seed,
         "hardware_parameters": hw,
         "first_mismatch": decode_mismatch(component, result.get("first_mismatch")),
         "seconds": {"prepare": t1 - t0, "simulate": t2 - t1},

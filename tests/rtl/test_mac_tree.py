@@ -252,7 +252,7 @@ def test_properties_and_ports():
     assert dut.fmt is fmt
     assert dut.stages == 5
     assert dut.latency == 5
-    assert MacTree.max_stages_for(fmt) == 5
+    assert MacTree.max_stages_for(fmt) == 6
     with pytest.raises(AttributeError):
         dut.stages = 1
     assert dut.i_stream.payload.shape() == block_pair_layout(fmt)

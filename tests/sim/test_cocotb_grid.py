@@ -83,3 +83,39 @@ SLOW_GRID = [
 def test_grid_deep(cfg, sim):
     result = _run(cfg, sim, seed=7)
     assert result["passed"], result["first_mismatch"]
+
+
+# The ECP5 netlist variant: the MacTree's multipliers as MULT18X18D primitives holding the
+# pipeline registers around them (hbfp_hw.sim.models simulates the primitive).
+ECP5_CASES = [("mac", 8, 16, {"stages": 6}), ("mac", 8, 16, {"stages": 5}),
+              ("mac", 4, 4, {"stages": 1}), ("dot", 8, 16, {"mac_stages": 6})]
+
+
+@pytest.mark.parametrize(("unit", "w", "n", "hw"), ECP5_CASES,
+                         ids=[f"{u}-w{w}b{n}-" + "-".join(f"{k}{v}" for k, v in hw.items())
+                              for u, w, n, hw in ECP5_CASES])
+def test_ecp5_primitives(unit, w, n, hw):
+    reason = toolchain.missing_reason("verilator")
+    if reason:
+        pytest.skip(reason)
+    result = verify(unit, BFPFormat(w, n), sim="verilator", count=3000, seed=3,
+                    family="ecp5", **hw)
+    assert result["module"].endswith("_ecp5")
+    assert result["received"] == result["expected"] > 0
+    assert result["passed"], result["first_mismatch"]
+
+
+def test_ecp5_netlist_has_registered_dsps():
+    from amaranth.back import verilog
+
+    from hbfp_hw.rtl_gen.common import TargetFamily
+    from hbfp_hw.rtl_gen.mac_tree import MacTree
+
+    fmt = BFPFormat(8, 16)
+    text = verilog.convert(MacTree(fmt, stages=6), platform=TargetFamily("ecp5"))
+    assert text.count("MULT18X18D ") == 16
+    assert text.count('.REG_INPUTA_CLK("CLK0")') == 16
+    assert text.count('.REG_OUTPUT_CLK("CLK0")') == 16
+    assert "MULT18X18D" not in verilog.convert(MacTree(fmt, stages=6))
+    with pytest.raises(ValueError, match="family must be one of"):
+        verify("mac", fmt, family="xc7", count=10)
