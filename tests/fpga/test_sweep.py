@@ -94,9 +94,9 @@ def test_resolve_params_deepest_by_default():
                                           "mul_stages": 2, "channels": 9})
     assert params["mac_stages"] == 1 and params["adder_stages"] == 3
     assert params["channels"] == 9 and "mul_stages" not in params
-    with pytest.raises(ValueError, match=r"^mac_stages must be between 0 and 4 for block size "
-                                         r"8, not 5$"):
-        resolve_params("dot", BFPFormat(8, 8), {"mac_stages": 5})
+    with pytest.raises(ValueError, match=r"^mac_stages must be between 0 and 5 for block size "
+                                         r"8, not 6$"):
+        resolve_params("dot", BFPFormat(8, 8), {"mac_stages": 6})
     with pytest.raises(ValueError, match=r"^adder_stages must be between 1 and \d+ for the "
                                          r"FP32 baseline, not 0$"):
         resolve_params("fp32-baseline", None, {"adder_stages": 0})
@@ -106,7 +106,7 @@ def test_make_points():
     points = make_points([4, 8], [8, 16])
     assert [p.label for p in points] == ["fp32-mac", "w4b8", "w8b8", "bfp4", "bfp8"]
     assert points[0].is_baseline and points[0].fmt is None
-    assert points[4].fmt == BFP8 and dict(points[4].params)["mac_stages"] == 5
+    assert points[4].fmt == BFP8 and dict(points[4].params)["mac_stages"] == 6
     lut = make_points([6], [32], input_format="bf16", multipliers="lut", baseline=False)
     assert [p.label for p in lut] == ["w6b32-bf16+lutmul"]
     with pytest.raises(ValueError, match=r"^mantissa_bits must be between 2 and 16, not 20$"):
@@ -669,7 +669,7 @@ def test_cli_argument_errors(argv, message, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--stages", "mac_stages=9", "--block-size", "8"],
-     "error: --stages: mac_stages must be between 0 and 4 for block size 8, not 9"),
+     "error: --stages: mac_stages must be between 0 and 5 for block size 8, not 9"),
     (["--io", "ooc", "--target", "ice40-up5k"],
      "error: --io ooc needs nextpnr --out-of-context, which ice40-up5k does not support; "
      "use --io serial"),

@@ -266,8 +266,8 @@ def test_properties_and_ports():
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 1$"),
     ((BFPFormat(8, 256),), {}, ValueError,
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 256$"),
-    ((BFPFormat(8, 16),), {"stages": 6}, ValueError, r"^stages must be between 0 and 5, not 6$"),
-    ((BFPFormat(8, 2),), {"stages": 3}, ValueError, r"^stages must be between 0 and 2, not 3$"),
+    ((BFPFormat(8, 16),), {"stages": 7}, ValueError, r"^stages must be between 0 and 6, not 7$"),
+    ((BFPFormat(8, 2),), {"stages": 4}, ValueError, r"^stages must be between 0 and 3, not 4$"),
     ((BFPFormat(8, 16),), {"stages": "2"}, TypeError, r"^stages must be an integer, not '2'$"),
 ])
 def test_constructor_validation(args, kwargs, exc, message):
