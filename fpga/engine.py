@@ -642,9 +642,18 @@ class GemmSystem(wiring.Component):
                                      Mux(reply_kind == 3, Cat(status, eng.cycles), status)))))
 
         # -- payload reader: rd_data is the payload byte at `ptr` ---------------------------
-        ptr = Signal(16)
-        ptr_next = Signal(16)
-        m.d.comb += [ptr_next.eq(ptr), dec.rd_addr.eq(ptr_next)]
+        # The RAM's read address depends on two flag registers only, not on the FSM's state
+        # decode (on the ULX3S that decode, which also enables the 8 * vec_bytes flip-flops of
+        # `vec`, sat 12.2 ns in front of the address): `loading` is set exactly in WRITE_LOAD,
+        # where the address steps, and `writing` from WRITE_LOAD's first entry to the write's
+        # last block, where it holds. Anywhere else it rests at ARGS_BYTES, the first tile
+        # byte, so that WRITE_LOAD's first cycle reads it.
+        ptr = Signal(range(self._max_payload))
+        ptr_next = Signal(range(self._max_payload))
+        loading = Signal()
+        writing = Signal()
+        m.d.comb += [ptr_next.eq(Mux(loading, ptr + 1, Mux(writing, ptr, ARGS_BYTES))),
+                     dec.rd_addr.eq(ptr_next)]
         m.d.sync += ptr.eq(ptr_next)
         byte = dec.rd_data
 
@@ -810,7 +819,6 @@ class GemmSystem(wiring.Component):
                 m.d.sync += [waddr.eq(a["start"]), remaining.eq(a["count"]),
                              is_bfp.eq(wargs.wire == Wire.BFP), bcount.eq(0),
                              quiet.eq((wargs.flags & Flag.QUIET) != 0)]
-                m.d.comb += ptr_next.eq(ARGS_BYTES)
                 with m.If(ev.length < ARGS_BYTES):
                     reply(Status.BAD_LENGTH)
                 with m.Elif((wargs.wire > Wire.BFP) | ((wargs.flags & ~int(Flag.QUIET)) != 0)):
@@ -824,17 +832,17 @@ class GemmSystem(wiring.Component):
                 with m.Elif(wargs.count == 0):
                     m.next = "WRITE_EMPTY"
                 with m.Else():
+                    m.d.sync += [loading.eq(1), writing.eq(1)]
                     m.next = "WRITE_LOAD"
 
             with m.State("WRITE_EMPTY"):
                 succeed()
 
             with m.State("WRITE_LOAD"):
-                m.d.comb += ptr_next.eq(ptr + 1)
                 m.d.sync += [vec.eq(Cat(vec[8:], byte)), bcount.eq(bcount + 1)]
                 # (Without float_wire, WRITE_CHECK refused Wire.FLOAT: every block is BFP.)
                 with m.If(bcount == (Mux(is_bfp, bb_bfp, bb_float) if float_wire else bb_bfp) - 1):
-                    m.d.sync += bcount.eq(0)
+                    m.d.sync += [bcount.eq(0), loading.eq(0)]
                     if float_wire:
                         with m.If(is_bfp):
                             m.next = "WRITE_STORE"
@@ -854,16 +862,20 @@ class GemmSystem(wiring.Component):
                         m.d.comb += [block.eq(q.o_stream.payload), block_we.eq(1)]
                         m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
                         with m.If(remaining == 1):
+                            m.d.sync += writing.eq(0)
                             succeed()
                         with m.Else():
+                            m.d.sync += loading.eq(1)
                             m.next = "WRITE_LOAD"
 
             with m.State("WRITE_STORE"):
                 m.d.comb += [block.eq(block_from_wire), block_we.eq(1)]
                 m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
                 with m.If(remaining == 1):
+                    m.d.sync += writing.eq(0)
                     succeed()
                 with m.Else():
+                    m.d.sync += loading.eq(1)
                     m.next = "WRITE_LOAD"
 
             with m.State("COMPUTE_CHECK"):
