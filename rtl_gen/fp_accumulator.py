@@ -36,6 +36,8 @@ MAX_CHANNELS = 4096
 
 # Extra low-order bits of the aligned significands: guard, round and sticky.
 _EXTRA = 3
+# Where the adder's magnitude comparison splits the low 31 bits of the operands.
+_HALF = 16
 
 
 def fp32_unpack(m, name, bits):
@@ -73,9 +75,14 @@ def fp32_add_steps(*, name="add"):
     def classify(m, v):
         a = fp32_unpack(m, f"{name}_a", v["a"])
         b = fp32_unpack(m, f"{name}_b", v["b"])
+        # The magnitudes of IEEE numbers are ordered like their low 31 bits as integers. The
+        # comparison is split in two halves (two short carry chains side by side), joined by
+        # the next step: a 31-bit chain after the running-sum multiplexer was the critical
+        # path of the accumulator on the ECP5.
         return {
-            # The magnitudes of IEEE numbers are ordered like their low 31 bits as integers.
-            "swap": comb_signal(m, f"{name}_swap", 1, v["b"][:31] > v["a"][:31]),
+            "gt_hi": comb_signal(m, f"{name}_gt_hi", 1, v["b"][_HALF:31] > v["a"][_HALF:31]),
+            "eq_hi": comb_signal(m, f"{name}_eq_hi", 1, v["b"][_HALF:31] == v["a"][_HALF:31]),
+            "gt_lo": comb_signal(m, f"{name}_gt_lo", 1, v["b"][:_HALF] > v["a"][:_HALF]),
             # Both orders of the exponent difference, beside the comparison.
             "dab": comb_signal(m, f"{name}_dab", unsigned(8), a["eff"] - b["eff"]),
             "dba": comb_signal(m, f"{name}_dba", unsigned(8), b["eff"] - a["eff"]),
@@ -89,7 +96,7 @@ def fp32_add_steps(*, name="add"):
         }
 
     def order(m, v):
-        swap = v["swap"]
+        swap = comb_signal(m, f"{name}_swap", 1, v["gt_hi"] | (v["eq_hi"] & v["gt_lo"]))
         diff = Mux(swap, v["dba"], v["dab"])
         shift_bits = sig_ext.bit_length()
         return {
