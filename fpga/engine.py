@@ -149,6 +149,9 @@ class GemmEngine(wiring.Component):
         One-cycle pulse when every result is in C.
     cycles : ``Out(32)``
         Cycles of the last computation.
+    overrun : ``Out(1)``
+        Set (until reset) if a unit ever refused a block pair: the issue schedule makes that
+        impossible, and the bit is there to check it (the tests do; it lights the error LED).
     """
 
     def __init__(self, fmt, *, lanes=2, channels=None, a_blocks=256, b_blocks=256,
@@ -175,7 +178,7 @@ class GemmEngine(wiring.Component):
             "kblocks": In(range(self.max_kblocks + 1)),
             "a_base": In(range(a_blocks)), "b_base": In(range(self.b_depth)),
             "c_base": In(range(self.c_depth)), "accumulate": In(1),
-            "busy": Out(1), "done": Out(1), "cycles": Out(32),
+            "busy": Out(1), "done": Out(1), "cycles": Out(32), "overrun": Out(1),
         })
 
     @staticmethod
@@ -259,7 +262,6 @@ class GemmEngine(wiring.Component):
                      a_wr.data.eq(self.a_wdata)]
 
         running = Signal()
-        advance = Signal()
         c_init_addr = Signal(range(self.c_depth))
         b_rds, c_rds, c_wrs = [], [], []
         for lane in range(lanes):
@@ -278,8 +280,7 @@ class GemmEngine(wiring.Component):
             # The C read port is shared: the engine reads the start values of an accumulating
             # computation through it while it runs; the host reads results when it does not.
             c_rd = c_mem.read_port()
-            m.d.comb += [c_rd.addr.eq(Mux(running, c_init_addr, self.c_raddr)),
-                         c_rd.en.eq(~running | advance)]
+            m.d.comb += c_rd.addr.eq(Mux(running, c_init_addr, self.c_raddr))
             c_rds.append(c_rd)
             c_wrs.append(c_mem.write_port())
         rlane = Signal.like(self.c_rlane)
@@ -296,9 +297,19 @@ class GemmEngine(wiring.Component):
             units.append(unit)
 
         # -- issue counters ---------------------------------------------------------------
+        # The engine never stalls: it issues at most one block pair per cycle, and no term of
+        # a channel follows the one before it by fewer than `spacing` cycles (the units'
+        # min_channels), so no accumulator waits on a read-after-write hazard and, with C
+        # always taking results, no unit ever holds its input ready low. A pass of fewer
+        # column groups than that fills each round with idle slots instead (as the hazard
+        # stalls did before). Every register here loads every cycle: no ready-derived enable
+        # fans out from the lanes to the counters, buffer reads and operand registers (on the
+        # ULX3S that network was the critical path, 13.0 ns, 10.6 of them routing).
+        spacing = self._unit_params["adder_stages"]
+        slots = max(ch, spacing)
         row = Signal.like(self.m)
         kb = Signal.like(self.kblocks)
-        c = Signal(range(ch))
+        c = Signal(range(slots))
         a_row = Signal(range(self._a_blocks + 1))     # row * KB
         b_pass = Signal(range(self.b_depth + 1))      # g0 * KB
         ckb = Signal(range(self.b_depth + 1))         # c * KB + kb
@@ -308,6 +319,13 @@ class GemmEngine(wiring.Component):
         # registers updated once per pass, so no subtract-and-compare precedes the counters.
         left = Signal.like(self.groups)
         pass_groups = Signal(range(ch + 1))
+        round_len = Signal(range(slots + 1))          # max(pass_groups, spacing)
+
+        def pass_size(groups):
+            """(pass_groups, round_len) of a pass over ``groups`` column groups or more."""
+            return [pass_groups.eq(Mux(groups < ch, groups, ch)),
+                    round_len.eq(Mux(groups < ch, Mux(groups < spacing, spacing, groups),
+                                     max(ch, spacing)))]
 
         issuing = Signal()
         s2_valid = Signal()
@@ -325,25 +343,27 @@ class GemmEngine(wiring.Component):
         s3_a = Signal(blk)
         s3_b = [Signal(blk, name=f"s3_b{lane}") for lane in range(lanes)]
         s3_c = [Signal(32, name=f"s3_c{lane}") for lane in range(lanes)]
-        all_ready = Signal()
-        m.d.comb += all_ready.eq(Cat(*[u.i_stream.ready for u in units]).all())
-        m.d.comb += advance.eq(~s3_valid | all_ready)
-        with m.If(advance):
-            m.d.sync += [
-                s3_valid.eq(s2_valid), s3_channel.eq(s2_channel), s3_first.eq(s2_first),
-                s3_last.eq(s2_last), s3_init.eq(s2_init), s3_a.eq(a_rd.data),
-            ]
-            m.d.sync += [s3_b[lane].eq(b_rds[lane].data) for lane in range(lanes)]
-            m.d.sync += [s3_c[lane].eq(c_rds[lane].data) for lane in range(lanes)]
+        m.d.sync += [
+            s3_valid.eq(s2_valid), s3_channel.eq(s2_channel), s3_first.eq(s2_first),
+            s3_last.eq(s2_last), s3_init.eq(s2_init), s3_a.eq(a_rd.data),
+        ]
+        m.d.sync += [s3_b[lane].eq(b_rds[lane].data) for lane in range(lanes)]
+        m.d.sync += [s3_c[lane].eq(c_rds[lane].data) for lane in range(lanes)]
+        # The schedule above guarantees that every unit takes what it is given; `overrun`
+        # records (until reset) if one ever did not.
+        refused = Signal()
+        m.d.comb += refused.eq(s3_valid & ~Cat(*[u.i_stream.ready for u in units]).all())
+        with m.If(refused):
+            m.d.sync += self.overrun.eq(1)
 
-        m.d.comb += [a_rd.addr.eq(self.a_base + a_row + kb), a_rd.en.eq(advance),
+        m.d.comb += [a_rd.addr.eq(self.a_base + a_row + kb),
                      c_init_addr.eq(self.c_base + init_index)]
         for rd in b_rds:
-            m.d.comb += [rd.addr.eq(self.b_base + b_pass + ckb), rd.en.eq(advance)]
+            m.d.comb += rd.addr.eq(self.b_base + b_pass + ckb)
         for lane, unit in enumerate(units):
             p = unit.i_stream.payload
             m.d.comb += [
-                unit.i_stream.valid.eq(s3_valid & all_ready),
+                unit.i_stream.valid.eq(s3_valid),
                 p.a.eq(s3_a),
                 p.b.eq(s3_b[lane]),
                 p.channel.eq(s3_channel),
@@ -353,43 +373,49 @@ class GemmEngine(wiring.Component):
                 p.c.eq(s3_c[lane]),
             ]
 
-        with m.If(advance):
-            m.d.sync += [
-                s2_valid.eq(issuing),
-                s2_channel.eq(c),
-                s2_init.eq(init_round),
-                # An init term starts the sum; without one the first k-block does.
-                s2_first.eq(init_round | ((kb == 0) & ~self.accumulate)),
-                s2_last.eq(~init_round & (kb == self.kblocks - 1)),
-            ]
-            with m.If(issuing & init_round):
+        # Slot c of a round issues column group c of the pass if c < pass_groups; the rest of
+        # the round (up to round_len) is idle.
+        in_pass = Signal()
+        m.d.comb += in_pass.eq(c < pass_groups)
+        m.d.sync += [
+            s2_valid.eq(issuing & in_pass),
+            s2_channel.eq(c),
+            s2_init.eq(init_round),
+            # An init term starts the sum; without one the first k-block does.
+            s2_first.eq(init_round | ((kb == 0) & ~self.accumulate)),
+            s2_last.eq(~init_round & (kb == self.kblocks - 1)),
+        ]
+        with m.If(issuing & init_round):
+            with m.If(in_pass):
                 m.d.sync += init_index.eq(init_index + 1)
+            with m.If(c + 1 < round_len):
+                m.d.sync += c.eq(c + 1)
+            with m.Else():
+                m.d.sync += [c.eq(0), init_round.eq(0)]
+        with m.Elif(issuing):
+            with m.If(c + 1 < round_len):
+                m.d.sync += c.eq(c + 1)
                 with m.If(c + 1 < pass_groups):
-                    m.d.sync += c.eq(c + 1)
+                    m.d.sync += ckb.eq(ckb + self.kblocks)
+            with m.Else():
+                m.d.sync += c.eq(0)
+                with m.If(kb + 1 < self.kblocks):
+                    m.d.sync += [kb.eq(kb + 1), ckb.eq(kb + 1)]
                 with m.Else():
-                    m.d.sync += [c.eq(0), init_round.eq(0)]
-            with m.Elif(issuing):
-                with m.If(c + 1 < pass_groups):
-                    m.d.sync += [c.eq(c + 1), ckb.eq(ckb + self.kblocks)]
-                with m.Else():
-                    m.d.sync += c.eq(0)
-                    with m.If(kb + 1 < self.kblocks):
-                        m.d.sync += [kb.eq(kb + 1), ckb.eq(kb + 1)]
+                    m.d.sync += [kb.eq(0), ckb.eq(0), init_round.eq(self.accumulate)]
+                    with m.If(left > ch):
+                        rest = left - ch
+                        # ckb = c * KB + kb is now (ch - 1) * KB + KB - 1: the next pass
+                        # starts ch * KB further on, without a multiplier on the path.
+                        m.d.sync += [b_pass.eq(b_pass + ckb + 1), left.eq(rest),
+                                     *pass_size(rest)]
                     with m.Else():
-                        m.d.sync += [kb.eq(0), ckb.eq(0), init_round.eq(self.accumulate)]
-                        with m.If(left > ch):
-                            rest = left - ch
-                            # ckb = c * KB + kb is now (ch - 1) * KB + KB - 1: the next pass
-                            # starts ch * KB further on, without a multiplier on the path.
-                            m.d.sync += [b_pass.eq(b_pass + ckb + 1),
-                                         left.eq(rest), pass_groups.eq(Mux(rest < ch, rest, ch))]
+                        m.d.sync += [b_pass.eq(0), left.eq(self.groups),
+                                     *pass_size(self.groups)]
+                        with m.If(row + 1 < self.m):
+                            m.d.sync += [row.eq(row + 1), a_row.eq(a_row + self.kblocks)]
                         with m.Else():
-                            m.d.sync += [b_pass.eq(0), left.eq(self.groups),
-                                         pass_groups.eq(Mux(self.groups < ch, self.groups, ch))]
-                            with m.If(row + 1 < self.m):
-                                m.d.sync += [row.eq(row + 1), a_row.eq(a_row + self.kblocks)]
-                            with m.Else():
-                                m.d.sync += issuing.eq(0)
+                            m.d.sync += issuing.eq(0)
 
         # -- write-back: every unit writes its results to its own C bank, in order -----------
         # total = m * groups, the results to wait for: the multiply gets a cycle of its own
@@ -421,7 +447,7 @@ class GemmEngine(wiring.Component):
             m.d.sync += [
                 running.eq(1), issuing.eq(1), self.cycles.eq(0),
                 row.eq(0), kb.eq(0), c.eq(0), a_row.eq(0), b_pass.eq(0), ckb.eq(0),
-                left.eq(self.groups), pass_groups.eq(Mux(self.groups < ch, self.groups, ch)),
+                left.eq(self.groups), *pass_size(self.groups),
                 init_round.eq(self.accumulate), init_index.eq(0),
                 total_m.eq(self.m), total_groups.eq(self.groups),
             ]
@@ -479,7 +505,7 @@ class GemmSystem(wiring.Component):
         A command is executing (for a LED).
     error : ``Out(1)``
         The last reply that was not OK since RESET had an error status (STATUS
-        ``last_error != 0``; for a LED).
+        ``last_error != 0``), or the engine's ``overrun`` is set (for a LED).
 
     Raises
     ------
@@ -565,6 +591,7 @@ class GemmSystem(wiring.Component):
         fmt = self._fmt
         info = self._info
         eng = GemmEngine(fmt, **self._engine_params)
+        self._engine = eng              # for tests: the engine of the latest elaboration
         lanes = eng.lanes
         lane_bits = (lanes - 1).bit_length()
         bs = fmt.block_size
@@ -767,7 +794,7 @@ class GemmSystem(wiring.Component):
             with m.Else():
                 m.next = "SEND"
 
-        m.d.comb += self.error.eq(last_error != 0)
+        m.d.comb += self.error.eq((last_error != 0) | eng.overrun)
         with m.FSM(name="exec") as fsm:
             with m.State("IDLE"):
                 with m.If(dec.o_event.valid):

@@ -131,6 +131,8 @@ def run_link(dut, test, **link_args):
         link = SimLink(ctx, dut, **link_args)
         result["value"] = await test(link)
         result["cycles"] = link.cycle
+        # The engine's issue schedule never offers a unit a block pair it cannot take.
+        assert not ctx.get(dut._engine.overrun), "a dot-product unit refused a block pair"
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
