@@ -15,9 +15,15 @@ How the contract maps to hardware
   ``fe = max(f, 1)``, so ``a = |x| * 2**((w-2) - E) = sig * 2**-s`` with
   ``s = E - fe + 152 - w``. A right shift of ``sig`` (extended by ``P`` zero bits so the shift
   distance is never negative) keeps ``FB`` fraction bits; everything shifted out below them
-  is ORed into a sticky bit. Shift distances are clamped to the extended width, where every
-  bit is shifted out. ``FB`` is 1 for nearest-even (guard bit; the sticky bit makes the rest
-  exact), 16 for stochastic rounding and 0 for toward-zero.
+  is ORed into a sticky bit. ``FB`` is 1 for nearest-even (guard bit; the sticky bit makes the
+  rest exact), 16 for stochastic rounding and 0 for toward-zero. Since ``E >= fe`` for every
+  lane but a saturating one (and ``E >= fe - 1`` for a subnormal one), the shift is at least
+  ``K - 1 = 24 - w - FB + P``: the significand bits below that are reduced to a sticky bit
+  (nearest-even) or dropped before the max tree, and only the ``w + FB + 1`` bits above them
+  travel with the lane and go through the shifter (for bfp8: 9 of 24 bits).
+- **Rounding and sign in one adder.** ``-(q + up) = ~q + (1 - up)``, so the signed mantissa
+  is ``(q ^ S) + (S ^ up)``; ``q + up`` saturates exactly when ``q`` is the largest mantissa
+  and ``up`` is set.
 - **Upper clamp.** With ``exponent_bits < 8``, a lane with ``f - 127 > E`` has ``a >= 2**(w-1)``
   and saturates to ``±(2**(w-1) - 1)``, as does any rounding that reaches ``2**(w-1)``.
 - **Stochastic rounding.** One xorshift32 per lane (section 2.4). The random bits of a block are
@@ -25,7 +31,7 @@ How the contract maps to hardware
   disturbs blocks in flight.
 """
 
-from amaranth.hdl import C, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -58,25 +64,6 @@ def _xorshift32(s):
     s = s ^ (s << 13)[:32]
     s = s ^ (s >> 17)
     return s ^ (s << 5)[:32]
-
-
-def _trailing_zeros(m, x, name):
-    """Trailing zero count of ``x`` (a power-of-two width), ``len(x)`` when ``x`` is zero.
-
-    A balanced tree of 2:1 multiplexers, ``log2(len(x))`` levels deep. A count of ``k`` bits
-    equals ``2**(k-1)`` exactly when its top bit is set, so the upper half's count is offset
-    by concatenation alone. Every node is a ``Signal`` driven in ``m``: each count is read
-    twice by its parent, and as a bare expression it would be copied into the netlist once per
-    read, doubling at every level.
-    """
-    if len(x) == 1:
-        return ~x[0]
-    half = len(x) // 2
-    lo = _trailing_zeros(m, x[:half], f"{name}_lo")
-    hi = _trailing_zeros(m, x[half:], f"{name}_hi")
-    count = Signal(len(lo) + 1, name=name)
-    m.d.comb += count.eq(Mux(lo[-1], Cat(hi[:-1], ~hi[-1], hi[-1]), Cat(lo, C(0, 1))))
-    return count
 
 
 class FloatToBlock(wiring.Component):
@@ -250,13 +237,19 @@ class FloatToBlock(wiring.Component):
         kept = w - 1 + frac_bits                  # integer part below 2**(w-1), plus fraction
         lo_field = fmt.min_exponent + 127         # E clamped to [Emin, Emax], as a biased field
         hi_field = fmt.max_exponent + 127
-        # distance = E - fe + 152 - w - FB + P = E_field + (K - fe), with K below
-        k_dist = 152 - w - frac_bits + pad - 127
+        # distance = E - fe + 152 - w - FB + P = E_field - fe + K. It is at least K - 1 for
+        # every lane that does not saturate (K - 1 only for a subnormal lane of a block with
+        # E_field = 0), so the low `low` bits of the extended significand are always shifted
+        # out: they are reduced to a sticky bit before the max tree, and only the `top` bits
+        # above them travel with the lane and go through the shifter.
+        k_dist = 25 - w - frac_bits + pad
+        low = k_dist - 1
+        top_width = width - low
         saturating = fmt.max_exponent < 127
         fields, clamped_fields = [], []
-        lane_values = {"sig": [], "sign": [], "nk": []}
+        lane_values = {"top": [], "sign": [], "eff": []}
         if nearest:
-            lane_values["tz"] = []
+            lane_values["low_nz"] = []
         if saturating:
             lane_values["field"] = []
         for i, lane in enumerate(values["lane"]):
@@ -270,22 +263,18 @@ class FloatToBlock(wiring.Component):
             clamped_field = Signal(8, name=f"clamped{i}")
             m.d.comb += clamped_field.eq(clamped)
             clamped_fields.append(clamped_field)
-            # Signals, not expressions: each is read several times (see _trailing_zeros)
+            # Signals, not expressions: Amaranth copies a bare expression into the netlist
+            # at every read, and these are read several times
             is_normal = Signal(name=f"normal{i}")
-            sig = Signal(24, name=f"sig{i}")
-            m.d.comb += [is_normal.eq(field != 0), sig.eq(Cat(lane[:23], is_normal))]
-            eff_field = Mux(is_normal, field, 1)
-            nk = Signal(signed(10), name=f"nk{i}")
-            m.d.comb += nk.eq(k_dist - eff_field)
-            lane_values["sig"].append(sig)
+            ext = Signal(width, name=f"ext{i}")
+            eff = Signal(8, name=f"eff{i}")
+            m.d.comb += [is_normal.eq(field != 0), ext.eq(Cat(C(0, pad), lane[:23], is_normal)),
+                         eff.eq(Cat(field[0] | ~is_normal, field[1:]))]
+            lane_values["top"].append(ext[low:])
             lane_values["sign"].append(lane[31])
-            lane_values["nk"].append(nk)
+            lane_values["eff"].append(eff)
             if nearest:
-                # trailing zeros of the significand (32 when it is zero): the bits shifted out
-                # below the guard bit are non-zero exactly when tz + P < shift distance
-                tz = Signal(6, name=f"tz{i}")
-                m.d.comb += tz.eq(_trailing_zeros(m, Cat(sig, C(0, 8)), f"tz{i}_tree"))
-                lane_values["tz"].append(tz)
+                lane_values["low_nz"].append(ext[:low].any() if low else C(0, 1))
             if saturating:
                 lane_values["field"].append(field)
         nan = Cat(*[f == 0xFF for f in fields]).any()
@@ -294,7 +283,7 @@ class FloatToBlock(wiring.Component):
         # max(clamp(f_i)) == clamp(max(f_i)): the clamp is monotonic, so it is done per lane,
         # in parallel, and the tree ends at the biased shared exponent.
         def max_level(level):
-            # Signals, not expressions: each operand is read twice (see _trailing_zeros)
+            # Signals, not expressions: each operand is read twice
             nodes = []
             for a, b in zip(level[0::2], level[1::2], strict=True):
                 node = Signal(8, name=f"max{len(level)}_{len(nodes)}")
@@ -305,30 +294,28 @@ class FloatToBlock(wiring.Component):
         levels = (n - 1).bit_length()
         carried = {"rand": values["rand"]} if stochastic else {}
         values = dict(carried, level=clamped_fields, nan=nan, **lane_values)
-        for depth in range(levels - 1):
+        for depth in range(levels):
             values = pipe.cut(f"s_max{depth}", values, cuts[f"max{depth}"])
             values["level"] = max_level(values["level"])
-        values = pipe.cut(f"s_max{levels - 1}", values, cuts[f"max{levels - 1}"])
-        # Last level: the two sums E_field + nk_i are formed beside the comparison, so no adder
-        # follows the max tree.
-        a, b = values.pop("level")
-        a_wins = a > b
-        values["e_field"] = Mux(a_wins, a, b)
-        distances = []
-        for i, nk in enumerate(values.pop("nk")):
-            distance = Signal(signed(11), name=f"distance{i}")
-            m.d.comb += distance.eq(Mux(a_wins, a + nk, b + nk))
-            distances.append(distance)
-        values["distance"] = distances
+        e_field = Signal(8, name="e_field")
+        m.d.comb += e_field.eq(values.pop("level")[0])
+        values["e_field"] = e_field
         values = pipe.cut("s_exp", values, cuts["exponent"])
 
-        # -- shift distances ------------------------------------------------------------------
+        # -- shift distances: distance - low = E_field - fe + 1, clamped to [0, top_width] -----
         e_field = values.pop("e_field")
         shifts, saturate = [], []
-        for i, distance in enumerate(values.pop("distance")):
-            clamped = Signal(range(width + 1), name=f"shift{i}")
-            m.d.comb += clamped.eq(Mux(distance < 0, 0,
-                                       Mux(distance > width, width, distance[:10])))
+        for i, eff in enumerate(values.pop("eff")):
+            distance = Signal(signed(10), name=f"distance{i}")
+            m.d.comb += distance.eq(e_field + 1 - eff)
+            clamped = Signal(range(top_width + 1), name=f"shift{i}")
+            if saturating:
+                # Only a lane that saturates (its field above E_field) has a negative distance.
+                below = distance < 0
+            else:
+                below = C(0, 1)
+            m.d.comb += clamped.eq(Mux(below, 0, Mux(distance > top_width, top_width,
+                                                        distance[:len(clamped)])))
             shifts.append(clamped)
             if saturating:
                 saturate.append(values["field"][i] > e_field)
@@ -341,19 +328,22 @@ class FloatToBlock(wiring.Component):
         values = pipe.cut("s_dist", values, cuts["distance"])
 
         # -- alignment: coarse shift by multiples of 8, then the fine shift --------------------
-        # aligned = (sig << P) >> shift, keeping the low ``kept`` bits
+        # aligned = (top >> shift)[:kept]; for nearest-even, the sticky bit is the low bits'
+        # and those of `top` below the shift: bit j is shifted out exactly when j < shift.
         coarse_list, fine_list, sticky = [], [], []
-        for i, sig in enumerate(values.pop("sig")):
+        for i, top in enumerate(values.pop("top")):
             shift = values["shift"][i]
-            ext = Cat(C(0, pad), sig)
             coarse = Signal(kept + 7, name=f"coarse{i}")
-            m.d.comb += coarse.eq(ext >> Cat(C(0, 3), shift[3:]))
+            m.d.comb += coarse.eq(top >> Cat(C(0, 3), shift[3:]))
             coarse_list.append(coarse)
             fine_list.append(shift[:3])
             if nearest:
-                sticky.append(values["tz"][i] + pad < shift)
+                out_bits = Cat(*[top[j] & (shift > j) for j in range(top_width)])
+                bit = Signal(name=f"sticky{i}")
+                m.d.comb += bit.eq(values["low_nz"][i] | out_bits.any())
+                sticky.append(bit)
         values.pop("shift")
-        values.pop("tz", None)
+        values.pop("low_nz", None)
         values["coarse"] = coarse_list
         values["fine"] = fine_list
         if nearest:
@@ -369,40 +359,45 @@ class FloatToBlock(wiring.Component):
         values["aligned"] = aligned
         values = pipe.cut("s_align", values, cuts["align"])
 
-        # -- rounding and saturation ----------------------------------------------------------
-        magnitudes = []
+        # -- rounding with the sign: rounded = q + up, signed = S ? -rounded : rounded --------
+        # -(q + up) = ~q + (1 - up), so one adder gives both: (q ^ S) + (S ^ up), w bits.
+        # q + up reaches 2**(w-1) (saturates) exactly when q is the largest mantissa and up.
+        signed_values, too_big_list = [], []
         for i in range(n):
             x = values["aligned"][i]
+            q = x[frac_bits:]
             if stochastic:
-                rounded = (x + values["rand"][i])[SR_RANDOM_BITS:]
+                up = (x[:frac_bits] + values["rand"][i])[frac_bits]
             elif nearest:
-                q = x[1:]
                 if self._fault == "sticky":          # bits below the guard bit ignored
                     up = x[0] & q[0]
                 elif self._fault == "ties-away":     # a tie rounds away from zero
                     up = x[0]
                 else:
                     up = x[0] & (values["sticky"][i] | q[0])
-                rounded = q + up
             else:
-                rounded = x
-            too_big = rounded > fmt.max_mantissa
+                up = C(0, 1)
+            sign = values["sign"][i]
+            value = Signal(signed(w), name=f"rounded{i}")
+            m.d.comb += value.eq((Cat(q, C(0, 1)) ^ sign.replicate(w)) + (sign ^ up))
+            too_big = (q == fmt.max_mantissa) & up
             if saturating:
                 too_big = too_big | values["saturate"][i]
-            magnitude = Signal(unsigned(w - 1), name=f"magnitude{i}")
-            m.d.comb += magnitude.eq(Mux(too_big, fmt.max_mantissa, rounded))
-            magnitudes.append(magnitude)
-        values = {"magnitude": magnitudes, "sign": values["sign"], "nan": values["nan"],
-                  "code": values["code"]}
+            big = Signal(name=f"too_big{i}")
+            m.d.comb += big.eq(too_big)
+            signed_values.append(value)
+            too_big_list.append(big)
+        values = {"value": signed_values, "too_big": too_big_list, "sign": values["sign"],
+                  "nan": values["nan"], "code": values["code"]}
         values = pipe.cut("s_round", values, cuts["round"])
 
-        # -- sign -----------------------------------------------------------------------------
+        # -- saturation and NaN blocks ----------------------------------------------------------
         mantissas = []
         for i in range(n):
-            magnitude = values["magnitude"][i]
             mantissa = Signal(signed(w), name=f"mantissa{i}")
+            limit = Mux(values["sign"][i], -fmt.max_mantissa, fmt.max_mantissa)
             m.d.comb += mantissa.eq(Mux(values["nan"], 0,
-                                        Mux(values["sign"][i], -magnitude, magnitude)))
+                                        Mux(values["too_big"][i], limit, values["value"][i])))
             mantissas.append(mantissa)
         values = pipe.cut("s_out", {"code": values["code"], "mantissas": mantissas},
                           cuts["output"])
