@@ -46,7 +46,7 @@ from hbfp_hw.rtl_gen.block_dot import (
     BlockDotUnit,
     block_dot_input_layout,
 )
-from hbfp_hw.rtl_gen.common import check_rtl_format, check_stages
+from hbfp_hw.rtl_gen.common import check_rtl_format, check_stages, registered_multiply
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
 from hbfp_hw.rtl_gen.layout import (
     block_layout,
@@ -743,7 +743,6 @@ class GemmSystem(wiring.Component):
         # `is_read`, set when the command is dispatched, selects their operands (one LUT
         # level from registers), so the iCE40's eight DSPs suffice.
         is_read = Signal()
-        mul = [Signal(2 * cap_bits, name=f"check_mul{i}") for i in range(4)]
         sum_bits = max(2 * cap_bits, len(read_words)) + 2
         prod_a = Signal(sum_bits)
         prod_b = Signal(sum_bits)
@@ -752,8 +751,12 @@ class GemmSystem(wiring.Component):
                     (groups_req, kb_req, a["rows"], a["cols"]),
                     (a["m"], groups_req, a["rows"], read_groups),
                     (a["m"], a["n"], a["row"], read_groups)]
-        m.d.sync += [p.eq(Mux(is_read, r0, c0) * Mux(is_read, r1, c1))
-                     for p, (c0, c1, r0, r1) in zip(mul, operands, strict=True)]
+        # Two cycles from the operands to the product, in registers around the multiplier (on
+        # the ECP5 the MULT18X18D's own: a combinational DSP between fabric registers was the
+        # ULX3S critical path at 93.5 MHz, 10.7 ns); the *_MUL states wait for them.
+        mul = [registered_multiply(m, platform, f"check_mul{i}", Mux(is_read, r0, c0),
+                                   Mux(is_read, r1, c1))
+               for i, (c0, c1, r0, r1) in enumerate(operands)]
         # COMPUTE: m*kblocks, groups*kblocks, m*groups, m*n; READ_C: row*cols, rows*cols,
         # rows*groups, row*groups.
         prod_mn = mul[3]
@@ -915,7 +918,10 @@ class GemmSystem(wiring.Component):
                 with m.Elif((cargs.m == 0) | (cargs.n == 0) | (cargs.k == 0)):
                     reply(Status.BAD_ARG)
                 with m.Else():
-                    m.next = "COMPUTE_SUM"
+                    m.next = "COMPUTE_MUL"
+
+            with m.State("COMPUTE_MUL"):
+                m.next = "COMPUTE_SUM"          # the check products are valid next cycle
 
             with m.State("COMPUTE_SUM"):
                 m.d.sync += [prod_a.eq(a["a_base"] + mul[0]), prod_b.eq(a["b_base"] + mul[1]),
@@ -963,7 +969,10 @@ class GemmSystem(wiring.Component):
                             | (read_words > protocol.MAX_READ_WORDS)):
                     reply(Status.CAPACITY)
                 with m.Else():
-                    m.next = "READ_SUM"
+                    m.next = "READ_MUL"
+
+            with m.State("READ_MUL"):
+                m.next = "READ_SUM"             # the check products are valid next cycle
 
             with m.State("READ_SUM"):
                 m.d.sync += [prod_a.eq(mul[0] + a["col"] + read_words), prod_b.eq(mul[1]),

@@ -1,13 +1,14 @@
 """Helpers shared by the generators: parameter checks, the registers of a free-running
 pipeline and its credit-counted output."""
 
-from amaranth.hdl import Mux, Signal, Value
+from amaranth.hdl import ClockSignal, Const, Instance, Mux, Signal, Value, signed, unsigned
 from amaranth.lib.fifo import SyncFIFO
 
 from hbfp_hw.formats import BFPFormat
 
 __all__ = ["RTL_BLOCK_SIZE_RANGE", "check_stages", "check_rtl_format", "Pipeline",
-           "CreditOutput", "TargetFamily", "platform_family"]
+           "CreditOutput", "TargetFamily", "platform_family", "ECP5_DSP_WIDTH",
+           "ecp5_multiply", "registered_multiply"]
 
 RTL_BLOCK_SIZE_RANGE = (2, 64)
 
@@ -68,6 +69,64 @@ def platform_family(platform):
     """Return the FPGA family of an elaboration ``platform`` (Amaranth's Lattice platforms
     say ``"ecp5"``), or None without a platform or for one that does not say."""
     return getattr(platform, "family", None)
+
+
+#: Operand width of an ECP5 ``MULT18X18D``.
+ECP5_DSP_WIDTH = 18
+
+
+def ecp5_multiply(m, name, a, b, *, is_signed, input_register, output_register):
+    """Return ``a * b`` from an ECP5 ``MULT18X18D`` added to ``m`` as submodule ``name``.
+
+    ``a`` and ``b`` are at most 18 bits wide, two's complement if ``is_signed`` (sign-extended
+    to the DSP's width), else unsigned (zero-extended). The DSP's input registers (A and B) and
+    its output register hold the pipeline registers asked for, on the ``sync`` clock, always
+    enabled and never reset: Yosys does not pack fabric flip-flops into ECP5 DSPs, so this is
+    how a multiplier between two registers times register to register inside the DSP block.
+    ``hbfp_hw.sim.models`` simulates the primitive.
+    """
+    wa, wb = len(a), len(b)
+    if max(wa, wb) > ECP5_DSP_WIDTH:
+        raise ValueError(f"operands must be at most {ECP5_DSP_WIDTH} bits wide, not {wa} "
+                         f"and {wb}")
+    ports = {"i_SIGNEDA": Const(int(is_signed)), "i_SIGNEDB": Const(int(is_signed)),
+             "i_SOURCEA": Const(0), "i_SOURCEB": Const(0), "i_CLK0": ClockSignal("sync"),
+             "i_CE0": Const(1), "i_RST0": Const(0)}
+    for port, value in (("A", a), ("B", b)):
+        for i in range(ECP5_DSP_WIDTH):
+            if i < len(value):
+                ports[f"i_{port}{i}"] = value[i]
+            else:                                   # sign- or zero-extended
+                ports[f"i_{port}{i}"] = value[-1] if is_signed else Const(0)
+    for i in range(ECP5_DSP_WIDTH):
+        ports[f"i_C{i}"] = Const(0)
+    product = Signal((signed if is_signed else unsigned)(wa + wb), name=f"{name}_p")
+    for i in range(wa + wb):
+        ports[f"o_P{i}"] = product[i]
+    clock = {True: "CLK0", False: "NONE"}
+    m.submodules[name] = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK=clock[input_register], p_REG_INPUTB_CLK=clock[input_register],
+        p_REG_OUTPUT_CLK=clock[output_register], **ports)
+    return product
+
+
+def registered_multiply(m, platform, name, a, b, *, is_signed=False):
+    """Return ``a * b`` two cycles later: operands registered, product registered.
+
+    On the ECP5 (see :func:`platform_family`), with operands of at most 18 bits, both
+    registers are those of a ``MULT18X18D`` (:func:`ecp5_multiply`); anywhere else they are
+    flip-flops around a behavioural multiplier. The latency is the same everywhere.
+    """
+    if platform_family(platform) == "ecp5" and max(len(a), len(b)) <= ECP5_DSP_WIDTH:
+        return ecp5_multiply(m, name, a, b, is_signed=is_signed, input_register=True,
+                             output_register=True)
+    shape = signed if is_signed else unsigned
+    a_q = Signal(shape(len(a)), name=f"{name}_a", reset_less=True)
+    b_q = Signal(shape(len(b)), name=f"{name}_b", reset_less=True)
+    product = Signal(shape(len(a) + len(b)), name=f"{name}_p", reset_less=True)
+    m.d.sync += [a_q.eq(a), b_q.eq(b), product.eq(a_q * b_q)]
+    return product
 
 
 class Pipeline:

@@ -16,17 +16,22 @@ flip-flops; ``tests/rtl/test_mac_tree.py`` checks the primitive version bit for 
 against a model of the primitive's documented behaviour.
 """
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import CreditOutput, Pipeline, check_rtl_format, check_stages, platform_family
+from .common import (
+    ECP5_DSP_WIDTH,
+    CreditOutput,
+    Pipeline,
+    check_rtl_format,
+    check_stages,
+    ecp5_multiply,
+    platform_family,
+)
 from .layout import block_pair_layout, product_exponent_shape, product_layout
 
 __all__ = ["MacTree"]
-
-#: Operand width of an ECP5 ``MULT18X18D``.
-_DSP_WIDTH = 18
 
 
 class MacTree(wiring.Component):
@@ -144,11 +149,12 @@ class MacTree(wiring.Component):
 
         # Level 0, the operand registers, and level 1, the multipliers.
         side = {"exponent": exponent, "nan": nan}
-        if platform_family(platform) == "ecp5" and w <= _DSP_WIDTH and \
+        if platform_family(platform) == "ecp5" and w <= ECP5_DSP_WIDTH and \
                 registered & {0, 1}:
             side = pipe.cut("l1", pipe.cut("l0", side, 0 in registered), 1 in registered)
-            products = [self._ecp5_product(m, f"dsp{i}", a.mantissas[i], b.mantissas[i],
-                                           0 in registered, 1 in registered)
+            products = [ecp5_multiply(m, f"dsp{i}", a.mantissas[i], b.mantissas[i],
+                                      is_signed=True, input_register=0 in registered,
+                                      output_register=1 in registered)
                         for i in range(n)]
             values = dict(side, sum=products)
         else:
@@ -183,26 +189,3 @@ class MacTree(wiring.Component):
         ]
         out.drive(pipe.valid, result)
         return m
-
-    @staticmethod
-    def _ecp5_product(m, name, a, b, input_register, output_register):
-        """``a * b`` (signed, ``w <= 18`` bits each) from a ``MULT18X18D``, with its input
-        registers (A and B) and its output register as asked; returns the product signal."""
-        w = len(a)
-        ports = {"i_SIGNEDA": Const(1), "i_SIGNEDB": Const(1), "i_SOURCEA": Const(0),
-                 "i_SOURCEB": Const(0), "i_CLK0": ClockSignal("sync"), "i_CE0": Const(1),
-                 "i_RST0": Const(0)}
-        for port, value in (("A", a), ("B", b)):
-            for i in range(_DSP_WIDTH):                  # sign-extended to 18 bits
-                ports[f"i_{port}{i}"] = value[min(i, w - 1)]
-        for i in range(_DSP_WIDTH):
-            ports[f"i_C{i}"] = Const(0)
-        product = Signal(signed(2 * w), name=f"{name}_p")
-        for i in range(2 * w):
-            ports[f"o_P{i}"] = product[i]
-        clock = {True: "CLK0", False: "NONE"}
-        m.submodules[name] = Instance(
-            "MULT18X18D",
-            p_REG_INPUTA_CLK=clock[input_register], p_REG_INPUTB_CLK=clock[input_register],
-            p_REG_OUTPUT_CLK=clock[output_register], **ports)
-        return product

@@ -25,17 +25,25 @@ from .link import gemm_plan, place_read
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_session(dut, requests, tmp_path, monkeypatch):
-    """Replay ``requests`` (frames) on ``dut`` in Verilator; return the reply Frames."""
+def run_session(dut, requests, tmp_path, monkeypatch, family=None):
+    """Replay ``requests`` (frames) on ``dut`` in Verilator; return the reply Frames.
+
+    ``family`` (``"ecp5"``) elaborates ``dut`` as a board build of that family does, with its
+    primitives, simulated by the models of :mod:`hbfp_hw.sim.models`.
+    """
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
+    from hbfp_hw.rtl_gen.common import TargetFamily
     from hbfp_hw.sim import runner
+    from hbfp_hw.sim.models import models_for
 
     reason = toolchain.missing_reason("verilator")
     if reason:
         pytest.skip(reason)
-    build_dir = runner.build(verilog.convert(dut, name="gemm_system"), "gemm_system")
+    platform = TargetFamily(family) if family else None
+    text = verilog.convert(dut, name="gemm_system", platform=platform) + models_for(family)
+    build_dir = runner.build(text, "gemm_system")
     cfg = {"requests": [r.hex() for r in requests], "result": str(tmp_path / "result.json"),
            "reply_timeout": 1_000_000}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -50,10 +58,23 @@ def run_session(dut, requests, tmp_path, monkeypatch):
     return [Frame(cmd, seq, bytes.fromhex(p)) for cmd, seq, p in result["replies"]]
 
 
-@pytest.mark.slow
-def test_bfp8_gemm_session(tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", [
+    pytest.param(None, marks=pytest.mark.slow),
+    # The ULX3S netlist: the deepest pipelines, whose MAC trees and command checks use
+    # MULT18X18D primitives holding their registers.
+    "ecp5",
+])
+def test_bfp8_gemm_session(family, tmp_path, monkeypatch):
+    if family == "ecp5":
+        from hbfp_hw.fpga.boards import BuildConfig
+
+        stages = {k: v for k, v in BuildConfig("ulx3s-85f").params.items()
+                  if k.endswith("_stages")}
+        assert stages["mac_stages"] == 6
+    else:
+        stages = {}
     dut = GemmSystem(BFP8, lanes=4, a_blocks=128, b_blocks=128, c_words=256,
-                     max_payload=1100, timeout_cycles=5000, clock_hz=100_000_000)
+                     max_payload=1100, timeout_cycles=5000, clock_hz=100_000_000, **stages)
     info = dut.info
     rng = np.random.default_rng(20)
     shapes = [(1, 1, 1), (17, 50, 23), (40, 100, 9)]
@@ -83,7 +104,7 @@ def test_bfp8_gemm_session(tmp_path, monkeypatch):
                 requests.append(protocol.encode_frame(cmd, seq & 0xFF, payload))
                 expect.append((cmd, (len(results) - 1, tag)))
                 seq += 1
-    replies = run_session(dut, requests, tmp_path, monkeypatch)
+    replies = run_session(dut, requests, tmp_path, monkeypatch, family)
     assert len(replies) == len(requests)
     for (kind, where), reply, request in zip(expect, replies, requests):
         if kind == "info":
