@@ -294,28 +294,40 @@ class FloatToBlock(wiring.Component):
         levels = (n - 1).bit_length()
         carried = {"rand": values["rand"]} if stochastic else {}
         values = dict(carried, level=clamped_fields, nan=nan, **lane_values)
-        for depth in range(levels):
+        for depth in range(levels - 1):
             values = pipe.cut(f"s_max{depth}", values, cuts[f"max{depth}"])
             values["level"] = max_level(values["level"])
+        values = pipe.cut(f"s_max{levels - 1}", values, cuts[f"max{levels - 1}"])
+        # Last level: E_field + 1, which every lane's shift distance starts from, is formed
+        # beside the comparison (two increments per block), so that the distance stage is one
+        # subtraction per lane and not an increment shared by all lanes, then a subtraction.
+        a, b = values.pop("level")
+        a_wins = Signal(name="a_wins")
         e_field = Signal(8, name="e_field")
-        m.d.comb += e_field.eq(values.pop("level")[0])
+        e_next = Signal(9, name="e_next")
+        m.d.comb += [a_wins.eq(a > b), e_field.eq(Mux(a_wins, a, b)),
+                     e_next.eq(Mux(a_wins, a + 1, b + 1))]
         values["e_field"] = e_field
+        values["e_next"] = e_next
         values = pipe.cut("s_exp", values, cuts["exponent"])
 
         # -- shift distances: distance - low = E_field - fe + 1, clamped to [0, top_width] -----
         e_field = values.pop("e_field")
+        e_next = values.pop("e_next")
         shifts, saturate = [], []
+        k = top_width.bit_length()
         for i, eff in enumerate(values.pop("eff")):
             distance = Signal(signed(10), name=f"distance{i}")
-            m.d.comb += distance.eq(e_field + 1 - eff)
+            m.d.comb += distance.eq(e_next - eff)
             clamped = Signal(range(top_width + 1), name=f"shift{i}")
-            if saturating:
-                # Only a lane that saturates (its field above E_field) has a negative distance.
-                below = distance < 0
-            else:
-                below = C(0, 1)
-            m.d.comb += clamped.eq(Mux(below, 0, Mux(distance > top_width, top_width,
-                                                        distance[:len(clamped)])))
+            # Only a lane that saturates (its field above E_field) has a negative distance.
+            below = distance[-1] if saturating else C(0, 1)
+            # distance > top_width from the high bits and a k-bit comparison: LUTs, not a
+            # second carry chain behind the subtraction.
+            above = Signal(name=f"above{i}")
+            m.d.comb += above.eq(~distance[-1] & (distance[k:-1].any()
+                                                  | (distance[:k] > top_width)))
+            m.d.comb += clamped.eq(Mux(below, 0, Mux(above, top_width, distance[:len(clamped)])))
             shifts.append(clamped)
             if saturating:
                 saturate.append(values["field"][i] > e_field)
