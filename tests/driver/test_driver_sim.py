@@ -28,6 +28,7 @@ def test_info_matches_the_build(sim_device, sim_config):
     assert info.fmt.name == "bfp8"
     assert info.lanes == 4 and info.a_blocks == 1024 and info.c_words == 4096
     assert info.wire_formats == {protocol.Wire.FLOAT, protocol.Wire.BFP}
+    assert info.tx_buffer == 65536 >= protocol.MAX_REPLY
 
 
 @pytest.mark.parametrize("wire", ["bfp", "fp32"])
@@ -303,10 +304,12 @@ def test_rx_fifo_never_overruns(sim_config, wire, shape):
 
 def test_rx_fifo_loses_bytes_when_full(sim_config):
     """A host that ignores the FIFO loses bytes, as on the board: the model is no more
-    generous than the board."""
+    generous than the board (a device without a transmit buffer, behind a long reply)."""
     from hbfp_hw.fpga.protocol import Cmd
-    with Device.open("sim://?baud=3000000&vclock_hz=100000000&instance=overrun") as dev:
+    with Device.open("sim://?baud=3000000&vclock_hz=100000000&tx_buffer=0&instance=overrun"
+                     ) as dev:
         info = dev.info()
+        assert info.tx_buffer == 0
         dev.gemm(np.ones((64, 16), np.float32), np.ones((16, 64), np.float32))
         seq = protocol.from_bytes(protocol.STATUS_LAYOUT, dev._query(
             Cmd.STATUS, protocol.layout_bytes(protocol.STATUS_LAYOUT)))["next_seq"]
