@@ -24,6 +24,7 @@ returned is the device's result for exactly the data that was sent.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -489,7 +490,125 @@ class _Frame:
     reply_len: int              # expected reply body length; None: QUIET, no reply
     payload_len: int
     seconds: float = 0.0        # device time to execute (COMPUTE), for the reply timeout
-    end: int = 0                # request bytes of the GEMM sent up to the end of this frame
+    end: int = 0                # request bytes of the stream sent up to the end of this frame
+    # The device's input model (_RxModel), in byte times of the line: a bound on the time
+    # from the start of the frame's execution until the decoder is released, and on the time
+    # to put its reply into the transmit buffer; the reply's bytes (whole frame, 0: none); the
+    # time from which its reply cannot wait for room in the buffer (None: it may).
+    exec: float = 0.0
+    push: float = 0.0
+    reply_bytes: int = 0
+    clear_at: float = None
+    released_at: float = None   # its reply has started arriving: released by then
+
+
+class _RxModel:
+    """The host's model of the device's input, which keeps its receive FIFO from overrunning
+    (docs/protocol.md 1).
+
+    Times are in byte times of the line, on the axis of the request bytes sent in one stream:
+    byte ``x`` arrives at the device at time ``x`` at the earliest (back to back). Arriving
+    later only gives the device more time, so the model takes the earliest arrival. A frame's
+    execution starts at the later of its arrival and the end of the frame before it; its
+    decoder is released ``exec`` later (a replied frame's when the reply starts, a QUIET
+    frame's once it has executed), and the frame ends when its reply is in the transmit buffer,
+    ``push`` later. While the device executes a frame its decoder holds that frame and the FIFO
+    takes the bytes behind it: at most ``room`` bytes may arrive between the end of a frame and
+    its release. After its release the decoder takes the next frame, which waits in the decoder
+    until the device has ended the frame before it.
+
+    A reply can wait for room in the transmit buffer only while more reply bytes are
+    outstanding (expected by the host, not yet received) up to its end than the buffer holds
+    (``tx_buffer``): the bytes the host has received have left the buffer. Such a frame's end
+    is unknown (infinite) until the host has received enough, and from then on it is at most
+    ``push`` away. A reply that arrives says that its frame and all before it have ended by the
+    time the host reads it, when at most :attr:`sent` bytes can have arrived.
+
+    Parameters
+    ----------
+    room : int
+        Bytes of the receive FIFO less a margin.
+    tx_buffer : int
+        Bytes of the device's transmit buffer (INFO).
+    cycles_per_byte : float
+        Device clock cycles per byte time of the line.
+    """
+
+    def __init__(self, room, tx_buffer, cycles_per_byte):
+        self.room = room
+        self.tx_buffer = tx_buffer
+        self.cycles_per_byte = cycles_per_byte
+        self.sent = 0                   # request bytes sent in this stream
+        self.anchor = 0.0               # every frame before the ones in flight ended by then
+
+    def times(self, frames):
+        """Yield ``(frame, release, end)`` for the frames in flight, oldest first."""
+        t = self.anchor
+        outstanding = 0
+        for f in frames:
+            release = max(f.end, t) + f.exec
+            if f.released_at is not None:
+                release = min(release, f.released_at)
+            if f.reply_bytes:
+                outstanding += f.reply_bytes
+                if f.clear_at is None and outstanding <= self.tx_buffer:
+                    f.clear_at = self.sent
+                t = math.inf if f.clear_at is None else max(release, f.clear_at) + f.push
+            else:
+                t = release
+            yield f, release, t
+
+    def free(self, frames, arriving=None):
+        """Return how many more request bytes may be sent now (None: no bound).
+
+        ``arriving`` is ``(cmd, seq)`` of the reply whose header has arrived and the rest not
+        yet (:meth:`FrameParser.partial_header`): its frame has been released.
+        """
+        if arriving is not None:
+            for f in frames:
+                if f.reply_bytes and (int(f.op.cmd) | REPLY_FLAG, f.seq) == arriving:
+                    if f.released_at is None:
+                        f.released_at = self.sent
+                    break
+        limit = None
+        for f, release, _ in self.times(frames):
+            if release > f.end + self.room:
+                x = f.end + self.room - self.sent
+                limit = x if limit is None else min(limit, x)
+        return limit
+
+    def holds(self, frames, nbytes, cycles):
+        """Return whether the bytes behind a frame of ``nbytes`` that executes in ``cycles``
+        and is sent now would be bounded by it (:meth:`free`): then it needs a reply, or
+        nothing would ever lift the bound."""
+        last = self.anchor
+        for _, _, last in self.times(frames):       # noqa: B007 -- the end of the last one
+            pass
+        release = max(self.sent + nbytes, last) + cycles / self.cycles_per_byte
+        return release > self.sent + nbytes + self.room
+
+    def retire(self, frames, count):
+        """The first ``count`` frames have ended (a reply arrived); call before they leave."""
+        for i, (_, _, end) in enumerate(self.times(frames)):
+            if i == count - 1:
+                self.anchor = min(end, self.sent)
+                return
+
+    def restart(self):
+        """Forget the frames in flight: the device has ended them (or will not run them)."""
+        self.anchor = self.sent
+
+    def frame(self, frames, f, cycles):
+        """Set the model fields of ``f``, just sent behind ``frames`` (in flight), which
+        executes in at most ``cycles``."""
+        self.sent += f.nbytes
+        f.end = self.sent
+        f.exec = cycles / self.cycles_per_byte
+        if f.reply_len is not None:
+            f.reply_bytes = protocol.FRAME_OVERHEAD + 1 + f.reply_len
+            f.push = (2 * f.reply_bytes + 64) / self.cycles_per_byte
+            if f.reply_bytes + sum(x.reply_bytes for x in frames) <= self.tx_buffer:
+                f.clear_at = 0.0                # its reply never waits for room
 
 
 class _LinkState:
@@ -1054,32 +1173,26 @@ class Device:
         damaged = False                     # the deadline is a grace period after a bad reply
         rate = self._t.cycle_rate or info.clock_hz
         max_frames = 96
-        # The receive FIFO (docs/protocol.md 1): while the device executes a frame it takes no
-        # input, and a byte that arrives while its FIFO is full is lost. So behind the oldest
-        # frame whose reply has not fully arrived (the device may still be executing it), at
-        # most `fifo_room` bytes are sent. Once its reply has started arriving, the frame has
-        # executed and the device's decoder takes the next frame while the reply is sent: then
-        # that frame, whole, and `fifo_room` bytes behind it. Quiet writes execute in a few
-        # byte times; the margin covers the bytes that arrive meanwhile.
+        # The receive FIFO (docs/protocol.md 1): a byte that arrives while it is full is lost.
+        # The device takes no input while it executes a frame, nor once its decoder holds the
+        # next frame while a reply waits for room in the transmit buffer: _RxModel bounds the
+        # bytes that can pile up in the FIFO meanwhile. The margin covers the rounding of the
+        # device times.
         fifo = self._t.rx_fifo_bytes
-        fifo_room = None if fifo is None else max(1, fifo - 16)
-        max_frame = info.max_payload + protocol.FRAME_OVERHEAD
-        sent = 0                            # request bytes sent by this call
+        model = None
+        if fifo is not None:
+            per_byte = self._t.cycles_per_byte or info.clock_hz * self._t.byte_time
+            model = _RxModel(max(1, fifo - 16), info.tx_buffer, per_byte)
 
         def fifo_free():
             """Bytes the device can take now (None: any number)."""
-            if fifo_room is None:
-                return None
-            frames = iter(inflight)
-            oldest = next((f for f in frames if f.reply_len is not None), None)
-            if oldest is None:
-                return None
-            if self._parser.partial_header() != (int(oldest.op.cmd) | REPLY_FLAG, oldest.seq):
-                return fifo_room - (sent - oldest.end)
-            after = next(frames, None)          # the frame the decoder takes meanwhile
-            if after is None:                   # not sent yet: the next one, any size
-                return fifo_room + max_frame
-            return fifo_room - (sent - after.end)
+            return None if model is None else model.free(inflight,
+                                                         self._parser.partial_header())
+
+        def retire(count):
+            """The first ``count`` frames in flight have ended: a reply says so."""
+            if model is not None:
+                model.retire(inflight, count)
 
         def pending():
             """Bytes of the frames in flight and their expected replies, and device time."""
@@ -1156,6 +1269,7 @@ class Device:
                     f"{self.url} expects sequence number {seq}, which the driver has not sent "
                     f"yet: another program reset or used the device during this GEMM; run it "
                     f"again")
+            retire(done)
             for _ in range(done):
                 executed(inflight.popleft(), None)
 
@@ -1179,6 +1293,8 @@ class Device:
             self._link.next_seq = first.seq
             inflight.clear()
             inflight_bytes = 0
+            if model is not None:
+                model.restart()
 
         def start_recovery(settle):
             """After an error: one frame in flight is simply sent again; with several, ask
@@ -1193,6 +1309,8 @@ class Device:
             self.stats["recoveries"] += 1
             self._useq = (self._useq + 1) & 0xFF
             size = self._send(Cmd.STATUS, self._useq, b"")
+            if model is not None:
+                model.sent += size
             nbytes, seconds = pending()
             recovery = (self._useq, time.monotonic() + self._reply_timeout(
                 nbytes + size, failures, seconds))
@@ -1217,12 +1335,20 @@ class Device:
                     cycles = op.tile.rn * (-(-groups // info.channels) * info.channels) * (
                         op.args["kb"] + 1) + 1000
                     seconds = 2.0 * cycles / rate
+                else:
+                    # A write takes a cycle per byte and a few per block; a read, a few.
+                    cycles = 64 + len(payload) + 16 * op.count() * (op.cmd is not Cmd.READ_C)
+                if quiet and model is not None and model.holds(
+                        inflight, len(payload) + protocol.FRAME_OVERHEAD, cycles):
+                    # Only a reply could say when the device has taken this frame: ask for one.
+                    payload, reply_len = self._payload(op, False)
                 quiet_run = quiet_run + len(payload) + 10 if reply_len is None else 0
                 seq = self._link.next_seq
                 nbytes = self._send(op.cmd, seq, payload)
-                sent += nbytes
-                inflight.append(_Frame(seq, op, nbytes, reply_len, len(payload), seconds,
-                                       sent))
+                frame = _Frame(seq, op, nbytes, reply_len, len(payload), seconds)
+                if model is not None:
+                    model.frame(inflight, frame, cycles)
+                inflight.append(frame)
                 inflight_bytes += nbytes
                 self._link.next_seq = (seq + 1) & 0xFF
                 deadline = None
@@ -1305,6 +1431,7 @@ class Device:
                     self.stats["stale"] += 1
                     continue
                 executed_before(entry.seq)
+                retire(1)
                 inflight.popleft()
                 self.stats["rx_payload"] += len(f.payload)
                 executed(entry, body)
