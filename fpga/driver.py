@@ -187,28 +187,48 @@ def tile_sizes(info, m, n, k):
 class _LineModel:
     """Model of a full-duplex line at one byte per time unit each way, for planning.
 
-    Frames are ``(request bytes, reply bytes or None)`` in sequence order. The device takes a
-    frame when it has arrived and its previous reply has been sent (docs/protocol.md 1: it
-    holds its input while it replies), so a reply starts at the later of the two. ``idle`` is
-    the time the device-to-host direction waited for a reply to exist while the GEMM was
-    under way (after its first reply could have started)."""
+    Frames are ``(request bytes, reply bytes or None)`` in sequence order, or ``(request
+    bytes, reply bytes, C words)`` for a COMPUTE whose result takes that many elements of C.
+    The device takes each frame as it arrives and executes it at once (its execution time is
+    neglected), and its transmit buffer holds the reply until the device-to-host direction has
+    sent the replies before it (docs/protocol.md 1), so a reply starts at the later of the
+    two. (A device without a transmit buffer takes no more than one frame while it replies;
+    the plan is then slower than the model says, but still correct.) With ``c_words``, the
+    host sends a COMPUTE only once C has room for its result: the results before it leave C
+    when they have arrived, and the frames behind it wait too. ``idle`` is the time the
+    device-to-host direction waited for a reply to exist while the GEMM was under way (after
+    its first reply could have started)."""
 
-    __slots__ = ("up", "down", "idle")
+    __slots__ = ("up", "down", "idle", "c_words", "live", "used")
 
-    def __init__(self, up=0, down=0, idle=0):
+    def __init__(self, up=0, down=0, idle=0, c_words=None):
         self.up, self.down, self.idle = up, down, idle
+        self.c_words = c_words
+        self.live = deque()             # (arrival time, C words) of the results in C
+        self.used = 0
 
     def copy(self):
-        return _LineModel(self.up, self.down, self.idle)
+        line = _LineModel(self.up, self.down, self.idle, self.c_words)
+        line.live = deque(self.live)
+        line.used = self.used
+        return line
 
     def add(self, frames):
-        for req, rep in frames:
+        for req, rep, *c in frames:
+            words = c[0] if c and self.c_words is not None else 0
+            while words and self.live and self.used + words > self.c_words:
+                done, freed = self.live.popleft()
+                self.used -= freed
+                self.up = max(self.up, done)
             self.up += req
             if rep is not None:
                 if self.up > self.down:
                     self.idle += self.up - self.down
                     self.down = self.up
                 self.down += rep
+            if words:
+                self.live.append((self.down, words))
+                self.used += words
         return self
 
     @property
@@ -216,84 +236,80 @@ class _LineModel:
         return max(self.up, self.down)
 
 
-def _frames_time(frames):
+def _frames_time(frames, c_words=None):
     """Time of the last byte of ``frames`` on the line model (:class:`_LineModel`)."""
-    return _LineModel().add(frames).end
+    return _LineModel(c_words=c_words).add(frames).end
 
 
 #: Largest first step of :func:`growth_steps`, in units of ``max(4, lanes)``.
 _GROWTH_FIRST_MAX = 6
 
-#: The family of regular growth sequences that :func:`growth_steps` also searches, in units
-#: of ``max(4, lanes)``: the number of one-unit steps after the first, the size of the later
-#: steps, and the number of one-unit steps at the end.
-_GROWTH_PARAMS = ((0, 2, 4, 6, 8), (2, 3, 4, 6, 8, 12, 16), (0, 2, 4))
+#: The step sizes that :func:`growth_steps` weighs at each step, in units of ``max(4,
+#: lanes)`` (and the step to the whole of C).
+_GROWTH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
 
 def growth_first(m, n, lanes):
     """Return the first step of :func:`growth_steps` (no planning), so that a GEMM can start
     while the rest of its steps are chosen: ``log2(min(m, n) / 8)`` units of ``max(4,
     lanes)`` rows and columns (1 to :data:`_GROWTH_FIRST_MAX`; 12 for a 64 x 64 C with 4
-    lanes), which over the benchmark shapes is within 0.3% of the best first step."""
+    lanes)."""
     units = min(_GROWTH_FIRST_MAX, max(1, (min(m, n) // 8).bit_length() - 1))
     f = units * max(4, lanes)
     return min(f, m), min(f, n)
 
 
 @functools.lru_cache(maxsize=256)
-def growth_steps(m, n, lanes, row_bytes, col_bytes, max_write, tile_words):
-    """Return the order in which a resident GEMM loads A and B: ``[(rows, cols), ...]``.
+def growth_steps(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, c_words=None):
+    """Return the order in which a resident GEMM loads A and B: ``((rows, cols), ...)``.
 
     Step ``i`` loads the rows and columns beyond step ``i-1`` and computes the new part of C.
     Before the first element of C exists the host has to send a row and a column of the whole
     K, and while few results exist each result frame is soon sent and the device-to-host
     direction waits for the next one; so the steps start small (results flow back early) and
     grow once the results already computed keep that direction busy (fewer frames, less
-    framing).
-
-    Every candidate starts with :func:`growth_first` and is timed on a model of the
-    full-duplex line (:class:`_LineModel`, framing included); the best of a family of regular
-    sequences (:data:`_GROWTH_PARAMS`, by coordinate descent) is returned. A few milliseconds
-    at most, while the first step is on the line. (Greedy plans that grow as fast as the model
-    keeps the device-to-host direction busy were 0.2 to 0.6% faster in the model for bfp8,
-    but their large late steps were 7% slower than this on the simulated board for a
-    256 x 64 x 256 FP32-wire GEMM, which the model does not capture.)
+    framing). The steps are those of :func:`_growth_iter`, which the driver runs step by step.
+    ``c_words`` (None: no bound) is the capacity of C, which holds the results until they
+    have arrived.
     """
-    model = (lanes, row_bytes, col_bytes, max_write, tile_words)
-    first = growth_first(m, n, lanes)
+    return tuple(_growth_iter(m, n, lanes, row_bytes, col_bytes, max_write, tile_words,
+                              c_words))
+
+
+def _growth_iter(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, c_words=None):
+    """Yield the steps of :func:`growth_steps`, each chosen when the step before it is sent.
+
+    The first is :func:`growth_first`. Each next step is chosen greedily on the model of the
+    full-duplex line (:class:`_LineModel`, framing and the room in C included): of the sizes
+    :data:`_GROWTH_SIZES`, the one (the largest of equals) whose model time plus a bound on
+    the rest (the remaining operands and results in frames of the largest size, each
+    direction on its own) is the least. A few tens of microseconds per step. A device with a
+    transmit buffer takes about the model's time: the simulated board 0.3% longer (it
+    leaves out the device's execution times).
+    """
     unit = max(4, lanes)
-    cost = {}
-
-    def regular(index):
-        if index not in cost:
-            n_small, big, n_tail = (p[i] for p, i in zip(_GROWTH_PARAMS, index))
-            steps = _growth(m, n, unit, first, n_small, big * unit, n_tail)
-            cost[index] = (_frames_time(_growth_frames(steps, *model)), steps)
-        return cost[index]
-
-    best = (1, 2, 1)
-    while True:
-        moves = [best[:d] + (best[d] + step,) + best[d + 1:]
-                 for d in range(3) for step in (-1, 1)
-                 if 0 <= best[d] + step < len(_GROWTH_PARAMS[d])]
-        better = min(moves, key=lambda i: regular(i)[0])
-        if regular(better)[0] >= regular(best)[0]:
-            break
-        best = better
-    return regular(best)[1]
-
-
-def _growth(m, n, unit, first, n_small, big, n_tail):
-    """A regular growth sequence: ``first``, ``n_small`` one-unit steps, steps of ``big``,
-    and one-unit steps once at most ``n_tail`` units are left."""
-    steps = [first]
-    r, c = first
-    i = 0
-    while r < m or c < n:
-        left = max(m - r, n - c)
-        inc = unit if (i < n_small or left <= unit * n_tail) else big
-        r, c, i = r + inc, c + inc, i + 1
-        steps.append((min(r, m), min(c, n)))
-    return tuple(steps)
+    kw = {"lanes": lanes, "row_bytes": row_bytes, "col_bytes": col_bytes,
+          "max_write": max_write, "tile_words": tile_words}
+    # What the rest costs at least: operands and results in frames of the largest size.
+    per_row = row_bytes * (1 + (protocol.FRAME_OVERHEAD + protocol.ARGS_BYTES) / max_write)
+    per_col = col_bytes * (1 + (protocol.FRAME_OVERHEAD + protocol.ARGS_BYTES) / max_write)
+    per_word = 4 + 15 / tile_words
+    rows, cols = growth_first(m, n, lanes)
+    line = _LineModel(c_words=c_words).add(_step_frames(0, 0, rows, cols, **kw))
+    yield rows, cols
+    while rows < m or cols < n:
+        best = None
+        for size in _GROWTH_SIZES + (max(m, n),):
+            r1, c1 = min(m, rows + size * unit), min(n, cols + size * unit)
+            new = line.copy().add(_step_frames(rows, cols, r1, c1, **kw))
+            bound = max(new.up + (m - r1) * per_row + (n - c1) * per_col,
+                        new.down + (m * n - r1 * c1) * per_word)
+            if best is None or bound <= best[0]:
+                best = (bound, new, r1, c1)
+            if (r1, c1) == (m, n):
+                break
+        _, line, rows, cols = best
+        yield rows, cols
 
 
 def _step_frames(rows, cols, r1, c1, *, lanes, row_bytes, col_bytes, max_write, tile_words):
@@ -310,7 +326,8 @@ def _step_frames(rows, cols, r1, c1, *, lanes, row_bytes, col_bytes, max_write, 
     def tiles(rn, cn):
         per = max(1, tile_words // cn)
         for r in range(0, rn, per):
-            frames.append((30, 15 + 4 * min(per, rn - r) * cn))
+            rn1 = min(per, rn - r)
+            frames.append((30, 15 + 4 * rn1 * cn, rn1 * protocol.padded_columns(cn, lanes)))
 
     if c1 > cols:
         write(protocol.padded_columns(c1 - cols, lanes) * col_bytes)
@@ -897,14 +914,15 @@ class Device:
         (:func:`growth_steps`), each row of A at ``row * KB``, each column group of B at
         ``group * KB``; compute every new part of C as soon as its operands are sent.
 
-        A generator: it yields the first step before the search for the rest of the steps,
-        which then runs while the first frames are on the line."""
+        A generator: each step is chosen (:func:`_growth_iter`) when the frames of the step
+        before it have been taken, while they are on the line."""
         info = self._info
         lanes = info.lanes
         m, kb, bb = a_blk.shape
         n = b_blk.shape[0]
         tile_words = max(lanes, min(info.c_words // 4, protocol.MAX_READ_WORDS - 1))
-        model = (m, n, lanes, kb * bb, kb * bb, info.max_payload - 8, tile_words)
+        model = (m, n, lanes, kb * bb, kb * bb, info.max_payload - 8, tile_words,
+                 info.c_words)
 
         def compute(r0, rn, c0, cn):
             col_per = min(protocol.padded_columns(cn, lanes),
@@ -918,19 +936,15 @@ class Device:
                     yield self._compute(tile, k, kb, r * kb, cc // lanes * kb, False, True)
 
         rows = cols = 0
-        first = growth_first(m, n, lanes)
-        steps = (first,)
-        while steps:
-            for r1, c1 in steps:
-                if c1 > cols:
-                    yield self._b_write(b_blk, cols, c1, 0, kb, cols // lanes * kb, bb, wire)
-                    if rows:
-                        yield from compute(0, rows, cols, c1 - cols)
-                if r1 > rows:
-                    yield self._write(Cmd.WRITE_A, rows * kb, a_blk[rows:r1], bb, wire)
-                    yield from compute(rows, r1 - rows, 0, c1)
-                rows, cols = max(rows, r1), max(cols, c1)
-            steps = growth_steps(*model)[1:] if steps[0] is first else ()
+        for r1, c1 in _growth_iter(*model):
+            if c1 > cols:
+                yield self._b_write(b_blk, cols, c1, 0, kb, cols // lanes * kb, bb, wire)
+                if rows:
+                    yield from compute(0, rows, cols, c1 - cols)
+            if r1 > rows:
+                yield self._write(Cmd.WRITE_A, rows * kb, a_blk[rows:r1], bb, wire)
+                yield from compute(rows, r1 - rows, 0, c1)
+            rows, cols = max(rows, r1), max(cols, c1)
 
     def _plan_tiles(self, a_blk, b_blk, c, k, wire, rows, cols, chunk, tiles):
         """C in tiles of ``rows x cols``; K in chunks of ``chunk`` k-blocks, accumulated on the

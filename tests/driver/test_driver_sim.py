@@ -63,7 +63,7 @@ def test_resident_gemm_grows_its_tiles(sim_device):
     info = sim_device.info()
     assert tile_sizes(info, 64, 64, 64) == (64, 64, 4)
     steps = growth_steps(64, 64, info.lanes, 4 * 17, 4 * 17, info.max_payload - 8,
-                         info.c_words // 4)
+                         info.c_words // 4, info.c_words)
     assert steps[-1] == (64, 64) and len(steps) > 2
     assert all(r0 <= r1 and c0 <= c1 for (r0, c0), (r1, c1) in zip(steps, steps[1:]))
     assert steps[0][0] < 64 and all(c % info.lanes == 0 for _, c in steps[:-1])
