@@ -338,21 +338,13 @@ def test_rx_fifo_loses_bytes_when_full(sim_config):
         assert info.tx_buffer == 0
         dev.gemm(np.ones((64, 16), np.float32), np.ones((16, 64), np.float32))
         seq = dev.status()["next_seq"]
-        s0 = dev.transport.link_stats()
         # A READ_C of the whole 64 x 64 result (16 KB of reply), then three WRITE_A frames of
         # the largest size at once behind it (refused: out of order): the device takes the
         # first one while it replies and the FIFO 512 bytes of the rest; the others are lost.
         read = protocol.to_bytes(protocol.READ_ARGS_LAYOUT, {
             "row": 0, "col": 0, "count": 4096, "flags": 0, "base": 0, "rows": 64, "cols": 64})
-        frames = _big_writes(info, seq + 9, 3)
-        behind = b"".join(frames)
-        dev.transport.write(protocol.encode_frame(int(Cmd.READ_C), seq, read) + behind)
-        time.sleep(0.5)
-        dev.transport.read(0.5)
-        dev.status()
-        time.sleep(0.05)
-        lost = dev.transport.link_stats()["overruns"] - s0["overruns"]
-        expected = len(behind) - len(frames[0]) - 512
+        lost, expected = _lost_behind(dev, protocol.encode_frame(int(Cmd.READ_C), seq, read),
+                                      seq)
         assert expected > 1000 and expected - 8 <= lost <= expected, (lost, expected)
         assert info.c_words >= 4096
 
@@ -366,27 +358,30 @@ def test_rx_fifo_loses_bytes_behind_a_full_tx_buffer(sim_config):
         assert info.tx_buffer + 10_000 < 5 * 16395          # the fifth reply does not fit
         dev.gemm(np.ones((64, 16), np.float32), np.ones((16, 64), np.float32))
         seq = dev.status()["next_seq"]
-        s0 = dev.transport.link_stats()
         reads = b"".join(protocol.request_read((seq + i) & 0xFF, 0, 0, 4096, rows=64, cols=64)
                          for i in range(5))
-        frames = _big_writes(info, seq + 9, 3)
-        behind = b"".join(frames)
-        dev.transport.write(reads + behind)
-        time.sleep(1.0)
-        dev.transport.read(0.5)
-        dev.status()
-        time.sleep(0.05)
-        lost = dev.transport.link_stats()["overruns"] - s0["overruns"]
-        expected = len(behind) - len(frames[0]) - 512
+        lost, expected = _lost_behind(dev, reads, seq)
         assert expected > 1000 and expected - 8 <= lost <= expected, (lost, expected)
 
 
-def _big_writes(info, seq, count):
-    """``count`` WRITE_A frames of the largest size, from sequence number ``seq`` on."""
+def _lost_behind(dev, ahead, seq):
+    """Send the frames ``ahead`` and three WRITE_A frames of the largest size at once behind
+    them (sequence numbers from ``seq + 9``: refused, out of order); return the bytes the
+    receive FIFO lost, and how many it loses if the device takes the first write and the
+    FIFO 512 bytes of the rest."""
+    info = dev.info()
     bb = protocol.block_bytes(info.fmt, protocol.Wire.BFP)
     blocks = (info.max_payload - protocol.ARGS_BYTES) // bb
     write = protocol.to_bytes(protocol.WRITE_ARGS_LAYOUT, {
         "wire": int(protocol.Wire.BFP), "flags": 0, "count": blocks, "start": 0}) + bytes(
         blocks * bb)
-    return [protocol.encode_frame(int(protocol.Cmd.WRITE_A), (seq + i) & 0xFF, write)
-            for i in range(count)]
+    frames = [protocol.encode_frame(int(protocol.Cmd.WRITE_A), (seq + 9 + i) & 0xFF, write)
+              for i in range(3)]
+    s0 = dev.transport.link_stats()
+    dev.transport.write(ahead + b"".join(frames))
+    time.sleep(1.0)
+    dev.transport.read(0.5)
+    dev.status()
+    time.sleep(0.05)
+    lost = dev.transport.link_stats()["overruns"] - s0["overruns"]
+    return lost, 2 * len(frames[0]) - 512
