@@ -23,21 +23,23 @@ bit for bit against ``golden.gemm``. The build is done (or taken from the cache)
 
    Efficiency of a direction = frame payload bytes in that direction per virtual second /
    (``baud / 10``). The target (at least 0.9) is checked on the **busier direction** of each
-   GEMM, the one that bounds the time: the host-to-device direction for ``wire=fp32``, the
-   device-to-host direction (the FP32 results) for ``wire=bfp``. The driver streams a GEMM
-   without waiting for replies (the device executes sequenced frames exactly once and in
-   order), loads A and B once in growing steps so that results flow back early, and gets
-   each result with its COMPUTE reply (READBACK). What remains is the frame overhead and, in
-   the busier direction, the time before the first result can exist (bfp: a row and a column
-   of the whole K must arrive first) or after the last operand arrived (fp32).
+   GEMM, the one that bounds the time: the host-to-device direction for ``wire=fp32`` at
+   M = N = K, the device-to-host direction (the FP32 results) for ``wire=bfp`` and for
+   256 x 64 x 256. The driver streams a GEMM without waiting for replies (the device
+   executes sequenced frames exactly once and in order, and holds the replies in its
+   transmit buffer meanwhile), loads A and B once in growing steps so that results flow
+   back early, and gets each result with its COMPUTE reply (READBACK). What remains is the
+   frame overhead and, in the busier direction, the time before the first result can exist
+   (a row and a column of the whole K must arrive first) or after the last operand arrived
+   (fp32).
 
    The link time of a GEMM starts when ``dev.gemm`` is called (the harness reports when its
    wait for the host began, ``idle_since``, so the wait before the call is taken out exactly)
    and ends with the last reply byte.
 
    Host time counts, and this machine is shared, so each link figure is the best of
-   ``--repeat`` runs; the driver's plan cache is cleared before every run, so planning is
-   included each time. The median is shown beside it.
+   ``--repeat`` runs; the driver chooses the growth steps of every GEMM while it sends it
+   (nothing is cached), so planning is included each time. The median is shown beside it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ import numpy as np
 from docs_section import update_section
 
 from hbfp_hw import golden
-from hbfp_hw.fpga import driver
 from hbfp_hw.fpga.driver import Device
 from hbfp_hw.fpga.simboard import SimConfig, build
 
@@ -63,10 +64,6 @@ SHAPES = [(16, 16, 16), (64, 64, 64), (128, 128, 128), (64, 512, 64), (256, 64, 
 LINK_SHAPES = [(64, 64, 64), (128, 128, 128), (256, 64, 256), (32, 6144, 32)]
 TARGET = 0.9
 SPEED_REPEAT = 3
-
-
-def clear_plan_cache():
-    driver.growth_steps.cache_clear()
 
 
 def run(dev, m, k, n, wire, repeat, rng):
@@ -91,7 +88,6 @@ def link_run(dev, a, b, ref, wire, rate):
     """One GEMM through the virtual-time line model; return its link figures."""
     m, k = a.shape
     n = b.shape[1]
-    clear_plan_cache()
     dev.status()                               # the harness goes idle after this reply
     time.sleep(0.05)
     s0 = dev.transport.link_stats()
@@ -208,7 +204,7 @@ def main(argv=None):
         f"docstring of `bench/offload.py`). Efficiency of a direction = frame payload bytes "
         f"sent that way per second / line rate. **Busier** is the larger of the two, the "
         f"direction that bounds the GEMM; the target, at least {TARGET}, applies to it. "
-        f"Best of {args.repeat} runs (the driver's plan cache cleared before each), median "
+        f"Best of {args.repeat} runs (the driver plans each GEMM while it sends it), median "
         f"beside it; line use counts whole frames in the busier direction. *Host waits* is "
         f"the part of the link time in which the device had nothing to do and waited for the "
         f"host (quantizing, planning, and the scheduler of this shared machine); *without* is "
@@ -237,29 +233,45 @@ def main(argv=None):
                  f"below {TARGET}: {', '.join(misses)}.") +
               " For wire=bfp and M = N = K the results (4 bytes per element) are about twice "
               "the operands (17/16 bytes per element each), and no result exists before a "
-              "row of A and a column of B have arrived: even with the operands sent in "
-              "ideally growing squares, the device-to-host direction is idle for a part of "
-              "the time, which bounds its efficiency at about 1 / (1 + (u/d)^2 / 4) = 0.93 "
-              "(u/d = 0.53, the ratio of operand to result bytes) before any framing.",
+              "row of A and a column of B of the whole K have arrived: even with the operands "
+              "sent in ideally growing squares, the device-to-host direction is idle at the "
+              "start, which bounds its efficiency at about 1 / (1 + (u/d)^2 / 4) = 0.93 "
+              "(u/d = 0.53, the ratio of operand to result bytes) before any framing. With "
+              "the frames, the best growth sequence of the driver's line model for "
+              "64 x 64 x 64 (a dynamic program over all sequences in steps of 4 rows or "
+              "columns, tests/driver/test_plan.py) takes 18232 byte times, an efficiency of "
+              "0.903 before any host time; the driver's plan takes 18307 (0.900).",
               "",
               "The model has the board's 512-byte receive FIFO (a byte that arrives while it "
-              "is full is lost; the harness counts overruns; tests/driver asserts none). "
-              "The device executes one frame at a time and takes no input while a "
-              "command executes; "
-              "since protocol version 3 its decoder takes the next frame while a reply is "
-              "sent (docs/protocol.md 1). The driver therefore keeps at most 496 bytes behind "
-              "the oldest frame whose reply has not fully arrived, and once that reply has "
-              "started arriving, the next frame whole (up to max payload + 10 bytes) plus 496 "
-              "bytes behind it. What bounds the rest: a result reply (READBACK, up to 4 kB) "
-              "is far longer than one frame plus the FIFO, so the host-to-device direction "
-              "stops for the rest of each long reply (64 x 64 x 64 fp32: 3615 of 38006 byte "
-              "times, all during replies), and with wire=bfp the device-to-host direction "
-              "waits for the operands of the next growth step (and, before the first result, "
-              "1458 byte times for a row and a column of the whole K). Capping result replies "
-              "at one frame plus the FIFO (382 words) did not help: more, smaller COMPUTEs "
-              "each hold the decoder for their reply too (64 x 64 x 64 bfp 0.804, fp32 0.818; "
-              "256 x 64 x 256 fp32 0.726, against 0.806, 0.850 and 0.755 without the cap in "
-              "the same session).",
+              "is full is lost; the harness counts overruns; tests/driver asserts none) and, "
+              "since protocol version 4, the ULX3S build's 64 KiB transmit buffer: a reply "
+              "goes into it at up to a byte per cycle, and the device executes the next "
+              "frames while the reply leaves at the line rate (docs/protocol.md 1). The "
+              "driver bounds what may pile up in the FIFO with a model of the device's input; "
+              "with this buffer nothing waits for room (C holds at most 16 KB of results that "
+              "have not arrived), so the device takes request bytes as they arrive and the "
+              "FIFO only covers COMPUTE times. Measured from byte traces (`trace=PATH`, one "
+              "run each): for 64 x 64 x 64 bfp the device-to-host direction is busy without "
+              "a gap from the first result to the last; the first result leaves 1698 byte "
+              "times after the first request byte (12 rows of A and 12 columns of B, 68 bytes "
+              "each, and their frames), 9% of the 18356 byte times, and the host's time to "
+              "its first request byte (quantizing and framing the first step, about 0.6 ms, "
+              "180 byte times, on this machine) comes on top: it stays below 0.9. For "
+              "128 x 128 x 128 bfp the first result leaves after 4491 byte times and the "
+              "device-to-host direction waits 1147 more in the next 11000, while the results "
+              "are still few; for 256 x 64 x 256 bfp after 2822, then without a gap. With "
+              "wire=fp32 at M = N = K the host-to-device direction is busy without a gap "
+              "from the first byte to the last; what remains is the framing and the last "
+              "results after the last operand (64^3: 1041 byte times of 35219; 128^3: 2070 "
+              "of 136856). For 256 x 64 x 256 fp32 the results are the busier direction: the "
+              "first leaves after 10486 byte times (20 rows and columns of FP32 operands, 256 "
+              "bytes each) and 8338 byte times of gaps follow in the next 15000. The driver "
+              "chooses each growth step on a line model that also waits for room in C (a plan "
+              "that ignored it had large late steps whose operands waited behind COMPUTEs "
+              "waiting for C: 0.869 for 256 x 64 x 256 fp32). Before the transmit buffer "
+              "(protocol version 3, the same session, best of 3) the six target rows "
+              "measured 0.820, 0.849, 0.848, 0.766, 0.928 and 0.755: the host-to-device "
+              "direction stopped during every long reply.",
               ""]
     text = "\n".join(lines)
     print(text)

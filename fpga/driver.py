@@ -24,6 +24,7 @@ returned is the device's result for exactly the data that was sent.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -186,28 +187,48 @@ def tile_sizes(info, m, n, k):
 class _LineModel:
     """Model of a full-duplex line at one byte per time unit each way, for planning.
 
-    Frames are ``(request bytes, reply bytes or None)`` in sequence order. The device takes a
-    frame when it has arrived and its previous reply has been sent (docs/protocol.md 1: it
-    holds its input while it replies), so a reply starts at the later of the two. ``idle`` is
-    the time the device-to-host direction waited for a reply to exist while the GEMM was
-    under way (after its first reply could have started)."""
+    Frames are ``(request bytes, reply bytes or None)`` in sequence order, or ``(request
+    bytes, reply bytes, C words)`` for a COMPUTE whose result takes that many elements of C.
+    The device takes each frame as it arrives and executes it at once (its execution time is
+    neglected), and its transmit buffer holds the reply until the device-to-host direction has
+    sent the replies before it (docs/protocol.md 1), so a reply starts at the later of the
+    two. (A device without a transmit buffer takes no more than one frame while it replies;
+    the plan is then slower than the model says, but still correct.) With ``c_words``, the
+    host sends a COMPUTE only once C has room for its result: the results before it leave C
+    when they have arrived, and the frames behind it wait too. ``idle`` is the time the
+    device-to-host direction waited for a reply to exist while the GEMM was under way (after
+    its first reply could have started)."""
 
-    __slots__ = ("up", "down", "idle")
+    __slots__ = ("up", "down", "idle", "c_words", "live", "used")
 
-    def __init__(self, up=0, down=0, idle=0):
+    def __init__(self, up=0, down=0, idle=0, c_words=None):
         self.up, self.down, self.idle = up, down, idle
+        self.c_words = c_words
+        self.live = deque()             # (arrival time, C words) of the results in C
+        self.used = 0
 
     def copy(self):
-        return _LineModel(self.up, self.down, self.idle)
+        line = _LineModel(self.up, self.down, self.idle, self.c_words)
+        line.live = deque(self.live)
+        line.used = self.used
+        return line
 
     def add(self, frames):
-        for req, rep in frames:
+        for req, rep, *c in frames:
+            words = c[0] if c and self.c_words is not None else 0
+            while words and self.live and self.used + words > self.c_words:
+                done, freed = self.live.popleft()
+                self.used -= freed
+                self.up = max(self.up, done)
             self.up += req
             if rep is not None:
                 if self.up > self.down:
                     self.idle += self.up - self.down
                     self.down = self.up
                 self.down += rep
+            if words:
+                self.live.append((self.down, words))
+                self.used += words
         return self
 
     @property
@@ -215,84 +236,80 @@ class _LineModel:
         return max(self.up, self.down)
 
 
-def _frames_time(frames):
+def _frames_time(frames, c_words=None):
     """Time of the last byte of ``frames`` on the line model (:class:`_LineModel`)."""
-    return _LineModel().add(frames).end
+    return _LineModel(c_words=c_words).add(frames).end
 
 
 #: Largest first step of :func:`growth_steps`, in units of ``max(4, lanes)``.
 _GROWTH_FIRST_MAX = 6
 
-#: The family of regular growth sequences that :func:`growth_steps` also searches, in units
-#: of ``max(4, lanes)``: the number of one-unit steps after the first, the size of the later
-#: steps, and the number of one-unit steps at the end.
-_GROWTH_PARAMS = ((0, 2, 4, 6, 8), (2, 3, 4, 6, 8, 12, 16), (0, 2, 4))
+#: The step sizes that :func:`growth_steps` weighs at each step, in units of ``max(4,
+#: lanes)`` (and the step to the whole of C).
+_GROWTH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
 
 def growth_first(m, n, lanes):
     """Return the first step of :func:`growth_steps` (no planning), so that a GEMM can start
     while the rest of its steps are chosen: ``log2(min(m, n) / 8)`` units of ``max(4,
     lanes)`` rows and columns (1 to :data:`_GROWTH_FIRST_MAX`; 12 for a 64 x 64 C with 4
-    lanes), which over the benchmark shapes is within 0.3% of the best first step."""
+    lanes)."""
     units = min(_GROWTH_FIRST_MAX, max(1, (min(m, n) // 8).bit_length() - 1))
     f = units * max(4, lanes)
     return min(f, m), min(f, n)
 
 
 @functools.lru_cache(maxsize=256)
-def growth_steps(m, n, lanes, row_bytes, col_bytes, max_write, tile_words):
-    """Return the order in which a resident GEMM loads A and B: ``[(rows, cols), ...]``.
+def growth_steps(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, c_words=None):
+    """Return the order in which a resident GEMM loads A and B: ``((rows, cols), ...)``.
 
     Step ``i`` loads the rows and columns beyond step ``i-1`` and computes the new part of C.
     Before the first element of C exists the host has to send a row and a column of the whole
     K, and while few results exist each result frame is soon sent and the device-to-host
     direction waits for the next one; so the steps start small (results flow back early) and
     grow once the results already computed keep that direction busy (fewer frames, less
-    framing).
-
-    Every candidate starts with :func:`growth_first` and is timed on a model of the
-    full-duplex line (:class:`_LineModel`, framing included); the best of a family of regular
-    sequences (:data:`_GROWTH_PARAMS`, by coordinate descent) is returned. A few milliseconds
-    at most, while the first step is on the line. (Greedy plans that grow as fast as the model
-    keeps the device-to-host direction busy were 0.2 to 0.6% faster in the model for bfp8,
-    but their large late steps were 7% slower than this on the simulated board for a
-    256 x 64 x 256 FP32-wire GEMM, which the model does not capture.)
+    framing). The steps are those of :func:`_growth_iter`, which the driver runs step by step.
+    ``c_words`` (None: no bound) is the capacity of C, which holds the results until they
+    have arrived.
     """
-    model = (lanes, row_bytes, col_bytes, max_write, tile_words)
-    first = growth_first(m, n, lanes)
+    return tuple(_growth_iter(m, n, lanes, row_bytes, col_bytes, max_write, tile_words,
+                              c_words))
+
+
+def _growth_iter(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, c_words=None):
+    """Yield the steps of :func:`growth_steps`, each chosen when the step before it is sent.
+
+    The first is :func:`growth_first`. Each next step is chosen greedily on the model of the
+    full-duplex line (:class:`_LineModel`, framing and the room in C included): of the sizes
+    :data:`_GROWTH_SIZES`, the one (the largest of equals) whose model time plus a bound on
+    the rest (the remaining operands and results in frames of the largest size, each
+    direction on its own) is the least. A few tens of microseconds per step. A device with a
+    transmit buffer takes about the model's time: the simulated board 0.3% longer (it
+    leaves out the device's execution times).
+    """
     unit = max(4, lanes)
-    cost = {}
-
-    def regular(index):
-        if index not in cost:
-            n_small, big, n_tail = (p[i] for p, i in zip(_GROWTH_PARAMS, index))
-            steps = _growth(m, n, unit, first, n_small, big * unit, n_tail)
-            cost[index] = (_frames_time(_growth_frames(steps, *model)), steps)
-        return cost[index]
-
-    best = (1, 2, 1)
-    while True:
-        moves = [best[:d] + (best[d] + step,) + best[d + 1:]
-                 for d in range(3) for step in (-1, 1)
-                 if 0 <= best[d] + step < len(_GROWTH_PARAMS[d])]
-        better = min(moves, key=lambda i: regular(i)[0])
-        if regular(better)[0] >= regular(best)[0]:
-            break
-        best = better
-    return regular(best)[1]
-
-
-def _growth(m, n, unit, first, n_small, big, n_tail):
-    """A regular growth sequence: ``first``, ``n_small`` one-unit steps, steps of ``big``,
-    and one-unit steps once at most ``n_tail`` units are left."""
-    steps = [first]
-    r, c = first
-    i = 0
-    while r < m or c < n:
-        left = max(m - r, n - c)
-        inc = unit if (i < n_small or left <= unit * n_tail) else big
-        r, c, i = r + inc, c + inc, i + 1
-        steps.append((min(r, m), min(c, n)))
-    return tuple(steps)
+    kw = {"lanes": lanes, "row_bytes": row_bytes, "col_bytes": col_bytes,
+          "max_write": max_write, "tile_words": tile_words}
+    # What the rest costs at least: operands and results in frames of the largest size.
+    per_row = row_bytes * (1 + (protocol.FRAME_OVERHEAD + protocol.ARGS_BYTES) / max_write)
+    per_col = col_bytes * (1 + (protocol.FRAME_OVERHEAD + protocol.ARGS_BYTES) / max_write)
+    per_word = 4 + 15 / tile_words
+    rows, cols = growth_first(m, n, lanes)
+    line = _LineModel(c_words=c_words).add(_step_frames(0, 0, rows, cols, **kw))
+    yield rows, cols
+    while rows < m or cols < n:
+        best = None
+        for size in _GROWTH_SIZES + (max(m, n),):
+            r1, c1 = min(m, rows + size * unit), min(n, cols + size * unit)
+            new = line.copy().add(_step_frames(rows, cols, r1, c1, **kw))
+            bound = max(new.up + (m - r1) * per_row + (n - c1) * per_col,
+                        new.down + (m * n - r1 * c1) * per_word)
+            if best is None or bound <= best[0]:
+                best = (bound, new, r1, c1)
+            if (r1, c1) == (m, n):
+                break
+        _, line, rows, cols = best
+        yield rows, cols
 
 
 def _step_frames(rows, cols, r1, c1, *, lanes, row_bytes, col_bytes, max_write, tile_words):
@@ -309,7 +326,8 @@ def _step_frames(rows, cols, r1, c1, *, lanes, row_bytes, col_bytes, max_write, 
     def tiles(rn, cn):
         per = max(1, tile_words // cn)
         for r in range(0, rn, per):
-            frames.append((30, 15 + 4 * min(per, rn - r) * cn))
+            rn1 = min(per, rn - r)
+            frames.append((30, 15 + 4 * rn1 * cn, rn1 * protocol.padded_columns(cn, lanes)))
 
     if c1 > cols:
         write(protocol.padded_columns(c1 - cols, lanes) * col_bytes)
@@ -489,7 +507,125 @@ class _Frame:
     reply_len: int              # expected reply body length; None: QUIET, no reply
     payload_len: int
     seconds: float = 0.0        # device time to execute (COMPUTE), for the reply timeout
-    end: int = 0                # request bytes of the GEMM sent up to the end of this frame
+    end: int = 0                # request bytes of the stream sent up to the end of this frame
+    # The device's input model (_RxModel), in byte times of the line: a bound on the time
+    # from the start of the frame's execution until the decoder is released, and on the time
+    # to put its reply into the transmit buffer; the reply's bytes (whole frame, 0: none); the
+    # time from which its reply cannot wait for room in the buffer (None: it may).
+    exec: float = 0.0
+    push: float = 0.0
+    reply_bytes: int = 0
+    clear_at: float = None
+    released_at: float = None   # its reply has started arriving: released by then
+
+
+class _RxModel:
+    """The host's model of the device's input, which keeps its receive FIFO from overrunning
+    (docs/protocol.md 1).
+
+    Times are in byte times of the line, on the axis of the request bytes sent in one stream:
+    byte ``x`` arrives at the device at time ``x`` at the earliest (back to back). Arriving
+    later only gives the device more time, so the model takes the earliest arrival. A frame's
+    execution starts at the later of its arrival and the end of the frame before it; its
+    decoder is released ``exec`` later (a replied frame's when the reply starts, a QUIET
+    frame's once it has executed), and the frame ends when its reply is in the transmit buffer,
+    ``push`` later. While the device executes a frame its decoder holds that frame and the FIFO
+    takes the bytes behind it: at most ``room`` bytes may arrive between the end of a frame and
+    its release. After its release the decoder takes the next frame, which waits in the decoder
+    until the device has ended the frame before it.
+
+    A reply can wait for room in the transmit buffer only while more reply bytes are
+    outstanding (expected by the host, not yet received) up to its end than the buffer holds
+    (``tx_buffer``): the bytes the host has received have left the buffer. Such a frame's end
+    is unknown (infinite) until the host has received enough, and from then on it is at most
+    ``push`` away. A reply that arrives says that its frame and all before it have ended by the
+    time the host reads it, when at most :attr:`sent` bytes can have arrived.
+
+    Parameters
+    ----------
+    room : int
+        Bytes of the receive FIFO less a margin.
+    tx_buffer : int
+        Bytes of the device's transmit buffer (INFO).
+    cycles_per_byte : float
+        Device clock cycles per byte time of the line.
+    """
+
+    def __init__(self, room, tx_buffer, cycles_per_byte):
+        self.room = room
+        self.tx_buffer = tx_buffer
+        self.cycles_per_byte = cycles_per_byte
+        self.sent = 0                   # request bytes sent in this stream
+        self.anchor = 0.0               # every frame before the ones in flight ended by then
+
+    def times(self, frames):
+        """Yield ``(frame, release, end)`` for the frames in flight, oldest first."""
+        t = self.anchor
+        outstanding = 0
+        for f in frames:
+            release = max(f.end, t) + f.exec
+            if f.released_at is not None:
+                release = min(release, f.released_at)
+            if f.reply_bytes:
+                outstanding += f.reply_bytes
+                if f.clear_at is None and outstanding <= self.tx_buffer:
+                    f.clear_at = self.sent
+                t = math.inf if f.clear_at is None else max(release, f.clear_at) + f.push
+            else:
+                t = release
+            yield f, release, t
+
+    def free(self, frames, arriving=None):
+        """Return how many more request bytes may be sent now (None: no bound).
+
+        ``arriving`` is ``(cmd, seq)`` of the reply whose header has arrived and the rest not
+        yet (:meth:`FrameParser.partial_header`): its frame has been released.
+        """
+        if arriving is not None:
+            for f in frames:
+                if f.reply_bytes and (int(f.op.cmd) | REPLY_FLAG, f.seq) == arriving:
+                    if f.released_at is None:
+                        f.released_at = self.sent
+                    break
+        limit = None
+        for f, release, _ in self.times(frames):
+            if release > f.end + self.room:
+                x = f.end + self.room - self.sent
+                limit = x if limit is None else min(limit, x)
+        return limit
+
+    def holds(self, frames, nbytes, cycles):
+        """Return whether the bytes behind a frame of ``nbytes`` that executes in ``cycles``
+        and is sent now would be bounded by it (:meth:`free`): then it needs a reply, or
+        nothing would ever lift the bound."""
+        last = self.anchor
+        for _, _, last in self.times(frames):       # noqa: B007 -- the end of the last one
+            pass
+        release = max(self.sent + nbytes, last) + cycles / self.cycles_per_byte
+        return release > self.sent + nbytes + self.room
+
+    def retire(self, frames, count):
+        """The first ``count`` frames have ended (a reply arrived); call before they leave."""
+        for i, (_, _, end) in enumerate(self.times(frames)):
+            if i == count - 1:
+                self.anchor = min(end, self.sent)
+                return
+
+    def restart(self):
+        """Forget the frames in flight: the device has ended them (or will not run them)."""
+        self.anchor = self.sent
+
+    def frame(self, frames, f, cycles):
+        """Set the model fields of ``f``, just sent behind ``frames`` (in flight), which
+        executes in at most ``cycles``."""
+        self.sent += f.nbytes
+        f.end = self.sent
+        f.exec = cycles / self.cycles_per_byte
+        if f.reply_len is not None:
+            f.reply_bytes = protocol.FRAME_OVERHEAD + 1 + f.reply_len
+            f.push = (2 * f.reply_bytes + 64) / self.cycles_per_byte
+            if f.reply_bytes + sum(x.reply_bytes for x in frames) <= self.tx_buffer:
+                f.clear_at = 0.0                # its reply never waits for room
 
 
 class _LinkState:
@@ -778,14 +914,15 @@ class Device:
         (:func:`growth_steps`), each row of A at ``row * KB``, each column group of B at
         ``group * KB``; compute every new part of C as soon as its operands are sent.
 
-        A generator: it yields the first step before the search for the rest of the steps,
-        which then runs while the first frames are on the line."""
+        A generator: each step is chosen (:func:`_growth_iter`) when the frames of the step
+        before it have been taken, while they are on the line."""
         info = self._info
         lanes = info.lanes
         m, kb, bb = a_blk.shape
         n = b_blk.shape[0]
         tile_words = max(lanes, min(info.c_words // 4, protocol.MAX_READ_WORDS - 1))
-        model = (m, n, lanes, kb * bb, kb * bb, info.max_payload - 8, tile_words)
+        model = (m, n, lanes, kb * bb, kb * bb, info.max_payload - 8, tile_words,
+                 info.c_words)
 
         def compute(r0, rn, c0, cn):
             col_per = min(protocol.padded_columns(cn, lanes),
@@ -799,19 +936,15 @@ class Device:
                     yield self._compute(tile, k, kb, r * kb, cc // lanes * kb, False, True)
 
         rows = cols = 0
-        first = growth_first(m, n, lanes)
-        steps = (first,)
-        while steps:
-            for r1, c1 in steps:
-                if c1 > cols:
-                    yield self._b_write(b_blk, cols, c1, 0, kb, cols // lanes * kb, bb, wire)
-                    if rows:
-                        yield from compute(0, rows, cols, c1 - cols)
-                if r1 > rows:
-                    yield self._write(Cmd.WRITE_A, rows * kb, a_blk[rows:r1], bb, wire)
-                    yield from compute(rows, r1 - rows, 0, c1)
-                rows, cols = max(rows, r1), max(cols, c1)
-            steps = growth_steps(*model)[1:] if steps[0] is first else ()
+        for r1, c1 in _growth_iter(*model):
+            if c1 > cols:
+                yield self._b_write(b_blk, cols, c1, 0, kb, cols // lanes * kb, bb, wire)
+                if rows:
+                    yield from compute(0, rows, cols, c1 - cols)
+            if r1 > rows:
+                yield self._write(Cmd.WRITE_A, rows * kb, a_blk[rows:r1], bb, wire)
+                yield from compute(rows, r1 - rows, 0, c1)
+            rows, cols = max(rows, r1), max(cols, c1)
 
     def _plan_tiles(self, a_blk, b_blk, c, k, wire, rows, cols, chunk, tiles):
         """C in tiles of ``rows x cols``; K in chunks of ``chunk`` k-blocks, accumulated on the
@@ -1054,32 +1187,26 @@ class Device:
         damaged = False                     # the deadline is a grace period after a bad reply
         rate = self._t.cycle_rate or info.clock_hz
         max_frames = 96
-        # The receive FIFO (docs/protocol.md 1): while the device executes a frame it takes no
-        # input, and a byte that arrives while its FIFO is full is lost. So behind the oldest
-        # frame whose reply has not fully arrived (the device may still be executing it), at
-        # most `fifo_room` bytes are sent. Once its reply has started arriving, the frame has
-        # executed and the device's decoder takes the next frame while the reply is sent: then
-        # that frame, whole, and `fifo_room` bytes behind it. Quiet writes execute in a few
-        # byte times; the margin covers the bytes that arrive meanwhile.
+        # The receive FIFO (docs/protocol.md 1): a byte that arrives while it is full is lost.
+        # The device takes no input while it executes a frame, nor once its decoder holds the
+        # next frame while a reply waits for room in the transmit buffer: _RxModel bounds the
+        # bytes that can pile up in the FIFO meanwhile. The margin covers the rounding of the
+        # device times.
         fifo = self._t.rx_fifo_bytes
-        fifo_room = None if fifo is None else max(1, fifo - 16)
-        max_frame = info.max_payload + protocol.FRAME_OVERHEAD
-        sent = 0                            # request bytes sent by this call
+        model = None
+        if fifo is not None:
+            per_byte = self._t.cycles_per_byte or info.clock_hz * self._t.byte_time
+            model = _RxModel(max(1, fifo - 16), info.tx_buffer, per_byte)
 
         def fifo_free():
             """Bytes the device can take now (None: any number)."""
-            if fifo_room is None:
-                return None
-            frames = iter(inflight)
-            oldest = next((f for f in frames if f.reply_len is not None), None)
-            if oldest is None:
-                return None
-            if self._parser.partial_header() != (int(oldest.op.cmd) | REPLY_FLAG, oldest.seq):
-                return fifo_room - (sent - oldest.end)
-            after = next(frames, None)          # the frame the decoder takes meanwhile
-            if after is None:                   # not sent yet: the next one, any size
-                return fifo_room + max_frame
-            return fifo_room - (sent - after.end)
+            return None if model is None else model.free(inflight,
+                                                         self._parser.partial_header())
+
+        def retire(count):
+            """The first ``count`` frames in flight have ended: a reply says so."""
+            if model is not None:
+                model.retire(inflight, count)
 
         def pending():
             """Bytes of the frames in flight and their expected replies, and device time."""
@@ -1156,6 +1283,7 @@ class Device:
                     f"{self.url} expects sequence number {seq}, which the driver has not sent "
                     f"yet: another program reset or used the device during this GEMM; run it "
                     f"again")
+            retire(done)
             for _ in range(done):
                 executed(inflight.popleft(), None)
 
@@ -1179,6 +1307,8 @@ class Device:
             self._link.next_seq = first.seq
             inflight.clear()
             inflight_bytes = 0
+            if model is not None:
+                model.restart()
 
         def start_recovery(settle):
             """After an error: one frame in flight is simply sent again; with several, ask
@@ -1193,6 +1323,8 @@ class Device:
             self.stats["recoveries"] += 1
             self._useq = (self._useq + 1) & 0xFF
             size = self._send(Cmd.STATUS, self._useq, b"")
+            if model is not None:
+                model.sent += size
             nbytes, seconds = pending()
             recovery = (self._useq, time.monotonic() + self._reply_timeout(
                 nbytes + size, failures, seconds))
@@ -1217,12 +1349,20 @@ class Device:
                     cycles = op.tile.rn * (-(-groups // info.channels) * info.channels) * (
                         op.args["kb"] + 1) + 1000
                     seconds = 2.0 * cycles / rate
+                else:
+                    # A write takes a cycle per byte and a few per block; a read, a few.
+                    cycles = 64 + len(payload) + 16 * op.count() * (op.cmd is not Cmd.READ_C)
+                if quiet and model is not None and model.holds(
+                        inflight, len(payload) + protocol.FRAME_OVERHEAD, cycles):
+                    # Only a reply could say when the device has taken this frame: ask for one.
+                    payload, reply_len = self._payload(op, False)
                 quiet_run = quiet_run + len(payload) + 10 if reply_len is None else 0
                 seq = self._link.next_seq
                 nbytes = self._send(op.cmd, seq, payload)
-                sent += nbytes
-                inflight.append(_Frame(seq, op, nbytes, reply_len, len(payload), seconds,
-                                       sent))
+                frame = _Frame(seq, op, nbytes, reply_len, len(payload), seconds)
+                if model is not None:
+                    model.frame(inflight, frame, cycles)
+                inflight.append(frame)
                 inflight_bytes += nbytes
                 self._link.next_seq = (seq + 1) & 0xFF
                 deadline = None
@@ -1305,6 +1445,7 @@ class Device:
                     self.stats["stale"] += 1
                     continue
                 executed_before(entry.seq)
+                retire(1)
                 inflight.popleft()
                 self.stats["rx_payload"] += len(f.payload)
                 executed(entry, body)

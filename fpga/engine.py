@@ -14,8 +14,9 @@
 - :class:`GemmSystem` is the top level that boards and the simulated device instantiate: a
   :class:`~hbfp_hw.fpga.decoder.FrameDecoder`, a command executor, a
   :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` that quantizes FP32/BF16 tile data as it
-  is written (so each element is quantized once), the engine, and a
-  :class:`~hbfp_hw.fpga.decoder.FrameEncoder`, behind one pair of 8-bit streams.
+  is written (so each element is quantized once), the engine, a
+  :class:`~hbfp_hw.fpga.decoder.FrameEncoder` and (``tx_buffer > 0``) a transmit buffer that
+  holds the replies while they leave at the line rate, behind one pair of 8-bit streams.
 
 Buffer organization (docs/protocol.md has the host's view):
 
@@ -37,6 +38,7 @@ accept one block pair per cycle.
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -492,17 +494,27 @@ class GemmSystem(wiring.Component):
     align_stages : int
         Pipeline depth of the quantizer of FP32/BF16 tile data
         (:class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` ``stages``).
+    tx_buffer : int
+        Bytes of the transmit buffer (0..16777216) between the reply encoder and ``o_stream``,
+        reported by INFO. A reply goes into it at up to one byte per cycle and leaves at the
+        rate of ``o_stream``; the device executes the next frames as soon as the whole reply
+        is in it, and waits only while it is full. 0: no buffer, the device sends each reply
+        at the rate of ``o_stream`` before it executes the next frame.
 
     Members
     -------
     i_stream : ``In(stream.Signature(8))``
         Request bytes from the host. ``ready`` is low while a command executes. Once it has
-        executed, its reply is sent while the decoder receives the next frame (``ready`` is
-        high again until that frame is complete); that frame executes after the reply.
+        executed, its reply is sent (into the transmit buffer, if any) while the decoder
+        receives the next frame (``ready`` is high again until that frame is complete); that
+        frame executes once the whole reply has been sent (or is in the transmit buffer).
     o_stream : ``Out(stream.Signature(8))``
         Reply bytes to the host.
     busy : ``Out(1)``
-        A command is executing (for a LED).
+        The device has work it can do without the link: a command executes, or a received
+        frame waits to be executed, and the device is not waiting to send a reply byte (for
+        a LED; the simulated board's harness skips cycles while it is 0 and the link is
+        idle).
     error : ``Out(1)``
         The last reply that was not OK since RESET had an error status (STATUS
         ``last_error != 0``), or the engine's ``overrun`` is set (for a LED).
@@ -516,7 +528,7 @@ class GemmSystem(wiring.Component):
     def __init__(self, fmt, *, input_format="fp32", float_wire=True, lanes=2, channels=None,
                  clock_hz=50_000_000, build_hash=None, a_blocks=256, b_blocks=256,
                  c_words=256, max_payload=1024, timeout_cycles=None, mac_stages=2,
-                 convert_stages=3, adder_stages=3, align_stages=2):
+                 convert_stages=3, adder_stages=3, align_stages=2, tx_buffer=0):
         self._fmt = check_rtl_format(fmt)
         self._input_format = FloatFormat(input_format)
         if not isinstance(float_wire, bool):
@@ -534,6 +546,7 @@ class GemmSystem(wiring.Component):
                                        max(ARGS_LATCH_BYTES, ARGS_BYTES + biggest), 0xFFFF)
         if build_hash is not None:
             _check_int("build_hash", build_hash, 0, 2**32 - 1)
+        self._tx_buffer = _check_int("tx_buffer", tx_buffer, 0, 1 << 24)
         # The engine is built by elaborate(): a component that is created but never elaborated
         # makes Amaranth warn, and hosts build a GemmSystem only to read its `info`.
         self._engine_params = GemmEngine.check_params(
@@ -549,14 +562,14 @@ class GemmSystem(wiring.Component):
                 b_blocks=b_blocks, c_words=c_words, max_payload=max_payload,
                 timeout=self._timeout, clock_hz=clock_hz, stages=(mac_stages, convert_stages,
                                                                   adder_stages, align_stages),
-                float_wire=self._float_wire)
+                float_wire=self._float_wire, tx_buffer=tx_buffer)
         self._build_hash = build_hash
         self._info = protocol.Info(
             version=PROTOCOL_VERSION, fmt=fmt, input_format=self._input_format,
             wire_formats=self._wires, lanes=lanes, channels=channels,
             max_payload=self._max_payload, a_blocks=a_blocks, b_blocks=b_blocks,
             c_words=c_words, clock_hz=clock_hz, timeout_cycles=self._timeout,
-            build_hash=self._build_hash)
+            build_hash=self._build_hash, tx_buffer=tx_buffer)
         super().__init__({
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
@@ -585,6 +598,7 @@ class GemmSystem(wiring.Component):
     build_hash = property(lambda self: self._build_hash)
     timeout_cycles = property(lambda self: self._timeout)
     max_payload = property(lambda self: self._max_payload)
+    tx_buffer = property(lambda self: self._tx_buffer)
 
     def elaborate(self, platform):
         m = Module()
@@ -611,7 +625,18 @@ class GemmSystem(wiring.Component):
                                                       stages=self._align_stages)
             m.d.comb += [q.seed.eq(0), q.reseed.eq(0)]
         wiring.connect(m, wiring.flipped(self.i_stream), dec.i_stream)
-        wiring.connect(m, enc.o_stream, wiring.flipped(self.o_stream))
+        if self._tx_buffer:
+            # The transmit buffer: the encoder writes a reply at up to a byte per cycle, and
+            # the executor goes on with the next frames while it leaves at the line rate.
+            m.submodules.tx_buffer = tx = SyncFIFOBuffered(width=8, depth=self._tx_buffer)
+            m.d.comb += [
+                tx.w_data.eq(enc.o_stream.payload), tx.w_en.eq(enc.o_stream.valid),
+                enc.o_stream.ready.eq(tx.w_rdy),
+                self.o_stream.payload.eq(tx.r_data), self.o_stream.valid.eq(tx.r_rdy),
+                tx.r_en.eq(self.o_stream.ready),
+            ]
+        else:
+            wiring.connect(m, enc.o_stream, wiring.flipped(self.o_stream))
 
         ev = dec.o_event.payload
         wargs = data.View(WRITE_ARGS_LAYOUT, ev.args[:WRITE_ARGS_LAYOUT.size])
@@ -1071,5 +1096,8 @@ class GemmSystem(wiring.Component):
                 with m.If(in_order & (status == Status.OK)):
                     m.d.sync += next_seq.eq(next_seq + 1)
                 m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        # Busy: a command executes or a frame waits, unless the reply path is full (the device
+        # then waits for the link to take a byte).
+        m.d.comb += self.busy.eq((~fsm.ongoing("IDLE") | dec.o_event.valid)
+                                 & ~(enc.o_stream.valid & ~enc.o_stream.ready))
         return m

@@ -55,7 +55,9 @@ __all__ = [
 #: and the ACCUMULATE, READBACK and QUIET flags of COMPUTE, C regions in READ_C.
 #: Version 3: the device receives the next frame while it sends a reply (a host may then have
 #: one more frame in flight than the receive FIFO holds; docs/protocol.md 1).
-PROTOCOL_VERSION = 3
+#: Version 4: a transmit buffer of ``tx_buffer`` bytes (INFO) holds the replies; the device
+#: executes the next frames while earlier replies leave, and waits only while it is full.
+PROTOCOL_VERSION = 4
 #: The start-of-frame marker.
 SYNC = b"\xA5\x5A"
 #: Set in the command byte of every reply.
@@ -169,6 +171,7 @@ INFO_LAYOUT = data.StructLayout({
     "clock_hz": unsigned(32),
     "timeout_cycles": unsigned(32),
     "build_hash": unsigned(32),
+    "tx_buffer": unsigned(32),        # bytes of the transmit buffer that holds the replies
 })
 #: Reply of STATUS after the status byte.
 STATUS_LAYOUT = data.StructLayout({
@@ -497,6 +500,9 @@ class Info:
     clock_hz: int
     timeout_cycles: int
     build_hash: int
+    #: Bytes of the device's transmit buffer: reply bytes it holds while they leave at the
+    #: line rate (0: none; docs/protocol.md 1).
+    tx_buffer: int = 0
 
     @classmethod
     def from_bytes(cls, raw):
@@ -511,7 +517,7 @@ class Info:
             lanes=f["lanes"], channels=f["channels"], max_payload=f["max_payload"],
             a_blocks=f["a_blocks"], b_blocks=f["b_blocks"], c_words=f["c_words"],
             clock_hz=f["clock_hz"], timeout_cycles=f["timeout_cycles"],
-            build_hash=f["build_hash"])
+            build_hash=f["build_hash"], tx_buffer=f["tx_buffer"])
 
     def to_bytes(self):
         return info_to_bytes(self)
@@ -563,6 +569,7 @@ def info_to_bytes(info):
         "clock_hz": info.clock_hz,
         "timeout_cycles": info.timeout_cycles,
         "build_hash": info.build_hash,
+        "tx_buffer": info.tx_buffer,
     })
 
 

@@ -20,10 +20,12 @@ it keeps a virtual clock instead: ``1 / vclock_hz`` per model cycle, and the who
 of every wait for the host (from the moment it has nothing to do until input arrives); request
 bytes arrive back to back at the line rate into a receive FIFO and reply bytes leave at the
 line rate (full duplex). The receive FIFO holds ``rx_fifo`` bytes, as the board's does (the
-device takes no input while it executes a frame, and only the next frame while it replies); a
-byte that arrives while it is full is lost and counted (``overruns``). The model itself is
-slower than 3 Mbaud, so link-bound numbers at that rate are measured in virtual time
-(``SimTransport.link_stats``, ``bench/offload.py``).
+device takes no input while it executes a frame, and only the next frame while its transmit
+buffer has no room for the rest of a reply); a byte that arrives while it is full is lost and
+counted (``overruns``). The model clocks every cycle in which the device has work (its
+``busy``) or a byte can move, and skips the others. The model itself is slower than 3 Mbaud,
+so link-bound numbers at that rate are measured in virtual time (``SimTransport.link_stats``,
+``bench/offload.py``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class SimConfig:
     max_payload: int = 1024
     clock_hz: int = 200_000
     timeout_cycles: int = 2_000
+    #: Bytes of the transmit buffer that holds the replies: that of the default board
+    #: (``boards.BOARDS["ulx3s-85f"].system_params["tx_buffer"]``, checked by a test).
+    tx_buffer: int = 65536
     # Harness options (not part of the gateware): the UART line model.
     baud: int = 0
     vclock_hz: int = 0
@@ -91,7 +96,7 @@ class SimConfig:
 
     GATEWARE_FIELDS = ("mantissa_bits", "block_size", "rounding", "exponent_bits",
                        "input_format", "lanes", "a_blocks", "b_blocks", "c_words",
-                       "max_payload", "clock_hz", "timeout_cycles")
+                       "max_payload", "clock_hz", "timeout_cycles", "tx_buffer")
 
     @classmethod
     def from_query(cls, query):
@@ -128,7 +133,7 @@ class SimConfig:
         return GemmSystem(self.fmt, input_format=self.input_format, lanes=self.lanes,
                           a_blocks=self.a_blocks, b_blocks=self.b_blocks, c_words=self.c_words,
                           max_payload=self.max_payload, clock_hz=self.clock_hz,
-                          timeout_cycles=self.timeout_cycles)
+                          timeout_cycles=self.timeout_cycles, tx_buffer=self.tx_buffer)
 
     @property
     def info(self):
@@ -351,8 +356,13 @@ int main(int argc, char** argv) {
         pending = head < in.size();
         bool can_in = pending && (!pacing || t >= next_in) && (!virt || head < fifo_end);
         bool can_out = (!pacing || t >= next_out) && (!virt || vt >= next_out);
-        if (virt && (!can_in || !last_iready) && top->o_stream___05Fvalid && !can_out) {
-            vt = next_out;            // stalled on the line: skip to the end of the byte
+        if (virt && !top->busy && (!can_in || !last_iready) && top->o_stream___05Fvalid
+                && !can_out) {
+            // Nothing to do but wait for the line: skip to the end of the byte being sent, or
+            // to the arrival of the next request byte if the device can take it before then.
+            double to = next_out;
+            if (last_iready && fifo_end < in.size() && arr[fifo_end] < to) to = arr[fifo_end];
+            if (to > vt) vt = to;
             continue;
         }
         if (virt && pending && !can_in && !top->busy && !top->o_stream___05Fvalid) {

@@ -94,9 +94,13 @@ class Transport(abc.ABC):
         The device's receive FIFO, in bytes, if the line has no flow control and a byte that
         arrives while the FIFO is full is lost: the driver then never has more request bytes
         queued behind a frame whose reply has not fully arrived than this (the device takes no
-        input while it executes a frame; during its reply, only the next frame: docs/protocol.md
-        1). None: the line does not lose
-        bytes, or ``window_bytes`` already bounds everything in flight.
+        input while it executes a frame, nor while its transmit buffer has no room for a
+        reply once its decoder holds the next frame: docs/protocol.md 1). None: the line does
+        not lose bytes, or ``window_bytes`` already bounds everything in flight.
+    cycles_per_byte : float or None
+        Device clock cycles per byte time of the line, if not INFO's ``clock_hz`` times
+        ``byte_time`` (a simulated line runs on a virtual clock): the driver's bound on how
+        long the device takes no input (with ``rx_fifo_bytes``).
     """
 
     name = "transport"
@@ -105,6 +109,7 @@ class Transport(abc.ABC):
     latency = 0.05
     window_bytes = None
     rx_fifo_bytes = None
+    cycles_per_byte = None
 
     @abc.abstractmethod
     def write(self, data):
@@ -245,6 +250,7 @@ class SimTransport(PipeTransport):
             self.byte_time = max(self.byte_time, 10.0 / self.config.baud)
         if self.config.baud and self.config.vclock_hz and self.config.rx_fifo:
             self.rx_fifo_bytes = self.config.rx_fifo        # the line model loses bytes
+            self.cycles_per_byte = self.config.vclock_hz * 10.0 / self.config.baud
         super().__init__(self._proc.stdout.fileno(), self._proc.stdin.fileno(), name=name)
 
     @property
@@ -485,6 +491,7 @@ class FaultInjectingTransport(Transport):
         self.latency = inner.latency
         self.window_bytes = inner.window_bytes
         self.rx_fifo_bytes = inner.rx_fifo_bytes
+        self.cycles_per_byte = inner.cycles_per_byte
         self.corrupt, self.drop, self.duplicate = corrupt, drop, duplicate
         self.delay, self.max_delay = delay, max_delay
         self.truncate, self.garbage, self.max_garbage = truncate, garbage, max_garbage

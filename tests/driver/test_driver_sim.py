@@ -28,6 +28,7 @@ def test_info_matches_the_build(sim_device, sim_config):
     assert info.fmt.name == "bfp8"
     assert info.lanes == 4 and info.a_blocks == 1024 and info.c_words == 4096
     assert info.wire_formats == {protocol.Wire.FLOAT, protocol.Wire.BFP}
+    assert info.tx_buffer == 65536 >= protocol.MAX_REPLY
 
 
 @pytest.mark.parametrize("wire", ["bfp", "fp32"])
@@ -62,7 +63,7 @@ def test_resident_gemm_grows_its_tiles(sim_device):
     info = sim_device.info()
     assert tile_sizes(info, 64, 64, 64) == (64, 64, 4)
     steps = growth_steps(64, 64, info.lanes, 4 * 17, 4 * 17, info.max_payload - 8,
-                         info.c_words // 4)
+                         info.c_words // 4, info.c_words)
     assert steps[-1] == (64, 64) and len(steps) > 2
     assert all(r0 <= r1 and c0 <= c1 for (r0, c0), (r1, c1) in zip(steps, steps[1:]))
     assert steps[0][0] < 64 and all(c % info.lanes == 0 for _, c in steps[:-1])
@@ -276,60 +277,111 @@ def test_accumulate_refused_when_it_does_not_continue_c(small_sim_url):
         assert_bit_exact(dev.gemm(a, b), a, b, info)
 
 
-def test_rx_fifo_is_the_boards():
+def test_rx_fifo_and_tx_buffer_are_the_boards():
     from hbfp_hw.fpga.boards import BOARDS, DEFAULT_BOARD
     from hbfp_hw.fpga.simboard import SimConfig
     assert SimConfig().rx_fifo == BOARDS[DEFAULT_BOARD].rx_fifo_depth
+    assert SimConfig().tx_buffer == BOARDS[DEFAULT_BOARD].system_params["tx_buffer"]
 
 
-@pytest.mark.parametrize("wire", ["bfp", "fp32"])
-@pytest.mark.parametrize("shape", [(37, 70, 45), (64, 64, 64), (96, 48, 80)])
-def test_rx_fifo_never_overruns(sim_config, wire, shape):
-    """Through the virtual-time line model (the board's 512-byte receive FIFO) the driver
-    streams a GEMM whose replies are far longer than the FIFO without losing a byte, sending
-    a frame and the FIFO's bytes while each reply arrives."""
-    rng = np.random.default_rng(7)
+#: The virtual-time line model at 3 Mbaud with the board's 512-byte receive FIFO.
+LINE = "sim://?baud=3000000&vclock_hz=100000000"
+#: The same without a transmit buffer: the device takes one frame while it sends a reply.
+LINE_NO_TX = LINE + "&tx_buffer=0"
+#: With a transmit buffer smaller than a result reply (4 KB): long replies wait for room.
+LINE_SMALL_TX = LINE + "&tx_buffer=2048"
+
+
+def _gemm_without_overruns(url, shape, wire, seed=7):
+    rng = np.random.default_rng(seed)
     a, b = random_operands(rng, *shape)
-    with Device.open("sim://?baud=3000000&vclock_hz=100000000") as dev:
+    with Device.open(url) as dev:
         assert dev.transport.rx_fifo_bytes == 512
         s0 = dev.transport.link_stats() or {"overruns": 0}
         assert_bit_exact(dev.gemm(a, b, wire=wire), a, b, dev.info())
         dev.status()
         time.sleep(0.05)
         s1 = dev.transport.link_stats()
-        assert s1["overruns"] == s0["overruns"]
-        assert dev.stats["resent"] == 0 and dev.stats["retries"] == 0
+        return s1["overruns"] - s0["overruns"], dict(dev.stats)
+
+
+@pytest.mark.parametrize("wire", ["bfp", "fp32"])
+@pytest.mark.parametrize("shape", [(37, 70, 45), (64, 64, 64), (96, 48, 80), (128, 128, 128),
+                                   (256, 64, 256), (32, 6144, 32)])
+def test_rx_fifo_never_overruns(sim_config, wire, shape):
+    """Through the virtual-time line model (the board's 512-byte receive FIFO) the driver
+    streams the benchmark's GEMMs, whose results far exceed the FIFO, without losing a byte
+    (and one whose K is split into long accumulating COMPUTEs)."""
+    overruns, stats = _gemm_without_overruns(LINE, shape, wire)
+    assert overruns == 0
+    assert stats["resent"] == 0 and stats["retries"] == 0
+
+
+@pytest.mark.parametrize("url", [LINE_NO_TX, LINE_SMALL_TX], ids=["no_tx", "small_tx"])
+@pytest.mark.parametrize(("wire", "shape"), [("bfp", (64, 64, 64)), ("fp32", (64, 64, 64)),
+                                             ("bfp", (96, 48, 80)), ("fp32", (37, 70, 45))])
+def test_rx_fifo_never_overruns_with_little_tx_buffer(sim_config, url, wire, shape):
+    """A device whose transmit buffer is smaller than a reply (or that has none) takes no
+    input while a reply waits for room, once it holds the next frame: the driver keeps to
+    that too, without overruns or timeouts. (Without its accounting these overrun.)"""
+    overruns, stats = _gemm_without_overruns(url, shape, wire)
+    assert overruns == 0
+    assert stats["resent"] == 0 and stats["retries"] == 0
 
 
 def test_rx_fifo_loses_bytes_when_full(sim_config):
     """A host that ignores the FIFO loses bytes, as on the board: the model is no more
-    generous than the board."""
+    generous than the board (a device without a transmit buffer, behind a long reply)."""
     from hbfp_hw.fpga.protocol import Cmd
-    with Device.open("sim://?baud=3000000&vclock_hz=100000000&instance=overrun") as dev:
+    with Device.open(LINE_NO_TX + "&instance=overrun") as dev:
         info = dev.info()
+        assert info.tx_buffer == 0
         dev.gemm(np.ones((64, 16), np.float32), np.ones((16, 64), np.float32))
-        seq = protocol.from_bytes(protocol.STATUS_LAYOUT, dev._query(
-            Cmd.STATUS, protocol.layout_bytes(protocol.STATUS_LAYOUT)))["next_seq"]
-        s0 = dev.transport.link_stats()
+        seq = dev.status()["next_seq"]
         # A READ_C of the whole 64 x 64 result (16 KB of reply), then three WRITE_A frames of
         # the largest size at once behind it (refused: out of order): the device takes the
         # first one while it replies and the FIFO 512 bytes of the rest; the others are lost.
         read = protocol.to_bytes(protocol.READ_ARGS_LAYOUT, {
             "row": 0, "col": 0, "count": 4096, "flags": 0, "base": 0, "rows": 64, "cols": 64})
-        bb = protocol.block_bytes(info.fmt, protocol.Wire.BFP)
-        count = (info.max_payload - protocol.ARGS_BYTES) // bb
-        write = protocol.to_bytes(protocol.WRITE_ARGS_LAYOUT, {
-            "wire": int(protocol.Wire.BFP), "flags": 0, "count": count, "start": 0}) + bytes(
-            count * bb)
-        frames = [protocol.encode_frame(int(Cmd.WRITE_A), (seq + 9 + i) & 0xFF, write)
-                  for i in range(3)]
-        behind = b"".join(frames)
-        dev.transport.write(protocol.encode_frame(int(Cmd.READ_C), seq, read) + behind)
-        time.sleep(0.5)
-        dev.transport.read(0.5)
-        dev.status()
-        time.sleep(0.05)
-        lost = dev.transport.link_stats()["overruns"] - s0["overruns"]
-        expected = len(behind) - len(frames[0]) - 512
+        lost, expected = _lost_behind(dev, protocol.encode_frame(int(Cmd.READ_C), seq, read),
+                                      seq)
         assert expected > 1000 and expected - 8 <= lost <= expected, (lost, expected)
         assert info.c_words >= 4096
+
+
+def test_rx_fifo_loses_bytes_behind_a_full_tx_buffer(sim_config):
+    """With a transmit buffer the device takes the frames behind long replies until the
+    buffer is full: behind five READ_C replies of 16 KB (more than its 64 KiB), it takes the
+    next frame and its FIFO 512 bytes of the rest; the others are lost."""
+    with Device.open(LINE + "&instance=overrun") as dev:
+        info = dev.info()
+        assert info.tx_buffer + 10_000 < 5 * 16395          # the fifth reply does not fit
+        dev.gemm(np.ones((64, 16), np.float32), np.ones((16, 64), np.float32))
+        seq = dev.status()["next_seq"]
+        reads = b"".join(protocol.request_read((seq + i) & 0xFF, 0, 0, 4096, rows=64, cols=64)
+                         for i in range(5))
+        lost, expected = _lost_behind(dev, reads, seq)
+        assert expected > 1000 and expected - 8 <= lost <= expected, (lost, expected)
+
+
+def _lost_behind(dev, ahead, seq):
+    """Send the frames ``ahead`` and three WRITE_A frames of the largest size at once behind
+    them (sequence numbers from ``seq + 9``: refused, out of order); return the bytes the
+    receive FIFO lost, and how many it loses if the device takes the first write and the
+    FIFO 512 bytes of the rest."""
+    info = dev.info()
+    bb = protocol.block_bytes(info.fmt, protocol.Wire.BFP)
+    blocks = (info.max_payload - protocol.ARGS_BYTES) // bb
+    write = protocol.to_bytes(protocol.WRITE_ARGS_LAYOUT, {
+        "wire": int(protocol.Wire.BFP), "flags": 0, "count": blocks, "start": 0}) + bytes(
+        blocks * bb)
+    frames = [protocol.encode_frame(int(protocol.Cmd.WRITE_A), (seq + 9 + i) & 0xFF, write)
+              for i in range(3)]
+    s0 = dev.transport.link_stats()
+    dev.transport.write(ahead + b"".join(frames))
+    time.sleep(1.0)
+    dev.transport.read(0.5)
+    dev.status()
+    time.sleep(0.05)
+    lost = dev.transport.link_stats()["overruns"] - s0["overruns"]
+    return lost, 2 * len(frames[0]) - 512

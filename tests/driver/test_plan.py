@@ -8,6 +8,7 @@ from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.driver import (
     _frames_time,
     _growth_frames,
+    _growth_iter,
     _LineModel,
     _step_frames,
     growth_first,
@@ -26,25 +27,38 @@ def test_line_model_by_hand():
     assert _frames_time([(1, 100), (1, 100)]) == 201
     # Only requests: the up direction bounds the time.
     assert _frames_time([(7, None), (8, None)]) == 15
+    # C holds 10 words: a COMPUTE whose result does not fit is sent once the results before
+    # it have arrived (at 30), and the frames behind it wait too.
+    frames = [(10, 20, 6), (5, 20, 6), (3, None)]
+    assert _frames_time(frames) == 10 + 20 + 20                # no bound on C
+    line = _LineModel(c_words=10).add(frames)
+    assert (line.up, line.down, line.idle) == (38, 55, 10 + 5)
+    assert _frames_time(frames, c_words=12) == 50
 
 
-def _model(m, n, k, lanes=4, fmt="bfp8", max_payload=1024, c_words=4096):
+def _model(m, n, k, lanes=4, fmt="bfp8", max_payload=1024, c_words=4096,
+           wire=protocol.Wire.BFP):
     kb = protocol.kblocks(k, fmt)
-    bb = protocol.block_bytes(fmt, protocol.Wire.BFP)
-    return (m, n, lanes, kb * bb, kb * bb, max_payload - 8, c_words // 4)
+    bb = protocol.block_bytes(fmt, wire)
+    return (m, n, lanes, kb * bb, kb * bb, max_payload - 8, c_words // 4, c_words)
 
 
-def _best_plan_time(m, n, lanes, row_bytes, col_bytes, max_write, tile_words):
+def _time(steps, model):
+    return _frames_time(_growth_frames(steps, *model[2:7]), model[7])
+
+
+def _best_plan_time(m, n, lanes, row_bytes, col_bytes, max_write, tile_words, c_words):
     """The slow reference: the shortest model time over all growth sequences in units of
     ``max(4, lanes)`` that start with ``growth_first`` and grow one side per step (dynamic
-    programming over (rows, cols) with the Pareto set of (up, down) line states)."""
+    programming over (rows, cols) with the Pareto set of (up, down) line states; the room in C
+    is not part of the state, so this is close to the best, not exactly it)."""
     unit = max(4, lanes)
     frame = functools.partial(_step_frames, lanes=lanes, row_bytes=row_bytes,
                               col_bytes=col_bytes, max_write=max_write, tile_words=tile_words)
     first = growth_first(m, n, lanes)
     sizes = sorted({min(m, r) for r in range(first[0], m + unit, unit)})
     sizes_c = sorted({min(n, c) for c in range(first[1], n + unit, unit)})
-    front = {first: [_LineModel().add(frame(0, 0, *first))]}
+    front = {first: [_LineModel(c_words=c_words).add(frame(0, 0, *first))]}
     for rows in sizes:
         for cols in sizes_c:
             for line in front.get((rows, cols), []):
@@ -68,6 +82,7 @@ SHAPES = [(64, 64, 64), (128, 128, 128), (256, 64, 256), (64, 512, 64), (3, 300,
 def test_growth_steps_cover_c_in_order(m, n, k):
     model = _model(m, n, k)
     steps = growth_steps(*model)
+    assert steps == tuple(_growth_iter(*model))
     assert steps[0] == growth_first(*model[:3])
     assert steps[-1] == (m, n)
     assert all(r0 <= r1 and c0 <= c1 and (r0, c0) != (r1, c1)
@@ -77,14 +92,35 @@ def test_growth_steps_cover_c_in_order(m, n, k):
 
 
 @pytest.mark.parametrize("m,n,k,within", [
-    (64, 64, 64, 0.01), (128, 128, 128, 0.01), (32, 32, 32, 0.01),         # link-bound
-    (16, 16, 16, 0.03), (3, 300, 33, 0.03), (40, 100, 9, 0.03), (64, 64, 128, 0.03)])
+    (64, 64, 64, 0.003), (128, 128, 128, 0.003), (32, 32, 32, 0.005),      # link-bound
+    (16, 16, 16, 0.015), (3, 300, 33, 0.015), (40, 100, 9, 0.003), (64, 64, 128, 0.01)])
 def test_growth_steps_near_the_best_plan(m, n, k, within):
     """Close to the best growth sequence of the model (with the same first step)."""
     model = _model(m, n, k)
-    got = _frames_time(_growth_frames(growth_steps(*model), *model[2:]))
+    got = _time(growth_steps(*model), model)
     best = _best_plan_time(*model)
     assert best <= got <= (1 + within) * best, (got, best)
+
+
+@pytest.mark.parametrize("m,n,k,within", [(64, 64, 64, 0.01), (32, 32, 32, 0.025)])
+def test_growth_steps_near_the_best_plan_fp32(m, n, k, within):
+    model = _model(m, n, k, wire=protocol.Wire.FLOAT)
+    got = _time(growth_steps(*model), model)
+    best = _best_plan_time(*model)
+    assert best <= got <= (1 + within) * best, (got, best)
+
+
+def test_growth_steps_mind_the_room_in_c():
+    """256 x 256 x 64 with FP32 operands and C of 4096 words: a plan that ignores C takes
+    large late steps, whose operands wait behind the COMPUTEs that wait for room in C while
+    the results drain; it is 6% slower than the plan that minds C (the simulated board
+    measured the same: busier direction 0.869 against 0.926)."""
+    model = _model(256, 256, 64, wire=protocol.Wire.FLOAT)
+    minding = _time(growth_steps(*model), model)
+    ignoring = _time(growth_steps(*model[:7]), model)
+    assert minding * 1.05 < ignoring
+    # The results alone take 65536 * 4 byte times; the plan that minds C is within 8% of that.
+    assert minding < 1.08 * 65536 * 4
 
 
 def test_growth_steps_first_step_grows_with_c():

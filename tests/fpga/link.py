@@ -26,11 +26,13 @@ class LinkTimeout(AssertionError):
 class SimLink:
     """Host end of the byte streams of a :class:`~hbfp_hw.fpga.engine.GemmSystem`."""
 
-    def __init__(self, ctx, dut, *, ready_prob=1.0, gap_prob=0.0, seed=0):
+    def __init__(self, ctx, dut, *, ready_prob=1.0, gap_prob=0.0, byte_cycles=1, seed=0):
         self.ctx = ctx
         self.dut = dut
         self.ready_prob = ready_prob      # chance that the host accepts a reply byte in a cycle
         self.gap_prob = gap_prob          # chance of an idle cycle before each request byte
+        self.byte_cycles = byte_cycles    # a reply byte takes this many cycles (a UART's pace)
+        self.next_free = 0                # the cycle from which the next reply byte is taken
         self.rng = random.Random(seed)
         self.parser = FrameParser()
         self.frames = []
@@ -44,7 +46,8 @@ class SimLink:
         i, o = self.dut.i_stream, self.dut.o_stream
         self.ctx.set(i.valid, valid)
         self.ctx.set(i.payload, byte)
-        ready = self.ready_prob >= 1 or self.rng.random() < self.ready_prob
+        ready = (self.ready_prob >= 1 or self.rng.random() < self.ready_prob) and \
+            self.cycle >= self.next_free
         self.ctx.set(o.ready, ready)
         _, _, iready, ovalid, obyte = await self.ctx.tick().sample(i.ready, o.valid, o.payload)
         self.cycle += 1
@@ -52,6 +55,7 @@ class SimLink:
             self.taken_at.append(self.rx_bytes)
         if ovalid and ready:
             self.rx_bytes += 1
+            self.next_free = self.cycle - 1 + self.byte_cycles
             self.frames.extend(self.parser.feed(bytes([obyte])))
         return iready
 
@@ -123,7 +127,8 @@ class SimLink:
 def run_link(dut, test, **link_args):
     """Run ``await test(link)`` against ``dut`` in the Amaranth simulator; return its result.
 
-    ``link_args`` go to :class:`SimLink` (random reply backpressure, request byte gaps).
+    ``link_args`` go to :class:`SimLink` (random reply backpressure, request byte gaps, the
+    cycles a reply byte takes).
     """
     result = {}
 

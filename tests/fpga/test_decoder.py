@@ -546,6 +546,9 @@ def test_quiet_frames_reply_only_on_error():
     ({"max_payload": 10}, ValueError, r"^max_payload must be between 24 and 65535, not 10$"),
     ({"timeout_cycles": 0}, ValueError, r"^timeout_cycles must be between 1 and 4294967295"),
     ({"build_hash": -1}, ValueError, r"^build_hash must be between 0 and 4294967295"),
+    ({"tx_buffer": -1}, ValueError, r"^tx_buffer must be between 0 and 16777216, not -1$"),
+    ({"tx_buffer": 1 << 25}, ValueError, r"^tx_buffer must be between 0 and 16777216, not "),
+    ({"tx_buffer": 512.0}, TypeError, r"^tx_buffer must be an integer, not 512\.0$"),
 ])
 def test_constructor_validation(kw, error, match):
     with pytest.raises(error, match=match):
@@ -554,9 +557,9 @@ def test_constructor_validation(kw, error, match):
 
 # -- a request received while a reply is sent ----------------------------------------------------
 
-def overlap_system():
+def overlap_system(tx_buffer=0):
     """A system whose C holds an 8 x 8 result: a READ_C reply of 64 words takes ~400 cycles."""
-    return small_system(a_blocks=16, b_blocks=16, c_words=64)
+    return small_system(a_blocks=16, b_blocks=16, c_words=64, tx_buffer=tx_buffer)
 
 
 async def _send_during_reply(link, first, then):
@@ -571,9 +574,9 @@ async def _send_during_reply(link, first, then):
     return start, link.taken_at[mark:]
 
 
-@pytest.mark.parametrize("ready_prob", [1.0, 0.5])
-def test_next_frame_is_received_while_a_reply_is_sent(ready_prob):
-    dut = overlap_system()
+@pytest.mark.parametrize(("ready_prob", "tx_buffer"), [(1.0, 0), (0.5, 0), (0.5, 512)])
+def test_next_frame_is_received_while_a_reply_is_sent(ready_prob, tx_buffer):
+    dut = overlap_system(tx_buffer)
     a, b = operands(7, m=8, k=6, n=8)
     expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
 
@@ -605,10 +608,12 @@ def test_next_frame_is_received_while_a_reply_is_sent(ready_prob):
     run_link(dut, test, ready_prob=ready_prob)
 
 
-def test_frames_behind_a_reply_run_exactly_once_in_order():
+@pytest.mark.parametrize(("tx_buffer", "byte_cycles"), [(0, 1), (512, 1), (512, 20)])
+def test_frames_behind_a_reply_run_exactly_once_in_order(tx_buffer, byte_cycles):
     """Behind a long reply: a quiet write, an out-of-order frame, a COMPUTE that reads it
-    back, a STATUS; each executes once, in order, after the reply before it."""
-    dut = overlap_system()
+    back, a STATUS; each executes once, in order, after the reply before it (with a transmit
+    buffer, while the reply before it still leaves at a UART's pace: 20 cycles a byte)."""
+    dut = overlap_system(tx_buffer)
     a, b = operands(8, m=8, k=6, n=8)
     expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
     neg = golden.f32_to_bits(golden.gemm(-a, b, FMT))
@@ -649,14 +654,17 @@ def test_frames_behind_a_reply_run_exactly_once_in_order():
         link.order = (seq + 1) & 0xFF
         await _check_state(link, info, -a, b, neg)
 
-    run_link(dut, test)
+    run_link(dut, test, byte_cycles=byte_cycles)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_bad_frames_during_a_reply(seed):
-    """A corrupted frame, then garbage, arrive while a long reply is sent: the reply is intact,
-    the bad frame is NACKed and not executed, and the device answers again afterwards."""
-    dut = overlap_system()
+@pytest.mark.parametrize(("seed", "tx_buffer", "byte_cycles"),
+                         [(0, 0, 1), (1, 0, 1), (0, 512, 20), (1, 64, 20)])
+def test_bad_frames_during_a_reply(seed, tx_buffer, byte_cycles):
+    """A corrupted frame, then garbage, arrive while a long reply is sent (with a transmit
+    buffer of the whole reply or of less, while it drains at a UART's pace): the reply is
+    intact, the bad frame is NACKed and not executed, and the device answers again
+    afterwards."""
+    dut = overlap_system(tx_buffer)
     a, b = operands(9, m=8, k=6, n=8)
     expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
 
@@ -684,4 +692,154 @@ def test_bad_frames_during_a_reply(seed):
         assert st["next_seq"] == link.order and st["rx_errors"] >= 1
         await _check_state(link, info, a, b, c)
 
-    run_link(dut, test)
+    run_link(dut, test, byte_cycles=byte_cycles)
+
+
+# -- the transmit buffer -------------------------------------------------------------------------
+
+#: Cycles per reply byte in the tests of the transmit buffer: a UART's pace, far slower than
+#: the device writes a reply into the buffer (about a byte per cycle).
+UART = 20
+
+
+def test_info_reports_the_transmit_buffer():
+    for tx_buffer in (0, 37, 512):
+        dut = small_system(tx_buffer=tx_buffer)
+        assert dut.tx_buffer == dut.info.tx_buffer == tx_buffer
+
+    async def test(link):
+        return await link.info()
+
+    assert run_link(small_system(tx_buffer=300), test).tx_buffer == 300
+
+
+async def _quiet_writes(link, seq, x, cmd=Cmd.WRITE_A):
+    """Quiet WRITE frames of all the blocks of ``x`` (as A) from ``seq`` on, in frames of at
+    most 10 blocks; return them and the next sequence number."""
+    count, raw = protocol.a_blocks_payload(x, FMT, Wire.BFP)
+    bb = protocol.block_bytes(FMT, Wire.BFP)
+    frames = []
+    for first in range(0, count, 10):
+        n = min(10, count - first)
+        frames.append(protocol.encode_frame(cmd, seq & 0xFF, write_args(
+            Wire.BFP, n, first, flags=protocol.Flag.QUIET) + raw[first * bb:(first + n) * bb]))
+        seq += 1
+    return frames, seq
+
+
+@pytest.mark.parametrize("tx_buffer", [300, 4096])
+def test_writes_execute_while_a_long_reply_drains(tx_buffer):
+    """With a transmit buffer that holds the reply, the device executes the frames behind a
+    long reply while the reply still leaves at a UART's pace: writes, a COMPUTE whose result
+    goes into the buffer behind it, a STATUS. It takes every byte of them before the first
+    reply has left (without the buffer it took one frame and waited)."""
+    dut = overlap_system(tx_buffer)
+    a, b = operands(10, m=8, k=6, n=8)
+    expected = golden.f32_to_bits(golden.gemm(a, b, FMT))
+    neg = golden.f32_to_bits(golden.gemm(-a, b, FMT))
+
+    async def test(link):
+        info, c = await _setup_c(link, a, b)
+        assert (c == expected).all()
+        s = link.order
+        read = protocol.encode_frame(Cmd.READ_C, s, read_args(0, 0, 64, rows=8, cols=8))
+        reply_len = protocol.FRAME_OVERHEAD + 1 + 4 * 64
+        writes, seq = await _quiet_writes(link, s + 1, -a)
+        assert len(writes) >= 2
+        compute = protocol.encode_frame(Cmd.COMPUTE, seq & 0xFF, compute_args(
+            8, 8, 6, flags=protocol.Flag.READBACK))
+        status = protocol.encode_frame(Cmd.STATUS, 0x42)
+        behind = b"".join(writes) + compute + status
+        start, taken = await _send_during_reply(link, read, [behind])
+        # The whole of it went in while the first reply was leaving, one byte per UART cycles.
+        assert len(taken) == len(behind)
+        assert max(t - start for t in taken) < reply_len // 2, (max(taken) - start, reply_len)
+        replies = [await link.recv() for _ in range(3)]
+        assert [(r.seq, r.cmd, r.status) for r in replies] == [
+            (s, Cmd.READ_C | REPLY_FLAG, Status.OK),
+            (seq & 0xFF, Cmd.COMPUTE | REPLY_FLAG, Status.OK),
+            (0x42, Cmd.STATUS | REPLY_FLAG, Status.OK)]
+        assert list(protocol.c_from_payload(replies[0].body)) == list(expected.reshape(-1))
+        assert list(protocol.c_from_payload(replies[1].body[4:])) == list(neg.reshape(-1))
+        st = protocol.from_bytes(protocol.STATUS_LAYOUT, replies[2].body)
+        assert st["next_seq"] == (seq + 1) & 0xFF and st["last_error"] == 0
+        assert not link.frames and link.parser.errors == 0
+        link.order = (seq + 1) & 0xFF
+        await _check_state(link, info, -a, b, neg)
+
+    run_link(dut, test, byte_cycles=UART)
+
+
+@pytest.mark.parametrize(("tx_buffer", "ready_prob", "seed"),
+                         [(16, 1.0, 0), (16, 0.3, 1), (37, 0.5, 2), (1, 0.7, 3)])
+def test_full_transmit_buffer_stalls_without_loss(tx_buffer, ready_prob, seed):
+    """A transmit buffer smaller than the replies: a burst of requests sent at once (reads of
+    C regions, INFO, STATUS, a COMPUTE that reads its result back, quiet writes), replies
+    taken at a UART's pace and at random. Every reply arrives whole, in order, with the right
+    bytes; and the device takes no frame beyond the next one while a reply does not fit the
+    buffer (it executes frame j + 2 only once reply j is in the buffer)."""
+    dut = overlap_system(tx_buffer)
+    a, b = operands(11, m=8, k=6, n=8)
+    expected = golden.f32_to_bits(golden.gemm(a, b, FMT)).reshape(-1)
+    neg = golden.f32_to_bits(golden.gemm(-a, b, FMT)).reshape(-1)
+    rng = random.Random(seed)
+
+    async def test(link):
+        info, _ = await _setup_c(link, a, b)
+        seq = link.order
+        frames, replies = [], []       # per frame: bytes; per reply: (seq, cmd, check)
+        for i in range(6):
+            first = rng.randrange(0, 40)
+            count = rng.randrange(1, 64 - first)
+            frames.append(protocol.encode_frame(Cmd.READ_C, seq & 0xFF, read_args(
+                first // 8, first % 8, count, rows=8, cols=8)))
+            words = list(expected[first:first + count])
+            replies.append((seq & 0xFF, Cmd.READ_C,
+                            lambda body, w=words: list(protocol.c_from_payload(body)) == w))
+            seq += 1
+            if i == 2:
+                frames.append(protocol.encode_frame(Cmd.INFO, 0x90))
+                replies.append((0x90, Cmd.INFO,
+                                lambda body: protocol.Info.from_bytes(body) == info))
+        writes, seq = await _quiet_writes(link, seq, -a)
+        frames += writes
+        frames.append(protocol.encode_frame(Cmd.COMPUTE, seq & 0xFF, compute_args(
+            8, 8, 6, flags=protocol.Flag.READBACK)))
+        replies.append((seq & 0xFF, Cmd.COMPUTE,
+                        lambda body: list(protocol.c_from_payload(body[4:])) == list(neg)))
+        seq += 1
+        frames.append(protocol.encode_frame(Cmd.STATUS, 0x91))
+        replies.append((0x91, Cmd.STATUS, lambda body: protocol.from_bytes(
+            protocol.STATUS_LAYOUT, body)["next_seq"] == seq & 0xFF))
+        start = link.rx_bytes
+        mark = len(link.taken_at)
+        await link.send(b"".join(frames))
+        got = [await link.recv(max_cycles=400_000) for _ in replies]
+        for r, (rseq, cmd, check) in zip(got, replies, strict=True):
+            assert (r.seq, r.cmd, r.status) == (rseq, cmd | REPLY_FLAG, Status.OK)
+            assert check(r.body), Cmd(cmd).name
+        assert link.parser.errors == 0 and not link.frames
+        # When the device took the first byte of frame j + 2, reply j was in the buffer but
+        # for its CRC (the encoder adds it after the last payload byte, while the device goes
+        # on): at most tx_buffer + 4 of its bytes had not yet reached the host.
+        taken = link.taken_at[mark:]
+        ends, offset, reply_end = [], 0, start
+        replied = iter(got)
+        for f in frames:
+            ends.append((offset, None))
+            offset += len(f)
+            cmd, fseq = f[2], f[3]
+            quiet = cmd in (Cmd.WRITE_A, Cmd.WRITE_B)
+            if not quiet:
+                r = next(replied)
+                assert r.seq == fseq
+                reply_end += protocol.FRAME_OVERHEAD + len(r.payload)
+                ends[-1] = (ends[-1][0], reply_end)
+        for j, (_, reply_end) in enumerate(ends[:-2]):
+            if reply_end is not None:
+                first_byte = ends[j + 2][0]
+                assert taken[first_byte] >= reply_end - tx_buffer - 4 - 1, (
+                    j, taken[first_byte], reply_end)
+        link.order = seq & 0xFF
+
+    run_link(dut, test, ready_prob=ready_prob, byte_cycles=UART, seed=seed)

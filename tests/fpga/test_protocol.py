@@ -53,7 +53,7 @@ def test_layouts_are_byte_aligned_and_sized():
     # The decoder latches enough bytes for every argument block.
     assert protocol.ARGS_LATCH_BYTES == max(protocol.layout_bytes(x) for x in (
         WRITE_ARGS_LAYOUT, COMPUTE_ARGS_LAYOUT, READ_ARGS_LAYOUT))
-    assert protocol.layout_bytes(INFO_LAYOUT) == 36
+    assert protocol.layout_bytes(INFO_LAYOUT) == 40
     assert protocol.layout_bytes(STATUS_LAYOUT) == 11
     assert protocol.MAX_READ_WORDS == 16383 and 1 + 4 * protocol.MAX_READ_WORDS <= 0xFFFF
 
@@ -144,8 +144,10 @@ def test_info_roundtrip():
                          input_format=FloatFormat.BF16,
                          wire_formats=frozenset({Wire.BFP}), lanes=4, channels=3,
                          max_payload=1024, a_blocks=512, b_blocks=256, c_words=128,
-                         clock_hz=48_000_000, timeout_cycles=4_800_000, build_hash=0xDEADBEEF)
+                         clock_hz=48_000_000, timeout_cycles=4_800_000, build_hash=0xDEADBEEF,
+                         tx_buffer=70_000)
     assert protocol.Info.from_bytes(info.to_bytes()) == info
+    assert protocol.Info.from_bytes(info.to_bytes()).tx_buffer == 70_000
     assert info.b_depth == 64 and info.c_depth == 32
     assert info.max_read_words == 16383                 # replies are not bound by max_payload
 
