@@ -7,12 +7,11 @@ same :class:`~hbfp_hw.rtl_gen.fp_accumulator.FPAccumulator` that accumulates the
 products, so the two designs differ only in how their terms are made.
 """
 
-from amaranth.hdl import Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .block_to_float import build_pipeline, check_stages, comb_signal, fp32_round_steps
-from .common import CreditOutput
 from .fp_accumulator import MAX_CHANNELS, FPAccumulator, fp32_unpack
 from .layout import accumulator_output_layout, mac_input_layout
 
@@ -134,22 +133,25 @@ class Fp32MacBaseline(wiring.Component):
         m.submodules.acc = acc = FPAccumulator(channels=self._channels,
                                                adder_stages=self._adder_stages)
         i_p = self.i_stream.payload
-        # A free-running multiplier with a credit-counted output, as the BFP generators'
-        # pipelines are (rtl_gen/common.py): no stall enable fans out to its registers.
-        out = CreditOutput(m, acc.i_stream, stages=self._mul_stages, name="mul_out")
-        m.d.comb += self.i_stream.ready.eq(out.ready)
+        enable = Signal()
         outputs, out_valid, out_carry, _ = build_pipeline(
-            m, fp32_mul_steps(), stages=self._mul_stages, enable=Const(1), name="mul",
+            m, fp32_mul_steps(), stages=self._mul_stages, enable=enable, name="mul",
             inputs={"a": i_p.a, "b": i_p.b},
             carry={"channel": i_p.channel, "first": i_p.first, "last": i_p.last},
-            valid=out.admit(self.i_stream.valid))
-        term = Signal(acc.i_stream.payload.shape())
+            valid=self.i_stream.valid)
         m.d.comb += [
-            term.value.eq(outputs["bits"]),
-            term.channel.eq(out_carry["channel"]),
-            term.first.eq(out_carry["first"]),
-            term.last.eq(out_carry["last"]),
+            acc.i_stream.payload.value.eq(outputs["bits"]),
+            acc.i_stream.payload.channel.eq(out_carry["channel"]),
+            acc.i_stream.payload.first.eq(out_carry["first"]),
+            acc.i_stream.payload.last.eq(out_carry["last"]),
+            acc.i_stream.valid.eq(out_valid),
         ]
-        out.drive(out_valid, term)
+        if self._mul_stages == 0:
+            m.d.comb += self.i_stream.ready.eq(acc.i_stream.ready)
+        else:
+            m.d.comb += [
+                enable.eq(~out_valid | acc.i_stream.ready),
+                self.i_stream.ready.eq(enable),
+            ]
         wiring.connect(m, acc.o_stream, wiring.flipped(self.o_stream))
         return m
