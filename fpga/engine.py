@@ -713,6 +713,11 @@ class GemmSystem(wiring.Component):
         vec = Signal(8 * vec_bytes)
         bcount = Signal(range(vec_bytes + 1))
         remaining = Signal(cap_bits)
+        # Flag registers for the FSM's write states, so that their decisions come from
+        # flip-flops rather than comparisons: `last_block` is remaining == 1, `block_end` that
+        # WRITE_LOAD takes the block's last byte in this cycle.
+        last_block = Signal()
+        block_end = Signal()
         waddr = Signal(cap_bits)
         is_b = Signal()
         is_bfp = Signal()
@@ -833,6 +838,12 @@ class GemmSystem(wiring.Component):
             with m.Else():
                 m.next = "SEND"
 
+        # Block assembly while loading (exactly the WRITE_LOAD cycles): a byte per cycle into
+        # `vec`, whose 8 * vec_bytes enables then come from one flag register.
+        block_bytes = Mux(is_bfp, bb_bfp, bb_float) if float_wire else bb_bfp
+        with m.If(loading):
+            m.d.sync += [vec.eq(Cat(vec[8:], byte)), bcount.eq(bcount + 1),
+                         block_end.eq(bcount == block_bytes - 2)]
         m.d.comb += self.error.eq((last_error != 0) | eng.overrun)
         with m.FSM(name="exec") as fsm:
             with m.State("IDLE"):
@@ -883,6 +894,7 @@ class GemmSystem(wiring.Component):
             with m.State("WRITE_CHECK"):
                 cap = Mux(is_b, eng.b_blocks, eng.a_blocks)
                 m.d.sync += [waddr.eq(a["start"]), remaining.eq(a["count"]),
+                             last_block.eq(a["count"] == 1), block_end.eq(0),
                              is_bfp.eq(wargs.wire == Wire.BFP), bcount.eq(0),
                              quiet.eq((wargs.flags & Flag.QUIET) != 0)]
                 with m.If(ev.length < ARGS_BYTES):
@@ -905,10 +917,9 @@ class GemmSystem(wiring.Component):
                 succeed()
 
             with m.State("WRITE_LOAD"):
-                m.d.sync += [vec.eq(Cat(vec[8:], byte)), bcount.eq(bcount + 1)]
-                # (Without float_wire, WRITE_CHECK refused Wire.FLOAT: every block is BFP.)
-                with m.If(bcount == (Mux(is_bfp, bb_bfp, bb_float) if float_wire else bb_bfp) - 1):
-                    m.d.sync += [bcount.eq(0), loading.eq(0)]
+                # (vec and bcount advance on `loading`, outside the FSM.)
+                with m.If(block_end):
+                    m.d.sync += [bcount.eq(0), loading.eq(0), block_end.eq(0)]
                     if float_wire:
                         with m.If(is_bfp):
                             m.next = "WRITE_STORE"
@@ -926,8 +937,9 @@ class GemmSystem(wiring.Component):
                 with m.State("QUANTIZE_WAIT"):
                     with m.If(q.o_stream.valid):
                         m.d.comb += [block.eq(q.o_stream.payload), block_we.eq(1)]
-                        m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
-                        with m.If(remaining == 1):
+                        m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1),
+                                     last_block.eq(remaining == 2)]
+                        with m.If(last_block):
                             m.d.sync += writing.eq(0)
                             succeed()
                         with m.Else():
@@ -936,8 +948,9 @@ class GemmSystem(wiring.Component):
 
             with m.State("WRITE_STORE"):
                 m.d.comb += [block.eq(block_from_wire), block_we.eq(1)]
-                m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
-                with m.If(remaining == 1):
+                m.d.sync += [waddr.eq(waddr + 1), remaining.eq(remaining - 1),
+                             last_block.eq(remaining == 2)]
+                with m.If(last_block):
                     m.d.sync += writing.eq(0)
                     succeed()
                 with m.Else():

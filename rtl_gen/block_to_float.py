@@ -147,6 +147,15 @@ def shift_right_sticky(m, name, value, amount, *, bits=None, sticky=None):
     return value, sticky
 
 
+def _ge_const(x, c):
+    """``x >= c`` for a signed ``x`` and a constant ``c >= 1``, from the sign bit, an OR of the
+    high bits and a comparison of the low ``c.bit_length()`` bits: LUTs, no carry chain."""
+    k = c.bit_length()
+    if k >= len(x) - 1:
+        return x >= c
+    return ~x[-1] & (x[k:-1].any() | (x[:k] >= c))
+
+
 def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
     """Return the steps that round ``(-1)**sign * mag * 2**exp`` to an FP32 bit pattern.
 
@@ -185,8 +194,16 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
         mag = v["mag"]
         norm, lzc = normalize_levels(m, mag, Const(0, lzc_bits),
                                      reversed(range(split, levels)))
+        # The exponent step subtracts the leading-zero count from three offsets of `exp`,
+        # formed here beside the normalization: be = expc - lzc, be - 1 and 1 - be. Each is
+        # then one subtraction (or addition) in parallel, not an addition, a comparison and a
+        # subtraction in a row.
+        expc = v["exp"] + (mag_width - 1 + _FP32_BIAS)
         return {
-            "sign": v["sign"], "nan": v["nan"], "inf": v["inf"], "exp": v["exp"],
+            "sign": v["sign"], "nan": v["nan"], "inf": v["inf"],
+            "expc": comb_signal(m, f"{name}_expc", signed(be_width), expc),
+            "expc1": comb_signal(m, f"{name}_expc1", signed(be_width), expc - 1),
+            "expn": comb_signal(m, f"{name}_expn", signed(be_width), 1 - expc),
             "zero": comb_signal(m, f"{name}_zero", 1, mag == 0),
             "norm": norm, "lzc": lzc,
         }
@@ -203,17 +220,21 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
         else:
             kept = Cat(Const(0, _KEEP_BITS - mag_width), norm)
             sticky = Const(0, 1)
-        be = comb_signal(m, f"{name}_be", signed(be_width),
-                   v["exp"] + (mag_width - 1 + _FP32_BIAS) - v["lzc"])
+        # be: the biased exponent if the value is normal; be - 1 and 1 - be beside it.
+        be_m1 = comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"])
+        one_m_be = comb_signal(m, f"{name}_one_m_be", signed(be_width), v["expn"] + v["lzc"])
+        normal = comb_signal(m, f"{name}_normal", 1, ~be_m1[-1])          # be >= 1
         rs_width = _MAX_DENORM_SHIFT.bit_length()
         rs = comb_signal(m, f"{name}_rs", unsigned(rs_width),
-                   Mux(be >= 1, 0, Mux(be <= 1 - _MAX_DENORM_SHIFT, _MAX_DENORM_SHIFT, 1 - be)))
+                   Mux(normal, 0, Mux(_ge_const(one_m_be, _MAX_DENORM_SHIFT), _MAX_DENORM_SHIFT,
+                                      one_m_be[:rs_width])))
         return {
             "sign": v["sign"], "nan": v["nan"], "zero": v["zero"],
-            "inf": comb_signal(m, f"{name}_ovf", 1, v["inf"] | ((be >= 255) & ~v["zero"])),
+            "inf": comb_signal(m, f"{name}_ovf", 1,
+                               v["inf"] | (_ge_const(be_m1, 254) & ~v["zero"])),  # be >= 255
             # Exponent field minus one for normal values (the hidden bit adds the one), 0 for
             # subnormal ones. Only meaningful when the value does not overflow.
-            "efield": comb_signal(m, f"{name}_efield", unsigned(8), Mux(be >= 1, be - 1, 0)[:8]),
+            "efield": comb_signal(m, f"{name}_efield", unsigned(8), Mux(normal, be_m1, 0)[:8]),
             "kept": comb_signal(m, f"{name}_kept", unsigned(_KEEP_BITS), kept),
             "sticky": comb_signal(m, f"{name}_sticky0", 1, sticky),
             "rs": rs,
