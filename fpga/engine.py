@@ -133,7 +133,7 @@ class GemmEngine(wiring.Component):
         Write the block ``b_wdata`` at B block index ``b_waddr`` (device order).
     c_rlane, c_raddr : ``In``
     c_rdata : ``Out(32)``
-        Read C bank ``c_rlane`` at ``c_raddr``; ``c_rdata`` follows one cycle later. The C
+        Read C bank ``c_rlane`` at ``c_raddr``; ``c_rdata`` follows two cycles later. The C
         read ports belong to the engine while it is ``busy`` (it reads the start values of
         an ``accumulate`` computation through them).
     start : ``In(1)``
@@ -285,11 +285,17 @@ class GemmEngine(wiring.Component):
             m.d.comb += c_rd.addr.eq(Mux(running, c_init_addr, self.c_raddr))
             c_rds.append(c_rd)
             c_wrs.append(c_mem.write_port())
+        # The block RAMs' read data is registered before the bank multiplexer: from a DP16KD
+        # without its output register (5.8 ns clock-to-output) through the multiplexer into
+        # the readout was the ULX3S critical path at 86.7 MHz (11.5 ns).
         rlane = Signal.like(self.c_rlane)
-        m.d.sync += rlane.eq(self.c_rlane)
-        c_data = c_rds[0].data
+        rlane2 = Signal.like(self.c_rlane)
+        m.d.sync += [rlane.eq(self.c_rlane), rlane2.eq(rlane)]
+        c_q = [Signal(32, name=f"c_q{lane}", reset_less=True) for lane in range(lanes)]
+        m.d.sync += [q.eq(rd.data) for q, rd in zip(c_q, c_rds, strict=True)]
+        c_data = c_q[0]
         for lane in range(1, lanes):
-            c_data = Mux(rlane == lane, c_rds[lane].data, c_data)
+            c_data = Mux(rlane2 == lane, c_q[lane], c_data)
         m.d.comb += self.c_rdata.eq(c_data)
 
         units = []
@@ -1075,7 +1081,10 @@ class GemmSystem(wiring.Component):
                             m.next = "DONE"
 
             with m.State("SEND_C_ADDR"):
-                m.next = "SEND_C_LATCH"        # the address is applied; data next cycle
+                m.next = "SEND_C_WAIT"         # the address is applied; data two cycles on
+
+            with m.State("SEND_C_WAIT"):
+                m.next = "SEND_C_LATCH"
 
             with m.State("SEND_C_LATCH"):
                 m.d.sync += [word.eq(eng.c_rdata), byte_index.eq(0)]
