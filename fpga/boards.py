@@ -104,10 +104,11 @@ BOARDS = {
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", osc_hz=25_000_000,
         fmt=resolve_format("bfp8"), lanes=4, clock_mhz=100.0, rx_fifo_depth=512,
         programmer="openFPGALoader",
-        # A transmit buffer of 64 KiB (32 of the 208 DP16KD) holds the payload of the largest
-        # reply (protocol.MAX_REPLY): the device executes the next frames while a long result
-        # leaves at the line rate.
-        system_params={"tx_buffer": 65536}),
+        # A transmit buffer of 16 KiB (8 of the 208 DP16KD, one bit of a 16K-deep byte each,
+        # so no multiplexer behind their read data) holds the largest reply
+        # (protocol.MAX_REPLY) and all of C (4096 words): the device executes the next frames
+        # while long results leave at the line rate.
+        system_params={"tx_buffer": 16384}),
     # UP5K: 5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K. The GemmSystem's control logic and
     # FP32 accumulator alone take most of it, so the reduced default is one lane of 4-element
     # blocks of 4-bit mantissas, small buffers, at the 12 MHz oscillator, and no on-device

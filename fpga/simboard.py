@@ -82,7 +82,7 @@ class SimConfig:
     timeout_cycles: int = 2_000
     #: Bytes of the transmit buffer that holds the replies: that of the default board
     #: (``boards.BOARDS["ulx3s-85f"].system_params["tx_buffer"]``, checked by a test).
-    tx_buffer: int = 65536
+    tx_buffer: int = 16384
     # Harness options (not part of the gateware): the UART line model.
     baud: int = 0
     vclock_hz: int = 0

@@ -28,7 +28,7 @@ def test_info_matches_the_build(sim_device, sim_config):
     assert info.fmt.name == "bfp8"
     assert info.lanes == 4 and info.a_blocks == 1024 and info.c_words == 4096
     assert info.wire_formats == {protocol.Wire.FLOAT, protocol.Wire.BFP}
-    assert info.tx_buffer == 65536 >= protocol.MAX_REPLY
+    assert info.tx_buffer == 16384 >= protocol.MAX_REPLY
 
 
 @pytest.mark.parametrize("wire", ["bfp", "fp32"])
