@@ -48,7 +48,12 @@ from hbfp_hw.rtl_gen.block_dot import (
     BlockDotUnit,
     block_dot_input_layout,
 )
-from hbfp_hw.rtl_gen.common import check_rtl_format, check_stages, registered_multiply
+from hbfp_hw.rtl_gen.common import (
+    check_rtl_format,
+    check_stages,
+    platform_family,
+    registered_multiply,
+)
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
 from hbfp_hw.rtl_gen.layout import (
     block_layout,
@@ -291,8 +296,13 @@ class GemmEngine(wiring.Component):
         rlane = Signal.like(self.c_rlane)
         rlane2 = Signal.like(self.c_rlane)
         m.d.sync += [rlane.eq(self.c_rlane), rlane2.eq(rlane)]
-        c_q = [Signal(32, name=f"c_q{lane}", reset_less=True) for lane in range(lanes)]
-        m.d.sync += [q.eq(rd.data) for q, rd in zip(c_q, c_rds, strict=True)]
+        # (Not on the iCE40, whose block RAMs are fast and whose flip-flops are logic cells:
+        # there the read data is held, as the address is, until the readout takes it.)
+        if platform_family(platform) == "ice40":
+            c_q = [rd.data for rd in c_rds]
+        else:
+            c_q = [Signal(32, name=f"c_q{lane}", reset_less=True) for lane in range(lanes)]
+            m.d.sync += [q.eq(rd.data) for q, rd in zip(c_q, c_rds, strict=True)]
         c_data = c_q[0]
         for lane in range(1, lanes):
             c_data = Mux(rlane2 == lane, c_q[lane], c_data)
@@ -704,7 +714,13 @@ class GemmSystem(wiring.Component):
             status_view.next_seq.eq(next_seq),
         ]
         fixed = Signal(8 * max(kind_len))
-        fixed_sr = Signal(8 * max(kind_len))    # the fixed part being sent, low byte first
+        # The fixed part is latched when the header goes out and shifted out a byte at a time:
+        # a byte multiplexer over all of INFO in front of the encoder's CRC was the ULX3S
+        # critical path at 97.6 MHz (10.3 ns). Not on the iCE40, where the 328 flip-flops of
+        # the latch would each take a logic cell the UP5K does not have; it reads the fixed
+        # part through the multiplexer (its values do not change while a reply is sent).
+        latch_fixed = platform_family(platform) != "ice40"
+        fixed_sr = Signal(8 * max(kind_len))
         fixed_last = Signal(8)                  # index of its last byte
         # An OUT_OF_ORDER reply also says which sequence number the device expects.
         m.d.comb += fixed.eq(Mux(out_of_order, Cat(status, next_seq),
@@ -1085,18 +1101,21 @@ class GemmSystem(wiring.Component):
                 with m.If(enc.i_header.ready):
                     # One cycle per frame: SEND is left in this cycle.
                     m.d.comb += dec.o_event.ready.eq(1)
-                    # The fixed part is latched and shifted out a byte at a time: a byte
-                    # multiplexer over all of INFO in front of the encoder's CRC was the
-                    # ULX3S critical path at 97.6 MHz (10.3 ns).
-                    m.d.sync += [tx_index.eq(0), released.eq(1), fixed_sr.eq(fixed),
-                                 fixed_last.eq(fixed_len - 1)]
+                    m.d.sync += [tx_index.eq(0), released.eq(1), fixed_last.eq(fixed_len - 1)]
+                    if latch_fixed:
+                        m.d.sync += fixed_sr.eq(fixed)
                     m.next = "SEND_FIXED"
 
             with m.State("SEND_FIXED"):
-                m.d.comb += [enc.i_stream.valid.eq(1),
-                             enc.i_stream.payload.eq(fixed_sr[:8])]
+                m.d.comb += enc.i_stream.valid.eq(1)
+                if latch_fixed:
+                    m.d.comb += enc.i_stream.payload.eq(fixed_sr[:8])
+                    with m.If(enc.i_stream.ready):
+                        m.d.sync += fixed_sr.eq(fixed_sr >> 8)
+                else:
+                    m.d.comb += enc.i_stream.payload.eq(fixed.word_select(tx_index, 8))
                 with m.If(enc.i_stream.ready):
-                    m.d.sync += [tx_index.eq(tx_index + 1), fixed_sr.eq(fixed_sr >> 8)]
+                    m.d.sync += tx_index.eq(tx_index + 1)
                     with m.If(tx_index == fixed_last):
                         with m.If(read_count != 0):
                             m.next = "SEND_C_ADDR"

@@ -66,9 +66,11 @@ class TargetFamily:
 
 
 def platform_family(platform):
-    """Return the FPGA family of an elaboration ``platform`` (Amaranth's Lattice platforms
-    say ``"ecp5"``), or None without a platform or for one that does not say."""
-    return getattr(platform, "family", None)
+    """Return the FPGA family of an elaboration ``platform`` in lower case (Amaranth's Lattice
+    platforms say ``"ecp5"`` and ``"iCE40"``), or None without a platform or for one that does
+    not say."""
+    family = getattr(platform, "family", None)
+    return family.lower() if isinstance(family, str) else None
 
 
 #: Operand width of an ECP5 ``MULT18X18D``.
@@ -112,20 +114,19 @@ def ecp5_multiply(m, name, a, b, *, is_signed, input_register, output_register):
 
 
 def registered_multiply(m, platform, name, a, b, *, is_signed=False):
-    """Return ``a * b`` two cycles later: operands registered, product registered.
+    """Return a register that holds ``a * b`` at most two cycles after the operands.
 
-    On the ECP5 (see :func:`platform_family`), with operands of at most 18 bits, both
-    registers are those of a ``MULT18X18D`` (:func:`ecp5_multiply`); anywhere else they are
-    flip-flops around a behavioural multiplier. The latency is the same everywhere.
+    On the ECP5 (see :func:`platform_family`), with operands of at most 18 bits, the operands
+    and the product are registered in a ``MULT18X18D`` (:func:`ecp5_multiply`): two cycles.
+    Anywhere else only the product is registered (one cycle; on the iCE40 every extra
+    flip-flop is a logic cell). Callers wait two cycles with the operands held.
     """
     if platform_family(platform) == "ecp5" and max(len(a), len(b)) <= ECP5_DSP_WIDTH:
         return ecp5_multiply(m, name, a, b, is_signed=is_signed, input_register=True,
                              output_register=True)
     shape = signed if is_signed else unsigned
-    a_q = Signal(shape(len(a)), name=f"{name}_a", reset_less=True)
-    b_q = Signal(shape(len(b)), name=f"{name}_b", reset_less=True)
     product = Signal(shape(len(a) + len(b)), name=f"{name}_p", reset_less=True)
-    m.d.sync += [a_q.eq(a), b_q.eq(b), product.eq(a_q * b_q)]
+    m.d.sync += product.eq(a * b)
     return product
 
 
