@@ -15,6 +15,7 @@ __all__ = ["register", "cmd_build", "default_out_dir", "config_from_args", "form
 def register(subparsers):
     """Add the ``build`` subcommand (imports of the gateware are deferred to its run)."""
     from .boards import BOARDS, DEFAULT_BAUD, DEFAULT_BOARD
+    from .build import DEFAULT_SEED, DEFAULT_SEED_ATTEMPTS
 
     boards = ", ".join(f"{name} ({spec.device}: {spec.fmt.name}, {spec.lanes} lane(s), "
                        f"{spec.clock_mhz:g} MHz)" for name, spec in BOARDS.items())
@@ -40,7 +41,12 @@ def register(subparsers):
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--input-format", choices=["fp32", "bf16"],
                    help="float format of the operands on the link (default: the board's)")
-    p.add_argument("--seed", type=int, help="nextpnr placement seed")
+    p.add_argument("--seed", type=build_seed, metavar="S",
+                   help=f"nextpnr placement seed of the first attempt (default {DEFAULT_SEED})")
+    p.add_argument("--seed-attempts", type=positive_int("--seed-attempts", 100), metavar="N",
+                   default=DEFAULT_SEED_ATTEMPTS,
+                   help="when timing fails, place and route again with the next seed, up to "
+                        f"N runs in all (default {DEFAULT_SEED_ATTEMPTS}; 1: no retry)")
     p.add_argument("--out", metavar="DIR",
                    help="build directory (default: a per-configuration directory under "
                         "$XDG_CACHE_HOME/hbfp-hw/builds)")
@@ -51,6 +57,18 @@ def register(subparsers):
                    help="report a timing failure but exit 0")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_build)
+
+
+def build_seed(text):
+    """``type=`` for ``--seed``: an integer in ``[0, 2**31 - 101]`` (room for the retries)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, not {text!r}") from None
+    if not 0 <= value <= 2**31 - 101:
+        raise argparse.ArgumentTypeError(f"--seed must be in [0, {2**31 - 101}], not {value}")
+    return value
 
 
 def config_from_args(args):
@@ -100,11 +118,23 @@ def format_report(report):
                      f"(target {clock['target_mhz']:.2f} MHz) {verdict}")
     timing = {True: "met", False: "FAILED", None: "unknown (no clock reported)"}
     lines.append(f"timing    {timing[report['timing_passed']]}")
+    if "seed" in report:
+        lines.append(f"seed      {report['seed']} ({_attempts_text(report)})")
     lines.append(f"bitstream {report['bitstream']}")
     lines.append(f"time      {report['total_seconds']:.1f} s ("
                  + ", ".join(f"{s['tool']} {s['seconds']:.1f} s" for s in report["stages"])
                  + ")")
     return "\n".join(lines)
+
+
+def _attempts_text(report):
+    """"1 placement" or "3 placements: seed 1 90.64 MHz, seed 2 ..." from a build report."""
+    attempts = report.get("seed_attempts") or []
+    if len(attempts) <= 1:
+        return "1 placement"
+    return f"{len(attempts)} placements: " + ", ".join(
+        f"seed {a['seed']} " + ("-" if a["fmax_mhz"] is None else f"{a['fmax_mhz']:.2f} MHz")
+        for a in attempts)
 
 
 def _write_json(path, payload):
@@ -135,14 +165,16 @@ def cmd_build(args):
     print(f"hbfp-hw build: {config.board}, {config.fmt.name}, {config.lanes} lane(s), "
           f"{config.clock_hz / 1e6:.3f} MHz -> {out}", flush=True)
     try:
-        result = build(config, out, progress=not args.quiet, seed=args.seed)
+        result = build(config, out, progress=not args.quiet, seed=args.seed,
+                       seed_attempts=args.seed_attempts)
     except TimingError as e:
         print(format_report(e.report))
         _write_json(args.json, e.report)
         clock = e.clock
         print(f"error: timing failed: critical clock {clock['name']!r} reaches "
               f"{clock['fmax_mhz']:.2f} MHz, {clock['target_mhz']:.2f} MHz required "
-              f"(lower --clock-mhz or --lanes; logs in {out})", file=sys.stderr)
+              f"after {_attempts_text(e.report)} (lower --clock-mhz or --lanes, or try "
+              f"more --seed-attempts; logs in {out})", file=sys.stderr)
         return 0 if args.allow_timing_fail else 1
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)

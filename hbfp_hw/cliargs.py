@@ -5,8 +5,8 @@ import argparse
 __all__ = ["positive_int", "positive_float", "seed"]
 
 
-def positive_int(flag):
-    """``type=`` for an integer flag that must be at least 1."""
+def positive_int(flag, maximum=None):
+    """``type=`` for an integer flag that must be at least 1 (and at most ``maximum``)."""
     def parse(text):
         try:
             value = int(text)
@@ -14,6 +14,9 @@ def positive_int(flag):
             raise argparse.ArgumentTypeError(f"{flag} must be an integer, not {text!r}") from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"{flag} must be at least 1, not {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be in [1, {maximum}], not {value}")
         return value
     return parse
 

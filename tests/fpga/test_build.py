@@ -263,6 +263,91 @@ def test_cli_config_from_args():
         parser.parse_args(["build", "--board", "de10"])
 
 
+# -- placement seeds ----------------------------------------------------------------------------
+
+def _fake_runs(monkeypatch, tmp_path, fmax_by_seed, target=100.0):
+    """Replace the tool run by reports whose Fmax depends on the seed; return the seeds run."""
+    from hbfp_hw.fpga import build as build_module
+    runs = []
+
+    def fake_once(config, out_dir, *, seed, **kwargs):
+        runs.append(seed)
+        fmax = fmax_by_seed[seed]
+        clock = {"name": "$glbnet$clk", "fmax_mhz": fmax, "target_mhz": target,
+                 "passed": fmax >= target}
+        return {"config": config.to_dict(), "clocks": [clock], "timing_passed": clock["passed"],
+                "critical_clock": clock["name"], "fmax_mhz": fmax, "target_mhz": target,
+                "bitstream": str(tmp_path / "top.bit"), "build_dir": str(tmp_path),
+                "seed": seed, "total_seconds": 10.0 + seed, "stages": []}
+
+    monkeypatch.setattr(build_module, "_build_once", fake_once)
+    return runs
+
+
+def test_seed_retry_stops_at_the_first_placement_that_meets_timing(monkeypatch, tmp_path):
+    runs = _fake_runs(monkeypatch, tmp_path, {1: 90.6, 2: 100.9, 3: 103.0})
+    result = build(BuildConfig(), tmp_path, progress=False, seed_attempts=3)
+    assert runs == [1, 2]
+    report = result.report
+    assert report["seed"] == 2 and report["timing_passed"] is True
+    assert report["seed_attempts"] == [
+        {"seed": 1, "fmax_mhz": 90.6, "timing_passed": False, "seconds": 11.0},
+        {"seed": 2, "fmax_mhz": 100.9, "timing_passed": True, "seconds": 12.0}]
+    assert json.loads((tmp_path / "report.json").read_text())["seed"] == 2
+    from hbfp_hw.fpga.commands import _attempts_text
+    assert _attempts_text(report) == "2 placements: seed 1 90.60 MHz, seed 2 100.90 MHz"
+
+
+def test_seed_retry_raises_after_the_last_attempt(monkeypatch, tmp_path):
+    runs = _fake_runs(monkeypatch, tmp_path, {7: 90.0, 8: 95.5})
+    with pytest.raises(TimingError, match=r"reaches 95\.50 MHz, 100\.00 MHz required") as info:
+        build(BuildConfig(), tmp_path, progress=False, seed=7, seed_attempts=2)
+    assert runs == [7, 8]
+    assert [a["fmax_mhz"] for a in info.value.report["seed_attempts"]] == [90.0, 95.5]
+    # Without retries only the first seed runs; allow_timing_fail returns the report.
+    runs.clear()
+    result = build(BuildConfig(), tmp_path, progress=False, seed=7, allow_timing_fail=True)
+    assert runs == [7] and result.report["timing_passed"] is False
+
+
+def test_seed_arguments_are_checked(tmp_path):
+    for kwargs, message in [({"seed": -1}, r"seed must be an integer in \[0, 2\*\*31\)"),
+                            ({"seed": 1.5}, r"seed must be an integer"),
+                            ({"seed_attempts": 0}, r"seed_attempts must be an integer in "
+                                                   r"\[1, 100\], not 0"),
+                            ({"seed_attempts": True}, r"seed_attempts must be an integer")]:
+        with pytest.raises(ValueError, match=message):
+            build(BuildConfig(), tmp_path, progress=False, **kwargs)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_seed_attempts(monkeypatch, tmp_path, capsys):
+    import argparse
+
+    from hbfp_hw.fpga.commands import cmd_build, register
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    for bad, message in [("0", "--seed-attempts must be at least 1, not 0"),
+                         ("101", "--seed-attempts must be in [1, 100], not 101"),
+                         ("x", "--seed-attempts must be an integer, not 'x'")]:
+        with pytest.raises(SystemExit):
+            parser.parse_args(["build", "--seed-attempts", bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "--seed", "-3"])
+    assert "--seed must be in [0, 2147483547], not -3" in capsys.readouterr().err
+    assert parser.parse_args(["build"]).seed_attempts == 3
+
+    runs = _fake_runs(monkeypatch, tmp_path, {1: 90.64, 2: 93.0, 3: 99.9})
+    args = parser.parse_args(["build", "--out", str(tmp_path), "--quiet"])
+    monkeypatch.setattr("hbfp_hw.fpga.commands.format_report", lambda report: "")
+    assert cmd_build(args) == 1
+    assert runs == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert ("reaches 99.90 MHz, 100.00 MHz required after 3 placements: seed 1 90.64 MHz, "
+            "seed 2 93.00 MHz, seed 3 99.90 MHz") in err
+
+
 # -- real builds --------------------------------------------------------------------------------
 
 def _require(family):
@@ -342,7 +427,9 @@ def test_icebreaker_default_build(tmp_path):
 def test_ulx3s_default_build(tmp_path):
     """The default bfp8 build on the LFE5U-85F meets timing at 100 MHz (long: tens of minutes)."""
     _require("ecp5")
-    report = build(BuildConfig(), tmp_path, progress=False).report
+    from hbfp_hw.fpga.build import DEFAULT_SEED_ATTEMPTS
+    report = build(BuildConfig(), tmp_path, progress=False,
+                   seed_attempts=DEFAULT_SEED_ATTEMPTS).report
     assert report["timing_passed"] is True
     assert report["fmax_mhz"] >= 100
 
