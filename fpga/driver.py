@@ -598,9 +598,8 @@ class _RxModel:
         """Return whether the bytes behind a frame of ``nbytes`` that executes in ``cycles``
         and is sent now would be bounded by it (:meth:`free`): then it needs a reply, or
         nothing would ever lift the bound."""
-        last = self.anchor
-        for _, _, last in self.times(frames):       # noqa: B007 -- the end of the last one
-            pass
+        ends = [end for _, _, end in self.times(frames)]
+        last = ends[-1] if ends else self.anchor
         release = max(self.sent + nbytes, last) + cycles / self.cycles_per_byte
         return release > self.sent + nbytes + self.room
 

@@ -158,6 +158,17 @@ async def _setup_c(link, a, b):
     return info, await device_gemm(link, a, b, info, Wire.BFP, tile=(a.shape[0], b.shape[1]))
 
 
+async def _check_status_then_state(link, status_reply, next_seq, last_error, info, a, b, c):
+    """A STATUS reply says ``next_seq`` and ``last_error``, no frame is left unanswered, and
+    the state is intact (:func:`_check_state`, sequenced from ``next_seq``)."""
+    st = protocol.from_bytes(protocol.STATUS_LAYOUT, status_reply.body)
+    assert st["next_seq"] == next_seq
+    assert st["last_error"] == last_error
+    assert not link.frames
+    link.order = next_seq
+    await _check_state(link, info, a, b, c)
+
+
 async def _check_state(link, info, a, b, c):
     """C reads back unchanged, and recomputing from the buffers gives it again."""
     assert (await read_c(link, *c.shape, info) == c).all()
@@ -647,12 +658,8 @@ def test_frames_behind_a_reply_run_exactly_once_in_order(tx_buffer, byte_cycles)
         assert list(protocol.c_from_payload(replies[0].body)) == list(expected.reshape(-1))
         assert replies[1].body == bytes([seq & 0xFF])
         assert list(protocol.c_from_payload(replies[2].body[4:])) == list(neg.reshape(-1))
-        st = protocol.from_bytes(protocol.STATUS_LAYOUT, replies[3].body)
-        assert st["next_seq"] == (seq + 1) & 0xFF
-        assert st["last_error"] == Status.OUT_OF_ORDER
-        assert not link.frames
-        link.order = (seq + 1) & 0xFF
-        await _check_state(link, info, -a, b, neg)
+        await _check_status_then_state(link, replies[3], (seq + 1) & 0xFF, Status.OUT_OF_ORDER,
+                                       info, -a, b, neg)
 
     run_link(dut, test, byte_cycles=byte_cycles)
 
@@ -761,11 +768,8 @@ def test_writes_execute_while_a_long_reply_drains(tx_buffer):
             (0x42, Cmd.STATUS | REPLY_FLAG, Status.OK)]
         assert list(protocol.c_from_payload(replies[0].body)) == list(expected.reshape(-1))
         assert list(protocol.c_from_payload(replies[1].body[4:])) == list(neg.reshape(-1))
-        st = protocol.from_bytes(protocol.STATUS_LAYOUT, replies[2].body)
-        assert st["next_seq"] == (seq + 1) & 0xFF and st["last_error"] == 0
-        assert not link.frames and link.parser.errors == 0
-        link.order = (seq + 1) & 0xFF
-        await _check_state(link, info, -a, b, neg)
+        assert link.parser.errors == 0
+        await _check_status_then_state(link, replies[2], (seq + 1) & 0xFF, 0, info, -a, b, neg)
 
     run_link(dut, test, byte_cycles=UART)
 
