@@ -9,6 +9,10 @@ for the roles and the seeds.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +39,23 @@ def _offset(seeds, i):
     return seeds if i == 0 else (seeds + 2 * i) & _M32
 
 
+def _backward_gemm(a, b, seed, fmts, key):
+    """One GEMM of a backward pass, ``a @ b`` in format ``fmts[0]`` with ``seed``.
+
+    Plain backward: :func:`ops.role_gemm`. Under ``create_graph=True`` (double backward, e.g.
+    a gradient penalty) the same GEMM, with the same bits, is an HBFP :class:`_Matmul` node,
+    so that its own gradients are HBFP GEMMs too: ``fmts = (format of this GEMM, format of
+    the gradient of a, format of the gradient of b)`` and the seeds of those two are
+    ``derive_seed(seed, 1)`` and ``derive_seed(seed, 2)`` (docs/numerics.md, "PyTorch").
+    """
+    if not torch.is_grad_enabled():
+        return ops.role_gemm(a, b, fmts[0], seed, key)
+    if not isinstance(seed, torch.Tensor):
+        seed = torch.tensor(seed, dtype=torch.int64)
+    seeds = torch.stack([seed, derive_seed(seed, 1), derive_seed(seed, 2)])
+    return _Matmul.apply(a, b, seeds, fmts, key)
+
+
 class _Linear(torch.autograd.Function):
     """``y = x @ W^T``; ``dx = dy @ W``; ``dW = dy^T @ x`` (three HBFP GEMMs)."""
 
@@ -51,11 +72,14 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, seeds = ctx.saved_tensors
+        _, f_gi, f_gw = ctx.fmts
         grad_x = grad_w = None
+        # Second-order GEMMs: weight gradients in grad_weight's format, all others in
+        # grad_input's (used only under create_graph=True).
         if ctx.needs_input_grad[0]:
-            grad_x = ops.role_gemm(grad_y, weight, ctx.fmts[1], seeds[1], ctx.key)
+            grad_x = _backward_gemm(grad_y, weight, seeds[1], (f_gi, f_gi, f_gw), ctx.key)
         if ctx.needs_input_grad[1]:
-            grad_w = ops.role_gemm(grad_y.t(), x, ctx.fmts[2], seeds[2], ctx.key)
+            grad_w = _backward_gemm(grad_y.t(), x, seeds[2], (f_gw, f_gi, f_gi), ctx.key)
         return grad_x, grad_w, None, None, None
 
 
@@ -75,11 +99,12 @@ class _Matmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_c):
         a, b, seeds = ctx.saved_tensors
+        _, f_gi, f_gw = ctx.fmts
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = ops.role_gemm(grad_c, b.t(), ctx.fmts[1], seeds[1], ctx.key)
+            grad_a = _backward_gemm(grad_c, b.t(), seeds[1], (f_gi, f_gi, f_gw), ctx.key)
         if ctx.needs_input_grad[1]:
-            grad_b = ops.role_gemm(a.t(), grad_c, ctx.fmts[2], seeds[2], ctx.key)
+            grad_b = _backward_gemm(a.t(), grad_c, seeds[2], (f_gw, f_gi, f_gi), ctx.key)
         return grad_a, grad_b, None, None, None
 
 
@@ -99,11 +124,63 @@ def _prepare(fmt, seed, backend, device):
     return role_seeds(seed), fmts, config.key
 
 
-def _check_float32(**tensors):
-    for name, t in tensors.items():
-        if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != torch.float32):
-            what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-            raise TypeError(f"{name} must be a float32 tensor, not {what}")
+#: Input dtypes whose values FP32 holds exactly (the GEMMs take FP32 values).
+_EXACT_IN_FP32 = (torch.float32, torch.bfloat16, torch.float16)
+_fp64_warned = False
+
+
+def _float32(t, name):
+    """Return tensor ``t`` as float32: BF16/FP16 exactly, FP64 rounded (warned once)."""
+    global _fp64_warned
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
+    if t.dtype in _EXACT_IN_FP32:
+        return t if t.dtype == torch.float32 else t.float()
+    if t.dtype == torch.float64:
+        if not _fp64_warned:
+            _fp64_warned = True
+            warnings.warn(f"HBFP GEMMs take FP32 values: the float64 {name} is rounded to "
+                          f"float32 (nearest-even) before quantization (warned once)",
+                          stacklevel=4)
+        return t.float()
+    raise TypeError(f"{name} must be a float32, bfloat16, float16 or float64 tensor, not "
+                    f"{t.dtype}")
+
+
+def _output_dtype(x):
+    """The dtype of a layer's result: autocast's under autocast, else the input's."""
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _fp32_region(x):
+    """A context in which the layer computes in FP32 (autocast off for its device)."""
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _in_fp32(*names):
+    """Decorator: run ``fn(t0, t1, ..., *args)`` on FP32 copies of its first ``len(names)``
+    tensor arguments (``None`` passes) in an autocast-free region, and return the result in
+    :func:`_output_dtype` of the first one (see :func:`hbfp_linear`, "Dtypes")."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args):
+            x = args[0]
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{names[0]} must be a torch.Tensor, not {type(x).__name__}")
+            dtype = _output_dtype(x)
+            with _fp32_region(x):
+                y = fn(*(_float32(t, n) for t, n in zip(args, names)), *args[len(names):])
+            return y if y.dtype == dtype else y.to(dtype)
+        return wrapper
+    return decorate
 
 
 def hbfp_linear(x, weight, bias=None, fmt="bfp8", *, seed=0, backend="emulate", device=None):
@@ -123,7 +200,9 @@ def hbfp_linear(x, weight, bias=None, fmt="bfp8", *, seed=0, backend="emulate", 
     backend, device : str
         Backend name and device URL (ignored when ``fmt`` is an HBFPConfig).
     """
-    _check_float32(x=x, weight=weight, bias=bias)
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [out_features, in_features], not of shape "
                          f"{tuple(weight.shape)}")
@@ -133,6 +212,7 @@ def hbfp_linear(x, weight, bias=None, fmt="bfp8", *, seed=0, backend="emulate", 
     return linear_impl(x, weight, bias, *_prepare(fmt, seed, backend, device))
 
 
+@_in_fp32("x", "weight", "bias")
 def linear_impl(x, weight, bias, seeds, fmts, key):
     """:func:`hbfp_linear` on checked inputs with role ``seeds``, format args and backend key."""
     lead = x.shape[:-1]
@@ -152,10 +232,16 @@ def hbfp_matmul(a, b, fmt="bfp8", *, seed=0, backend="emulate", device=None):
     Roles: ``forward`` is ``a @ b``, ``grad_input`` the gradient of ``a`` (reduces over N),
     ``grad_weight`` the gradient of ``b`` (reduces over M).
     """
-    _check_float32(a=a, b=b)
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
     if a.dim() == 0 or b.dim() == 0:
         raise ValueError("a and b must have at least one dimension, not be scalars")
-    seeds, fmts, key = _prepare(fmt, seed, backend, device)
+    return _matmul_impl(a, b, *_prepare(fmt, seed, backend, device))
+
+
+@_in_fp32("a", "b")
+def _matmul_impl(a, b, seeds, fmts, key):
     a_vec, b_vec = a.dim() == 1, b.dim() == 1
     a2 = a.unsqueeze(0) if a_vec else a
     b2 = b.unsqueeze(1) if b_vec else b
@@ -238,9 +324,9 @@ def hbfp_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                           *_prepare(fmt, seed, backend, device))
 
 
+@_in_fp32("x", "weight", "bias")
 def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key):
     """Validate the arguments of :func:`hbfp_conv2d` and run it with role seeds."""
-    _check_float32(x=x, weight=weight, bias=bias)
     if weight.dim() != 4:
         raise ValueError(f"weight must be 4-D [out, in/groups, kh, kw], not of shape "
                          f"{tuple(weight.shape)}")
@@ -333,14 +419,19 @@ class _Conv2d(torch.autograd.Function):
                               weight[g * out_g:(g + 1) * out_g].reshape(out_g, -1).t(),
                               fmts[0], _offset(seeds, g)[0], key)
                 for g in range(groups)]
-        ctx.save_for_backward(weight, seeds, cols_t if ctx.needs_input_grad[1] else None)
+        # x itself is kept only for double backward, which needs cols_t as a function of x
+        ctx.save_for_backward(weight, seeds, cols_t if ctx.needs_input_grad[1] else None, x)
         ctx.fmts, ctx.key, ctx.geometry, ctx.x_shape = fmts, key, geometry, x.shape
         return outs[0] if groups == 1 else torch.cat(outs, dim=1)
 
     @staticmethod
     def backward(ctx, grad_y):
-        weight, seeds, cols_t = ctx.saved_tensors
+        weight, seeds, cols_t, x = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
+        _, f_gi, f_gw = ctx.fmts
+        if torch.is_grad_enabled() and ctx.needs_input_grad[1]:
+            # double backward: the columns as a differentiable function of x
+            cols_t = _im2col_t(x, weight.shape[2:], stride, padding, dilation)
         out_g = weight.shape[0] // groups
         per_group = weight[0].numel()
         grad_x = grad_w = None
@@ -350,10 +441,10 @@ class _Conv2d(torch.autograd.Function):
             s = _offset(seeds, g)
             if ctx.needs_input_grad[0]:
                 gcols.append(_grad_cols_t(gy, weight[g * out_g:(g + 1) * out_g]
-                                          .reshape(out_g, -1), ctx.fmts[1], s[1], ctx.key))
+                                          .reshape(out_g, -1), f_gi, f_gw, s[1], ctx.key))
             if ctx.needs_input_grad[1]:
                 cols = cols_t[g * per_group:(g + 1) * per_group].t()
-                gws.append(ops.role_gemm(gy.t(), cols, ctx.fmts[2], s[2], ctx.key))
+                gws.append(_backward_gemm(gy.t(), cols, s[2], (f_gw, f_gi, f_gi), ctx.key))
         if ctx.needs_input_grad[0]:
             gc = gcols[0] if groups == 1 else torch.cat(gcols, dim=0)
             grad_x = _col2im(gc, ctx.x_shape, weight.shape[2:], stride, padding, dilation)
@@ -362,7 +453,7 @@ class _Conv2d(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
-def _grad_cols_t(gy, w, fmt_args, seed, key):
+def _grad_cols_t(gy, w, fmt_args, f_gw, seed, key):
     """The grad_input GEMM of a convolution, ``dcols = dy @ W``, returned transposed,
     ``[C*kh*kw, B*L]``, the layout in which :func:`_col2im` adds whole rows.
 
@@ -372,8 +463,8 @@ def _grad_cols_t(gy, w, fmt_args, seed, key):
     blocks and draws its seeds per operand, so that role keeps the ``dy @ W`` orientation.
     """
     if fmt_args is not None and fmt_args[2] != "stochastic":
-        return ops.role_gemm(w.t(), gy.t(), fmt_args, seed, key)
-    return ops.role_gemm(gy, w, fmt_args, seed, key).t()
+        return _backward_gemm(w.t(), gy.t(), seed, (fmt_args, f_gw, fmt_args), key)
+    return _backward_gemm(gy, w, seed, (fmt_args, fmt_args, f_gw), key).t()
 
 
 def conv2d_impl(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key):

@@ -29,13 +29,15 @@ well as ints so that ``torch.compile`` sees no Python-side state.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass, replace
 
 from hbfp_hw.formats import BFPFormat, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key
 
-__all__ = ["HBFPConfig", "ROLES", "as_config", "derive_seed", "mix32"]
+__all__ = ["HBFPConfig", "LayerRule", "LayerRules", "ROLES", "as_config", "derive_seed", "mix32"]
 
 #: The three GEMMs of a layer, in seed order.
 ROLES = ("forward", "grad_input", "grad_weight")
@@ -146,3 +148,111 @@ def as_config(fmt="bfp8", backend="emulate", device=None, seed=0):
     else:
         roles = dict.fromkeys(ROLES, fmt)
     return HBFPConfig(**roles, backend=backend, device=device, seed=seed)
+
+
+_FP32_WORDS = ("fp32",)
+
+
+def _is_fp32(spec):
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in _FP32_WORDS)
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One rule of :class:`LayerRules`: a name pattern and what matching layers get.
+
+    Members
+    -------
+    pattern : str
+        As given: a glob (``fnmatch``, case-sensitive) on the qualified module name, or
+        ``"re:REGEX"`` for a regular expression that must match the whole name.
+    config : HBFPConfig or None
+        The layer's formats, backend and seed; ``None`` keeps the layer in FP32.
+    """
+
+    pattern: str
+    config: HBFPConfig | None
+
+    def matches(self, name):
+        """Whether the qualified module ``name`` matches this rule's pattern."""
+        if self.pattern.startswith("re:"):
+            return re.fullmatch(self.pattern[3:], name) is not None
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+class LayerRules:
+    """Per-layer formats: name patterns mapped to formats, first match wins.
+
+    Parameters
+    ----------
+    rules : dict or sequence of (pattern, spec) pairs
+        In order. A pattern is a glob on the qualified module name (as in
+        ``model.named_modules()``, e.g. ``"features.0"``, ``"blocks.*.mlp.*"``) or
+        ``"re:REGEX"`` (``re.fullmatch``). A spec is ``"fp32"``/``None`` (keep the layer in
+        FP32), a preset name or format object (all three roles), a dict of some roles
+        (``{"grad_weight": "bfp4"}``; the other roles keep the default's formats), or an
+        :class:`HBFPConfig`.
+    default : HBFPConfig
+        The configuration of layers that no rule matches; also gives the backend, device and
+        seed of every rule that is not an HBFPConfig itself.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a pattern that is not a string, an invalid regular expression or an invalid spec;
+        the message names the pattern.
+    """
+
+    def __init__(self, rules, default):
+        if isinstance(rules, dict):
+            rules = list(rules.items())
+        elif isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
+            raise TypeError(f"layers must be a dict or a sequence of (pattern, format) pairs, "
+                            f"not {rules!r}")
+        self.default = default
+        self.rules = tuple(self._rule(item) for item in rules)
+
+    def _rule(self, item):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise TypeError(f"layers entries must be (pattern, format) pairs, not {item!r}")
+        pattern, spec = item
+        if not isinstance(pattern, str) or not pattern:
+            raise TypeError(f"layers patterns must be non-empty strings, not {pattern!r}")
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as e:
+                raise ValueError(f"layers pattern {pattern!r} is not a valid regular "
+                                 f"expression: {e}") from None
+        if _is_fp32(spec):
+            return LayerRule(pattern, None)
+        d = self.default
+        try:
+            if isinstance(spec, HBFPConfig):
+                config = spec
+            elif isinstance(spec, dict):
+                unknown = set(spec) - set(ROLES)
+                if unknown:
+                    raise ValueError(f"its role keys must be among {', '.join(ROLES)}, not "
+                                     f"{', '.join(sorted(map(str, unknown)))}")
+                config = d.replace(**spec)
+            else:
+                config = d.replace(**dict.fromkeys(ROLES, spec))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"layers[{pattern!r}]: {e}") from None
+        return LayerRule(pattern, config)
+
+    def match(self, name):
+        """Return the first :class:`LayerRule` whose pattern matches ``name``, or ``None``."""
+        for rule in self.rules:
+            if rule.matches(name):
+                return rule
+        return None
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    def __repr__(self):
+        rules = ", ".join(f"{r.pattern!r}: {'fp32' if r.config is None else r.config.describe()}"
+                          for r in self.rules)
+        return f"LayerRules({{{rules}}}, default={self.default.describe()})"

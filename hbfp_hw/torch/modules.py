@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
+import zlib
 
 import torch
 from torch import nn
@@ -11,25 +13,47 @@ from torch import nn
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.autograd import conv2d_checked, linear_impl
 from hbfp_hw.torch.backends import check_backend
-from hbfp_hw.torch.config import HBFPConfig, as_config, derive_seed
+from hbfp_hw.torch.config import HBFPConfig, LayerRules, as_config, derive_seed
+from hbfp_hw.torch.report import NO_GEMM_TYPES, ConversionReport, FP32LayerWarning, LayerEntry
 
-__all__ = ["HBFPLinear", "HBFPConv2d", "convert", "set_seed", "hbfp_modules"]
+__all__ = ["HBFPLinear", "HBFPConv2d", "convert", "set_seed", "hbfp_modules", "layer_id_for",
+           "strip_hbfp_state", "EVAL_STEP"]
+
+
+#: The step that inference calls use: ``eval()`` or no-grad forwards draw their seeds from
+#: this fixed step and do not advance the counter (deterministic inference).
+EVAL_STEP = 0xFFFFFFFF
 
 
 class _HBFPMixin:
     """Config, layer id and step counter shared by the HBFP modules.
 
-    The step counter is a non-persistent int64 buffer (not in the ``state_dict``), so the
-    converted model loads the original ``state_dict`` and ``torch.compile`` sees the per-step
-    seeds as data.
+    The step counter counts the layer's training forwards (``module.training`` and grad
+    enabled); it is saved in the ``state_dict`` (``hbfp_step``) of layers that round
+    stochastically, the only ones whose results depend on it, so that a resumed run is
+    reproducible bit for bit. Loading a ``state_dict`` without it keeps the current step.
     """
 
     def _init_hbfp(self, config, layer_id):
-        if isinstance(layer_id, bool) or not isinstance(layer_id, int) or layer_id < 0:
-            raise ValueError(f"layer_id must be a non-negative integer, not {layer_id!r}")
         self.register_buffer("hbfp_step", torch.zeros((), dtype=torch.int64), persistent=False)
+        self._hbfp_config = None
         self.layer_id = layer_id
         self.hbfp_config = as_config(config)
+
+    @property
+    def layer_id(self):
+        """The id that enters the layer's stochastic-rounding seeds."""
+        return self._hbfp_layer_id
+
+    @layer_id.setter
+    def layer_id(self, layer_id):
+        if isinstance(layer_id, bool) or not isinstance(layer_id, int) or \
+                not 0 <= layer_id <= 0xFFFFFFFF:
+            raise ValueError(f"layer_id must be an integer between 0 and 4294967295, not "
+                             f"{layer_id!r}")
+        self._hbfp_layer_id = layer_id
+        if self._hbfp_config is not None:
+            self.hbfp_config = self._hbfp_config          # recompute the layer seed
 
     @property
     def hbfp_config(self):
@@ -47,14 +71,24 @@ class _HBFPMixin:
         self._hbfp_layer_seed = derive_seed(config.seed, self.layer_id)
         self._hbfp_stochastic = any(f is not None and f[2] == "stochastic"
                                     for f in self._hbfp_fmts)
+        eval_call = derive_seed(self._hbfp_layer_seed, EVAL_STEP)
+        self._hbfp_eval_seeds = tuple(derive_seed(eval_call, r) for r in range(3))
 
     def _next_seeds(self):
-        """Role seeds of this call; advances the step counter.
+        """Role seeds of this call; advances the step counter in training forwards.
 
-        Under ``torch.compile`` the seeds are computed with tensor ops on the step buffer, so
-        the graph does not depend on the step; in eager mode with plain ints (cheaper). Without
-        stochastic rounding the seeds are not used and stay 0.
+        A training forward (``self.training`` and grad enabled) uses step ``hbfp_step`` and
+        advances it; any other forward uses :data:`EVAL_STEP` and leaves it, so inference is
+        deterministic and validation does not change the training run. Under
+        ``torch.compile`` the training seeds are computed with tensor ops on the step buffer,
+        so the graph does not depend on the step; in eager mode with plain ints (cheaper).
+        Without stochastic rounding the seeds are not used and stay 0.
         """
+        training = self.training and torch.is_grad_enabled()
+        if not training:
+            if not self._hbfp_stochastic:
+                return torch.zeros(3, dtype=torch.int64)
+            return torch.tensor(self._hbfp_eval_seeds, dtype=torch.int64)
         if torch.compiler.is_compiling():
             call = derive_seed(self._hbfp_layer_seed, self.hbfp_step)
             seeds = torch.stack([derive_seed(call, r) for r in range(3)])
@@ -65,6 +99,29 @@ class _HBFPMixin:
             seeds = torch.zeros(3, dtype=torch.int64)
         self.hbfp_step.add_(1)
         return seeds
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._hbfp_stochastic:
+            step = self.hbfp_step
+            destination[prefix + "hbfp_step"] = step if keep_vars else step.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "hbfp_step"
+        if key in state_dict:
+            step = state_dict[key]
+            if not (isinstance(step, torch.Tensor) and step.dim() == 0
+                    and not step.is_floating_point() and int(step) >= 0):
+                error_msgs.append(f"{key} must be a non-negative 0-d integer tensor, not "
+                                  f"{step!r}")
+            else:
+                with torch.no_grad():
+                    self.hbfp_step.fill_(int(step))
+            if key in unexpected_keys:
+                unexpected_keys.remove(key)
 
     def extra_repr(self):
         return (f"{super().extra_repr()}, hbfp={self._hbfp_config.describe()}, "
@@ -147,33 +204,71 @@ def _adopt(new, old):
 _CONVERTIBLE = {nn.Linear: HBFPLinear.from_linear, nn.Conv2d: HBFPConv2d.from_conv2d}
 
 
-def _skip_matcher(skip):
-    if skip is None:
-        skip = ()
-    if isinstance(skip, (str, type)):
-        skip = (skip,)
-    names, types = [], []
-    for entry in skip:
-        if isinstance(entry, str):
-            names.append(entry)
-        elif isinstance(entry, type) and issubclass(entry, nn.Module):
-            types.append(entry)
-        else:
-            raise TypeError(f"skip entries must be module names (glob patterns allowed) or "
-                            f"nn.Module classes, not {entry!r}")
-
-    def skipped(name, module):
-        if isinstance(module, tuple(types)):
-            return True
-        for pattern in names:
-            if fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + "."):
-                return True
-        return False
-    return skipped
+def layer_id_for(name):
+    """The layer id that :func:`convert` gives the module named ``name``: CRC-32 of the
+    qualified name (UTF-8), so it does not depend on which other layers are converted."""
+    return zlib.crc32(name.encode("utf-8"))
 
 
-def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, inplace=False,
-            seed=0):
+class _Skip:
+    """The ``skip`` argument of :func:`convert`: names (globs, prefixes) and module types."""
+
+    def __init__(self, skip):
+        if skip is None:
+            skip = ()
+        if isinstance(skip, (str, type)):
+            skip = (skip,)
+        self.names, self.types = [], []
+        for entry in skip:
+            if isinstance(entry, str):
+                self.names.append(entry)
+            elif isinstance(entry, type) and issubclass(entry, nn.Module):
+                self.types.append(entry)
+            else:
+                raise TypeError(f"skip entries must be module names (glob patterns allowed) or "
+                                f"nn.Module classes, not {entry!r}")
+
+    @staticmethod
+    def name_matches(pattern, name):
+        return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+
+    def reason(self, name, module):
+        """Why ``module`` is skipped, or ``None``."""
+        if isinstance(module, tuple(self.types)):
+            return f"skip={type(module).__name__} keeps it in FP32"
+        for pattern in self.names:
+            if self.name_matches(pattern, name):
+                return f"skip entry {pattern!r} keeps it in FP32"
+        return None
+
+    def check_names(self, names):
+        """Raise ValueError for name entries that match no module of the model."""
+        unknown = [p for p in self.names if not any(self.name_matches(p, n) for n in names)]
+        if unknown:
+            raise ValueError(f"skip names {', '.join(map(repr, unknown))} match no module of "
+                             f"the model (names as in model.named_modules(), e.g. "
+                             f"{', '.join(repr(n) for n in list(names)[1:4])})")
+
+
+def _has_own_parameters(module):
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def _fp32_reason(module):
+    """Why a parameter-bearing module that convert does not replace stays FP32, and whether
+    that is worth a warning (it may hold GEMMs)."""
+    kind = type(module)
+    if isinstance(module, NO_GEMM_TYPES):
+        return f"{kind.__name__} has no GEMM (FP32 by design in HBFP)", False
+    for base in _CONVERTIBLE:
+        if isinstance(module, base):
+            return (f"a subclass of nn.{base.__name__}, whose forward may differ, is not "
+                    f"converted", True)
+    return f"convert() does not replace {kind.__name__} (only nn.Linear and nn.Conv2d)", True
+
+
+def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, layers=None,
+            inplace=False, seed=0):
     """Replace the ``nn.Linear`` and ``nn.Conv2d`` modules of ``model`` with HBFP modules.
 
     Parameters
@@ -181,7 +276,7 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, inpla
     model : nn.Module
     fmt : preset name, BFPFormat, "fp32", dict of roles or HBFPConfig
         Formats of the forward, grad_input and grad_weight GEMMs (by default one format for
-        all three).
+        all three) of every layer that no ``layers`` rule matches.
     backend : {"emulate", "device", "fp32"}
         Where the GEMMs run. ``"device"`` runs them on an hbfp-hw device through the
         ``hbfp_hw.Device`` host driver, bit-exact with ``"emulate"``; the device is opened
@@ -193,7 +288,12 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, inpla
         ``"tcp://127.0.0.1:7777"``, ``"serial:///dev/ttyUSB0"``) or an open Device.
     skip : iterable of str or type
         Modules to keep in FP32: qualified names as in ``model.named_modules()`` (glob patterns
-        allowed; a name also skips everything under it) or module classes.
+        allowed; a name also skips everything under it) or module classes. A name that matches
+        no module raises ``ValueError``.
+    layers : dict or sequence of (pattern, format) pairs, optional
+        Per-layer formats, first match wins (:class:`~hbfp_hw.torch.config.LayerRules`):
+        ``{"features.0": "fp32", "re:classifier\\..*": {"grad_weight": "bfp4"}}``. A pattern
+        that matches no layer that convert can replace raises ``ValueError``.
     inplace : bool
         Replace the modules of ``model`` itself (sharing its parameters) instead of a deep copy.
     seed : int
@@ -202,32 +302,97 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, inpla
     Returns
     -------
     nn.Module
-        The converted model. Exactly ``nn.Linear`` and ``nn.Conv2d`` instances are replaced
-        (not subclasses, whose forward may differ); parameter names do not change, so the model
-        loads the original ``state_dict``. Bias, normalization, activations, softmax and the
-        loss stay FP32. ``torch.nn`` itself is never modified.
+        The converted model, with its :class:`~hbfp_hw.torch.report.ConversionReport` as
+        ``model.hbfp_report``. Exactly ``nn.Linear`` and ``nn.Conv2d`` instances are replaced
+        (not subclasses, whose forward may differ); HBFP modules already in the model (from an
+        earlier convert) get the new formats and keep their step counters. Parameter names
+        do not change, so the model loads the original ``state_dict``. Bias, normalization,
+        activations, softmax and the loss stay FP32. ``torch.nn`` itself is never modified.
+        Every converted layer's id is :func:`layer_id_for` its qualified name.
+
+    Warns
+    -----
+    FP32LayerWarning
+        When a module that may hold GEMMs (with parameters of its own, of a type convert does
+        not replace) stays in FP32; the report has the list.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     config = as_config(fmt, backend=backend, device=device, seed=prng.check_seed(seed))
-    check_backend(config)                   # fail now, not at the first forward
-    skipped = _skip_matcher(skip)
+    rules = LayerRules(layers if layers is not None else (), config)
+    for cfg in [config] + [r.config for r in rules if r.config is not None]:
+        check_backend(cfg)                   # fail now, not at the first forward
+    skip = _Skip(skip)
+    names = [name for name, _ in model.named_modules()]
+    skip.check_names(names)
+    plan = _plan(model, skip, rules)
     if not inplace:
         model = copy.deepcopy(model)
-    layer_id = 0
-    replacements = []
-    for name, module in model.named_modules():
-        make = _CONVERTIBLE.get(type(module))
-        if make is None or skipped(name, module):
-            continue
-        replacements.append((name, make(module, config, layer_id)))
-        layer_id += 1
+    entries, replacements, warned = [], [], []
+    for name, module, cfg, reason in plan:
+        module = model.get_submodule(name) if name else model
+        if cfg is None:
+            warn = reason is None
+            if reason is None:
+                reason, warn = _fp32_reason(module)
+            entry = LayerEntry(name, type(module).__name__, False, reason=reason, warned=warn)
+            if warn:
+                warned.append(entry)
+        else:
+            layer_id = layer_id_for(name)
+            if isinstance(module, _HBFPMixin):
+                module.layer_id = layer_id
+                module.hbfp_config = cfg
+            else:
+                replacements.append((name, _CONVERTIBLE[type(module)](module, cfg, layer_id)))
+            entry = LayerEntry(name, type(module).__name__, True, formats=cfg.describe(),
+                               layer_id=layer_id)
+        entries.append(entry)
     for name, new in replacements:
         if not name:
-            return new
+            model = new
+            continue
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
+    model.hbfp_report = ConversionReport(entries)
+    if warned:
+        listed = "; ".join(f"{e.name or '(model)'} ({e.type}): {e.reason}" for e in warned)
+        warnings.warn(f"convert: {len(warned)} module(s) with parameters stay in FP32: {listed}. "
+                      f"See model.hbfp_report; pass them in skip= to silence this.",
+                      FP32LayerWarning, stacklevel=2)
     return model
+
+
+def _plan(model, skip, rules):
+    """Decide each module's fate: ``(name, module, config or None, fp32 reason or None)``
+    for the convertible modules and those with parameters of their own; check the rules."""
+    plan, used = [], set()
+    for name, module in model.named_modules():
+        convertible = type(module) in _CONVERTIBLE or isinstance(module, _HBFPMixin)
+        if not convertible and not _has_own_parameters(module):
+            continue
+        reason = skip.reason(name, module)
+        if reason is not None:
+            plan.append((name, module, None, reason))
+            continue
+        if not convertible:
+            plan.append((name, module, None, None))
+            continue
+        rule = rules.match(name)
+        if rule is None:
+            plan.append((name, module, rules.default, None))
+            continue
+        used.add(rule.pattern)
+        if rule.config is None:
+            plan.append((name, module, None, f"rule {rule.pattern!r} keeps it in FP32"))
+        else:
+            plan.append((name, module, rule.config, None))
+    unused = [r.pattern for r in rules if r.pattern not in used]
+    if unused:
+        raise ValueError(f"layers patterns {', '.join(map(repr, unused))} match no layer that "
+                         f"convert replaces (nn.Linear, nn.Conv2d), or an earlier pattern "
+                         f"matches all of them first")
+    return plan
 
 
 def hbfp_modules(model):
@@ -251,3 +416,10 @@ def set_seed(model, seed=None, step=None):
             module.hbfp_config = module.hbfp_config.replace(seed=seed)
         if step is not None:
             module.hbfp_step.fill_(step)
+
+
+def strip_hbfp_state(state_dict):
+    """Return a copy of ``state_dict`` without the HBFP step counters (``*.hbfp_step``), for
+    loading an HBFP model's checkpoint into the plain FP32 model with ``strict=True``."""
+    return type(state_dict)((k, v) for k, v in state_dict.items()
+                            if not (k == "hbfp_step" or k.endswith(".hbfp_step")))

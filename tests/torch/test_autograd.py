@@ -223,8 +223,8 @@ def test_fp32_backend_is_plain_fp32():
 @pytest.mark.parametrize("call, exc, match", [
     (lambda: hbfp_linear(torch.ones(2, 3), torch.ones(4, 5)), ValueError,
      r"^x's last dimension must equal in_features = 5, not shape \(2, 3\)$"),
-    (lambda: hbfp_linear(torch.ones(2, 3, dtype=torch.float16), torch.ones(4, 3)), TypeError,
-     r"^x must be a float32 tensor, not torch.float16$"),
+    (lambda: hbfp_linear(torch.ones(2, 3, dtype=torch.int32), torch.ones(4, 3)), TypeError,
+     r"^x must be a float32, bfloat16, float16 or float64 tensor, not torch.int32$"),
     (lambda: hbfp_linear(torch.ones(2, 3), torch.ones(4, 3), fmt="bfp3"), ValueError,
      r"^forward: fmt must be a BFPFormat or one of the presets"),
     (lambda: hbfp_linear(torch.ones(2, 3), torch.ones(4, 3), fmt={"fwd": "bfp8"}), ValueError,

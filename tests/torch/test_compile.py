@@ -81,12 +81,18 @@ def test_compile_stochastic_seeds_change_per_step():
                                "grad_weight": _sr()})
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     x = torch.randn(6, 20)
-    with torch.no_grad():
-        first, second = compiled(x), compiled(x)
-    assert not same_bits(first, second)                    # a new seed per step
+    first, second = compiled(x).detach(), compiled(x).detach()
+    assert not same_bits(first, second)                    # a new seed per training step
     reference = convert(_model(), model[0].hbfp_config)
+    assert same_bits(reference(x), first) and same_bits(reference(x), second)
+    # inference (eval or no_grad) is deterministic and leaves the step counters alone
+    model.eval()
     with torch.no_grad():
-        assert same_bits(reference(x), first) and same_bits(reference(x), second)
+        inference = compiled(x)
+        assert same_bits(inference, compiled(x))
+    assert int(model[0].hbfp_step) == 2
+    reference.eval()
+    assert same_bits(reference(x), inference)
 
 
 def _sr():

@@ -12,6 +12,7 @@ from hbfp_hw.torch import (
     hbfp_conv2d,
     hbfp_linear,
     hbfp_modules,
+    layer_id_for,
     set_seed,
 )
 from hbfp_hw.torch.config import derive_seed
@@ -50,7 +51,8 @@ def test_convert_copy_keeps_original_and_loads_state_dict():
                                                  model.state_dict().values()))
     # torch.nn is never patched
     assert nn.Linear.forward is original_forward and nn.Linear is torch.nn.modules.linear.Linear
-    assert [m.layer_id for m in hbfp_modules(hbfp)] == [0, 1, 2]
+    assert [m.layer_id for m in hbfp_modules(hbfp)] == [
+        layer_id_for("conv"), layer_id_for("head.1"), layer_id_for("head.3")]
 
 
 def test_convert_inplace_shares_parameters():
@@ -83,7 +85,7 @@ def test_converted_model_matches_functional_api():
     x = torch.randn(3, 1, 6, 6)
     y = hbfp(x)
     # the same computation spelled out with the functional API and the documented seeds
-    call = [derive_seed(derive_seed(5, layer), 0) for layer in range(3)]
+    call = [derive_seed(derive_seed(5, m.layer_id), 0) for m in hbfp_modules(hbfp)]
     fmt = hbfp.conv.hbfp_config
     h = hbfp_conv2d(x, model.conv.weight, model.conv.bias, padding=1, fmt=fmt, seed=call[0])
     h = torch.relu(model.norm(h)).flatten(1)
@@ -132,7 +134,8 @@ def test_modules_built_directly():
     conv.load_state_dict(ref.state_dict())
     x = torch.randn(1, 2, 5, 5)
     assert torch.allclose(conv(x), ref(x), atol=0.05 * ref(x).abs().max().item())
-    with pytest.raises(ValueError, match=r"^layer_id must be a non-negative integer, not -1$"):
+    with pytest.raises(ValueError,
+                       match=r"^layer_id must be an integer between 0 and 4294967295, not -1$"):
         HBFPLinear(2, 2, layer_id=-1)
 
 
