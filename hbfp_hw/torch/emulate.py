@@ -37,11 +37,19 @@ k-block axis, which adds the source slices one after the other in index order
 ``add_`` is the fallback). NaN blocks are zeroed before the products and their rows/columns set
 to the canonical NaN ``0x7FC00000`` afterwards; every other NaN is canonicalized too.
 
+**Devices.** On the CPU a GEMM takes the paths above. On any other torch device (e.g. CUDA)
+it takes the general path, in torch on that device: the per-block bookkeeping (one small
+array per operand) and the stochastic-rounding bits come from the CPU, every whole-tensor
+step runs on the device, and the k-block sums are one in-place ``add_`` per k-block (CUDA's
+``index_add_`` adds atomically, in no fixed order). The tests check that path on the CPU
+against the golden model, and CUDA against the CPU bit for bit where a GPU is present.
+
 IEEE subnormals are required: if ``torch.set_flush_denormal(True)`` is active the GEMM turns it
 off for its own duration and restores it afterwards. If float32 matmuls may use TF32/BF16
 (``torch.set_float32_matmul_precision`` other than ``"highest"``, or a ``fp32_precision`` of
-``torch.backends`` / ``torch.backends.mkldnn`` other than ``"none"``/``"ieee"``), every product
-is computed in float64, which is exact in any case.
+``torch.backends`` / ``torch.backends.mkldnn`` / ``torch.backends.cuda.matmul`` other than
+``"none"``/``"ieee"``, or ``torch.backends.cuda.matmul.allow_tf32``), every product is computed
+in float64, which is exact in any case.
 """
 
 from __future__ import annotations
@@ -77,10 +85,14 @@ _SUBNORMAL_PROBE = np.float32(2.0 ** -140)
 def _f32_matmul_is_ieee():
     """Whether float32 matmuls are plain IEEE float32 (no TF32/BF16 shortcuts), in both the
     legacy (``set_float32_matmul_precision``) and the per-backend ``fp32_precision`` API."""
+    cuda_matmul = getattr(getattr(torch.backends, "cuda", None), "matmul", None)
     for backend in (torch.backends, getattr(torch.backends, "mkldnn", None),
-                    getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)):
+                    getattr(getattr(torch.backends, "mkldnn", None), "matmul", None),
+                    cuda_matmul):
         if getattr(backend, "fp32_precision", "none") not in ("none", "ieee"):
             return False
+    if getattr(cuda_matmul, "allow_tf32", False):
+        return False
     try:
         return torch.get_float32_matmul_precision() == "highest"
     except RuntimeError:            # the two APIs were mixed; trust neither
@@ -102,9 +114,11 @@ def _f32_max_grid(fmt):
     return g
 
 
-def _pow2(k):
-    """Return ``2**k`` as a float32 tensor for integer ``k`` (numpy) in [-126, 127], exactly."""
-    return torch.from_numpy(((k + 127) << 23).astype(np.int32).view(np.float32))
+def _pow2(k, device=None):
+    """Return ``2**k`` as a float32 tensor (on ``device``) for integer ``k`` (numpy) in
+    [-126, 127], exactly."""
+    t = torch.from_numpy(((k + 127) << 23).astype(np.int32).view(np.float32))
+    return t if device is None or device.type == "cpu" else t.to(device)
 
 
 def _scale(x, k, k_range, inplace=False):
@@ -117,9 +131,9 @@ def _scale(x, k, k_range, inplace=False):
     """
     if k_range[0] < -126 or k_range[1] > 127:
         k1 = k // 2
-        x = x.mul_(_pow2(k1)) if inplace else x * _pow2(k1)
-        return x.mul_(_pow2(k - k1))
-    return x.mul_(_pow2(k)) if inplace else x * _pow2(k)
+        x = x.mul_(_pow2(k1, x.device)) if inplace else x * _pow2(k1, x.device)
+        return x.mul_(_pow2(k - k1, x.device))
+    return x.mul_(_pow2(k, x.device)) if inplace else x * _pow2(k, x.device)
 
 
 def _round_(a, rounding, rand):
@@ -135,10 +149,15 @@ def _round_(a, rounding, rand):
     return torch.copysign(n, a, out=n)
 
 
-def _random_rows(seed, rows, nblocks, n):
+def _random_rows(seed, rows, nblocks, n, device):
     """The 16-bit random values of ``rows * nblocks`` blocks in the contract's block order."""
     bits = prng.random_bits(seed, rows * nblocks, n)
-    return torch.from_numpy(bits.astype(np.int64)).view(rows, nblocks, n)
+    return _to(torch.from_numpy(bits.astype(np.int64)).view(rows, nblocks, n), device)
+
+
+def _to(t, device):
+    """``t`` (a CPU tensor made from numpy) on ``device``."""
+    return t if device.type == "cpu" else t.to(device)
 
 
 class _Quantized:
@@ -202,7 +221,7 @@ def _quantize_matrix(t, fmt, seed):
         blocks, axis = src.view(rows, kblocks, nb), 2
     # For non-negative floats the order of the bit patterns is the order of the values, and
     # NaN/Inf patterns lie above every finite one.
-    amax = (blocks.view(torch.int32) & _ABS_MASK).amax(dim=axis, keepdim=True).numpy()
+    amax = (blocks.view(torch.int32) & _ABS_MASK).amax(dim=axis, keepdim=True).cpu().numpy()
     nan = amax >= _INF_BITS
     zero = amax == 0
     any_nan = bool(nan.any())
@@ -215,11 +234,11 @@ def _quantize_matrix(t, fmt, seed):
     k = np.where(empty, 0, fmt.fraction_bits - exps).astype(np.int32)
     k_range = (int(k.min()), int(k.max())) if k.size else (0, 0)
     if any_nan:
-        blocks = blocks.masked_fill(torch.from_numpy(nan), 0.0)
+        blocks = blocks.masked_fill(_to(torch.from_numpy(nan), t.device), 0.0)
     a = _scale(blocks, k, k_range, inplace=any_nan)
     rand = None
     if fmt.rounding is Rounding.STOCHASTIC:
-        rand = _random_rows(seed, rows, kblocks, nb)
+        rand = _random_rows(seed, rows, kblocks, nb, t.device)
         if axis == 1:
             rand = rand.permute(1, 2, 0)
     n = _round_(a, fmt.rounding, rand)
@@ -299,7 +318,7 @@ def quantize(x, fmt, axis=-1, seed=None):
     kblocks = -(-mat.shape[1] // fmt.block_size)
     with torch.no_grad(), _IEEESubnormals():
         q = _quantize_matrix(mat, fmt, seed)
-    exps = torch.from_numpy(q.exps.astype(np.int16)).reshape(*batch, kblocks)
+    exps = _to(torch.from_numpy(q.exps.astype(np.int16)), x.device).reshape(*batch, kblocks)
     mants = q.n.to(torch.int32).reshape(*batch, kblocks, fmt.block_size)
     return exps, mants
 
@@ -337,8 +356,12 @@ def _zeros_index(n):
 
 
 def _accumulate_(acc, products):
-    """``acc += products[0]; acc += products[1]; ...`` in float32, in this order."""
-    if _accumulation_is_sequential():
+    """``acc += products[0]; acc += products[1]; ...`` in float32, in this order.
+
+    On the CPU one ``index_add_`` (checked to add in index order); elsewhere (e.g. CUDA,
+    whose ``index_add_`` uses atomic adds in no fixed order) one ``add_`` per k-block.
+    """
+    if acc.device.type == "cpu" and _accumulation_is_sequential():
         acc.unsqueeze(0).index_add_(0, _zeros_index(products.shape[0]), products)
     else:
         for term in products:
@@ -380,7 +403,7 @@ def _gemm_general(a, b, fmt, seed_a, seed_b):
 
     a_kb = qa.values_kb()                            # [KB, M, N]
     b_kb = qb.values_kb().transpose(1, 2)            # [KB, N, Ncols]
-    acc = torch.zeros(m, ncols, dtype=torch.float32)
+    acc = torch.zeros(m, ncols, dtype=torch.float32, device=a.device)
     rows, chunk = _tiles(m, ncols, kblocks)
     for r0 in range(0, m, rows):
         acc_t = acc[r0:r0 + rows]
@@ -396,10 +419,10 @@ def _gemm_general(a, b, fmt, seed_a, seed_b):
             _accumulate_(acc_t, products)
 
     if qa.any_nan or qb.any_nan:
-        acc[torch.from_numpy(qa.nan.any(axis=1))] = float("nan")
-        acc[:, torch.from_numpy(qb.nan.any(axis=1))] = float("nan")
+        acc[_to(torch.from_numpy(qa.nan.any(axis=1)), acc.device)] = float("nan")
+        acc[:, _to(torch.from_numpy(qb.nan.any(axis=1)), acc.device)] = float("nan")
     if qa.any_nan or qb.any_nan or may_overflow:
-        acc = torch.where(torch.isnan(acc), _canonical_nan(), acc)
+        acc = torch.where(torch.isnan(acc), _canonical_nan().to(acc.device), acc)
     return acc
 
 
@@ -705,6 +728,9 @@ def _gemm_fast(a, b, fmt):
 
 
 def _gemm(a, b, fmt, seed_a, seed_b):
+    if a.device.type != "cpu":
+        # The pure-torch path: the fused kernel and the fast path's workspace are CPU-only.
+        return _gemm_general(a, b, fmt, seed_a, seed_b)
     if fmt.rounding is not Rounding.STOCHASTIC:
         out = native.fused_gemm(a, b, fmt, _fast_format(fmt).bound <= 1 << 24,
                                 _f32_max_grid(fmt))
@@ -731,7 +757,7 @@ def gemm(a, b, fmt, seed=None):
 
     Returns
     -------
-    torch.Tensor of float32, shape ``[M, N]``, on the CPU.
+    torch.Tensor of float32, shape ``[M, N]``, on the device of ``a`` and ``b``.
 
     Raises
     ------
@@ -750,9 +776,9 @@ def gemm(a, b, fmt, seed=None):
     if min(*a.shape, *b.shape) < 1:
         raise ValueError(f"M, N and K must be at least 1, not shapes {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    if a.device.type != "cpu" or b.device.type != "cpu":
-        raise ValueError(f"a and b must be CPU tensors for the emulate backend, not on "
-                         f"{a.device} and {b.device}")
+    if a.device != b.device:
+        raise ValueError(f"a and b must be on the same device, not on {a.device} and "
+                         f"{b.device}")
     seed = _check_seed(seed, fmt)
     seed_b = None if seed is None else (seed + 1) % (1 << 32)
     with torch.no_grad(), _IEEESubnormals():
@@ -760,15 +786,17 @@ def gemm(a, b, fmt, seed=None):
 
 
 class EmulateBackend:
-    """The ``emulate`` backend: :func:`gemm` on CPU tensors, bit-exact with the golden model."""
+    """The ``emulate`` backend: :func:`gemm`, bit-exact with the golden model, on the device of
+    its operands (CPU: fused kernel or fast path; other devices: the general path in torch)."""
 
     name = "emulate"
 
     def gemm(self, a, b, fmt, seed):
         """Return the HBFP product ``a @ b`` of 2-D float32 tensors (see :func:`gemm`).
 
-        The arguments come checked from :func:`hbfp_hw.torch.ops.role_gemm` (CPU float32
-        matrices, matching K, no empty dimension, a 32-bit seed); only the format is not.
+        The arguments come checked from :func:`hbfp_hw.torch.ops.role_gemm` (float32
+        matrices on one device, matching K, no empty dimension, a 32-bit seed); only the
+        format is not.
         """
         fmt = resolve_format(fmt)
         if fmt.rounding is not Rounding.STOCHASTIC:

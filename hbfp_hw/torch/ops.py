@@ -55,7 +55,9 @@ def _plain_eager(a, b):
             and not torch._C._are_functorch_transforms_active())
 
 
-_LIB.impl("gemm", _gemm_kernel, "CPU")
+# The emulate backend runs on any torch device; the device backend copies to the host.
+for _key in ("CPU", "CUDA", "XPU", "MPS"):
+    _LIB.impl("gemm", _gemm_kernel, _key)
 
 
 @torch.library.register_fake("hbfp::gemm", lib=_LIB)

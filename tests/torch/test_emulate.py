@@ -331,3 +331,58 @@ def test_stochastic_rounding_takes_the_general_path(paths):
     _check(clustered(rng, (9, 48)), clustered(rng, (48, 7)), BFPFormat(8, 16, "stochastic"),
            seed=3)
     assert paths == []
+
+
+# -- the pure-torch path that other devices (CUDA) run ------------------------------------------
+
+def _device_path(a, b, fmt, seed):
+    """What :func:`emulate.gemm` runs on a non-CPU device, here on the CPU tensors."""
+    seed_b = None if seed is None else (seed + 1) % (1 << 32)
+    with torch.no_grad(), emulate._IEEESubnormals():
+        return emulate._gemm_general(a, b, fmt, seed, seed_b)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=[f.name for f in FORMATS])
+def test_device_path_matches_golden(fmt, monkeypatch):
+    """Every format and rounding, with the per-k-block add_ loop that non-CPU devices use."""
+    monkeypatch.setattr(emulate, "_accumulation_is_sequential", lambda: False)
+    rng = np.random.default_rng(zlib.crc32(b"device" + fmt.name.encode()))
+    seed = int(rng.integers(0, 2**32)) if fmt.rounding is Rounding.STOCHASTIC else None
+    m, n, k = 7, 5, 3 * fmt.block_size + 1
+    a = clustered(rng, (m, k))
+    b = clustered(rng, (k, n))
+    a[0, :4] = torch.tensor([float("nan"), 1.0, -0.0, 2.0 ** -149])
+    b[1:3, 2] = torch.tensor([float("inf"), 3.0])
+    a[3] *= 2.0 ** 100
+    b[:, 4] *= 2.0 ** -120
+    ref = golden.gemm(a.numpy(), b.numpy(), fmt, seed=seed)
+    assert same_bits(_device_path(a, b, fmt, seed), ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+@pytest.mark.parametrize("fmt", [BFPFormat(8, 16), BFPFormat(4, 8, "stochastic"),
+                                 BFPFormat(8, 32, "toward-zero")], ids=lambda f: f.name)
+def test_cuda_matches_cpu(fmt):
+    """On a GPU, with TF32 off and deterministic algorithms on: CUDA equals CPU bit for bit."""
+    from hbfp_hw.torch import convert
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(True)
+    try:
+        rng = np.random.default_rng(3)
+        a, b = clustered(rng, (33, 70)), clustered(rng, (70, 19))
+        cpu = emulate.gemm(a, b, fmt, seed=5)
+        cuda = emulate.gemm(a.cuda(), b.cuda(), fmt, seed=5)
+        assert cuda.device.type == "cuda" and same_bits(cuda.cpu(), cpu)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(70, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 3))
+        outs = []
+        for device in ("cpu", "cuda"):
+            m = convert(model, fmt, seed=9).to(device)
+            y = m(a.to(device))
+            y.square().sum().backward()
+            outs.append([y.detach().cpu()] + [p.grad.cpu() for p in m.parameters()])
+        assert all(same_bits(x, y) for x, y in zip(*outs))
+    finally:
+        torch.use_deterministic_algorithms(False)
