@@ -16,11 +16,12 @@ QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
 setup: $(STAMP)
 
-# Re-runs only when pyproject.toml changes. torch is pinned (extra "torch") so that pip takes
-# the local CPU wheel and never the multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Re-runs only when pyproject.toml or the constraints change. The constraints pin torch (the
+# package declares a range) so that pip takes the local CPU wheel, never the multi-GB CUDA build.
+CONSTRAINTS := .ci/constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	set -o pipefail; $(PY) -m pip install --quiet -e '.[dev,torch]' $(QUIET_PIP)
+	set -o pipefail; $(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,torch]' $(QUIET_PIP)
 	@touch $(STAMP)
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
