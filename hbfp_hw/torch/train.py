@@ -18,8 +18,8 @@ from hbfp_hw.formats import resolve_format
 from hbfp_hw.torch.data import load_digits
 from hbfp_hw.torch.modules import convert
 
-__all__ = ["build_model", "parse_formats", "train_formats", "format_table", "plot_curves",
-           "MODELS"]
+__all__ = ["build_model", "parse_formats", "parse_layer_rules", "train_formats", "format_table",
+           "plot_curves", "MODELS"]
 
 MODELS = ("mlp", "cnn")
 #: bfp8 must end within this many accuracy points of FP32 (the issue's target).
@@ -94,9 +94,33 @@ def _train_one(model, data, epochs, batch_size, lr, seed, progress):
     return history
 
 
+def parse_layer_rules(items):
+    """Parse ``["PATTERN=FMT", ...]`` (``hbfp-hw train --layer``) into ``convert``'s
+    ``layers`` pairs; FMT is a preset name or ``fp32``."""
+    rules = []
+    for item in items or ():
+        pattern, sep, fmt = item.rpartition("=")
+        if not sep or not pattern or not fmt.strip():
+            raise ValueError(f"--layer must be PATTERN=FORMAT (e.g. '0=fp32' or "
+                             f"'re:.*conv.*=bfp4'), not {item!r}")
+        fmt = fmt.strip().lower()
+        if fmt != "fp32":
+            try:
+                fmt = resolve_format(fmt).name
+            except ValueError:
+                raise ValueError(f"--layer {item!r}: the format must be 'fp32' or a preset "
+                                 f"name, not {fmt!r}") from None
+        rules.append((pattern, fmt))
+    return rules
+
+
 def train_formats(model_name="mlp", formats=("fp32", "bfp8"), epochs=20, batch_size=64,
-                  lr=0.05, seed=0, backend="emulate", device=None, progress=True):
-    """Train one model per format from the same initialization; return a JSON-ready dict."""
+                  lr=0.05, seed=0, backend="emulate", device=None, progress=True, layers=None):
+    """Train one model per format from the same initialization; return a JSON-ready dict.
+
+    ``layers`` (``convert``'s per-layer rules) applies to every HBFP format; the conversion
+    report of each format is in the result (``results[FMT]["conversion"]``).
+    """
     from tqdm import tqdm
 
     data = load_digits()
@@ -108,9 +132,11 @@ def train_formats(model_name="mlp", formats=("fp32", "bfp8"), epochs=20, batch_s
     for name in formats:
         model = build_model(model_name)
         model.load_state_dict(init_state)
+        conversion = None
         if name != "fp32":
             model = convert(model, fmt=name, backend=backend, device=device, inplace=True,
-                            seed=seed)
+                            seed=seed, layers=layers)
+            conversion = model.hbfp_report.to_dict()
         bar = tqdm(total=steps, desc=f"{model_name} {name:>5}", file=sys.stderr,
                    disable=not progress, leave=True, dynamic_ncols=True)
         try:
@@ -120,10 +146,12 @@ def train_formats(model_name="mlp", formats=("fp32", "bfp8"), epochs=20, batch_s
         results[name] = {"test_acc": history["test_acc"][-1],
                          "test_loss": history["test_loss"][-1],
                          "train_loss": history["train_loss"][-1],
-                         "seconds": history["seconds"][-1], "history": history}
+                         "seconds": history["seconds"][-1], "history": history,
+                         "conversion": conversion}
     out = {"dataset": "digits", "model": model_name, "epochs": epochs,
            "batch_size": batch_size, "lr": lr, "optimizer": "SGD momentum 0.9", "seed": seed,
-           "backend": backend, "device": device, "train_samples": int(data.x_train.shape[0]),
+           "backend": backend, "device": device, "layers": [list(r) for r in layers or ()],
+           "train_samples": int(data.x_train.shape[0]),
            "test_samples": int(data.x_test.shape[0]), "results": results}
     if "fp32" in results and "bfp8" in results:
         gap = results["fp32"]["test_acc"] - results["bfp8"]["test_acc"]
@@ -141,6 +169,8 @@ def format_table(run):
              f"backend {run['backend']}, seed {run['seed']}",
              f"{'format':8} {'test acc':>9} {'test loss':>10} {'vs fp32':>8} {'train loss':>11} "
              f"{'time':>8}"]
+    if run.get("layers"):
+        lines.insert(1, "per-layer rules: " + ", ".join(f"{p}={f}" for p, f in run["layers"]))
     for name, r in results.items():
         delta = "-" if ref is None or name == "fp32" else f"{r['test_acc'] - ref:+.2f}"
         lines.append(f"{name:8} {r['test_acc']:8.2f}% {r['test_loss']:10.4f} {delta:>8} "
