@@ -9,9 +9,10 @@ import zlib
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from hbfp_hw.golden import prng
-from hbfp_hw.torch.autograd import conv2d_checked, linear_impl
+from hbfp_hw.torch.autograd import conv2d_checked, linear_impl, role_seeds
 from hbfp_hw.torch.backends import check_backend
 from hbfp_hw.torch.config import HBFPConfig, LayerRules, as_config, derive_seed
 from hbfp_hw.torch.report import NO_GEMM_TYPES, ConversionReport, FP32LayerWarning, LayerEntry
@@ -71,11 +72,18 @@ class _HBFPMixin:
         self._hbfp_layer_seed = derive_seed(config.seed, self.layer_id)
         self._hbfp_stochastic = any(f is not None and f[2] == "stochastic"
                                     for f in self._hbfp_fmts)
-        eval_call = derive_seed(self._hbfp_layer_seed, EVAL_STEP)
-        self._hbfp_eval_seeds = tuple(derive_seed(eval_call, r) for r in range(3))
+        self._hbfp_eval_call = derive_seed(self._hbfp_layer_seed, EVAL_STEP)
 
     def _next_seeds(self):
-        """Role seeds of this call; advances the step counter in training forwards.
+        """Role seeds of this call (see :meth:`_next_call_seed`)."""
+        if not self._hbfp_stochastic and not torch.compiler.is_compiling():
+            if self.training and torch.is_grad_enabled():
+                self.hbfp_step.add_(1)
+            return torch.zeros(3, dtype=torch.int64)
+        return role_seeds(self._next_call_seed())
+
+    def _next_call_seed(self):
+        """The call seed of this forward; advances the step counter in training forwards.
 
         A training forward (``self.training`` and grad enabled) uses step ``hbfp_step`` and
         advances it; any other forward uses :data:`EVAL_STEP` and leaves it, so inference is
@@ -86,19 +94,13 @@ class _HBFPMixin:
         """
         training = self.training and torch.is_grad_enabled()
         if not training:
-            if not self._hbfp_stochastic:
-                return torch.zeros(3, dtype=torch.int64)
-            return torch.tensor(self._hbfp_eval_seeds, dtype=torch.int64)
+            return self._hbfp_eval_call
         if torch.compiler.is_compiling():
             call = derive_seed(self._hbfp_layer_seed, self.hbfp_step)
-            seeds = torch.stack([derive_seed(call, r) for r in range(3)])
-        elif self._hbfp_stochastic:
-            call = derive_seed(self._hbfp_layer_seed, int(self.hbfp_step))
-            seeds = torch.tensor([derive_seed(call, r) for r in range(3)], dtype=torch.int64)
         else:
-            seeds = torch.zeros(3, dtype=torch.int64)
+            call = derive_seed(self._hbfp_layer_seed, int(self.hbfp_step))
         self.hbfp_step.add_(1)
-        return seeds
+        return call
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -193,6 +195,73 @@ class HBFPConv2d(_HBFPMixin, nn.Conv2d):
                               self.groups, seeds, self._hbfp_fmts, self._hbfp_key)
 
 
+class HBFPMultiheadAttention(_HBFPMixin, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose projections and attention products are HBFP GEMMs.
+
+    The forward is ``nn.MultiheadAttention``'s own (all of its options), run under an
+    :class:`~hbfp_hw.torch.mode.HBFPFunctionMode`: the input projection (one GEMM, or three
+    with separate key/value dimensions), ``q @ k^T``, ``weights @ v`` and the output projection
+    are HBFP GEMMs (``hbfp_hw.torch.attention``), operation ``i`` of a call with call seed
+    ``derive_seed(call seed, i)``; softmax, masks, dropout and biases are FP32. ``convert``
+    turns an ``nn.MultiheadAttention`` into this class in place (same parameters and
+    ``state_dict``); its ``out_proj`` is part of it.
+    """
+
+    def forward(self, *args, **kwargs):
+        from hbfp_hw.torch.mode import GemmSequence, HBFPFunctionMode
+
+        sequence = GemmSequence(self._next_call_seed(), self._hbfp_fmts, self._hbfp_key)
+        with HBFPFunctionMode(sequence):
+            return super().forward(*args, **kwargs)
+
+
+class _SlowPathMode(TorchFunctionMode):
+    """A torch function mode that changes nothing; while it is on, ``has_torch_function`` is
+    true, so PyTorch's fused Transformer inference kernels (which would read the HBFP layers'
+    weights and compute in FP32) are not taken."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+class _NoFastPath:
+    """Mixin for ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder`` holding HBFP
+    layers: inference runs the ordinary forward (through the HBFP layers), never the fused
+    fast path."""
+
+    def forward(self, *args, **kwargs):
+        if self.training and torch.is_grad_enabled():
+            return super().forward(*args, **kwargs)         # the fast path is inference-only
+        with _SlowPathMode():
+            return super().forward(*args, **kwargs)
+
+
+_SWAPPED = {}
+
+
+def _swapped_class(mixin, base):
+    """The class ``(mixin, base)`` named ``HBFP<base>``, made once and kept importable here."""
+    cls = _SWAPPED.get((mixin, base))
+    if cls is None:
+        name = f"HBFP{base.__name__}"
+        cls = type(name, (mixin, base), {"__module__": __name__})
+        cls.__qualname__ = name
+        if name not in globals():
+            globals()[name] = cls
+        _SWAPPED[(mixin, base)] = cls
+    return cls
+
+
+def _swap_in(module, mixin, config, layer_id):
+    """Turn ``module`` into ``HBFP<its class>`` in place, keeping its parameters, buffers,
+    hooks and parametrizations."""
+    module.__class__ = _swapped_class(mixin, type(module))
+    device = next(module.parameters()).device
+    module._init_hbfp(config, layer_id)
+    module.hbfp_step = module.hbfp_step.to(device)
+    return module
+
+
 def _adopt(new, old):
     """Give ``new`` the parameters (the same objects), device and mode of ``old``."""
     new.weight = old.weight
@@ -202,6 +271,39 @@ def _adopt(new, old):
 
 
 _CONVERTIBLE = {nn.Linear: HBFPLinear.from_linear, nn.Conv2d: HBFPConv2d.from_conv2d}
+#: Classes converted in place, with the methods a subclass must not override to be converted
+#: too (its computation is then the base class's).
+_IN_PLACE = {nn.MultiheadAttention: (HBFPMultiheadAttention, ("forward",)),
+             nn.Linear: (HBFPLinear, ("forward",)),
+             nn.Conv2d: (HBFPConv2d, ("forward", "_conv_forward"))}
+#: Containers with fused inference kernels that would bypass their HBFP layers.
+_FAST_PATH = (nn.TransformerEncoderLayer, nn.TransformerEncoder)
+
+
+def _inherits(cls, base, methods):
+    return all(getattr(cls, m) is getattr(base, m) for m in methods)
+
+
+def _converter(module):
+    """How :func:`convert` turns ``module`` into an HBFP module, or None."""
+    kind = type(module)
+    if kind in _CONVERTIBLE:
+        return _CONVERTIBLE[kind]
+    for base, (hbfp, methods) in _IN_PLACE.items():
+        if isinstance(module, base) and _inherits(kind, base, methods):
+            if kind is base:
+                return lambda m, cfg, lid, hbfp=hbfp: _swap_to(m, hbfp, cfg, lid)
+            return lambda m, cfg, lid, hbfp=hbfp: _swap_in(m, hbfp, cfg, lid)
+    return None
+
+
+def _swap_to(module, cls, config, layer_id):
+    """Turn a module of exactly ``cls``'s base class into ``cls`` in place."""
+    module.__class__ = cls
+    device = next(module.parameters()).device
+    module._init_hbfp(config, layer_id)
+    module.hbfp_step = module.hbfp_step.to(device)
+    return module
 
 
 def layer_id_for(name):
@@ -260,11 +362,13 @@ def _fp32_reason(module):
     kind = type(module)
     if isinstance(module, NO_GEMM_TYPES):
         return f"{kind.__name__} has no GEMM (FP32 by design in HBFP)", False
-    for base in _CONVERTIBLE:
+    for base in _IN_PLACE:
         if isinstance(module, base):
-            return (f"a subclass of nn.{base.__name__}, whose forward may differ, is not "
+            return (f"a subclass of nn.{base.__name__} that overrides its forward is not "
                     f"converted", True)
-    return f"convert() does not replace {kind.__name__} (only nn.Linear and nn.Conv2d)", True
+    return (f"convert() does not replace {kind.__name__} (it converts "
+            f"{', '.join('nn.' + t.__name__ for t in _IN_PLACE)} and their subclasses that "
+            f"keep their forward)", True)
 
 
 def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, layers=None,
@@ -340,13 +444,15 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, layer
                 warned.append(entry)
         else:
             layer_id = layer_id_for(name)
+            kind = type(module).__name__
             if isinstance(module, _HBFPMixin):
                 module.layer_id = layer_id
                 module.hbfp_config = cfg
             else:
-                replacements.append((name, _CONVERTIBLE[type(module)](module, cfg, layer_id)))
-            entry = LayerEntry(name, type(module).__name__, True, formats=cfg.describe(),
-                               layer_id=layer_id)
+                new = _converter(module)(module, cfg, layer_id)
+                if new is not module:
+                    replacements.append((name, new))
+            entry = LayerEntry(name, kind, True, formats=cfg.describe(), layer_id=layer_id)
         entries.append(entry)
     for name, new in replacements:
         if not name:
@@ -354,6 +460,10 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, layer
             continue
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
+    for module in model.modules():
+        if (type(module) in _FAST_PATH and any(isinstance(m, _HBFPMixin)
+                                                for m in module.modules())):
+            module.__class__ = _swapped_class(_NoFastPath, type(module))
     model.hbfp_report = ConversionReport(entries)
     if warned:
         listed = "; ".join(f"{e.name or '(model)'} ({e.type}): {e.reason}" for e in warned)
@@ -367,10 +477,16 @@ def _plan(model, skip, rules):
     """Decide each module's fate: ``(name, module, config or None, fp32 reason or None)``
     for the convertible modules and those with parameters of their own; check the rules."""
     plan, used = [], set()
+    inside = None                        # the name of a converted module whose parts we pass
     for name, module in model.named_modules():
-        convertible = type(module) in _CONVERTIBLE or isinstance(module, _HBFPMixin)
+        if inside is not None and (inside == "" or name.startswith(inside + ".")):
+            continue
+        inside = None
+        convertible = isinstance(module, _HBFPMixin) or _converter(module) is not None
         if not convertible and not _has_own_parameters(module):
             continue
+        if convertible:
+            inside = name
         reason = skip.reason(name, module)
         if reason is not None:
             plan.append((name, module, None, reason))
@@ -390,8 +506,7 @@ def _plan(model, skip, rules):
     unused = [r.pattern for r in rules if r.pattern not in used]
     if unused:
         raise ValueError(f"layers patterns {', '.join(map(repr, unused))} match no layer that "
-                         f"convert replaces (nn.Linear, nn.Conv2d), or an earlier pattern "
-                         f"matches all of them first")
+                         f"convert replaces, or an earlier pattern matches all of them first")
     return plan
 
 
