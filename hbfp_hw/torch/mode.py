@@ -13,7 +13,7 @@ HBFP GEMMs (forward and backward, every role in its format, see :mod:`hbfp_hw.to
 - ``torch.nn.functional.linear``: as :func:`~hbfp_hw.torch.hbfp_linear`;
 - ``torch.einsum`` with two operands whose equation is a (batched) matrix product: every index
   is a batch index (in both operands and the output), a contracted index (in both operands,
-  not in the output) or a free index of one operand (and in the output);
+  not in the output; at least one) or a free index of one operand (and in the output);
 - ``torch.nn.functional.scaled_dot_product_attention``: as
   :func:`hbfp_hw.torch.attention.attention` (two HBFP products, softmax in FP32);
 - ``torch.nn.functional.multi_head_attention_forward`` (``nn.MultiheadAttention``): its
@@ -152,6 +152,8 @@ def _einsum_plan(equation, x, y):
     free_a = [c for c in a if c not in b]
     free_b = [c for c in b if c not in a]
     if any(c not in out for c in free_a + free_b):  # summed over one operand only
+        return None
+    if not contract:                                 # elementwise or outer: no reduction
         return None
     sizes = {}
     for idx, t in ((a, x), (b, y)):
