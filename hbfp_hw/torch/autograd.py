@@ -1,4 +1,5 @@
-"""Autograd functions and the functional API of HBFP ``linear``, ``matmul`` and ``conv2d``.
+"""Autograd functions and the functional API of HBFP ``linear`` and ``matmul``
+(convolutions: :mod:`hbfp_hw.torch.conv`).
 
 Every product of these functions, forward and backward, is an HBFP GEMM
 (:func:`hbfp_hw.torch.ops.gemm`, i.e. ``golden.gemm`` bit for bit) whose two operands are
@@ -14,15 +15,13 @@ import functools
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import ops
 from hbfp_hw.torch.backends import check_backend
 from hbfp_hw.torch.config import as_config, derive_seed
 
-__all__ = ["hbfp_linear", "hbfp_matmul", "hbfp_conv2d", "role_seeds", "linear_impl",
-           "conv2d_checked", "conv2d_impl"]
+__all__ = ["hbfp_linear", "hbfp_matmul", "role_seeds", "linear_impl"]
 
 _M32 = 0xFFFFFFFF
 
@@ -297,190 +296,3 @@ def _broadcast_batch(x, batch):
     if tuple(x.shape) != shape:
         x = _SequentialBroadcast.apply(x, shape)
     return x.reshape(-1, *x.shape[-2:])
-
-
-def _pair(v, name):
-    if isinstance(v, int) and not isinstance(v, bool):
-        return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in v):
-        return tuple(v)
-    raise TypeError(f"{name} must be an int or a pair of ints, not {v!r}")
-
-
-def hbfp_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, fmt="bfp8",
-                *, seed=0, backend="emulate", device=None):
-    """HBFP ``torch.nn.functional.conv2d`` through im2col and GEMMs.
-
-    The unfolded input ``[B*L, C/groups*kh*kw]`` (``L`` output positions, columns in
-    ``F.unfold``'s order) multiplies the flattened weight of each group: the forward GEMM
-    reduces over ``C/groups*kh*kw``, the grad_input GEMM over the output channels of the group,
-    the grad_weight GEMM over the batch and the spatial positions ``B*L``. col2im (the same
-    bits as ``F.fold``) and the bias stay in FP32. Group ``g`` uses seeds ``+ 2 g``.
-    ``padding`` may be an int, a pair, ``"valid"`` or ``"same"``. The output has the memory
-    format of ``x`` (channels-last or contiguous), as for ``F.conv2d``.
-    """
-    return conv2d_checked(x, weight, bias, stride, padding, dilation, groups,
-                          *_prepare(fmt, seed, backend, device))
-
-
-@_in_fp32("x", "weight", "bias")
-def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key):
-    """Validate the arguments of :func:`hbfp_conv2d` and run it with role seeds."""
-    if weight.dim() != 4:
-        raise ValueError(f"weight must be 4-D [out, in/groups, kh, kw], not of shape "
-                         f"{tuple(weight.shape)}")
-    unbatched = x.dim() == 3
-    if unbatched:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"x must be 3-D or 4-D [B, C, H, W], not of shape {tuple(x.shape)}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive integer, not {groups!r}")
-    out_ch, in_per_group, kh, kw = weight.shape
-    if x.shape[1] != in_per_group * groups or out_ch % groups:
-        raise ValueError(f"x has {x.shape[1]} channels and weight {tuple(weight.shape)}; with "
-                         f"groups={groups} x must have {in_per_group * groups} channels and "
-                         f"out_channels must be a multiple of groups")
-    stride = _pair(stride, "stride")
-    dilation = _pair(dilation, "dilation")
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = (0, 0)
-        elif padding == "same":
-            if stride != (1, 1):
-                raise ValueError("padding='same' needs stride 1, as in torch")
-            total = [dilation[i] * (k - 1) for i, k in enumerate((kh, kw))]
-            left = [t // 2 for t in total]
-            x = F.pad(x, (left[1], total[1] - left[1], left[0], total[0] - left[0]))
-            padding = (0, 0)
-        else:
-            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', not "
-                             f"{padding!r}")
-    padding = _pair(padding, "padding")
-    y = conv2d_impl(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key)
-    return y.squeeze(0) if unbatched else y
-
-
-def _im2col_t(x, kernel, stride, padding, dilation):
-    """Return the transposed im2col matrix ``[C*kh*kw, B*L]`` of ``x [B, C, H, W]``, contiguous.
-
-    Row ``(c, i, j)`` (``F.unfold``'s order) holds input ``c`` at kernel offset ``(i, j)`` for
-    every output position ``(b, y, x)``: one gather copy of a strided view of ``x``, in the
-    layout whose K-blocks the quantizer reduces fastest (positions contiguous).
-    """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph))
-    batch, channels, height, width = x.shape
-    oh = (height - dh * (kh - 1) - 1) // sh + 1
-    ow = (width - dw * (kw - 1) - 1) // sw + 1
-    s_b, s_c, s_h, s_w = x.stride()
-    view = x.as_strided((channels, kh, kw, batch, oh, ow),
-                        (s_c, s_h * dh, s_w * dw, s_b, s_h * sh, s_w * sw))   # x's offset
-    return view.reshape(channels * kh * kw, batch * oh * ow)
-
-
-def _col2im(grad_cols_t, shape, kernel, stride, padding, dilation):
-    """``F.fold`` of the transposed columns ``grad_cols_t [C*kh*kw, B*L]`` onto ``shape``,
-    bit for bit.
-
-    Like ATen's col2im, every input pixel starts from +0.0 and receives its contributions in
-    the order of the kernel offsets ``(i, j)``: one strided in-place add per offset.
-    """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    batch, channels, height, width = shape
-    out = grad_cols_t.new_zeros(channels, batch, height + 2 * ph, width + 2 * pw)
-    oh = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    g = grad_cols_t.reshape(channels, kh, kw, batch, oh, ow)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
-                j * dw:j * dw + sw * (ow - 1) + 1:sw].add_(g[:, i, j])
-    return out[:, :, ph:ph + height, pw:pw + width].permute(1, 0, 2, 3)
-
-
-class _Conv2d(torch.autograd.Function):
-    """Convolution as im2col GEMMs: ``y = cols @ W^T`` per group, ``[B*L, out]``.
-
-    Backward: ``dW = dy^T @ cols`` (grad_weight) and ``dcols = dy @ W`` (grad_input), folded
-    back onto the input by :func:`_col2im`. The im2col matrix is kept transposed,
-    ``[C*kh*kw, B*L]``, so that the forward and grad_weight GEMMs see it column-major.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, seeds, fmts, key, geometry):
-        stride, padding, dilation, groups = geometry
-        cols_t = _im2col_t(x, weight.shape[2:], stride, padding, dilation)
-        out_g = weight.shape[0] // groups
-        per_group = cols_t.shape[0] // groups
-        outs = [ops.role_gemm(cols_t[g * per_group:(g + 1) * per_group].t(),
-                              weight[g * out_g:(g + 1) * out_g].reshape(out_g, -1).t(),
-                              fmts[0], _offset(seeds, g)[0], key)
-                for g in range(groups)]
-        # x itself is kept only for double backward, which needs cols_t as a function of x
-        ctx.save_for_backward(weight, seeds, cols_t if ctx.needs_input_grad[1] else None, x)
-        ctx.fmts, ctx.key, ctx.geometry, ctx.x_shape = fmts, key, geometry, x.shape
-        return outs[0] if groups == 1 else torch.cat(outs, dim=1)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        weight, seeds, cols_t, x = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.geometry
-        _, f_gi, f_gw = ctx.fmts
-        if torch.is_grad_enabled() and ctx.needs_input_grad[1]:
-            # double backward: the columns as a differentiable function of x
-            cols_t = _im2col_t(x, weight.shape[2:], stride, padding, dilation)
-        out_g = weight.shape[0] // groups
-        per_group = weight[0].numel()
-        grad_x = grad_w = None
-        gcols, gws = [], []
-        for g in range(groups):
-            gy = grad_y[:, g * out_g:(g + 1) * out_g]
-            s = _offset(seeds, g)
-            if ctx.needs_input_grad[0]:
-                gcols.append(_grad_cols_t(gy, weight[g * out_g:(g + 1) * out_g]
-                                          .reshape(out_g, -1), f_gi, f_gw, s[1], ctx.key))
-            if ctx.needs_input_grad[1]:
-                cols = cols_t[g * per_group:(g + 1) * per_group].t()
-                gws.append(_backward_gemm(gy.t(), cols, s[2], (f_gw, f_gi, f_gi), ctx.key))
-        if ctx.needs_input_grad[0]:
-            gc = gcols[0] if groups == 1 else torch.cat(gcols, dim=0)
-            grad_x = _col2im(gc, ctx.x_shape, weight.shape[2:], stride, padding, dilation)
-        if ctx.needs_input_grad[1]:
-            grad_w = (gws[0] if groups == 1 else torch.cat(gws, dim=0)).reshape(weight.shape)
-        return grad_x, grad_w, None, None, None, None
-
-
-def _grad_cols_t(gy, w, fmt_args, f_gw, seed, key):
-    """The grad_input GEMM of a convolution, ``dcols = dy @ W``, returned transposed,
-    ``[C*kh*kw, B*L]``, the layout in which :func:`_col2im` adds whole rows.
-
-    With a deterministic rounding it is computed as ``W^T @ dy^T``: the same blocks (each
-    operand is quantized along the same K, ``out_channels``), the same exact block products
-    and the same accumulation order, hence the same bits. Stochastic rounding numbers its
-    blocks and draws its seeds per operand, so that role keeps the ``dy @ W`` orientation.
-    """
-    if fmt_args is not None and fmt_args[2] != "stochastic":
-        return _backward_gemm(w.t(), gy.t(), seed, (fmt_args, f_gw, fmt_args), key)
-    return _backward_gemm(gy, w, seed, (fmt_args, fmt_args, f_gw), key).t()
-
-
-def conv2d_impl(x, weight, bias, stride, padding, dilation, groups, seeds, fmts, key):
-    """:func:`hbfp_conv2d` on checked 4-D input, pairs of ints, role seeds and format args.
-
-    The output has the memory format of ``x``, as for ``F.conv2d``: channels-last if ``x`` is,
-    else contiguous.
-    """
-    out_ch, _, kh, kw = weight.shape
-    batch, _, height, width = x.shape
-    oh = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    y = _Conv2d.apply(x, weight, seeds, fmts, key, (stride, padding, dilation, groups))
-    y = y.view(batch, oh, ow, out_ch).permute(0, 3, 1, 2)         # [B, out, oh, ow]
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        y = y.contiguous()
-    if bias is not None:
-        y = y + bias.reshape(1, -1, 1, 1)
-    return y

@@ -12,13 +12,15 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from hbfp_hw.golden import prng
-from hbfp_hw.torch.autograd import conv2d_checked, linear_impl, role_seeds
+from hbfp_hw.torch.autograd import linear_impl, role_seeds
 from hbfp_hw.torch.backends import check_backend
 from hbfp_hw.torch.config import HBFPConfig, LayerRules, as_config, derive_seed
+from hbfp_hw.torch.conv import conv_checked, conv_transpose_checked
 from hbfp_hw.torch.report import NO_GEMM_TYPES, ConversionReport, FP32LayerWarning, LayerEntry
 
-__all__ = ["HBFPLinear", "HBFPConv2d", "convert", "set_seed", "hbfp_modules", "layer_id_for",
-           "strip_hbfp_state", "EVAL_STEP"]
+__all__ = ["HBFPLinear", "HBFPConv1d", "HBFPConv2d", "HBFPConv3d", "HBFPConvTranspose1d",
+           "HBFPConvTranspose2d", "HBFPConvTranspose3d", "HBFPMultiheadAttention", "convert",
+           "set_seed", "hbfp_modules", "layer_id_for", "strip_hbfp_state", "EVAL_STEP"]
 
 
 #: The step that inference calls use: ``eval()`` or no-grad forwards draw their seeds from
@@ -161,7 +163,21 @@ class HBFPLinear(_HBFPMixin, nn.Linear):
                            self._hbfp_key)
 
 
-class HBFPConv2d(_HBFPMixin, nn.Conv2d):
+class _HBFPConvMixin(_HBFPMixin):
+    """The convolution of ``nn.Conv1d/2d/3d`` as im2col GEMMs in HBFP."""
+
+    def _conv_forward(self, x, weight, bias):
+        seeds = self._next_seeds()
+        if self.padding_mode != "zeros":
+            x = nn.functional.pad(x, self._reversed_padding_repeated_twice,
+                                  mode=self.padding_mode)
+            return conv_checked(x, weight, bias, self.stride, 0, self.dilation, self.groups,
+                                seeds, self._hbfp_fmts, self._hbfp_key)
+        return conv_checked(x, weight, bias, self.stride, self.padding, self.dilation,
+                            self.groups, seeds, self._hbfp_fmts, self._hbfp_key)
+
+
+class HBFPConv2d(_HBFPConvMixin, nn.Conv2d):
     """``nn.Conv2d`` computed as im2col GEMMs in HBFP (same parameters and ``state_dict``).
 
     Parameters are those of :class:`torch.nn.Conv2d`, plus ``config`` and ``layer_id`` as for
@@ -184,15 +200,49 @@ class HBFPConv2d(_HBFPMixin, nn.Conv2d):
         _adopt(new, module)
         return new
 
-    def _conv_forward(self, x, weight, bias):
-        seeds = self._next_seeds()
+
+class _HBFPBuilt:
+    """Constructor of the HBFP layers that :func:`convert` makes in place: the base class's
+    arguments, plus ``config`` and ``layer_id`` as for :class:`HBFPLinear`."""
+
+    def __init__(self, *args, config="bfp8", layer_id=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_hbfp(config, layer_id)
+
+
+class HBFPConv1d(_HBFPBuilt, _HBFPConvMixin, nn.Conv1d):
+    """``nn.Conv1d`` as im2col GEMMs in HBFP (:mod:`hbfp_hw.torch.conv`)."""
+
+
+class HBFPConv3d(_HBFPBuilt, _HBFPConvMixin, nn.Conv3d):
+    """``nn.Conv3d`` as im2col GEMMs in HBFP (:mod:`hbfp_hw.torch.conv`)."""
+
+
+class _HBFPConvTransposeMixin(_HBFPMixin):
+    """``nn.ConvTranspose1d/2d/3d`` as GEMMs and col2im in HBFP (:mod:`hbfp_hw.torch.conv`)."""
+
+    def forward(self, x, output_size=None):
         if self.padding_mode != "zeros":
-            x = nn.functional.pad(x, self._reversed_padding_repeated_twice,
-                                  mode=self.padding_mode)
-            return conv2d_checked(x, weight, bias, self.stride, 0, self.dilation, self.groups,
-                                  seeds, self._hbfp_fmts, self._hbfp_key)
-        return conv2d_checked(x, weight, bias, self.stride, self.padding, self.dilation,
-                              self.groups, seeds, self._hbfp_fmts, self._hbfp_key)
+            raise ValueError(f"Only 'zeros' padding mode is supported for "
+                             f"{type(self).__name__}")
+        nd = len(self.kernel_size)
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding,
+                                              self.kernel_size, nd, self.dilation)
+        return conv_transpose_checked(x, self.weight, self.bias, self.stride, self.padding,
+                                      output_padding, self.groups, self.dilation,
+                                      self._next_seeds(), self._hbfp_fmts, self._hbfp_key)
+
+
+class HBFPConvTranspose1d(_HBFPBuilt, _HBFPConvTransposeMixin, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` in HBFP."""
+
+
+class HBFPConvTranspose2d(_HBFPBuilt, _HBFPConvTransposeMixin, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` in HBFP."""
+
+
+class HBFPConvTranspose3d(_HBFPBuilt, _HBFPConvTransposeMixin, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` in HBFP."""
 
 
 class HBFPMultiheadAttention(_HBFPMixin, nn.MultiheadAttention):
@@ -273,9 +323,14 @@ def _adopt(new, old):
 _CONVERTIBLE = {nn.Linear: HBFPLinear.from_linear, nn.Conv2d: HBFPConv2d.from_conv2d}
 #: Classes converted in place, with the methods a subclass must not override to be converted
 #: too (its computation is then the base class's).
+_CONV = ("forward", "_conv_forward")
 _IN_PLACE = {nn.MultiheadAttention: (HBFPMultiheadAttention, ("forward",)),
              nn.Linear: (HBFPLinear, ("forward",)),
-             nn.Conv2d: (HBFPConv2d, ("forward", "_conv_forward"))}
+             nn.Conv1d: (HBFPConv1d, _CONV), nn.Conv2d: (HBFPConv2d, _CONV),
+             nn.Conv3d: (HBFPConv3d, _CONV),
+             nn.ConvTranspose1d: (HBFPConvTranspose1d, ("forward",)),
+             nn.ConvTranspose2d: (HBFPConvTranspose2d, ("forward",)),
+             nn.ConvTranspose3d: (HBFPConvTranspose3d, ("forward",))}
 #: Containers with fused inference kernels that would bypass their HBFP layers.
 _FAST_PATH = (nn.TransformerEncoderLayer, nn.TransformerEncoder)
 

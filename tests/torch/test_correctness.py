@@ -181,24 +181,24 @@ def test_report_and_warning_for_modules_left_in_fp32():
             self.attn = nn.MultiheadAttention(8, 2)
             self.norm = nn.LayerNorm(8)
             self.proj = nn.Linear(8, 8)
-            self.seq = nn.Conv1d(8, 8, 3)
+            self.seq = nn.GRU(8, 8)
+            self.pair = nn.Bilinear(8, 8, 4)
 
     with pytest.warns(FP32LayerWarning) as record:
         model = convert(Block())
     message = str(record[0].message)
-    assert "attn (MultiheadAttention)" in message and "seq (Conv1d)" in message
-    assert "attn.out_proj (NonDynamicallyQuantizableLinear): a subclass of nn.Linear" in message
+    assert "seq (GRU)" in message and "pair (Bilinear)" in message
     assert "norm" not in message                    # no GEMM: reported, not warned about
     report = model.hbfp_report
-    assert [e.name for e in report.converted] == ["proj"]
-    assert {e.name: e.warned for e in report.fp32} == {
-        "attn": True, "attn.out_proj": True, "norm": False, "seq": True}
+    assert [e.name for e in report.converted] == ["attn", "proj"]    # MHA with its out_proj
+    assert {e.name: e.warned for e in report.fp32} == {"norm": False, "seq": True,
+                                                       "pair": True}
     assert "LayerNorm has no GEMM" in str(report)
     assert report.to_dict()["converted"][0]["formats"] == "bfp8"
     # keeping them in FP32 on purpose silences the warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        convert(Block(), skip=["attn", nn.Conv1d])
+        convert(Block(), skip=["seq", nn.Bilinear])
 
 
 # -- seeds: inference, validation, checkpoints --------------------------------------------------

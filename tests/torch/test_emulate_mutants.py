@@ -83,7 +83,7 @@ def _double_accumulation(acc, products):
     acc.copy_(acc.double().add_(products.double().sum(dim=0)).float())
 
 
-def _unpermuted_random_bits(seed, rows, nblocks, n):
+def _unpermuted_random_bits(seed, rows, nblocks, n, device):
     bits = golden.random_bits(seed, rows * nblocks, n)
     return torch.from_numpy(bits.astype(np.int64)).view(nblocks, rows, n).transpose(0, 1)
 
