@@ -67,7 +67,7 @@ from hbfp_hw.formats import CANONICAL_NAN_BITS, SR_RANDOM_BITS, Rounding, resolv
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import native
 
-__all__ = ["gemm", "quantize", "EmulateBackend"]
+__all__ = ["gemm", "gemm_batched", "quantize", "EmulateBackend"]
 
 _ABS_MASK = 0x7FFFFFFF
 _INF_BITS = 0x7F800000
@@ -203,7 +203,9 @@ def _quantize_matrix(t, fmt, seed):
     """Quantize float32 ``t [R, K]`` along K (numerics.md 2.1-2.3), without copying it first.
 
     Row ``r`` is split into blocks ``(r, 0), (r, 1), ...``; the PRNG numbers blocks in that
-    row-major order whatever the memory layout.
+    row-major order whatever the memory layout. ``seed`` may be a list of ``G`` seeds: then
+    ``t`` stacks ``G`` matrices of ``R / G`` rows, each quantized with its own seed (the
+    operands of a batched GEMM).
     """
     nb = fmt.block_size
     rows, length = t.shape
@@ -238,7 +240,11 @@ def _quantize_matrix(t, fmt, seed):
     a = _scale(blocks, k, k_range, inplace=any_nan)
     rand = None
     if fmt.rounding is Rounding.STOCHASTIC:
-        rand = _random_rows(seed, rows, kblocks, nb, t.device)
+        if isinstance(seed, (list, tuple)):
+            per = rows // len(seed)
+            rand = torch.cat([_random_rows(s, per, kblocks, nb, t.device) for s in seed])
+        else:
+            rand = _random_rows(seed, rows, kblocks, nb, t.device)
         if axis == 1:
             rand = rand.permute(1, 2, 0)
     n = _round_(a, fmt.rounding, rand)
@@ -424,6 +430,74 @@ def _gemm_general(a, b, fmt, seed_a, seed_b):
     if qa.any_nan or qb.any_nan or may_overflow:
         acc = torch.where(torch.isnan(acc), _canonical_nan().to(acc.device), acc)
     return acc
+
+
+def _gemm_batched(a, b, fmt, seeds_a, seeds_b):
+    """``a [G, M, K] @ b [G, K, N]``: G HBFP GEMMs, each bit-exact with :func:`gemm` of its
+    pair (with seeds ``seeds_a[g]``/``seeds_b[g]``, or None), in a few whole-batch passes.
+
+    The G matrices of each operand are quantized as one ``[G*M, K]`` (``[G*N, K]``) matrix
+    (the blocks are the same; stochastic rounding draws each matrix's bits from its own seed),
+    the block products of a chunk of the batch are one ``matmul`` over ``[KB, G, M, N]``
+    (float32 where exact for every pair of the batch, else float64 and one RNE cast) and the
+    k-blocks are summed sequentially from +0.0 as in :func:`_gemm_general`.
+    """
+    groups, m, kdim = a.shape
+    ncols = b.shape[2]
+    qa = _quantize_matrix(a.reshape(groups * m, kdim), fmt, seeds_a)
+    qb = _quantize_matrix(b.transpose(1, 2).reshape(groups * ncols, kdim), fmt, seeds_b)
+    two_f = 2 * fmt.fraction_bits
+    a_lo, a_hi = _exponent_range(qa)
+    b_lo, b_hi = _exponent_range(qb)
+    bound = fmt.block_size * fmt.max_mantissa ** 2
+    f32 = bool(((a_lo + b_lo - two_f >= -149) & (a_hi + b_hi - two_f <= _f32_max_grid(fmt)))
+               .all()) and bound <= 1 << 24 and _f32_matmul_is_ieee()
+    kblocks = a_lo.shape[0]
+    may_overflow = int((a_hi + b_hi).max()) - two_f + (bound * kblocks).bit_length() >= 126
+    a_kb = qa.values_kb().reshape(kblocks, groups, m, -1)             # [KB, G, M, nb]
+    b_kb = qb.values_kb().reshape(kblocks, groups, ncols, -1).transpose(2, 3)
+    acc = torch.zeros(groups, m, ncols, dtype=torch.float32, device=a.device)
+    chunk = max(1, _SINGLE_CALL_ELEMENTS // max(1, kblocks * m * ncols))
+    for g0 in range(0, groups, chunk):
+        g1 = min(groups, g0 + chunk)
+        if f32:
+            products = torch.matmul(a_kb[:, g0:g1], b_kb[:, g0:g1])
+        else:
+            products = torch.matmul(a_kb[:, g0:g1].double(), b_kb[:, g0:g1].double()).float()
+        _accumulate_(acc[g0:g1], products)
+    if qa.any_nan or qb.any_nan:
+        nan_a = _to(torch.from_numpy(qa.nan.any(axis=1).reshape(groups, m)), acc.device)
+        nan_b = _to(torch.from_numpy(qb.nan.any(axis=1).reshape(groups, ncols)), acc.device)
+        acc.masked_fill_(nan_a[:, :, None] | nan_b[:, None, :], float("nan"))
+    if qa.any_nan or qb.any_nan or may_overflow:
+        acc = torch.where(torch.isnan(acc), _canonical_nan().to(acc.device), acc)
+    return acc
+
+
+def gemm_batched(a, b, fmt, seeds=None):
+    """Batched HBFP product ``a [G, M, K] @ b [G, K, N]``: pair ``g`` equals
+    :func:`gemm` ``(a[g], b[g], fmt, seeds[g])`` bit for bit.
+
+    ``seeds`` (stochastic rounding only): G seeds; ``None`` draws fresh ones.
+    """
+    fmt = resolve_format(fmt)
+    _check_matrix("a", a)
+    _check_matrix("b", b)
+    if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ValueError(f"a and b must be [G, M, K] and [G, K, N], not of shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if min(*a.shape, *b.shape) < 1:
+        raise ValueError(f"G, M, N and K must be at least 1, not shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if fmt.rounding is Rounding.STOCHASTIC:
+        seeds = [prng.fresh_seed() for _ in range(a.shape[0])] if seeds is None else \
+            [prng.check_seed(s) for s in seeds]
+        if len(seeds) != a.shape[0]:
+            raise ValueError(f"seeds must hold one seed per batch element ({a.shape[0]}), not "
+                             f"{len(seeds)}")
+    else:
+        seeds = None
+    return EmulateBackend().gemm_batched(a, b, fmt, seeds)
 
 
 # -- The fast path ----------------------------------------------------------------------------
@@ -804,6 +878,19 @@ class EmulateBackend:
         with torch.no_grad(), _IEEESubnormals():
             return _gemm(a.detach(), b.detach(), fmt, seed,
                          None if seed is None else (seed + 1) & 0xFFFFFFFF)
+
+    def gemm_batched(self, a, b, fmt, seeds):
+        """Return ``[a[g] @ b[g] for g]`` stacked, each equal to :meth:`gemm` with
+        ``seeds[g]`` (checked float32 ``[G, M, K]`` and ``[G, K, N]`` on one device; ``seeds``
+        a list of G ints, used by stochastic rounding only)."""
+        fmt = resolve_format(fmt)
+        if fmt.rounding is Rounding.STOCHASTIC:
+            seeds_a = list(seeds)
+            seeds_b = [(s + 1) & 0xFFFFFFFF for s in seeds_a]
+        else:
+            seeds_a = seeds_b = None
+        with torch.no_grad(), _IEEESubnormals():
+            return _gemm_batched(a.detach(), b.detach(), fmt, seeds_a, seeds_b)
 
     def __repr__(self):
         return "EmulateBackend()"
