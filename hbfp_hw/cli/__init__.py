@@ -55,19 +55,26 @@ def _user_faults():
 def main(argv=None):
     """Run ``hbfp-hw`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
-    Bad arguments exit with status 2 through :class:`SystemExit` (as argparse does).
+    A bad argument prints one line, ``hbfp-hw CMD: error: --flag ...``, and returns 2 before
+    any work; so does a failure that is the user's to fix (``hbfp-hw: error: ...``).
+    ``--help`` returns 0. Other exceptions are bugs and propagate.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    module, sub = args._module, args._parser
     try:
-        module.validate(args)
-    except UsageError as e:
-        sub.error(str(e))
-    try:
-        return module.run(args)
-    except UsageError as e:
-        sub.error(str(e))
+        args, extra = parser.parse_known_args(argv)
+        module, sub = args._module, args._parser
+        if extra:
+            sub.error(f"unrecognized arguments: {' '.join(extra)}")
+        try:
+            module.validate(args)
+        except UsageError as e:
+            sub.error(str(e))
+        try:
+            return module.run(args)
+        except UsageError as e:
+            sub.error(str(e))
+    except SystemExit as e:       # argparse: --help (0) or a bad argument (2)
+        return 0 if e.code is None else e.code
     except _user_faults() as e:
         print(f"hbfp-hw: error: {one_line(e)}", file=sys.stderr)
         return 2
