@@ -33,7 +33,7 @@ __all__ = [
     "integer", "positive_int", "number", "positive_float", "seed", "int_list",
     "format_preset", "format_name", "format_names",
     "add_format_arguments", "format_from_args", "RTL_BLOCK_SIZE_RANGE",
-    "device_url", "listen_address", "check_shape", "MAX_OPERAND_ELEMENTS",
+    "device_url", "check_sim_options", "listen_address", "check_shape", "MAX_OPERAND_ELEMENTS",
     "check_output_file", "check_output_dir", "write_json", "flag_message",
 ]
 
@@ -332,6 +332,20 @@ def check_device_url(flag, url):
     if not parts.hostname or not port:
         raise UsageError(f"{flag}: {url!r} needs a host and a port between 1 and 65535, such "
                          f"as tcp://127.0.0.1:7777")
+    return url
+
+
+def check_sim_options(flag, url):
+    """Check the options of a ``sim://?...`` URL against the simulated board's gateware (at
+    validation, not parse time: it constructs, without elaborating, the board's system)."""
+    if not url.startswith("sim://"):
+        return url
+    from hbfp_hw.fpga.simboard import SimConfig
+
+    try:
+        SimConfig.from_query(urlsplit(url).query).gateware()
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{flag} {url!r}: {one_line(e)}") from None
     return url
 
 

@@ -32,6 +32,8 @@ def add_parser(sub):
 
 
 def validate(args):
+    if args.device != "none":
+        cli_args.check_sim_options("--device", args.device)
     cli_args.check_shape(args.m, args.n, args.k)
     cli_args.check_output_file("--json", args.json)
 

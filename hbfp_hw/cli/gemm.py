@@ -30,6 +30,7 @@ def add_parser(sub):
 
 
 def validate(args):
+    cli_args.check_sim_options("--device", args.device)
     cli_args.check_shape(args.m, args.n, args.k)
     cli_args.check_output_file("--json", args.json)
 

@@ -30,6 +30,8 @@ def add_parser(sub):
 def validate(args):
     from hbfp_hw.fpga.server import is_loopback
 
+    cli_args.check_sim_options("--device", args.device)
+
     host, port = args.listen
     if not args.allow_remote and not is_loopback(host):
         raise cli_args.UsageError(

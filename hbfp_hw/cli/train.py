@@ -45,6 +45,8 @@ def add_parser(sub):
 def validate(args):
     if args.device is not None and args.backend != "device":
         raise cli_args.UsageError("--device needs --backend device")
+    if args.device is not None:
+        cli_args.check_sim_options("--device", args.device)
     # FP32, the reference, always comes first.
     args._formats = list(dict.fromkeys(["fp32", *(args.formats or [args.format])]))
     args._plot = args.plot or f"train_digits_{args.model}.png"
