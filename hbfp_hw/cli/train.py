@@ -24,6 +24,10 @@ def add_parser(sub):
     p.add_argument("--formats", metavar="LIST", type=cli_args.format_names(),
                    help="comma-separated formats, e.g. bfp8,bfp4,fp32 (overrides --format); "
                         "fp32 is always trained as the reference")
+    p.add_argument("--layer", action="append", metavar="PATTERN=FMT",
+                   help="per-layer format, repeatable, first match wins: PATTERN is a glob on "
+                        "the qualified module name or re:REGEX, FMT a preset name or fp32 "
+                        "(convert's layers=); applies to every HBFP format")
     p.add_argument("--epochs", type=cli_args.positive_int("--epochs"), default=20)
     p.add_argument("--batch-size", type=cli_args.positive_int("--batch-size"), default=64)
     p.add_argument("--lr", type=cli_args.positive_float("--lr"), default=0.05,
@@ -57,6 +61,29 @@ def validate(args):
     except ImportError:
         raise cli_args.UsageError("train needs PyTorch, which is not installed; install the "
                                   "extra: pip install 'hbfp-hw[torch]'") from None
+    args._layers = _check_layers(args) if args.layer else None
+
+
+def _check_layers(args):
+    """Parse --layer and convert the model once (emulate backend, no training), so that a
+    pattern that matches no layer is reported before the data is loaded."""
+    import warnings
+
+    from hbfp_hw.torch.modules import convert
+    from hbfp_hw.torch.train import build_model, parse_layer_rules
+
+    try:
+        rules = parse_layer_rules(args.layer)
+        hbfp = [f for f in args._formats if f != "fp32"]
+        if hbfp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                convert(build_model(args.model), fmt=hbfp[0], layers=rules)
+    except (TypeError, ValueError) as e:
+        text = cli_args.one_line(e)
+        raise cli_args.UsageError(text if text.startswith("--layer") else f"--layer: {text}") \
+            from None
+    return rules
 
 
 def run(args):
@@ -70,7 +97,7 @@ def run(args):
     run = train.train_formats(args.model, args._formats, epochs=args.epochs,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               backend=args.backend, device=args.device,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, layers=args._layers)
     print(train.format_table(run))
     try:
         train.plot_curves(run, args._plot)

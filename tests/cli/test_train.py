@@ -64,3 +64,23 @@ def test_train_errors(tmp_path, monkeypatch, capsys):
     assert _run(["--epochs", "0"]) == 2
     assert capsys.readouterr().err == "hbfp-hw train: error: --epochs must be at least 1, not 0\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_layer_rules(tmp_path, monkeypatch, capsys):
+    """--layer is parsed and tried on the model (no training) before any work."""
+    from hbfp_hw.cli import build_parser
+    from hbfp_hw.cli.train import validate
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--model", "cnn", "--layer", "0=fp32",
+                                      "--layer", "re:.*=bfp4"])
+    validate(args)
+    assert args._layers == [("0", "fp32"), ("re:.*", "bfp4")]
+    for layer, message in [("x", "--layer must be PATTERN=FORMAT"),
+                           ("nope=fp32", "--layer: layers patterns 'nope' match no layer"),
+                           ("re:(=fp32", "--layer: layers pattern 're:(' is not a valid"),
+                           ("0=bfp5", "--layer '0=bfp5': the format must be 'fp32' or a preset")]:
+        assert _run(["--model", "cnn", "--layer", layer]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"hbfp-hw train: error: {message}") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
