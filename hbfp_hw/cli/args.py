@@ -83,11 +83,12 @@ class Parser(argparse.ArgumentParser):
             message = f"{choice['flag']} must be one of {choices}, not {choice['value']}"
         elif prefix:
             flag, rest = prefix["flag"], prefix["rest"]
-            flags = flag.split("/")
-            if not any(rest.startswith(f) for f in flags):
-                rest = {"expected one argument": "needs a value"}.get(rest, rest)
-                rest = f"{flag} {rest}" if rest == "needs a value" else f"{flag}: {rest}"
-            message = rest
+            if rest == "expected one argument":
+                message = f"{flag} needs a value"
+            elif any(rest.startswith(f) for f in flag.split("/")):
+                message = rest              # our type= functions name the flag already
+            else:
+                message = f"{flag}: {rest}"
         elif message.startswith("the following arguments are required: "):
             names = message.split(": ", 1)[1]
             message = f"{names} {'is' if ',' not in names else 'are'} required"
@@ -106,11 +107,11 @@ def _range_text(lo, hi):
 
 def check_int(flag, value, lo=None, hi=None, *, power_of_two=False, why=""):
     """Check an integer ``value`` of ``flag``; raise :class:`UsageError` naming the flag."""
-    if power_of_two and (value < 1 or value & (value - 1)
-                         or (lo is not None and value < lo) or (hi is not None and value > hi)):
+    in_range = (lo is None or value >= lo) and (hi is None or value <= hi)
+    if power_of_two and not (in_range and value >= 1 and not value & (value - 1)):
         raise UsageError(f"{flag} must be a power of two {_range_text(lo, hi)}{why}, "
                          f"not {value}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if not in_range:
         raise UsageError(f"{flag} must be {_range_text(lo, hi)}{why}, not {value}")
     return value
 
