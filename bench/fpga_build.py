@@ -37,7 +37,7 @@ from hbfp_hw.fpga.build import (
     build,
     parse_nextpnr_log,
 )
-from hbfp_hw.fpga.commands import default_out_dir
+from hbfp_hw.fpga.build_report import default_out_dir
 
 HEADING = ("## FPGA build: default bfp8 GEMM system on the ULX3S LFE5U-85F "
            "(`bench/fpga_build.py`)")

@@ -8,7 +8,7 @@ bias, normalization, activations, softmax and the loss stay FP32.
 >>> hbfp_model = convert(model, fmt="bfp8")            # a converted copy; emulate backend
 
 This package needs PyTorch (``pip install 'hbfp-hw[torch]'``). The names below are imported
-lazily, on first use, so that ``hbfp_hw.torch.commands`` (the ``hbfp-hw train`` parser) and the
+lazily, on first use, so that ``hbfp_hw.cli.train`` (the ``hbfp-hw train`` parser) and the
 rest of hbfp_hw never import torch.
 
 Modules: :mod:`~hbfp_hw.torch.emulate` (the bit-exact torch GEMM), :mod:`~hbfp_hw.torch.ops`

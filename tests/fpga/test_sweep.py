@@ -11,7 +11,6 @@ import gzip
 import json
 import os
 import random
-import re
 import stat
 import sys
 import textwrap
@@ -22,7 +21,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hbfp_hw.cli import build_parser, main
+from hbfp_hw.cli import main
 from hbfp_hw.formats import BFP8, BFPFormat
 from hbfp_hw.fpga import sweep
 from hbfp_hw.fpga.build import missing_tools
@@ -667,60 +666,6 @@ def test_run_sweep_checks_arguments(fake_tools):
 
 
 # -- command line -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--mantissa-bits", "4,20"], r"argument --mantissa-bits: mantissa_bits must be between "
-                                  r"2 and 16, not 20"),
-    (["--block-size", "3"], r"argument --block-size: block_size must be a power of two "
-                            r"between 2 and 64 \(the RTL generators' range\), not 3"),
-    (["--block-size", "8,x"], r"argument --block-size: --block-size takes comma-separated "
-                              r"integers, not 'x'"),
-    (["--stages", "deep=1"], r"argument --stages: --stages parameter must be one of"),
-    (["--fill", "1.5"], r"argument --fill: --fill must be in \(0, 1\], not 1.5"),
-    (["--target", "ecp5-25f"], r"argument --target: invalid choice: 'ecp5-25f'"),
-])
-def test_cli_argument_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["sweep", *argv])
-    assert info.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--stages", "mac_stages=9", "--block-size", "8"],
-     "error: --stages: mac_stages must be between 0 and 5 for block size 8, not 9"),
-    (["--io", "ooc", "--target", "ice40-up5k"],
-     "error: --io ooc needs nextpnr --out-of-context, which ice40-up5k does not support; "
-     "use --io serial"),
-    (["--full-chip", "bfp9"],
-     "error: --full-chip must be 'none', a preset name or wWbN (such as w8b16), not 'bfp9'"),
-])
-def test_cli_value_errors(argv, message, capsys):
-    assert main(["sweep", *argv]) == 2
-    assert capsys.readouterr().err.strip() == message
-
-
-def test_cli_stage_defaults_follow_the_target():
-    """Without --stages: the deepest pipelines on the ECP5, the defaults on the UP5K (the
-    deepest do not fit it); --stages items override the target's choice."""
-    from hbfp_hw.fpga.sweep_commands import build_points
-
-    def params(*argv):
-        args = build_parser().parse_args(["sweep", "--mantissa-bits", "4", "--block-size", "8",
-                                          "--full-chip", "none", *argv])
-        return [dict(p.params) for p in build_points(args)[0]]
-
-    assert params() == [dict(resolve_params("fp32-baseline")),
-                        dict(resolve_params("dot", BFPFormat(4, 8)))]
-    deepest = params()[1]
-    base, dot = params("--target", "ice40-up5k")
-    assert dot == {"align_stages": 2, "mac_stages": 2, "convert_stages": 3, "adder_stages": 3}
-    assert base == dict(resolve_params("fp32-baseline", None, {"mul_stages": "default",
-                                                               "adder_stages": "default"}))
-    assert params("--target", "ice40-up5k", "--stages", "mac_stages=max")[1] == {
-        **dot, "mac_stages": deepest["mac_stages"]}
-    assert params("--stages", "default")[1] == dot
 
 
 def test_cli_end_to_end(fake_tools, tmp_path, capsys):

@@ -1,8 +1,7 @@
-"""`hbfp-hw generate`: Verilog + JSON + FuseSoC core, deterministic, lint-clean."""
+"""Generated IP: Verilog + JSON + FuseSoC core, deterministic, lint-clean (the `hbfp-hw
+generate` command is tested in tests/cli/test_generate.py)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -61,37 +60,3 @@ def test_generation_is_deterministic(tmp_path):
     assert unit_name("dot", FMT) == "hbfp_dot_w4b4_fp32"
     assert unit_name("dot", BFPFormat(8, 16), input_format="bf16") == "hbfp_dot_bfp8_bf16"
     assert unit_name("accumulator", channels=8, adder_stages=2) == "hbfp_accumulator_c8_fs2"
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "hbfp_hw.cli", *args],
-                          capture_output=True, text=True)
-
-
-def test_cli_generate(tmp_path):
-    proc = _cli("generate", "--format", "bfp8", "--rounding", "stochastic", "--unit", "align",
-                "--out", str(tmp_path), "--json", str(tmp_path / "d.json"))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("generated hbfp_align_w8b16_sr_fp32 (FloatToBlock)")
-    d = json.loads((tmp_path / "d.json").read_text())
-    assert d["format"]["rounding"] == "stochastic"
-    assert {p["name"] for p in d["ports"]} >= {"seed", "reseed"}
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--mantissa-bits", "17", "--block-size", "16"],
-     "--mantissa-bits: mantissa_bits must be between 2 and 16, not 17"),
-    (["--mantissa-bits", "8", "--block-size", "128"],
-     "block_size must be a power of two between 2 and 64 for the RTL, not 128"),
-    (["--mantissa-bits", "8", "--block-size", "12"],
-     "--block-size: block_size must be a power of two between 1 and 4096, not 12"),
-    (["--format", "bfp8", "--unit", "mac", "--channels", "3"],
-     "--unit mac takes --stages, not --channels"),
-    (["--format", "bfp9"], "fmt must be a BFPFormat or one of the presets"),
-    (["--block-size", "16"], "--mantissa-bits and --block-size are required"),
-])
-def test_cli_generate_errors(tmp_path, args, message):
-    proc = _cli("generate", *args, "--out", str(tmp_path))
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert not list(tmp_path.iterdir())        # nothing half-written

@@ -1,63 +1,26 @@
 """``hbfp-hw sweep``: hardware cost and Fmax of a grid of BFP formats against FP32.
 
-The work is done by :mod:`hbfp_hw.fpga.sweep`; importing this module imports neither the
-generators nor matplotlib nor torch.
+The work is done by :mod:`hbfp_hw.fpga.sweep`; parsing imports neither matplotlib nor torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from hbfp_hw.cliargs import positive_float, positive_int
+from hbfp_hw.formats import MANTISSA_BITS_RANGE
 
-__all__ = ["register", "cmd_sweep", "int_list", "DEFAULT_FULL_CHIP"]
+from . import args as cli_args
+
+__all__ = ["add_parser", "validate", "run", "build_points", "DEFAULT_FULL_CHIP"]
 
 #: Format of the full-chip estimate per target (None: no estimate by default).
 DEFAULT_FULL_CHIP = {"ecp5-85f": "bfp8", "ice40-up5k": None}
 
 
-def int_list(flag, check):
-    """``type=`` for a comma-separated integer list; ``check(value)`` raises ValueError."""
-    def parse(text):
-        from .sweep import parse_int_list
-
-        try:
-            values = parse_int_list(text, flag)
-            for value in values:
-                check(value)
-        except (TypeError, ValueError) as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        return values
-    return parse
-
-
-def _check_mantissa_bits(value):
-    from hbfp_hw.formats import BFPFormat
-
-    BFPFormat(value, 16)
-
-
-def _check_block_size(value):
-    from hbfp_hw.formats import BFPFormat
-    from hbfp_hw.rtl_gen.common import RTL_BLOCK_SIZE_RANGE
-
-    lo, hi = RTL_BLOCK_SIZE_RANGE
-    if not lo <= value <= hi or value & (value - 1):
-        raise ValueError(f"block_size must be a power of two between {lo} and {hi} (the "
-                         f"RTL generators' range), not {value!r}")
-    BFPFormat(8, value)
-
-
-def _check_seed(value):
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise ValueError(f"seeds must be between 0 and 4294967295, not {value}")
-
-
 def _stages(text):
-    from .sweep import parse_stages
+    from hbfp_hw.fpga.sweep import parse_stages
 
     try:
         return parse_stages(text)
@@ -65,21 +28,12 @@ def _stages(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--fill must be a number, not {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"--fill must be in (0, 1], not {text}")
-    return value
+def add_parser(sub):
+    from hbfp_hw.fpga.sweep import TARGETS
 
-
-def register(subparsers):
-    """Add the ``sweep`` subcommand."""
-    from .sweep import TARGETS
-
-    p = subparsers.add_parser(
+    w_lo, w_hi = MANTISSA_BITS_RANGE
+    n_lo, n_hi = cli_args.RTL_BLOCK_SIZE_RANGE
+    p = sub.add_parser(
         "sweep", help="synthesize and place-and-route a grid of BFP units against FP32",
         description="Synthesize and place-and-route, out of context on an FPGA part, every "
                     "DotProductUnit configuration of a grid of mantissa widths and block sizes "
@@ -93,12 +47,13 @@ def register(subparsers):
     p.add_argument("--target", choices=sorted(TARGETS), default="ecp5-85f",
                    help="FPGA part (default ecp5-85f: LFE5U-85F-6BG381; ice40-up5k: "
                         "iCE40UP5K-SG48)")
-    p.add_argument("--mantissa-bits", type=int_list("--mantissa-bits", _check_mantissa_bits),
+    p.add_argument("--mantissa-bits", type=cli_args.int_list("--mantissa-bits", w_lo, w_hi),
                    default=[4, 6, 8, 12], metavar="W,...",
                    help="element widths w, sign included (default 4,6,8,12)")
-    p.add_argument("--block-size", type=int_list("--block-size", _check_block_size),
-                   default=[8, 16, 32], metavar="N,...",
-                   help="block sizes, powers of two from 2 to 64 (default 8,16,32)")
+    p.add_argument("--block-size", default=[8, 16, 32], metavar="N,...",
+                   type=cli_args.int_list("--block-size", n_lo, n_hi, power_of_two=True,
+                                          why=" for the RTL"),
+                   help=f"block sizes, powers of two from {n_lo} to {n_hi} (default 8,16,32)")
     p.add_argument("--input-format", choices=["fp32", "bf16"], default="fp32",
                    help="float format of the dot-product unit's operands (default fp32)")
     p.add_argument("--rounding", choices=["nearest-even", "toward-zero", "stochastic"],
@@ -114,9 +69,9 @@ def register(subparsers):
     p.add_argument("--multipliers", choices=["dsp", "lut", "both"], default="dsp",
                    help="map multipliers to DSP blocks (default), to LUTs (synth -nodsp / no "
                         "-dsp), or sweep both")
-    p.add_argument("--seeds", type=int_list("--seeds", _check_seed), default=[1, 2],
+    p.add_argument("--seeds", type=cli_args.int_list("--seeds", 0, 0xFFFFFFFF), default=[1, 2],
                    metavar="S,...", help="nextpnr seeds; Fmax is the worse (default 1,2)")
-    p.add_argument("--freq", type=positive_float("--freq"), metavar="MHZ",
+    p.add_argument("--freq", type=cli_args.positive_float("--freq"), metavar="MHZ",
                    help="nextpnr --freq target (default 150 on ecp5-85f, 50 on ice40-up5k)")
     p.add_argument("--router", choices=["router2", "router1"], default="router2",
                    help="nextpnr router (default router2: router1 stalls for tens of minutes "
@@ -128,7 +83,7 @@ def register(subparsers):
                    help="format of the full-chip estimate, a preset or wWbN ('none' to skip; "
                         "default bfp8 on ecp5-85f, none on ice40-up5k); adds its "
                         "LUT-multiplier variants to the sweep")
-    p.add_argument("--fill", type=_fraction, default=0.85,
+    p.add_argument("--fill", type=cli_args.number("--fill", 0, 1, lo_open=True), default=0.85,
                    help="fraction of the logic cells and FFs a full chip may use (default "
                         "0.85)")
     p.add_argument("--with-accuracy", action="store_true",
@@ -136,11 +91,11 @@ def register(subparsers):
                         "cached) and plot accuracy against area (needs PyTorch)")
     p.add_argument("--accuracy-model", choices=["mlp", "cnn"], default="mlp",
                    help="digits model for --with-accuracy (default mlp)")
-    p.add_argument("--accuracy-epochs", type=positive_int("--accuracy-epochs"), default=30,
-                   help="training epochs for --with-accuracy (default 30)")
-    p.add_argument("--jobs", "-j", type=positive_int("--jobs"), default=1,
+    p.add_argument("--accuracy-epochs", type=cli_args.positive_int("--accuracy-epochs"),
+                   default=30, help="training epochs for --with-accuracy (default 30)")
+    p.add_argument("--jobs", "-j", type=cli_args.positive_int("--jobs", 256), default=1,
                    help="tool runs in parallel (default 1; each nextpnr uses one core)")
-    p.add_argument("--timeout", type=positive_float("--timeout"), metavar="MIN",
+    p.add_argument("--timeout", type=cli_args.positive_float("--timeout"), metavar="MIN",
                    help="stop a tool run after MIN minutes (the point is reported as timed "
                         "out, not cached)")
     p.add_argument("--out", metavar="DIR",
@@ -156,7 +111,7 @@ def register(subparsers):
                    help="cache directory (default $HBFP_HW_CACHE/sweep or "
                         "~/.cache/hbfp-hw/sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_sweep)
+    return p
 
 
 def _sibling(path, name):
@@ -167,8 +122,14 @@ def _sibling(path, name):
 
 
 def build_points(args):
-    """Return the sweep points of parsed ``sweep`` arguments and the full-chip format."""
-    from .sweep import TARGETS, make_points, parse_format_spec
+    """Return the sweep points of parsed ``sweep`` arguments and the full-chip format.
+
+    Raises
+    ------
+    ValueError
+        Naming the flag (``--full-chip``, ``--stages``) of a bad value.
+    """
+    from hbfp_hw.fpga.sweep import TARGETS, make_points, parse_format_spec
 
     full_chip = args.full_chip if args.full_chip is not None else DEFAULT_FULL_CHIP[args.target]
     if full_chip is not None and full_chip.lower() == "none":
@@ -191,27 +152,49 @@ def build_points(args):
     except ValueError as e:
         raise ValueError(f"--stages: {e}") from None
     if fmt is not None:
-        for mode in ("dsp", "lut"):
-            extra = make_points([fmt.mantissa_bits], [fmt.block_size],
-                                input_format="fp32", rounding=args.rounding, stages=stages,
-                                multipliers=mode)
-            for point in extra:
-                if point not in points:
-                    points.append(point)
+        try:
+            for mode in ("dsp", "lut"):
+                extra = make_points([fmt.mantissa_bits], [fmt.block_size],
+                                    input_format="fp32", rounding=args.rounding, stages=stages,
+                                    multipliers=mode)
+                for point in extra:
+                    if point not in points:
+                        points.append(point)
+        except ValueError as e:
+            raise ValueError(f"--full-chip {full_chip}: {e}") from None
     return points, fmt
 
 
-def _write_json(path, payload):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
+def validate(args):
+    if args.io == "ooc" and args.target != "ecp5-85f":
+        raise cli_args.UsageError(
+            f"--io ooc needs nextpnr --out-of-context, which {args.target} does not support; "
+            f"use --io serial")
+    try:
+        args._points, args._full_chip = build_points(args)
+    except (TypeError, ValueError) as e:
+        raise cli_args.UsageError(cli_args.one_line(e)) from None
+    if args.with_accuracy:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise cli_args.UsageError(
+                "--with-accuracy trains the digits models with PyTorch, which is not "
+                "installed; install the extra: pip install 'hbfp-hw[torch]'") from None
+    cli_args.check_output_dir("--out", args.out)
+    cli_args.check_output_dir("--cache", args.cache)
+    cli_args.check_output_file("--json", args.json, create_parents=True)
+    for flag, path in (("--plot", args.plot), ("--fmax-plot", args.fmax_plot),
+                       ("--pareto-plot", args.pareto_plot)):
+        cli_args.check_output_file(flag, path, create_parents=True)
+    if args.plot:
+        for name in ("fmax", "pareto") if args.with_accuracy else ("fmax",):
+            cli_args.check_output_file("--plot", _sibling(args.plot, name), create_parents=True)
 
 
-def cmd_sweep(args):
+def run(args):
     """Run ``hbfp-hw sweep``; returns the exit status."""
-    from .build import BuildError
-    from .sweep import (
+    from hbfp_hw.fpga.sweep import (
         AccuracyUnavailable,
         attach_accuracy,
         format_full_chip,
@@ -223,23 +206,7 @@ def cmd_sweep(args):
         run_sweep,
     )
 
-    if args.io == "ooc" and args.target != "ecp5-85f":
-        print(f"error: --io ooc needs nextpnr --out-of-context, which {args.target} does not "
-              f"support; use --io serial", file=sys.stderr)
-        return 2
-    try:
-        points, full_chip = build_points(args)
-    except (TypeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.with_accuracy:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("error: --with-accuracy trains the digits models with PyTorch, which is not "
-                  "installed; install the extra: pip install 'hbfp-hw[torch]'",
-                  file=sys.stderr)
-            return 2
+    points, full_chip = args._points, args._full_chip
     out = Path(args.out) if args.out else None
     try:
         doc = run_sweep(points, args.target, seeds=args.seeds, jobs=args.jobs, io=args.io,
@@ -247,14 +214,11 @@ def cmd_sweep(args):
                         timeout=None if args.timeout is None else args.timeout * 60,
                         progress=not args.quiet, cache=args.cache,
                         logs_dir=None if out is None else out / "logs")
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: the tools were stopped; finished steps are cached, so the same "
               "command resumes where this one stopped", file=sys.stderr)
         return 130
-    doc["options"] = {k: v for k, v in vars(args).items() if k != "func"}
+    doc["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     if args.with_accuracy:
         def log(text):
             if not args.quiet:
@@ -263,8 +227,7 @@ def cmd_sweep(args):
             attach_accuracy(doc, model=args.accuracy_model, epochs=args.accuracy_epochs,
                             cache=args.cache, progress=not args.quiet, log=log)
         except AccuracyUnavailable as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            raise cli_args.CommandError(str(e)) from None
     estimate = None
     if full_chip is not None:
         estimate = full_chip_estimate(doc, full_chip, fill=args.fill)
@@ -279,7 +242,6 @@ def cmd_sweep(args):
 
     plots = {}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         plots = {"mac_per_lut": out / "mac_per_lut.png", "fmax": out / "fmax.png"}
         if args.with_accuracy:
             plots["pareto"] = out / "pareto.png"
@@ -296,18 +258,22 @@ def cmd_sweep(args):
         else:
             plots["pareto"] = Path(args.pareto_plot)
     writers = {"mac_per_lut": plot_mac_per_lut, "fmax": plot_fmax, "pareto": plot_pareto}
-    for name, path in plots.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writers[name](doc, path)
-        print(f"wrote {path}")
-    doc["plots"] = {k: str(v) for k, v in plots.items()}
-    if out is not None:
-        _write_json(out / "sweep.json", doc)
-        (out / "sweep.txt").write_text(text + "\n")
-        print(f"wrote {out / 'sweep.json'}, {out / 'sweep.txt'}, logs in {out / 'logs'}")
-    if args.json:
-        _write_json(args.json, doc)
-        print(f"wrote {args.json}")
+    try:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        for name, path in plots.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writers[name](doc, path)
+            print(f"wrote {path}")
+        doc["plots"] = {k: str(v) for k, v in plots.items()}
+        if out is not None:
+            cli_args.write_json(out / "sweep.json", doc, flag="--out", announce=False)
+            (out / "sweep.txt").write_text(text + "\n")
+            print(f"wrote {out / 'sweep.json'}, {out / 'sweep.txt'}, logs in {out / 'logs'}")
+    except OSError as e:
+        raise cli_args.CommandError(f"cannot write {e.filename or ''}: {e.strerror or e}") \
+            from None
+    cli_args.write_json(args.json, doc, create_parents=True)
     broken = [r for r in doc["points"] if r["status"] not in ("ok", "does not fit")]
     if broken:
         print("error: " + "; ".join(f"{r['label']}: {r['status']}" for r in broken),

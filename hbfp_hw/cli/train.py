@@ -1,0 +1,116 @@
+"""``hbfp-hw train``: train FP32 and HBFP models on the digits data and compare them.
+
+Parsing and validation do not import torch; :mod:`hbfp_hw.torch.train` does the work.
+"""
+
+from __future__ import annotations
+
+from . import args as cli_args
+
+__all__ = ["add_parser", "validate", "run"]
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "train", help="train FP32 and HBFP models on real data and compare them",
+        description="Train a small model on the digits data set (bundled with scikit-learn) in "
+                    "FP32 and in HBFP formats, from the same seed and initialization, and "
+                    "compare test accuracy and loss.")
+    p.add_argument("--dataset", choices=["digits"], default="digits",
+                   help="data set (default digits: 8x8 images, fixed stratified 80/20 split)")
+    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    p.add_argument("--format", default="bfp8", metavar="FMT", type=cli_args.format_name(),
+                   help="HBFP format to train (preset name, default bfp8)")
+    p.add_argument("--formats", metavar="LIST", type=cli_args.format_names(),
+                   help="comma-separated formats, e.g. bfp8,bfp4,fp32 (overrides --format); "
+                        "fp32 is always trained as the reference")
+    p.add_argument("--layer", action="append", metavar="PATTERN=FMT",
+                   help="per-layer format, repeatable, first match wins: PATTERN is a glob on "
+                        "the qualified module name or re:REGEX, FMT a preset name or fp32 "
+                        "(convert's layers=); applies to every HBFP format")
+    p.add_argument("--epochs", type=cli_args.positive_int("--epochs"), default=20)
+    p.add_argument("--batch-size", type=cli_args.positive_int("--batch-size"), default=64)
+    p.add_argument("--lr", type=cli_args.positive_float("--lr"), default=0.05,
+                   help="SGD learning rate (momentum 0.9), default 0.05")
+    p.add_argument("--backend", choices=["emulate", "device"], default="emulate")
+    p.add_argument("--device", metavar="URL", type=cli_args.device_url(),
+                   help="device URL for --backend device (default sim: the simulated board; "
+                        "also sim://?instance=N, tcp://HOST:PORT, serial:///dev/ttyUSB0)")
+    p.add_argument("--seed", type=cli_args.seed(), default=0)
+    p.add_argument("--json", metavar="PATH", help="write results and curves as JSON")
+    p.add_argument("--plot", metavar="PNG",
+                   help="write the training curves here (default train_digits_MODEL.png)")
+    p.add_argument("--threads", type=cli_args.positive_int("--threads", 1024),
+                   help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def validate(args):
+    if args.device is not None and args.backend != "device":
+        raise cli_args.UsageError("--device needs --backend device")
+    if args.device is not None:
+        cli_args.check_sim_options("--device", args.device)
+    # FP32, the reference, always comes first.
+    args._formats = list(dict.fromkeys(["fp32", *(args.formats or [args.format])]))
+    args._plot = args.plot or f"train_digits_{args.model}.png"
+    cli_args.check_output_file("--plot", args._plot)
+    cli_args.check_output_file("--json", args.json)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise cli_args.UsageError("train needs PyTorch, which is not installed; install the "
+                                  "extra: pip install 'hbfp-hw[torch]'") from None
+    args._layers = _check_layers(args) if args.layer else None
+
+
+def _check_layers(args):
+    """Parse --layer and convert the model once (emulate backend, no training), so that a
+    pattern that matches no layer is reported before the data is loaded."""
+    import warnings
+
+    from hbfp_hw.torch.modules import convert
+    from hbfp_hw.torch.train import build_model, parse_layer_rules
+
+    try:
+        rules = parse_layer_rules(args.layer)
+        hbfp = [f for f in args._formats if f != "fp32"]
+        if hbfp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                convert(build_model(args.model), fmt=hbfp[0], layers=rules)
+    except (TypeError, ValueError) as e:
+        text = cli_args.one_line(e)
+        raise cli_args.UsageError(text if text.startswith("--layer") else f"--layer: {text}") \
+            from None
+    return rules
+
+
+def run(args):
+    """Run ``hbfp-hw train``; returns the exit status."""
+    from hbfp_hw.torch import train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run = train.train_formats(args.model, args._formats, epochs=args.epochs,
+                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              backend=args.backend, device=args.device,
+                              progress=not args.no_progress, layers=args._layers)
+    print(train.format_table(run))
+    try:
+        train.plot_curves(run, args._plot)
+    except OSError as e:
+        raise cli_args.CommandError(f"--plot: cannot write {args._plot!r}: {e.strerror or e}") \
+            from None
+    print(f"wrote {args._plot}")
+    if args.json:
+        run["plot"] = args._plot
+        try:
+            train.write_json(run, args.json)
+        except OSError as e:
+            raise cli_args.CommandError(f"--json: cannot write {args.json!r}: "
+                                        f"{e.strerror or e}") from None
+        print(f"wrote {args.json}")
+    return 0
