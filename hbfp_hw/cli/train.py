@@ -1,4 +1,5 @@
-"""``hbfp-hw train``: train FP32 and HBFP models on the digits data and compare them.
+"""``hbfp-hw train``: train FP32 and HBFP models (digits, or the sort-task Transformer) and
+compare them.
 
 Parsing and validation do not import torch; :mod:`hbfp_hw.torch.train` does the work.
 """
@@ -13,12 +14,15 @@ __all__ = ["add_parser", "validate", "run"]
 def add_parser(sub):
     p = sub.add_parser(
         "train", help="train FP32 and HBFP models on real data and compare them",
-        description="Train a small model on the digits data set (bundled with scikit-learn) in "
-                    "FP32 and in HBFP formats, from the same seed and initialization, and "
-                    "compare test accuracy and loss.")
-    p.add_argument("--dataset", choices=["digits"], default="digits",
-                   help="data set (default digits: 8x8 images, fixed stratified 80/20 split)")
-    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+        description="Train a small model in FP32 and in HBFP formats, from the same seed and "
+                    "initialization, and compare them: on the digits data set (bundled with "
+                    "scikit-learn; MLP or CNN, test accuracy and loss), or a Transformer on "
+                    "the sort task generated in code (validation loss, mean over --seeds).")
+    p.add_argument("--dataset", choices=["digits", "sort"], default="digits",
+                   help="digits (8x8 images, fixed stratified 80/20 split) or sort (sequences "
+                        "of 12 digits and their sorted copy, made in code); default digits")
+    p.add_argument("--model", choices=["mlp", "cnn", "transformer"],
+                   help="digits: mlp (default) or cnn; sort: transformer (default)")
     p.add_argument("--format", default="bfp8", metavar="FMT", type=cli_args.format_name(),
                    help="HBFP format to train (preset name, default bfp8)")
     p.add_argument("--formats", metavar="LIST", type=cli_args.format_names(),
@@ -28,10 +32,16 @@ def add_parser(sub):
                    help="per-layer format, repeatable, first match wins: PATTERN is a glob on "
                         "the qualified module name or re:REGEX, FMT a preset name or fp32 "
                         "(convert's layers=); applies to every HBFP format")
-    p.add_argument("--epochs", type=cli_args.positive_int("--epochs"), default=20)
+    p.add_argument("--epochs", type=cli_args.positive_int("--epochs"), default=20,
+                   help="digits: training epochs (default 20)")
+    p.add_argument("--steps", type=cli_args.positive_int("--steps", 1_000_000), default=600,
+                   help="sort: training steps per run (default 600)")
+    p.add_argument("--seeds", type=cli_args.int_list("--seeds", 0, 0xFFFFFFFF),
+                   help="sort: comma-separated training seeds, one run each (default 0,1,2)")
     p.add_argument("--batch-size", type=cli_args.positive_int("--batch-size"), default=64)
-    p.add_argument("--lr", type=cli_args.positive_float("--lr"), default=0.05,
-                   help="SGD learning rate (momentum 0.9), default 0.05")
+    p.add_argument("--lr", type=cli_args.positive_float("--lr"),
+                   help="learning rate: digits SGD with momentum 0.9 (default 0.05), sort "
+                        "AdamW (default 0.003)")
     p.add_argument("--backend", choices=["emulate", "device"], default="emulate")
     p.add_argument("--device", metavar="URL", type=cli_args.device_url(),
                    help="device URL for --backend device (default sim: the simulated board; "
@@ -39,7 +49,7 @@ def add_parser(sub):
     p.add_argument("--seed", type=cli_args.seed(), default=0)
     p.add_argument("--json", metavar="PATH", help="write results and curves as JSON")
     p.add_argument("--plot", metavar="PNG",
-                   help="write the training curves here (default train_digits_MODEL.png)")
+                   help="write the training curves here (default train_DATASET_MODEL.png)")
     p.add_argument("--threads", type=cli_args.positive_int("--threads", 1024),
                    help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -47,13 +57,23 @@ def add_parser(sub):
 
 
 def validate(args):
+    models = {"digits": ("mlp", "cnn"), "sort": ("transformer",)}[args.dataset]
+    if args.model is None:
+        args.model = models[0]
+    elif args.model not in models:
+        raise cli_args.UsageError(f"--model must be {' or '.join(models)} for --dataset "
+                                  f"{args.dataset}, not {args.model!r}")
+    if args.dataset != "sort" and args.seeds is not None:
+        raise cli_args.UsageError("--seeds is for --dataset sort (digits takes --seed)")
+    if args.lr is None:
+        args.lr = 0.003 if args.dataset == "sort" else 0.05
     if args.device is not None and args.backend != "device":
         raise cli_args.UsageError("--device needs --backend device")
     if args.device is not None:
         cli_args.check_sim_options("--device", args.device)
     # FP32, the reference, always comes first.
     args._formats = list(dict.fromkeys(["fp32", *(args.formats or [args.format])]))
-    args._plot = args.plot or f"train_digits_{args.model}.png"
+    args._plot = args.plot or f"train_{args.dataset}_{args.model}.png"
     cli_args.check_output_file("--plot", args._plot)
     cli_args.check_output_file("--json", args.json)
     try:
@@ -70,6 +90,7 @@ def _check_layers(args):
     import warnings
 
     from hbfp_hw.torch.modules import convert
+    from hbfp_hw.torch.seqtask import SortTransformer
     from hbfp_hw.torch.train import build_model, parse_layer_rules
 
     try:
@@ -78,7 +99,9 @@ def _check_layers(args):
         if hbfp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                convert(build_model(args.model), fmt=hbfp[0], layers=rules)
+                model = SortTransformer() if args.model == "transformer" else \
+                    build_model(args.model)
+                convert(model, fmt=hbfp[0], layers=rules)
     except (TypeError, ValueError) as e:
         text = cli_args.one_line(e)
         raise cli_args.UsageError(text if text.startswith("--layer") else f"--layer: {text}") \
@@ -88,19 +111,27 @@ def _check_layers(args):
 
 def run(args):
     """Run ``hbfp-hw train``; returns the exit status."""
-    from hbfp_hw.torch import train
+    from hbfp_hw.torch import seqtask, train
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    run = train.train_formats(args.model, args._formats, epochs=args.epochs,
-                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              backend=args.backend, device=args.device,
-                              progress=not args.no_progress, layers=args._layers)
-    print(train.format_table(run))
+    if args.dataset == "sort":
+        task = seqtask
+        run = seqtask.train_sort(args._formats, seeds=args.seeds or (0, 1, 2), steps=args.steps,
+                                 batch=args.batch_size, lr=args.lr, backend=args.backend,
+                                 device=args.device, layers=args._layers,
+                                 progress=not args.no_progress)
+    else:
+        task = train
+        run = train.train_formats(args.model, args._formats, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                  backend=args.backend, device=args.device,
+                                  progress=not args.no_progress, layers=args._layers)
+    print(task.format_table(run))
     try:
-        train.plot_curves(run, args._plot)
+        task.plot_curves(run, args._plot)
     except OSError as e:
         raise cli_args.CommandError(f"--plot: cannot write {args._plot!r}: {e.strerror or e}") \
             from None

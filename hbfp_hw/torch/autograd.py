@@ -255,14 +255,56 @@ def _matmul_impl(a, b, seeds, fmts, key):
         batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
         a3 = _broadcast_batch(a2, batch)
         b3 = _broadcast_batch(b2, batch)
-        outs = [_Matmul.apply(a3[i], b3[i], _offset(seeds, i), fmts, key)
-                for i in range(a3.shape[0])]
-        out = torch.stack(outs).reshape(*batch, a2.shape[-2], b2.shape[-1])
+        out = _BatchedMatmul.apply(a3, b3, seeds, fmts, key)
+        out = out.reshape(*batch, a2.shape[-2], b2.shape[-1])
     if a_vec:
         out = out.squeeze(-2)
     if b_vec:
         out = out.squeeze(-1)
     return out
+
+
+def batch_seeds(seed, groups):
+    """Seeds of the ``groups`` sub-GEMMs of one role: ``(seed + 2 g) mod 2**32``, int64."""
+    return (seed + 2 * torch.arange(groups, dtype=torch.int64)) & _M32
+
+
+def _backward_gemm_batched(a, b, seed, fmts, key):
+    """The batched :func:`_backward_gemm`: sub-GEMM ``g`` with ``seed + 2 g``."""
+    if not torch.is_grad_enabled():
+        return ops.role_gemm_batched(a, b, fmts[0], batch_seeds(seed, a.shape[0]), key)
+    if not isinstance(seed, torch.Tensor):
+        seed = torch.tensor(seed, dtype=torch.int64)
+    seeds = torch.stack([seed, derive_seed(seed, 1), derive_seed(seed, 2)])
+    return _BatchedMatmul.apply(a, b, seeds, fmts, key)
+
+
+class _BatchedMatmul(torch.autograd.Function):
+    """``c[g] = a[g] @ b[g]`` for ``a [G, M, K]``, ``b [G, K, N]``: :class:`_Matmul` of every
+    pair, sub-GEMM ``g`` with seeds ``+ 2 g``, run as batched GEMMs (same bits)."""
+
+    @staticmethod
+    def forward(a, b, seeds, fmts, key):
+        return ops.role_gemm_batched(a, b, fmts[0], batch_seeds(seeds[0], a.shape[0]), key)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, b, seeds, fmts, key = inputs
+        ctx.save_for_backward(a, b, seeds)
+        ctx.fmts, ctx.key = fmts, key
+
+    @staticmethod
+    def backward(ctx, grad_c):
+        a, b, seeds = ctx.saved_tensors
+        _, f_gi, f_gw = ctx.fmts
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = _backward_gemm_batched(grad_c, b.transpose(1, 2), seeds[1],
+                                            (f_gi, f_gi, f_gw), ctx.key)
+        if ctx.needs_input_grad[1]:
+            grad_b = _backward_gemm_batched(a.transpose(1, 2), grad_c, seeds[2],
+                                            (f_gw, f_gi, f_gi), ctx.key)
+        return grad_a, grad_b, None, None, None
 
 
 class _SequentialBroadcast(torch.autograd.Function):

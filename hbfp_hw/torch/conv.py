@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from hbfp_hw.torch import ops
-from hbfp_hw.torch.autograd import _backward_gemm, _in_fp32, _offset, _prepare
+from hbfp_hw.torch.autograd import (
+    _backward_gemm,
+    _backward_gemm_batched,
+    _in_fp32,
+    _offset,
+    _prepare,
+    batch_seeds,
+)
 
 __all__ = ["hbfp_conv1d", "hbfp_conv2d", "hbfp_conv3d", "hbfp_conv_transpose1d",
            "hbfp_conv_transpose2d", "hbfp_conv_transpose3d", "conv_checked",
@@ -99,18 +106,9 @@ def _col2im(cols_t, shape, kernel, stride, padding, dilation, positions=None):
     return buf[crop].movedim(1, 0)
 
 
-def _grad_cols_t(gy, w, fmt_args, f_gw, seed, key):
-    """The GEMM ``dy @ W`` of one group, returned transposed, ``[rows of W^T, B*L]``, the
-    layout in which :func:`_col2im` adds whole rows.
-
-    With a deterministic rounding it is computed as ``W^T @ dy^T``: the same blocks (each
-    operand is quantized along the same K), the same exact block products and the same
-    accumulation order, hence the same bits. Stochastic rounding numbers its blocks and draws
-    its seeds per operand, so that role keeps the ``dy @ W`` orientation.
-    """
-    if fmt_args is not None and fmt_args[2] != "stochastic":
-        return _backward_gemm(w.t(), gy.t(), seed, (fmt_args, f_gw, fmt_args), key)
-    return _backward_gemm(gy, w, seed, (fmt_args, fmt_args, f_gw), key).t()
+def _grouped(t, groups):
+    """``t [G*P, Q]`` as ``[G, P, Q]``."""
+    return t.reshape(groups, t.shape[0] // groups, t.shape[1])
 
 
 class _ConvNd(torch.autograd.Function):
@@ -118,51 +116,68 @@ class _ConvNd(torch.autograd.Function):
 
     Backward: ``dW = dy^T @ cols`` (grad_weight) and ``dcols = dy @ W`` (grad_input), folded
     back onto the input by :func:`_col2im`. The im2col matrix is kept transposed,
-    ``[C*prod(k), B*L]``, so that the forward and grad_weight GEMMs see it column-major.
+    ``[C*prod(k), B*L]``, so that the forward and grad_weight GEMMs see it column-major. The
+    groups' GEMMs of each role run as one batched GEMM (group ``g`` with seeds ``+ 2 g``).
     """
 
     @staticmethod
     def forward(ctx, x, weight, seeds, fmts, key, geometry):
         stride, padding, dilation, groups = geometry
         cols_t = _im2col_t(x, weight.shape[2:], stride, padding, dilation)
-        out_g = weight.shape[0] // groups
-        per_group = cols_t.shape[0] // groups
-        outs = [ops.role_gemm(cols_t[g * per_group:(g + 1) * per_group].t(),
-                              weight[g * out_g:(g + 1) * out_g].reshape(out_g, -1).t(),
-                              fmts[0], _offset(seeds, g)[0], key)
-                for g in range(groups)]
+        w3 = _grouped(weight.reshape(weight.shape[0], -1), groups)      # [G, out/g, per]
+        if groups == 1:
+            y = ops.role_gemm(cols_t.t(), w3[0].t(), fmts[0], seeds[0], key)
+        else:
+            y3 = ops.role_gemm_batched(_grouped(cols_t, groups).transpose(1, 2),
+                                       w3.transpose(1, 2), fmts[0],
+                                       batch_seeds(seeds[0], groups), key)   # [G, B*L, out/g]
+            y = y3.transpose(0, 1).reshape(y3.shape[1], -1)
         # x itself is kept only for double backward, which needs cols_t as a function of x
         ctx.save_for_backward(weight, seeds, cols_t if ctx.needs_input_grad[1] else None, x)
         ctx.fmts, ctx.key, ctx.geometry, ctx.x_shape = fmts, key, geometry, x.shape
-        return outs[0] if groups == 1 else torch.cat(outs, dim=1)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):
         weight, seeds, cols_t, x = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
-        _, f_gi, f_gw = ctx.fmts
+        fmts, key = ctx.fmts, ctx.key
         if torch.is_grad_enabled() and ctx.needs_input_grad[1]:
             # double backward: the columns as a differentiable function of x
             cols_t = _im2col_t(x, weight.shape[2:], stride, padding, dilation)
-        out_g = weight.shape[0] // groups
-        per_group = weight[0].numel()
+        w3 = _grouped(weight.reshape(weight.shape[0], -1), groups)      # [G, out/g, per]
+        gy3 = grad_y.reshape(grad_y.shape[0], groups, -1).permute(1, 2, 0)  # [G, out/g, B*L]
         grad_x = grad_w = None
-        gcols, gws = [], []
-        for g in range(groups):
-            gy = grad_y[:, g * out_g:(g + 1) * out_g]
-            s = _offset(seeds, g)
-            if ctx.needs_input_grad[0]:
-                gcols.append(_grad_cols_t(gy, weight[g * out_g:(g + 1) * out_g]
-                                          .reshape(out_g, -1), f_gi, f_gw, s[1], ctx.key))
-            if ctx.needs_input_grad[1]:
-                cols = cols_t[g * per_group:(g + 1) * per_group].t()
-                gws.append(_backward_gemm(gy.t(), cols, s[2], (f_gw, f_gi, f_gi), ctx.key))
         if ctx.needs_input_grad[0]:
-            gc = gcols[0] if groups == 1 else torch.cat(gcols, dim=0)
-            grad_x = _col2im(gc, ctx.x_shape, weight.shape[2:], stride, padding, dilation)
+            gc = _grad_cols_t(gy3, w3, fmts[1], fmts[2], seeds[1], key)   # [G, per, B*L]
+            grad_x = _col2im(gc.reshape(-1, gc.shape[2]), ctx.x_shape, weight.shape[2:],
+                             stride, padding, dilation)
         if ctx.needs_input_grad[1]:
-            grad_w = (gws[0] if groups == 1 else torch.cat(gws, dim=0)).reshape(weight.shape)
+            cols3 = _grouped(cols_t, groups).transpose(1, 2)              # [G, B*L, per]
+            grad_w = _gemm3(gy3, cols3, seeds[2], (fmts[2], fmts[1], fmts[1]), key)
+            grad_w = grad_w.reshape(weight.shape)
         return grad_x, grad_w, None, None, None, None
+
+
+def _gemm3(a3, b3, seed, fmts, key):
+    """The backward GEMMs of a group stack: one 2-D GEMM for one group, else batched."""
+    if a3.shape[0] == 1:
+        return _backward_gemm(a3[0], b3[0], seed, fmts, key).unsqueeze(0)
+    return _backward_gemm_batched(a3, b3, seed, fmts, key)
+
+
+def _grad_cols_t(gy3, w3, fmt_args, f_gw, seed, key):
+    """The grad_input GEMMs ``dy_g @ W_g`` of the groups, returned transposed,
+    ``[G, per, B*L]``, the layout in which :func:`_col2im` adds whole rows.
+
+    With a deterministic rounding each is computed as ``W_g^T @ dy_g^T``: the same blocks
+    (each operand is quantized along the same K), the same exact block products and the same
+    accumulation order, hence the same bits. Stochastic rounding numbers its blocks and draws
+    its seeds per operand, so that role keeps the ``dy @ W`` orientation.
+    """
+    if fmt_args is not None and fmt_args[2] != "stochastic":
+        return _gemm3(w3.transpose(1, 2), gy3, seed, (fmt_args, f_gw, fmt_args), key)
+    return _gemm3(gy3.transpose(1, 2), w3, seed, (fmt_args, fmt_args, f_gw), key).transpose(1, 2)
 
 
 def _like(y, x):

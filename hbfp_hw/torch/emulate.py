@@ -80,6 +80,9 @@ _ROW_ELEMENTS = 1 << 17
 #: Row tiles of at least this many elements of C go k-block by k-block (see _fast_products).
 _LOOP_MIN_ELEMENTS = 1 << 14
 _SUBNORMAL_PROBE = np.float32(2.0 ** -140)
+#: Batched GEMMs (not stochastic) whose two operands hold at least this many elements run
+#: one by one on the fast path; smaller ones go through the batched general path at once.
+_LARGE_OPERANDS = 1 << 14
 
 
 def _f32_matmul_is_ieee():
@@ -884,6 +887,14 @@ class EmulateBackend:
         ``seeds[g]`` (checked float32 ``[G, M, K]`` and ``[G, K, N]`` on one device; ``seeds``
         a list of G ints, used by stochastic rounding only)."""
         fmt = resolve_format(fmt)
+        groups, m, kdim = a.shape
+        kpad = -(-kdim // fmt.block_size) * fmt.block_size
+        if groups == 1 or (a.device.type == "cpu" and fmt.rounding is not Rounding.STOCHASTIC
+                           and (m + b.shape[2]) * kpad >= _LARGE_OPERANDS):
+            # One GEMM, or GEMMs large enough that each takes the fast path (the fused
+            # kernel) faster than the general path quantizes them all.
+            return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
+                                for g in range(groups)])
         if fmt.rounding is Rounding.STOCHASTIC:
             seeds_a = list(seeds)
             seeds_b = [(s + 1) & 0xFFFFFFFF for s in seeds_a]

@@ -20,7 +20,7 @@ import torch
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.torch.backends import get_backend
 
-__all__ = ["gemm", "role_gemm"]
+__all__ = ["gemm", "role_gemm", "role_gemm_batched"]
 
 
 # The low-level registration API: its CPU kernel is called straight from the C++ dispatcher,
@@ -28,6 +28,8 @@ __all__ = ["gemm", "role_gemm"]
 _LIB = torch.library.Library("hbfp", "DEF")
 _LIB.define("gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
             "int exponent_bits, Tensor seed, str backend) -> Tensor")
+_LIB.define("gemm_batched(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
+            "int exponent_bits, Tensor seeds, str backend) -> Tensor")
 
 
 @functools.lru_cache(maxsize=64)
@@ -55,9 +57,24 @@ def _plain_eager(a, b):
             and not torch._C._are_functorch_transforms_active())
 
 
+def _batched_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits)
+    return _run_batched(get_backend(backend), a, b, fmt,
+                        [int(s) & 0xFFFFFFFF for s in seeds.tolist()]).to(a.device)
+
+
+def _run_batched(backend, a, b, fmt, seeds):
+    """``backend.gemm_batched`` where the backend has it, else one ``gemm`` per pair."""
+    batched = getattr(backend, "gemm_batched", None)
+    if batched is not None:
+        return batched(a, b, fmt, seeds)
+    return torch.stack([backend.gemm(a[g], b[g], fmt, seeds[g]) for g in range(a.shape[0])])
+
+
 # The emulate backend runs on any torch device; the device backend copies to the host.
 for _key in ("CPU", "CUDA", "XPU", "MPS"):
     _LIB.impl("gemm", _gemm_kernel, _key)
+    _LIB.impl("gemm_batched", _batched_kernel, _key)
 
 
 @torch.library.register_fake("hbfp::gemm", lib=_LIB)
@@ -65,6 +82,34 @@ def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, b
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "hbfp::gemm takes 2-D a and b")
     torch._check(a.shape[1] == b.shape[0], lambda: "hbfp::gemm: a's columns must equal b's rows")
     return a.new_empty((a.shape[0], b.shape[1]))
+
+
+@torch.library.register_fake("hbfp::gemm_batched", lib=_LIB)
+def _batched_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend):
+    torch._check(a.dim() == 3 and b.dim() == 3, lambda: "hbfp::gemm_batched takes 3-D a, b")
+    torch._check(a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1],
+                 lambda: "hbfp::gemm_batched: shapes [G, M, K] and [G, K, N]")
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+
+
+def role_gemm_batched(a, b, fmt_args, seeds, key):
+    """``G`` HBFP GEMMs ``a[g] @ b[g]`` of one role: ``a [G, M, K]``, ``b [G, K, N]`` float32,
+    ``seeds`` an int64 tensor ``[G]``; equal to :func:`role_gemm` of each pair with
+    ``seeds[g]``, bit for bit (the backend's ``gemm_batched`` where it has one)."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.dim() != 3:
+            raise TypeError(f"{name} must be a 3-D float32 tensor")
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ValueError(f"a and b must be [G, M, K] and [G, K, N], not of shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if fmt_args is None:
+        return torch.bmm(a, b)
+    if 0 in (a.shape[0], a.shape[1], a.shape[2], b.shape[2]):
+        return a.new_zeros((a.shape[0], a.shape[1], b.shape[2]))
+    if _plain_eager(a, b):
+        return _run_batched(get_backend(key), a, b, _format(*fmt_args),
+                            [int(s) & 0xFFFFFFFF for s in seeds.tolist()])
+    return torch.ops.hbfp.gemm_batched(a, b, *fmt_args, seeds, key)
 
 
 def _check_operands(a, b):
