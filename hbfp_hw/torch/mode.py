@@ -24,7 +24,8 @@ Any other function runs as it is. Matrix products that the mode does not route (
 (:class:`UnroutedGemmWarning`) and stay FP32: use :func:`~hbfp_hw.torch.convert` for layers.
 
 Seeds: the mode counts the GEMM operations it routes; operation ``i`` uses the call seed
-``derive_seed(seed, i)`` (role seeds and sub-GEMMs as in :mod:`hbfp_hw.torch.config`). The
+``(seed + i * 0x9E3779B9) mod 2**32`` (:func:`op_seed`; role seeds and sub-GEMMs as in
+:mod:`hbfp_hw.torch.config`). The
 count starts at 0 on entering the context, so a block of code is reproducible from its seed.
 HBFP layers that hold several operations (``HBFPMultiheadAttention``) use the same counting,
 starting from their own call seed.
@@ -44,19 +45,24 @@ from torch.overrides import TorchFunctionMode
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import attention as _attention
 from hbfp_hw.torch.autograd import _matmul_impl, _prepare, linear_impl, role_seeds
-from hbfp_hw.torch.config import derive_seed
 
-__all__ = ["hbfp_mode", "HBFPFunctionMode", "UnroutedGemmWarning", "GemmSequence"]
+__all__ = ["hbfp_mode", "HBFPFunctionMode", "UnroutedGemmWarning", "GemmSequence", "op_seed"]
 
 
 class UnroutedGemmWarning(UserWarning):
     """A matrix product inside :func:`hbfp_mode` that the mode does not route stays FP32."""
 
 
+def op_seed(call_seed, i):
+    """The call seed of operation ``i`` of a sequence: ``(call_seed + i * 0x9E3779B9) mod
+    2**32`` (an int, or an int64 tensor under ``torch.compile``)."""
+    return (call_seed + i * 0x9E3779B9) & 0xFFFFFFFF
+
+
 class GemmSequence:
     """The GEMM operations of one call (a layer's forward or an :func:`hbfp_mode` block).
 
-    Operation ``i`` gets the call seed ``derive_seed(call_seed, i)``; :meth:`next_seeds`
+    Operation ``i`` gets the call seed :func:`op_seed` ``(call_seed, i)``; :meth:`next_seeds`
     returns its three role seeds.
     """
 
@@ -64,7 +70,10 @@ class GemmSequence:
         self.call_seed, self.fmts, self.key, self.count = call_seed, fmts, key, 0
 
     def next_seeds(self):
-        seeds = role_seeds(derive_seed(self.call_seed, self.count))
+        if not any(f is not None and f[2] == "stochastic" for f in self.fmts):
+            self.count += 1
+            return torch.zeros(3, dtype=torch.int64)      # the seeds are not used
+        seeds = role_seeds(op_seed(self.call_seed, self.count))
         self.count += 1
         return seeds
 

@@ -78,7 +78,7 @@ class _HBFPMixin:
 
     def _next_seeds(self):
         """Role seeds of this call (see :meth:`_next_call_seed`)."""
-        if not self._hbfp_stochastic and not torch.compiler.is_compiling():
+        if not self._hbfp_stochastic:
             if self.training and torch.is_grad_enabled():
                 self.hbfp_step.add_(1)
             return torch.zeros(3, dtype=torch.int64)
@@ -97,6 +97,9 @@ class _HBFPMixin:
         training = self.training and torch.is_grad_enabled()
         if not training:
             return self._hbfp_eval_call
+        if not self._hbfp_stochastic:                   # the seeds are not used
+            self.hbfp_step.add_(1)
+            return 0
         if torch.compiler.is_compiling():
             call = derive_seed(self._hbfp_layer_seed, self.hbfp_step)
         else:
@@ -252,9 +255,9 @@ class HBFPMultiheadAttention(_HBFPMixin, nn.MultiheadAttention):
     :class:`~hbfp_hw.torch.mode.HBFPFunctionMode`: the input projection (one GEMM, or three
     with separate key/value dimensions), ``q @ k^T``, ``weights @ v`` and the output projection
     are HBFP GEMMs (``hbfp_hw.torch.attention``), operation ``i`` of a call with call seed
-    ``derive_seed(call seed, i)``; softmax, masks, dropout and biases are FP32. ``convert``
-    turns an ``nn.MultiheadAttention`` into this class in place (same parameters and
-    ``state_dict``); its ``out_proj`` is part of it.
+    ``op_seed(call seed, i)`` (:func:`hbfp_hw.torch.mode.op_seed`); softmax, masks, dropout
+    and biases are FP32. ``convert`` turns an ``nn.MultiheadAttention`` into this class in
+    place (same parameters and ``state_dict``); its ``out_proj`` is part of it.
     """
 
     def forward(self, *args, **kwargs):
