@@ -7,11 +7,12 @@ Two boards come from ``amaranth-boards``:
     from the 25 MHz oscillator; :func:`ecp5_pll` computes its dividers. LEDs 0..7: heartbeat,
     activity, error, PLL lock, busy, and the low bits of the lane count.
 ``icebreaker``
-    iCEBreaker (iCE40UP5K), with a reduced configuration (see :data:`BOARDS`). The default is to
-    run the whole design from the 12 MHz oscillator, no PLL: the small configuration does not
-    need more, 3 Mbaud is exactly 4 cycles per bit at 12 MHz, and the slow clock leaves timing
-    slack. Another ``--clock-mhz`` instantiates ``SB_PLL40_PAD`` with dividers from
-    :func:`ice40_pll`. Green LED: heartbeat, blinking faster while bytes move; red LED: error.
+    iCEBreaker (iCE40UP5K), with a reduced configuration (the ``"icebreaker"`` preset of
+    :data:`hbfp_hw.fpga.config.PRESETS`). The default is to run the whole design from the
+    12 MHz oscillator, no PLL: the small configuration does not need more, 3 Mbaud is exactly
+    4 cycles per bit at 12 MHz, and the slow clock leaves timing slack. Another
+    ``--clock-mhz`` instantiates ``SB_PLL40_PAD`` with dividers from :func:`ice40_pll`. Green
+    LED: heartbeat, blinking faster while bytes move; red LED: error.
 
 Every top-level (:class:`BoardTop`) is::
 
