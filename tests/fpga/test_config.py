@@ -180,3 +180,17 @@ def test_presets_elaborate_as_the_defaults_replaced(name):
     text = netlist(system, platform)
     assert netlist(GemmSystem(SystemConfig().replace(**changed)), platform) == text
     assert netlist(GemmSystem(preset), platform) == text
+
+
+def test_host_code_builds_no_gateware_but_the_simulated_board():
+    """The host modules import neither the gateware nor the board build; the simulated board
+    is the one host module that builds gateware (``SimConfig.gateware``, imported lazily)."""
+    code = ("import sys; import hbfp_hw.fpga.driver, hbfp_hw.fpga.transport, "
+            "hbfp_hw.fpga.server, hbfp_hw.fpga.simboard; "
+            "sys.exit(any(m in sys.modules for m in ('hbfp_hw.fpga.engine', "
+            "'hbfp_hw.fpga.decoder', 'hbfp_hw.fpga.boards')))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    edge = re.compile(r"^\s*from \.(engine|decoder|boards|build) import", re.M)
+    for module in ("driver.py", "transport.py", "server.py", "config.py", "protocol.py"):
+        assert not edge.findall((FPGA / module).read_text()), module
+    assert edge.findall((FPGA / "simboard.py").read_text()) == ["engine"]
