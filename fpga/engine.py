@@ -509,8 +509,12 @@ class GemmSystem(wiring.Component):
 
     Raises
     ------
-    TypeError, ValueError
-        On invalid parameters.
+    TypeError
+        If ``config`` is not a :class:`~hbfp_hw.fpga.config.SystemConfig`.
+    ValueError
+        If the configuration does not fit the generators: a block size outside the RTL range,
+        a pipeline deeper than its unit allows for the format, or a payload RAM too small for
+        one block (``SystemConfig`` itself checks what does not need the generators).
     """
 
     def __init__(self, config):
