@@ -231,7 +231,7 @@ def main(argv=None):
             continue
         words.append(word)
     command = " ".join(["python bench/fpga_build.py", *words])
-    default_config = BuildConfig(lanes=args.lanes, clock_mhz=args.clock_mhz)
+    default_config = BuildConfig.for_board(lanes=args.lanes, clock_mhz=args.clock_mhz)
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
                "2 shared cores", "command": command}
     results["default"] = default = run_one(default_config, args.out, args.seed,
@@ -248,8 +248,8 @@ def main(argv=None):
         lanes //= 2
     while not args.no_sweep and sweep_mhz is not None and lanes * 2 <= args.max_lanes:
         lanes *= 2
-        row = run_one(BuildConfig(lanes=lanes, clock_mhz=sweep_mhz), args.out, args.seed,
-                      seed_attempts=args.sweep_seed_attempts, reuse=args.reuse,
+        row = run_one(BuildConfig.for_board(lanes=lanes, clock_mhz=sweep_mhz), args.out,
+                      args.seed, seed_attempts=args.sweep_seed_attempts, reuse=args.reuse,
                       timeout_min=args.build_timeout)
         results["sweep"].append(row)
         if row["status"] != "met":

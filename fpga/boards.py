@@ -7,11 +7,12 @@ Two boards come from ``amaranth-boards``:
     from the 25 MHz oscillator; :func:`ecp5_pll` computes its dividers. LEDs 0..7: heartbeat,
     activity, error, PLL lock, busy, and the low bits of the lane count.
 ``icebreaker``
-    iCEBreaker (iCE40UP5K), with a reduced configuration (see :data:`BOARDS`). The default is to
-    run the whole design from the 12 MHz oscillator, no PLL: the small configuration does not
-    need more, 3 Mbaud is exactly 4 cycles per bit at 12 MHz, and the slow clock leaves timing
-    slack. Another ``--clock-mhz`` instantiates ``SB_PLL40_PAD`` with dividers from
-    :func:`ice40_pll`. Green LED: heartbeat, blinking faster while bytes move; red LED: error.
+    iCEBreaker (iCE40UP5K), with a reduced configuration (the ``"icebreaker"`` preset of
+    :data:`hbfp_hw.fpga.config.PRESETS`). The default is to run the whole design from the
+    12 MHz oscillator, no PLL: the small configuration does not need more, 3 Mbaud is exactly
+    4 cycles per bit at 12 MHz, and the slow clock leaves timing slack. Another
+    ``--clock-mhz`` instantiates ``SB_PLL40_PAD`` with dividers from :func:`ice40_pll`. Green
+    LED: heartbeat, blinking faster while bytes move; red LED: error.
 
 Every top-level (:class:`BoardTop`) is::
 
@@ -22,15 +23,16 @@ Every top-level (:class:`BoardTop`) is::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from amaranth.hdl import ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
 
-from hbfp_hw.formats import BFPFormat, resolve_format
+from hbfp_hw.formats import BFPFormat
 
+from .config import SystemConfig
 from .uart import UARTReceiver, UARTTransmitter
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_BOARD",
     "DEFAULT_BAUD",
     "BuildConfig",
+    "deepest_stages",
     "PLLConfig",
     "ecp5_pll",
     "ice40_pll",
@@ -61,33 +64,42 @@ class Board:
         FPGA part, for reports.
     osc_hz : int
         Frequency of the board oscillator.
-    fmt : BFPFormat
-        Default format.
-    lanes : int
-        Default number of dot-product lanes.
-    clock_mhz : float
-        Default compute clock.
     rx_fifo_depth : int
         Bytes buffered between the UART receiver and the ``GemmSystem``.
-    input_format : {"fp32", "bf16"}
-        Default float format of the operands on the link.
-    system_params : dict
-        Default capacity parameters passed to ``GemmSystem`` (on-chip buffer sizes).
     programmer : str
         Tool used by ``--program``.
+    system : SystemConfig
+        The default ``GemmSystem`` configuration of the board: a preset of
+        :data:`hbfp_hw.fpga.config.PRESETS` (format, lanes, clock, buffers, pipelines).
     """
 
     name: str
     family: str
     device: str
     osc_hz: int
-    fmt: BFPFormat
-    lanes: int
-    clock_mhz: float
     rx_fifo_depth: int
     programmer: str
-    input_format: str = "fp32"
-    system_params: dict = field(default_factory=dict)
+    system: SystemConfig
+
+    @property
+    def fmt(self):
+        """Default format (``system.fmt``)."""
+        return self.system.fmt
+
+    @property
+    def lanes(self):
+        """Default number of dot-product lanes (``system.lanes``)."""
+        return self.system.lanes
+
+    @property
+    def clock_mhz(self):
+        """Default compute clock in MHz (``system.clock_hz``)."""
+        return self.system.clock_hz / 1e6
+
+    @property
+    def input_format(self):
+        """Default float format of the operands on the link (``system.input_format``)."""
+        return self.system.input_format.value
 
     def platform(self):
         """Return a fresh ``amaranth-boards`` platform object for this board."""
@@ -98,32 +110,18 @@ class Board:
         return ICEBreakerPlatform()
 
 
-#: Supported boards by ``--board`` name.
+#: Supported boards by ``--board`` name. Each board's ``GemmSystem`` is the preset of its name
+#: (:data:`hbfp_hw.fpga.config.PRESETS` says why each is what it is; the iCEBreaker's measured
+#: 5,096 logic cells (96.5 %) and 14.8-15.6 MHz are in docs/hardware.md).
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", osc_hz=25_000_000,
-        fmt=resolve_format("bfp8"), lanes=4, clock_mhz=100.0, rx_fifo_depth=512,
-        programmer="openFPGALoader",
-        # A transmit buffer of 16 KiB (8 of the 208 DP16KD, one bit of a 16K-deep byte each,
-        # so no multiplexer behind their read data) holds the largest reply
-        # (protocol.MAX_REPLY) and all of C (4096 words): the device executes the next frames
-        # while long results leave at the line rate.
-        system_params={"tx_buffer": 16384}),
-    # UP5K: 5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K. The GemmSystem's control logic and
-    # FP32 accumulator alone take most of it, so the reduced default is one lane of 4-element
-    # blocks of 4-bit mantissas, small buffers, at the 12 MHz oscillator, and no on-device
-    # quantizer: the host sends quantized blocks (wire=bfp), and wire=fp32 is refused. The
-    # pipelines are as short as 12 MHz allows, since on the iCE40 every register and output
-    # FIFO entry is a logic cell: a combinational MAC tree, two conversion stages (one misses
-    # 12 MHz) and three adder stages (two reach only 11.5-12.4 MHz from the term buffer's block
-    # RAM). Measured: 5,096 logic cells (96.5 %), 14.8-15.6 MHz (docs/hardware.md).
+        rx_fifo_depth=512, programmer="openFPGALoader",
+        system=SystemConfig.preset("ulx3s-85f")),
     "icebreaker": Board(
         name="icebreaker", family="ice40", device="iCE40UP5K-SG48", osc_hz=12_000_000,
-        fmt=BFPFormat(4, 4), lanes=1, clock_mhz=12.0, rx_fifo_depth=64,
-        input_format="bf16", programmer="iceprog",
-        system_params={"a_blocks": 32, "b_blocks": 32, "c_words": 32, "max_payload": 64,
-                       "float_wire": False, "mac_stages": 0, "convert_stages": 2,
-                       "adder_stages": 3}),
+        rx_fifo_depth=64, programmer="iceprog",
+        system=SystemConfig.preset("icebreaker")),
 }
 
 DEFAULT_BOARD = "ulx3s-85f"
@@ -255,27 +253,39 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be at least 1, not {value!r}")
 
 
+def deepest_stages(fmt):
+    """Return the deepest pipeline of each dot-product unit and the quantizer for ``fmt``.
+
+    On the ECP5 the pipelines default to their deepest setting (the FP32 adder of the
+    accumulators fully registered, and so on), as the 100 MHz target needs;
+    ``docs/benchmarks.md`` says what still limits the clock.
+    """
+    from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+    from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+    from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
+    from hbfp_hw.rtl_gen.mac_tree import MacTree
+    return dict(align_stages=FloatToBlock.max_stages_for(fmt),
+                mac_stages=MacTree.max_stages_for(fmt),
+                convert_stages=BlockToFloat.MAX_STAGES,
+                adder_stages=FPAccumulator.MAX_ADDER_STAGES)
+
+
 @dataclass(frozen=True)
 class BuildConfig:
-    """Everything that determines a bitstream.
+    """Everything that determines a bitstream: a board, its ``GemmSystem``, clock and baud.
 
     Parameters
     ----------
     board : str
         A key of :data:`BOARDS`.
-    fmt : BFPFormat, optional
-        Defaults to the board's format.
-    lanes : int, optional
-        Dot-product lanes (defaults to the board's).
+    system : SystemConfig, optional
+        The ``GemmSystem`` configuration (defaults to the board's, ``BOARDS[board].system``).
+        Its ``clock_hz`` is replaced by the frequency the board's clocking actually produces.
     clock_mhz : float, optional
-        Compute clock (defaults to the board's). On the ULX3S the PLL gets as close as its
-        dividers allow; :attr:`clock_hz` is the frequency actually produced.
+        Requested compute clock (defaults to ``system.clock_hz``). On the ULX3S the PLL gets
+        as close as its dividers allow; :attr:`clock_hz` is the frequency actually produced.
     baud : int
         UART baud rate.
-    input_format : {"fp32", "bf16"}, optional
-        Float format of the operands on the link (defaults to the board's).
-    system_params : dict
-        Extra (capacity) parameters for ``GemmSystem``, over the board's defaults.
 
     Raises
     ------
@@ -284,42 +294,64 @@ class BuildConfig:
     """
 
     board: str = DEFAULT_BOARD
-    fmt: BFPFormat | None = None
-    lanes: int | None = None
+    system: SystemConfig | None = None
     clock_mhz: float | None = None
     baud: int = DEFAULT_BAUD
-    input_format: str | None = None
-    system_params: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.board not in BOARDS:
             raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {self.board!r}")
         spec = BOARDS[self.board]
-        if self.fmt is None:
-            object.__setattr__(self, "fmt", spec.fmt)
-        elif not isinstance(self.fmt, BFPFormat):
-            raise TypeError(f"fmt must be a BFPFormat, not {self.fmt!r}")
-        if self.input_format is None:
-            object.__setattr__(self, "input_format", spec.input_format)
-        if str(self.input_format) not in ("fp32", "bf16"):
-            raise ValueError(f"input_format must be one of 'fp32', 'bf16', "
-                             f"not {self.input_format!r}")
-        object.__setattr__(self, "input_format", str(self.input_format))
-        if self.lanes is None:
-            object.__setattr__(self, "lanes", spec.lanes)
-        _check_positive_int("lanes", self.lanes)
+        system = spec.system if self.system is None else self.system
+        if not isinstance(system, SystemConfig):
+            raise TypeError(f"system must be a SystemConfig, not {system!r}")
         if self.clock_mhz is None:
-            object.__setattr__(self, "clock_mhz", spec.clock_mhz)
+            object.__setattr__(self, "clock_mhz", system.clock_hz / 1e6)
         _check_freq("clock_mhz", self.clock_mhz)
         _check_freq("baud", self.baud)
+        # The gateware reports (and times out by) the clock it actually runs at.
+        object.__setattr__(self, "system", system.replace(clock_hz=int(round(self.clock_hz))))
         # Fail early on a PLL or UART that cannot be made.
         from .uart import baud_divisor
         baud_divisor(self.clock_hz, self.baud)
+
+    @classmethod
+    def for_board(cls, board=DEFAULT_BOARD, *, fmt=None, lanes=None, clock_mhz=None,
+                  baud=DEFAULT_BAUD, input_format=None, **changes):
+        """Return the build of ``board`` with its system changed as the ``build`` command does.
+
+        ``fmt``, ``lanes`` and ``input_format`` (None: the board's) and ``changes`` (other
+        :class:`SystemConfig` fields) replace fields of the board's system. On the ECP5 the
+        pipeline depths are the deepest for the format (:func:`deepest_stages`) unless
+        ``changes`` gives them.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As the constructor and :class:`SystemConfig`.
+        """
+        if board not in BOARDS:
+            raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {board!r}")
+        spec = BOARDS[board]
+        given = {k: v for k, v in
+                 dict(fmt=fmt, lanes=lanes, input_format=input_format).items() if v is not None}
+        if "fmt" in given and not isinstance(given["fmt"], BFPFormat):
+            raise TypeError(f"fmt must be a BFPFormat, not {given['fmt']!r}")
+        system = spec.system.replace(**given)
+        if spec.family == "ecp5":
+            system = system.replace(**deepest_stages(system.fmt))
+        return cls(board=board, system=system.replace(**changes), clock_mhz=clock_mhz,
+                   baud=baud)
 
     @property
     def spec(self):
         """The :class:`Board`."""
         return BOARDS[self.board]
+
+    fmt = property(lambda self: self.system.fmt, doc="The format (``system.fmt``).")
+    lanes = property(lambda self: self.system.lanes, doc="Lanes (``system.lanes``).")
+    input_format = property(lambda self: self.system.input_format.value,
+                            doc="Float format on the link (``system.input_format``).")
 
     @property
     def pll(self):
@@ -337,45 +369,23 @@ class BuildConfig:
         pll = self.pll
         return self.spec.osc_hz if pll is None else pll.f_out
 
-    @property
-    def params(self):
-        """Parameters passed to ``GemmSystem``: board defaults, then :attr:`system_params`.
-
-        On the ECP5 the pipelines of the dot-product units default to their deepest setting
-        (the FP32 adder of the accumulators fully registered, and so on), as the 100 MHz target
-        needs; ``docs/benchmarks.md`` says what still limits the clock.
-        """
-        params = {}
-        if self.spec.family == "ecp5":
-            from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
-            from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
-            from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
-            from hbfp_hw.rtl_gen.mac_tree import MacTree
-            params.update(align_stages=FloatToBlock.max_stages_for(self.fmt),
-                          mac_stages=MacTree.max_stages_for(self.fmt),
-                          convert_stages=BlockToFloat.MAX_STAGES,
-                          adder_stages=FPAccumulator.MAX_ADDER_STAGES)
-        return {**params, **self.spec.system_params, **self.system_params}
-
     def to_dict(self):
         return {
             "board": self.board,
             "device": self.spec.device,
             "format": self.fmt.to_dict(),
-            "input_format": str(self.input_format),
+            "input_format": self.input_format,
             "lanes": self.lanes,
             "clock_mhz_requested": self.clock_mhz,
             "clock_mhz": self.clock_hz / 1e6,
             "baud": self.baud,
-            "system_params": self.params,
+            "system": self.system.to_dict(),
         }
 
 
 def _default_system(config):
     from .engine import GemmSystem
-    # build_hash is left to GemmSystem: its default covers every parameter of the system.
-    return GemmSystem(config.fmt, input_format=config.input_format, lanes=config.lanes,
-                      clock_hz=int(round(config.clock_hz)), **config.params)
+    return GemmSystem(config.system)
 
 
 # -- top-level ----------------------------------------------------------------------------------

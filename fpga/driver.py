@@ -92,7 +92,6 @@ def _sim_config(url):
                              f"'sim' or 'sim://?lanes=4&instance=1'")
     try:
         config = SimConfig.from_query(parsed.query)
-        config.fmt  # noqa: B018 -- validates the format
     except (ValueError, TypeError) as exc:
         raise DeviceNotFound(f"{url!r}: {exc}") from None
     instance = parse_qs(parsed.query).get("instance", ["0"])[-1]
@@ -727,7 +726,8 @@ class Device:
                 raise
         dev = cls(transport, fmt=fmt, retries=retries, timeout=timeout, url=url,
                   _shared=shared)
-        expected = shared.key[0].info
+        # What the simulated board's SystemConfig says it is (no elaboration).
+        expected = shared.key[0].system.info()
         if dev.info() != expected:
             dev.close()
             raise FormatMismatch(f"the simulated board reports {dev.info()} but its "

@@ -42,7 +42,6 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hbfp_hw.formats import FloatFormat, Rounding
 from hbfp_hw.rtl_gen.block_dot import (
     TERM_BUFFER_LATENCY,
     BlockDotUnit,
@@ -60,6 +59,7 @@ from hbfp_hw.rtl_gen.layout import (
 )
 
 from . import protocol
+from .config import SystemConfig
 from .decoder import FrameDecoder, FrameEncoder
 from .protocol import (
     ARGS_BYTES,
@@ -68,7 +68,6 @@ from .protocol import (
     COMPUTE_REPLY_LAYOUT,
     INFO_LAYOUT,
     NACK,
-    PROTOCOL_VERSION,
     READ_ARGS_LAYOUT,
     REPLY_FLAG,
     STATUS_LAYOUT,
@@ -161,8 +160,8 @@ class GemmEngine(wiring.Component):
         impossible, and the bit is there to check it (the tests do; it lights the error LED).
     """
 
-    def __init__(self, fmt, *, lanes=2, channels=None, a_blocks=256, b_blocks=256,
-                 c_words=256, mac_stages=2, convert_stages=3, adder_stages=3):
+    def __init__(self, fmt, *, lanes, channels, a_blocks, b_blocks, c_words, mac_stages,
+                 convert_stages, adder_stages):
         params = self.check_params(fmt, lanes=lanes, channels=channels, a_blocks=a_blocks,
                                    b_blocks=b_blocks, c_words=c_words, mac_stages=mac_stages,
                                    convert_stages=convert_stages, adder_stages=adder_stages)
@@ -189,8 +188,8 @@ class GemmEngine(wiring.Component):
         })
 
     @staticmethod
-    def check_params(fmt, *, lanes=2, channels=None, a_blocks=256, b_blocks=256, c_words=256,
-                     mac_stages=2, convert_stages=3, adder_stages=3):
+    def check_params(fmt, *, lanes, channels, a_blocks, b_blocks, c_words, mac_stages,
+                     convert_stages, adder_stages):
         """Validate the constructor parameters; return them as a dict (``channels`` resolved).
 
         Raises
@@ -478,43 +477,16 @@ class GemmSystem(wiring.Component):
 
     Parameters
     ----------
-    fmt : BFPFormat
-        The BFP format (block size 2..64).
-    input_format : {"fp32", "bf16"}
-        Element format of ``Wire.FLOAT`` tile data (4 or 2 bytes per element).
-    float_wire : bool
-        Accept ``Wire.FLOAT`` tile data, quantized on the device by a
-        :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock`. Without it (and always with a
-        stochastic format) the device has no quantizer, INFO lists ``Wire.BFP`` only, and a
-        ``Wire.FLOAT`` write gets ``UNSUPPORTED``: the host quantizes. The iCEBreaker's reduced
-        configuration leaves it out to fit.
-    lanes : int
-        Dot-product units, a power of two 1..64.
-    channels : int or None
-        Column groups interleaved per unit (default: ``adder_stages``).
-    clock_hz : int
-        Clock frequency, reported by INFO (and the default timeout base).
-    build_hash : int or None
-        32-bit build identifier reported by INFO; default :func:`protocol.build_hash` of
-        every parameter.
-    a_blocks, b_blocks, c_words : int
-        Buffer capacities: blocks of A, blocks of B, FP32 words of C (``b_blocks`` and
-        ``c_words`` multiples of ``lanes``).
-    max_payload : int
-        Largest request payload in bytes (the payload RAM); at least ``ARGS_BYTES`` + one
-        block of either wire format.
-    timeout_cycles : int or None
-        Inter-byte idle timeout within a frame (default ``clock_hz // 10``, 100 ms).
-    mac_stages, convert_stages, adder_stages : int
-        Pipeline depths of the dot-product units.
-    align_stages : int
-        Pipeline depth of the quantizer of FP32/BF16 tile data
-        (:class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` ``stages``).
-    tx_buffer : int
-        Bytes of the transmit buffer (0..16777216) between the reply encoder and ``o_stream``,
-        reported by INFO. A reply goes into it at up to one byte per cycle and leaves at the
-        rate of ``o_stream``; the device executes the next frames as soon as the whole reply
-        is in it, and waits only while it is full. 0: no buffer, the device sends each reply
+    config : SystemConfig
+        The whole configuration (:class:`~hbfp_hw.fpga.config.SystemConfig`: format, input
+        format, float wire, lanes, buffer capacities, payload RAM, clock and timeout, pipeline
+        depths, transmit buffer, build hash); its presets are the builds that exist. Without
+        ``float_wire`` (and always with a stochastic format) the device has no quantizer,
+        INFO lists ``Wire.BFP`` only, and a ``Wire.FLOAT`` write gets ``UNSUPPORTED``: the
+        host quantizes. The transmit buffer (``tx_buffer`` bytes) sits between the reply
+        encoder and ``o_stream``: a reply goes into it at up to one byte per cycle and leaves
+        at the rate of ``o_stream``; the device executes the next frames as soon as the whole
+        reply is in it, and waits only while it is full. With 0 the device sends each reply
         at the rate of ``o_stream`` before it executes the next frame.
 
     Members
@@ -537,55 +509,36 @@ class GemmSystem(wiring.Component):
 
     Raises
     ------
-    TypeError, ValueError
-        On invalid parameters.
+    TypeError
+        If ``config`` is not a :class:`~hbfp_hw.fpga.config.SystemConfig`.
+    ValueError
+        If the configuration does not fit the generators: a block size outside the RTL range,
+        a pipeline deeper than its unit allows for the format, or a payload RAM too small for
+        one block (``SystemConfig`` itself checks what does not need the generators).
     """
 
-    def __init__(self, fmt, *, input_format="fp32", float_wire=True, lanes=2, channels=None,
-                 clock_hz=50_000_000, build_hash=None, a_blocks=256, b_blocks=256,
-                 c_words=256, max_payload=1024, timeout_cycles=None, mac_stages=2,
-                 convert_stages=3, adder_stages=3, align_stages=2, tx_buffer=0):
-        self._fmt = check_rtl_format(fmt)
-        self._input_format = FloatFormat(input_format)
-        if not isinstance(float_wire, bool):
-            raise TypeError(f"float_wire must be True or False, not {float_wire!r}")
-        # A stochastic format is quantized by the host only (docs/protocol.md, Wire formats).
-        self._float_wire = float_wire and fmt.rounding is not Rounding.STOCHASTIC
-        self._align_stages = check_stages("align_stages", align_stages,
+    def __init__(self, config):
+        if not isinstance(config, SystemConfig):
+            raise TypeError(f"config must be a SystemConfig, not {config!r}")
+        self._config = config
+        fmt = self._fmt = check_rtl_format(config.fmt)
+        self._input_format = config.input_format
+        self._float_wire = config.effective_float_wire
+        self._align_stages = check_stages("align_stages", config.align_stages,
                                           FloatToBlock.max_stages_for(fmt))
-        self._clock_hz = _check_int("clock_hz", clock_hz, 1, 2**32 - 1)
-        if timeout_cycles is None:
-            timeout_cycles = max(1, clock_hz // 10)
-        self._timeout = _check_int("timeout_cycles", timeout_cycles, 1, 2**32 - 1)
+        self._timeout = config.effective_timeout_cycles
         biggest = max(protocol.block_bytes(fmt, w, self._input_format) for w in self._wires)
-        self._max_payload = _check_int("max_payload", max_payload,
+        self._max_payload = _check_int("max_payload", config.max_payload,
                                        max(ARGS_LATCH_BYTES, ARGS_BYTES + biggest), 0xFFFF)
-        if build_hash is not None:
-            _check_int("build_hash", build_hash, 0, 2**32 - 1)
-        self._tx_buffer = _check_int("tx_buffer", tx_buffer, 0, 1 << 24)
+        self._tx_buffer = config.tx_buffer
         # The engine is built by elaborate(): a component that is created but never elaborated
         # makes Amaranth warn, and hosts build a GemmSystem only to read its `info`.
         self._engine_params = GemmEngine.check_params(
-            fmt, lanes=lanes, channels=channels, a_blocks=a_blocks, b_blocks=b_blocks,
-            c_words=c_words, mac_stages=mac_stages, convert_stages=convert_stages,
-            adder_stages=adder_stages)
-        channels = self._engine_params["channels"]
-        if build_hash is None:
-            build_hash = protocol.build_hash(
-                fmt=fmt.name, rounding=fmt.rounding.value, w=fmt.mantissa_bits,
-                n=fmt.block_size, e=fmt.exponent_bits, input_format=self._input_format.value,
-                lanes=lanes, channels=channels, a_blocks=a_blocks,
-                b_blocks=b_blocks, c_words=c_words, max_payload=max_payload,
-                timeout=self._timeout, clock_hz=clock_hz, stages=(mac_stages, convert_stages,
-                                                                  adder_stages, align_stages),
-                float_wire=self._float_wire, tx_buffer=tx_buffer)
-        self._build_hash = build_hash
-        self._info = protocol.Info(
-            version=PROTOCOL_VERSION, fmt=fmt, input_format=self._input_format,
-            wire_formats=self._wires, lanes=lanes, channels=channels,
-            max_payload=self._max_payload, a_blocks=a_blocks, b_blocks=b_blocks,
-            c_words=c_words, clock_hz=clock_hz, timeout_cycles=self._timeout,
-            build_hash=self._build_hash, tx_buffer=tx_buffer)
+            fmt, lanes=config.lanes, channels=config.channels, a_blocks=config.a_blocks,
+            b_blocks=config.b_blocks, c_words=config.c_words, mac_stages=config.mac_stages,
+            convert_stages=config.convert_stages, adder_stages=config.adder_stages)
+        self._info = config.info()
+        self._build_hash = self._info.build_hash
         super().__init__({
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
@@ -598,6 +551,7 @@ class GemmSystem(wiring.Component):
         """The :class:`~hbfp_hw.fpga.protocol.Info` this build reports."""
         return self._info
 
+    config = property(lambda self: self._config)
     fmt = property(lambda self: self._fmt)
     float_wire = property(lambda self: self._float_wire)
 

@@ -46,7 +46,7 @@ __all__ = [
     "encode_frame", "Frame", "FrameParser", "ProtocolError",
     "block_bytes", "element_bytes", "mantissa_bytes",
     "a_blocks_payload", "b_blocks_payload", "b_device_order", "padded_columns",
-    "kblocks", "column_groups", "Info", "info_to_bytes", "build_hash",
+    "kblocks", "column_groups", "Info", "info_to_bytes",
     "request_write", "request_compute", "request_read", "c_from_payload",
 ]
 
@@ -572,8 +572,3 @@ def info_to_bytes(info):
         "tx_buffer": info.tx_buffer,
     })
 
-
-def build_hash(**params):
-    """Return a 32-bit hash of generator parameters and the protocol version (zlib CRC-32)."""
-    text = ";".join(f"{k}={params[k]}" for k in sorted(params))
-    return zlib.crc32(f"hbfp-hw-gemm;v{PROTOCOL_VERSION};{text}".encode())

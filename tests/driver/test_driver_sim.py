@@ -283,7 +283,7 @@ def test_rx_fifo_and_tx_buffer_are_the_boards():
     from hbfp_hw.fpga.boards import BOARDS, DEFAULT_BOARD
     from hbfp_hw.fpga.simboard import SimConfig
     assert SimConfig().rx_fifo == BOARDS[DEFAULT_BOARD].rx_fifo_depth
-    assert SimConfig().tx_buffer == BOARDS[DEFAULT_BOARD].system_params["tx_buffer"]
+    assert SimConfig().system.tx_buffer == BOARDS[DEFAULT_BOARD].system.tx_buffer
 
 
 #: The virtual-time line model at 3 Mbaud with the board's 512-byte receive FIFO.

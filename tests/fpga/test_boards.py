@@ -96,10 +96,13 @@ def test_config_errors():
     with pytest.raises(ValueError, match=r"^board must be one of ulx3s-85f, icebreaker, "
                                          r"not 'de10'$"):
         BuildConfig(board="de10")
-    with pytest.raises(ValueError, match=r"^lanes must be at least 1, not 0$"):
-        BuildConfig(lanes=0)
+    with pytest.raises(ValueError, match=r"^lanes must be a power of two between 1 and 64, "
+                                         r"not 0$"):
+        BuildConfig.for_board(lanes=0)
     with pytest.raises(TypeError, match=r"^fmt must be a BFPFormat, not 'bfp8'$"):
-        BuildConfig(fmt="bfp8")
+        BuildConfig.for_board(fmt="bfp8")
+    with pytest.raises(TypeError, match=r"^system must be a SystemConfig, not 'bfp8'$"):
+        BuildConfig(system="bfp8")
     # 3 Mbaud cannot be made from a 20 MHz clock (6.67 cycles per bit).
     with pytest.raises(ValueError, match=r"^Baud rate 3000000 is off by"):
         BuildConfig(board="ulx3s-85f", clock_mhz=20)

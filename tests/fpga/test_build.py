@@ -299,14 +299,14 @@ def _require(family):
 #: The CI smoke build: the smallest real GemmSystem on the LFE5U-85F. It reached 56.9 MHz
 #: when written; 40 MHz (1 Mbaud: 40 cycles per bit) leaves margin for changes of the engine.
 SMOKE = dict(board="ulx3s-85f", fmt=BFPFormat(4, 4), lanes=1, clock_mhz=40, baud=1_000_000,
-             system_params=dict(a_blocks=16, b_blocks=16, c_words=16, max_payload=64))
+             a_blocks=16, b_blocks=16, c_words=16, max_payload=64)
 
 
 @pytest.mark.synth
 def test_ecp5_smoke_build(tmp_path):
     """One real ECP5 bitstream: the file exists and the report numbers are sane."""
     _require("ecp5")
-    result = build(BuildConfig(**SMOKE), tmp_path, progress=False)
+    result = build(BuildConfig.for_board(**SMOKE), tmp_path, progress=False)
     report = result.report
     assert result.bitstream.exists() and result.bitstream.stat().st_size > 100_000
     assert (tmp_path / "report.json").exists()
@@ -358,7 +358,7 @@ def test_icebreaker_default_build(tmp_path):
     assert report["timing_passed"] is True
     assert report["clocks"][0]["fmax_mhz"] >= 12.0
     assert report["resources"]["logic_cells"] <= report["resources"]["logic_cells_total"] == 5280
-    assert report["config"]["system_params"]["float_wire"] is False
+    assert report["config"]["system"]["float_wire"] is False
     assert Path(report["bitstream"]).stat().st_size > 100_000
 
 

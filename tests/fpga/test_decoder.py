@@ -16,6 +16,7 @@ from amaranth.sim import Simulator
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.fpga import protocol
+from hbfp_hw.fpga.config import SystemConfig
 from hbfp_hw.fpga.decoder import crc32_next
 from hbfp_hw.fpga.engine import GemmSystem
 from hbfp_hw.fpga.protocol import (
@@ -36,11 +37,13 @@ FMT = BFPFormat(8, 4)
 TIMEOUT = 100
 
 
+#: The decoder tests' device (SMALL.replace(...) for variants).
+SMALL = SystemConfig(fmt=FMT, lanes=2, a_blocks=16, b_blocks=16, c_words=16, max_payload=128,
+                     timeout_cycles=TIMEOUT, clock_hz=12_000_000, build_hash=0x1234ABCD)
+
+
 def small_system(**kw):
-    params = dict(lanes=2, a_blocks=16, b_blocks=16, c_words=16, max_payload=128,
-                  timeout_cycles=TIMEOUT, clock_hz=12_000_000, build_hash=0x1234ABCD)
-    params.update(kw)
-    return GemmSystem(FMT, **params)
+    return GemmSystem(SMALL.replace(**kw))
 
 
 def write_args(wire=Wire.BFP, count=0, start=0, flags=0):
@@ -365,8 +368,8 @@ def test_garbage_then_info(seed):
 
 def test_stochastic_rejects_float_wire():
     fmt = BFPFormat(8, 4, "stochastic")
-    dut = GemmSystem(fmt, lanes=1, a_blocks=8, b_blocks=8, c_words=8, max_payload=96,
-                     timeout_cycles=TIMEOUT)
+    dut = GemmSystem(SystemConfig(fmt=fmt, lanes=1, a_blocks=8, b_blocks=8, c_words=8,
+                                  max_payload=96, timeout_cycles=TIMEOUT))
 
     async def test(link):
         info = await link.info()

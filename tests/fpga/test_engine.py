@@ -14,6 +14,7 @@ from amaranth.hdl import Fragment
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.fpga import protocol
+from hbfp_hw.fpga.config import SystemConfig
 from hbfp_hw.fpga.engine import BlockDotUnit, GemmEngine, GemmSystem
 from hbfp_hw.fpga.protocol import Cmd, Status, Wire
 
@@ -22,11 +23,20 @@ from .link import compute_args, device_gemm, read_args, read_c, run_link, tile_s
 FMT = BFPFormat(8, 4)
 
 
+#: The fast tests' device: tiny buffers (SMALL.replace(...) for variants).
+SMALL = SystemConfig(fmt=FMT, lanes=2, a_blocks=16, b_blocks=16, c_words=16, max_payload=128,
+                     timeout_cycles=1000)
+
+
 def system(fmt=FMT, **kw):
-    params = dict(lanes=2, a_blocks=16, b_blocks=16, c_words=16, max_payload=128,
-                  timeout_cycles=1000)
-    params.update(kw)
-    return GemmSystem(fmt, **params)
+    return GemmSystem(SMALL.replace(fmt=fmt, **kw))
+
+
+def engine(**kw):
+    """A GemmEngine with SMALL's parameters, ``kw`` over them (not validated by SystemConfig)."""
+    names = ("lanes", "channels", "a_blocks", "b_blocks", "c_words", "mac_stages",
+             "convert_stages", "adder_stages")
+    return GemmEngine(SMALL.fmt, **{**{k: getattr(SMALL, k) for k in names}, **kw})
 
 
 def random_matrix(rng, shape, kind="normal"):
@@ -280,9 +290,9 @@ def test_reads_in_chunks_with_backpressure_and_gaps():
 
 def test_engine_validation():
     with pytest.raises(ValueError, match=r"^c_words must be a multiple of lanes \(4\), not 18$"):
-        GemmEngine(FMT, lanes=4, c_words=18)
+        engine(lanes=4, c_words=18)
     with pytest.raises(ValueError, match=r"^channels must be between 1 and 256, not 0$"):
-        GemmEngine(FMT, channels=0)
+        engine(channels=0)
     unit = BlockDotUnit(FMT, channels=3)
     assert unit.channels == 3 and unit.min_channels == 3
     # its subunits are built in BlockDotUnit.__init__ (rtl_gen/block_dot.py); elaborating uses
@@ -297,8 +307,8 @@ def test_presets_random_shapes_slow(fmt):
     shapes = [(1, 1, 1), (3, 40, 5), (9, 17, 11), (2, 100, 3)]
     cases = [(random_matrix(rng, (m, k), "wide"), random_matrix(rng, (k, n))) for m, k, n in
              shapes]
-    dut = GemmSystem(fmt, lanes=4, a_blocks=64, b_blocks=64, c_words=64, max_payload=1100,
-                     timeout_cycles=10_000)
+    dut = GemmSystem(SystemConfig(fmt=fmt, lanes=4, a_blocks=64, b_blocks=64, c_words=64,
+                                  max_payload=1100, timeout_cycles=10_000))
     for wire in (Wire.FLOAT, Wire.BFP):
         check(dut, cases, wire)
 

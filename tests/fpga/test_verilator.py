@@ -16,6 +16,7 @@ import pytest
 from hbfp_hw import golden
 from hbfp_hw.formats import BFP8
 from hbfp_hw.fpga import protocol
+from hbfp_hw.fpga.config import SystemConfig
 from hbfp_hw.fpga.engine import GemmSystem
 from hbfp_hw.fpga.protocol import NACK, REPLY_FLAG, Cmd, Frame, Status, Wire
 from hbfp_hw.sim import toolchain
@@ -68,13 +69,15 @@ def test_bfp8_gemm_session(family, tmp_path, monkeypatch):
     if family == "ecp5":
         from hbfp_hw.fpga.boards import BuildConfig
 
-        stages = {k: v for k, v in BuildConfig("ulx3s-85f").params.items()
-                  if k.endswith("_stages")}
+        system = BuildConfig("ulx3s-85f").system
+        stages = {k: getattr(system, k) for k in ("mac_stages", "convert_stages",
+                                                  "adder_stages", "align_stages")}
         assert stages["mac_stages"] == 6
     else:
         stages = {}
-    dut = GemmSystem(BFP8, lanes=4, a_blocks=128, b_blocks=128, c_words=256,
-                     max_payload=1100, timeout_cycles=5000, clock_hz=100_000_000, **stages)
+    dut = GemmSystem(SystemConfig(fmt=BFP8, lanes=4, a_blocks=128, b_blocks=128, c_words=256,
+                                  max_payload=1100, timeout_cycles=5000,
+                                  clock_hz=100_000_000, **stages))
     info = dut.info
     rng = np.random.default_rng(20)
     shapes = [(1, 1, 1), (17, 50, 23), (40, 100, 9)]
