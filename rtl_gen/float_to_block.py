@@ -173,9 +173,12 @@ class FloatToBlock(wiring.Component):
         chosen = set(order[:self._stages])
         return {name: name in chosen for name in order}
 
-    #: Deliberately broken variant for proving that the testbenches catch it (see
-    #: :mod:`hbfp_hw.rtl_gen.faults`); None in every real build.
-    _fault = None
+    @staticmethod
+    def _nearest_up(guard, sticky, lsb):
+        """Return the rounding increment of nearest-even from the guard bit, the sticky bit
+        (the OR of the bits below the guard bit) and the kept LSB: round up above half, and
+        on a tie (guard set, sticky clear) only to make the LSB even."""
+        return guard & (sticky | lsb)
 
     def elaborate(self, platform):
         m = Module()
@@ -381,12 +384,7 @@ class FloatToBlock(wiring.Component):
             if stochastic:
                 up = (x[:frac_bits] + values["rand"][i])[frac_bits]
             elif nearest:
-                if self._fault == "sticky":          # bits below the guard bit ignored
-                    up = x[0] & q[0]
-                elif self._fault == "ties-away":     # a tie rounds away from zero
-                    up = x[0]
-                else:
-                    up = x[0] & (values["sticky"][i] | q[0])
+                up = self._nearest_up(x[0], values["sticky"][i], q[0])
             else:
                 up = C(0, 1)
             sign = values["sign"][i]

@@ -8,7 +8,7 @@ NaN input give the canonical NaN ``0x7FC00000``, ``x + (-x) = +0``, ``(-0) + (-0
 order, which is the accumulation of section 3.3: every sum starts from +0.0.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -301,41 +301,41 @@ class FPAccumulator(wiring.Component):
         """Fewest round-robin channels that give one term per cycle: ``adder_stages``."""
         return self._adder_stages
 
-    #: Deliberately broken variant for proving that the testbenches catch it (see
-    #: :mod:`hbfp_hw.rtl_gen.faults`); None in every real build.
-    _fault = None
+    def _sum_slots(self):
+        """Return the number of partial sums the memory holds: one per channel."""
+        return self._channels
+
+    def _term_slot(self, m, i_p, accept):
+        """Return ``(slot, fresh)`` for the incoming term ``i_p``: the memory word of the
+        partial sum it is added to, and whether it starts that sum at +0.0.
+
+        The contract fixes the order of the FP32 additions: one sequential sum per channel,
+        so the slot is the channel and a sum starts at its ``first`` term. ``accept`` is high
+        when the term enters the adder.
+        """
+        fresh = Signal()           # the term starts its partial sum at +0.0
+        m.d.comb += fresh.eq(i_p.first)
+        return i_p.channel, fresh
+
+    def _result(self, m, sums, out_bits, out_carry):
+        """Return the sum reported when a channel's last term leaves the adder with partial sum
+        ``out_bits``: that partial sum (``sums`` is the partial-sum memory, ``out_carry`` what
+        the adder carries along with the term)."""
+        return out_bits
 
     def elaborate(self, platform):
         m = Module()
         i_p = self.i_stream.payload
         o_p = self.o_stream.payload
-        # Fault "accumulation-order": sum the even and the odd terms of a channel separately
-        # and add the two partial sums at the end, a plausible "pairwise" speed-up that
-        # changes the order of the FP32 additions the contract fixes.
-        split = self._fault == "accumulation-order"
-        slots = 2 * self._channels if split else self._channels
 
-        m.submodules.sums = sums = Memory(shape=unsigned(32), depth=slots, init=[])
+        m.submodules.sums = sums = Memory(shape=unsigned(32), depth=self._sum_slots(), init=[])
         rd = sums.read_port(domain="comb")
         wr = sums.write_port()
-
-        parity = Signal()          # parity of the incoming term within its sum (split only)
-        fresh = Signal()           # the term starts its partial sum at +0.0
-        if split:
-            counts = Array(Signal(2, name=f"count{c}") for c in range(self._channels))
-            count = Signal(2)
-            m.d.comb += [
-                count.eq(Mux(i_p.first, 0, counts[i_p.channel])),
-                parity.eq(count[0]),
-                fresh.eq(count < 2),
-            ]
-        else:
-            m.d.comb += fresh.eq(i_p.first)
 
         enable = Signal()
         accept = Signal()
         operand = Signal(32)
-        slot = Cat(parity, i_p.channel) if split else i_p.channel
+        slot, fresh = self._term_slot(m, i_p, accept)
         outputs, out_valid, out_carry, registered = build_pipeline(
             m, fp32_add_steps(), stages=self._adder_stages, enable=enable, name="acc",
             inputs={"a": operand, "b": i_p.value},
@@ -353,17 +353,7 @@ class FPAccumulator(wiring.Component):
             hazard = hazard | (valid & (carry["channel"] == i_p.channel))
         hazard = comb_signal(m, "acc_hazard", 1, hazard & ~i_p.first)
 
-        result = out_bits
-        if split:
-            with m.If(accept):
-                m.d.sync += counts[i_p.channel].eq(Mux(count == 3, 2, count + 1))
-            rd_other = sums.read_port(domain="comb")
-            m.d.comb += rd_other.addr.eq(out_carry["slot"] ^ 1)
-            other = Mux(out_carry["single"], 0, rd_other.data)
-            combined, _, _, _ = build_pipeline(
-                m, fp32_add_steps(name="pair"), stages=0, enable=Const(1), name="pair",
-                inputs={"a": out_bits, "b": other}, valid=Const(1))
-            result = combined["bits"]
+        result = self._result(m, sums, out_bits, out_carry)
 
         m.d.comb += [
             rd.addr.eq(slot),

@@ -118,9 +118,16 @@ class MacTree(wiring.Component):
         return {(j * levels + self._stages // 2) // self._stages
                 for j in range(1, self._stages + 1)}
 
-    #: Deliberately broken variant for proving that the testbenches catch it (see
-    #: :mod:`hbfp_hw.rtl_gen.faults`); None in every real build.
-    _fault = None
+    def _nan(self, a, b):
+        """Return whether the product of blocks ``a`` and ``b`` is NaN: either one is."""
+        fmt = self._fmt
+        return (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)
+
+    def _exponent_bias(self):
+        """Return what the product exponent code subtracts from the sum of the two codes: the
+        bias twice and the fraction bits of both mantissas."""
+        fmt = self._fmt
+        return 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
 
     def elaborate(self, platform):
         m = Module()
@@ -137,13 +144,8 @@ class MacTree(wiring.Component):
         a = self.i_stream.payload.a
         b = self.i_stream.payload.b
         nan = Signal()
-        if self._fault == "nan-drop":                 # NaN blocks not propagated
-            m.d.comb += nan.eq(0)
-        else:
-            m.d.comb += nan.eq((a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code))
-        bias = 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
-        if self._fault == "exponent-off-by-one":      # product exponent one too large
-            bias -= 1
+        m.d.comb += nan.eq(self._nan(a, b))
+        bias = self._exponent_bias()
         exponent = Signal(product_exponent_shape(fmt))
         m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent - bias))
 

@@ -63,7 +63,7 @@ def verify(unit, fmt=None, *, input_format="fp32", sim="verilator", count=10_000
            family=None, **hw):
     """Run the cocotb testbench of ``unit``; return a summary dict (``passed`` and details).
 
-    ``fault`` injects a deliberately broken variant (see :mod:`hbfp_hw.rtl_gen.faults`),
+    ``fault`` injects a deliberately broken variant (see :mod:`hbfp_hw.sim.mutants`),
     for proving that the testbench catches it. ``family`` (``"ecp5"``) elaborates the unit as
     a build for that FPGA family does, with its primitives, and simulates them with the models
     of :mod:`hbfp_hw.sim.models`.
@@ -76,7 +76,7 @@ def verify(unit, fmt=None, *, input_format="fp32", sim="verilator", count=10_000
     t0 = time.perf_counter()
     component = build_unit(unit, fmt, input_format=input_format, **hw)
     if fault:
-        from hbfp_hw.rtl_gen.faults import inject
+        from hbfp_hw.sim.mutants import inject
         inject(component, fault)
     name = unit_name(unit, fmt, input_format=input_format, **hw)
     if fault:

@@ -59,7 +59,7 @@ def check_unit(args, fault=None):
     try:
         component = build_unit(args.unit, fmt, input_format=args.input_format, **hw)
         if fault is not None:
-            from hbfp_hw.rtl_gen.faults import inject
+            from hbfp_hw.sim.mutants import inject
             try:
                 inject(component, fault)
             except ValueError as e:

@@ -14,8 +14,8 @@ MAX_VECTORS = 1_000_000
 
 
 def add_parser(sub):
-    from hbfp_hw.rtl_gen.faults import FAULTS
     from hbfp_hw.rtl_gen.generate import UNITS
+    from hbfp_hw.sim.mutants import FAULTS
 
     p = sub.add_parser(
         "verify", help="check a unit bit for bit against the golden model in a simulator",

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from hbfp_hw.formats import BFP8
-from hbfp_hw.rtl_gen.faults import FAULTS, inject
 from hbfp_hw.rtl_gen.generate import build_unit
 from hbfp_hw.sim import toolchain
+from hbfp_hw.sim.mutants import FAULTS, inject
 from hbfp_hw.sim.verify import verify
 
 pytestmark = pytest.mark.skipif(not toolchain.have_verilator(),
