@@ -1,9 +1,10 @@
 """The system configuration: one frozen object that names a build of the device.
 
 A :class:`SystemConfig` is built once and handed whole to the gateware
-(:class:`~hbfp_hw.fpga.engine.GemmSystem`), the board build
+(:class:`~hbfp_hw.fpga.system.engine.GemmSystem`), the board build
 (:class:`~hbfp_hw.fpga.boards.BuildConfig`), the simulated board
-(:class:`~hbfp_hw.fpga.simboard.SimConfig`) and the driver's INFO check. It holds the one set of
+(:class:`~hbfp_hw.fpga.host.simboard.SimConfig`) and the driver's INFO check. It holds the one
+set of
 defaults (the field defaults below) and the named presets of the builds that exist
 (:data:`PRESETS`, :meth:`SystemConfig.preset`).
 
