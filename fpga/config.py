@@ -26,7 +26,7 @@ from hbfp_hw.formats import BFP8, BFPFormat, FloatFormat, Rounding, resolve_form
 __all__ = ["SystemConfig", "PRESETS", "DEFAULT_PRESET"]
 
 #: The protocol version the build hash covers (``protocol.PROTOCOL_VERSION``, checked by a test:
-#: protocol.py imports Amaranth, this module does not).
+#: protocol/frames.py imports Amaranth, this module does not).
 _PROTOCOL_VERSION = 4
 
 
