@@ -18,11 +18,12 @@ def add_parser(sub):
                     "initialization, and compare them: on the digits data set (bundled with "
                     "scikit-learn; MLP or CNN, test accuracy and loss), or a Transformer on "
                     "the sort task generated in code (validation loss, mean over --seeds).")
-    p.add_argument("--dataset", choices=["digits", "sort"], default="digits",
-                   help="digits (8x8 images, fixed stratified 80/20 split) or sort (sequences "
-                        "of 12 digits and their sorted copy, made in code); default digits")
+    p.add_argument("--dataset", choices=["digits", "markov", "sort"], default="digits",
+                   help="digits (8x8 images, fixed stratified 80/20 split), markov (an order-2 "
+                        "Markov chain's sequences) or sort (12 digits and their sorted copy); "
+                        "the last two are made in code; default digits")
     p.add_argument("--model", choices=["mlp", "cnn", "transformer"],
-                   help="digits: mlp (default) or cnn; sort: transformer (default)")
+                   help="digits: mlp (default) or cnn; markov, sort: transformer (default)")
     p.add_argument("--format", default="bfp8", metavar="FMT", type=cli_args.format_name(),
                    help="HBFP format to train (preset name, default bfp8)")
     p.add_argument("--formats", metavar="LIST", type=cli_args.format_names(),
@@ -35,13 +36,14 @@ def add_parser(sub):
     p.add_argument("--epochs", type=cli_args.positive_int("--epochs"), default=20,
                    help="digits: training epochs (default 20)")
     p.add_argument("--steps", type=cli_args.positive_int("--steps", 1_000_000), default=600,
-                   help="sort: training steps per run (default 600)")
+                   help="markov, sort: training steps per run (default 600)")
     p.add_argument("--seeds", type=cli_args.int_list("--seeds", 0, 0xFFFFFFFF),
-                   help="sort: comma-separated training seeds, one run each (default 0,1,2)")
+                   help="markov, sort: comma-separated training seeds, one run each (default "
+                        "0,1,2)")
     p.add_argument("--batch-size", type=cli_args.positive_int("--batch-size"), default=64)
     p.add_argument("--lr", type=cli_args.positive_float("--lr"),
-                   help="learning rate: digits SGD with momentum 0.9 (default 0.05), sort "
-                        "AdamW (default 0.003)")
+                   help="learning rate: digits SGD with momentum 0.9 (default 0.05); markov, "
+                        "sort: AdamW peak (default 0.003)")
     p.add_argument("--backend", choices=["emulate", "device"], default="emulate")
     p.add_argument("--device", metavar="URL", type=cli_args.device_url(),
                    help="device URL for --backend device (default sim: the simulated board; "
@@ -57,16 +59,17 @@ def add_parser(sub):
 
 
 def validate(args):
-    models = {"digits": ("mlp", "cnn"), "sort": ("transformer",)}[args.dataset]
+    models = {"digits": ("mlp", "cnn")}.get(args.dataset, ("transformer",))
     if args.model is None:
         args.model = models[0]
     elif args.model not in models:
         raise cli_args.UsageError(f"--model must be {' or '.join(models)} for --dataset "
                                   f"{args.dataset}, not {args.model!r}")
-    if args.dataset != "sort" and args.seeds is not None:
-        raise cli_args.UsageError("--seeds is for --dataset sort (digits takes --seed)")
+    if args.dataset == "digits" and args.seeds is not None:
+        raise cli_args.UsageError("--seeds is for --dataset markov or sort (digits takes "
+                                  "--seed)")
     if args.lr is None:
-        args.lr = 0.003 if args.dataset == "sort" else 0.05
+        args.lr = 0.05 if args.dataset == "digits" else 0.003
     if args.device is not None and args.backend != "device":
         raise cli_args.UsageError("--device needs --backend device")
     if args.device is not None:
@@ -90,7 +93,7 @@ def _check_layers(args):
     import warnings
 
     from hbfp_hw.torch.modules import convert
-    from hbfp_hw.torch.seqtask import SortTransformer
+    from hbfp_hw.torch.seqtask import TASKS, _model
     from hbfp_hw.torch.train import build_model, parse_layer_rules
 
     try:
@@ -99,7 +102,7 @@ def _check_layers(args):
         if hbfp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = SortTransformer() if args.model == "transformer" else \
+                model = _model(TASKS[args.dataset]) if args.model == "transformer" else \
                     build_model(args.model)
                 convert(model, fmt=hbfp[0], layers=rules)
     except (TypeError, ValueError) as e:
@@ -117,12 +120,12 @@ def run(args):
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.dataset == "sort":
+    if args.dataset != "digits":
         task = seqtask
-        run = seqtask.train_sort(args._formats, seeds=args.seeds or (0, 1, 2), steps=args.steps,
-                                 batch=args.batch_size, lr=args.lr, backend=args.backend,
-                                 device=args.device, layers=args._layers,
-                                 progress=not args.no_progress)
+        run = seqtask.train_sequence(args.dataset, args._formats, seeds=args.seeds or (0, 1, 2),
+                                     steps=args.steps, batch=args.batch_size, lr=args.lr,
+                                     backend=args.backend, device=args.device,
+                                     layers=args._layers, progress=not args.no_progress)
     else:
         task = train
         run = train.train_formats(args.model, args._formats, epochs=args.epochs,

@@ -15,6 +15,10 @@
  *     within float32's range (every partial sum is an integer multiple of the grid below
  *     2**24 grid units, so any order and FMA contraction give the exact value); otherwise it is
  *     computed in float64, exact for any supported format, and rounded once (RNE) to float32;
+ *   - stochastic rounding (numerics.md 2.4): |x * 2**k| is cut to 2**16, scaled by 2**16 and
+ *     truncated to an integer q (exact: a float times a power of two), the block's 16-bit
+ *     xorshift32 value r is added in 64-bit integers, and (q + r) >> 16 gets the sign of
+ *     x * 2**k; hbfp_sr_bits makes the values r of every block in the contract's order;
  *   - C starts from +0.0 and each k-block's product is added with one float32 addition, in
  *     increasing k-block order;
  *   - rows of A and columns of B with a NaN block (a NaN or an infinity) give the canonical NaN
@@ -94,9 +98,11 @@ typedef struct {
     float mmax;
 } fmt_t;
 
-/* One operand X [rows, kdim] (element (r, k) at x[r * sr + k * sk]), quantized along K. */
+/* One operand X [rows, kdim] (element (r, k) at x[r * sr + k * sk]), quantized along K.
+ * rnd: the stochastic-rounding values of element (r, k) at rnd[r * kpad + k], or NULL. */
 typedef struct {
     const float *x;
+    const int32_t *rnd;
     int64_t rows, kdim, sr, sk, kblocks;
     uint32_t *abits;   /* [kblocks * rows], block (r, b) at b * rows + r */
     uint8_t *nan_line; /* [rows]: the row holds a NaN block */
@@ -245,6 +251,71 @@ static void quantize_rows(const operand_t *o, const fmt_t *F, int64_t r0, int64_
     }
 }
 
+/* Stochastic rounding of x * 2**k to an integer, clamped to [-M, M], times 2**-k. */
+static inline float quant_sr(float x, float s, float us, float mm, int32_t r)
+{
+    const float a = x * s;
+    float mag = fabsf(a);
+    mag = mag > 65536.0f ? 65536.0f : mag;
+    const int64_t q = (int64_t)(mag * 65536.0f) + r;  /* mag * 2**16 is exact, >= 0 */
+    float v = (float)(q >> 16);
+    v = v > mm ? mm : v;
+    return copysignf(v, a) * us;
+}
+
+/* quantize_rows for stochastic rounding: rows [r0, r1) into dst + (r - r0) * kpad. */
+static void quantize_rows_sr(const operand_t *o, const fmt_t *F, int64_t r0, int64_t r1,
+                             int64_t kpad, const float *scale, const float *unscale, float *dst)
+{
+    const int64_t kdim = o->kdim, sk = o->sk, sr = o->sr, rows = o->rows;
+    const int nb = F->nb;
+    const float mm = F->mmax;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *row = o->x + r * sr;
+        const int32_t *rnd = o->rnd + r * kpad;
+        float *d = dst + (r - r0) * kpad;
+        for (int64_t b = 0; b < o->kblocks; b++) {
+            const int64_t i = b * rows + r, k0 = b * nb;
+            const int64_t k1 = k0 + nb < kdim ? k0 + nb : kdim;
+            if (o->abits[i] >= INF_BITS) {
+                for (int64_t k = k0; k < k1; k++) d[k] = 0.0f;
+                continue;
+            }
+            const float s = scale[i], us = unscale[i];
+            if (sk == 1)
+                for (int64_t k = k0; k < k1; k++) d[k] = quant_sr(row[k], s, us, mm, rnd[k]);
+            else
+                for (int64_t k = k0; k < k1; k++)
+                    d[k] = quant_sr(row[k * sk], s, us, mm, rnd[k]);
+        }
+        for (int64_t k = kdim; k < kpad; k++) d[k] = 0.0f;
+    }
+}
+
+/* The 16-bit stochastic-rounding values of rows x kblocks blocks of nb lanes (numerics.md
+ * 2.4): one xorshift32 (13, 17, 5) per lane, lane l from seed ^ C_l (C_l = 0x9E3779B9 (l+1),
+ * or C_l if that is 0), one step per block in row-major block order; block g uses the state
+ * after g + 1 steps, top 16 bits, at out[g * nb + l] (= out[r * kpad + k]). */
+void hbfp_sr_bits(uint32_t seed, int64_t nblocks, int nb, int32_t *out)
+{
+    uint32_t st[64];
+    for (int l = 0; l < nb; l++) {
+        const uint32_t c = 0x9E3779B9u * (uint32_t)(l + 1);
+        st[l] = (seed ^ c) ? (seed ^ c) : c;
+    }
+    for (int64_t g = 0; g < nblocks; g++) {
+        int32_t *o = out + g * nb;
+        for (int l = 0; l < nb; l++) {
+            uint32_t x = st[l];
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            st[l] = x;
+            o[l] = (int32_t)(x >> 16);
+        }
+    }
+}
+
 /* Quantize into panels of P rows, element (r, k) at pack[(r / P) * kpad * P + k * P + r % P],
  * reading one k at a time along the rows (the fast order when the rows are contiguous). */
 ALWAYS_INLINE void quant_run(const float *restrict x, const float *restrict s,
@@ -304,7 +375,10 @@ static void quantize_panels_by_row(const operand_t *o, const fmt_t *F, int P, in
     const int64_t panels = (o->rows + P - 1) / P;
     for (int64_t p = 0; p < panels; p++) {
         const int64_t r0 = p * P, r1 = r0 + P < o->rows ? r0 + P : o->rows;
-        quantize_rows(o, F, r0, r1, kpad, scale, unscale, scratch);
+        if (o->rnd)
+            quantize_rows_sr(o, F, r0, r1, kpad, scale, unscale, scratch);
+        else
+            quantize_rows(o, F, r0, r1, kpad, scale, unscale, scratch);
         memset(scratch + (r1 - r0) * kpad, 0, (P - (r1 - r0)) * kpad * sizeof(float));
         float *dst = pack + p * kpad * P;
         for (int64_t k = 0; k < kpad; k++)
@@ -456,17 +530,18 @@ static void *ws_get(int slot, size_t bytes, scratch_t *tmp)
  * takes the general path; C is untouched), -1 when out of memory.
  *
  * f32_bound_ok: N * M**2 <= 2**24; f32_max_grid: the largest product grid exponent g with
- * N * M**2 * 2**g <= FLT_MAX (emulate._f32_max_grid). */
+ * N * M**2 * 2**g <= FLT_MAX (emulate._f32_max_grid). rnd_a, rnd_b: stochastic rounding
+ * (hbfp_sr_bits of each operand, [rows * kpad]), or NULL for nearest/toward-zero. */
 int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64_t a_sk,
                     const float *b, int64_t n, int64_t b_sk, int64_t b_sn, float *c, int nb,
                     int f, float mmax, int emin, int emax, int nearest, int f32_bound_ok,
-                    int f32_max_grid, int nthreads)
+                    int f32_max_grid, int nthreads, const int32_t *rnd_a, const int32_t *rnd_b)
 {
     const fmt_t F = {nb, f, emin, nearest, mmax};
     const int64_t kblocks = (kdim + nb - 1) / nb, kpad = kblocks * nb;
     const int64_t nblk = kblocks * (m > n ? m : n);
-    operand_t A = {a, m, kdim, a_sm, a_sk, kblocks, NULL, NULL, 0, 0, 0, 0};
-    operand_t B = {b, n, kdim, b_sn, b_sk, kblocks, NULL, NULL, 0, 0, 0, 0};
+    operand_t A = {a, rnd_a, m, kdim, a_sm, a_sk, kblocks, NULL, NULL, 0, 0, 0, 0};
+    operand_t B = {b, rnd_b, n, kdim, b_sn, b_sk, kblocks, NULL, NULL, 0, 0, 0, 0};
     scratch_t tmp = {{0}};
     int rc = -1;
     A.abits = ws_get(0, kblocks * m * sizeof(uint32_t), &tmp);
@@ -503,7 +578,11 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
     if (!xpack || !ypack || !scale || !scratch) goto done;
     int64_t xrs, xks;
     block_scales(X, &F, scale, unscale);
-    if (X->sr == 1 && X->sk != 1) {   /* rows contiguous: MR-row panels, one k at a time */
+    if (X->rnd) {                     /* stochastic: row-major */
+        quantize_rows_sr(X, &F, 0, X->rows, kpad, scale, unscale, xpack);
+        memset(xpack + X->rows * kpad, 0, (xpanels * MR - X->rows) * kpad * sizeof(float));
+        xrs = kpad, xks = 1;
+    } else if (X->sr == 1 && X->sk != 1) {   /* rows contiguous: MR-row panels, by k */
         if (nearest)
             quantize_panels_by_k(X, &F, MR, 1, kpad, scale, unscale, xpack);
         else
@@ -515,7 +594,7 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
         xrs = kpad, xks = 1;
     }
     block_scales(Y, &F, scale, unscale);
-    if (Y->sr == 1 && Y->sk != 1) {
+    if (Y->sr == 1 && Y->sk != 1 && !Y->rnd) {
         if (nearest)
             quantize_panels_by_k(Y, &F, NR, 1, kpad, scale, unscale, ypack);
         else

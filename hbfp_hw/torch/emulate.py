@@ -808,13 +808,13 @@ def _gemm(a, b, fmt, seed_a, seed_b):
     if a.device.type != "cpu":
         # The pure-torch path: the fused kernel and the fast path's workspace are CPU-only.
         return _gemm_general(a, b, fmt, seed_a, seed_b)
-    if fmt.rounding is not Rounding.STOCHASTIC:
-        out = native.fused_gemm(a, b, fmt, _fast_format(fmt).bound <= 1 << 24,
-                                _f32_max_grid(fmt))
-        if out is None:                     # the fused kernel is off or unavailable
-            out = _gemm_fast(a, b, fmt)
-        if out is not None and out is not native.NOT_FAST:
-            return out
+    stochastic = fmt.rounding is Rounding.STOCHASTIC
+    out = native.fused_gemm(a, b, fmt, _fast_format(fmt).bound <= 1 << 24,
+                            _f32_max_grid(fmt), (seed_a, seed_b) if stochastic else None)
+    if out is None and not stochastic:      # the fused kernel is off or unavailable
+        out = _gemm_fast(a, b, fmt)
+    if out is not None and out is not native.NOT_FAST:
+        return out
     return _gemm_general(a, b, fmt, seed_a, seed_b)
 
 

@@ -104,8 +104,12 @@ def _build(source=_SOURCE):
     fn = lib.hbfp_fused_gemm
     i64, i32 = ctypes.c_int64, ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ctypes.c_void_p, i64, i64, i64,
-                   ctypes.c_void_p, i32, i32, ctypes.c_float, i32, i32, i32, i32, i32, i32]
+                   ctypes.c_void_p, i32, i32, ctypes.c_float, i32, i32, i32, i32, i32, i32,
+                   ctypes.c_void_p, ctypes.c_void_p]
     fn.restype = i32
+    bits = lib.hbfp_sr_bits
+    bits.argtypes = [ctypes.c_uint32, i64, i32, ctypes.c_void_p]
+    bits.restype = None
     return lib
 
 
@@ -141,9 +145,20 @@ def enabled(flag):
         _enabled = before
 
 
-def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid):
+def sr_bits(seed, rows, kblocks, nb):
+    """The stochastic-rounding values of ``rows x kblocks`` blocks (``golden.random_bits``
+    reshaped to ``[rows, kblocks * nb]``, int32), made by the C kernel; None if unavailable."""
+    lib = _library() if _enabled else None
+    if lib is None:
+        return None
+    out = torch.empty(rows, kblocks * nb, dtype=torch.int32)
+    lib.hbfp_sr_bits(seed, rows * kblocks, nb, out.data_ptr())
+    return out
+
+
+def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     """Return the HBFP product ``a @ b`` of CPU float32 matrices (any strides) computed by the
-    fused kernel, for a nearest-even or toward-zero ``fmt``.
+    fused kernel; ``seeds`` = ``(seed_a, seed_b)`` for a stochastic ``fmt``.
 
     Returns ``None`` when the kernel is disabled or unavailable, and :data:`NOT_FAST` when the
     operands need the general path (exponents at the ends of the range; see
@@ -158,12 +173,18 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid):
     n = b.shape[1]
     threads = torch.get_num_threads() if m * n * kdim >= _THREAD_MIN_MACS else 1
     out = torch.empty(m, n, dtype=torch.float32)
+    rnd_a = rnd_b = None
+    if fmt.rounding is Rounding.STOCHASTIC:
+        kblocks = -(-kdim // fmt.block_size)
+        rnd_a = sr_bits(seeds[0], m, kblocks, fmt.block_size)
+        rnd_b = sr_bits(seeds[1], n, kblocks, fmt.block_size)
     rc = lib.hbfp_fused_gemm(
         a.data_ptr(), m, kdim, a.stride(0), a.stride(1),
         b.data_ptr(), n, b.stride(0), b.stride(1), out.data_ptr(),
         fmt.block_size, fmt.fraction_bits, float(fmt.max_mantissa), fmt.min_exponent,
         fmt.max_exponent, int(fmt.rounding is Rounding.NEAREST_EVEN), int(f32_bound_ok),
-        f32_max_grid, threads)
+        f32_max_grid, threads, None if rnd_a is None else rnd_a.data_ptr(),
+        None if rnd_b is None else rnd_b.data_ptr())
     if rc == 1:
         return NOT_FAST
     if rc != 0:

@@ -771,10 +771,15 @@ def _require(family):
 
 
 @pytest.mark.synth
+@pytest.mark.slow
 def test_real_sweep_smallest_unit_ice40(tmp_path, monkeypatch):
     """The smallest dot-product unit (w2, block 2, BF16 in) and the FP32 baseline, placed and
     routed for real on the UP5K with two seeds, at the target's pipeline depths (the
-    constructors' defaults); the second run comes from the cache."""
+    constructors' defaults); the second run comes from the cache.
+
+    Slow (about 4 min: two syntheses, four placements): the default run proves the real iCE40
+    and ECP5 flows with the board builds of tests/fpga/test_build.py and the sweep's flow
+    against fake tools above."""
     _require("ice40")
     for var in ("YOSYS", "NEXTPNR_ICE40", "ICEPACK"):
         monkeypatch.delenv(var, raising=False)

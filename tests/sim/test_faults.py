@@ -68,12 +68,13 @@ def test_verify_cli_reports_first_mismatch(tmp_path):
 
 
 def test_verify_cli_passes(tmp_path):
+    # w16 b16: the configuration of the grid's to-float point, whose cached build this reuses.
     proc = subprocess.run(
-        [sys.executable, "-m", "hbfp_hw.cli", "verify", "--mantissa-bits", "4",
-         "--block-size", "4", "--unit", "to-float", "--vectors", "300", "--seed", "5"],
+        [sys.executable, "-m", "hbfp_hw.cli", "verify", "--mantissa-bits", "16",
+         "--block-size", "16", "--unit", "to-float", "--vectors", "300", "--seed", "5"],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("PASS hbfp_to_float_w4b4 on verilator: 300 vectors, "
+    assert proc.stdout.startswith("PASS hbfp_to_float_bfp16 on verilator: 300 vectors, "
                                   "300/300 outputs, 0 mismatches")
 
 

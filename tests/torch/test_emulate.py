@@ -326,11 +326,24 @@ def test_general_path_where_the_fast_one_does_not_apply(fmt, a_range, b_range, p
     assert paths == [False]
 
 
-def test_stochastic_rounding_takes_the_general_path(paths):
-    rng = np.random.default_rng(24)
-    _check(clustered(rng, (9, 48)), clustered(rng, (48, 7)), BFPFormat(8, 16, "stochastic"),
-           seed=3)
-    assert paths == []
+@pytest.mark.parametrize("fmt", [BFPFormat(8, 16, "stochastic"), BFPFormat(4, 8, "stochastic"),
+                                 BFPFormat(12, 32, "stochastic"), BFPFormat(3, 4, "stochastic")],
+                         ids=lambda f: f.name)
+@pytest.mark.parametrize("layouts", ["rr", "rc", "cr", "cc"])
+def test_stochastic_rounding_in_the_fused_kernel(fmt, layouts, paths):
+    """The fused kernel rounds stochastically (its own PRNG, the contract's bits); the torch
+    path takes the general path for it."""
+    rng = np.random.default_rng(zlib.crc32(f"sr{fmt.name}{layouts}".encode()))
+    a, b = clustered(rng, (37, 300)), clustered(rng, (300, 21))
+    a[3, :5] = torch.tensor([float("nan"), 1.0, 2.0 ** -140, -0.0, 3.0])
+    _check(_layout(a, layouts[0]), _layout(b, layouts[1]), fmt, seed=3)
+    assert paths == ([True] if native.available() else [])
+
+
+def test_kernel_prng_is_the_contract_prng():
+    bits = native.sr_bits(0xDEADBEEF, 5, 7, 16)
+    ref = golden.random_bits(0xDEADBEEF, 35, 16).astype(np.int32).reshape(5, 112)
+    assert np.array_equal(bits.numpy(), ref)
 
 
 # -- the pure-torch path that other devices (CUDA) run ------------------------------------------

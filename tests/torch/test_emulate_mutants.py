@@ -159,7 +159,16 @@ NATIVE_MUTANTS = {
     "native-nan-not-canonical": ("dst[q] = src[q] != src[q] ? nan : src[q];", "dst[q] = src[q];"),
     "native-exponent-off-by-one": ("k_base - (int32_t)(u & EXP_MASK)",
                                    "k_base - (int32_t)(u & EXP_MASK) + (1 << 23)"),
+    # stochastic rounding in the kernel
+    "native-sr-bits-not-added": ("const int64_t q = (int64_t)(mag * 65536.0f) + r;",
+                                 "const int64_t q = (int64_t)(mag * 65536.0f);"),
+    "native-sr-lane-constant": ("0x9E3779B9u * (uint32_t)(l + 1)", "0x9E3779B9u * (uint32_t)l"),
+    "native-sr-no-saturation": ("    v = v > mm ? mm : v;\n    return copysignf",
+                                "    return copysignf"),
 }
+#: The format each native mutant is checked with (default bfp8 nearest-even).
+NATIVE_MUTANT_FORMATS = {name: BFPFormat(8, 16, Rounding.STOCHASTIC)
+                         for name in NATIVE_MUTANTS if name.startswith("native-sr-")}
 
 
 @pytest.mark.parametrize("name", NATIVE_MUTANTS)
@@ -172,7 +181,7 @@ def test_native_mutant_is_caught(name, monkeypatch, tmp_path):
     mutant = tmp_path / "_fused.c"
     mutant.write_text(source.replace(old, new))
     monkeypatch.setenv("HBFP_HW_CACHE", str(tmp_path / "cache"))
-    fmt = BFPFormat(8, 16)
+    fmt = NATIVE_MUTANT_FORMATS.get(name, BFPFormat(8, 16))
     assert not _mismatch_found(fmt)                      # the real kernel is exact
     monkeypatch.setattr(native, "_lib", native._build(mutant))
     assert _mismatch_found(fmt)
