@@ -30,14 +30,14 @@ from pathlib import Path
 from docs_section import DOC, update_section
 
 from hbfp_hw.fpga.boards import BuildConfig
-from hbfp_hw.fpga.build import (
+from hbfp_hw.fpga.boards.build import (
     DEFAULT_SEED_ATTEMPTS,
     BuildError,
     TimingError,
     build,
     parse_nextpnr_log,
 )
-from hbfp_hw.fpga.build_report import default_out_dir
+from hbfp_hw.fpga.boards.build_report import default_out_dir
 
 HEADING = ("## FPGA build: default bfp8 GEMM system on the ULX3S LFE5U-85F "
            "(`bench/fpga_build.py`)")

@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python bench/offload.py [--update-docs] [--baud 3000000] [--repeat 3]
 
 Two parts, both through the real driver (``hbfp_hw.Device``) and the simulated board (the
-``GemmSystem`` gateware under Verilator, :mod:`hbfp_hw.fpga.simboard`); every result is checked
+``GemmSystem`` gateware under Verilator, :mod:`hbfp_hw.fpga.host.simboard`); every result is checked
 bit for bit against ``golden.gemm``. The build is done (or taken from the cache) before timing.
 
 1. **Simulation speed** (no line-rate model): wall time of one GEMM for several shapes, with
@@ -53,8 +53,8 @@ import numpy as np
 from docs_section import update_section
 
 from hbfp_hw import golden
-from hbfp_hw.fpga.driver import Device
-from hbfp_hw.fpga.simboard import SimConfig, build
+from hbfp_hw.fpga.host.driver import Device
+from hbfp_hw.fpga.host.simboard import SimConfig, build
 
 HEADING = None                                  # the section starts with its own heading
 SHAPES = [(16, 16, 16), (64, 64, 64), (128, 128, 128), (64, 512, 64), (256, 64, 256)]

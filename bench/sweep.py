@@ -34,7 +34,7 @@ from pathlib import Path
 from docs_section import DOC, update_section
 
 from hbfp_hw import cli
-from hbfp_hw.fpga import sweep
+from hbfp_hw.fpga.sweep import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Design-space sweep: BFP dot-product units vs FP32 MACs (`hbfp-hw sweep`)"

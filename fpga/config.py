@@ -1,9 +1,10 @@
 """The system configuration: one frozen object that names a build of the device.
 
 A :class:`SystemConfig` is built once and handed whole to the gateware
-(:class:`~hbfp_hw.fpga.engine.GemmSystem`), the board build
+(:class:`~hbfp_hw.fpga.system.engine.GemmSystem`), the board build
 (:class:`~hbfp_hw.fpga.boards.BuildConfig`), the simulated board
-(:class:`~hbfp_hw.fpga.simboard.SimConfig`) and the driver's INFO check. It holds the one set of
+(:class:`~hbfp_hw.fpga.host.simboard.SimConfig`) and the driver's INFO check. It holds the one
+set of
 defaults (the field defaults below) and the named presets of the builds that exist
 (:data:`PRESETS`, :meth:`SystemConfig.preset`).
 
@@ -25,7 +26,7 @@ from hbfp_hw.formats import BFP8, BFPFormat, FloatFormat, Rounding, resolve_form
 __all__ = ["SystemConfig", "PRESETS", "DEFAULT_PRESET"]
 
 #: The protocol version the build hash covers (``protocol.PROTOCOL_VERSION``, checked by a test:
-#: protocol.py imports Amaranth, this module does not).
+#: protocol/frames.py imports Amaranth, this module does not).
 _PROTOCOL_VERSION = 4
 
 

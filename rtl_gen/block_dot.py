@@ -1,7 +1,7 @@
 """HBFP dot products of already-quantized BFP blocks: ``MacTree -> BlockToFloat -> FPAccumulator``.
 
 :class:`BlockDotUnit` is the part of a :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit`
-after its two quantizers. The GEMM engine (:mod:`hbfp_hw.fpga.engine`), whose buffers hold
+after its two quantizers. The GEMM engine (:mod:`hbfp_hw.fpga.system.engine`), whose buffers hold
 blocks, uses it directly; :class:`~hbfp_hw.rtl_gen.dot_product.DotProductUnit` puts two
 :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` in front of it.
 

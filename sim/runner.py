@@ -16,8 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hbfp_hw.cache import cache_root
 from hbfp_hw.sim import toolchain
+from hbfp_hw.tools.cache import cache_root
 
 __all__ = ["cache_dir", "build", "run_unit", "TIMESCALE", "TB_MODULE"]
 

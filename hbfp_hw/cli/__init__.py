@@ -40,9 +40,9 @@ def _user_faults():
     """Exception classes of the product modules that mean "the user's to fix", from the
     modules already imported (a module that was never imported raised nothing)."""
     found = [CommandError]
-    for module, names in (("hbfp_hw.fpga.transport", ("DeviceError",)),
-                          ("hbfp_hw.fpga.build", ("BuildError",)),
-                          ("hbfp_hw.fpga.simboard", ("BuildError",)),
+    for module, names in (("hbfp_hw.fpga.host.transport", ("DeviceError",)),
+                          ("hbfp_hw.fpga.boards.build", ("BuildError",)),
+                          ("hbfp_hw.fpga.host.simboard.simboard", ("BuildError",)),
                           ("hbfp_hw.torch.backends", ("BackendUnavailableError",))):
         mod = sys.modules.get(module)
         for name in names:

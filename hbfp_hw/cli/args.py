@@ -341,7 +341,7 @@ def check_sim_options(flag, url):
     validation, not parse time: it constructs, without elaborating, the board's system)."""
     if not url.startswith("sim://"):
         return url
-    from hbfp_hw.fpga.simboard import SimConfig
+    from hbfp_hw.fpga.host.simboard import SimConfig
 
     try:
         SimConfig.from_query(urlsplit(url).query).gateware()

@@ -22,7 +22,7 @@ FLAGS = {"lanes": "--lanes", "clock_mhz": "--clock-mhz", "baud": "--baud",
 
 def add_parser(sub):
     from hbfp_hw.fpga.boards import BOARDS, DEFAULT_BAUD, DEFAULT_BOARD
-    from hbfp_hw.fpga.build import DEFAULT_SEED, DEFAULT_SEED_ATTEMPTS
+    from hbfp_hw.fpga.boards.build import DEFAULT_SEED, DEFAULT_SEED_ATTEMPTS
 
     w_lo, w_hi = MANTISSA_BITS_RANGE
     n_lo, n_hi = cli_args.RTL_BLOCK_SIZE_RANGE
@@ -95,8 +95,8 @@ def _config_error(exc):
 
 
 def validate(args):
-    from hbfp_hw.fpga.boards import BOARDS, _default_system
-    from hbfp_hw.fpga.build import programmer_missing_reason
+    from hbfp_hw.fpga.boards.boards import BOARDS, _default_system
+    from hbfp_hw.fpga.boards.build import programmer_missing_reason
 
     try:
         config = config_from_args(args)
@@ -118,8 +118,8 @@ def validate(args):
 
 
 def run(args):
-    from hbfp_hw.fpga import build_report
-    from hbfp_hw.fpga.build import BuildError, TimingError, build, program
+    from hbfp_hw.fpga.boards import build_report
+    from hbfp_hw.fpga.boards.build import BuildError, TimingError, build, program
 
     config = args.config
     out = Path(args.out) if args.out else build_report.default_out_dir(config)

@@ -92,7 +92,7 @@ def run(args):
 
     offload = None
     if args.device != "none":
-        from hbfp_hw.fpga.driver import demo_offload
+        from hbfp_hw.fpga.host.driver import demo_offload
 
         print(f"\nThe same kind of GEMM offloaded to the device {args.device!r} "
               f"(the simulated board runs the real gateware under Verilator; the first run "

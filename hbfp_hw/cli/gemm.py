@@ -39,7 +39,7 @@ def run(args):
     import numpy as np
 
     from hbfp_hw import golden
-    from hbfp_hw.fpga.driver import Device
+    from hbfp_hw.fpga.host.driver import Device
 
     rng = np.random.default_rng(args.seed)
     a = rng.standard_normal((args.m, args.k)).astype(np.float32)

@@ -28,7 +28,7 @@ def add_parser(sub):
 
 
 def validate(args):
-    from hbfp_hw.fpga.server import is_loopback
+    from hbfp_hw.fpga.host.server import is_loopback
 
     cli_args.check_sim_options("--device", args.device)
 
@@ -50,7 +50,7 @@ def validate(args):
 
 
 def run(args):
-    from hbfp_hw.fpga.server import DeviceServer
+    from hbfp_hw.fpga.host.server import DeviceServer
 
     try:
         server = DeviceServer(args.device, args.listen, allow_remote=args.allow_remote,

@@ -111,7 +111,7 @@ class DeviceBackend:
     name = "device"
 
     def __init__(self, device="sim"):
-        from hbfp_hw.fpga.driver import Device, DeviceError
+        from hbfp_hw.fpga.host.driver import Device, DeviceError
 
         if _is_device_object(device):
             self.device, self.url, self._owned = device, getattr(device, "url", repr(device)), \
@@ -128,7 +128,7 @@ class DeviceBackend:
         """Raise ``FormatMismatch`` unless ``fmt`` (a BFPFormat or ``None``) is the device's."""
         if fmt is None or fmt == self.fmt:
             return
-        from hbfp_hw.fpga.driver import FormatMismatch
+        from hbfp_hw.fpga.host.driver import FormatMismatch
 
         what = f"the {role} GEMM" if role else "this GEMM"
         raise FormatMismatch(

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from hbfp_hw.cache import cache_root
 from hbfp_hw.formats import Rounding
+from hbfp_hw.tools.cache import cache_root
 
 __all__ = ["available", "fused_gemm", "enabled", "NOT_FAST"]
 

@@ -10,8 +10,8 @@ from hbfp_hw.cli import build_parser, main
 from hbfp_hw.cli.build import config_from_args
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.fpga.boards import BuildConfig
-from hbfp_hw.fpga.build import TimingError
-from hbfp_hw.fpga.build_report import default_out_dir
+from hbfp_hw.fpga.boards.build import TimingError
+from hbfp_hw.fpga.boards.build_report import default_out_dir
 
 
 def test_config_from_args():
@@ -51,7 +51,7 @@ def test_defaults():
 
 def _fake_runs(monkeypatch, tmp_path, fmax_by_seed, target=100.0):
     """Replace the tool run by reports whose Fmax depends on the seed; return the seeds run."""
-    from hbfp_hw.fpga import build as build_module
+    from hbfp_hw.fpga.boards import build as build_module
     runs = []
 
     def fake_once(config, out_dir, *, seed, **kwargs):
@@ -70,7 +70,7 @@ def _fake_runs(monkeypatch, tmp_path, fmax_by_seed, target=100.0):
 
 def test_seed_attempts(monkeypatch, tmp_path, capsys):
     runs = _fake_runs(monkeypatch, tmp_path, {1: 90.64, 2: 93.0, 3: 99.9})
-    monkeypatch.setattr("hbfp_hw.fpga.build_report.format_report", lambda report: "")
+    monkeypatch.setattr("hbfp_hw.fpga.boards.build_report.format_report", lambda report: "")
     assert main(["build", "--out", str(tmp_path), "--quiet"]) == 1
     assert runs == [1, 2, 3]
     err = capsys.readouterr().err
@@ -79,7 +79,7 @@ def test_seed_attempts(monkeypatch, tmp_path, capsys):
 
 
 def test_timing_failure_prints_critical_clock(monkeypatch, tmp_path, capsys):
-    from hbfp_hw.fpga import build as build_module
+    from hbfp_hw.fpga.boards import build as build_module
 
     report = {
         "config": BuildConfig().to_dict(),
@@ -104,7 +104,7 @@ def test_timing_failure_prints_critical_clock(monkeypatch, tmp_path, capsys):
 
 def test_build_error_is_one_line(monkeypatch, tmp_path, capsys):
     """A tool that fails is the user's to fix (its log is named): one line, exit code 2."""
-    from hbfp_hw.fpga import build as build_module
+    from hbfp_hw.fpga.boards import build as build_module
 
     def fake_build(config, out, **kwargs):
         raise build_module.BuildError("nextpnr-ecp5 failed (exit code 1); log: x.log\ntail")

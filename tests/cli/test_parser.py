@@ -18,7 +18,7 @@ def test_parsing_imports_neither_torch_nor_cocotb():
             "p.parse_args(['train', '--model', 'cnn']); p.parse_args(['verify']); "
             "p.parse_args(['sweep']); p.parse_args(['gemm']); "
             "print(sorted(m for m in ('torch', 'cocotb', 'matplotlib', 'hbfp_hw.sim.runner', "
-            "'hbfp_hw.fpga.driver') if m in sys.modules))")
+            "'hbfp_hw.fpga.host.driver') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ from hbfp_hw.sim import toolchain
 
 @pytest.fixture(scope="session")
 def sim_config():
-    from hbfp_hw.fpga.simboard import SimConfig, build
+    from hbfp_hw.fpga.host.simboard import SimConfig, build
     reason = toolchain.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
@@ -25,7 +25,7 @@ SMALL = "a_blocks=64&b_blocks=64&c_words=64&max_payload=256"
 @pytest.fixture(scope="session")
 def small_sim_url():
     """URL of a small simulated board (built once, cached): large-K GEMMs are fast on it."""
-    from hbfp_hw.fpga.simboard import SimConfig, build
+    from hbfp_hw.fpga.host.simboard import SimConfig, build
     reason = toolchain.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
@@ -35,7 +35,7 @@ def small_sim_url():
 
 @pytest.fixture(scope="module")
 def sim_device(sim_config):
-    from hbfp_hw.fpga.driver import Device
+    from hbfp_hw.fpga.host.driver import Device
     with Device.open("sim", progress=True) as dev:
         yield dev
 

@@ -8,8 +8,9 @@ import pytest
 
 import hbfp_hw
 from hbfp_hw import golden
-from hbfp_hw.fpga import driver, protocol
-from hbfp_hw.fpga.driver import (
+from hbfp_hw.fpga import protocol
+from hbfp_hw.fpga.host import driver
+from hbfp_hw.fpga.host.driver import (
     Device,
     DeviceNotFound,
     FormatMismatch,
@@ -281,7 +282,7 @@ def test_accumulate_refused_when_it_does_not_continue_c(small_sim_url):
 
 def test_rx_fifo_and_tx_buffer_are_the_boards():
     from hbfp_hw.fpga.boards import BOARDS, DEFAULT_BOARD
-    from hbfp_hw.fpga.simboard import SimConfig
+    from hbfp_hw.fpga.host.simboard import SimConfig
     assert SimConfig().rx_fifo == BOARDS[DEFAULT_BOARD].rx_fifo_depth
     assert SimConfig().system.tx_buffer == BOARDS[DEFAULT_BOARD].system.tx_buffer
 

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from hbfp_hw.fpga import protocol
+from hbfp_hw.fpga.host.transport import SimTransport
 from hbfp_hw.fpga.protocol import SYNC, Cmd, FrameParser
-from hbfp_hw.fpga.transport import SimTransport
 
 
 def fuzz_input(rng, max_payload):

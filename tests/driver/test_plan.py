@@ -5,7 +5,7 @@ import functools
 import pytest
 
 from hbfp_hw.fpga import protocol
-from hbfp_hw.fpga.driver import (
+from hbfp_hw.fpga.host.driver import (
     _frames_time,
     _growth_frames,
     _growth_iter,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from hbfp_hw import golden
-from hbfp_hw.fpga.driver import Device, DeviceError, DeviceTimeout
-from hbfp_hw.fpga.transport import FaultInjectingTransport, SimTransport
+from hbfp_hw.fpga.host.driver import Device, DeviceError, DeviceTimeout
+from hbfp_hw.fpga.host.transport import FaultInjectingTransport, SimTransport
 
 
 def run_campaign(config, count, seed, **faults):

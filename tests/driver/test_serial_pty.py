@@ -10,8 +10,8 @@ import tty
 import numpy as np
 import pytest
 
-from hbfp_hw.fpga.driver import Device, DeviceBusy
-from hbfp_hw.fpga.transport import SimTransport
+from hbfp_hw.fpga.host.driver import Device, DeviceBusy
+from hbfp_hw.fpga.host.transport import SimTransport
 
 from .conftest import assert_bit_exact, random_operands
 
@@ -80,7 +80,7 @@ def test_second_opener_gets_a_clear_error(pty_board):
         with pytest.raises(DeviceBusy, match=r"already in use by pid \d+.*hbfp-hw serve"):
             Device.open(url)
         # ... and another process.
-        code = ("from hbfp_hw.fpga.driver import Device, DeviceBusy\n"
+        code = ("from hbfp_hw.fpga.host.driver import Device, DeviceBusy\n"
                 "try:\n"
                 f"    Device.open({url!r})\n"
                 "except DeviceBusy as exc:\n"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from hbfp_hw.fpga import protocol
-from hbfp_hw.fpga.driver import Device, DeviceNotFound
+from hbfp_hw.fpga.host.driver import Device, DeviceNotFound
+from hbfp_hw.fpga.host.server import DeviceServer, is_loopback, parse_listen
 from hbfp_hw.fpga.protocol import Cmd, FrameParser
-from hbfp_hw.fpga.server import DeviceServer, is_loopback, parse_listen
 
 from .conftest import assert_bit_exact, random_operands
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hbfp_hw.fpga.transport import (
+from hbfp_hw.fpga.host.transport import (
     DeviceBusy,
     DeviceNotFound,
     FaultInjectingTransport,
@@ -99,7 +99,7 @@ def test_device_lock(tmp_path, monkeypatch):
     lock = _DeviceLock(str(dev))
     with pytest.raises(DeviceBusy, match=rf"already in use by pid {os.getpid()}"):
         _DeviceLock(str(dev))
-    code = ("import sys\nfrom hbfp_hw.fpga.transport import _DeviceLock, DeviceBusy\n"
+    code = ("import sys\nfrom hbfp_hw.fpga.host.transport import _DeviceLock, DeviceBusy\n"
             f"try:\n    _DeviceLock({str(dev)!r})\nexcept DeviceBusy as e:\n"
             "    print('BUSY', e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -108,7 +108,7 @@ def test_device_lock(tmp_path, monkeypatch):
     lock.release()
     _DeviceLock(str(dev)).release()                      # free again
     # A holder that dies releases the lock (flock belongs to the open file).
-    subprocess.run([sys.executable, "-c", f"from hbfp_hw.fpga.transport import _DeviceLock\n"
+    subprocess.run([sys.executable, "-c", f"from hbfp_hw.fpga.host.transport import _DeviceLock\n"
                     f"_DeviceLock({str(dev)!r})\n"],
                    env=dict(os.environ, HBFP_HW_LOCK_DIR=str(tmp_path)), check=True,
                    timeout=60)

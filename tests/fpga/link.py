@@ -24,7 +24,7 @@ class LinkTimeout(AssertionError):
 
 
 class SimLink:
-    """Host end of the byte streams of a :class:`~hbfp_hw.fpga.engine.GemmSystem`."""
+    """Host end of the byte streams of a :class:`~hbfp_hw.fpga.system.engine.GemmSystem`."""
 
     def __init__(self, ctx, dut, *, ready_prob=1.0, gap_prob=0.0, byte_cycles=1, seed=0):
         self.ctx = ctx

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
-from hbfp_hw.fpga.boards import BuildConfig, _default_system
-from hbfp_hw.fpga.simboard import SimConfig
+from hbfp_hw.fpga.boards.boards import BuildConfig, _default_system
+from hbfp_hw.fpga.host.simboard import SimConfig
 from hbfp_hw.rtl_gen.common import TargetFamily
 
 

@@ -140,13 +140,13 @@ def test_elaborate(board, clock_mhz, baud):
 
 def test_default_system_is_gemm_system():
     """Without a factory the top instantiates and elaborates the real GemmSystem."""
-    from hbfp_hw.fpga.engine import GemmSystem
+    from hbfp_hw.fpga.system.engine import GemmSystem
 
     config = BuildConfig(board="icebreaker")
     systems = []
 
     def factory(c):
-        from hbfp_hw.fpga.boards import _default_system
+        from hbfp_hw.fpga.boards.boards import _default_system
         systems.append(_default_system(c))
         return systems[-1]
 

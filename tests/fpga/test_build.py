@@ -13,7 +13,7 @@ import pytest
 
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.fpga.boards import BuildConfig
-from hbfp_hw.fpga.build import (
+from hbfp_hw.fpga.boards.build import (
     INSTALL_HINTS,
     BuildError,
     TimingError,
@@ -234,7 +234,7 @@ def test_program_without_programmer(monkeypatch, tmp_path):
 
 def _fake_runs(monkeypatch, tmp_path, fmax_by_seed, target=100.0):
     """Replace the tool run by reports whose Fmax depends on the seed; return the seeds run."""
-    from hbfp_hw.fpga import build as build_module
+    from hbfp_hw.fpga.boards import build as build_module
     runs = []
 
     def fake_once(config, out_dir, *, seed, **kwargs):
@@ -261,7 +261,7 @@ def test_seed_retry_stops_at_the_first_placement_that_meets_timing(monkeypatch, 
         {"seed": 1, "fmax_mhz": 90.6, "timing_passed": False, "seconds": 11.0},
         {"seed": 2, "fmax_mhz": 100.9, "timing_passed": True, "seconds": 12.0}]
     assert json.loads((tmp_path / "report.json").read_text())["seed"] == 2
-    from hbfp_hw.fpga.build_report import attempts_text
+    from hbfp_hw.fpga.boards.build_report import attempts_text
     assert attempts_text(report) == "2 placements: seed 1 90.60 MHz, seed 2 100.90 MHz"
 
 
@@ -367,7 +367,7 @@ def test_icebreaker_default_build(tmp_path):
 def test_ulx3s_default_build(tmp_path):
     """The default bfp8 build on the LFE5U-85F meets timing at 100 MHz (long: tens of minutes)."""
     _require("ecp5")
-    from hbfp_hw.fpga.build import DEFAULT_SEED_ATTEMPTS
+    from hbfp_hw.fpga.boards.build import DEFAULT_SEED_ATTEMPTS
     report = build(BuildConfig(), tmp_path, progress=False,
                    seed_attempts=DEFAULT_SEED_ATTEMPTS).report
     assert report["timing_passed"] is True

@@ -15,8 +15,8 @@ from hbfp_hw.formats import BFP8, BFPFormat, FloatFormat, Rounding
 from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.boards import BOARDS, BuildConfig, deepest_stages
 from hbfp_hw.fpga.config import DEFAULT_PRESET, PRESETS, SystemConfig
-from hbfp_hw.fpga.engine import GemmSystem
-from hbfp_hw.fpga.simboard import SimConfig
+from hbfp_hw.fpga.host.simboard import SimConfig
+from hbfp_hw.fpga.system.engine import GemmSystem
 
 from .netlist_equiv import netlist, systems
 
@@ -153,7 +153,8 @@ def test_gemm_system_takes_the_config_whole():
     assert not {f.name for f in dataclasses.fields(type(BOARDS["icebreaker"]))} & set(FIELDS)
 
 
-@pytest.mark.parametrize("module", ["boards.py", "simboard.py", "build.py", "engine.py"])
+@pytest.mark.parametrize("module", ["boards/boards.py", "host/simboard/simboard.py",
+                                    "boards/build.py", "system/engine.py"])
 def test_every_default_appears_once(module):
     """No second copy of a SystemConfig default: no field set to a literal outside config.py."""
     text = (FPGA / module).read_text()
@@ -185,12 +186,13 @@ def test_presets_elaborate_as_the_defaults_replaced(name):
 def test_host_code_builds_no_gateware_but_the_simulated_board():
     """The host modules import neither the gateware nor the board build; the simulated board
     is the one host module that builds gateware (``SimConfig.gateware``, imported lazily)."""
-    code = ("import sys; import hbfp_hw.fpga.driver, hbfp_hw.fpga.transport, "
-            "hbfp_hw.fpga.server, hbfp_hw.fpga.simboard; "
-            "sys.exit(any(m in sys.modules for m in ('hbfp_hw.fpga.engine', "
-            "'hbfp_hw.fpga.decoder', 'hbfp_hw.fpga.boards')))")
+    code = ("import sys; import hbfp_hw.fpga.host.driver, hbfp_hw.fpga.host.transport, "
+            "hbfp_hw.fpga.host.server, hbfp_hw.fpga.host.simboard; "
+            "sys.exit(any(m in sys.modules for m in ('hbfp_hw.fpga.system.engine', "
+            "'hbfp_hw.fpga.system.decoder', 'hbfp_hw.fpga.boards')))")
     subprocess.run([sys.executable, "-c", code], check=True)
-    edge = re.compile(r"^\s*from \.(engine|decoder|boards|build) import", re.M)
-    for module in ("driver.py", "transport.py", "server.py", "config.py", "protocol.py"):
+    edge = re.compile(r"^\s*from \.+(?:\w+\.)*(engine|decoder|boards|build) import", re.M)
+    for module in ("host/driver.py", "host/transport.py", "host/server.py", "config.py",
+                   "protocol/frames.py"):
         assert not edge.findall((FPGA / module).read_text()), module
-    assert edge.findall((FPGA / "simboard.py").read_text()) == ["engine"]
+    assert edge.findall((FPGA / "host/simboard/simboard.py").read_text()) == ["engine"]

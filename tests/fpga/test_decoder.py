@@ -17,8 +17,6 @@ from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.config import SystemConfig
-from hbfp_hw.fpga.decoder import crc32_next
-from hbfp_hw.fpga.engine import GemmSystem
 from hbfp_hw.fpga.protocol import (
     COMPUTE_ARGS_LAYOUT,
     NACK,
@@ -30,6 +28,8 @@ from hbfp_hw.fpga.protocol import (
     Wire,
     to_bytes,
 )
+from hbfp_hw.fpga.system.decoder import crc32_next
+from hbfp_hw.fpga.system.engine import GemmSystem
 
 from .link import LinkTimeout, device_gemm, read_c, run_link
 

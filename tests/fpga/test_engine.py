@@ -15,8 +15,8 @@ from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.config import SystemConfig
-from hbfp_hw.fpga.engine import BlockDotUnit, GemmEngine, GemmSystem
 from hbfp_hw.fpga.protocol import Cmd, Status, Wire
+from hbfp_hw.fpga.system.engine import BlockDotUnit, GemmEngine, GemmSystem
 
 from .link import compute_args, device_gemm, read_args, read_c, run_link, tile_sizes
 

@@ -2,7 +2,8 @@
 """Design-space sweep: parameters, the port-register wrapper, caching, metrics, CLI, real runs.
 
 Most tests run the whole sweep flow against fake ``yosys``/``nextpnr`` scripts (set through
-the ``YOSYS`` / ``NEXTPNR_*`` variables that :func:`~hbfp_hw.fpga.build.toolchain_env` keeps),
+the ``YOSYS`` / ``NEXTPNR_*`` variables that
+:func:`~hbfp_hw.fpga.boards.build.toolchain_env` keeps),
 which log like the real tools and count their calls. The ``synth`` tests run the real YoWASP
 tools on the smallest dot-product unit.
 """
@@ -23,8 +24,7 @@ from amaranth.sim import Simulator
 
 from hbfp_hw.cli import main
 from hbfp_hw.formats import BFP8, BFPFormat
-from hbfp_hw.fpga import sweep
-from hbfp_hw.fpga.build import missing_tools
+from hbfp_hw.fpga.boards.build import missing_tools
 from hbfp_hw.fpga.sweep import (
     TARGETS,
     RegisteredPorts,
@@ -38,6 +38,7 @@ from hbfp_hw.fpga.sweep import (
     parse_stages,
     resolve_params,
     run_sweep,
+    sweep,
     verilog_digest,
 )
 

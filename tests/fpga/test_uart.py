@@ -7,7 +7,7 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
-from hbfp_hw.fpga.uart import UARTReceiver, UARTTransmitter, baud_divisor
+from hbfp_hw.fpga.system.uart import UARTReceiver, UARTTransmitter, baud_divisor
 
 CLOCK_HZ = 12_000_000
 BAUD = 3_000_000          # 4 cycles per bit, the iCEBreaker setting

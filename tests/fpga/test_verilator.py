@@ -17,8 +17,8 @@ from hbfp_hw import golden
 from hbfp_hw.formats import BFP8
 from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.config import SystemConfig
-from hbfp_hw.fpga.engine import GemmSystem
 from hbfp_hw.fpga.protocol import NACK, REPLY_FLAG, Cmd, Frame, Status, Wire
+from hbfp_hw.fpga.system.engine import GemmSystem
 from hbfp_hw.sim import toolchain
 
 from .link import gemm_plan, place_read

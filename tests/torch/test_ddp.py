@@ -74,7 +74,7 @@ def test_ddp_device_backend_one_board_per_rank(tmp_path):
     reason = toolchain.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
-    from hbfp_hw.fpga.simboard import SimConfig, build
+    from hbfp_hw.fpga.host.simboard import SimConfig, build
 
     build(SimConfig())                  # once, here: the two ranks must not race to build it
     ranks = _torchrun(tmp_path, "device")

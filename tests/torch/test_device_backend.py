@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from hbfp_hw.fpga.driver import DeviceNotFound, FormatMismatch
+from hbfp_hw.fpga.host.driver import DeviceNotFound, FormatMismatch
 from hbfp_hw.sim import toolchain
 from hbfp_hw.torch import convert, hbfp_linear
 from hbfp_hw.torch.backends import close_devices, get_backend
@@ -22,7 +22,7 @@ def sim_board():
     reason = toolchain.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
-    from hbfp_hw.fpga.simboard import SimConfig, build
+    from hbfp_hw.fpga.host.simboard import SimConfig, build
 
     build(SimConfig())                  # the first build takes about a minute; then cached
     yield "sim"

@@ -2,7 +2,7 @@
 
 The server is a frame-level relay. It opens the device with the driver (which checks the
 protocol version), then accepts TCP clients. A client sends request frames and receives the
-device's reply bytes, so a :class:`~hbfp_hw.fpga.transport.TcpTransport` client runs the same
+device's reply bytes, so a :class:`~hbfp_hw.fpga.host.transport.TcpTransport` client runs the same
 driver code as a local one.
 
 - **Loopback by default.** A non-loopback listen address is refused unless ``allow_remote``
@@ -26,7 +26,7 @@ import ipaddress
 import socket
 import threading
 
-from .protocol import FrameParser, encode_frame
+from ..protocol.frames import FrameParser, encode_frame
 from .transport import DeviceError
 
 __all__ = ["DeviceServer", "parse_listen", "is_loopback", "DEFAULT_LISTEN"]

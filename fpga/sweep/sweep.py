@@ -92,11 +92,11 @@ from amaranth.hdl import (
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hbfp_hw.cache import cache_root as hbfp_cache_root
 from hbfp_hw.formats import BFPFormat, FloatFormat, resolve_format
 from hbfp_hw.rtl_gen.common import TargetFamily
+from hbfp_hw.tools.cache import cache_root as hbfp_cache_root
 
-from .build import (
+from ..boards.build import (
     _last_progress_line,
     parse_nextpnr_log,
     parse_yosys_stat,
@@ -1155,7 +1155,7 @@ def _shell_join(argv):
 
 
 def _project_root():
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def _row(state, seeds, root):

@@ -1,14 +1,14 @@
 """Byte transports between the host driver and a GEMM device.
 
-A :class:`Transport` moves raw bytes; the driver (:mod:`hbfp_hw.fpga.driver`) does the framing,
+A :class:`Transport` moves raw bytes; the driver (:mod:`hbfp_hw.fpga.host.driver`) does the framing,
 the sequence numbers and the retries on top of it, so the same driver code runs against all of
 them:
 
 - :class:`SerialTransport`: a real board on a UART (pyserial), locked per device path so that a
   second opener gets a clear :class:`DeviceBusy` instead of a garbled link.
-- :class:`TcpTransport`: a board behind ``hbfp-hw serve`` (:mod:`hbfp_hw.fpga.server`).
+- :class:`TcpTransport`: a board behind ``hbfp-hw serve`` (:mod:`hbfp_hw.fpga.host.server`).
 - :class:`SimTransport`: the simulated board, the real gateware under Verilator
-  (:mod:`hbfp_hw.fpga.simboard`), through its stdin/stdout pipes.
+  (:mod:`hbfp_hw.fpga.host.simboard`), through its stdin/stdout pipes.
 - :class:`FaultInjectingTransport` wraps any of them and drops, corrupts, duplicates and delays
   bytes, truncates frames and inserts garbage, at given rates with a fixed seed.
 
@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import protocol as _protocol
+from ..protocol import frames as _protocol
 
 __all__ = [
     "DeviceError", "DeviceNotFound", "DeviceBusy", "ProtocolError", "DeviceTimeout",
@@ -220,7 +220,7 @@ class SimTransport(PipeTransport):
 
     Parameters
     ----------
-    config : hbfp_hw.fpga.simboard.SimConfig
+    config : hbfp_hw.fpga.host.simboard.SimConfig
         The build; built and cached on first use (a minute or two).
     progress : bool
         Report the first build on stderr.
@@ -298,7 +298,7 @@ class SimTransport(PipeTransport):
 # -- TCP ----------------------------------------------------------------------------------------
 
 class TcpTransport(Transport):
-    """A board behind ``hbfp-hw serve`` (:mod:`hbfp_hw.fpga.server`)."""
+    """A board behind ``hbfp-hw serve`` (:mod:`hbfp_hw.fpga.host.server`)."""
 
     latency = 0.2
 

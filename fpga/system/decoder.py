@@ -18,7 +18,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .protocol import ARGS_LATCH_BYTES, HEADER_LAYOUT, SYNC, Status, crc32_byte
+from ..protocol.frames import ARGS_LATCH_BYTES, HEADER_LAYOUT, SYNC, Status, crc32_byte
 
 __all__ = ["crc32_next", "FrameDecoder", "FrameEncoder", "frame_event_layout"]
 

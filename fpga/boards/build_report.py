@@ -1,5 +1,5 @@
 """Where builds go and how their reports read: helpers of ``hbfp-hw build`` that the
-benchmarks and tests use too (the build flow itself is :mod:`hbfp_hw.fpga.build`)."""
+benchmarks and tests use too (the build flow itself is :mod:`hbfp_hw.fpga.boards.build`)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 URLs (see docs/driver.md):
 
 - ``"sim"`` or ``"sim://?mantissa_bits=8&block_size=16&lanes=4&baud=0&instance=0"``: the
-  simulated board (the real gateware under Verilator, :mod:`hbfp_hw.fpga.simboard`), started on
+  simulated board (the real gateware under Verilator, :mod:`hbfp_hw.fpga.host.simboard`), started on
   demand; built once per configuration and cached. Devices opened with the same configuration
   and ``instance`` in one process share one board (and one lock).
 - ``"serial:///dev/ttyUSB0?baud=3000000"``: a real board through pyserial.
@@ -35,8 +35,8 @@ import numpy as np
 
 from hbfp_hw.formats import Rounding
 
-from . import protocol
-from .protocol import NACK, REPLY_FLAG, Cmd, FrameParser, Status, Wire
+from ..protocol import frames as protocol
+from ..protocol.frames import NACK, REPLY_FLAG, Cmd, FrameParser, Status, Wire
 from .transport import (
     DeviceBusy,
     DeviceError,
@@ -792,7 +792,7 @@ class Device:
 
     @property
     def transport(self):
-        """The :class:`~hbfp_hw.fpga.transport.Transport` this device talks through."""
+        """The :class:`~hbfp_hw.fpga.host.transport.Transport` this device talks through."""
         return self._t
 
     def status(self):

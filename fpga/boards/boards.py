@@ -32,8 +32,8 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 
 from hbfp_hw.formats import BFPFormat
 
-from .config import SystemConfig
-from .uart import UARTReceiver, UARTTransmitter
+from ..config import SystemConfig
+from ..system.uart import UARTReceiver, UARTTransmitter
 
 __all__ = [
     "Board",
@@ -312,7 +312,7 @@ class BuildConfig:
         # The gateware reports (and times out by) the clock it actually runs at.
         object.__setattr__(self, "system", system.replace(clock_hz=int(round(self.clock_hz))))
         # Fail early on a PLL or UART that cannot be made.
-        from .uart import baud_divisor
+        from ..system.uart import baud_divisor
         baud_divisor(self.clock_hz, self.baud)
 
     @classmethod
@@ -384,7 +384,7 @@ class BuildConfig:
 
 
 def _default_system(config):
-    from .engine import GemmSystem
+    from ..system.engine import GemmSystem
     return GemmSystem(config.system)
 
 
@@ -411,7 +411,7 @@ class BoardTop(Elaboratable):
     system_factory : callable, optional
         ``system_factory(config)`` returns the component between the UART streams (anything
         with ``i_stream: In(stream.Signature(8))`` and ``o_stream: Out(stream.Signature(8))``).
-        Defaults to ``hbfp_hw.fpga.engine.GemmSystem``. Optional 1-bit outputs ``error`` and
+        Defaults to ``hbfp_hw.fpga.system.engine.GemmSystem``. Optional 1-bit outputs ``error`` and
         ``busy`` of that component drive LEDs.
 
     Raises

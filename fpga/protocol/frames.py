@@ -1,6 +1,7 @@
 """The host link protocol of the GEMM engine: the one description of every frame.
 
-The gateware (:mod:`hbfp_hw.fpga.decoder`, :mod:`hbfp_hw.fpga.engine`) and the host side (the
+The gateware (:mod:`hbfp_hw.fpga.system.decoder`, :mod:`hbfp_hw.fpga.system.engine`) and the
+host side (the
 driver, the testbenches) both import this module. Fixed-size structures (the frame header, the
 argument blocks of the commands, the INFO and STATUS replies) are ``amaranth.lib.data``
 layouts; the gateware views its registers through them, and the Python mirror packs and unpacks
@@ -269,7 +270,8 @@ def encode_frame(cmd, seq, payload=b""):
 
 
 class FrameParser:
-    """Incremental frame decoder, the Python mirror of :class:`~hbfp_hw.fpga.decoder.FrameDecoder`.
+    """Incremental frame decoder, the Python mirror of
+    :class:`~hbfp_hw.fpga.system.decoder.FrameDecoder`.
 
     :meth:`feed` takes any bytes and returns the complete frames found; frames with a bad CRC
     or a length above ``max_payload`` are counted in :attr:`errors` and skipped, and the parser

@@ -12,10 +12,10 @@
   each running sum from the value already in C instead, so a K split into chunks at multiples
   of the block size gives exactly the sum over the whole K.
 - :class:`GemmSystem` is the top level that boards and the simulated device instantiate: a
-  :class:`~hbfp_hw.fpga.decoder.FrameDecoder`, a command executor, a
+  :class:`~hbfp_hw.fpga.system.decoder.FrameDecoder`, a command executor, a
   :class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock` that quantizes FP32/BF16 tile data as it
   is written (so each element is quantized once), the engine, a
-  :class:`~hbfp_hw.fpga.decoder.FrameEncoder` and (``tx_buffer > 0``) a transmit buffer that
+  :class:`~hbfp_hw.fpga.system.decoder.FrameEncoder` and (``tx_buffer > 0``) a transmit buffer that
   holds the replies while they leave at the line rate, behind one pair of 8-bit streams.
 
 Buffer organization (docs/protocol.md has the host's view):
@@ -58,10 +58,9 @@ from hbfp_hw.rtl_gen.layout import (
     block_layout,
 )
 
-from . import protocol
-from .config import SystemConfig
-from .decoder import FrameDecoder, FrameEncoder
-from .protocol import (
+from ..config import SystemConfig
+from ..protocol import frames as protocol
+from ..protocol.frames import (
     ARGS_BYTES,
     ARGS_LATCH_BYTES,
     COMPUTE_ARGS_LAYOUT,
@@ -77,6 +76,7 @@ from .protocol import (
     Status,
     Wire,
 )
+from .decoder import FrameDecoder, FrameEncoder
 
 __all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "GemmSystem"]
 

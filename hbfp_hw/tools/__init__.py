@@ -1,0 +1,1 @@
+"""Small helpers shared by the package: :mod:`~hbfp_hw.tools.cache` (the cache root)."""
