@@ -11,6 +11,8 @@ the standard library and :mod:`hbfp_hw.formats`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import re
@@ -344,10 +346,32 @@ def check_sim_options(flag, url):
     from hbfp_hw.fpga.host.simboard import SimConfig
 
     try:
-        SimConfig.from_query(urlsplit(url).query).gateware()
+        with constructed_only():
+            SimConfig.from_query(urlsplit(url).query).gateware()
     except (TypeError, ValueError) as e:
         raise UsageError(f"{flag} {url!r}: {one_line(e)}") from None
     return url
+
+
+@contextlib.contextmanager
+def constructed_only():
+    """Validation constructs gateware (its constructors check the parameters) and never
+    elaborates it. Mark every elaboratable made inside the block as used, also when a
+    constructor raises halfway, so that Amaranth does not warn when they are collected."""
+    from amaranth._unused import MustUse
+
+    def unused():
+        return {id(o): o for o in gc.get_objects()
+                if isinstance(o, MustUse) and not getattr(o, "_MustUse__used", True)}
+
+    before = unused()
+    try:
+        yield
+    finally:
+        for key, obj in unused().items():
+            if key not in before:
+                obj._MustUse__silence = True
+        del before
 
 
 def device_url(flag="--device", *, allow_none=False):

@@ -104,7 +104,8 @@ def validate(args):
                                       config.fmt)
         # Construct (not elaborate) the system the build will make: it checks --lanes and
         # the format against the gateware, in well under a second.
-        _default_system(config)
+        with cli_args.constructed_only():
+            _default_system(config)
     except (TypeError, ValueError) as e:
         raise cli_args.UsageError(_config_error(e)) from None
     if args.program:
