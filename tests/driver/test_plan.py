@@ -5,15 +5,24 @@ import functools
 import pytest
 
 from hbfp_hw.fpga import protocol
-from hbfp_hw.fpga.host.driver import (
-    _frames_time,
-    _growth_frames,
-    _growth_iter,
-    _LineModel,
-    _step_frames,
-    growth_first,
-    growth_steps,
-)
+from hbfp_hw.fpga.host.flow import _LineModel
+from hbfp_hw.fpga.host.planning import _growth_iter, _step_frames, growth_first, growth_steps
+
+
+def _frames_time(frames, c_words=None):
+    """Return the time of the last byte of ``frames`` on the line model (:class:`_LineModel`)."""
+    return _LineModel(c_words=c_words).add(frames).end
+
+
+def _growth_frames(steps, lanes, row_bytes, col_bytes, max_write, tile_words):
+    """Model frames of a whole growth sequence ``steps`` (see :func:`growth_steps`)."""
+    frames = []
+    rows = cols = 0
+    for r1, c1 in steps:
+        frames += _step_frames(rows, cols, r1, c1, lanes=lanes, row_bytes=row_bytes,
+                               col_bytes=col_bytes, max_write=max_write, tile_words=tile_words)
+        rows, cols = max(rows, r1), max(cols, c1)
+    return frames
 
 
 def test_line_model_by_hand():

@@ -7,7 +7,8 @@ import math
 from collections import deque
 
 from hbfp_hw.fpga import protocol
-from hbfp_hw.fpga.host.driver import _Frame, _Op, _RxModel
+from hbfp_hw.fpga.host.flow import _Frame, _RxModel
+from hbfp_hw.fpga.host.planning import _Op
 from hbfp_hw.fpga.protocol import Cmd
 
 ROOM = 496                  # the board's 512-byte FIFO less the driver's margin
