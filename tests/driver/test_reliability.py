@@ -16,7 +16,9 @@ import pytest
 
 from hbfp_hw import golden
 from hbfp_hw.fpga.host.driver import Device, DeviceError, DeviceTimeout
-from hbfp_hw.fpga.host.transport import FaultInjectingTransport, SimTransport
+from hbfp_hw.fpga.host.transport import SimTransport
+
+from .faults import FaultInjectingTransport
 
 
 def run_campaign(config, count, seed, **faults):

@@ -9,10 +9,11 @@ import pytest
 from hbfp_hw.fpga.host.transport import (
     DeviceBusy,
     DeviceNotFound,
-    FaultInjectingTransport,
     PipeTransport,
     _DeviceLock,
 )
+
+from .faults import FaultInjectingTransport
 
 
 class Loopback(PipeTransport):
