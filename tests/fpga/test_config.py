@@ -192,7 +192,7 @@ def test_host_code_builds_no_gateware_but_the_simulated_board():
             "'hbfp_hw.fpga.system.decoder', 'hbfp_hw.fpga.boards')))")
     subprocess.run([sys.executable, "-c", code], check=True)
     edge = re.compile(r"^\s*from \.+(?:\w+\.)*(engine|decoder|boards|build) import", re.M)
-    for module in ("host/driver.py", "host/transport.py", "host/server.py", "config.py",
-                   "protocol/frames.py"):
+    for module in ("host/driver.py", "host/planning.py", "host/flow.py", "host/session.py",
+                   "host/transport.py", "host/server.py", "config.py", "protocol/frames.py"):
         assert not edge.findall((FPGA / module).read_text()), module
     assert edge.findall((FPGA / "host/simboard/simboard.py").read_text()) == ["engine"]
