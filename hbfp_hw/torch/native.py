@@ -164,6 +164,17 @@ def sr_bits(seed, rows, kblocks, nb):
     return out
 
 
+def _kernel_layout(x):
+    """``x`` itself when its last two dimensions have a unit stride along one of them (a
+    layout the kernel reads at full speed), else a contiguous copy: a broadcast operand
+    (stride 0 on both) would take the kernel's element-by-element loops, several times slower
+    than the copy."""
+    rows, cols = x.shape[-2:]
+    if (x.stride(-1) == 1 or cols == 1) or (x.stride(-2) == 1 or rows == 1):
+        return x
+    return x.contiguous()
+
+
 def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     """Return the HBFP product ``a @ b`` of CPU float32 matrices (any strides) computed by the
     fused kernel; ``seeds`` = ``(seed_a, seed_b)`` for a stochastic ``fmt``.
@@ -177,6 +188,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     lib = _library()
     if lib is None:
         return None
+    a, b = _kernel_layout(a), _kernel_layout(b)
     m, kdim = a.shape
     n = b.shape[1]
     threads = torch.get_num_threads() if m * n * kdim >= _THREAD_MIN_MACS else 1
@@ -213,6 +225,7 @@ def fused_gemm_batched(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     lib = _library()
     if lib is None:
         return None
+    a, b = _kernel_layout(a), _kernel_layout(b)
     groups, m, kdim = a.shape
     n = b.shape[2]
     threads = torch.get_num_threads() if groups * m * n * kdim >= _THREAD_MIN_MACS else 1
