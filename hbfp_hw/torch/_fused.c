@@ -42,6 +42,7 @@
 #define MR 3
 #endif
 #define NR (2 * VW) /* columns of C per micro-tile */
+#define DOT_WASTE 8 /* see hbfp_fused_gemm */
 #define DW (VW / 2) /* doubles per vector */
 #define ND (NR / DW)
 
@@ -387,9 +388,11 @@ static void quantize_panels_by_row(const operand_t *o, const fmt_t *F, int P, in
 }
 
 /* One MR x NR tile of C over all k-blocks, products in float32 (exact), into tile[MR][NR].
- * A element (r, k) of the tile at ap[r * ars + k * aks]; B row k at bp + k * NR. */
+ * A element (r, k) of the tile at ap[r * ars + k * aks]; B row k at bp + k * NR. The last
+ * k-block uses its first `tail` values only: the rest is padding, zeros in both operands,
+ * whose products (+0 or -0) leave a sum that starts at +0 unchanged. */
 static void tile_f32(const float *ap, int64_t ars, int64_t aks, const float *bp,
-                     int64_t kblocks, int nb, float *tile)
+                     int64_t kblocks, int nb, int tail, float *tile)
 {
     vf acc[MR][2];
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = (vf){0};
@@ -397,7 +400,8 @@ static void tile_f32(const float *ap, int64_t ars, int64_t aks, const float *bp,
         vf p[MR][2];
         for (int r = 0; r < MR; r++) p[r][0] = p[r][1] = (vf){0};
         const float *a = ap + kb * nb * aks, *b = bp + kb * nb * NR;
-        for (int t = 0; t < nb; t++) {
+        const int tn = kb + 1 < kblocks ? nb : tail;
+        for (int t = 0; t < tn; t++) {
             const vf b0 = *(const vf *)(b + t * NR), b1 = *(const vf *)(b + t * NR + VW);
             for (int r = 0; r < MR; r++) {
                 const float av = a[r * ars + t * aks];
@@ -418,7 +422,7 @@ static void tile_f32(const float *ap, int64_t ars, int64_t aks, const float *bp,
 
 /* The same with products in float64 (exact), each rounded once to float32. */
 static void tile_f64(const float *ap, int64_t ars, int64_t aks, const float *bp,
-                     int64_t kblocks, int nb, float *tile)
+                     int64_t kblocks, int nb, int tail, float *tile)
 {
     memset(tile, 0, MR * NR * sizeof(float));
     for (int64_t kb = 0; kb < kblocks; kb++) {
@@ -426,7 +430,8 @@ static void tile_f64(const float *ap, int64_t ars, int64_t aks, const float *bp,
         for (int r = 0; r < MR; r++)
             for (int v = 0; v < ND; v++) p[r][v] = (vd){0};
         const float *a = ap + kb * nb * aks, *b = bp + kb * nb * NR;
-        for (int t = 0; t < nb; t++) {
+        const int tn = kb + 1 < kblocks ? nb : tail;
+        for (int t = 0; t < tn; t++) {
             vd bv[ND];
             for (int v = 0; v < ND; v++) {
                 vfh h;
@@ -448,12 +453,94 @@ static void tile_f64(const float *ap, int64_t ars, int64_t aks, const float *bp,
     }
 }
 
+/* The dot path, for shapes where the tiles would be mostly padding (a GEMV; the weight
+ * gradient of a grouped convolution, one row of A against a few columns of B): both operands
+ * quantized row by row, [rows][kpad], and each C element the float32 sum, in k-block order,
+ * of its block dot products, each exact in float32 (any order of its terms) or in float64
+ * and rounded once, as in the tiles. */
+ALWAYS_INLINE float dot_f32(const float *restrict x, const float *restrict y, int64_t kblocks,
+                            int nb)
+{
+    float acc = 0.0f;
+    for (int64_t kb = 0; kb < kblocks; kb++) {
+        const float *xb = x + kb * nb, *yb = y + kb * nb;
+        float p = 0.0f;
+        if (nb % VW == 0) {
+            vf sum = {0};
+            for (int t = 0; t < nb; t += VW) {
+                vf xv, yv;
+                memcpy(&xv, xb + t, sizeof xv);
+                memcpy(&yv, yb + t, sizeof yv);
+                sum += xv * yv;
+            }
+            for (int l = 0; l < VW; l++) p += sum[l];
+        } else {
+            for (int t = 0; t < nb; t++) p += xb[t] * yb[t];
+        }
+        acc += p;   /* the one float32 rounding per k-block */
+    }
+    return acc;
+}
+
+static float dot_f64(const float *x, const float *y, int64_t kblocks, int nb)
+{
+    float acc = 0.0f;
+    for (int64_t kb = 0; kb < kblocks; kb++) {
+        double p = 0.0;
+        for (int t = 0; t < nb; t++) p += (double)x[kb * nb + t] * (double)y[kb * nb + t];
+        acc += (float)p;
+    }
+    return acc;
+}
+
+/* C [m, n] (contiguous) from the quantized rows aq [m][kpad] and bq [n][kpad]; every NaN
+ * canonical, the rows and columns of NaN blocks all NaN. */
+static void dot_gemm(const operand_t *A, const operand_t *B, const float *aq, const float *bq,
+                     int64_t kpad, int nb, int f64, float *c)
+{
+    const int64_t m = A->rows, n = B->rows, kblocks = A->kblocks;
+    if (f64) {
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++)
+                c[i * n + j] = dot_f64(aq + i * kpad, bq + j * kpad, kblocks, nb);
+    } else {
+#define DOTS(NB)                                                                        \
+    for (int64_t i = 0; i < m; i++)                                                     \
+        for (int64_t j = 0; j < n; j++)                                                 \
+            c[i * n + j] = dot_f32(aq + i * kpad, bq + j * kpad, kblocks, NB)
+        NB_SWITCH(DOTS)
+#undef DOTS
+    }
+    const float nan = u2f(CANONICAL_NAN);
+    const int any_nan = A->any_nan || B->any_nan;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float *v = c + i * n + j;
+            if (*v != *v || (any_nan && (A->nan_line[i] || B->nan_line[j]))) *v = nan;
+        }
+}
+
+/* Quantize the whole operand row by row into dst [rows][kpad]. */
+static void quantize_all_rows(const operand_t *o, const fmt_t *F, int64_t kpad, float *scale,
+                              float *unscale, float *dst)
+{
+    block_scales(o, F, scale, unscale);
+    if (o->rnd)
+        quantize_rows_sr(o, F, 0, o->rows, kpad, scale, unscale, dst);
+    else if (o->sk == 1)
+        quantize_rows(o, F, 0, o->rows, kpad, scale, unscale, dst);
+    else if (F->nearest)                /* panels of one row: row-major, read along the rows */
+        quantize_panels_by_k(o, F, 1, 1, kpad, scale, unscale, dst);
+    else
+        quantize_panels_by_k(o, F, 1, 0, kpad, scale, unscale, dst);
+}
+
 typedef struct {
     const float *apack, *bpack;
     const uint8_t *nan_row, *nan_col;
     float *c;          /* tile element (row i, column j) at c[i * crs + j * ccs] */
     int64_t m, n, crs, ccs, kpad, kblocks, mpanels, ars, aks;
-    int nb, f64, any_nan;
+    int nb, tail, f64, any_nan;
     int64_t t0, t1; /* tiles [t0, t1), tile = jp * mpanels + ip */
 } job_t;
 
@@ -494,9 +581,9 @@ static void *run_tiles(void *arg)
         const int64_t jp = t / j->mpanels, ip = t % j->mpanels;
         const float *ap = j->apack + ip * j->kpad * MR, *bp = j->bpack + jp * j->kpad * NR;
         if (j->f64)
-            tile_f64(ap, j->ars, j->aks, bp, j->kblocks, j->nb, tile);
+            tile_f64(ap, j->ars, j->aks, bp, j->kblocks, j->nb, j->tail, tile);
         else
-            tile_f32(ap, j->ars, j->aks, bp, j->kblocks, j->nb, tile);
+            tile_f32(ap, j->ars, j->aks, bp, j->kblocks, j->nb, j->tail, tile);
         const int64_t i0 = ip * MR, c0 = jp * NR;
         const int64_t rows = j->m - i0 < MR ? j->m - i0 : MR;
         const int64_t cols = j->n - c0 < NR ? j->n - c0 : NR;
@@ -571,6 +658,19 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
                      (A.sk == 1) + (B.sr == 1 && B.sk != 1);
     operand_t *X = swap ? &B : &A, *Y = swap ? &A : &B;
     const int64_t xpanels = (X->rows + MR - 1) / MR, ypanels = (Y->rows + NR - 1) / NR;
+    /* Tiles with less than 1/DOT_WASTE of useful elements: the dot path (a block dot
+     * product costs about as much as DOT_WASTE tile elements). */
+    if (DOT_WASTE * m * n < xpanels * MR * ypanels * NR) {
+        float *aq = ws_get(4, m * kpad * sizeof(float), &tmp);
+        float *bq = ws_get(5, n * kpad * sizeof(float), &tmp);
+        float *sc = ws_get(6, 2 * nblk * sizeof(float), &tmp);
+        if (!aq || !bq || !sc) goto done;
+        quantize_all_rows(&A, &F, kpad, sc, sc + nblk, aq);
+        quantize_all_rows(&B, &F, kpad, sc, sc + nblk, bq);
+        dot_gemm(&A, &B, aq, bq, kpad, nb, f64, c);
+        rc = 0;
+        goto done;
+    }
     float *xpack = ws_get(4, xpanels * MR * kpad * sizeof(float), &tmp);
     float *ypack = ws_get(5, ypanels * NR * kpad * sizeof(float), &tmp);
     float *scale = ws_get(6, 2 * nblk * sizeof(float), &tmp), *unscale = scale + nblk;
@@ -612,8 +712,8 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
     int started[64] = {0};
     for (int i = 0; i < nthreads; i++) {
         jobs[i] = (job_t){xpack, ypack, X->nan_line, Y->nan_line, c, X->rows, Y->rows,
-                          swap ? 1 : n, swap ? n : 1, kpad, kblocks, xpanels, xrs, xks, nb, f64,
-                          A.any_nan || B.any_nan, tiles * i / nthreads,
+                          swap ? 1 : n, swap ? n : 1, kpad, kblocks, xpanels, xrs, xks, nb,
+                          (int)(kdim - (kblocks - 1) * nb), f64, A.any_nan || B.any_nan, tiles * i / nthreads,
                           tiles * (i + 1) / nthreads};
     }
     for (int i = 1; i < nthreads; i++)

@@ -164,15 +164,27 @@ def sr_bits(seed, rows, kblocks, nb):
     return out
 
 
-def _kernel_layout(x):
-    """``x`` itself when its last two dimensions have a unit stride along one of them (a
-    layout the kernel reads at full speed), else a contiguous copy: a broadcast operand
-    (stride 0 on both) would take the kernel's element-by-element loops, several times slower
-    than the copy."""
-    rows, cols = x.shape[-2:]
-    if (x.stride(-1) == 1 or cols == 1) or (x.stride(-2) == 1 or rows == 1):
-        return x
-    return x.contiguous()
+def _kernel_operand(x, k_dim):
+    """``x`` and its strides for the kernel, K being dimension ``k_dim`` (-1 or -2) and its
+    rows the other of the last two.
+
+    The kernel reads an operand fast when K or its rows are contiguous (a unit stride along a
+    dimension longer than 1); anything else (a broadcast gradient, stride 0 everywhere)
+    becomes a contiguous copy, several times faster than the kernel's element-by-element
+    loops. A dimension of size 1 is never stepped: it gets the stride that tells the kernel
+    the other dimension is the contiguous one (a K of 1 with contiguous rows would otherwise
+    read as "K contiguous", one short row at a time).
+    """
+    r_dim = -3 - k_dim                      # -2 for K last, -1 for K second to last
+    kdim, rows = x.shape[k_dim], x.shape[r_dim]
+    if not ((kdim > 1 and x.stride(k_dim) == 1) or (rows > 1 and x.stride(r_dim) == 1)):
+        x = x.contiguous()
+    strides = list(x.stride())
+    if kdim == 1:
+        strides[k_dim] = rows
+    if rows == 1:
+        strides[r_dim] = kdim
+    return x, strides
 
 
 def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
@@ -188,7 +200,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     lib = _library()
     if lib is None:
         return None
-    a, b = _kernel_layout(a), _kernel_layout(b)
+    (a, sa), (b, sb) = _kernel_operand(a, -1), _kernel_operand(b, -2)
     m, kdim = a.shape
     n = b.shape[1]
     threads = torch.get_num_threads() if m * n * kdim >= _THREAD_MIN_MACS else 1
@@ -199,8 +211,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
         rnd_a = sr_bits(seeds[0], m, kblocks, fmt.block_size)
         rnd_b = sr_bits(seeds[1], n, kblocks, fmt.block_size)
     rc = lib.hbfp_fused_gemm(
-        a.data_ptr(), m, kdim, a.stride(0), a.stride(1),
-        b.data_ptr(), n, b.stride(0), b.stride(1), out.data_ptr(),
+        a.data_ptr(), m, kdim, sa[0], sa[1], b.data_ptr(), n, sb[0], sb[1], out.data_ptr(),
         fmt.block_size, fmt.fraction_bits, float(fmt.max_mantissa), fmt.min_exponent,
         fmt.max_exponent, int(fmt.rounding is Rounding.NEAREST_EVEN), int(f32_bound_ok),
         f32_max_grid, threads, None if rnd_a is None else rnd_a.data_ptr(),
@@ -225,7 +236,7 @@ def fused_gemm_batched(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     lib = _library()
     if lib is None:
         return None
-    a, b = _kernel_layout(a), _kernel_layout(b)
+    (a, sa), (b, sb) = _kernel_operand(a, -1), _kernel_operand(b, -2)
     groups, m, kdim = a.shape
     n = b.shape[2]
     threads = torch.get_num_threads() if groups * m * n * kdim >= _THREAD_MIN_MACS else 1
@@ -241,8 +252,8 @@ def fused_gemm_batched(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
             lib.hbfp_sr_bits_batched(seed_list, groups, rows * kblocks, fmt.block_size,
                                      rnd.data_ptr())
     lib.hbfp_fused_gemm_batched(
-        groups, a.data_ptr(), a.stride(0), m, kdim, a.stride(1), a.stride(2),
-        b.data_ptr(), b.stride(0), n, b.stride(1), b.stride(2), out.data_ptr(),
+        groups, a.data_ptr(), sa[0], m, kdim, sa[1], sa[2], b.data_ptr(), sb[0], n, sb[1],
+        sb[2], out.data_ptr(),
         fmt.block_size, fmt.fraction_bits, float(fmt.max_mantissa), fmt.min_exponent,
         fmt.max_exponent, int(fmt.rounding is Rounding.NEAREST_EVEN), int(f32_bound_ok),
         f32_max_grid, threads, None if rnd_a is None else rnd_a.data_ptr(),

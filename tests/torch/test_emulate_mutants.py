@@ -29,9 +29,11 @@ def _mismatch_found(fmt):
     big = torch.full((3, 32), 1.5 * 2.0 ** 126)
     signs = torch.tensor([1.0] * 8 + [-1.0] * 8 + [1.0, -1.0] * 8).reshape(32, 1).repeat(1, 2)
     cases.append((big, signs))
-    # block products that overflow to +Inf and -Inf: their sum is a NaN, made canonical
-    cases.append((torch.full((2, 32), 1.5 * 2.0 ** 126),
-                  torch.tensor([1.5] * 16 + [-1.5] * 16).reshape(32, 1).repeat(1, 3)))
+    # block products that overflow to +Inf and -Inf: their sum is a NaN, made canonical (a
+    # small C takes the kernel's dot path, a larger one its tiles)
+    for m, n in ((2, 3), (12, 40)):
+        cases.append((torch.full((m, 32), 1.5 * 2.0 ** 126),
+                      torch.tensor([1.5] * 16 + [-1.5] * 16).reshape(32, 1).repeat(1, n)))
     # 1 followed by half-ulps: only a sequential float32 sum stays 1
     ones = torch.zeros(2, 16 * 40)
     ones[:, ::16] = 1.0
@@ -43,6 +45,11 @@ def _mismatch_found(fmt):
     cases.append((ties, ties.t().contiguous()))
     special = torch.from_numpy(special_blocks(fmt.block_size)[:, :fmt.block_size])
     cases.append((special, special.t().contiguous()))
+    # NaN and Inf blocks among ordinary ones, small C (the dot path) and larger (the tiles)
+    for m, n in ((9, 3), (14, 40)):
+        a, b = clustered(rng, (m, 48), lo=-8, hi=8), clustered(rng, (48, n), lo=-8, hi=8)
+        a[2, 5], a[4, 40], b[20, 1] = float("nan"), float("inf"), float("-inf")
+        cases.append((a, b))
     cases += _fast_path_cases(rng, fmt)
     for a, b in cases:
         ref = golden.gemm(a.numpy(), b.numpy(), fmt, seed=5)
@@ -179,6 +186,16 @@ NATIVE_MUTANTS = {
     "native-sr-no-saturation": ("    v = v > mm ? mm : v;\n    return copysignf",
                                 "    return copysignf"),
     # the batched kernel
+    # the dot path (shapes whose tiles would be mostly padding) and the tiles' last k-block
+    "native-dot-reversed-accumulation": (
+        "    for (int64_t kb = 0; kb < kblocks; kb++) {\n        const float *xb",
+        "    for (int64_t kb = kblocks - 1; kb >= 0; kb--) {\n        const float *xb"),
+    "native-dot-float32-always": ("    if (f64) {\n        for (int64_t i = 0; i < m; i++)",
+                                  "    if (0) {\n        for (int64_t i = 0; i < m; i++)"),
+    "native-dot-nan-lines-ignored": ("(any_nan && (A->nan_line[i] || B->nan_line[j]))", "0"),
+    "native-tile-tail-short": (
+        "nb : tail;\n        for (int t = 0; t < tn; t++) {\n            const vf",
+        "nb : tail - 1;\n        for (int t = 0; t < tn; t++) {\n            const vf"),
     # the batched kernel (mutants that stay inside the buffers: one that wrote past C
     # would corrupt the heap of the test process instead of failing a check)
     "native-batched-a-offset": ("t->a + g * t->a_sg", "t->a + (g ? g - 1 : 0) * t->a_sg"),

@@ -122,16 +122,21 @@ def _batch(rng, groups, m, k, n):
     return a.transpose(1, 2), b
 
 
+@pytest.mark.parametrize("shape", [(19, 16 * 3 + 5, 11), (1, 16 * 6 + 4, 9), (9, 1, 40)],
+                         ids=["tiles", "dot-weight-gradient", "k1"])
 @pytest.mark.parametrize("fmt", [BFPFormat(8, 16), BFPFormat(4, 8, Rounding.TOWARD_ZERO),
                                  BFPFormat(8, 16, Rounding.STOCHASTIC)],
                          ids=lambda f: f.name)
-def test_batched_kernel_is_each_gemm(fmt, monkeypatch):
+def test_batched_kernel_is_each_gemm(fmt, shape, monkeypatch):
     """One call for a batch of GEMMs: every GEMM bit for bit the golden model's with its own
     seed, on one thread and split across threads, with the kernel and without; the GEMM with
-    extreme exponents (and only it) goes to the general path."""
+    extreme exponents (and only it) goes to the general path. The shapes take the kernel's
+    tiles, its dot path (one row against a few columns: a depthwise convolution's weight
+    gradient) and a K of one (its input gradient)."""
     rng = np.random.default_rng(zlib.crc32(fmt.name.encode()))
-    a, b = _batch(rng, 6, 19, 16 * 3 + 5, 11)
-    assert not a.is_contiguous()
+    m, k, n = shape
+    a, b = _batch(rng, 6, m, k, n)
+    assert not a.is_contiguous() or 1 in (m, k)
     seeds = [int(s) for s in rng.integers(0, 1 << 32, size=6)]
     refs = [golden.gemm(np.ascontiguousarray(a[g].numpy()), b[g].numpy(), fmt, seed=seeds[g])
             for g in range(6)]
@@ -153,7 +158,7 @@ def test_batched_kernel_is_each_gemm(fmt, monkeypatch):
     with native.enabled(False):
         outs.append(backend.gemm_batched(a, b, fmt, seeds))
     for out in outs:
-        assert out.shape == (6, 19, 11)
+        assert out.shape == (6, m, n)
         for g in range(6):
             assert same_bits(out[g], refs[g]), f"GEMM {g}"
 
