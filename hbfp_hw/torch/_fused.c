@@ -317,6 +317,29 @@ void hbfp_sr_bits(uint32_t seed, int64_t nblocks, int nb, int32_t *out)
     }
 }
 
+/* Zero the padding of panels of P rows (k >= kdim, rows >= o->rows) and the NaN blocks,
+ * whose unscale 0 zeroed every value but the NaNs themselves. */
+static void zero_panel_padding(const operand_t *o, const fmt_t *F, int P, int64_t kpad,
+                               float *pack)
+{
+    const int64_t rows = o->rows, kdim = o->kdim, panels = (rows + P - 1) / P;
+    const int nb = F->nb;
+    for (int64_t p = 0; p < panels; p++)
+        memset(pack + p * kpad * P + kdim * P, 0, (kpad - kdim) * P * sizeof(float));
+    for (int64_t r = rows; r < panels * P; r++) {
+        float *dst = pack + (r / P) * kpad * P + r % P;
+        for (int64_t k = 0; k < kdim; k++) dst[k * P] = 0.0f;
+    }
+    if (o->any_nan)
+        for (int64_t b = 0; b < o->kblocks; b++)
+            for (int64_t r = 0; r < rows; r++)
+                if (o->abits[b * rows + r] >= INF_BITS) {
+                    float *dst = pack + (r / P) * kpad * P + r % P;
+                    const int64_t k0 = b * nb, k1 = k0 + nb < kdim ? k0 + nb : kdim;
+                    for (int64_t k = k0; k < k1; k++) dst[k * P] = 0.0f;
+                }
+}
+
 /* Quantize into panels of P rows, element (r, k) at pack[(r / P) * kpad * P + k * P + r % P],
  * reading one k at a time along the rows (the fast order when the rows are contiguous). */
 ALWAYS_INLINE void quant_run(const float *restrict x, const float *restrict s,
@@ -350,21 +373,35 @@ ALWAYS_INLINE void quantize_panels_by_k(const operand_t *o, const fmt_t *F, int 
                 dst[(r / P) * kpad * P + r % P] = quant(col[r * sr], s[r], us[r], mm, nearest);
         }
     }
-    for (int64_t p = 0; p < panels; p++)
-        memset(pack + p * kpad * P + kdim * P, 0, (kpad - kdim) * P * sizeof(float));
-    for (int64_t r = rows; r < panels * P; r++) {
-        float *dst = pack + (r / P) * kpad * P + r % P;
-        for (int64_t k = 0; k < kdim; k++) dst[k * P] = 0.0f;
+    zero_panel_padding(o, F, P, kpad, pack);
+}
+
+/* quantize_panels_by_k for stochastic rounding (rows contiguous): element (r, k) uses
+ * rnd[r * kpad + k]. NaN blocks are zeroed at the end (their values are skipped here). */
+static void quantize_panels_by_k_sr(const operand_t *o, const fmt_t *F, int P, int64_t kpad,
+                                    const float *scale, const float *unscale, float *pack)
+{
+    const int64_t rows = o->rows, kdim = o->kdim, sk = o->sk;
+    const int nb = F->nb;
+    const float mm = F->mmax;
+    const int64_t panels = (rows + P - 1) / P;
+    /* panel by panel: the rnd rows of one panel stay in cache across k (a whole column of
+     * rnd at a power-of-two stride would not) */
+    for (int64_t p = 0; p < panels; p++) {
+        const int64_t r0 = p * P, n = rows - r0 < P ? rows - r0 : P;
+        const int32_t *rnd = o->rnd + r0 * kpad;
+        for (int64_t k = 0; k < kdim; k++) {
+            const float *col = o->x + k * sk + r0;
+            const int64_t b = k / nb;
+            const float *s = scale + b * rows + r0, *us = unscale + b * rows + r0;
+            float *restrict dst = pack + p * kpad * P + k * P;
+            for (int64_t q = 0; q < n; q++) {
+                const float x = col[q];
+                dst[q] = x != x ? 0.0f : quant_sr(x, s[q], us[q], mm, rnd[q * kpad + k]);
+            }
+        }
     }
-    /* NaN blocks: their unscale 0 zeroed every value but the NaNs themselves */
-    if (o->any_nan)
-        for (int64_t b = 0; b < o->kblocks; b++)
-            for (int64_t r = 0; r < rows; r++)
-                if (o->abits[b * rows + r] >= INF_BITS) {
-                    float *dst = pack + (r / P) * kpad * P + r % P;
-                    const int64_t k0 = b * nb, k1 = k0 + nb < kdim ? k0 + nb : kdim;
-                    for (int64_t k = k0; k < k1; k++) dst[k * P] = 0.0f;
-                }
+    zero_panel_padding(o, F, P, kpad, pack);
 }
 
 /* Quantize into panels of P rows (layout as above) row by row: each panel through a
@@ -678,7 +715,10 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
     if (!xpack || !ypack || !scale || !scratch) goto done;
     int64_t xrs, xks;
     block_scales(X, &F, scale, unscale);
-    if (X->rnd) {                     /* stochastic: row-major */
+    if (X->rnd && X->sr == 1 && X->sk != 1) {   /* stochastic, rows contiguous: by k */
+        quantize_panels_by_k_sr(X, &F, MR, kpad, scale, unscale, xpack);
+        xrs = 1, xks = MR;
+    } else if (X->rnd) {              /* stochastic: row-major */
         quantize_rows_sr(X, &F, 0, X->rows, kpad, scale, unscale, xpack);
         memset(xpack + X->rows * kpad, 0, (xpanels * MR - X->rows) * kpad * sizeof(float));
         xrs = kpad, xks = 1;
@@ -694,7 +734,9 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
         xrs = kpad, xks = 1;
     }
     block_scales(Y, &F, scale, unscale);
-    if (Y->sr == 1 && Y->sk != 1 && !Y->rnd) {
+    if (Y->sr == 1 && Y->sk != 1 && Y->rnd) {
+        quantize_panels_by_k_sr(Y, &F, NR, kpad, scale, unscale, ypack);
+    } else if (Y->sr == 1 && Y->sk != 1) {
         if (nearest)
             quantize_panels_by_k(Y, &F, NR, 1, kpad, scale, unscale, ypack);
         else
