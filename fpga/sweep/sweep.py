@@ -1771,7 +1771,7 @@ def digits_accuracy(fmt, *, model="mlp", epochs=30, batch_size=64, lr=0.05, seed
             bar = tqdm(total=steps, desc=f"digits {model} {name or fmt.name}",
                        file=sys.stderr, leave=False, dynamic_ncols=True)
         try:
-            history = train._train_one(net, data, epochs, batch_size, lr, seed, bar)
+            history = train.train_model(net, data, epochs, batch_size, lr, seed, bar)
         finally:
             if bar is not None:
                 bar.close()
