@@ -22,7 +22,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hbfp_hw.cli import main
+from hbfp_hw.cli import main, sweep_accuracy
 from hbfp_hw.formats import BFP8, BFPFormat
 from hbfp_hw.fpga.boards.build import missing_tools
 from hbfp_hw.fpga.sweep import (
@@ -719,7 +719,7 @@ def test_cli_with_accuracy(fake_tools, monkeypatch, tmp_path, capsys):
         acc = 97.0 if fmt == "fp32" else 90.0 + fmt.mantissa_bits / 2
         return {"test_acc": acc, "test_loss": 0.1, "train_loss": 0.01, "cached": False}
 
-    monkeypatch.setattr(sweep, "digits_accuracy", fake_accuracy)
+    monkeypatch.setattr(sweep_accuracy, "digits_accuracy", fake_accuracy)
     argv = ["sweep", "--mantissa-bits", "4,8", "--block-size", "8", "--seeds", "1", "--quiet",
             "--full-chip", "none", "--with-accuracy", "--accuracy-epochs", "3",
             "--out", str(tmp_path / "out")]
@@ -751,13 +751,13 @@ def test_digits_accuracy_matches_the_train_command(tmp_path):
         ref = train.train_formats("mlp", ["fp32", "bfp4"], epochs=1, progress=False)
     finally:
         torch.set_num_threads(threads)
-    got = sweep.digits_accuracy(BFPFormat(4, 16), epochs=1, cache=tmp_path)
+    got = sweep_accuracy.digits_accuracy(BFPFormat(4, 16), epochs=1, cache=tmp_path)
     assert got["cached"] is False
     assert got["test_acc"] == ref["results"]["bfp4"]["test_acc"]
     assert got["test_loss"] == ref["results"]["bfp4"]["test_loss"]
-    fp32 = sweep.digits_accuracy("fp32", epochs=1, cache=tmp_path)
+    fp32 = sweep_accuracy.digits_accuracy("fp32", epochs=1, cache=tmp_path)
     assert fp32["test_acc"] == ref["results"]["fp32"]["test_acc"]
-    again = sweep.digits_accuracy("bfp4", epochs=1, cache=tmp_path)
+    again = sweep_accuracy.digits_accuracy("bfp4", epochs=1, cache=tmp_path)
     assert again["cached"] is True and again["test_acc"] == got["test_acc"]
 
 
