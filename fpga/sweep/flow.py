@@ -56,9 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hbfp_hw.rtl_gen.common import TargetFamily
-from hbfp_hw.tools.cache import cache_key as _key
-from hbfp_hw.tools.cache import read_json as _read_json
-from hbfp_hw.tools.cache import write_json_atomic as _write_json_atomic
+from hbfp_hw.tools.cache import cache_key, read_json, write_json_atomic
 
 from ..boards.build import (
     last_progress_line,
@@ -172,9 +170,9 @@ class _Sweep:
         # their pipeline registers); a LUT-mapped point has no primitives, so that synthesis
         # builds its multipliers in logic.
         family = self.target.family if point.multipliers == "dsp" else None
-        gen_key = _key("generate", self.gen_digest, point.to_dict(), self.io, family)
+        gen_key = cache_key("generate", self.gen_digest, point.to_dict(), self.io, family)
         gen_path = self.root / "generate" / f"{gen_key[:24]}.json"
-        cached = _read_json(gen_path)
+        cached = read_json(gen_path)
         if cached is not None and (self.root / "verilog" / f"{cached['digest'][:24]}.v.gz"
                                    ).exists():
             return cached, None
@@ -208,7 +206,7 @@ class _Sweep:
             os.replace(tmp, vpath)
         result = {"digest": digest, "meta": meta}
         gen_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(gen_path, result)
+        write_json_atomic(gen_path, result)
         self.say(f"{point.label}: Verilog generated in {meta['generate_seconds']:.1f} s "
                  f"({len(text) / 1e6:.1f} MB)")
         return result, text
@@ -222,11 +220,11 @@ class _Sweep:
             raise _StepFailed("generation failed", f"{type(e).__name__}: {e}") from e
         state.gen = gen
         command = self.target.synth_command(point.multipliers)
-        state.synth_key = _key("synth", FLOW_VERSION, gen["digest"], self.versions["yosys"],
+        state.synth_key = cache_key("synth", FLOW_VERSION, gen["digest"], self.versions["yosys"],
                                self.target.family, command)
         sdir = self.root / "synth" / state.synth_key[:24]
         state.synth_dir = sdir
-        result = _read_json(sdir / "result.json")
+        result = read_json(sdir / "result.json")
         netlist = sdir / "top.json"
         if result is not None and (netlist.exists() or Path(f"{netlist}.gz").exists()):
             state.synth = {**result, "cached": True}
@@ -263,11 +261,11 @@ class _Sweep:
             result = {"status": "ok", "stat": stat, "seconds": seconds,
                       "command": command, "yosys": self.versions["yosys"]}
         if result["status"] == "ok":
-            _write_json_atomic(sdir / "result.json", result)
+            write_json_atomic(sdir / "result.json", result)
         state.synth = {**result, "cached": False}
 
     def pnr_key(self, state, seed):
-        return _key("pnr", FLOW_VERSION, state.synth_key, self.versions["nextpnr"],
+        return cache_key("pnr", FLOW_VERSION, state.synth_key, self.versions["nextpnr"],
                     self.pnr_flags, seed)
 
     def place_and_route(self, state, seed):
@@ -275,10 +273,10 @@ class _Sweep:
         point = state.point
         key = self.pnr_key(state, seed)
         pdir = self.root / "pnr" / key[:24]
-        result = _read_json(pdir / "result.json")
+        result = read_json(pdir / "result.json")
         if result is not None:
             if result.get("status") == "ok":
-                report = _read_json(pdir / "report.json") or {}
+                report = read_json(pdir / "report.json") or {}
                 result["critical_path"] = parse_critical_path(report, _project_root())
             return {**result, "cached": True, "dir": str(pdir)}
         pdir.mkdir(parents=True, exist_ok=True)
@@ -324,13 +322,13 @@ class _Sweep:
             result.update(status="place and route failed", error="nextpnr reported no clock")
         else:
             clock = min(parsed["clocks"], key=lambda c: c["fmax_mhz"])
-            report = _read_json(pdir / "report.json") or {}
+            report = read_json(pdir / "report.json") or {}
             result.update(status="ok", fmax_mhz=clock["fmax_mhz"],
                           target_mhz=clock["target_mhz"], passed=clock["passed"])
         if result["status"] in ("ok", "does not fit"):
             # Other failures may come from the environment (a killed tool, a full disk): they
             # are not cached, so that the next run tries again.
-            _write_json_atomic(pdir / "result.json", result)
+            write_json_atomic(pdir / "result.json", result)
         if result["status"] == "ok":
             # Parsed on every load, from the stored report, so parser fixes reach old results.
             result["critical_path"] = parse_critical_path(report, _project_root())
