@@ -630,3 +630,70 @@ done:
     for (int i = 0; i < WS_SLOTS; i++) free(tmp.own[i]);
     return rc;
 }
+
+/* G independent GEMMs: C[g] [m, n] (contiguous, at c + g * m * n) = HBFP A[g] @ B[g], A[g]
+ * at a + g * a_sg and B[g] at b + g * b_sg (strides as in hbfp_fused_gemm), each exactly as
+ * hbfp_fused_gemm computes it. rnd_a, rnd_b: stochastic rounding, the values of GEMM g at
+ * rnd_a + g * m * kpad (rnd_b + g * n * kpad), or NULL. status[g] gets GEMM g's return
+ * value (1: the caller computes that GEMM on the general path). The batch is split across
+ * up to nthreads threads, one GEMM per thread at a time. */
+typedef struct {
+    const float *a, *b;
+    float *c;
+    const int32_t *rnd_a, *rnd_b;
+    int8_t *status;
+    int64_t g0, g1, a_sg, b_sg, m, n, kdim, a_sm, a_sk, b_sk, b_sn;
+    int nb, f, emin, emax, nearest, f32_bound_ok, f32_max_grid;
+    float mmax;
+} batch_t;
+
+static void *run_batch(void *arg)
+{
+    const batch_t *t = arg;
+    const int64_t kpad = (t->kdim + t->nb - 1) / t->nb * t->nb;
+    for (int64_t g = t->g0; g < t->g1; g++)
+        t->status[g] = (int8_t)hbfp_fused_gemm(
+            t->a + g * t->a_sg, t->m, t->kdim, t->a_sm, t->a_sk, t->b + g * t->b_sg, t->n,
+            t->b_sk, t->b_sn, t->c + g * t->m * t->n, t->nb, t->f, t->mmax, t->emin, t->emax,
+            t->nearest, t->f32_bound_ok, t->f32_max_grid, 1,
+            t->rnd_a ? t->rnd_a + g * t->m * kpad : NULL,
+            t->rnd_b ? t->rnd_b + g * t->n * kpad : NULL);
+    return NULL;
+}
+
+void hbfp_fused_gemm_batched(int64_t groups, const float *a, int64_t a_sg, int64_t m,
+                             int64_t kdim, int64_t a_sm, int64_t a_sk, const float *b,
+                             int64_t b_sg, int64_t n, int64_t b_sk, int64_t b_sn, float *c,
+                             int nb, int f, float mmax, int emin, int emax, int nearest,
+                             int f32_bound_ok, int f32_max_grid, int nthreads,
+                             const int32_t *rnd_a, const int32_t *rnd_b, int8_t *status)
+{
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > groups) nthreads = (int)groups;
+    if (nthreads > 64) nthreads = 64;
+    batch_t jobs[64];
+    pthread_t tid[64];
+    int started[64] = {0};
+    for (int i = 0; i < nthreads; i++)
+        jobs[i] = (batch_t){a, b, c, rnd_a, rnd_b, status, groups * i / nthreads,
+                            groups * (i + 1) / nthreads, a_sg, b_sg, m, n, kdim, a_sm, a_sk,
+                            b_sk, b_sn, nb, f, emin, emax, nearest, f32_bound_ok, f32_max_grid,
+                            mmax};
+    for (int i = 1; i < nthreads; i++)
+        started[i] = pthread_create(&tid[i], NULL, run_batch, &jobs[i]) == 0;
+    run_batch(&jobs[0]);
+    for (int i = 1; i < nthreads; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            run_batch(&jobs[i]);
+    }
+}
+
+/* hbfp_sr_bits of G seeds, each for nblocks blocks, one after the other into out. */
+void hbfp_sr_bits_batched(const uint32_t *seeds, int64_t groups, int64_t nblocks, int nb,
+                          int32_t *out)
+{
+    for (int64_t g = 0; g < groups; g++)
+        hbfp_sr_bits(seeds[g], nblocks, nb, out + g * nblocks * nb);
+}

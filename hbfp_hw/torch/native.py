@@ -33,7 +33,7 @@ import torch
 from hbfp_hw.formats import Rounding
 from hbfp_hw.tools.cache import cache_root
 
-__all__ = ["available", "fused_gemm", "enabled", "NOT_FAST"]
+__all__ = ["available", "fused_gemm", "fused_gemm_batched", "enabled", "NOT_FAST"]
 
 _SOURCE = Path(__file__).with_name("_fused.c")
 _FLAGS = ("-std=gnu11", "-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno",
@@ -110,6 +110,14 @@ def _build(source=_SOURCE):
     bits = lib.hbfp_sr_bits
     bits.argtypes = [ctypes.c_uint32, i64, i32, ctypes.c_void_p]
     bits.restype = None
+    batched = lib.hbfp_fused_gemm_batched
+    batched.argtypes = [i64, ctypes.c_void_p, i64, i64, i64, i64, i64, ctypes.c_void_p, i64, i64,
+                        i64, i64, ctypes.c_void_p, i32, i32, ctypes.c_float, i32, i32, i32, i32,
+                        i32, i32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    batched.restype = None
+    bits = lib.hbfp_sr_bits_batched
+    bits.argtypes = [ctypes.c_void_p, i64, i64, i32, ctypes.c_void_p]
+    bits.restype = None
     return lib
 
 
@@ -156,6 +164,17 @@ def sr_bits(seed, rows, kblocks, nb):
     return out
 
 
+def _kernel_layout(x):
+    """``x`` itself when its last two dimensions have a unit stride along one of them (a
+    layout the kernel reads at full speed), else a contiguous copy: a broadcast operand
+    (stride 0 on both) would take the kernel's element-by-element loops, several times slower
+    than the copy."""
+    rows, cols = x.shape[-2:]
+    if (x.stride(-1) == 1 or cols == 1) or (x.stride(-2) == 1 or rows == 1):
+        return x
+    return x.contiguous()
+
+
 def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     """Return the HBFP product ``a @ b`` of CPU float32 matrices (any strides) computed by the
     fused kernel; ``seeds`` = ``(seed_a, seed_b)`` for a stochastic ``fmt``.
@@ -169,6 +188,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     lib = _library()
     if lib is None:
         return None
+    a, b = _kernel_layout(a), _kernel_layout(b)
     m, kdim = a.shape
     n = b.shape[1]
     threads = torch.get_num_threads() if m * n * kdim >= _THREAD_MIN_MACS else 1
@@ -191,3 +211,43 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
         raise MemoryError(f"the fused HBFP kernel could not allocate its buffers for a "
                           f"{m}x{kdim} @ {kdim}x{n} GEMM")
     return out
+
+
+def fused_gemm_batched(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
+    """Return ``(C, todo)`` for CPU float32 ``a [G, M, K]`` and ``b [G, K, N]`` (any strides):
+    ``C[g]`` is :func:`fused_gemm` of ``a[g]``, ``b[g]`` (``seeds``: G pairs ``(seed_a,
+    seed_b)`` for a stochastic ``fmt``), except for the indices in ``todo``, the GEMMs that
+    need the general path (their ``C[g]`` is garbage). ``None`` when the kernel is disabled or
+    unavailable. One call for the whole batch, split across torch's threads when the batch
+    is large. The caller ensures IEEE subnormals."""
+    if not _enabled:
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    a, b = _kernel_layout(a), _kernel_layout(b)
+    groups, m, kdim = a.shape
+    n = b.shape[2]
+    threads = torch.get_num_threads() if groups * m * n * kdim >= _THREAD_MIN_MACS else 1
+    out = torch.empty(groups, m, n, dtype=torch.float32)
+    status = torch.empty(groups, dtype=torch.int8)
+    rnd_a = rnd_b = None
+    if fmt.rounding is Rounding.STOCHASTIC:
+        kblocks = -(-kdim // fmt.block_size)
+        rnd_a = torch.empty(groups, m * kblocks * fmt.block_size, dtype=torch.int32)
+        rnd_b = torch.empty(groups, n * kblocks * fmt.block_size, dtype=torch.int32)
+        for rnd, rows, which in ((rnd_a, m, 0), (rnd_b, n, 1)):
+            seed_list = (ctypes.c_uint32 * groups)(*(s[which] for s in seeds))
+            lib.hbfp_sr_bits_batched(seed_list, groups, rows * kblocks, fmt.block_size,
+                                     rnd.data_ptr())
+    lib.hbfp_fused_gemm_batched(
+        groups, a.data_ptr(), a.stride(0), m, kdim, a.stride(1), a.stride(2),
+        b.data_ptr(), b.stride(0), n, b.stride(1), b.stride(2), out.data_ptr(),
+        fmt.block_size, fmt.fraction_bits, float(fmt.max_mantissa), fmt.min_exponent,
+        fmt.max_exponent, int(fmt.rounding is Rounding.NEAREST_EVEN), int(f32_bound_ok),
+        f32_max_grid, threads, None if rnd_a is None else rnd_a.data_ptr(),
+        None if rnd_b is None else rnd_b.data_ptr(), status.data_ptr())
+    if bool((status < 0).any()):
+        raise MemoryError(f"the fused HBFP kernel could not allocate its buffers for a "
+                          f"{m}x{kdim} @ {kdim}x{n} GEMM")
+    return out, status.nonzero().flatten().tolist()
