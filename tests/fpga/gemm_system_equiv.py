@@ -87,12 +87,35 @@ def leaves(mods):
 
 
 def leaf_text(mods, root):
-    """Return the module texts of the unit ``root`` and its submodules, names made relative."""
+    """Return the module texts of the unit ``root`` and its submodules, names made relative
+    and the module's port declarations in name order (Amaranth numbers the ports of a
+    submodule in the order its parent uses them)."""
     out = []
     for name in sorted(n for n in mods if n == root or n.startswith(root + ".")):
         body = mods[name].replace("\\" + root, "\\<leaf>")
-        out.append(f"module {name[len(root):]}\n{body}")
+        body = re.sub(r"^(  wire (?:width \d+ )?(?:input|output|inout)) \d+ ", r"\1 ", body,
+                      flags=re.M)
+        wires, rest = [], []
+        for item in re.split(r"\n(?=\S|  \S)", body):
+            (wires if re.match(r"  wire .*(?:input|output|inout) ", item) else rest).append(item)
+        out.append(f"module {name[len(root):]}\n" + "\n".join(sorted(wires) + rest))
     return "".join(out)
+
+
+_PORT = re.compile(r"\\port\$(\d+)\$")
+
+
+def canonical_ports(text, mods, roots):
+    """Rename the ``port$N$`` names of the units' ports (``N`` a netlist-wide number, which
+    the logic around the units shifts) to ``port$<unit>#<rank of N in the unit>$``, in the
+    whole netlist (the units and their instances alike)."""
+    names = {}
+    for leaf, root in roots.items():
+        numbers = sorted({int(n) for name, body in mods.items()
+                          if name == root or name.startswith(root + ".")
+                          for n in _PORT.findall(body)})
+        names.update({str(n): f"{leaf}#{i}" for i, n in enumerate(numbers)})
+    return _PORT.sub(lambda m: f"\\port${names.get(m.group(1), m.group(1))}$", text)
 
 
 def yosys():
@@ -166,6 +189,9 @@ def check(old_dir, new_dir, name, seq=4, work=None, force=False):
         return "\n".join(report)
     old_mods, new_mods = modules(old_text), modules(new_text)
     old_leaves, new_leaves = leaves(old_mods), leaves(new_mods)
+    old_text = canonical_ports(old_text, old_mods, old_leaves)
+    new_text = canonical_ports(new_text, new_mods, new_leaves)
+    old_mods, new_mods = modules(old_text), modules(new_text)
     assert set(old_leaves) == set(new_leaves), (old_leaves, new_leaves)
     for leaf in sorted(old_leaves):
         same = leaf_text(old_mods, old_leaves[leaf]) == leaf_text(new_mods, new_leaves[leaf])
@@ -185,6 +211,12 @@ def check(old_dir, new_dir, name, seq=4, work=None, force=False):
         renames = rename_map(wire_names(gold), wire_names(gate))
         gate = apply_renames(gate, renames)
         (tmp / "new_flat.il").write_text(gate)
+        ports = re.compile(r"^  wire (?:width \d+ )?(?:input|output) \d+ \\(\S+)$", re.M)
+        old_ports, new_ports = set(ports.findall(gold)), set(ports.findall(gate))
+        assert old_ports == new_ports, (f"{name}: ports differ: old only "
+                                        f"{sorted(old_ports - new_ports)}, new only "
+                                        f"{sorted(new_ports - old_ports)}")
+        report.append(f"  {len(old_ports)} ports (top and black-box ports) matched by name")
         unmatched_gold = sorted(n for n in wire_names(gold) - wire_names(gate)
                                 if not n.startswith("$"))
         report.append(f"  {len(renames)} flattened names renamed; old names without a new "
@@ -198,7 +230,7 @@ proc
 opt_clean
 equiv_make gold gate equiv
 hierarchy -top equiv
-equiv_struct
+opt_merge -share_all
 equiv_simple -seq {seq}
 equiv_induct -seq {seq}
 equiv_status -assert
@@ -208,7 +240,7 @@ equiv_status -assert
         report.extend("  " + line.strip() for line in status
                       if line.strip().startswith(("Found", "Of those", "Unproven")))
         if rc != 0:
-            (Path(work or ".") / f"{name}-equiv-fail.log").write_text(log)
+            (Path(work or tempfile.gettempdir()) / f"{name}-equiv-fail.log").write_text(log)
             raise AssertionError("\n".join(report) + f"\n{name}: NOT proven equivalent:\n"
                                  + "\n".join(log.splitlines()[-40:]))
         report.append(f"  proven equivalent (equiv_simple/equiv_induct -seq {seq})")
