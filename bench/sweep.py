@@ -34,7 +34,7 @@ from pathlib import Path
 from docs_section import DOC, update_section
 
 from hbfp_hw import cli
-from hbfp_hw.fpga.sweep import sweep
+from hbfp_hw.fpga.sweep import full_chip_estimate, markdown_report
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Design-space sweep: BFP dot-product units vs FP32 MACs (`hbfp-hw sweep`)"
@@ -113,12 +113,12 @@ def render(results):
         if full_chip is None and target == "ecp5-85f":
             # --full-chip none: the LUT-multiplier variants were not measured; the estimate
             # from the DSP variants alone is still measured data, and says so
-            full_chip = sweep.full_chip_estimate(doc, "bfp8")
+            full_chip = full_chip_estimate(doc, "bfp8")
             if full_chip is not None:
                 doc["full_chip"] = full_chip
                 parts.append("Full-chip estimate from the DSP-multiplier variants only (this "
                              "run skipped the LUT-multiplier variants, `--full-chip none`).\n")
-        parts.append(sweep.markdown_report(doc, command=command, plots=plots,
+        parts.append(markdown_report(doc, command=command, plots=plots,
                                            full_chip=full_chip))
         if target == "ecp5-85f":
             parts.append("bfp8 (w=8, block 16) against the targets of the sweep issue:\n\n"

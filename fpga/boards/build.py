@@ -36,6 +36,7 @@ __all__ = [
     "missing_tools",
     "parse_yosys_stat",
     "parse_nextpnr_log",
+    "last_progress_line",
     "BuildError",
     "TimingError",
     "BuildResult",
@@ -284,7 +285,9 @@ _STAGE_NAMES = {
 }
 
 
-def _last_progress_line(path):
+def last_progress_line(path):
+    """Return the last non-blank line of the log at ``path`` (its last 4 kB read), cut to 70
+    characters, for a progress display; ``""`` if there is none or the file cannot be read."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -347,7 +350,7 @@ def _run_stage(argv, cwd, env, log_path, progress, watch, deadline=None):
                 rc = proc.wait(timeout=1.0)
                 break
             except subprocess.TimeoutExpired:
-                progress.note(_last_progress_line(watch))
+                progress.note(last_progress_line(watch))
                 if deadline is not None and time.monotonic() > deadline:
                     proc.kill()
                     proc.wait()

@@ -1,10 +1,68 @@
-"""The design-space sweep (imported as ``hbfp_hw.fpga.sweep``).
+"""The design-space sweep (imported as ``hbfp_hw.fpga.sweep``): out-of-context synthesis and
+place-and-route of BFP dot-product units and the FP32 MAC baseline, and what they cost.
 
-The code is :mod:`hbfp_hw.fpga.sweep.sweep`; this package re-exports its public names. Patch
-(monkeypatch) names on that module, where they are looked up.
+One concept per module; this package re-exports their public names:
+
+- :mod:`~hbfp_hw.fpga.sweep.targets`: the FPGA parts, hardware parameters, sweep points;
+- :mod:`~hbfp_hw.fpga.sweep.wrapper`: :class:`RegisteredPorts`, the top level of a point;
+- :mod:`~hbfp_hw.fpga.sweep.flow`: :func:`run_sweep` (generate, synthesize, place and route,
+  cached), with :mod:`~hbfp_hw.fpga.sweep.cache` (the cache and its keys),
+  :mod:`~hbfp_hw.fpga.sweep.runner` (tool processes) and :mod:`~hbfp_hw.fpga.sweep.toolout`
+  (reading the tools' output);
+- :mod:`~hbfp_hw.fpga.sweep.metrics`: derived metrics, the full-chip estimate, Pareto fronts;
+- :mod:`~hbfp_hw.fpga.sweep.report`: text tables and the Markdown report;
+- :mod:`~hbfp_hw.fpga.sweep.plots`: the PNG plots.
+
+The sweep measures hardware only: ``hbfp-hw sweep --with-accuracy`` joins its rows with the
+digits accuracy of each format in the command line (:mod:`hbfp_hw.cli.sweep_accuracy`).
+
+Patch (monkeypatch) a name on the module that looks it up (for instance
+``flow.generator_digest``), not on this package: a re-export is a copy of the reference.
 """
 
-from . import sweep
-from .sweep import *  # noqa: F403
+from .cache import FLOW_VERSION, cache_root, verilog_digest
+from .flow import run_sweep
+from .metrics import area_per_gmacs, derive_metrics, full_chip_estimate, pareto_front
+from .plots import plot_fmax, plot_mac_per_lut, plot_pareto
+from .report import format_full_chip, format_table, markdown_report
+from .targets import (
+    TARGETS,
+    SweepPoint,
+    Target,
+    make_points,
+    parse_format_spec,
+    parse_int_list,
+    parse_stages,
+    resolve_params,
+    stage_ranges,
+)
+from .toolout import parse_critical_path
+from .wrapper import RegisteredPorts
 
-__all__ = list(sweep.__all__)
+__all__ = [
+    "TARGETS",
+    "Target",
+    "SweepPoint",
+    "RegisteredPorts",
+    "FLOW_VERSION",
+    "cache_root",
+    "parse_int_list",
+    "parse_stages",
+    "parse_format_spec",
+    "stage_ranges",
+    "resolve_params",
+    "make_points",
+    "verilog_digest",
+    "parse_critical_path",
+    "run_sweep",
+    "derive_metrics",
+    "full_chip_estimate",
+    "format_table",
+    "format_full_chip",
+    "plot_mac_per_lut",
+    "plot_fmax",
+    "plot_pareto",
+    "pareto_front",
+    "area_per_gmacs",
+    "markdown_report",
+]

@@ -1,6 +1,7 @@
 """``hbfp-hw sweep``: hardware cost and Fmax of a grid of BFP formats against FP32.
 
-The work is done by :mod:`hbfp_hw.fpga.sweep`; parsing imports neither matplotlib nor torch.
+The work is done by :mod:`hbfp_hw.fpga.sweep`, and with ``--with-accuracy`` by
+:mod:`hbfp_hw.cli.sweep_accuracy`; parsing imports neither matplotlib nor torch.
 """
 
 from __future__ import annotations
@@ -195,8 +196,6 @@ def validate(args):
 def run(args):
     """Run ``hbfp-hw sweep``; returns the exit status."""
     from hbfp_hw.fpga.sweep import (
-        AccuracyUnavailable,
-        attach_accuracy,
         format_full_chip,
         format_table,
         full_chip_estimate,
@@ -220,6 +219,9 @@ def run(args):
         return 130
     doc["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     if args.with_accuracy:
+        # The command line, not the sweep, joins the hardware rows and the accuracy results.
+        from .sweep_accuracy import AccuracyUnavailable, attach_accuracy
+
         def log(text):
             if not args.quiet:
                 print(f"[hbfp-hw sweep] {text}", file=sys.stderr, flush=True)

@@ -42,6 +42,7 @@
 #define MR 3
 #endif
 #define NR (2 * VW) /* columns of C per micro-tile */
+#define DOT_WASTE 8 /* see hbfp_fused_gemm */
 #define DW (VW / 2) /* doubles per vector */
 #define ND (NR / DW)
 
@@ -316,6 +317,29 @@ void hbfp_sr_bits(uint32_t seed, int64_t nblocks, int nb, int32_t *out)
     }
 }
 
+/* Zero the padding of panels of P rows (k >= kdim, rows >= o->rows) and the NaN blocks,
+ * whose unscale 0 zeroed every value but the NaNs themselves. */
+static void zero_panel_padding(const operand_t *o, const fmt_t *F, int P, int64_t kpad,
+                               float *pack)
+{
+    const int64_t rows = o->rows, kdim = o->kdim, panels = (rows + P - 1) / P;
+    const int nb = F->nb;
+    for (int64_t p = 0; p < panels; p++)
+        memset(pack + p * kpad * P + kdim * P, 0, (kpad - kdim) * P * sizeof(float));
+    for (int64_t r = rows; r < panels * P; r++) {
+        float *dst = pack + (r / P) * kpad * P + r % P;
+        for (int64_t k = 0; k < kdim; k++) dst[k * P] = 0.0f;
+    }
+    if (o->any_nan)
+        for (int64_t b = 0; b < o->kblocks; b++)
+            for (int64_t r = 0; r < rows; r++)
+                if (o->abits[b * rows + r] >= INF_BITS) {
+                    float *dst = pack + (r / P) * kpad * P + r % P;
+                    const int64_t k0 = b * nb, k1 = k0 + nb < kdim ? k0 + nb : kdim;
+                    for (int64_t k = k0; k < k1; k++) dst[k * P] = 0.0f;
+                }
+}
+
 /* Quantize into panels of P rows, element (r, k) at pack[(r / P) * kpad * P + k * P + r % P],
  * reading one k at a time along the rows (the fast order when the rows are contiguous). */
 ALWAYS_INLINE void quant_run(const float *restrict x, const float *restrict s,
@@ -349,21 +373,35 @@ ALWAYS_INLINE void quantize_panels_by_k(const operand_t *o, const fmt_t *F, int 
                 dst[(r / P) * kpad * P + r % P] = quant(col[r * sr], s[r], us[r], mm, nearest);
         }
     }
-    for (int64_t p = 0; p < panels; p++)
-        memset(pack + p * kpad * P + kdim * P, 0, (kpad - kdim) * P * sizeof(float));
-    for (int64_t r = rows; r < panels * P; r++) {
-        float *dst = pack + (r / P) * kpad * P + r % P;
-        for (int64_t k = 0; k < kdim; k++) dst[k * P] = 0.0f;
+    zero_panel_padding(o, F, P, kpad, pack);
+}
+
+/* quantize_panels_by_k for stochastic rounding (rows contiguous): element (r, k) uses
+ * rnd[r * kpad + k]. NaN blocks are zeroed at the end (their values are skipped here). */
+static void quantize_panels_by_k_sr(const operand_t *o, const fmt_t *F, int P, int64_t kpad,
+                                    const float *scale, const float *unscale, float *pack)
+{
+    const int64_t rows = o->rows, kdim = o->kdim, sk = o->sk;
+    const int nb = F->nb;
+    const float mm = F->mmax;
+    const int64_t panels = (rows + P - 1) / P;
+    /* panel by panel: the rnd rows of one panel stay in cache across k (a whole column of
+     * rnd at a power-of-two stride would not) */
+    for (int64_t p = 0; p < panels; p++) {
+        const int64_t r0 = p * P, n = rows - r0 < P ? rows - r0 : P;
+        const int32_t *rnd = o->rnd + r0 * kpad;
+        for (int64_t k = 0; k < kdim; k++) {
+            const float *col = o->x + k * sk + r0;
+            const int64_t b = k / nb;
+            const float *s = scale + b * rows + r0, *us = unscale + b * rows + r0;
+            float *restrict dst = pack + p * kpad * P + k * P;
+            for (int64_t q = 0; q < n; q++) {
+                const float x = col[q];
+                dst[q] = x != x ? 0.0f : quant_sr(x, s[q], us[q], mm, rnd[q * kpad + k]);
+            }
+        }
     }
-    /* NaN blocks: their unscale 0 zeroed every value but the NaNs themselves */
-    if (o->any_nan)
-        for (int64_t b = 0; b < o->kblocks; b++)
-            for (int64_t r = 0; r < rows; r++)
-                if (o->abits[b * rows + r] >= INF_BITS) {
-                    float *dst = pack + (r / P) * kpad * P + r % P;
-                    const int64_t k0 = b * nb, k1 = k0 + nb < kdim ? k0 + nb : kdim;
-                    for (int64_t k = k0; k < k1; k++) dst[k * P] = 0.0f;
-                }
+    zero_panel_padding(o, F, P, kpad, pack);
 }
 
 /* Quantize into panels of P rows (layout as above) row by row: each panel through a
@@ -387,9 +425,11 @@ static void quantize_panels_by_row(const operand_t *o, const fmt_t *F, int P, in
 }
 
 /* One MR x NR tile of C over all k-blocks, products in float32 (exact), into tile[MR][NR].
- * A element (r, k) of the tile at ap[r * ars + k * aks]; B row k at bp + k * NR. */
+ * A element (r, k) of the tile at ap[r * ars + k * aks]; B row k at bp + k * NR. The last
+ * k-block uses its first `tail` values only: the rest is padding, zeros in both operands,
+ * whose products (+0 or -0) leave a sum that starts at +0 unchanged. */
 static void tile_f32(const float *ap, int64_t ars, int64_t aks, const float *bp,
-                     int64_t kblocks, int nb, float *tile)
+                     int64_t kblocks, int nb, int tail, float *tile)
 {
     vf acc[MR][2];
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = (vf){0};
@@ -397,7 +437,8 @@ static void tile_f32(const float *ap, int64_t ars, int64_t aks, const float *bp,
         vf p[MR][2];
         for (int r = 0; r < MR; r++) p[r][0] = p[r][1] = (vf){0};
         const float *a = ap + kb * nb * aks, *b = bp + kb * nb * NR;
-        for (int t = 0; t < nb; t++) {
+        const int tn = kb + 1 < kblocks ? nb : tail;
+        for (int t = 0; t < tn; t++) {
             const vf b0 = *(const vf *)(b + t * NR), b1 = *(const vf *)(b + t * NR + VW);
             for (int r = 0; r < MR; r++) {
                 const float av = a[r * ars + t * aks];
@@ -418,7 +459,7 @@ static void tile_f32(const float *ap, int64_t ars, int64_t aks, const float *bp,
 
 /* The same with products in float64 (exact), each rounded once to float32. */
 static void tile_f64(const float *ap, int64_t ars, int64_t aks, const float *bp,
-                     int64_t kblocks, int nb, float *tile)
+                     int64_t kblocks, int nb, int tail, float *tile)
 {
     memset(tile, 0, MR * NR * sizeof(float));
     for (int64_t kb = 0; kb < kblocks; kb++) {
@@ -426,7 +467,8 @@ static void tile_f64(const float *ap, int64_t ars, int64_t aks, const float *bp,
         for (int r = 0; r < MR; r++)
             for (int v = 0; v < ND; v++) p[r][v] = (vd){0};
         const float *a = ap + kb * nb * aks, *b = bp + kb * nb * NR;
-        for (int t = 0; t < nb; t++) {
+        const int tn = kb + 1 < kblocks ? nb : tail;
+        for (int t = 0; t < tn; t++) {
             vd bv[ND];
             for (int v = 0; v < ND; v++) {
                 vfh h;
@@ -448,12 +490,94 @@ static void tile_f64(const float *ap, int64_t ars, int64_t aks, const float *bp,
     }
 }
 
+/* The dot path, for shapes where the tiles would be mostly padding (a GEMV; the weight
+ * gradient of a grouped convolution, one row of A against a few columns of B): both operands
+ * quantized row by row, [rows][kpad], and each C element the float32 sum, in k-block order,
+ * of its block dot products, each exact in float32 (any order of its terms) or in float64
+ * and rounded once, as in the tiles. */
+ALWAYS_INLINE float dot_f32(const float *restrict x, const float *restrict y, int64_t kblocks,
+                            int nb)
+{
+    float acc = 0.0f;
+    for (int64_t kb = 0; kb < kblocks; kb++) {
+        const float *xb = x + kb * nb, *yb = y + kb * nb;
+        float p = 0.0f;
+        if (nb % VW == 0) {
+            vf sum = {0};
+            for (int t = 0; t < nb; t += VW) {
+                vf xv, yv;
+                memcpy(&xv, xb + t, sizeof xv);
+                memcpy(&yv, yb + t, sizeof yv);
+                sum += xv * yv;
+            }
+            for (int l = 0; l < VW; l++) p += sum[l];
+        } else {
+            for (int t = 0; t < nb; t++) p += xb[t] * yb[t];
+        }
+        acc += p;   /* the one float32 rounding per k-block */
+    }
+    return acc;
+}
+
+static float dot_f64(const float *x, const float *y, int64_t kblocks, int nb)
+{
+    float acc = 0.0f;
+    for (int64_t kb = 0; kb < kblocks; kb++) {
+        double p = 0.0;
+        for (int t = 0; t < nb; t++) p += (double)x[kb * nb + t] * (double)y[kb * nb + t];
+        acc += (float)p;
+    }
+    return acc;
+}
+
+/* C [m, n] (contiguous) from the quantized rows aq [m][kpad] and bq [n][kpad]; every NaN
+ * canonical, the rows and columns of NaN blocks all NaN. */
+static void dot_gemm(const operand_t *A, const operand_t *B, const float *aq, const float *bq,
+                     int64_t kpad, int nb, int f64, float *c)
+{
+    const int64_t m = A->rows, n = B->rows, kblocks = A->kblocks;
+    if (f64) {
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++)
+                c[i * n + j] = dot_f64(aq + i * kpad, bq + j * kpad, kblocks, nb);
+    } else {
+#define DOTS(NB)                                                                        \
+    for (int64_t i = 0; i < m; i++)                                                     \
+        for (int64_t j = 0; j < n; j++)                                                 \
+            c[i * n + j] = dot_f32(aq + i * kpad, bq + j * kpad, kblocks, NB)
+        NB_SWITCH(DOTS)
+#undef DOTS
+    }
+    const float nan = u2f(CANONICAL_NAN);
+    const int any_nan = A->any_nan || B->any_nan;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float *v = c + i * n + j;
+            if (*v != *v || (any_nan && (A->nan_line[i] || B->nan_line[j]))) *v = nan;
+        }
+}
+
+/* Quantize the whole operand row by row into dst [rows][kpad]. */
+static void quantize_all_rows(const operand_t *o, const fmt_t *F, int64_t kpad, float *scale,
+                              float *unscale, float *dst)
+{
+    block_scales(o, F, scale, unscale);
+    if (o->rnd)
+        quantize_rows_sr(o, F, 0, o->rows, kpad, scale, unscale, dst);
+    else if (o->sk == 1)
+        quantize_rows(o, F, 0, o->rows, kpad, scale, unscale, dst);
+    else if (F->nearest)                /* panels of one row: row-major, read along the rows */
+        quantize_panels_by_k(o, F, 1, 1, kpad, scale, unscale, dst);
+    else
+        quantize_panels_by_k(o, F, 1, 0, kpad, scale, unscale, dst);
+}
+
 typedef struct {
     const float *apack, *bpack;
     const uint8_t *nan_row, *nan_col;
     float *c;          /* tile element (row i, column j) at c[i * crs + j * ccs] */
     int64_t m, n, crs, ccs, kpad, kblocks, mpanels, ars, aks;
-    int nb, f64, any_nan;
+    int nb, tail, f64, any_nan;
     int64_t t0, t1; /* tiles [t0, t1), tile = jp * mpanels + ip */
 } job_t;
 
@@ -494,9 +618,9 @@ static void *run_tiles(void *arg)
         const int64_t jp = t / j->mpanels, ip = t % j->mpanels;
         const float *ap = j->apack + ip * j->kpad * MR, *bp = j->bpack + jp * j->kpad * NR;
         if (j->f64)
-            tile_f64(ap, j->ars, j->aks, bp, j->kblocks, j->nb, tile);
+            tile_f64(ap, j->ars, j->aks, bp, j->kblocks, j->nb, j->tail, tile);
         else
-            tile_f32(ap, j->ars, j->aks, bp, j->kblocks, j->nb, tile);
+            tile_f32(ap, j->ars, j->aks, bp, j->kblocks, j->nb, j->tail, tile);
         const int64_t i0 = ip * MR, c0 = jp * NR;
         const int64_t rows = j->m - i0 < MR ? j->m - i0 : MR;
         const int64_t cols = j->n - c0 < NR ? j->n - c0 : NR;
@@ -571,6 +695,19 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
                      (A.sk == 1) + (B.sr == 1 && B.sk != 1);
     operand_t *X = swap ? &B : &A, *Y = swap ? &A : &B;
     const int64_t xpanels = (X->rows + MR - 1) / MR, ypanels = (Y->rows + NR - 1) / NR;
+    /* Tiles with less than 1/DOT_WASTE of useful elements: the dot path (a block dot
+     * product costs about as much as DOT_WASTE tile elements). */
+    if (DOT_WASTE * m * n < xpanels * MR * ypanels * NR) {
+        float *aq = ws_get(4, m * kpad * sizeof(float), &tmp);
+        float *bq = ws_get(5, n * kpad * sizeof(float), &tmp);
+        float *sc = ws_get(6, 2 * nblk * sizeof(float), &tmp);
+        if (!aq || !bq || !sc) goto done;
+        quantize_all_rows(&A, &F, kpad, sc, sc + nblk, aq);
+        quantize_all_rows(&B, &F, kpad, sc, sc + nblk, bq);
+        dot_gemm(&A, &B, aq, bq, kpad, nb, f64, c);
+        rc = 0;
+        goto done;
+    }
     float *xpack = ws_get(4, xpanels * MR * kpad * sizeof(float), &tmp);
     float *ypack = ws_get(5, ypanels * NR * kpad * sizeof(float), &tmp);
     float *scale = ws_get(6, 2 * nblk * sizeof(float), &tmp), *unscale = scale + nblk;
@@ -578,7 +715,10 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
     if (!xpack || !ypack || !scale || !scratch) goto done;
     int64_t xrs, xks;
     block_scales(X, &F, scale, unscale);
-    if (X->rnd) {                     /* stochastic: row-major */
+    if (X->rnd && X->sr == 1 && X->sk != 1) {   /* stochastic, rows contiguous: by k */
+        quantize_panels_by_k_sr(X, &F, MR, kpad, scale, unscale, xpack);
+        xrs = 1, xks = MR;
+    } else if (X->rnd) {              /* stochastic: row-major */
         quantize_rows_sr(X, &F, 0, X->rows, kpad, scale, unscale, xpack);
         memset(xpack + X->rows * kpad, 0, (xpanels * MR - X->rows) * kpad * sizeof(float));
         xrs = kpad, xks = 1;
@@ -594,7 +734,9 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
         xrs = kpad, xks = 1;
     }
     block_scales(Y, &F, scale, unscale);
-    if (Y->sr == 1 && Y->sk != 1 && !Y->rnd) {
+    if (Y->sr == 1 && Y->sk != 1 && Y->rnd) {
+        quantize_panels_by_k_sr(Y, &F, NR, kpad, scale, unscale, ypack);
+    } else if (Y->sr == 1 && Y->sk != 1) {
         if (nearest)
             quantize_panels_by_k(Y, &F, NR, 1, kpad, scale, unscale, ypack);
         else
@@ -612,8 +754,8 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
     int started[64] = {0};
     for (int i = 0; i < nthreads; i++) {
         jobs[i] = (job_t){xpack, ypack, X->nan_line, Y->nan_line, c, X->rows, Y->rows,
-                          swap ? 1 : n, swap ? n : 1, kpad, kblocks, xpanels, xrs, xks, nb, f64,
-                          A.any_nan || B.any_nan, tiles * i / nthreads,
+                          swap ? 1 : n, swap ? n : 1, kpad, kblocks, xpanels, xrs, xks, nb,
+                          (int)(kdim - (kblocks - 1) * nb), f64, A.any_nan || B.any_nan, tiles * i / nthreads,
                           tiles * (i + 1) / nthreads};
     }
     for (int i = 1; i < nthreads; i++)
@@ -629,4 +771,71 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
 done:
     for (int i = 0; i < WS_SLOTS; i++) free(tmp.own[i]);
     return rc;
+}
+
+/* G independent GEMMs: C[g] [m, n] (contiguous, at c + g * m * n) = HBFP A[g] @ B[g], A[g]
+ * at a + g * a_sg and B[g] at b + g * b_sg (strides as in hbfp_fused_gemm), each exactly as
+ * hbfp_fused_gemm computes it. rnd_a, rnd_b: stochastic rounding, the values of GEMM g at
+ * rnd_a + g * m * kpad (rnd_b + g * n * kpad), or NULL. status[g] gets GEMM g's return
+ * value (1: the caller computes that GEMM on the general path). The batch is split across
+ * up to nthreads threads, one GEMM per thread at a time. */
+typedef struct {
+    const float *a, *b;
+    float *c;
+    const int32_t *rnd_a, *rnd_b;
+    int8_t *status;
+    int64_t g0, g1, a_sg, b_sg, m, n, kdim, a_sm, a_sk, b_sk, b_sn;
+    int nb, f, emin, emax, nearest, f32_bound_ok, f32_max_grid;
+    float mmax;
+} batch_t;
+
+static void *run_batch(void *arg)
+{
+    const batch_t *t = arg;
+    const int64_t kpad = (t->kdim + t->nb - 1) / t->nb * t->nb;
+    for (int64_t g = t->g0; g < t->g1; g++)
+        t->status[g] = (int8_t)hbfp_fused_gemm(
+            t->a + g * t->a_sg, t->m, t->kdim, t->a_sm, t->a_sk, t->b + g * t->b_sg, t->n,
+            t->b_sk, t->b_sn, t->c + g * t->m * t->n, t->nb, t->f, t->mmax, t->emin, t->emax,
+            t->nearest, t->f32_bound_ok, t->f32_max_grid, 1,
+            t->rnd_a ? t->rnd_a + g * t->m * kpad : NULL,
+            t->rnd_b ? t->rnd_b + g * t->n * kpad : NULL);
+    return NULL;
+}
+
+void hbfp_fused_gemm_batched(int64_t groups, const float *a, int64_t a_sg, int64_t m,
+                             int64_t kdim, int64_t a_sm, int64_t a_sk, const float *b,
+                             int64_t b_sg, int64_t n, int64_t b_sk, int64_t b_sn, float *c,
+                             int nb, int f, float mmax, int emin, int emax, int nearest,
+                             int f32_bound_ok, int f32_max_grid, int nthreads,
+                             const int32_t *rnd_a, const int32_t *rnd_b, int8_t *status)
+{
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > groups) nthreads = (int)groups;
+    if (nthreads > 64) nthreads = 64;
+    batch_t jobs[64];
+    pthread_t tid[64];
+    int started[64] = {0};
+    for (int i = 0; i < nthreads; i++)
+        jobs[i] = (batch_t){a, b, c, rnd_a, rnd_b, status, groups * i / nthreads,
+                            groups * (i + 1) / nthreads, a_sg, b_sg, m, n, kdim, a_sm, a_sk,
+                            b_sk, b_sn, nb, f, emin, emax, nearest, f32_bound_ok, f32_max_grid,
+                            mmax};
+    for (int i = 1; i < nthreads; i++)
+        started[i] = pthread_create(&tid[i], NULL, run_batch, &jobs[i]) == 0;
+    run_batch(&jobs[0]);
+    for (int i = 1; i < nthreads; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            run_batch(&jobs[i]);
+    }
+}
+
+/* hbfp_sr_bits of G seeds, each for nblocks blocks, one after the other into out. */
+void hbfp_sr_bits_batched(const uint32_t *seeds, int64_t groups, int64_t nblocks, int nb,
+                          int32_t *out)
+{
+    for (int64_t g = 0; g < groups; g++)
+        hbfp_sr_bits(seeds[g], nblocks, nb, out + g * nblocks * nb);
 }

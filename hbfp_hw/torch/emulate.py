@@ -888,18 +888,32 @@ class EmulateBackend:
         a list of G ints, used by stochastic rounding only)."""
         fmt = resolve_format(fmt)
         groups, m, kdim = a.shape
-        kpad = -(-kdim // fmt.block_size) * fmt.block_size
-        if groups == 1 or (a.device.type == "cpu" and fmt.rounding is not Rounding.STOCHASTIC
-                           and (m + b.shape[2]) * kpad >= _LARGE_OPERANDS):
-            # One GEMM, or GEMMs large enough that each takes the fast path (the fused
-            # kernel) faster than the general path quantizes them all.
-            return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
-                                for g in range(groups)])
+        if groups == 1:
+            return self.gemm(a[0], b[0], fmt, None if seeds is None else seeds[0])[None]
         if fmt.rounding is Rounding.STOCHASTIC:
             seeds_a = list(seeds)
             seeds_b = [(s + 1) & 0xFFFFFFFF for s in seeds_a]
         else:
             seeds_a = seeds_b = None
+        if a.device.type == "cpu":
+            with torch.no_grad(), _IEEESubnormals():
+                out = native.fused_gemm_batched(
+                    a.detach(), b.detach(), fmt, _fast_format(fmt).bound <= 1 << 24,
+                    _f32_max_grid(fmt), None if seeds_a is None else list(zip(seeds_a, seeds_b)))
+                if out is not None:
+                    c, todo = out
+                    for g in todo:          # exponents at the ends of the range
+                        c[g] = _gemm_general(a[g].detach(), b[g].detach(), fmt,
+                                             None if seeds_a is None else seeds_a[g],
+                                             None if seeds_b is None else seeds_b[g])
+                    return c
+        # The fused kernel is off or unavailable, or the operands are not on the CPU.
+        kpad = -(-kdim // fmt.block_size) * fmt.block_size
+        if (a.device.type == "cpu" and fmt.rounding is not Rounding.STOCHASTIC
+                and (m + b.shape[2]) * kpad >= _LARGE_OPERANDS):
+            # Large GEMMs one at a time: the fast path quantizes each GEMM's operands once,
+            # faster than the general path quantizes them all.
+            return torch.stack([self.gemm(a[g], b[g], fmt, None) for g in range(groups)])
         with torch.no_grad(), _IEEESubnormals():
             return _gemm_batched(a.detach(), b.detach(), fmt, seeds_a, seeds_b)
 

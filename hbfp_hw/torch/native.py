@@ -33,7 +33,7 @@ import torch
 from hbfp_hw.formats import Rounding
 from hbfp_hw.tools.cache import cache_root
 
-__all__ = ["available", "fused_gemm", "enabled", "NOT_FAST"]
+__all__ = ["available", "fused_gemm", "fused_gemm_batched", "enabled", "NOT_FAST"]
 
 _SOURCE = Path(__file__).with_name("_fused.c")
 _FLAGS = ("-std=gnu11", "-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno",
@@ -110,6 +110,14 @@ def _build(source=_SOURCE):
     bits = lib.hbfp_sr_bits
     bits.argtypes = [ctypes.c_uint32, i64, i32, ctypes.c_void_p]
     bits.restype = None
+    batched = lib.hbfp_fused_gemm_batched
+    batched.argtypes = [i64, ctypes.c_void_p, i64, i64, i64, i64, i64, ctypes.c_void_p, i64, i64,
+                        i64, i64, ctypes.c_void_p, i32, i32, ctypes.c_float, i32, i32, i32, i32,
+                        i32, i32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    batched.restype = None
+    bits = lib.hbfp_sr_bits_batched
+    bits.argtypes = [ctypes.c_void_p, i64, i64, i32, ctypes.c_void_p]
+    bits.restype = None
     return lib
 
 
@@ -156,6 +164,29 @@ def sr_bits(seed, rows, kblocks, nb):
     return out
 
 
+def _kernel_operand(x, k_dim):
+    """``x`` and its strides for the kernel, K being dimension ``k_dim`` (-1 or -2) and its
+    rows the other of the last two.
+
+    The kernel reads an operand fast when K or its rows are contiguous (a unit stride along a
+    dimension longer than 1); anything else (a broadcast gradient, stride 0 everywhere)
+    becomes a contiguous copy, several times faster than the kernel's element-by-element
+    loops. A dimension of size 1 is never stepped: it gets the stride that tells the kernel
+    the other dimension is the contiguous one (a K of 1 with contiguous rows would otherwise
+    read as "K contiguous", one short row at a time).
+    """
+    r_dim = -3 - k_dim                      # -2 for K last, -1 for K second to last
+    kdim, rows = x.shape[k_dim], x.shape[r_dim]
+    if not ((kdim > 1 and x.stride(k_dim) == 1) or (rows > 1 and x.stride(r_dim) == 1)):
+        x = x.contiguous()
+    strides = list(x.stride())
+    if kdim == 1:
+        strides[k_dim] = rows
+    if rows == 1:
+        strides[r_dim] = kdim
+    return x, strides
+
+
 def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     """Return the HBFP product ``a @ b`` of CPU float32 matrices (any strides) computed by the
     fused kernel; ``seeds`` = ``(seed_a, seed_b)`` for a stochastic ``fmt``.
@@ -169,6 +200,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     lib = _library()
     if lib is None:
         return None
+    (a, sa), (b, sb) = _kernel_operand(a, -1), _kernel_operand(b, -2)
     m, kdim = a.shape
     n = b.shape[1]
     threads = torch.get_num_threads() if m * n * kdim >= _THREAD_MIN_MACS else 1
@@ -179,8 +211,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
         rnd_a = sr_bits(seeds[0], m, kblocks, fmt.block_size)
         rnd_b = sr_bits(seeds[1], n, kblocks, fmt.block_size)
     rc = lib.hbfp_fused_gemm(
-        a.data_ptr(), m, kdim, a.stride(0), a.stride(1),
-        b.data_ptr(), n, b.stride(0), b.stride(1), out.data_ptr(),
+        a.data_ptr(), m, kdim, sa[0], sa[1], b.data_ptr(), n, sb[0], sb[1], out.data_ptr(),
         fmt.block_size, fmt.fraction_bits, float(fmt.max_mantissa), fmt.min_exponent,
         fmt.max_exponent, int(fmt.rounding is Rounding.NEAREST_EVEN), int(f32_bound_ok),
         f32_max_grid, threads, None if rnd_a is None else rnd_a.data_ptr(),
@@ -191,3 +222,43 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
         raise MemoryError(f"the fused HBFP kernel could not allocate its buffers for a "
                           f"{m}x{kdim} @ {kdim}x{n} GEMM")
     return out
+
+
+def fused_gemm_batched(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
+    """Return ``(C, todo)`` for CPU float32 ``a [G, M, K]`` and ``b [G, K, N]`` (any strides):
+    ``C[g]`` is :func:`fused_gemm` of ``a[g]``, ``b[g]`` (``seeds``: G pairs ``(seed_a,
+    seed_b)`` for a stochastic ``fmt``), except for the indices in ``todo``, the GEMMs that
+    need the general path (their ``C[g]`` is garbage). ``None`` when the kernel is disabled or
+    unavailable. One call for the whole batch, split across torch's threads when the batch
+    is large. The caller ensures IEEE subnormals."""
+    if not _enabled:
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    (a, sa), (b, sb) = _kernel_operand(a, -1), _kernel_operand(b, -2)
+    groups, m, kdim = a.shape
+    n = b.shape[2]
+    threads = torch.get_num_threads() if groups * m * n * kdim >= _THREAD_MIN_MACS else 1
+    out = torch.empty(groups, m, n, dtype=torch.float32)
+    status = torch.empty(groups, dtype=torch.int8)
+    rnd_a = rnd_b = None
+    if fmt.rounding is Rounding.STOCHASTIC:
+        kblocks = -(-kdim // fmt.block_size)
+        rnd_a = torch.empty(groups, m * kblocks * fmt.block_size, dtype=torch.int32)
+        rnd_b = torch.empty(groups, n * kblocks * fmt.block_size, dtype=torch.int32)
+        for rnd, rows, which in ((rnd_a, m, 0), (rnd_b, n, 1)):
+            seed_list = (ctypes.c_uint32 * groups)(*(s[which] for s in seeds))
+            lib.hbfp_sr_bits_batched(seed_list, groups, rows * kblocks, fmt.block_size,
+                                     rnd.data_ptr())
+    lib.hbfp_fused_gemm_batched(
+        groups, a.data_ptr(), sa[0], m, kdim, sa[1], sa[2], b.data_ptr(), sb[0], n, sb[1],
+        sb[2], out.data_ptr(),
+        fmt.block_size, fmt.fraction_bits, float(fmt.max_mantissa), fmt.min_exponent,
+        fmt.max_exponent, int(fmt.rounding is Rounding.NEAREST_EVEN), int(f32_bound_ok),
+        f32_max_grid, threads, None if rnd_a is None else rnd_a.data_ptr(),
+        None if rnd_b is None else rnd_b.data_ptr(), status.data_ptr())
+    if bool((status < 0).any()):
+        raise MemoryError(f"the fused HBFP kernel could not allocate its buffers for a "
+                          f"{m}x{kdim} @ {kdim}x{n} GEMM")
+    return out, status.nonzero().flatten().tolist()

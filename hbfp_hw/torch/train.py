@@ -18,8 +18,8 @@ from hbfp_hw.formats import resolve_format
 from hbfp_hw.torch.data import load_digits
 from hbfp_hw.torch.modules import convert
 
-__all__ = ["build_model", "parse_formats", "parse_layer_rules", "train_formats", "format_table",
-           "plot_curves", "MODELS"]
+__all__ = ["build_model", "parse_formats", "parse_layer_rules", "train_model", "train_formats",
+           "format_table", "plot_curves", "MODELS"]
 
 MODELS = ("mlp", "cnn")
 #: bfp8 must end within this many accuracy points of FP32 (the issue's target).
@@ -65,7 +65,32 @@ def _evaluate(model, x, y):
     return loss, acc
 
 
-def _train_one(model, data, epochs, batch_size, lr, seed, progress):
+def train_model(model, data, epochs, batch_size, lr, seed, progress=None):
+    """Train ``model`` on ``data`` as ``hbfp-hw train`` trains each format; return its history.
+
+    SGD with momentum 0.9 and cross-entropy loss; each epoch visits the training set in an
+    order drawn from a generator seeded with ``seed`` (the same batches for every model), then
+    evaluates on the test set. Trains in place; the caller seeds the initialization, converts
+    the model and sets the torch threads.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :func:`build_model` model, converted or not.
+    data : hbfp_hw.torch.data.Digits
+        The data set (:func:`hbfp_hw.torch.data.load_digits`).
+    epochs, batch_size : int
+    lr : float
+    seed : int
+    progress : tqdm bar, optional
+        Advanced once per batch; its postfix shows the loss and accuracy of each epoch.
+
+    Returns
+    -------
+    dict
+        ``{"train_loss", "test_loss", "test_acc", "seconds"}``, each a list with one value per
+        epoch (accuracy in percent, seconds since the start).
+    """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     n = data.x_train.shape[0]
@@ -140,7 +165,7 @@ def train_formats(model_name="mlp", formats=("fp32", "bfp8"), epochs=20, batch_s
         bar = tqdm(total=steps, desc=f"{model_name} {name:>5}", file=sys.stderr,
                    disable=not progress, leave=True, dynamic_ncols=True)
         try:
-            history = _train_one(model, data, epochs, batch_size, lr, seed, bar)
+            history = train_model(model, data, epochs, batch_size, lr, seed, bar)
         finally:
             bar.close()
         results[name] = {"test_acc": history["test_acc"][-1],

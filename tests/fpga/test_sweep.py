@@ -22,7 +22,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hbfp_hw.cli import main
+from hbfp_hw.cli import main, sweep_accuracy
 from hbfp_hw.formats import BFP8, BFPFormat
 from hbfp_hw.fpga.boards.build import missing_tools
 from hbfp_hw.fpga.sweep import (
@@ -38,9 +38,12 @@ from hbfp_hw.fpga.sweep import (
     parse_stages,
     resolve_params,
     run_sweep,
-    sweep,
     verilog_digest,
 )
+from hbfp_hw.fpga.sweep import flow as sweep_flow
+from hbfp_hw.fpga.sweep import plots as sweep_plots
+from hbfp_hw.fpga.sweep import report as sweep_report
+from hbfp_hw.fpga.sweep import runner as sweep_runner
 
 # -- parameters ---------------------------------------------------------------------------------
 
@@ -357,7 +360,7 @@ def test_full_chip_estimate_mixes_dsp_and_lut_variants():
     half = full_chip_estimate(doc, "w8b16", fill=0.5)
     assert half["bfp"]["variants"]["lut"]["fit_alone"] == 2        # floor(500 / 180)
     assert half["bfp"]["variants"]["dsp"]["fit_alone"] == 2        # still 10 DSPs / 4
-    text = sweep.format_full_chip(est)
+    text = sweep_report.format_full_chip(est)
     assert "6 units (1 x bfp8, 5 x bfp8+lutmul), limited by logic_cells (mixed)" in text
     assert "ratio: 64.0x" in text
 
@@ -369,7 +372,7 @@ def test_full_chip_estimate_dsp_only_and_missing():
     est = full_chip_estimate(doc, BFP8, fill=0.85)
     assert est["bfp"]["units"] == 2 and est["bfp"]["binding"] == "dsp"
     assert full_chip_estimate(doc, "bfp4") is None
-    assert "not available" in sweep.format_full_chip(None)
+    assert "not available" in sweep_report.format_full_chip(None)
 
 
 def test_format_table_and_markdown():
@@ -385,14 +388,14 @@ def test_format_table_and_markdown():
         "sources": ["rtl_gen/fp_accumulator.py:76", "rtl_gen/mac_tree.py:9"],
         "source_lines": {"rtl_gen/fp_accumulator.py:76": "swap = a > b"}}
     doc = derive_metrics(_doc(rows))
-    text = sweep.format_table(doc)
+    text = sweep_report.format_table(doc)
     lines = text.splitlines()
     assert "worse of seeds 1, 2" in lines[0]
     assert lines[1].split()[:4] == ["config", "w", "block", "mult"]
     bfp8 = next(line for line in lines if line.startswith("bfp8 "))
     assert "100.0 (101.0/100.0)" in bfp8 and "16.00x" in bfp8
     assert "bfp12: does not fit: logic_cells 90000/83640" in text
-    md = sweep.markdown_report(doc, command="hbfp-hw sweep --target ecp5-85f",
+    md = sweep_report.markdown_report(doc, command="hbfp-hw sweep --target ecp5-85f",
                                plots=[("MAC/s per LUT", "sweep_ecp5_mac_per_lut.png")])
     assert "Command: `hbfp-hw sweep --target ecp5-85f`" in md
     assert "| bfp8 | 8 | 16 | dsp |" in md
@@ -417,7 +420,7 @@ def test_plots(tmp_path):
     doc = derive_metrics(_doc(rows))
     for r, acc in zip(doc["points"], (97.8, 96.4, 97.2, 97.2)):
         r["accuracy"] = {"test_acc": acc}
-    for plot in (sweep.plot_mac_per_lut, sweep.plot_fmax, sweep.plot_pareto):
+    for plot in (sweep_plots.plot_mac_per_lut, sweep_plots.plot_fmax, sweep_plots.plot_pareto):
         path = tmp_path / f"{plot.__name__}.png"
         plot(doc, path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
@@ -514,7 +517,7 @@ def fake_tools(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXTPNR_ECP5", str(bin_dir / "nextpnr-ecp5"))
     monkeypatch.setenv("ECPPACK", str(bin_dir / "yosys"))
     monkeypatch.setenv("FAKE_LOG_DIR", str(tmp_path))
-    monkeypatch.setenv("FAKE_SRC", str(sweep._project_root() / "rtl_gen" / "mac_tree.py:42"))
+    monkeypatch.setenv("FAKE_SRC", str(sweep_flow._project_root() / "rtl_gen" / "mac_tree.py:42"))
     monkeypatch.setenv("HBFP_HW_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FAKE_NEXTPNR", raising=False)
     # Small stand-ins for the units, so that generating them takes no time.
@@ -556,7 +559,7 @@ def test_flow_runs_every_step_and_caches_them(fake_tools, tmp_path):
     assert dot["port_bits"] == {"in": 10, "out": 11}    # Toy(5)
     assert dot["critical_path"]["sources"] == ["rtl_gen/mac_tree.py:42"]
     # The line's text comes from the sources the Verilog was generated from.
-    line = (sweep._project_root() / "rtl_gen" / "mac_tree.py").read_text().splitlines()[41]
+    line = (sweep_flow._project_root() / "rtl_gen" / "mac_tree.py").read_text().splitlines()[41]
     assert dot["critical_path"]["source_lines"] == {"rtl_gen/mac_tree.py:42": line.strip()}
     assert dot["critical_path"]["to_signal"] == "unit.r"
     assert dot["seeds"][0]["cached"] is False
@@ -608,7 +611,7 @@ def test_dsp_points_are_elaborated_for_the_target_family(fake_tools, monkeypatch
 
 def test_flow_regenerates_when_the_generator_changes(fake_tools, monkeypatch):
     run_sweep(POINTS[:1], "ecp5-85f", seeds=(1,), progress=False)
-    monkeypatch.setattr(sweep, "generator_digest", lambda: "changed sources")
+    monkeypatch.setattr(sweep_flow, "generator_digest", lambda: "changed sources")
     run_sweep(POINTS[:1], "ecp5-85f", seeds=(1,), progress=False)
     # Generated again, but the Verilog is the same, so synthesis and P&R come from the cache.
     assert fake_tools.generated == ["fp32-mac", "fp32-mac"]
@@ -719,7 +722,7 @@ def test_cli_with_accuracy(fake_tools, monkeypatch, tmp_path, capsys):
         acc = 97.0 if fmt == "fp32" else 90.0 + fmt.mantissa_bits / 2
         return {"test_acc": acc, "test_loss": 0.1, "train_loss": 0.01, "cached": False}
 
-    monkeypatch.setattr(sweep, "digits_accuracy", fake_accuracy)
+    monkeypatch.setattr(sweep_accuracy, "digits_accuracy", fake_accuracy)
     argv = ["sweep", "--mantissa-bits", "4,8", "--block-size", "8", "--seeds", "1", "--quiet",
             "--full-chip", "none", "--with-accuracy", "--accuracy-epochs", "3",
             "--out", str(tmp_path / "out")]
@@ -751,13 +754,13 @@ def test_digits_accuracy_matches_the_train_command(tmp_path):
         ref = train.train_formats("mlp", ["fp32", "bfp4"], epochs=1, progress=False)
     finally:
         torch.set_num_threads(threads)
-    got = sweep.digits_accuracy(BFPFormat(4, 16), epochs=1, cache=tmp_path)
+    got = sweep_accuracy.digits_accuracy(BFPFormat(4, 16), epochs=1, cache=tmp_path)
     assert got["cached"] is False
     assert got["test_acc"] == ref["results"]["bfp4"]["test_acc"]
     assert got["test_loss"] == ref["results"]["bfp4"]["test_loss"]
-    fp32 = sweep.digits_accuracy("fp32", epochs=1, cache=tmp_path)
+    fp32 = sweep_accuracy.digits_accuracy("fp32", epochs=1, cache=tmp_path)
     assert fp32["test_acc"] == ref["results"]["fp32"]["test_acc"]
-    again = sweep.digits_accuracy("bfp4", epochs=1, cache=tmp_path)
+    again = sweep_accuracy.digits_accuracy("bfp4", epochs=1, cache=tmp_path)
     assert again["cached"] is True and again["test_acc"] == got["test_acc"]
 
 
@@ -808,13 +811,13 @@ def test_real_sweep_smallest_unit_ice40(tmp_path, monkeypatch):
     assert dot["macs_per_cycle"] == 2 and dot["mac_per_s"] == 2 * dot["fmax_mhz"] * 1e6
 
     runs = []
-    real_run = sweep._Runner.run
+    real_run = sweep_runner._Runner.run
 
     def counting(self, argv, *args, **kw):
         runs.append(argv[0])
         return real_run(self, argv, *args, **kw)
 
-    monkeypatch.setattr(sweep._Runner, "run", counting)
+    monkeypatch.setattr(sweep_runner._Runner, "run", counting)
     again = run_sweep(points, "ice40-up5k", cache=tmp_path, progress=False)
     assert runs == []
     assert [r["fmax_mhz"] for r in again["points"]] == [base["fmax_mhz"], dot["fmax_mhz"]]

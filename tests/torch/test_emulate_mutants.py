@@ -29,9 +29,11 @@ def _mismatch_found(fmt):
     big = torch.full((3, 32), 1.5 * 2.0 ** 126)
     signs = torch.tensor([1.0] * 8 + [-1.0] * 8 + [1.0, -1.0] * 8).reshape(32, 1).repeat(1, 2)
     cases.append((big, signs))
-    # block products that overflow to +Inf and -Inf: their sum is a NaN, made canonical
-    cases.append((torch.full((2, 32), 1.5 * 2.0 ** 126),
-                  torch.tensor([1.5] * 16 + [-1.5] * 16).reshape(32, 1).repeat(1, 3)))
+    # block products that overflow to +Inf and -Inf: their sum is a NaN, made canonical (a
+    # small C takes the kernel's dot path, a larger one its tiles)
+    for m, n in ((2, 3), (12, 40)):
+        cases.append((torch.full((m, 32), 1.5 * 2.0 ** 126),
+                      torch.tensor([1.5] * 16 + [-1.5] * 16).reshape(32, 1).repeat(1, n)))
     # 1 followed by half-ulps: only a sequential float32 sum stays 1
     ones = torch.zeros(2, 16 * 40)
     ones[:, ::16] = 1.0
@@ -43,12 +45,30 @@ def _mismatch_found(fmt):
     cases.append((ties, ties.t().contiguous()))
     special = torch.from_numpy(special_blocks(fmt.block_size)[:, :fmt.block_size])
     cases.append((special, special.t().contiguous()))
+    # NaN and Inf blocks among ordinary ones, small C (the dot path) and larger (the tiles)
+    for m, n in ((9, 3), (14, 40)):
+        a, b = clustered(rng, (m, 48), lo=-8, hi=8), clustered(rng, (48, n), lo=-8, hi=8)
+        a[2, 5], a[4, 40], b[20, 1] = float("nan"), float("inf"), float("-inf")
+        cases.append((a, b))
     cases += _fast_path_cases(rng, fmt)
     for a, b in cases:
         ref = golden.gemm(a.numpy(), b.numpy(), fmt, seed=5)
         if not same_bits(emulate.gemm(a, b, fmt, seed=5), ref):
             return True
-    return False
+    # one batched call for GEMMs of one shape, a seed each
+    a, b = _batched_case(rng)
+    out = emulate.EmulateBackend().gemm_batched(a, b, fmt, list(range(7, 7 + len(a))))
+    return any(not same_bits(out[g], golden.gemm(a[g].numpy(), b[g].numpy(), fmt, seed=7 + g))
+               for g in range(len(a)))
+
+
+def _batched_case(rng):
+    """Five GEMMs of one shape; the last one has exponents the kernel leaves to the general
+    path."""
+    a = torch.stack([clustered(rng, (9, 70), lo=-12, hi=12) for _ in range(5)])
+    b = torch.stack([clustered(rng, (70, 7), lo=-12, hi=12) for _ in range(5)])
+    a[4] = clustered(rng, (9, 70), lo=-140, hi=-130, spread=2)
+    return a, b
 
 
 def _fast_path_cases(rng, fmt):
@@ -165,10 +185,30 @@ NATIVE_MUTANTS = {
     "native-sr-lane-constant": ("0x9E3779B9u * (uint32_t)(l + 1)", "0x9E3779B9u * (uint32_t)l"),
     "native-sr-no-saturation": ("    v = v > mm ? mm : v;\n    return copysignf",
                                 "    return copysignf"),
+    # the batched kernel
+    # the dot path (shapes whose tiles would be mostly padding) and the tiles' last k-block
+    "native-dot-reversed-accumulation": (
+        "    for (int64_t kb = 0; kb < kblocks; kb++) {\n        const float *xb",
+        "    for (int64_t kb = kblocks - 1; kb >= 0; kb--) {\n        const float *xb"),
+    "native-dot-float32-always": ("    if (f64) {\n        for (int64_t i = 0; i < m; i++)",
+                                  "    if (0) {\n        for (int64_t i = 0; i < m; i++)"),
+    "native-dot-nan-lines-ignored": ("(any_nan && (A->nan_line[i] || B->nan_line[j]))", "0"),
+    "native-tile-tail-short": (
+        "nb : tail;\n        for (int t = 0; t < tn; t++) {\n            const vf",
+        "nb : tail - 1;\n        for (int t = 0; t < tn; t++) {\n            const vf"),
+    # the batched kernel (mutants that stay inside the buffers: one that wrote past C
+    # would corrupt the heap of the test process instead of failing a check)
+    "native-batched-a-offset": ("t->a + g * t->a_sg", "t->a + (g ? g - 1 : 0) * t->a_sg"),
+    "native-batched-sr-offset": ("t->rnd_b ? t->rnd_b + g * t->n * kpad",
+                                 "t->rnd_b ? t->rnd_b + (g ? g - 1 : 0) * t->n * kpad"),
+    # (a dropped status is left out: C[g] is then whatever its memory held, which may be the
+    # right result of an earlier call; test_native.py's batched test counts the GEMMs that
+    # take the general path instead)
 }
 #: The format each native mutant is checked with (default bfp8 nearest-even).
 NATIVE_MUTANT_FORMATS = {name: BFPFormat(8, 16, Rounding.STOCHASTIC)
-                         for name in NATIVE_MUTANTS if name.startswith("native-sr-")}
+                         for name in NATIVE_MUTANTS
+                         if name.startswith(("native-sr-", "native-batched-sr-"))}
 
 
 @pytest.mark.parametrize("name", NATIVE_MUTANTS)

@@ -111,3 +111,67 @@ def test_environment_switch_turns_it_off():
             "emulate.gemm(torch.ones(2, 3), torch.ones(3, 2), 'bfp8')")
     env = {**os.environ, "HBFP_HW_NATIVE": "0"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+def _batch(rng, groups, m, k, n):
+    """G GEMMs of clustered data; GEMM 1 has exponents at the bottom of the range, which the
+    kernel leaves to the general path. ``a`` is a transposed view, ``b`` is contiguous."""
+    a = torch.stack([clustered(rng, (k, m), lo=-20, hi=20) for _ in range(groups)])
+    a[1] = clustered(rng, (k, m), lo=-140, hi=-130, spread=2)
+    b = torch.stack([clustered(rng, (k, n), lo=-20, hi=20) for _ in range(groups)])
+    return a.transpose(1, 2), b
+
+
+@pytest.mark.parametrize("shape", [(19, 16 * 3 + 5, 11), (1, 16 * 6 + 4, 9), (9, 1, 40)],
+                         ids=["tiles", "dot-weight-gradient", "k1"])
+@pytest.mark.parametrize("fmt", [BFPFormat(8, 16), BFPFormat(4, 8, Rounding.TOWARD_ZERO),
+                                 BFPFormat(8, 16, Rounding.STOCHASTIC)],
+                         ids=lambda f: f.name)
+def test_batched_kernel_is_each_gemm(fmt, shape, monkeypatch):
+    """One call for a batch of GEMMs: every GEMM bit for bit the golden model's with its own
+    seed, on one thread and split across threads, with the kernel and without; the GEMM with
+    extreme exponents (and only it) goes to the general path. The shapes take the kernel's
+    tiles, its dot path (one row against a few columns: a depthwise convolution's weight
+    gradient) and a K of one (its input gradient)."""
+    rng = np.random.default_rng(zlib.crc32(fmt.name.encode()))
+    m, k, n = shape
+    a, b = _batch(rng, 6, m, k, n)
+    assert not a.is_contiguous() or 1 in (m, k)
+    seeds = [int(s) for s in rng.integers(0, 1 << 32, size=6)]
+    refs = [golden.gemm(np.ascontiguousarray(a[g].numpy()), b[g].numpy(), fmt, seed=seeds[g])
+            for g in range(6)]
+    backend = emulate.EmulateBackend()
+    general = []
+    real = emulate._gemm_general
+    monkeypatch.setattr(emulate, "_gemm_general",
+                        lambda *args: general.append(1) or real(*args))
+    monkeypatch.setattr(native, "_THREAD_MIN_MACS", 1)       # split the batch across threads
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            outs.append(backend.gemm_batched(a, b, fmt, seeds))
+    finally:
+        torch.set_num_threads(before)
+    assert general == [1, 1, 1]
+    with native.enabled(False):
+        outs.append(backend.gemm_batched(a, b, fmt, seeds))
+    for out in outs:
+        assert out.shape == (6, m, n)
+        for g in range(6):
+            assert same_bits(out[g], refs[g]), f"GEMM {g}"
+
+
+def test_batched_kernel_strides():
+    """Broadcast operands (stride 0 between GEMMs and within one) and offset views."""
+    rng = np.random.default_rng(6)
+    fmt = BFPFormat(8, 16)
+    a = clustered(rng, (1, 5, 40)).expand(4, 5, 40)
+    base = clustered(rng, (4, 50, 30))
+    b = base[:, 10:, 5:14]
+    assert a.stride(0) == 0 and b.storage_offset() > 0
+    c, todo = native.fused_gemm_batched(a, b, fmt, True, emulate._f32_max_grid(fmt))
+    assert todo == []
+    for g in range(4):
+        assert same_bits(c[g], _golden(a[g], b[g], fmt))
