@@ -202,9 +202,10 @@ def executable_path(config):
 def _source_digest():
     """Hash of the Python sources the gateware is generated from (cheap, no elaboration)."""
     here = Path(__file__).resolve().parents[2]          # fpga/
-    names = ("config.py", "system/engine.py", "system/decoder.py", "protocol/frames.py",
-             "host/simboard/simboard.py", "host/simboard/harness.cpp")
+    names = ("config.py", "protocol/frames.py", "host/simboard/simboard.py",
+             "host/simboard/harness.cpp")
     files = [here / name for name in names]
+    files += sorted((here / "system").glob("*.py"))     # GemmSystem and its components
     files += sorted((here.parent / "rtl_gen").glob("*.py"))
     import hbfp_hw.formats
     files.append(Path(hbfp_hw.formats.__file__))
