@@ -31,6 +31,8 @@ How the contract maps to hardware
   disturbs blocks in flight.
 """
 
+from typing import NamedTuple
+
 from amaranth.hdl import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -64,6 +66,24 @@ def _xorshift32(s):
     s = s ^ (s << 13)[:32]
     s = s ^ (s >> 17)
     return s ^ (s << 5)[:32]
+
+
+class _AlignWidths(NamedTuple):
+    """Widths of :class:`FloatToBlock`'s alignment datapath (see the module docstring).
+
+    ``frac_bits`` (``FB``) fraction bits are kept below the mantissa; the 24-bit significand is
+    extended by ``pad`` (``P``) zero bits to ``width`` bits; the aligned lane has ``kept``
+    bits; the ``low`` bits below ``top_width`` are always shifted out; ``saturating`` formats
+    (exponent narrower than 8 bits) clamp lanes above the shared exponent.
+    """
+
+    frac_bits: int
+    pad: int
+    width: int
+    kept: int
+    low: int
+    top_width: int
+    saturating: bool
 
 
 class FloatToBlock(wiring.Component):
@@ -180,80 +200,108 @@ class FloatToBlock(wiring.Component):
         on a tie (guard set, sticky clear) only to make the LSB even."""
         return guard & (sticky | lsb)
 
+    def _widths(self):
+        """Return the widths of the alignment datapath (:class:`_AlignWidths`)."""
+        fmt = self._fmt
+        w = fmt.mantissa_bits
+        if fmt.rounding is Rounding.STOCHASTIC:
+            frac_bits = SR_RANDOM_BITS
+        elif fmt.rounding is Rounding.NEAREST_EVEN:
+            frac_bits = 1
+        else:
+            frac_bits = 0
+        pad = max(0, frac_bits + w - 24)          # keeps the shift distance non-negative
+        width = 24 + pad                          # width of the extended significand
+        # distance = E - fe + 152 - w - FB + P = E_field - fe + K. It is at least K - 1 for
+        # every lane that does not saturate (K - 1 only for a subnormal lane of a block with
+        # E_field = 0), so the low `low` bits of the extended significand are always shifted
+        # out: they are reduced to a sticky bit before the max tree, and only the `top` bits
+        # above them travel with the lane and go through the shifter.
+        low = 25 - w - frac_bits + pad - 1
+        return _AlignWidths(frac_bits=frac_bits, pad=pad, width=width,
+                            kept=w - 1 + frac_bits, low=low, top_width=width - low,
+                            saturating=fmt.max_exponent < 127)
+
     def elaborate(self, platform):
         m = Module()
         fmt = self._fmt
-        n = fmt.block_size
-        w = fmt.mantissa_bits
-        stochastic = fmt.rounding is Rounding.STOCHASTIC
-        nearest = fmt.rounding is Rounding.NEAREST_EVEN
         cuts = self._cut_points()
+        widths = self._widths()
 
         # -- stream control: a free-running pipeline and a credit-counted output -------------
         out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
-        if stochastic:
+        if fmt.rounding is Rounding.STOCHASTIC:
             in_valid = self.i_stream.valid & ~self.reseed
             m.d.comb += self.i_stream.ready.eq(out.ready & ~self.reseed)
         else:
             in_valid = self.i_stream.valid
             m.d.comb += self.i_stream.ready.eq(out.ready)
         pipe_valid = out.admit(in_valid)
-        accepted = out.accept
 
-        # -- lanes as 32-bit patterns ---------------------------------------------------------
+        values = {"lane": self._lanes()}
+        if fmt.rounding is Rounding.STOCHASTIC:
+            values["rand"] = self._random_bits(m, out.accept)
+        pipe = Pipeline(m, pipe_valid)
+        values = pipe.cut("s_in", values, cuts["input"])
+        values = self._lane_fields(m, values, widths)
+        values = self._exponent_tree(m, pipe, cuts, values)
+        values = pipe.cut("s_exp", values, cuts["exponent"])
+        values = pipe.cut("s_dist", self._shift_distances(m, values, widths), cuts["distance"])
+        values = pipe.cut("s_coarse", self._coarse_shift(m, values, widths), cuts["coarse"])
+        values = pipe.cut("s_align", self._fine_shift(m, values, widths), cuts["align"])
+        values = pipe.cut("s_round", self._round(m, values, widths), cuts["round"])
+        values = pipe.cut("s_out", self._saturate(m, values), cuts["output"])
+
+        block = Signal(block_layout(fmt))
+        m.d.comb += block.exponent.eq(values["code"])
+        m.d.comb += [block.mantissas[i].eq(values["mantissas"][i])
+                     for i in range(fmt.block_size)]
+        out.drive(pipe.valid, block)
+        return m
+
+    def _lanes(self):
+        """Return the input lanes as 32-bit FP32 patterns (BF16 lanes widened)."""
         lanes = []
-        for i in range(n):
+        for i in range(self._fmt.block_size):
             lane = self.i_stream.payload[i]
             if self._input_format is FloatFormat.BF16:
                 lane = Cat(C(0, 16), lane)
             lanes.append(lane)
-        values = {"lane": lanes}
+        return lanes
 
-        # -- stochastic-rounding PRNG ---------------------------------------------------------
-        if stochastic:
-            rand = []
-            for i in range(n):
-                state = Signal(32, name=f"prng_state{i}", init=lane_start_state(DEFAULT_SEED, i))
-                nxt = Signal(32, name=f"prng_next{i}")
-                m.d.comb += nxt.eq(_xorshift32(state))
-                const = (XORSHIFT_LANE_CONSTANT * (i + 1)) & _MASK32
-                start = Mux(self.seed == const, const, self.seed ^ const)
-                with m.If(self.reseed):
-                    m.d.sync += state.eq(start)
-                with m.Elif(accepted):
-                    m.d.sync += state.eq(nxt)
-                rand.append(nxt[32 - SR_RANDOM_BITS:])
-            values["rand"] = rand
+    def _random_bits(self, m, accepted):
+        """Add the per-lane xorshift32 generators; return each lane's random bits for the
+        block accepted in this cycle (``accepted``)."""
+        rand = []
+        for i in range(self._fmt.block_size):
+            state = Signal(32, name=f"prng_state{i}", init=lane_start_state(DEFAULT_SEED, i))
+            nxt = Signal(32, name=f"prng_next{i}")
+            m.d.comb += nxt.eq(_xorshift32(state))
+            const = (XORSHIFT_LANE_CONSTANT * (i + 1)) & _MASK32
+            start = Mux(self.seed == const, const, self.seed ^ const)
+            with m.If(self.reseed):
+                m.d.sync += state.eq(start)
+            with m.Elif(accepted):
+                m.d.sync += state.eq(nxt)
+            rand.append(nxt[32 - SR_RANDOM_BITS:])
+        return rand
 
-        pipe = Pipeline(m, pipe_valid)
-        values = pipe.cut("s_in", values, cuts["input"])
-
-        # -- per-lane fields, computed beside the exponent max tree ---------------------------
-        if stochastic:
-            frac_bits = SR_RANDOM_BITS
-        elif nearest:
-            frac_bits = 1
-        else:
-            frac_bits = 0
-        pad = max(0, frac_bits + w - 24)          # keeps the shift distance non-negative
-        width = 24 + pad                          # width of the extended significand
-        kept = w - 1 + frac_bits                  # integer part below 2**(w-1), plus fraction
+    def _lane_fields(self, m, values, widths):
+        """Split each lane into the fields the rest of the pipeline needs, computed beside the
+        exponent max tree: the clamped exponent field (``level``, the tree's leaves), the
+        significand bits that go through the shifter (``top``), the sign, the effective
+        exponent field ``fe`` (``eff``), the NaN flag of the block and, depending on the
+        format, the sticky bit of the bits below ``top`` (``low_nz``) and the raw field."""
+        fmt = self._fmt
+        nearest = fmt.rounding is Rounding.NEAREST_EVEN
         lo_field = fmt.min_exponent + 127         # E clamped to [Emin, Emax], as a biased field
         hi_field = fmt.max_exponent + 127
-        # distance = E - fe + 152 - w - FB + P = E_field - fe + K. It is at least K - 1 for
-        # every lane that does not saturate (K - 1 only for a subnormal lane of a block with
-        # E_field = 0), so the low `low` bits of the extended significand are always shifted
-        # out: they are reduced to a sticky bit before the max tree, and only the `top` bits
-        # above them travel with the lane and go through the shifter.
-        k_dist = 25 - w - frac_bits + pad
-        low = k_dist - 1
-        top_width = width - low
-        saturating = fmt.max_exponent < 127
+        low = widths.low
         fields, clamped_fields = [], []
         lane_values = {"top": [], "sign": [], "eff": []}
         if nearest:
             lane_values["low_nz"] = []
-        if saturating:
+        if widths.saturating:
             lane_values["field"] = []
         for i, lane in enumerate(values["lane"]):
             field = lane[23:31]
@@ -269,20 +317,25 @@ class FloatToBlock(wiring.Component):
             # Signals, not expressions: Amaranth copies a bare expression into the netlist
             # at every read, and these are read several times
             is_normal = Signal(name=f"normal{i}")
-            ext = Signal(width, name=f"ext{i}")
+            ext = Signal(widths.width, name=f"ext{i}")
             eff = Signal(8, name=f"eff{i}")
-            m.d.comb += [is_normal.eq(field != 0), ext.eq(Cat(C(0, pad), lane[:23], is_normal)),
+            m.d.comb += [is_normal.eq(field != 0),
+                         ext.eq(Cat(C(0, widths.pad), lane[:23], is_normal)),
                          eff.eq(Cat(field[0] | ~is_normal, field[1:]))]
             lane_values["top"].append(ext[low:])
             lane_values["sign"].append(lane[31])
             lane_values["eff"].append(eff)
             if nearest:
                 lane_values["low_nz"].append(ext[:low].any() if low else C(0, 1))
-            if saturating:
+            if widths.saturating:
                 lane_values["field"].append(field)
         nan = Cat(*[f == 0xFF for f in fields]).any()
+        carried = {"rand": values["rand"]} if "rand" in values else {}
+        return dict(carried, level=clamped_fields, nan=nan, **lane_values)
 
-        # -- shared exponent: max tree over the clamped exponent fields -----------------------
+    def _exponent_tree(self, m, pipe, cuts, values):
+        """Reduce the clamped fields (``level``) to the biased shared exponent ``e_field`` and
+        ``e_next = e_field + 1``, with the max tree's cut points."""
         # max(clamp(f_i)) == clamp(max(f_i)): the clamp is monotonic, so it is done per lane,
         # in parallel, and the tree ends at the biased shared exponent.
         def max_level(level):
@@ -294,9 +347,7 @@ class FloatToBlock(wiring.Component):
                 nodes.append(node)
             return nodes
 
-        levels = (n - 1).bit_length()
-        carried = {"rand": values["rand"]} if stochastic else {}
-        values = dict(carried, level=clamped_fields, nan=nan, **lane_values)
+        levels = (self._fmt.block_size - 1).bit_length()
         for depth in range(levels - 1):
             values = pipe.cut(f"s_max{depth}", values, cuts[f"max{depth}"])
             values["level"] = max_level(values["level"])
@@ -312,9 +363,15 @@ class FloatToBlock(wiring.Component):
                      e_next.eq(Mux(a_wins, a + 1, b + 1))]
         values["e_field"] = e_field
         values["e_next"] = e_next
-        values = pipe.cut("s_exp", values, cuts["exponent"])
+        return values
 
-        # -- shift distances: distance - low = E_field - fe + 1, clamped to [0, top_width] -----
+    def _shift_distances(self, m, values, widths):
+        """Replace the exponents by each lane's shift distance (``shift``), the saturation flags
+        of a format with a narrow exponent and the block's exponent code (``code``)."""
+        # distance - low = E_field - fe + 1, clamped to [0, top_width]
+        fmt = self._fmt
+        top_width = widths.top_width
+        saturating = widths.saturating
         e_field = values.pop("e_field")
         e_next = values.pop("e_next")
         shifts, saturate = [], []
@@ -340,20 +397,23 @@ class FloatToBlock(wiring.Component):
             values["saturate"] = saturate
         values["code"] = Mux(values["nan"], fmt.nan_code,
                              e_field - 127 + fmt.exponent_bias)[:fmt.exponent_bits]
-        values = pipe.cut("s_dist", values, cuts["distance"])
+        return values
 
-        # -- alignment: coarse shift by multiples of 8, then the fine shift --------------------
+    def _coarse_shift(self, m, values, widths):
+        """Shift each lane's ``top`` right by the multiple of 8 in its shift distance; keep the
+        rest of the distance (``fine``) and, for nearest-even, form the sticky bit."""
         # aligned = (top >> shift)[:kept]; for nearest-even, the sticky bit is the low bits'
         # and those of `top` below the shift: bit j is shifted out exactly when j < shift.
+        nearest = self._fmt.rounding is Rounding.NEAREST_EVEN
         coarse_list, fine_list, sticky = [], [], []
         for i, top in enumerate(values.pop("top")):
             shift = values["shift"][i]
-            coarse = Signal(kept + 7, name=f"coarse{i}")
+            coarse = Signal(widths.kept + 7, name=f"coarse{i}")
             m.d.comb += coarse.eq(top >> Cat(C(0, 3), shift[3:]))
             coarse_list.append(coarse)
             fine_list.append(shift[:3])
             if nearest:
-                out_bits = Cat(*[top[j] & (shift > j) for j in range(top_width)])
+                out_bits = Cat(*[top[j] & (shift > j) for j in range(widths.top_width)])
                 bit = Signal(name=f"sticky{i}")
                 m.d.comb += bit.eq(values["low_nz"][i] | out_bits.any())
                 sticky.append(bit)
@@ -363,27 +423,34 @@ class FloatToBlock(wiring.Component):
         values["fine"] = fine_list
         if nearest:
             values["sticky"] = sticky
-        values = pipe.cut("s_coarse", values, cuts["coarse"])
+        return values
 
+    def _fine_shift(self, m, values, widths):
+        """Finish the alignment: shift each coarse-shifted lane by the rest of its distance."""
         aligned = []
         for i, coarse in enumerate(values.pop("coarse")):
-            shifted = Signal(kept, name=f"aligned{i}")
+            shifted = Signal(widths.kept, name=f"aligned{i}")
             m.d.comb += shifted.eq(coarse >> values["fine"][i])
             aligned.append(shifted)
         values.pop("fine")
         values["aligned"] = aligned
-        values = pipe.cut("s_align", values, cuts["align"])
+        return values
 
-        # -- rounding with the sign: rounded = q + up, signed = S ? -rounded : rounded --------
-        # -(q + up) = ~q + (1 - up), so one adder gives both: (q ^ S) + (S ^ up), w bits.
-        # q + up reaches 2**(w-1) (saturates) exactly when q is the largest mantissa and up.
+    def _round(self, m, values, widths):
+        """Round each aligned lane and apply its sign; flag the lanes that saturate."""
+        # rounded = q + up, signed = S ? -rounded : rounded. -(q + up) = ~q + (1 - up), so one
+        # adder gives both: (q ^ S) + (S ^ up), w bits. q + up reaches 2**(w-1) (saturates)
+        # exactly when q is the largest mantissa and up.
+        fmt = self._fmt
+        w = fmt.mantissa_bits
+        frac_bits = widths.frac_bits
         signed_values, too_big_list = [], []
-        for i in range(n):
+        for i in range(fmt.block_size):
             x = values["aligned"][i]
             q = x[frac_bits:]
-            if stochastic:
+            if fmt.rounding is Rounding.STOCHASTIC:
                 up = (x[:frac_bits] + values["rand"][i])[frac_bits]
-            elif nearest:
+            elif fmt.rounding is Rounding.NEAREST_EVEN:
                 up = self._nearest_up(x[0], values["sticky"][i], q[0])
             else:
                 up = C(0, 1)
@@ -391,29 +458,23 @@ class FloatToBlock(wiring.Component):
             value = Signal(signed(w), name=f"rounded{i}")
             m.d.comb += value.eq((Cat(q, C(0, 1)) ^ sign.replicate(w)) + (sign ^ up))
             too_big = (q == fmt.max_mantissa) & up
-            if saturating:
+            if widths.saturating:
                 too_big = too_big | values["saturate"][i]
             big = Signal(name=f"too_big{i}")
             m.d.comb += big.eq(too_big)
             signed_values.append(value)
             too_big_list.append(big)
-        values = {"value": signed_values, "too_big": too_big_list, "sign": values["sign"],
-                  "nan": values["nan"], "code": values["code"]}
-        values = pipe.cut("s_round", values, cuts["round"])
+        return {"value": signed_values, "too_big": too_big_list, "sign": values["sign"],
+                "nan": values["nan"], "code": values["code"]}
 
-        # -- saturation and NaN blocks ----------------------------------------------------------
+    def _saturate(self, m, values):
+        """Return the block's code and mantissas: saturated lanes clamped, NaN blocks zeroed."""
+        fmt = self._fmt
         mantissas = []
-        for i in range(n):
-            mantissa = Signal(signed(w), name=f"mantissa{i}")
+        for i in range(fmt.block_size):
+            mantissa = Signal(signed(fmt.mantissa_bits), name=f"mantissa{i}")
             limit = Mux(values["sign"][i], -fmt.max_mantissa, fmt.max_mantissa)
             m.d.comb += mantissa.eq(Mux(values["nan"], 0,
                                         Mux(values["too_big"][i], limit, values["value"][i])))
             mantissas.append(mantissa)
-        values = pipe.cut("s_out", {"code": values["code"], "mantissas": mantissas},
-                          cuts["output"])
-
-        block = Signal(block_layout(fmt))
-        m.d.comb += block.exponent.eq(values["code"])
-        m.d.comb += [block.mantissas[i].eq(values["mantissas"][i]) for i in range(n)]
-        out.drive(pipe.valid, block)
-        return m
+        return {"code": values["code"], "mantissas": mantissas}
