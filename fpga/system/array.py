@@ -208,22 +208,58 @@ class GemmEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        fmt = self._fmt
-        lanes = self._lanes
-        lane_bits = (lanes - 1).bit_length()
-        ch = self._channels
-        blk = block_layout(fmt)
+        running = Signal()
+        c_init_addr = Signal(range(self.c_depth))
+        a_rd = self._a_buffer(m)
+        b_rds, c_rds, c_wrs = self._bc_banks(m, running, c_init_addr)
+        self._c_readout(m, platform, c_rds)
+        units = []
+        for lane in range(self._lanes):
+            unit = BlockDotUnit(self._fmt, **self._unit_params, init=True)
+            m.submodules[f"unit{lane}"] = unit
+            units.append(unit)
 
-        m.submodules.a_mem = a_mem = Memory(shape=blk, depth=self._a_blocks, init=[])
+        issue = _IssueState(self)
+        # -- buffer reads at the issue schedule's position ----------------------------------
+        m.d.comb += [a_rd.addr.eq(self.a_base + issue.a_row + issue.kb),
+                     c_init_addr.eq(self.c_base + issue.init_index)]
+        for rd in b_rds:
+            m.d.comb += rd.addr.eq(self.b_base + issue.b_pass + issue.ckb)
+        s3_valid = self._operands(m, issue, a_rd, b_rds, c_rds, units)
+        self._issue(m, issue)
+        total_m, total_groups, written, finished = self._write_back(m, units, c_wrs)
+
+        # -- control: start, completion, cycle count -----------------------------------------
+        m.d.comb += self.busy.eq(running)
+        with m.If(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(~issue.issuing & ~issue.s2_valid & ~s3_valid & finished):
+                m.d.sync += running.eq(0)
+                m.d.comb += self.done.eq(1)
+        with m.Elif(self.start):
+            m.d.sync += [running.eq(1), self.cycles.eq(0), *issue.start(self),
+                         total_m.eq(self.m), total_groups.eq(self.groups)]
+            m.d.sync += [w.eq(0) for w in written]
+        return m
+
+    def _a_buffer(self, m):
+        """Add the A buffer and its write port; return its read port."""
+        m.submodules.a_mem = a_mem = Memory(shape=block_layout(self._fmt),
+                                            depth=self._a_blocks, init=[])
         a_wr = a_mem.write_port()
         a_rd = a_mem.read_port()
         m.d.comb += [a_wr.en.eq(self.a_we), a_wr.addr.eq(self.a_waddr),
                      a_wr.data.eq(self.a_wdata)]
+        return a_rd
 
-        running = Signal()
-        c_init_addr = Signal(range(self.c_depth))
+    def _bc_banks(self, m, running, c_init_addr):
+        """Add the B and C banks and the B write ports; return the B read ports, the C read
+        ports (addressed at ``c_init_addr`` while ``running``, at ``c_raddr`` otherwise) and
+        the C write ports, one of each per lane."""
+        blk = block_layout(self._fmt)
+        lane_bits = (self._lanes - 1).bit_length()
         b_rds, c_rds, c_wrs = [], [], []
-        for lane in range(lanes):
+        for lane in range(self._lanes):
             b_mem = Memory(shape=blk, depth=self.b_depth, init=[])
             c_mem = Memory(shape=unsigned(32), depth=self.c_depth, init=[])
             m.submodules[f"b_mem{lane}"] = b_mem
@@ -242,94 +278,57 @@ class GemmEngine(wiring.Component):
             m.d.comb += c_rd.addr.eq(Mux(running, c_init_addr, self.c_raddr))
             c_rds.append(c_rd)
             c_wrs.append(c_mem.write_port())
+        return b_rds, c_rds, c_wrs
+
+    def _c_readout(self, m, platform, c_rds):
+        """Drive ``c_rdata`` from the C bank ``c_rlane``, two cycles after the address."""
         # The block RAMs' read data is registered before the bank multiplexer: from a DP16KD
         # without its output register (5.8 ns clock-to-output) through the multiplexer into
         # the readout was the ULX3S critical path at 86.7 MHz (11.5 ns).
-        rlane = Signal.like(self.c_rlane)
-        rlane2 = Signal.like(self.c_rlane)
+        rlane = Signal.like(self.c_rlane, name="rlane")
+        rlane2 = Signal.like(self.c_rlane, name="rlane2")
         m.d.sync += [rlane.eq(self.c_rlane), rlane2.eq(rlane)]
         # (Not on the iCE40, whose block RAMs are fast and whose flip-flops are logic cells:
         # there the read data is held, as the address is, until the readout takes it.)
         if platform_family(platform) == "ice40":
             c_q = [rd.data for rd in c_rds]
         else:
-            c_q = [Signal(32, name=f"c_q{lane}", reset_less=True) for lane in range(lanes)]
+            c_q = [Signal(32, name=f"c_q{lane}", reset_less=True)
+                   for lane in range(self._lanes)]
             m.d.sync += [q.eq(rd.data) for q, rd in zip(c_q, c_rds, strict=True)]
         c_data = c_q[0]
-        for lane in range(1, lanes):
+        for lane in range(1, self._lanes):
             c_data = Mux(rlane2 == lane, c_q[lane], c_data)
         m.d.comb += self.c_rdata.eq(c_data)
 
-        units = []
-        for lane in range(lanes):
-            unit = BlockDotUnit(fmt, **self._unit_params, init=True)
-            m.submodules[f"unit{lane}"] = unit
-            units.append(unit)
-
-        # -- issue counters ---------------------------------------------------------------
-        # The engine never stalls: it issues at most one block pair per cycle, and no term of
-        # a channel follows the one before it by fewer than `spacing` cycles (the units'
-        # min_channels), so no accumulator waits on a read-after-write hazard and, with C
-        # always taking results, no unit ever holds its input ready low. A pass of fewer
-        # column groups than that fills each round with idle slots instead (as the hazard
-        # stalls did before). Every register here loads every cycle: no ready-derived enable
-        # fans out from the lanes to the counters, buffer reads and operand registers (on the
-        # ULX3S that network was the critical path, 13.0 ns, 10.6 of them routing).
-        spacing = self._unit_params["adder_stages"]
-        slots = max(ch, spacing)
-        row = Signal.like(self.m)
-        kb = Signal.like(self.kblocks)
-        c = Signal(range(slots))
-        a_row = Signal(range(self._a_blocks + 1))     # row * KB
-        b_pass = Signal(range(self.b_depth + 1))      # g0 * KB
-        ckb = Signal(range(self.b_depth + 1))         # c * KB + kb
-        init_round = Signal()    # issuing the start values of the pass (accumulate)
-        init_index = Signal(range(self.c_depth + 1))  # element index of the next start value
-        # Column groups from the pass's first one on, and those of the pass (min(left, ch)):
-        # registers updated once per pass, so no subtract-and-compare precedes the counters.
-        left = Signal.like(self.groups)
-        pass_groups = Signal(range(ch + 1))
-        round_len = Signal(range(slots + 1))          # max(pass_groups, spacing)
-
-        def pass_size(groups):
-            """(pass_groups, round_len) of a pass over ``groups`` column groups or more."""
-            return [pass_groups.eq(Mux(groups < ch, groups, ch)),
-                    round_len.eq(Mux(groups < ch, Mux(groups < spacing, spacing, groups),
-                                     max(ch, spacing)))]
-
-        issuing = Signal()
-        s2_valid = Signal()
-        s2_channel = Signal(range(ch))
-        s2_first = Signal()
-        s2_last = Signal()
-        s2_init = Signal()
+    def _operands(self, m, issue, a_rd, b_rds, c_rds, units):
+        """Register the buffer read data and the flags of ``issue`` (stage s3) and give them
+        to the units; record refused block pairs in ``overrun``. Return s3's valid bit."""
         # s3: the buffer read data and the flags of s2, registered before they fan out to the
         # units (the block RAMs' clock-to-output is long).
-        s3_valid = Signal()
-        s3_channel = Signal(range(ch))
-        s3_first = Signal()
-        s3_last = Signal()
-        s3_init = Signal()
-        s3_a = Signal(blk)
-        s3_b = [Signal(blk, name=f"s3_b{lane}") for lane in range(lanes)]
-        s3_c = [Signal(32, name=f"s3_c{lane}") for lane in range(lanes)]
+        blk = block_layout(self._fmt)
+        ch = self._channels
+        s3_valid = Signal(name="s3_valid")
+        s3_channel = Signal(range(ch), name="s3_channel")
+        s3_first = Signal(name="s3_first")
+        s3_last = Signal(name="s3_last")
+        s3_init = Signal(name="s3_init")
+        s3_a = Signal(blk, name="s3_a")
+        s3_b = [Signal(blk, name=f"s3_b{lane}") for lane in range(self._lanes)]
+        s3_c = [Signal(32, name=f"s3_c{lane}") for lane in range(self._lanes)]
         m.d.sync += [
-            s3_valid.eq(s2_valid), s3_channel.eq(s2_channel), s3_first.eq(s2_first),
-            s3_last.eq(s2_last), s3_init.eq(s2_init), s3_a.eq(a_rd.data),
+            s3_valid.eq(issue.s2_valid), s3_channel.eq(issue.s2_channel),
+            s3_first.eq(issue.s2_first), s3_last.eq(issue.s2_last), s3_init.eq(issue.s2_init),
+            s3_a.eq(a_rd.data),
         ]
-        m.d.sync += [s3_b[lane].eq(b_rds[lane].data) for lane in range(lanes)]
-        m.d.sync += [s3_c[lane].eq(c_rds[lane].data) for lane in range(lanes)]
-        # The schedule above guarantees that every unit takes what it is given; `overrun`
-        # records (until reset) if one ever did not.
+        m.d.sync += [s3_b[lane].eq(b_rds[lane].data) for lane in range(self._lanes)]
+        m.d.sync += [s3_c[lane].eq(c_rds[lane].data) for lane in range(self._lanes)]
+        # The schedule guarantees that every unit takes what it is given; `overrun` records
+        # (until reset) if one ever did not.
         refused = Signal()
         m.d.comb += refused.eq(s3_valid & ~Cat(*[u.i_stream.ready for u in units]).all())
         with m.If(refused):
             m.d.sync += self.overrun.eq(1)
-
-        m.d.comb += [a_rd.addr.eq(self.a_base + a_row + kb),
-                     c_init_addr.eq(self.c_base + init_index)]
-        for rd in b_rds:
-            m.d.comb += rd.addr.eq(self.b_base + b_pass + ckb)
         for lane, unit in enumerate(units):
             p = unit.i_stream.payload
             m.d.comb += [
@@ -342,60 +341,70 @@ class GemmEngine(wiring.Component):
                 p.init.eq(s3_init),
                 p.c.eq(s3_c[lane]),
             ]
+        return s3_valid
 
+    def _issue(self, m, issue):
+        """Step the issue schedule (the registers of ``issue``) and register the flags of the
+        block pair whose buffers are read in this cycle (stage s2)."""
+        ch = self._channels
         # Slot c of a round issues column group c of the pass if c < pass_groups; the rest of
         # the round (up to round_len) is idle.
+        c, kb, ckb = issue.c, issue.kb, issue.ckb
         in_pass = Signal()
-        m.d.comb += in_pass.eq(c < pass_groups)
+        m.d.comb += in_pass.eq(c < issue.pass_groups)
         m.d.sync += [
-            s2_valid.eq(issuing & in_pass),
-            s2_channel.eq(c),
-            s2_init.eq(init_round),
+            issue.s2_valid.eq(issue.issuing & in_pass),
+            issue.s2_channel.eq(c),
+            issue.s2_init.eq(issue.init_round),
             # An init term starts the sum; without one the first k-block does.
-            s2_first.eq(init_round | ((kb == 0) & ~self.accumulate)),
-            s2_last.eq(~init_round & (kb == self.kblocks - 1)),
+            issue.s2_first.eq(issue.init_round | ((kb == 0) & ~self.accumulate)),
+            issue.s2_last.eq(~issue.init_round & (kb == self.kblocks - 1)),
         ]
-        with m.If(issuing & init_round):
+        with m.If(issue.issuing & issue.init_round):
             with m.If(in_pass):
-                m.d.sync += init_index.eq(init_index + 1)
-            with m.If(c + 1 < round_len):
+                m.d.sync += issue.init_index.eq(issue.init_index + 1)
+            with m.If(c + 1 < issue.round_len):
                 m.d.sync += c.eq(c + 1)
             with m.Else():
-                m.d.sync += [c.eq(0), init_round.eq(0)]
-        with m.Elif(issuing):
-            with m.If(c + 1 < round_len):
+                m.d.sync += [c.eq(0), issue.init_round.eq(0)]
+        with m.Elif(issue.issuing):
+            with m.If(c + 1 < issue.round_len):
                 m.d.sync += c.eq(c + 1)
-                with m.If(c + 1 < pass_groups):
+                with m.If(c + 1 < issue.pass_groups):
                     m.d.sync += ckb.eq(ckb + self.kblocks)
             with m.Else():
                 m.d.sync += c.eq(0)
                 with m.If(kb + 1 < self.kblocks):
                     m.d.sync += [kb.eq(kb + 1), ckb.eq(kb + 1)]
                 with m.Else():
-                    m.d.sync += [kb.eq(0), ckb.eq(0), init_round.eq(self.accumulate)]
-                    with m.If(left > ch):
-                        rest = left - ch
+                    m.d.sync += [kb.eq(0), ckb.eq(0), issue.init_round.eq(self.accumulate)]
+                    with m.If(issue.left > ch):
+                        rest = issue.left - ch
                         # ckb = c * KB + kb is now (ch - 1) * KB + KB - 1: the next pass
                         # starts ch * KB further on, without a multiplier on the path.
-                        m.d.sync += [b_pass.eq(b_pass + ckb + 1), left.eq(rest),
-                                     *pass_size(rest)]
+                        m.d.sync += [issue.b_pass.eq(issue.b_pass + ckb + 1),
+                                     issue.left.eq(rest), *issue.pass_size(rest)]
                     with m.Else():
-                        m.d.sync += [b_pass.eq(0), left.eq(self.groups),
-                                     *pass_size(self.groups)]
-                        with m.If(row + 1 < self.m):
-                            m.d.sync += [row.eq(row + 1), a_row.eq(a_row + self.kblocks)]
+                        m.d.sync += [issue.b_pass.eq(0), issue.left.eq(self.groups),
+                                     *issue.pass_size(self.groups)]
+                        with m.If(issue.row + 1 < self.m):
+                            m.d.sync += [issue.row.eq(issue.row + 1),
+                                         issue.a_row.eq(issue.a_row + self.kblocks)]
                         with m.Else():
-                            m.d.sync += issuing.eq(0)
+                            m.d.sync += issue.issuing.eq(0)
 
-        # -- write-back: every unit writes its results to its own C bank, in order -----------
+    def _write_back(self, m, units, c_wrs):
+        """Write every unit's results to its own C bank, in order. Return the registers that
+        ``start`` loads with ``m`` and ``groups``, the per-lane counts of written results
+        (``start`` clears them) and whether every count has reached ``m * groups``."""
         # total = m * groups, the results to wait for: the multiply gets a cycle of its own
         # after start (the completion check runs three cycles later at the earliest).
-        total = Signal(range(self.c_depth + 1))
-        total_m = Signal.like(self.m)
-        total_groups = Signal.like(self.groups)
+        total = Signal(range(self.c_depth + 1), name="total")
+        total_m = Signal.like(self.m, name="total_m")
+        total_groups = Signal.like(self.groups, name="total_groups")
         m.d.sync += total.eq(total_m * total_groups)
         written = [Signal(range(self.c_depth + 1), name=f"written{lane}")
-                   for lane in range(lanes)]
+                   for lane in range(self._lanes)]
         for lane, unit in enumerate(units):
             m.d.comb += [
                 unit.o_stream.ready.eq(1),
@@ -405,21 +414,61 @@ class GemmEngine(wiring.Component):
             ]
             with m.If(unit.o_stream.valid):
                 m.d.sync += written[lane].eq(written[lane] + 1)
-
-        m.d.comb += self.busy.eq(running)
         finished = Cat(*[w == total for w in written]).all()
-        with m.If(running):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
-            with m.If(~issuing & ~s2_valid & ~s3_valid & finished):
-                m.d.sync += running.eq(0)
-                m.d.comb += self.done.eq(1)
-        with m.Elif(self.start):
-            m.d.sync += [
-                running.eq(1), issuing.eq(1), self.cycles.eq(0),
-                row.eq(0), kb.eq(0), c.eq(0), a_row.eq(0), b_pass.eq(0), ckb.eq(0),
-                left.eq(self.groups), *pass_size(self.groups),
-                init_round.eq(self.accumulate), init_index.eq(0),
-                total_m.eq(self.m), total_groups.eq(self.groups),
-            ]
-            m.d.sync += [w.eq(0) for w in written]
-        return m
+        return total_m, total_groups, written, finished
+
+
+class _IssueState:
+    """The registers of :class:`GemmEngine`'s issue schedule.
+
+    The engine never stalls: it issues at most one block pair per cycle, and no term of a
+    channel follows the one before it by fewer than ``spacing`` cycles (the units'
+    ``min_channels``), so no accumulator waits on a read-after-write hazard and, with C always
+    taking results, no unit ever holds its input ready low. A pass of fewer column groups than
+    that fills each round with idle slots instead (as the hazard stalls did before). Every
+    register here loads every cycle: no ready-derived enable fans out from the lanes to the
+    counters, buffer reads and operand registers (on the ULX3S that network was the critical
+    path, 13.0 ns, 10.6 of them routing).
+    """
+
+    def __init__(self, engine):
+        ch = self.ch = engine.channels
+        spacing = self.spacing = engine._unit_params["adder_stages"]
+        slots = max(ch, spacing)
+        self.row = Signal.like(engine.m, name="row")
+        self.kb = Signal.like(engine.kblocks, name="kb")
+        self.c = Signal(range(slots), name="c")
+        self.a_row = Signal(range(engine.a_blocks + 1), name="a_row")      # row * KB
+        self.b_pass = Signal(range(engine.b_depth + 1), name="b_pass")     # g0 * KB
+        self.ckb = Signal(range(engine.b_depth + 1), name="ckb")           # c * KB + kb
+        # Issuing the start values of the pass (accumulate), and the element index of the
+        # next start value.
+        self.init_round = Signal(name="init_round")
+        self.init_index = Signal(range(engine.c_depth + 1), name="init_index")
+        # Column groups from the pass's first one on, and those of the pass (min(left, ch)):
+        # registers updated once per pass, so no subtract-and-compare precedes the counters.
+        self.left = Signal.like(engine.groups, name="left")
+        self.pass_groups = Signal(range(ch + 1), name="pass_groups")
+        self.round_len = Signal(range(slots + 1), name="round_len")  # max(pass_groups, spacing)
+        self.issuing = Signal(name="issuing")
+        # s2: the flags of the block pair whose buffers are read.
+        self.s2_valid = Signal(name="s2_valid")
+        self.s2_channel = Signal(range(ch), name="s2_channel")
+        self.s2_first = Signal(name="s2_first")
+        self.s2_last = Signal(name="s2_last")
+        self.s2_init = Signal(name="s2_init")
+
+    def pass_size(self, groups):
+        """Return the assignments of ``pass_groups`` and ``round_len`` for a pass over
+        ``groups`` column groups or more."""
+        ch, spacing = self.ch, self.spacing
+        return [self.pass_groups.eq(Mux(groups < ch, groups, ch)),
+                self.round_len.eq(Mux(groups < ch, Mux(groups < spacing, spacing, groups),
+                                      max(ch, spacing)))]
+
+    def start(self, engine):
+        """Return the assignments that start ``engine``'s computation."""
+        return [self.issuing.eq(1), self.row.eq(0), self.kb.eq(0), self.c.eq(0),
+                self.a_row.eq(0), self.b_pass.eq(0), self.ckb.eq(0),
+                self.left.eq(engine.groups), *self.pass_size(engine.groups),
+                self.init_round.eq(engine.accumulate), self.init_index.eq(0)]
