@@ -20,6 +20,9 @@ proves, for each build:
    output of the top, every input of every black box, and every register and wire whose name
    was matched is proven equal in every cycle from reset.
 
+``check --flatten engine --flatten quantizer`` flattens those units into step 2 instead of requiring
+identical RTLIL (for a refactoring of a unit; ``unit_equiv.py`` proves single units).
+
 With ``check`` the first Yosys call compiles WebAssembly (minutes); later calls are fast.
 """
 
@@ -70,14 +73,14 @@ def modules(text):
     return {m.group(1): m.group(2) for m in _MODULE.finditer(text)}
 
 
-def leaves(mods):
-    """Return ``{leaf name: module name}``: the outermost modules named after a ``LEAVES``
-    unit (``gemm_system.engine``, ``gemm_system.replies.tx_out``)."""
+def leaves(mods, names=LEAVES):
+    """Return ``{leaf name: module name}``: the outermost modules named after a unit of
+    ``names`` (``gemm_system.engine``, ``gemm_system.replies.tx_out``)."""
     found = {}
     for name in mods:
         parts = name.split(".")
         for i, part in enumerate(parts[1:], 1):
-            if part in LEAVES:
+            if part in names:
                 if i == len(parts) - 1:
                     if part in found:
                         raise ValueError(f"two {part!r} units: {found[part]}, {name}")
@@ -133,14 +136,15 @@ def run_yosys(script, cwd, log):
     return result.returncode, (Path(cwd) / log).read_text()
 
 
-def flatten_script(il, out, leaf_modules):
-    boxes = " ".join("\\" + name for name in leaf_modules)
+def flatten_script(il, out, leaf_modules, top=TOP):
+    # (`blackbox` without a selection would make every module a black box)
+    boxes = "blackbox " + " ".join("\\" + name for name in leaf_modules) if leaf_modules else ""
     return f"""
 read_verilog -lib +/ecp5/cells_bb.v
 read_rtlil {il}
-hierarchy -top \\{TOP}
-blackbox {boxes}
-hierarchy -top \\{TOP}
+hierarchy -top \\{top}
+{boxes}
+hierarchy -top \\{top}
 proc
 flatten
 expose -evert c:*
@@ -177,9 +181,58 @@ def apply_renames(text, renames):
     return re.sub(r"\\(\S+)", sub, text)
 
 
-def check(old_dir, new_dir, name, seq=4, work=None, force=False):
+_MEM_CELL = re.compile(r"^  cell \$(memrd|memwr|meminit)_v2 \S+\n(.*?)^  end\n", re.M | re.S)
+_MEM_DECL = re.compile(r"(?:^  attribute .*\n)*^  memory (.*) \\(\S+)\n", re.M)
+_MEM_PORTS = {"memrd": (("ADDR", "output", "ABITS"), ("EN", "output", None),
+                        ("DATA", "input", "WIDTH")),
+              "memwr": (("ADDR", "output", "ABITS"), ("DATA", "output", "WIDTH"),
+                        ("EN", "output", "WIDTH"))}
+
+
+def cut_memories(text, top):
+    """Replace the memories of module ``top`` (flattened) by ports, so that ``equiv_make``,
+    which handles no memories, can run: the address, data and enable of every write port and
+    the address and enable of every read port become outputs
+    (``memport.<memory>.<rd|wr><i>.<ADDR|DATA|EN>``), the data of every read port an input.
+    Proving the outputs equal proves that both sides' memories see the same writes and
+    reads, so their read data, the inputs, are equal too. Return the new text and a summary
+    of the memories (declarations, port parameters, clocks, resets, initial contents) that
+    must be equal on both sides for this to hold."""
+    m = re.search(rf"^module \\{re.escape(top)}\n(.*?)^end\n", text, re.M | re.S)
+    body = m.group(1)
+    summary = {"memories": sorted(d.group(0) for d in _MEM_DECL.finditer(body)), "ports": []}
+    next_port = max((int(n) for n in re.findall(r"(?:input|output|inout) (\d+) ", body)),
+                    default=0) + 1
+    wires, connects, counts = [], [], {}
+    for cell in _MEM_CELL.finditer(body):
+        kind, cell_body = cell.groups()
+        params = dict(re.findall(r"^    parameter \\(\S+) (.*)$", cell_body, re.M))
+        conns = dict(re.findall(r"^    connect \\(\S+) (.*)$", cell_body, re.M))
+        memid = params["MEMID"].strip('"').lstrip("\\")
+        index = counts.get((memid, kind), 0)
+        counts[memid, kind] = index + 1
+        ports = _MEM_PORTS.get(kind, ())
+        fixed = {k: v for k, v in conns.items() if k not in {p for p, _, _ in ports}}
+        summary["ports"].append((memid, kind, index, sorted(params.items()),
+                                 sorted(fixed.items())))
+        for port, direction, width in ports:
+            wire = f"\\memport.{memid}.{kind[3:]}{index}.{port}"
+            wires.append(f"  wire width {params[width] if width else 1} {direction} "
+                         f"{next_port} {wire}\n")
+            next_port += 1
+            pair = (wire, conns[port]) if direction == "output" else (conns[port], wire)
+            connects.append(f"  connect {pair[0]} {pair[1]}\n")
+    summary["ports"].sort()
+    body = _MEM_DECL.sub("", _MEM_CELL.sub("", body)) + "".join(wires + connects)
+    return text[:m.start(1)] + body + text[m.end(1):], summary
+
+
+def check(old_dir, new_dir, name, seq=4, work=None, force=False, top=TOP, leaf_names=LEAVES):
     """Prove build ``name``'s netlists in ``old_dir`` and ``new_dir`` equivalent; return a
-    report string. Raises ``AssertionError`` if they are not proven equivalent."""
+    report string. Raises ``AssertionError`` if they are not proven equivalent.
+
+    ``top`` is the name of the top module; ``leaf_names`` the units that must be identical
+    and are black boxes in the proof (the default: ``LEAVES`` of a GemmSystem)."""
     old_text = (Path(old_dir) / f"{name}.il").read_text()
     new_text = (Path(new_dir) / f"{name}.il").read_text()
     report = [f"{name}: old sha256 {hashlib.sha256(old_text.encode()).hexdigest()[:16]}, "
@@ -188,7 +241,7 @@ def check(old_dir, new_dir, name, seq=4, work=None, force=False):
         report.append("  identical RTLIL")
         return "\n".join(report)
     old_mods, new_mods = modules(old_text), modules(new_text)
-    old_leaves, new_leaves = leaves(old_mods), leaves(new_mods)
+    old_leaves, new_leaves = leaves(old_mods, leaf_names), leaves(new_mods, leaf_names)
     old_text = canonical_ports(old_text, old_mods, old_leaves)
     new_text = canonical_ports(new_text, new_mods, new_leaves)
     old_mods, new_mods = modules(old_text), modules(new_text)
@@ -203,13 +256,20 @@ def check(old_dir, new_dir, name, seq=4, work=None, force=False):
         (tmp / "old.il").write_text(old_text)
         (tmp / "new.il").write_text(new_text)
         for side, lv in (("old", old_leaves), ("new", new_leaves)):
-            rc, log = run_yosys(flatten_script(f"{side}.il", f"{side}_flat.il", lv.values()),
-                                tmp, f"{side}_flat.log")
+            rc, log = run_yosys(flatten_script(f"{side}.il", f"{side}_flat.il", lv.values(),
+                                               top), tmp, f"{side}_flat.log")
             assert rc == 0, f"{name}: flattening {side} failed:\n{log[-3000:]}"
         gold = (tmp / "old_flat.il").read_text()
         gate = (tmp / "new_flat.il").read_text()
         renames = rename_map(wire_names(gold), wire_names(gate))
         gate = apply_renames(gate, renames)
+        gold, gold_mems = cut_memories(gold, top)
+        gate, gate_mems = cut_memories(gate, top)
+        assert gold_mems == gate_mems, f"{name}: memories differ: {gold_mems} / {gate_mems}"
+        if gold_mems["ports"]:
+            report.append(f"  {len(gold_mems['memories'])} memories, identical, cut at their "
+                          f"{len(gold_mems['ports'])} ports")
+        (tmp / "old_flat.il").write_text(gold)
         (tmp / "new_flat.il").write_text(gate)
         ports = re.compile(r"^  wire (?:width \d+ )?(?:input|output) \d+ \\(\S+)$", re.M)
         old_ports, new_ports = set(ports.findall(gold)), set(ports.findall(gate))
@@ -223,9 +283,9 @@ def check(old_dir, new_dir, name, seq=4, work=None, force=False):
                       f"counterpart: {len(unmatched_gold)}")
         script = f"""
 read_rtlil old_flat.il
-rename \\{TOP} gold
+rename \\{top} gold
 read_rtlil new_flat.il
-rename \\{TOP} gate
+rename \\{top} gate
 proc
 opt_clean
 equiv_make gold gate equiv
@@ -257,6 +317,9 @@ def main(argv=None):
     c.add_argument("new")
     c.add_argument("names", nargs="*", default=["icebreaker", "sim", "ulx3s-85f"])
     c.add_argument("--seq", type=int, default=4)
+    c.add_argument("--flatten", action="append", default=[], choices=LEAVES, metavar="UNIT",
+                   help="a unit that the refactoring changed: flattened into the proof "
+                        "instead of compared as identical RTLIL (repeatable)")
     args = parser.parse_args(argv)
     if args.cmd == "write":
         write(args.dir)
@@ -264,7 +327,9 @@ def main(argv=None):
     failed = False
     for name in args.names:
         try:
-            print(check(args.old, args.new, name, seq=args.seq), flush=True)
+            leaf_names = tuple(u for u in LEAVES if u not in args.flatten)
+            print(check(args.old, args.new, name, seq=args.seq, leaf_names=leaf_names),
+                  flush=True)
         except AssertionError as e:
             print(e, flush=True)
             failed = True
