@@ -46,6 +46,7 @@ __all__ = [
     "ecp5_pll",
     "ice40_pll",
     "BoardTop",
+    "default_system",
 ]
 
 DEFAULT_BAUD = 3_000_000
@@ -383,7 +384,9 @@ class BuildConfig:
         }
 
 
-def _default_system(config):
+def default_system(config):
+    """Return the ``GemmSystem`` of ``config`` (a :class:`BuildConfig`): what a board build
+    makes unless given another ``system_factory``."""
     from ..system.engine import GemmSystem
     return GemmSystem(config.system)
 
@@ -424,7 +427,7 @@ class BoardTop(Elaboratable):
         if not isinstance(config, BuildConfig):
             raise TypeError(f"config must be a BuildConfig, not {config!r}")
         self._config = config
-        self._system_factory = _default_system if system_factory is None else system_factory
+        self._system_factory = default_system if system_factory is None else system_factory
 
     @property
     def config(self):

@@ -31,7 +31,7 @@ from hbfp_hw.tools import process
 from hbfp_hw.tools.process import last_progress_line
 from hbfp_hw.tools.yowasp import YOWASP_PACKAGES, YOWASP_TOOLS, find_entry_point, missing_tools
 
-from .boards import BoardTop, BuildConfig
+from .boards import BOARDS, BoardTop, BuildConfig
 
 __all__ = [
     "YOWASP_TOOLS",
@@ -487,7 +487,6 @@ def program(board, bitstream):
     BuildError
         If the programmer is missing (with install hints) or fails.
     """
-    from .boards import BOARDS
     spec = BOARDS[board]
     reason = programmer_missing_reason(spec.programmer)
     if reason is not None:
