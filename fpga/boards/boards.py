@@ -112,8 +112,8 @@ class Board:
 
 
 #: Supported boards by ``--board`` name. Each board's ``GemmSystem`` is the preset of its name
-#: (:data:`hbfp_hw.fpga.config.PRESETS` says why each is what it is; the iCEBreaker's measured
-#: 5,096 logic cells (96.5 %) and 14.8-15.6 MHz are in docs/hardware.md).
+#: (:data:`hbfp_hw.fpga.config.PRESETS` says why each is what it is; the measured utilisation
+#: and Fmax of each are in docs/hardware.md).
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", osc_hz=25_000_000,

@@ -297,8 +297,8 @@ class _Progress:
 #: a fixed state too; an explicit seed makes the report say which placement it is.
 DEFAULT_SEED = 1
 #: Placement seeds ``hbfp-hw build`` tries (DEFAULT_SEED, DEFAULT_SEED + 1, ...) before it
-#: reports a timing failure. nextpnr's placement of the ULX3S default varies by about
-#: +-5 MHz from seed to seed (docs/hardware.md); a retry costs one more nextpnr run.
+#: reports a timing failure. nextpnr's placement, and so the Fmax, of the ULX3S default varies
+#: from seed to seed (docs/hardware.md); a retry costs one more nextpnr run.
 DEFAULT_SEED_ATTEMPTS = 3
 
 
