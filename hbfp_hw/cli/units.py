@@ -57,13 +57,14 @@ def check_unit(args, fault=None):
             f"--unit {args.unit} takes {', '.join(_flag(a) for a in allowed)}, "
             f"not {', '.join(_flag(b) for b in bad)}")
     try:
-        component = build_unit(args.unit, fmt, input_format=args.input_format, **hw)
-        if fault is not None:
-            from hbfp_hw.sim.mutants import inject
-            try:
-                inject(component, fault)
-            except ValueError as e:
-                raise cli_args.UsageError(f"--inject-fault {fault}: {e}") from None
+        with cli_args.constructed_only():
+            component = build_unit(args.unit, fmt, input_format=args.input_format, **hw)
+            if fault is not None:
+                from hbfp_hw.sim.mutants import inject
+                try:
+                    inject(component, fault)
+                except ValueError as e:
+                    raise cli_args.UsageError(f"--inject-fault {fault}: {e}") from None
     except (TypeError, ValueError) as e:
         raise cli_args.UsageError(cli_args.flag_message(e, {**FLAGS, "": "--unit"})) from None
     args.fmt, args.hw = fmt, hw

@@ -2,7 +2,7 @@
  * the block products, and add them into C in FP32, k-block after k-block, in one call.
  *
  * Bit-exact with hbfp_hw.golden.gemm (docs/numerics.md 2-3) by the same argument as the torch
- * fast path in emulate.py, which this file mirrors step by step:
+ * fast path in emulate_fast.py, which this file mirrors step by step:
  *
  *   - per block, the largest magnitude is read from the bit patterns (for non-negative floats
  *     their order is the order of the values; NaN/Inf patterns lie above every finite one);
@@ -138,8 +138,8 @@ static void block_maxima(operand_t *o, int nb)
             }
         }
     }
-    /* The statistics of emulate._FastOperand: e_raw from the largest finite block maximum,
-     * e_lo from the smallest nonzero one (NaN blocks included, as there). */
+    /* The statistics of emulate_fast._FastOperand: e_raw from the largest finite block
+     * maximum, e_lo from the smallest nonzero one (NaN blocks included, as there). */
     uint32_t hi = 0;
     uint64_t lo_m1 = 0xFFFFFFFFu;
     o->any_nan = 0;
@@ -654,7 +654,7 @@ static void *ws_get(int slot, size_t bytes, scratch_t *tmp)
  * takes the general path; C is untouched), -1 when out of memory.
  *
  * f32_bound_ok: N * M**2 <= 2**24; f32_max_grid: the largest product grid exponent g with
- * N * M**2 * 2**g <= FLT_MAX (emulate._f32_max_grid). rnd_a, rnd_b: stochastic rounding
+ * N * M**2 * 2**g <= FLT_MAX (exact._f32_max_grid). rnd_a, rnd_b: stochastic rounding
  * (hbfp_sr_bits of each operand, [rows * kpad]), or NULL for nearest/toward-zero. */
 int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64_t a_sk,
                     const float *b, int64_t n, int64_t b_sk, int64_t b_sn, float *c, int nb,
@@ -679,7 +679,7 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
     B.e_hi = imax(B.e_raw, emin);
     A.e_lo = imax(A.e_lo, emin);
     B.e_lo = imax(B.e_lo, emin);
-    /* the conditions of emulate._gemm_fast */
+    /* the conditions of emulate_fast._gemm_fast */
     if (imax(A.e_raw, B.e_raw) > emax || f - imax(A.e_hi, B.e_hi) < -KMAX ||
         f - (A.e_lo < B.e_lo ? A.e_lo : B.e_lo) > KMAX) {
         rc = 1;

@@ -199,7 +199,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
 
     Returns ``None`` when the kernel is disabled or unavailable, and :data:`NOT_FAST` when the
     operands need the general path (exponents at the ends of the range; see
-    :func:`.emulate._gemm_fast`). The caller ensures IEEE subnormals.
+    :func:`.emulate_fast._gemm_fast`). The caller ensures IEEE subnormals.
     """
     if not _enabled:
         return None

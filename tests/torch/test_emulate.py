@@ -8,7 +8,7 @@ import torch
 
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat, Rounding
-from hbfp_hw.torch import emulate, native
+from hbfp_hw.torch import emulate, emulate_fast, exact, native
 
 from ..golden_checks import f32, random_finite_bits, special_blocks, tie_blocks
 from .helpers import clustered, same_bits
@@ -64,7 +64,7 @@ def test_large_tiled():
     rng = np.random.default_rng(2)
     a = clustered(rng, (300, 1030), lo=-5, hi=5)
     b = clustered(rng, (1030, 257), lo=-5, hi=5)
-    assert emulate._tiles(300, 257, 65) != (300, 65)
+    assert exact._tiles(300, 257, 65) != (300, 65)
     _check(a, b, BFPFormat(8, 16), seed=None)
 
 
@@ -117,11 +117,11 @@ def test_mkldnn_bf16_matmul_setting_falls_back_to_float64():
     old = matmul.fp32_precision
     try:
         matmul.fp32_precision = "bf16"
-        assert not emulate._f32_matmul_is_ieee()
+        assert not exact._f32_matmul_is_ieee()
         _check(a, b, BFPFormat(8, 16), seed=1)
     finally:
         matmul.fp32_precision = old
-    assert emulate._f32_matmul_is_ieee()
+    assert exact._f32_matmul_is_ieee()
 
 
 def test_flush_denormal_is_lifted_and_restored():
@@ -141,7 +141,7 @@ def test_flush_denormal_is_lifted_and_restored():
 
 def test_accumulation_order_is_sequential():
     """The accumulation over k-blocks is float32, sequential, from +0.0 (not pairwise)."""
-    assert emulate._accumulation_is_sequential()
+    assert exact._accumulation_is_sequential()
     # 1 then many half-ulps: only a sequential float32 sum stays exactly 1.
     k = 16 * 40
     a = torch.zeros(1, k)
@@ -213,17 +213,17 @@ def paths(request, monkeypatch):
             return out
 
         monkeypatch.setattr(native, "fused_gemm", spy_native)
-        monkeypatch.setattr(emulate, "_gemm_fast", _never)
+        monkeypatch.setattr(emulate_fast, "_gemm_fast", _never)
         yield taken
         return
-    fast = emulate._gemm_fast
+    fast = emulate_fast._gemm_fast
 
     def spy(a, b, fmt):
         out = fast(a, b, fmt)
         taken.append(out is not None)
         return out
 
-    monkeypatch.setattr(emulate, "_gemm_fast", spy)
+    monkeypatch.setattr(emulate_fast, "_gemm_fast", spy)
     with native.enabled(False):
         yield taken
 
@@ -255,7 +255,7 @@ def test_fast_path_many_k_blocks(layouts, paths):
     rng = np.random.default_rng(20)
     a = clustered(rng, (40, 16 * 410), lo=-30, hi=30)
     b = clustered(rng, (16 * 410, 70), lo=-30, hi=30)
-    assert emulate._tiles(40, 70, 410)[1] < 410
+    assert exact._tiles(40, 70, 410)[1] < 410
     _check(_layout(a, layouts[0]), _layout(b, layouts[1]), BFPFormat(8, 16), seed=None)
     assert paths == [True]
 
@@ -358,7 +358,7 @@ def _device_path(a, b, fmt, seed):
 @pytest.mark.parametrize("fmt", FORMATS, ids=[f.name for f in FORMATS])
 def test_device_path_matches_golden(fmt, monkeypatch):
     """Every format and rounding, with the per-k-block add_ loop that non-CPU devices use."""
-    monkeypatch.setattr(emulate, "_accumulation_is_sequential", lambda: False)
+    monkeypatch.setattr(exact, "_accumulation_is_sequential", lambda: False)
     rng = np.random.default_rng(zlib.crc32(b"device" + fmt.name.encode()))
     seed = int(rng.integers(0, 2**32)) if fmt.rounding is Rounding.STOCHASTIC else None
     m, n, k = 7, 5, 3 * fmt.block_size + 1

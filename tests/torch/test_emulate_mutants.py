@@ -8,7 +8,7 @@ import torch
 
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat, Rounding
-from hbfp_hw.torch import emulate, native
+from hbfp_hw.torch import emulate, emulate_fast, exact, native
 
 from ..golden_checks import special_blocks, tie_blocks
 from .helpers import clustered, same_bits
@@ -134,35 +134,38 @@ def _magic_without_clamp(fmt):
     return types.SimpleNamespace(**{**vars(c), "m": 1 << 20})   # no saturation
 
 
-class _OneSlotWorkspace(emulate._Workspace):
+class _OneSlotWorkspace(emulate_fast._Workspace):
     def get(self, slot, shape, dtype=torch.float32):
         return super().get("shared", shape, dtype)
 
 
-_real_fast_format = emulate._fast_format
+_real_fast_format = emulate_fast._fast_format
 
+#: Deliberately broken variants of the torch path: (module, name, replacement, format).
 MUTANTS = {
-    "ties-truncated": ("_round_", _trunc_instead_of_rne, BFPFormat(8, 16)),
-    "pairwise-accumulation": ("_accumulate_", _pairwise_accumulation, BFPFormat(8, 16)),
-    "double-accumulation": ("_accumulate_", _double_accumulation, BFPFormat(8, 16)),
-    "random-bits-block-order": ("_random_rows", _unpermuted_random_bits,
+    "ties-truncated": (emulate, "_round_", _trunc_instead_of_rne, BFPFormat(8, 16)),
+    "pairwise-accumulation": (exact, "_accumulate_", _pairwise_accumulation, BFPFormat(8, 16)),
+    "double-accumulation": (exact, "_accumulate_", _double_accumulation, BFPFormat(8, 16)),
+    "random-bits-block-order": (emulate, "_random_rows", _unpermuted_random_bits,
                                 BFPFormat(6, 16, Rounding.STOCHASTIC)),
-    "nan-not-canonical": ("_canonical_nan", _no_canonical_nan, BFPFormat(8, 16)),
-    "f32-overflow-check-off": ("_f32_max_grid", lambda fmt: 10_000, BFPFormat(8, 16)),
-    "fast-loop-pairwise-accumulation": ("_add_", _pairwise_add, BFPFormat(8, 16)),
-    "fast-exponent-off-by-one": ("_fast_format", _exponent_off_by_one, BFPFormat(8, 16)),
-    "fast-no-saturation": ("_fast_format", _magic_without_clamp, BFPFormat(8, 16)),
-    "fast-shared-workspace-slot": ("_WORKSPACE", _OneSlotWorkspace(), BFPFormat(8, 16)),
+    "nan-not-canonical": (exact, "_canonical_nan", _no_canonical_nan, BFPFormat(8, 16)),
+    "f32-overflow-check-off": (exact, "_f32_max_grid", lambda fmt: 10_000, BFPFormat(8, 16)),
+    "fast-loop-pairwise-accumulation": (emulate_fast, "_add_", _pairwise_add, BFPFormat(8, 16)),
+    "fast-exponent-off-by-one": (emulate_fast, "_fast_format", _exponent_off_by_one,
+                                 BFPFormat(8, 16)),
+    "fast-no-saturation": (emulate_fast, "_fast_format", _magic_without_clamp, BFPFormat(8, 16)),
+    "fast-shared-workspace-slot": (emulate_fast, "_WORKSPACE", _OneSlotWorkspace(),
+                                   BFPFormat(8, 16)),
 }
 
 
 @pytest.mark.parametrize("name", MUTANTS)
 def test_mutant_is_caught(name, monkeypatch):
     """Mutants of the torch path, which runs with the fused kernel off."""
-    attr, replacement, fmt = MUTANTS[name]
+    module, attr, replacement, fmt = MUTANTS[name]
     monkeypatch.setattr(native, "_enabled", False)
     assert not _mismatch_found(fmt)                      # the real emulation is exact
-    monkeypatch.setattr(emulate, attr, replacement)
+    monkeypatch.setattr(module, attr, replacement)
     assert _mismatch_found(fmt)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat, Rounding
-from hbfp_hw.torch import emulate, native
+from hbfp_hw.torch import emulate, exact, native
 
 from .helpers import clustered, same_bits
 
@@ -71,7 +71,7 @@ def test_not_fast_operands_take_the_general_path(monkeypatch):
     fmt = BFPFormat(8, 16)
     a = clustered(rng, (9, 48), lo=-140, hi=-130, spread=2)
     b = clustered(rng, (48, 7), lo=-10, hi=0, spread=2)
-    assert native.fused_gemm(a, b, fmt, True, emulate._f32_max_grid(fmt)) is native.NOT_FAST
+    assert native.fused_gemm(a, b, fmt, True, exact._f32_max_grid(fmt)) is native.NOT_FAST
     general = []
     real = emulate._gemm_general
     monkeypatch.setattr(emulate, "_gemm_general",
@@ -171,7 +171,7 @@ def test_batched_kernel_strides():
     base = clustered(rng, (4, 50, 30))
     b = base[:, 10:, 5:14]
     assert a.stride(0) == 0 and b.storage_offset() > 0
-    c, todo = native.fused_gemm_batched(a, b, fmt, True, emulate._f32_max_grid(fmt))
+    c, todo = native.fused_gemm_batched(a, b, fmt, True, exact._f32_max_grid(fmt))
     assert todo == []
     for g in range(4):
         assert same_bits(c[g], _golden(a[g], b[g], fmt))
