@@ -273,8 +273,8 @@ _DEFAULT = SystemConfig()
 #:     quantizer (the host sends quantized blocks, wire=bfp; wire=fp32 is refused). The
 #:     pipelines are as short as 12 MHz allows, since on the iCE40 every register and output
 #:     FIFO entry is a logic cell: a combinational MAC tree, two conversion stages (one misses
-#:     12 MHz) and three adder stages (two reach only 11.5-12.4 MHz from the term buffer's
-#:     block RAM). docs/hardware.md has the measurements.
+#:     12 MHz) and three adder stages (two miss it from the term buffer's block RAM).
+#:     docs/hardware.md has the measurements.
 #: ``"sim"``
 #:     The simulated board (``make demo``, CI, ``sim://``): bfp8 and 4 lanes as the default
 #:     board, with buffers large enough for the demo's GEMMs and the board's transmit buffer.

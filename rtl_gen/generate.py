@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -24,6 +23,7 @@ from amaranth.lib import data, wiring
 
 from hbfp_hw import __version__
 from hbfp_hw.formats import BFPFormat, FloatFormat
+from hbfp_hw.tools import process
 
 from .block_to_float import BlockToFloat
 from .dot_product import DotProductUnit
@@ -191,8 +191,8 @@ def lint(path):
 
     if not toolchain.verilator_env():
         return None
-    proc = subprocess.run(["verilator", "--lint-only", "-Wall", "-Wno-fatal", str(path)],
-                          capture_output=True, text=True)
+    proc = process.run(["verilator", "--lint-only", "-Wall", "-Wno-fatal", str(path)],
+                       capture=True)
     text = proc.stdout + proc.stderr
     warnings = {}
     for cat in re.findall(r"%Warning-([A-Z0-9_]+):", text):

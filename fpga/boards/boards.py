@@ -46,6 +46,7 @@ __all__ = [
     "ecp5_pll",
     "ice40_pll",
     "BoardTop",
+    "default_system",
 ]
 
 DEFAULT_BAUD = 3_000_000
@@ -111,8 +112,8 @@ class Board:
 
 
 #: Supported boards by ``--board`` name. Each board's ``GemmSystem`` is the preset of its name
-#: (:data:`hbfp_hw.fpga.config.PRESETS` says why each is what it is; the iCEBreaker's measured
-#: 5,096 logic cells (96.5 %) and 14.8-15.6 MHz are in docs/hardware.md).
+#: (:data:`hbfp_hw.fpga.config.PRESETS` says why each is what it is; the measured utilisation
+#: and Fmax of each are in docs/hardware.md).
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", osc_hz=25_000_000,
@@ -383,7 +384,9 @@ class BuildConfig:
         }
 
 
-def _default_system(config):
+def default_system(config):
+    """Return the ``GemmSystem`` of ``config`` (a :class:`BuildConfig`): what a board build
+    makes unless given another ``system_factory``."""
     from ..system.engine import GemmSystem
     return GemmSystem(config.system)
 
@@ -424,7 +427,7 @@ class BoardTop(Elaboratable):
         if not isinstance(config, BuildConfig):
             raise TypeError(f"config must be a BuildConfig, not {config!r}")
         self._config = config
-        self._system_factory = _default_system if system_factory is None else system_factory
+        self._system_factory = default_system if system_factory is None else system_factory
 
     @property
     def config(self):

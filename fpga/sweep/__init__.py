@@ -6,9 +6,10 @@ One concept per module; this package re-exports their public names:
 - :mod:`~hbfp_hw.fpga.sweep.targets`: the FPGA parts, hardware parameters, sweep points;
 - :mod:`~hbfp_hw.fpga.sweep.wrapper`: :class:`RegisteredPorts`, the top level of a point;
 - :mod:`~hbfp_hw.fpga.sweep.flow`: :func:`run_sweep` (generate, synthesize, place and route,
-  cached), with :mod:`~hbfp_hw.fpga.sweep.cache` (the cache and its keys),
-  :mod:`~hbfp_hw.fpga.sweep.runner` (tool processes) and :mod:`~hbfp_hw.fpga.sweep.toolout`
-  (reading the tools' output);
+  cached), with :mod:`~hbfp_hw.fpga.sweep.cache` (the cache and its keys) and
+  :mod:`~hbfp_hw.fpga.sweep.toolout` (reading the tools' output); the tools run on
+  :class:`hbfp_hw.tools.process.Runner` and are versioned by
+  :func:`hbfp_hw.tools.yowasp.tool_version`;
 - :mod:`~hbfp_hw.fpga.sweep.metrics`: derived metrics, the full-chip estimate, Pareto fronts;
 - :mod:`~hbfp_hw.fpga.sweep.report`: text tables and the Markdown report;
 - :mod:`~hbfp_hw.fpga.sweep.plots`: the PNG plots.

@@ -57,13 +57,10 @@ from pathlib import Path
 
 from hbfp_hw.rtl_gen.common import TargetFamily
 from hbfp_hw.tools.cache import cache_key, read_json, write_json_atomic
+from hbfp_hw.tools.process import Runner, last_progress_line, shell_join
+from hbfp_hw.tools.yowasp import tool_version
 
-from ..boards.build import (
-    last_progress_line,
-    parse_nextpnr_log,
-    parse_yosys_stat,
-    toolchain_env,
-)
+from ..boards.build import parse_nextpnr_log, parse_yosys_stat, toolchain_env
 from .cache import (
     FLOW_VERSION,
     _gunzip_file,
@@ -75,12 +72,15 @@ from .cache import (
     verilog_digest,
 )
 from .metrics import derive_metrics
-from .runner import _duration, _Runner, _shell_join, tool_version
 from .targets import IO_MODES, ROUTERS, SweepPoint, _check_choice, _target
 from .toolout import _ERROR_LINE, _utilisation_summary, parse_critical_path
 from .wrapper import RegisteredPorts
 
 __all__ = ["run_sweep"]
+
+
+def _duration(seconds):
+    return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
 
 
 @dataclass
@@ -123,7 +123,8 @@ class _Sweep:
         self.nextpnr = tools[f"NEXTPNR_{target.family.upper()}"]
         self.versions = {"yosys": tool_version(self.yosys),
                          "nextpnr": tool_version(self.nextpnr)}
-        self.runner = _Runner(self.env)
+        # One runner for all jobs: an interrupt stops every tool that is running.
+        self.runner = Runner(self.env)
         self.gen_digest = generator_digest()
         _snapshot_sources(self.root, self.gen_digest)
         self.gen_lock = threading.Lock()
@@ -241,8 +242,9 @@ class _Sweep:
         t0 = time.monotonic()
         self.running[(point.label, "synthesis")] = (t0, sdir / "yosys.log")
         try:
-            rc = self.runner.run([self.yosys, "-q", "-l", "yosys.log", "-s", "synth.ys"], sdir,
-                                 sdir / "yosys.out", self.timeout)
+            rc = self.runner.run([self.yosys, "-q", "-l", "yosys.log", "-s", "synth.ys"],
+                                 cwd=sdir, log=sdir / "yosys.out", timeout=self.timeout,
+                                 poll=0.5).returncode
         finally:
             self.running.pop((point.label, "synthesis"), None)
         seconds = round(time.monotonic() - t0, 1)
@@ -295,7 +297,8 @@ class _Sweep:
         t0 = time.monotonic()
         self.running[(point.label, f"seed {seed} P&R")] = (t0, pdir / "pnr.log")
         try:
-            rc = self.runner.run(argv, pdir, pdir / "pnr.out", self.timeout)
+            rc = self.runner.run(argv, cwd=pdir, log=pdir / "pnr.out", timeout=self.timeout,
+                                 poll=0.5).returncode
         finally:
             self.running.pop((point.label, f"seed {seed} P&R"), None)
         seconds = round(time.monotonic() - t0, 1)
@@ -308,7 +311,7 @@ class _Sweep:
         parsed = parse_nextpnr_log(log)
         util = _utilisation_summary(parsed["utilisation"], self.target)
         result = {"seed": seed, "seconds": seconds, "utilisation": util,
-                  "nextpnr": self.versions["nextpnr"], "command": _shell_join(argv)}
+                  "nextpnr": self.versions["nextpnr"], "command": shell_join(argv)}
         if rc != 0:
             over = [f"{r} {u['used']}/{u['total']}" for r, u in util.items()
                     if u["used"] > u["total"]]

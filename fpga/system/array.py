@@ -284,7 +284,7 @@ class GemmEngine(wiring.Component):
         """Drive ``c_rdata`` from the C bank ``c_rlane``, two cycles after the address."""
         # The block RAMs' read data is registered before the bank multiplexer: from a DP16KD
         # without its output register (5.8 ns clock-to-output) through the multiplexer into
-        # the readout was the ULX3S critical path at 86.7 MHz (11.5 ns).
+        # the readout was once the ULX3S critical path (docs/hardware.md has the figures).
         rlane = Signal.like(self.c_rlane, name="rlane")
         rlane2 = Signal.like(self.c_rlane, name="rlane2")
         m.d.sync += [rlane.eq(self.c_rlane), rlane2.eq(rlane)]

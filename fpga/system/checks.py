@@ -146,7 +146,7 @@ read_cap_status : ``Out``
         # the command is dispatched, selects their operands (one LUT level from registers),
         # so the iCE40's eight DSPs suffice. Two cycles from the operands to the product, in
         # registers around the multiplier (on the ECP5 the MULT18X18D's own: a combinational
-        # DSP between fabric registers was the ULX3S critical path at 93.5 MHz, 10.7 ns).
+        # DSP between fabric registers was once the ULX3S critical path; docs/hardware.md).
         operands = [(a["m"], kb_req, a["row"], a["cols"]),
                     (groups_req, kb_req, a["rows"], a["cols"]),
                     (a["m"], groups_req, a["rows"], read_groups),
@@ -168,8 +168,8 @@ read_cap_status : ``Out``
             m.d.sync += [prod_a.eq(mul[0] + a["col"] + read_words), prod_b.eq(mul[1]),
                          prod_c.eq(a["base"] + mul[2])]
         # The comparisons, registered every cycle from the sums (the *_CMP states wait for
-        # them): a compare chain straight into the FSM's next-state logic was the ULX3S
-        # critical path at 91.5 MHz (10.9 ns).
+        # them): a compare chain straight into the FSM's next-state logic was once the ULX3S
+        # critical path (docs/hardware.md).
         compute_over = Signal()
         read_over = Signal()
         readback = self.readback

@@ -99,8 +99,8 @@ class ReplyFormatter(wiring.Component):
                                  Mux(kind == 2, Cat(status, status_view.as_value()),
                                      Mux(kind == 3, Cat(status, self.cycles), status)))))
         # The fixed part is latched when the header goes out and shifted out a byte at a time:
-        # a byte multiplexer over all of INFO in front of the encoder's CRC was the ULX3S
-        # critical path at 97.6 MHz (10.3 ns). Not on the iCE40, where the 328 flip-flops of
+        # a byte multiplexer over all of INFO in front of the encoder's CRC was once the ULX3S
+        # critical path (docs/hardware.md). Not on the iCE40, where the 328 flip-flops of
         # the latch would each take a logic cell the UP5K does not have; it reads the fixed
         # part through the multiplexer (its values do not change while a reply is sent).
         latch_fixed = platform_family(platform) != "ice40"

@@ -95,7 +95,7 @@ def _config_error(exc):
 
 
 def validate(args):
-    from hbfp_hw.fpga.boards.boards import BOARDS, _default_system
+    from hbfp_hw.fpga.boards.boards import BOARDS, default_system
     from hbfp_hw.fpga.boards.build import programmer_missing_reason
 
     try:
@@ -105,7 +105,7 @@ def validate(args):
         # Construct (not elaborate) the system the build will make: it checks --lanes and
         # the format against the gateware, in well under a second.
         with cli_args.constructed_only():
-            _default_system(config)
+            default_system(config)
     except (TypeError, ValueError) as e:
         raise cli_args.UsageError(_config_error(e)) from None
     if args.program:

@@ -93,7 +93,7 @@ def _check_layers(args):
     import warnings
 
     from hbfp_hw.torch.modules import convert
-    from hbfp_hw.torch.seqtask import TASKS, _model
+    from hbfp_hw.torch.seqtask import TASKS, task_model
     from hbfp_hw.torch.train import build_model, parse_layer_rules
 
     try:
@@ -102,7 +102,7 @@ def _check_layers(args):
         if hbfp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = _model(TASKS[args.dataset]) if args.model == "transformer" else \
+                model = task_model(TASKS[args.dataset]) if args.model == "transformer" else \
                     build_model(args.model)
                 convert(model, fmt=hbfp[0], layers=rules)
     except (TypeError, ValueError) as e:

@@ -49,6 +49,8 @@ import threading
 
 import torch
 
+from hbfp_hw.formats import Rounding
+
 __all__ = ["BackendUnavailableError", "register_backend", "get_backend", "backend_key",
            "backend_names", "Fp32Backend", "DeviceBackend", "close_devices", "check_backend"]
 
@@ -139,16 +141,14 @@ class DeviceBackend:
 
     def check_config(self, config):
         """Check every quantized role of an :class:`~hbfp_hw.torch.HBFPConfig`."""
-        from hbfp_hw.torch.config import ROLES
-
-        for role, fmt in zip(ROLES, config.formats):
+        # The config names its roles (HBFPConfig.role_formats): hbfp_hw.torch.config imports
+        # this module, so this module does not import it.
+        for role, fmt in config.role_formats.items():
             self.check_format(fmt, role)
 
     def gemm(self, a, b, fmt, seed):
         """Return the HBFP product ``a @ b`` computed on the device (float32 CPU tensor)."""
         import numpy as np
-
-        from hbfp_hw.formats import Rounding
 
         self.check_format(fmt)
         a_np = np.ascontiguousarray(a.detach().cpu().numpy(), dtype=np.float32)

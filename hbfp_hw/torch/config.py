@@ -112,6 +112,11 @@ class HBFPConfig:
         """The three role formats as a tuple (``None`` = FP32)."""
         return tuple(getattr(self, role) for role in ROLES)
 
+    @property
+    def role_formats(self):
+        """``{role: format}`` for the three roles of :data:`ROLES`, in that order."""
+        return dict(zip(ROLES, self.formats))
+
     def gemm_args(self):
         """Per role ``(mantissa_bits, block_size, rounding, exponent_bits)`` or ``None``."""
         return tuple(None if f is None or self.backend == "fp32" else

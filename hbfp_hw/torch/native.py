@@ -22,7 +22,6 @@ import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import threading
 import warnings
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from hbfp_hw.formats import Rounding
+from hbfp_hw.tools import process
 from hbfp_hw.tools.cache import cache_root
 
 __all__ = ["available", "fused_gemm", "fused_gemm_batched", "enabled", "NOT_FAST"]
@@ -78,10 +78,13 @@ def _build(source=_SOURCE):
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
+        probe = process.run([cc, "--version"], capture=True, timeout=60)
+    except OSError as exc:
         raise RuntimeError(f"the C compiler {cc} does not run: {exc}") from exc
+    if probe.timed_out:
+        raise RuntimeError(f"the C compiler {cc} does not run: {cc} --version did not "
+                           f"finish within 60 seconds")
+    version = probe.stdout
     text = Path(source).read_bytes()
     key = hashlib.sha256(b"\0".join([text, " ".join(_FLAGS).encode(), cc.encode(),
                                      version.encode(), _cpu_signature().encode(),
@@ -92,8 +95,11 @@ def _build(source=_SOURCE):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *_FLAGS, "-o", tmp, str(source), "-lm"],
-                                  capture_output=True, text=True, timeout=300)
+            proc = process.run([cc, *_FLAGS, "-o", tmp, str(source), "-lm"], capture=True,
+                               timeout=300)
+            if proc.timed_out:
+                raise RuntimeError(f"{cc} did not compile {Path(source).name} within 300 "
+                                   f"seconds")
             if proc.returncode != 0:
                 raise RuntimeError(f"{cc} failed on {Path(source).name}:\n{proc.stderr.strip()}")
             os.replace(tmp, out)        # atomic: concurrent processes (DDP ranks) agree
@@ -129,7 +135,7 @@ def _library():
         if _lib is None and _error is None:
             try:
                 _lib = _build()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            except (OSError, RuntimeError) as exc:
                 _error = str(exc)
                 warnings.warn(f"hbfp_hw.torch: the fused C kernel of the emulate backend is not "
                               f"available ({_error}); emulated GEMMs use the slower torch path, "

@@ -17,8 +17,9 @@ import functools
 
 import torch
 
-from hbfp_hw.formats import BFPFormat
-from hbfp_hw.torch.backends import get_backend
+from hbfp_hw.formats import BFPFormat, Rounding, resolve_format
+from hbfp_hw.golden import prng
+from hbfp_hw.torch.backends import backend_key, get_backend
 
 __all__ = ["gemm", "role_gemm", "role_gemm_batched"]
 
@@ -167,10 +168,6 @@ def gemm(a, b, fmt="bfp8", seed=None, backend="emulate", device=None):
     :func:`hbfp_hw.torch.hbfp_matmul` for that). ``seed`` (stochastic rounding only) is used
     for ``a`` and ``seed + 1`` for ``b``; ``None`` draws a fresh one.
     """
-    from hbfp_hw.formats import Rounding, resolve_format
-    from hbfp_hw.golden import prng
-    from hbfp_hw.torch.backends import backend_key
-
     fmt = resolve_format(fmt)
     key = backend_key(backend, device)
     if seed is None:

@@ -35,8 +35,8 @@ from torch import nn
 
 from hbfp_hw.torch.modules import convert
 
-__all__ = ["TASKS", "SeqTask", "TransformerLM", "SortTransformer", "make_data", "train_sequence",
-           "train_sort", "format_table", "plot_curves"]
+__all__ = ["TASKS", "SeqTask", "TransformerLM", "SortTransformer", "task_model", "make_data",
+           "train_sequence", "train_sort", "format_table", "plot_curves"]
 
 #: bfp8's final validation loss must be within this fraction of FP32's (mean over seeds).
 TARGET_RELATIVE = 0.02
@@ -140,7 +140,8 @@ def SortTransformer():
     return TransformerLM(task.vocab, task.length - 1)
 
 
-def _model(task):
+def task_model(task):
+    """The :class:`TransformerLM` of ``task`` (a :class:`SeqTask`)."""
     return TransformerLM(task.vocab, task.length - 1)
 
 
@@ -218,7 +219,7 @@ def train_sequence(task="markov", formats=("fp32", "bfp8"), seeds=(0, 1, 2), ste
         runs = []
         for seed in seeds:
             torch.manual_seed(seed)
-            model = _model(spec)
+            model = task_model(spec)
             conversion = None
             if name != "fp32":
                 model = convert(model, fmt=name, backend=backend, device=device, seed=seed,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
-from hbfp_hw.fpga.boards.boards import BuildConfig, _default_system
+from hbfp_hw.fpga.boards.boards import BuildConfig, default_system
 from hbfp_hw.fpga.host.simboard import SimConfig
 from hbfp_hw.rtl_gen.common import TargetFamily
 
@@ -23,8 +23,8 @@ def systems():
     """Return ``{name: (make, platform)}`` of the three default builds: ``make()`` builds the
     ``GemmSystem`` as the board build or the simulated board does."""
     return {
-        "ulx3s-85f": (lambda: _default_system(BuildConfig("ulx3s-85f")), TargetFamily("ecp5")),
-        "icebreaker": (lambda: _default_system(BuildConfig("icebreaker")),
+        "ulx3s-85f": (lambda: default_system(BuildConfig("ulx3s-85f")), TargetFamily("ecp5")),
+        "icebreaker": (lambda: default_system(BuildConfig("icebreaker")),
                        TargetFamily("ice40")),
         "sim": (lambda: SimConfig().gateware(), None),
     }

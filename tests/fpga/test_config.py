@@ -185,14 +185,12 @@ def test_presets_elaborate_as_the_defaults_replaced(name):
 
 def test_host_code_builds_no_gateware_but_the_simulated_board():
     """The host modules import neither the gateware nor the board build; the simulated board
-    is the one host module that builds gateware (``SimConfig.gateware``, imported lazily)."""
+    is the one host module that builds gateware (``SimConfig.gateware``, imported lazily).
+
+    This checks what importing the host code loads at run time; tests/test_imports.py checks
+    every import statement of every host module (inside functions too)."""
     code = ("import sys; import hbfp_hw.fpga.host.driver, hbfp_hw.fpga.host.transport, "
             "hbfp_hw.fpga.host.server, hbfp_hw.fpga.host.simboard; "
             "sys.exit(any(m in sys.modules for m in ('hbfp_hw.fpga.system.engine', "
             "'hbfp_hw.fpga.system.decoder', 'hbfp_hw.fpga.boards')))")
     subprocess.run([sys.executable, "-c", code], check=True)
-    edge = re.compile(r"^\s*from \.+(?:\w+\.)*(engine|decoder|boards|build) import", re.M)
-    for module in ("host/driver.py", "host/planning.py", "host/flow.py", "host/session.py",
-                   "host/transport.py", "host/server.py", "config.py", "protocol/frames.py"):
-        assert not edge.findall((FPGA / module).read_text()), module
-    assert edge.findall((FPGA / "host/simboard/simboard.py").read_text()) == ["engine"]

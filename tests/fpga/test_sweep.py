@@ -43,7 +43,7 @@ from hbfp_hw.fpga.sweep import (
 from hbfp_hw.fpga.sweep import flow as sweep_flow
 from hbfp_hw.fpga.sweep import plots as sweep_plots
 from hbfp_hw.fpga.sweep import report as sweep_report
-from hbfp_hw.fpga.sweep import runner as sweep_runner
+from hbfp_hw.tools import process
 
 # -- parameters ---------------------------------------------------------------------------------
 
@@ -811,13 +811,13 @@ def test_real_sweep_smallest_unit_ice40(tmp_path, monkeypatch):
     assert dot["macs_per_cycle"] == 2 and dot["mac_per_s"] == 2 * dot["fmax_mhz"] * 1e6
 
     runs = []
-    real_run = sweep_runner._Runner.run
+    real_run = process.Runner.run
 
     def counting(self, argv, *args, **kw):
         runs.append(argv[0])
         return real_run(self, argv, *args, **kw)
 
-    monkeypatch.setattr(sweep_runner._Runner, "run", counting)
+    monkeypatch.setattr(process.Runner, "run", counting)
     again = run_sweep(points, "ice40-up5k", cache=tmp_path, progress=False)
     assert runs == []
     assert [r["fmax_mhz"] for r in again["points"]] == [base["fmax_mhz"], dot["fmax_mhz"]]

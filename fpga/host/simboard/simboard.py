@@ -43,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from hbfp_hw.tools import process
 from hbfp_hw.tools.cache import cache_root
 
 from ...config import PRESETS, SystemConfig
@@ -282,20 +283,15 @@ def _compile(out, text, harness, *, progress, log):
         say(f"hbfp-hw: building the simulated board (Verilator, first time only) in {out}")
     t0 = time.monotonic()
     log_path = out / "build.log"
-    with open(log_path, "w") as logf:
-        with subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) as proc:
-            compiled = 0
-            last = t0
-            for line in proc.stdout:
-                logf.write(line)
-                if ".cpp" in line and ("g++" in line or "ccache" in line or "c++" in line):
-                    compiled += 1
-                now = time.monotonic()
-                if progress and now - last > 5:
-                    say(f"hbfp-hw: ... {now - t0:.0f} s, {compiled} C++ file(s) compiled")
-                    last = now
-            rc = proc.wait()
+    last = [0.0]
+
+    def report(elapsed):
+        if progress and elapsed - last[0] > 5:
+            compiled = _compiled_files(log_path)
+            say(f"hbfp-hw: ... {elapsed:.0f} s, {compiled} C++ file(s) compiled")
+            last[0] = elapsed
+
+    rc = process.run(cmd, cwd=out, env=env, log=log_path, progress=report).returncode
     if rc != 0 or not (out / "simboard.tmp").exists():
         raise BuildError(f"The Verilator build of the simulated board failed (exit {rc}); "
                          f"see {log_path}:\n{log_path.read_text()[-3000:]}")
@@ -303,6 +299,16 @@ def _compile(out, text, harness, *, progress, log):
     if progress:
         say(f"hbfp-hw: simulated board built in {time.monotonic() - t0:.1f} s")
     (out / "build_seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
+
+
+def _compiled_files(log_path):
+    """Count the C++ compiler commands that the Verilator build has logged so far."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0
+    return sum(1 for line in lines
+               if ".cpp" in line and ("g++" in line or "ccache" in line or "c++" in line))
 
 
 def launch(config, *, progress=True, stats=None):
