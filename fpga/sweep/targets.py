@@ -21,7 +21,6 @@ __all__ = [
     "stage_ranges",
     "parse_stages",
     "resolve_params",
-    "parse_int_list",
     "parse_format_spec",
     "make_points",
 ]
@@ -282,22 +281,6 @@ class SweepPoint:
             return build_unit("fp32-baseline", **dict(self.params))
         return build_unit("dot", self.fmt, input_format=self.input_format.value,
                           **dict(self.params))
-
-
-def parse_int_list(text, flag):
-    """Parse ``"4,6,8"`` into ``[4, 6, 8]``; errors name ``flag``."""
-    values = []
-    for item in str(text).split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            values.append(int(item))
-        except ValueError:
-            raise ValueError(f"{flag} takes comma-separated integers, not {item!r}") from None
-    if not values:
-        raise ValueError(f"{flag} needs at least one value")
-    return list(dict.fromkeys(values))
 
 
 _FORMAT_SPEC = re.compile(r"^w(\d+)b(\d+)$")

@@ -629,6 +629,23 @@ static void *run_tiles(void *arg)
     return NULL;
 }
 
+/* Run fn on jobs[0..n) (each `size` bytes), jobs 1.. on threads of their own and job 0 on
+ * this one; a job whose thread cannot be started runs here too. */
+static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int n)
+{
+    pthread_t tid[64];
+    int started[64] = {0};
+    for (int i = 1; i < n; i++)
+        started[i] = pthread_create(&tid[i], NULL, fn, (char *)jobs + i * size) == 0;
+    fn(jobs);
+    for (int i = 1; i < n; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            fn((char *)jobs + i * size);
+    }
+}
+
 /* Per-thread scratch buffers, kept between calls up to WS_KEEP bytes each (first-touching
  * megabytes of fresh memory on every call would cost more than the arithmetic). */
 #define WS_SLOTS 8
@@ -750,23 +767,13 @@ int hbfp_fused_gemm(const float *a, int64_t m, int64_t kdim, int64_t a_sm, int64
     if (nthreads > tiles) nthreads = (int)tiles;
     if (nthreads > 64) nthreads = 64;
     job_t jobs[64];
-    pthread_t tid[64];
-    int started[64] = {0};
     for (int i = 0; i < nthreads; i++) {
         jobs[i] = (job_t){xpack, ypack, X->nan_line, Y->nan_line, c, X->rows, Y->rows,
                           swap ? 1 : n, swap ? n : 1, kpad, kblocks, xpanels, xrs, xks, nb,
-                          (int)(kdim - (kblocks - 1) * nb), f64, A.any_nan || B.any_nan, tiles * i / nthreads,
-                          tiles * (i + 1) / nthreads};
+                          (int)(kdim - (kblocks - 1) * nb), f64, A.any_nan || B.any_nan,
+                          tiles * i / nthreads, tiles * (i + 1) / nthreads};
     }
-    for (int i = 1; i < nthreads; i++)
-        started[i] = pthread_create(&tid[i], NULL, run_tiles, &jobs[i]) == 0;
-    run_tiles(&jobs[0]);
-    for (int i = 1; i < nthreads; i++) {
-        if (started[i])
-            pthread_join(tid[i], NULL);
-        else
-            run_tiles(&jobs[i]); /* no thread: do its share here */
-    }
+    run_jobs(run_tiles, jobs, sizeof jobs[0], nthreads);
     rc = 0;
 done:
     for (int i = 0; i < WS_SLOTS; i++) free(tmp.own[i]);
@@ -814,22 +821,12 @@ void hbfp_fused_gemm_batched(int64_t groups, const float *a, int64_t a_sg, int64
     if (nthreads > groups) nthreads = (int)groups;
     if (nthreads > 64) nthreads = 64;
     batch_t jobs[64];
-    pthread_t tid[64];
-    int started[64] = {0};
     for (int i = 0; i < nthreads; i++)
         jobs[i] = (batch_t){a, b, c, rnd_a, rnd_b, status, groups * i / nthreads,
                             groups * (i + 1) / nthreads, a_sg, b_sg, m, n, kdim, a_sm, a_sk,
                             b_sk, b_sn, nb, f, emin, emax, nearest, f32_bound_ok, f32_max_grid,
                             mmax};
-    for (int i = 1; i < nthreads; i++)
-        started[i] = pthread_create(&tid[i], NULL, run_batch, &jobs[i]) == 0;
-    run_batch(&jobs[0]);
-    for (int i = 1; i < nthreads; i++) {
-        if (started[i])
-            pthread_join(tid[i], NULL);
-        else
-            run_batch(&jobs[i]);
-    }
+    run_jobs(run_batch, jobs, sizeof jobs[0], nthreads);
 }
 
 /* hbfp_sr_bits of G seeds, each for nblocks blocks, one after the other into out. */

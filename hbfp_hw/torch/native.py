@@ -201,9 +201,7 @@ def fused_gemm(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     operands need the general path (exponents at the ends of the range; see
     :func:`.emulate_fast._gemm_fast`). The caller ensures IEEE subnormals.
     """
-    if not _enabled:
-        return None
-    lib = _library()
+    lib = _library() if _enabled else None
     if lib is None:
         return None
     (a, sa), (b, sb) = _kernel_operand(a, -1), _kernel_operand(b, -2)
@@ -237,9 +235,7 @@ def fused_gemm_batched(a, b, fmt, f32_bound_ok, f32_max_grid, seeds=None):
     need the general path (their ``C[g]`` is garbage). ``None`` when the kernel is disabled or
     unavailable. One call for the whole batch, split across torch's threads when the batch
     is large. The caller ensures IEEE subnormals."""
-    if not _enabled:
-        return None
-    lib = _library()
+    lib = _library() if _enabled else None
     if lib is None:
         return None
     (a, sa), (b, sb) = _kernel_operand(a, -1), _kernel_operand(b, -2)

@@ -146,8 +146,8 @@ def test_default_system_is_gemm_system():
     systems = []
 
     def factory(c):
-        from hbfp_hw.fpga.boards.boards import _default_system
-        systems.append(_default_system(c))
+        from hbfp_hw.fpga.boards.boards import default_system
+        systems.append(default_system(c))
         return systems[-1]
 
     plan = config.spec.platform().prepare(BoardTop(config, system_factory=factory), name="top",

@@ -34,7 +34,6 @@ from hbfp_hw.fpga.sweep import (
     make_points,
     pareto_front,
     parse_critical_path,
-    parse_int_list,
     parse_stages,
     resolve_params,
     run_sweep,
@@ -46,15 +45,6 @@ from hbfp_hw.fpga.sweep import report as sweep_report
 from hbfp_hw.tools import process
 
 # -- parameters ---------------------------------------------------------------------------------
-
-
-def test_parse_int_list():
-    assert parse_int_list("4, 6,8,,4", "--mantissa-bits") == [4, 6, 8]
-    with pytest.raises(ValueError, match=r"^--block-size takes comma-separated integers, "
-                                         r"not 'x'$"):
-        parse_int_list("8,x", "--block-size")
-    with pytest.raises(ValueError, match=r"^--seeds needs at least one value$"):
-        parse_int_list(" , ", "--seeds")
 
 
 def test_parse_stages():
