@@ -48,11 +48,6 @@ FUNCTION_LEVEL = {
     ("hbfp_hw.cli", "hbfp_hw"):
         "a subcommand imports what it runs when it runs: `hbfp-hw --help` and the parsers load "
         "no command code (tests/cli/test_parser.py)",
-    ("hbfp_hw.rtl_gen.generate", "hbfp_hw.sim.toolchain"):
-        "the Verilator environment lives in the layer above rtl_gen (sim); only the lint needs "
-        "it (it belongs in hbfp_hw.tools: follow-up)",
-    ("hbfp_hw.fpga.host.simboard.simboard", "hbfp_hw.sim.toolchain"):
-        "the Verilator environment, needed only to compile the simulated board",
     ("hbfp_hw.fpga.host.driver", "hbfp_hw.fpga.host.simboard"):
         "the simulated board (it reads its C++ harness at import) only for sim:// devices",
     ("hbfp_hw.fpga.host.transport", "hbfp_hw.fpga.host.simboard"):
