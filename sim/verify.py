@@ -19,6 +19,7 @@ from hbfp_hw.rtl_gen.common import TargetFamily
 from hbfp_hw.rtl_gen.generate import build_unit, unit_name
 from hbfp_hw.sim import vectors
 from hbfp_hw.sim.models import models_for
+from hbfp_hw.sim.mutants import inject
 from hbfp_hw.sim.runner import run_unit
 from hbfp_hw.tools import simulators
 
@@ -77,7 +78,6 @@ def verify(unit, fmt=None, *, input_format="fp32", sim="verilator", count=10_000
     t0 = time.perf_counter()
     component = build_unit(unit, fmt, input_format=input_format, **hw)
     if fault:
-        from hbfp_hw.sim.mutants import inject
         inject(component, fault)
     name = unit_name(unit, fmt, input_format=input_format, **hw)
     if fault:

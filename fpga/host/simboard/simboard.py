@@ -43,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import hbfp_hw.formats
 from hbfp_hw.tools import process, simulators
 from hbfp_hw.tools.cache import cache_root
 
@@ -208,7 +209,6 @@ def _source_digest():
     files = [here / name for name in names]
     files += sorted((here / "system").glob("*.py"))     # GemmSystem and its components
     files += sorted((here.parent / "rtl_gen").glob("*.py"))
-    import hbfp_hw.formats
     files.append(Path(hbfp_hw.formats.__file__))
     h = hashlib.sha256()
     for f in files:
