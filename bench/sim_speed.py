@@ -20,8 +20,8 @@ import time
 from docs_section import update_section
 
 from hbfp_hw.formats import resolve_format
-from hbfp_hw.sim import toolchain
 from hbfp_hw.sim.verify import verify
+from hbfp_hw.tools import simulators
 
 HEADING = ("## RTL simulation speed (`bench/sim_speed.py`)\n\n"
            "Verified bfp8 dot products per second through the cocotb testbench "
@@ -38,7 +38,7 @@ def main(argv=None):
 
     rows = []
     for sim in ("verilator", "icarus"):
-        reason = toolchain.missing_reason(sim)
+        reason = simulators.missing_reason(sim)
         if reason:
             print(f"{sim}: skipped ({reason})")
             continue

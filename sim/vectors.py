@@ -17,6 +17,7 @@ import numpy as np
 from hbfp_hw import golden
 from hbfp_hw.formats import BFP8, CANONICAL_NAN_BITS, FloatFormat
 from hbfp_hw.rtl_gen import layout
+from hbfp_hw.rtl_gen.dot_product import dot_input_layout
 
 __all__ = ["corner_fp32_bits", "random_fp32_blocks", "align_vectors", "mac_vectors",
            "to_float_vectors", "accumulator_vectors", "dot_vectors", "fp32_mac_vectors"]
@@ -273,8 +274,6 @@ def fp32_mac_vectors(channels, count, rng):
 
 def dot_vectors(fmt, channels, count, rng, *, input_format="fp32", seed=0):
     """Vectors for :class:`DotProductUnit`: interleaved dot products over random K."""
-    from hbfp_hw.rtl_gen.dot_product import dot_input_layout
-
     sched = _channel_schedule(rng, channels, count)
     a_bits, a_vals = _lanes_for(_coherent_fp32_blocks(rng, sched, fmt.block_size, fmt),
                                 input_format)

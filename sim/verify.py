@@ -17,9 +17,11 @@ from hbfp_hw.formats import FloatFormat
 from hbfp_hw.rtl_gen import layout
 from hbfp_hw.rtl_gen.common import TargetFamily
 from hbfp_hw.rtl_gen.generate import build_unit, unit_name
-from hbfp_hw.sim import toolchain, vectors
+from hbfp_hw.sim import vectors
 from hbfp_hw.sim.models import models_for
+from hbfp_hw.sim.mutants import inject
 from hbfp_hw.sim.runner import run_unit
+from hbfp_hw.tools import simulators
 
 __all__ = ["verify", "make_vectors", "decode_mismatch"]
 
@@ -69,14 +71,13 @@ def verify(unit, fmt=None, *, input_format="fp32", sim="verilator", count=10_000
     of :mod:`hbfp_hw.sim.models`.
     """
     extra = models_for(family)
-    toolchain.check_simulator(sim)
+    simulators.check_simulator(sim)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"vectors must be a positive integer, not {count!r}")
     input_format = FloatFormat(input_format).value
     t0 = time.perf_counter()
     component = build_unit(unit, fmt, input_format=input_format, **hw)
     if fault:
-        from hbfp_hw.sim.mutants import inject
         inject(component, fault)
     name = unit_name(unit, fmt, input_format=input_format, **hw)
     if fault:

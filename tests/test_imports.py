@@ -42,36 +42,15 @@ HEAVY = {
 
 #: Function-level imports of product modules that load nothing heavier than the importer
 #: does, each with its reason: (importer, imported) -> reason, where a name also covers the
-#: modules below it. "Movable" marks imports that close no cycle and could go to module level
-#: (a follow-up), so that a new one is a decision and not an accident.
+#: modules below it, so that a new one is a decision and not an accident.
 FUNCTION_LEVEL = {
     ("hbfp_hw.cli", "hbfp_hw"):
         "a subcommand imports what it runs when it runs: `hbfp-hw --help` and the parsers load "
         "no command code (tests/cli/test_parser.py)",
-    ("hbfp_hw.rtl_gen.generate", "hbfp_hw.sim.toolchain"):
-        "the Verilator environment lives in the layer above rtl_gen (sim); only the lint needs "
-        "it (it belongs in hbfp_hw.tools: follow-up)",
-    ("hbfp_hw.fpga.host.simboard.simboard", "hbfp_hw.sim.toolchain"):
-        "the Verilator environment, needed only to compile the simulated board",
     ("hbfp_hw.fpga.host.driver", "hbfp_hw.fpga.host.simboard"):
         "the simulated board (it reads its C++ harness at import) only for sim:// devices",
     ("hbfp_hw.fpga.host.transport", "hbfp_hw.fpga.host.simboard"):
         "the simulated board only for sim:// devices",
-    ("hbfp_hw.fpga.host.server", "hbfp_hw.fpga.host.driver"): "movable",
-    ("hbfp_hw.fpga.host.driver", "hbfp_hw.formats"): "movable",
-    ("hbfp_hw.fpga.host.driver", "hbfp_hw.golden"): "movable (the demo's check)",
-    ("hbfp_hw.fpga.host.simboard.simboard", "hbfp_hw.formats"): "movable (source digest)",
-    ("hbfp_hw.fpga.protocol.frames", "hbfp_hw.golden"): "movable (quantizing payloads)",
-    ("hbfp_hw.golden.arith", "hbfp_hw.golden.quantizer"): "movable",
-    ("hbfp_hw.torch.modules", "hbfp_hw.torch.mode"): "movable",
-    ("hbfp_hw.sim.vectors", "hbfp_hw.rtl_gen.dot_product"): "movable",
-    ("hbfp_hw.sim.verify", "hbfp_hw.sim.mutants"): "movable (fault injection runs)",
-    ("hbfp_hw.fpga.boards.boards", "hbfp_hw.rtl_gen"):
-        "movable (the deepest pipeline settings, read from the generators)",
-    ("hbfp_hw.fpga.boards.boards", "hbfp_hw.fpga.system"): "movable (the UART divisor)",
-    ("hbfp_hw.fpga.sweep.cache", "hbfp_hw"): "movable (the generator digest)",
-    ("hbfp_hw.fpga.sweep.targets", "hbfp_hw.rtl_gen"):
-        "movable (the parameter ranges, read from the generators)",
 }
 
 

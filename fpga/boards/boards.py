@@ -31,9 +31,13 @@ from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
 
 from hbfp_hw.formats import BFPFormat
+from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
+from hbfp_hw.rtl_gen.mac_tree import MacTree
 
 from ..config import SystemConfig
-from ..system.uart import UARTReceiver, UARTTransmitter
+from ..system.uart import UARTReceiver, UARTTransmitter, baud_divisor
 
 __all__ = [
     "Board",
@@ -261,10 +265,6 @@ def deepest_stages(fmt):
     accumulators fully registered, and so on), as the 100 MHz target needs;
     ``docs/benchmarks.md`` says what still limits the clock.
     """
-    from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
-    from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
-    from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
-    from hbfp_hw.rtl_gen.mac_tree import MacTree
     return dict(align_stages=FloatToBlock.max_stages_for(fmt),
                 mac_stages=MacTree.max_stages_for(fmt),
                 convert_stages=BlockToFloat.MAX_STAGES,
@@ -313,7 +313,6 @@ class BuildConfig:
         # The gateware reports (and times out by) the clock it actually runs at.
         object.__setattr__(self, "system", system.replace(clock_hz=int(round(self.clock_hz))))
         # Fail early on a PLL or UART that cannot be made.
-        from ..system.uart import baud_divisor
         baud_divisor(self.clock_hz, self.baud)
 
     @classmethod

@@ -34,6 +34,9 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from hbfp_hw import golden
+from hbfp_hw.formats import resolve_format
+
 from ..protocol import frames as protocol
 from ..protocol.frames import Cmd, Wire
 from .planning import Planner, growth_first, growth_steps, tile_sizes
@@ -222,7 +225,6 @@ class Device:
     def _check_format(self, fmt):
         if fmt is None:
             return
-        from hbfp_hw.formats import resolve_format
         want = resolve_format(fmt)
         have = self._info.fmt
         if want != have:
@@ -397,8 +399,6 @@ def demo_offload(print=print, url="sim", m=64, n=64, k=64, seed=0):   # noqa: A0
     Checks the result bit for bit against ``golden.gemm``, prints a short report (shape, bit
     exact, time, throughput) and returns whether it was bit-exact. ``make demo`` calls it.
     """
-    from hbfp_hw import golden
-
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)

@@ -27,6 +27,7 @@ import socket
 import threading
 
 from ..protocol.frames import FrameParser, encode_frame
+from .driver import Device
 from .transport import DeviceError
 
 __all__ = ["DeviceServer", "parse_listen", "is_loopback", "DEFAULT_LISTEN"]
@@ -83,8 +84,6 @@ class DeviceServer:
                 f"refusing to listen on {host}: it is not a loopback address and the device "
                 f"protocol has no authentication; pass --allow-remote (allow_remote=True) if "
                 f"the network is trusted, or use an SSH tunnel to 127.0.0.1")
-        from .driver import Device
-
         self.log = log or (lambda msg: None)
         self.device = Device.open(device_url, progress=progress)
         self.info = self.device.info()

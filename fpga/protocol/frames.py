@@ -35,6 +35,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 
 from hbfp_hw.formats import BFPFormat, FloatFormat, Rounding, resolve_format
+from hbfp_hw.golden import quantize
 from hbfp_hw.rtl_gen.layout import pack, unpack
 
 __all__ = [
@@ -426,7 +427,6 @@ def a_blocks_payload(a, fmt, wire, *, input_format="fp32", seed=None):
     blocks = _a_blocks(a, fmt)
     if Wire(wire) is Wire.FLOAT:
         return blocks.shape[0] * blocks.shape[1], _float_blocks(blocks, input_format)
-    from hbfp_hw.golden import quantize
     q = quantize(np.asarray(a, np.float32), fmt, axis=1, seed=seed, input_format=input_format)
     codes = q.exponent_codes
     return codes.size, _bfp_blocks(codes, q.mantissas, fmt)
@@ -446,7 +446,6 @@ def b_blocks_payload(b, fmt, wire, lanes, *, input_format="fp32", seed=None):
         cols = _a_blocks(b.T, fmt)                          # [N, KB, bs]
         dev = b_device_order(cols, lanes)
         return dev.shape[0] * dev.shape[1] * dev.shape[2], _float_blocks(dev, input_format)
-    from hbfp_hw.golden import quantize
     q = quantize(b, fmt, axis=0, seed=seed, input_format=input_format)
     codes = b_device_order(q.exponent_codes.astype(np.int64), lanes)     # [G, KB, L]
     mant = b_device_order(q.mantissas.astype(np.int64), lanes)           # [G, KB, L, bs]

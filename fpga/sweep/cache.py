@@ -18,6 +18,9 @@ import shutil
 import threading
 from pathlib import Path
 
+import amaranth
+
+from hbfp_hw import formats, rtl_gen
 from hbfp_hw.tools.cache import cache_root as hbfp_cache_root
 
 from .wrapper import RegisteredPorts, _port_list
@@ -39,10 +42,6 @@ def verilog_digest(text):
 
 def generator_digest():
     """Hash of what the Verilog of a point depends on besides its parameters."""
-    import amaranth
-
-    from hbfp_hw import formats, rtl_gen
-
     h = hashlib.sha256()
     h.update(f"amaranth {amaranth.__version__}\0flow {FLOW_VERSION}\0".encode())
     for path in sorted(Path(rtl_gen.__file__).parent.glob("*.py")):
@@ -87,8 +86,6 @@ def _gunzip_file(path):
 def _snapshot_sources(root, digest):
     """Keep the generator sources a Verilog was made from, so that the lines named by a
     critical path can be shown as they were, whatever the working tree holds later."""
-    from hbfp_hw import rtl_gen
-
     path = root / "sources" / f"{digest[:24]}.json.gz"
     if path.exists():
         return

@@ -10,6 +10,14 @@ import re
 from dataclasses import dataclass
 
 from hbfp_hw.formats import BFPFormat, FloatFormat, resolve_format
+from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+from hbfp_hw.rtl_gen.common import RTL_BLOCK_SIZE_RANGE
+from hbfp_hw.rtl_gen.dot_product import DotProductUnit
+from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.fp32_mac import Fp32MacBaseline
+from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
+from hbfp_hw.rtl_gen.generate import UNITS, build_unit
+from hbfp_hw.rtl_gen.mac_tree import MacTree
 
 __all__ = [
     "TARGETS",
@@ -117,13 +125,6 @@ def stage_ranges(kind, fmt=None):
     ``kind`` is ``"dot"`` (:class:`DotProductUnit`, needs ``fmt``) or ``"fp32-baseline"``.
     The maxima are read from the generators, so they follow the RTL.
     """
-    from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
-    from hbfp_hw.rtl_gen.dot_product import DotProductUnit
-    from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
-    from hbfp_hw.rtl_gen.fp32_mac import Fp32MacBaseline
-    from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
-    from hbfp_hw.rtl_gen.mac_tree import MacTree
-
     cls = DotProductUnit if kind == "dot" else Fp32MacBaseline
     # A parameter without a default (the baseline's channels) resolves to None: build_unit
     # then picks the fewest channels that sustain full throughput.
@@ -162,8 +163,6 @@ def parse_stages(text):
     ValueError
         On a malformed item or a parameter no unit takes.
     """
-    from hbfp_hw.rtl_gen.generate import UNITS
-
     known = sorted(set(UNITS["dot"][1]) | set(UNITS["fp32-baseline"][1]))
     result = {}
     for item in (text or "").split(","):
@@ -275,8 +274,6 @@ class SweepPoint:
 
     def component(self):
         """Build the unit (a fresh Component each call)."""
-        from hbfp_hw.rtl_gen.generate import build_unit
-
         if self.is_baseline:
             return build_unit("fp32-baseline", **dict(self.params))
         return build_unit("dot", self.fmt, input_format=self.input_format.value,
@@ -306,8 +303,6 @@ def make_points(mantissa_bits, block_sizes, *, input_format="fp32", rounding="ne
         and its range: :class:`BFPFormat`'s, then the RTL's block sizes 2 to 64), or a stage
         override is out of range.
     """
-    from hbfp_hw.rtl_gen.common import RTL_BLOCK_SIZE_RANGE
-
     points = []
     for n in block_sizes:
         for w in mantissa_bits:

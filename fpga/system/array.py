@@ -283,7 +283,7 @@ class GemmEngine(wiring.Component):
     def _c_readout(self, m, platform, c_rds):
         """Drive ``c_rdata`` from the C bank ``c_rlane``, two cycles after the address."""
         # The block RAMs' read data is registered before the bank multiplexer: from a DP16KD
-        # without its output register (5.8 ns clock-to-output) through the multiplexer into
+        # without its output register (a slow clock-to-output) through the multiplexer into
         # the readout was once the ULX3S critical path (docs/hardware.md has the figures).
         rlane = Signal.like(self.c_rlane, name="rlane")
         rlane2 = Signal.like(self.c_rlane, name="rlane2")
@@ -427,8 +427,8 @@ class _IssueState:
     taking results, no unit ever holds its input ready low. A pass of fewer column groups than
     that fills each round with idle slots instead (as the hazard stalls did before). Every
     register here loads every cycle: no ready-derived enable fans out from the lanes to the
-    counters, buffer reads and operand registers (on the ULX3S that network was the critical
-    path, 13.0 ns, 10.6 of them routing).
+    counters, buffer reads and operand registers (on the ULX3S that network was once the
+    critical path, most of it routing; docs/history.md has the figures).
     """
 
     def __init__(self, engine):

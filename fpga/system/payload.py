@@ -94,8 +94,8 @@ class BlockWriter(wiring.Component):
         vec_bytes = max(bb_float, bb_bfp) if float_wire else bb_bfp
 
         # -- payload reader: rd_data is the payload byte at `ptr` -----------------------------
-        # (On the ULX3S the executor's state decode in front of the address, which also
-        # enabled the 8 * vec_bytes flip-flops of `vec`, took 12.2 ns: hence the flags.)
+        # (The executor's state decode in front of the address, which also enabled the
+        # flip-flops of `vec`, was once the ULX3S critical path (docs/history.md): hence the flags.)
         ptr = Signal(range(self._max_payload))
         ptr_next = Signal(range(self._max_payload))
         loading = Signal()        # exactly while a block's bytes load
@@ -136,8 +136,8 @@ class BlockWriter(wiring.Component):
                          self.quantize_ready.eq(q.i_stream.ready),
                          q.o_stream.ready.eq(1)]
             # The quantizer's block, registered before the executor and the A/B write ports
-            # use it (from its output FIFO's LUT RAM across the die into the FSM was the
-            # ULX3S critical path, 12.1 ns).
+            # use it (from its output FIFO's LUT RAM across the die into the FSM was once the
+            # ULX3S critical path; docs/history.md has the figures).
             q_valid = Signal()
             q_block = Signal.like(q.o_stream.payload)
             m.d.sync += [q_valid.eq(q.o_stream.valid), q_block.eq(q.o_stream.payload)]

@@ -129,8 +129,8 @@ class TransmitBuffer(wiring.Component):
     Its last two entries are a :class:`~amaranth.lib.fifo.SyncFIFO` (``tx_out``), so that
     ``o_stream`` comes from a register and not from the block RAMs' read data of the
     :class:`~amaranth.lib.fifo.SyncFIFOBuffered` in front of it (``tx_buffer``, with
-    ``depth > 2``): 5.8 ns clock-to-output without their output register; into the UART that
-    was the ULX3S critical path, 12.4 ns. Together they hold exactly ``depth`` bytes.
+    ``depth > 2``), late without their output register: into the UART that was once the ULX3S
+    critical path (docs/history.md has the figures). Together they hold exactly ``depth`` bytes.
 
     Parameters
     ----------

@@ -37,12 +37,12 @@ def add_parser(sub):
 
 
 def validate(args):
-    from hbfp_hw.sim import toolchain
+    from hbfp_hw.tools import simulators
 
     check_unit(args, fault=args.inject_fault)
     cli_args.check_output_file("--waves", args.waves)
     cli_args.check_output_file("--json", args.json)
-    reason = toolchain.missing_reason(args.sim)
+    reason = simulators.missing_reason(args.sim)
     if reason:
         raise cli_args.UsageError(f"--sim {args.sim} cannot run here: {reason}")
 

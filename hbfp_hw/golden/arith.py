@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hbfp_hw.formats import CANONICAL_NAN_BITS, resolve_format
+from hbfp_hw.golden.quantizer import BFPTensor
 
 __all__ = [
     "CANONICAL_NAN",
@@ -124,8 +125,6 @@ def dot(a, b):
     -------
     numpy.ndarray of float32, shape ``(*batch, nblocks)``
     """
-    from hbfp_hw.golden.quantizer import BFPTensor
-
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, BFPTensor):
             raise TypeError(f"{name} must be a BFPTensor, not {type(t).__name__}")

@@ -16,6 +16,7 @@ from hbfp_hw.torch.autograd import linear_impl, role_seeds
 from hbfp_hw.torch.backends import check_backend
 from hbfp_hw.torch.config import HBFPConfig, LayerRules, as_config, derive_seed
 from hbfp_hw.torch.conv import conv_checked, conv_transpose_checked
+from hbfp_hw.torch.mode import GemmSequence, HBFPFunctionMode
 from hbfp_hw.torch.report import NO_GEMM_TYPES, ConversionReport, FP32LayerWarning, LayerEntry
 
 __all__ = ["HBFPLinear", "HBFPConv1d", "HBFPConv2d", "HBFPConv3d", "HBFPConvTranspose1d",
@@ -261,8 +262,6 @@ class HBFPMultiheadAttention(_HBFPMixin, nn.MultiheadAttention):
     """
 
     def forward(self, *args, **kwargs):
-        from hbfp_hw.torch.mode import GemmSequence, HBFPFunctionMode
-
         sequence = GemmSequence(self._next_call_seed(), self._hbfp_fmts, self._hbfp_key)
         with HBFPFunctionMode(sequence):
             return super().forward(*args, **kwargs)

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from hbfp_hw import golden
-from hbfp_hw.sim import toolchain
+from hbfp_hw.tools import simulators
 
 
 @pytest.fixture(scope="session")
 def sim_config():
     from hbfp_hw.fpga.host.simboard import SimConfig, build
-    reason = toolchain.missing_reason("verilator")
+    reason = simulators.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
     config = SimConfig()
@@ -26,7 +26,7 @@ SMALL = "a_blocks=64&b_blocks=64&c_words=64&max_payload=256"
 def small_sim_url():
     """URL of a small simulated board (built once, cached): large-K GEMMs are fast on it."""
     from hbfp_hw.fpga.host.simboard import SimConfig, build
-    reason = toolchain.missing_reason("verilator")
+    reason = simulators.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
     build(SimConfig.from_query(SMALL))

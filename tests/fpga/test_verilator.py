@@ -19,7 +19,7 @@ from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.config import SystemConfig
 from hbfp_hw.fpga.protocol import NACK, REPLY_FLAG, Cmd, Frame, Status, Wire
 from hbfp_hw.fpga.system.engine import GemmSystem
-from hbfp_hw.sim import toolchain
+from hbfp_hw.tools import simulators
 
 from .link import gemm_plan, place_read
 
@@ -39,7 +39,7 @@ def run_session(dut, requests, tmp_path, monkeypatch, family=None):
     from hbfp_hw.sim import runner
     from hbfp_hw.sim.models import models_for
 
-    reason = toolchain.missing_reason("verilator")
+    reason = simulators.missing_reason("verilator")
     if reason:
         pytest.skip(reason)
     platform = TargetFamily(family) if family else None

@@ -8,14 +8,14 @@ import pytest
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.rtl_gen import layout
 from hbfp_hw.rtl_gen.generate import UNITS, emit, unit_name
-from hbfp_hw.sim import toolchain
+from hbfp_hw.tools import simulators
 
 FMT = BFPFormat(4, 4)
 
 
 @pytest.mark.parametrize("unit", list(UNITS))
 def test_emit_every_unit(tmp_path, unit):
-    desc = emit(unit, FMT, tmp_path, run_lint=toolchain.have_verilator())
+    desc = emit(unit, FMT, tmp_path, run_lint=simulators.have_verilator())
     name = desc["module"]
     v = (tmp_path / f"{name}.v").read_text()
     assert f"module {name}(" in v

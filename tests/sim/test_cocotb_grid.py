@@ -13,8 +13,8 @@ grid on Icarus at 10,000 vectors is under ``-m slow``.
 import pytest
 
 from hbfp_hw.formats import BFPFormat
-from hbfp_hw.sim import toolchain
 from hbfp_hw.sim.verify import verify
+from hbfp_hw.tools import simulators
 
 VECTORS = 10_000
 
@@ -45,7 +45,7 @@ def _id(cfg):
 
 
 def _run(cfg, sim, seed, count=VECTORS):
-    reason = toolchain.missing_reason(sim)
+    reason = simulators.missing_reason(sim)
     if reason:
         pytest.skip(reason)
     unit, w, n, rounding, fin, e, hw = cfg
@@ -140,7 +140,7 @@ ECP5_CASES = [("mac", 8, 16, {"stages": 6}), ("mac", 8, 16, {"stages": 5}),
                          ids=[f"{u}-w{w}b{n}-" + "-".join(f"{k}{v}" for k, v in hw.items())
                               for u, w, n, hw in ECP5_CASES])
 def test_ecp5_primitives(unit, w, n, hw):
-    reason = toolchain.missing_reason("verilator")
+    reason = simulators.missing_reason("verilator")
     if reason:
         pytest.skip(reason)
     result = verify(unit, BFPFormat(w, n), sim="verilator", count=3000, seed=3,

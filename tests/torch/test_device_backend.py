@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from hbfp_hw.fpga.host.driver import DeviceNotFound, FormatMismatch
-from hbfp_hw.sim import toolchain
+from hbfp_hw.tools import simulators
 from hbfp_hw.torch import convert, hbfp_linear
 from hbfp_hw.torch.backends import close_devices, get_backend
 
 
 @pytest.fixture(scope="module")
 def sim_board():
-    reason = toolchain.missing_reason("verilator")
+    reason = simulators.missing_reason("verilator")
     if reason:
         pytest.skip(f"the simulated board needs Verilator: {reason}")
     from hbfp_hw.fpga.host.simboard import SimConfig, build

