@@ -174,6 +174,12 @@ class SystemConfig:
         return self.adder_stages if self.channels is None else self.channels
 
     @property
+    def macs_per_cycle(self):
+        """Peak multiply-accumulates per clock cycle: every lane multiplies one block pair
+        (``block_size`` products) per cycle."""
+        return self.lanes * self.fmt.block_size
+
+    @property
     def effective_timeout_cycles(self):
         """``timeout_cycles``, or ``clock_hz // 10`` (at least 1) when it is None."""
         if self.timeout_cycles is None:

@@ -458,10 +458,13 @@ def _build_once(config, out_dir, *, name, system_factory, progress, seed, timeou
         "total_seconds": round(time.monotonic() - t_start, 1),
         "tools": tools,
     }
+    report["macs_per_cycle"] = config.system.macs_per_cycle
     if pnr["clocks"]:
         critical = min(pnr["clocks"], key=lambda c: c["fmax_mhz"] / c["target_mhz"])
         report["critical_clock"] = critical["name"]
         report["fmax_mhz"] = critical["fmax_mhz"]
+        # peak throughput at the achieved Fmax: MACs/cycle x Fmax / 1e9
+        report["gmacs"] = round(report["macs_per_cycle"] * critical["fmax_mhz"] / 1e3, 3)
     return report
 
 

@@ -39,6 +39,11 @@ def format_report(report):
         verdict = "PASS" if clock["passed"] else "FAIL"
         lines.append(f"clock     {clock['name']}: Fmax {clock['fmax_mhz']:.2f} MHz "
                      f"(target {clock['target_mhz']:.2f} MHz) {verdict}")
+    if "macs_per_cycle" in report:
+        peak = f"{report['macs_per_cycle']} MACs/cycle"
+        if "gmacs" in report:
+            peak += f", {report['gmacs']:.2f} GMAC/s at Fmax"
+        lines.append(f"compute   {peak}")
     timing = {True: "met", False: "FAILED", None: "unknown (no clock reported)"}
     lines.append(f"timing    {timing[report['timing_passed']]}")
     if "seed" in report:

@@ -24,6 +24,7 @@ from hbfp_hw.fpga.boards.build import (
     program,
     toolchain_env,
 )
+from hbfp_hw.fpga.boards.build_report import format_report
 
 # -- captured logs ------------------------------------------------------------------------------
 
@@ -321,6 +322,9 @@ def test_ecp5_smoke_build(tmp_path):
     (clock,) = report["clocks"]
     assert clock["target_mhz"] == pytest.approx(40.0)
     assert 40 <= clock["fmax_mhz"] < 500
+    assert report["macs_per_cycle"] == 1 * 4
+    assert report["gmacs"] == pytest.approx(4 * clock["fmax_mhz"] / 1e3, abs=1e-3)
+    assert f"compute   4 MACs/cycle, {report['gmacs']:.2f} GMAC/s at Fmax" in format_report(report)
     assert [s["tool"] for s in report["stages"]] == ["yosys", "nextpnr-ecp5", "ecppack"]
 
 

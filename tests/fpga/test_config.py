@@ -78,6 +78,10 @@ def test_derived_values():
     assert SystemConfig(fmt=BFPFormat(8, 16, Rounding.STOCHASTIC)).effective_float_wire is False
     assert c.replace(build_hash=7).effective_build_hash == 7
     assert c.effective_build_hash == c.default_build_hash() != SystemConfig().default_build_hash()
+    # peak MACs per cycle: one block pair per lane per cycle
+    assert PRESETS["ulx3s-85f"].macs_per_cycle == 4 * 16
+    assert PRESETS["icebreaker"].macs_per_cycle == 1 * 4
+    assert SystemConfig(lanes=8, fmt=BFPFormat(8, 32)).macs_per_cycle == 256
 
 
 # -- presets, serialization ---------------------------------------------------------------------
