@@ -121,9 +121,9 @@ def _build(source=_SOURCE):
                         i64, i64, ctypes.c_void_p, i32, i32, ctypes.c_float, i32, i32, i32, i32,
                         i32, i32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     batched.restype = None
-    bits = lib.hbfp_sr_bits_batched
-    bits.argtypes = [ctypes.c_void_p, i64, i64, i32, ctypes.c_void_p]
-    bits.restype = None
+    bits_batched = lib.hbfp_sr_bits_batched
+    bits_batched.argtypes = [ctypes.c_void_p, i64, i64, i32, ctypes.c_void_p]
+    bits_batched.restype = None
     return lib
 
 

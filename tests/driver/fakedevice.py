@@ -65,7 +65,7 @@ class FakeDevice(Transport):
         return len(self.read(0))
 
     def close(self):
-        pass
+        """Nothing to release: the device lives in this object."""
 
     # -- the device ---------------------------------------------------------------------------
 
