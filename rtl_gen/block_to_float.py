@@ -18,10 +18,11 @@ from amaranth.lib.wiring import In, Out
 from hbfp_hw.formats import CANONICAL_NAN_BITS
 
 from .common import CreditOutput, check_rtl_format, check_stages
-from .layout import product_layout
+from .layout import product_exponent_shape, product_layout
 
 __all__ = [
     "BlockToFloat",
+    "block_to_float_steps",
     "build_pipeline",
     "fp32_round_steps",
     "check_stages",
@@ -354,22 +355,29 @@ class BlockToFloat(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         payload = self.i_stream.payload
-        value = payload.value
-        width = len(value)
-
-        def absolute(m, v):
-            sign = comb_signal(m, "b2f_sign", 1, value[-1])
-            mag = comb_signal(m, "b2f_mag", unsigned(width), Mux(sign, -value, value)[:width])
-            return {"sign": sign, "mag": mag, "exp": v["exp"], "nan": v["nan"],
-                    "inf": Const(0, 1)}
-
-        steps = [absolute, *fp32_round_steps(width, payload.exponent.shape())]
         # Free-running pipeline; back-pressure through the credits of the output FIFO.
         out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
         m.d.comb += self.i_stream.ready.eq(out.ready)
         outputs, out_valid, _, _ = build_pipeline(
-            m, steps, stages=self._stages, enable=Const(1), name="b2f",
-            inputs={"exp": payload.exponent, "nan": payload.nan},
+            m, block_to_float_steps(self._fmt), stages=self._stages, enable=Const(1),
+            name="b2f", inputs={"value": payload.value, "exp": payload.exponent,
+                                "nan": payload.nan},
             valid=out.admit(self.i_stream.valid))
         out.drive(out_valid, outputs["bits"])
         return m
+
+
+def block_to_float_steps(fmt):
+    """Return the :attr:`BlockToFloat.MAX_STAGES` steps of the conversion of an exact block
+    product to FP32: keys ``value``, ``exp`` and ``nan`` (a ``product_layout(fmt)``'s fields)
+    in, key ``bits`` out."""
+    width = fmt.product_bits
+
+    def absolute(m, v):
+        value = v["value"]
+        sign = comb_signal(m, "b2f_sign", 1, value[-1])
+        mag = comb_signal(m, "b2f_mag", unsigned(width), Mux(sign, -value, value)[:width])
+        return {"sign": sign, "mag": mag, "exp": v["exp"], "nan": v["nan"],
+                "inf": Const(0, 1)}
+
+    return [absolute, *fp32_round_steps(width, product_exponent_shape(fmt))]

@@ -31,7 +31,8 @@ from .common import (
 )
 from .layout import block_pair_layout, product_exponent_shape, product_layout
 
-__all__ = ["MacTree"]
+__all__ = ["MacTree", "block_product", "lut_multiply", "registered_levels", "MULTIPLIERS",
+           "check_multipliers"]
 
 
 class MacTree(wiring.Component):
@@ -112,82 +113,141 @@ class MacTree(wiring.Component):
 
     def _registered_levels(self):
         """Return the set of logic levels (1-based; 0: the operands) followed by a register."""
-        levels = self.max_stages_for(self._fmt) - 1
-        if self._stages > levels:
-            return set(range(levels + 1))
-        return {(j * levels + self._stages // 2) // self._stages
-                for j in range(1, self._stages + 1)}
-
-    def _nan(self, a, b):
-        """Return whether the product of blocks ``a`` and ``b`` is NaN: either one is."""
-        fmt = self._fmt
-        return (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)
-
-    def _exponent_bias(self):
-        """Return what the product exponent code subtracts from the sum of the two codes: the
-        bias twice and the fraction bits of both mantissas."""
-        fmt = self._fmt
-        return 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
+        return registered_levels(self._fmt, self._stages)
 
     def elaborate(self, platform):
         m = Module()
-        fmt = self._fmt
-        n = fmt.block_size
-        w = fmt.mantissa_bits
-        registered = self._registered_levels() if self._stages else set()
-
         # Free-running pipeline; back-pressure through the credits of the output FIFO.
         out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
         m.d.comb += self.i_stream.ready.eq(out.ready)
-        pipe = Pipeline(m, out.admit(self.i_stream.valid))
+        result, valid = block_product(
+            m, platform, self._fmt, self.i_stream.payload.a, self.i_stream.payload.b,
+            out.admit(self.i_stream.valid), stages=self._stages)
+        out.drive(valid, result)
+        return m
 
-        a = self.i_stream.payload.a
-        b = self.i_stream.payload.b
-        nan = Signal()
-        m.d.comb += nan.eq(self._nan(a, b))
-        bias = self._exponent_bias()
-        exponent = Signal(product_exponent_shape(fmt))
-        m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent - bias))
 
-        # Level 0, the operand registers, and level 1, the multipliers.
-        side = {"exponent": exponent, "nan": nan}
-        if platform_family(platform) == "ecp5" and w <= ECP5_DSP_WIDTH and \
-                registered & {0, 1}:
-            side = pipe.cut("l1", pipe.cut("l0", side, 0 in registered), 1 in registered)
-            products = [ecp5_multiply(m, f"dsp{i}", a.mantissas[i], b.mantissas[i],
-                                      is_signed=True, input_register=0 in registered,
-                                      output_register=1 in registered)
-                        for i in range(n)]
-            values = dict(side, sum=products)
-        else:
-            ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
-                           0 in registered)
-            products = []
-            for i in range(n):
+def registered_levels(fmt, stages):
+    """Return the logic levels of a block product (1-based; 0: the operands) that ``stages``
+    registers follow (see :class:`MacTree`)."""
+    levels = MacTree.max_stages_for(fmt) - 1
+    if stages > levels:
+        return set(range(levels + 1))
+    if not stages:
+        return set()
+    return {(j * levels + stages // 2) // stages for j in range(1, stages + 1)}
+
+
+def lut_multiply(m, name, a, b):
+    """Return the exact product of the two's-complement values ``a`` and ``b`` as a sum of
+    shifted partial products (``b``'s sign bit weighs ``-2**(w-1)``).
+
+    Yosys maps a ``*`` on the ECP5 to ``MULT18X18D`` s unless the whole design is synthesized
+    without DSPs; written as additions it stays in the logic, so one design can mix DSP and
+    logic multipliers.
+    """
+    wa, wb = len(a), len(b)
+    width = wa + wb
+    terms = []
+    for j in range(wb):
+        term = Signal(signed(width), name=f"{name}_pp{j}")
+        shifted = a.as_signed() << j
+        m.d.comb += term.eq(Mux(b[j], -shifted if j == wb - 1 else shifted, 0))
+        terms.append(term)
+    while len(terms) > 1:
+        pairs = []
+        for i in range(0, len(terms) - 1, 2):
+            s = Signal(signed(width), name=f"{name}_s{len(terms)}_{i // 2}")
+            m.d.comb += s.eq(terms[i] + terms[i + 1])
+            pairs.append(s)
+        if len(terms) % 2:
+            pairs.append(terms[-1])
+        terms = pairs
+    return terms[0]
+
+
+#: Kinds of multiplier a block product can use.
+MULTIPLIERS = ("dsp", "lut")
+
+
+def check_multipliers(multipliers):
+    """Validate a multiplier kind (one of :data:`MULTIPLIERS`) and return it."""
+    if multipliers not in MULTIPLIERS:
+        raise ValueError(f"multipliers must be one of {', '.join(map(repr, MULTIPLIERS))}, "
+                         f"not {multipliers!r}")
+    return multipliers
+
+
+def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
+    """Add the exact dot product of blocks ``a`` and ``b`` (``block_layout(fmt)`` values) to
+    ``m`` as a free-running pipeline of ``stages`` registers (see :class:`MacTree`).
+
+    ``multipliers="dsp"`` makes the multipliers ``MULT18X18D`` primitives holding the operand
+    and product registers on the ECP5 (when those are registered) and ``*`` elsewhere;
+    ``"lut"`` writes them as additions (:func:`lut_multiply`), which stay in the logic on every
+    target.
+
+    Returns
+    -------
+    tuple
+        ``(result, valid)``: a ``product_layout(fmt)`` value and its valid bit, ``stages``
+        cycles after ``valid``.
+    """
+    check_multipliers(multipliers)
+    n = fmt.block_size
+    w = fmt.mantissa_bits
+    registered = registered_levels(fmt, stages)
+    pipe = Pipeline(m, valid)
+
+    nan = Signal()
+    m.d.comb += nan.eq((a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code))
+    # The product exponent code subtracts the bias twice and the fraction bits of both
+    # mantissas from the sum of the two codes.
+    bias = 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
+    exponent = Signal(product_exponent_shape(fmt))
+    m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent - bias))
+
+    # Level 0, the operand registers, and level 1, the multipliers.
+    side = {"exponent": exponent, "nan": nan}
+    if multipliers == "dsp" and platform_family(platform) == "ecp5" and \
+            w <= ECP5_DSP_WIDTH and registered & {0, 1}:
+        side = pipe.cut("l1", pipe.cut("l0", side, 0 in registered), 1 in registered)
+        products = [ecp5_multiply(m, f"dsp{i}", a.mantissas[i], b.mantissas[i],
+                                  is_signed=True, input_register=0 in registered,
+                                  output_register=1 in registered)
+                    for i in range(n)]
+        values = dict(side, sum=products)
+    else:
+        ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
+                       0 in registered)
+        products = []
+        for i in range(n):
+            if multipliers == "lut":
+                product = lut_multiply(m, f"mul{i}", ops["a"][i], ops["b"][i])
+            else:
                 product = Signal(signed(2 * w), name=f"product{i}")
                 m.d.comb += product.eq(ops["a"][i] * ops["b"][i])
-                products.append(product)
-            values = pipe.cut("l1", {"sum": products, "exponent": ops["exponent"],
-                                     "nan": ops["nan"]}, 1 in registered)
+            products.append(product)
+        values = pipe.cut("l1", {"sum": products, "exponent": ops["exponent"],
+                                 "nan": ops["nan"]}, 1 in registered)
 
-        # Levels 2..: the adder tree, one bit wider per rank.
-        level = 1
-        while len(values["sum"]) > 1:
-            level += 1
-            width = 2 * w + level - 1
-            sums = []
-            terms = values["sum"]
-            for i in range(0, len(terms), 2):
-                s = Signal(signed(width), name=f"sum{level}_{i // 2}")
-                m.d.comb += s.eq(terms[i] + terms[i + 1])
-                sums.append(s)
-            values = pipe.cut(f"l{level}", dict(values, sum=sums), level in registered)
+    # Levels 2..: the adder tree, one bit wider per rank.
+    level = 1
+    while len(values["sum"]) > 1:
+        level += 1
+        width = 2 * w + level - 1
+        sums = []
+        terms = values["sum"]
+        for i in range(0, len(terms), 2):
+            s = Signal(signed(width), name=f"sum{level}_{i // 2}")
+            m.d.comb += s.eq(terms[i] + terms[i + 1])
+            sums.append(s)
+        values = pipe.cut(f"l{level}", dict(values, sum=sums), level in registered)
 
-        result = Signal(product_layout(fmt))
-        m.d.comb += [
-            result.value.eq(Mux(values["nan"], 0, values["sum"][0])),
-            result.exponent.eq(values["exponent"]),
-            result.nan.eq(values["nan"]),
-        ]
-        out.drive(pipe.valid, result)
-        return m
+    result = Signal(product_layout(fmt))
+    m.d.comb += [
+        result.value.eq(Mux(values["nan"], 0, values["sum"][0])),
+        result.exponent.eq(values["exponent"]),
+        result.nan.eq(values["nan"]),
+    ]
+    return result, pipe.valid
