@@ -18,8 +18,11 @@ from .layout import accumulator_output_layout, mac_input_layout
 __all__ = ["Fp32MacBaseline", "fp32_mul_steps", "MULTIPLIER_STEPS"]
 
 
-def fp32_mul_steps(*, name="mul"):
+def fp32_mul_steps(*, name="mul", multiply=None):
     """Return the steps of the FP32 multiplier: keys ``a`` and ``b`` in, key ``bits`` out.
+
+    ``multiply(m, name, x, y)``, if given, returns the 48-bit product of the significands
+    (e.g. :func:`~hbfp_hw.rtl_gen.mac_tree.lut_multiply`); by default it is ``x * y``.
 
     Steps: unpack and classify, multiply the 24-bit significands exactly (48 bits), then the
     four rounding steps of :func:`~hbfp_hw.rtl_gen.block_to_float.fp32_round_steps`.
@@ -38,10 +41,14 @@ def fp32_mul_steps(*, name="mul"):
             "inf": comb_signal(m, f"{name}_isinf", 1, a["inf"] | b["inf"]),
         }
 
+    mul = multiply
+
     def multiply(m, v):
         return {
             "sign": v["sign"], "exp": v["exp"], "nan": v["nan"], "inf": v["inf"],
-            "mag": comb_signal(m, f"{name}_prod", unsigned(48), v["siga"] * v["sigb"]),
+            "mag": comb_signal(m, f"{name}_prod", unsigned(48),
+                               v["siga"] * v["sigb"] if mul is None
+                               else mul(m, f"{name}_lut", v["siga"], v["sigb"])),
         }
 
     return [unpack, multiply, *fp32_round_steps(48, signed(11), name=f"{name}_r")]

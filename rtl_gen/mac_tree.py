@@ -16,7 +16,7 @@ flip-flops; ``tests/rtl/test_mac_tree.py`` checks the primitive version bit for 
 against a model of the primitive's documented behaviour.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -139,31 +139,36 @@ def registered_levels(fmt, stages):
 
 
 def lut_multiply(m, name, a, b):
-    """Return the exact product of the two's-complement values ``a`` and ``b`` as a sum of
-    shifted partial products (``b``'s sign bit weighs ``-2**(w-1)``).
+    """Return the exact product of ``a`` and ``b`` (signed or unsigned values) as a sum of
+    shifted partial products (a signed ``b``'s top bit weighs ``-2**(w-1)``).
 
     Yosys maps a ``*`` on the ECP5 to ``MULT18X18D`` s unless the whole design is synthesized
     without DSPs; written as additions it stays in the logic, so one design can mix DSP and
     logic multipliers.
     """
-    wa, wb = len(a), len(b)
-    width = wa + wb
+    a, b = Value.cast(a), Value.cast(b)
+    wb = len(b)
+    signed_result = a.shape().signed or b.shape().signed
+    shape = (signed if signed_result else unsigned)(len(a) + wb + 1)
     terms = []
     for j in range(wb):
-        term = Signal(signed(width), name=f"{name}_pp{j}")
-        shifted = a.as_signed() << j
-        m.d.comb += term.eq(Mux(b[j], -shifted if j == wb - 1 else shifted, 0))
+        term = Signal(shape, name=f"{name}_pp{j}")
+        shifted = a << j
+        top = j == wb - 1 and b.shape().signed
+        m.d.comb += term.eq(Mux(b[j], -shifted if top else shifted, 0))
         terms.append(term)
     while len(terms) > 1:
         pairs = []
         for i in range(0, len(terms) - 1, 2):
-            s = Signal(signed(width), name=f"{name}_s{len(terms)}_{i // 2}")
+            s = Signal(shape, name=f"{name}_s{len(terms)}_{i // 2}")
             m.d.comb += s.eq(terms[i] + terms[i + 1])
             pairs.append(s)
         if len(terms) % 2:
             pairs.append(terms[-1])
         terms = pairs
-    return terms[0]
+    product = Signal(Value.cast(a * b).shape(), name=f"{name}_p")
+    m.d.comb += product.eq(terms[0])
+    return product
 
 
 #: Kinds of multiplier a block product can use.

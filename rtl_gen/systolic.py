@@ -1,0 +1,316 @@
+"""The systolic GEMM array: processing elements wired neighbour to neighbour.
+
+The dataflow is weight-stationary with the partial sums moving down the columns, which is the
+contract's accumulation order made into wires (docs/numerics.md 3.3):
+
+- PE ``(i, c)`` holds one B operand (a BFP block, or an FP32 element for the FP32 twin): k-block
+  ``i`` of column ``c`` of the current pass;
+- the A operands of one output row enter row ``i`` at the left edge (k-block ``i`` of that row)
+  and move one PE to the right per cycle;
+- each PE turns its A and B operands into one FP32 term (the exact block dot product rounded
+  once to FP32 by :func:`~hbfp_hw.rtl_gen.block_to_float.block_to_float_steps`, or the FP32
+  product), adds it to the partial sum arriving from the PE above, and passes the sum down. A
+  column is a chain of FP32 adders in increasing k order, started at the top from +0.0 or from
+  a result of an earlier pass, so the bottom of the column delivers exactly ``golden.gemm``'s
+  element, NaN, infinities and subnormals included. No PE holds a running sum, so none stalls
+  or waits on a hazard: the array accepts one row of A per cycle, always.
+
+B is double-buffered in every PE: a column's B words move down a load chain (one register per
+PE), each tagged with the row of the PE that keeps it (in a shadow register); a ``swap`` bit
+travelling with an A operand makes the PE take the shadow as its operand after that A operand.
+So the next pass's B loads while the current pass computes, and no net but the clock and the
+reset reaches more than one PE: every operand, load word and partial sum moves between
+neighbours through registers.
+
+The array's edges expect skewed streams (the GEMM engine produces them from its buffers by
+reading them at skewed times, so the skew costs no delay lines): row ``i``'s A stream
+:attr:`SystolicArray.row_skew` cycles per row behind row 0's, column ``c``'s top sums and B
+load words ``c`` cycles behind column 0's. A pass's B load words for rows ``0, 1, ...`` are
+presented :attr:`~SystolicArray.load_spacing` cycles apart, starting with the previous pass's
+``swap`` operand (in row 0's time), and a pass's ``swap`` follows the previous one by at least
+:attr:`~SystolicArray.min_pass` cycles. ``tests/rtl/systolic_drive.py`` is the reference
+schedule in Python; the GEMM engine implements it.
+"""
+
+from amaranth.hdl import Const, Module, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from hbfp_hw.formats import BFPFormat, FloatFormat
+
+from .block_to_float import BlockToFloat, block_to_float_steps, build_pipeline
+from .common import check_rtl_format, check_stages
+from .fp32_mac import MULTIPLIER_STEPS, fp32_mul_steps
+from .fp_accumulator import ADDER_STEPS, fp32_add_steps
+from .layout import block_layout
+from .mac_tree import MacTree, block_product, check_multipliers, lut_multiply
+
+__all__ = ["ProcessingElement", "SystolicArray", "check_element", "operand_shape",
+           "a_layout", "b_load_layout", "sum_layout", "MAX_ROWS", "MAX_COLS"]
+
+#: Largest rows and columns of an array.
+MAX_ROWS = 64
+MAX_COLS = 64
+
+
+def check_element(element):
+    """Return the array's element: a :class:`BFPFormat` the RTL supports, or
+    ``FloatFormat.FP32`` (also given as ``"fp32"``) for the FP32 twin."""
+    if isinstance(element, BFPFormat):
+        return check_rtl_format(element)
+    if element in ("fp32", FloatFormat.FP32):
+        return FloatFormat.FP32
+    raise TypeError(f"element must be a BFPFormat or 'fp32', not {element!r}")
+
+
+def operand_shape(element):
+    """Shape of one operand: a BFP block (``block_layout``) or an FP32 bit pattern."""
+    return block_layout(element) if isinstance(element, BFPFormat) else unsigned(32)
+
+
+def a_layout(element):
+    """Layout of one row's A input: the operand and ``swap`` (after this operand, the PEs of
+    the row take their shadow B as operand)."""
+    return data.StructLayout({"data": operand_shape(element), "swap": 1})
+
+
+def b_load_layout(element, rows):
+    """Layout of one column's B load word: ``valid``, ``row`` (the PE that keeps it) and the
+    operand."""
+    return data.StructLayout({"valid": 1, "row": range(rows), "data": operand_shape(element)})
+
+
+def sum_layout():
+    """Layout of a partial sum between PEs: ``valid`` and the FP32 ``value``."""
+    return data.StructLayout({"valid": 1, "value": unsigned(32)})
+
+
+def _check_params(element, *, rows, product_stages, convert_stages, adder_stages,
+                  multipliers):
+    element = check_element(element)
+    check_stages("rows", rows, MAX_ROWS, 1)
+    check_multipliers(multipliers)
+    if isinstance(element, BFPFormat):
+        check_stages("product_stages", product_stages, MacTree.max_stages_for(element))
+        check_stages("convert_stages", convert_stages, BlockToFloat.MAX_STAGES)
+    else:
+        check_stages("product_stages", product_stages, MULTIPLIER_STEPS)
+        check_stages("convert_stages", convert_stages, 0)
+    check_stages("adder_stages", adder_stages, ADDER_STEPS, 1)
+    return element
+
+
+class ProcessingElement(wiring.Component):
+    """One PE: a stationary B operand, the A operand passing through, one FP32 term per cycle
+    added to the partial sum passing down.
+
+    Parameters
+    ----------
+    element : BFPFormat or "fp32"
+        A BFP format (a term is the exact dot product of two blocks rounded once to FP32) or
+        ``"fp32"`` (a term is the FP32 product of two FP32 elements, rounded to nearest even).
+    row : int
+        The PE's row: it keeps the B load words tagged with it.
+    rows : int
+        Rows of the array (the width of the load words' tag).
+    product_stages : int
+        Registers of the term's product: the block product's
+        (:func:`~hbfp_hw.rtl_gen.mac_tree.block_product`, up to ``MacTree.max_stages_for``) or
+        the FP32 multiplier's (up to ``MULTIPLIER_STEPS``, its rounding included).
+    convert_stages : int
+        Registers of the conversion of the block product to FP32 (BFP only; 0 for FP32).
+    adder_stages : int
+        Registers of the FP32 adder, 1..11 (the last one is the partial sum's output
+        register).
+    multipliers : {"dsp", "lut"}
+        ``"dsp"``: ECP5 ``MULT18X18D`` primitives (BFP) or a ``*`` that Yosys maps to DSPs
+        (FP32); ``"lut"``: multipliers written as additions, in the logic.
+
+    Members
+    -------
+    a_in : ``In(a_layout(element))``
+        The A operand from the left neighbour (or the edge), registered here.
+    a_out : ``Out(a_layout(element))``
+        That register, to the right neighbour.
+    b_in : ``In(b_load_layout(element, rows))``
+        The B load word from the neighbour above, registered here.
+    b_out : ``Out(b_load_layout(element, rows))``
+        That register, to the neighbour below.
+    s_in : ``In(sum_layout())``
+        The partial sum from above (a register of the neighbour, or of the edge).
+    s_out : ``Out(sum_layout())``
+        ``s_in + term``, :attr:`term_latency` + ``adder_stages`` cycles after the A operand
+        was registered (the adder's output register).
+    """
+
+    def __init__(self, element, *, row, rows, product_stages, convert_stages, adder_stages,
+                 multipliers="dsp"):
+        self._element = _check_params(element, rows=rows, product_stages=product_stages,
+                                      convert_stages=convert_stages, adder_stages=adder_stages,
+                                      multipliers=multipliers)
+        self._row = check_stages("row", row, rows - 1)
+        self._rows = rows
+        self._product_stages = product_stages
+        self._convert_stages = convert_stages
+        self._adder_stages = adder_stages
+        self._multipliers = multipliers
+        a, b = a_layout(self._element), b_load_layout(self._element, rows)
+        super().__init__({"a_in": In(a), "a_out": Out(a), "b_in": In(b), "b_out": Out(b),
+                          "s_in": In(sum_layout()), "s_out": Out(sum_layout())})
+
+    @property
+    def term_latency(self):
+        """Cycles from the A operand's register to its term at the adder's input."""
+        return self._product_stages + self._convert_stages
+
+    def elaborate(self, platform):
+        m = Module()
+        a, active = self._operands(m)
+        self._accumulate(m, self._term(m, platform, a, active))
+        return m
+
+    def _operands(self, m):
+        """Add the operand registers (A passing right, the load word passing down, B's shadow
+        and the B operand in use); return the A operand and the B operand."""
+        operand = operand_shape(self._element)
+        a = Signal(a_layout(self._element), name="a")
+        load = Signal(b_load_layout(self._element, self._rows), name="load")
+        shadow = Signal(operand, name="shadow", reset_less=True)
+        active = Signal(operand, name="active", reset_less=True)
+        m.d.sync += [a.eq(self.a_in), load.eq(self.b_in)]
+        m.d.comb += [self.a_out.eq(a), self.b_out.eq(load)]
+        with m.If(load.valid & (load.row == self._row)):
+            m.d.sync += shadow.eq(load.data)
+        with m.If(a.swap):
+            m.d.sync += active.eq(shadow)
+        return a.data, active
+
+    def _accumulate(self, m, term):
+        """Add the adder: ``s_out`` is ``s_in + term``, ``adder_stages`` cycles on."""
+        outputs, valid, _, _ = build_pipeline(
+            m, fp32_add_steps(), stages=self._adder_stages, enable=Const(1), name="add",
+            inputs={"a": self.s_in.value, "b": term}, valid=self.s_in.valid)
+        m.d.comb += [self.s_out.value.eq(outputs["bits"]), self.s_out.valid.eq(valid)]
+
+    def _term(self, m, platform, a, b):
+        """Add the term's pipeline; return its FP32 bits, :attr:`term_latency` cycles after
+        ``a`` and ``b``."""
+        one = Const(1)
+        if isinstance(self._element, BFPFormat):
+            product, valid = block_product(m, platform, self._element, a, b, one,
+                                           stages=self._product_stages,
+                                           multipliers=self._multipliers)
+            outputs, _, _, _ = build_pipeline(
+                m, block_to_float_steps(self._element), stages=self._convert_stages,
+                enable=one, name="b2f", valid=valid,
+                inputs={"value": product.value, "exp": product.exponent, "nan": product.nan})
+            return outputs["bits"]
+        multiply = lut_multiply if self._multipliers == "lut" else None
+        outputs, _, _, _ = build_pipeline(
+            m, fp32_mul_steps(multiply=multiply), stages=self._product_stages, enable=one,
+            name="mul", valid=one, inputs={"a": a, "b": b})
+        return outputs["bits"]
+
+
+class SystolicArray(wiring.Component):
+    """``rows x cols`` :class:`ProcessingElement` s computing FP32 sums of products down the
+    columns (see the module docstring).
+
+    Parameters
+    ----------
+    element : BFPFormat or "fp32"
+    rows, cols : int
+        1..64 each. A pass multiplies ``rows`` k-blocks (k-elements for FP32) of A by those of
+        ``cols`` columns of B.
+    product_stages, convert_stages, adder_stages, multipliers
+        As :class:`ProcessingElement`.
+
+    Members
+    -------
+    a : ``In(data.ArrayLayout(a_layout(element), rows))``
+        Row ``i``'s A operand and ``swap`` bit; row ``i`` runs :attr:`row_skew` ``* i`` cycles
+        behind row 0.
+    b : ``In(data.ArrayLayout(b_load_layout(element, rows), cols))``
+        Column ``c``'s B load word (``c`` cycles behind column 0).
+    s_top : ``In(data.ArrayLayout(sum_layout(), cols))``
+        Column ``c``'s starting sum (+0.0 or an earlier result): for the row-0 A operand
+        presented in cycle ``x``, it is presented in cycle ``x + c +`` :attr:`sum_offset`.
+    s_bottom : ``Out(data.ArrayLayout(sum_layout(), cols))``
+        Column ``c``'s result, :attr:`latency` cycles after its starting sum.
+    """
+
+    def __init__(self, element, *, rows, cols, product_stages=2, convert_stages=3,
+                 adder_stages=3, multipliers="dsp"):
+        self._element = _check_params(element, rows=rows, product_stages=product_stages,
+                                      convert_stages=convert_stages, adder_stages=adder_stages,
+                                      multipliers=multipliers)
+        self._rows = rows
+        self._cols = check_stages("cols", cols, MAX_COLS, 1)
+        self._pe_params = dict(rows=rows, product_stages=product_stages,
+                               convert_stages=convert_stages, adder_stages=adder_stages,
+                               multipliers=multipliers)
+        super().__init__({
+            "a": In(data.ArrayLayout(a_layout(self._element), rows)),
+            "b": In(data.ArrayLayout(b_load_layout(self._element, rows), cols)),
+            "s_top": In(data.ArrayLayout(sum_layout(), cols)),
+            "s_bottom": Out(data.ArrayLayout(sum_layout(), cols)),
+        })
+
+    element = property(lambda self: self._element)
+    rows = property(lambda self: self._rows)
+    cols = property(lambda self: self._cols)
+    adder_stages = property(lambda self: self._pe_params["adder_stages"])
+
+    @property
+    def macs_per_cycle(self):
+        """Multiply-accumulates per cycle: ``rows * cols`` PEs, each ``block_size`` products
+        (one for FP32)."""
+        n = self._element.block_size if isinstance(self._element, BFPFormat) else 1
+        return self._rows * self._cols * n
+
+    @property
+    def row_skew(self):
+        """Cycles by which row ``i + 1``'s A stream follows row ``i``'s: the adder's latency."""
+        return self.adder_stages
+
+    @property
+    def sum_offset(self):
+        """Cycles from a row-0 A operand at the edge to column 0's starting sum for it."""
+        p = self._pe_params
+        return p["product_stages"] + p["convert_stages"]
+
+    @property
+    def latency(self):
+        """Cycles from a column's starting sum to its result at the bottom."""
+        return self._rows * self.adder_stages + 1
+
+    @property
+    def load_spacing(self):
+        """Cycles between the load words of rows ``i`` and ``i + 1`` of one pass."""
+        return max(self.adder_stages - 1, 1)
+
+    @property
+    def min_pass(self):
+        """Fewest cycles between the ``swap`` operands of two passes (the load of a pass's B
+        takes that long)."""
+        return (self._rows - 1) * self.load_spacing + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._rows, self._cols
+        pes = [[ProcessingElement(self._element, row=i, **self._pe_params)
+                for c in range(cols)] for i in range(rows)]
+        for i in range(rows):
+            for c in range(cols):
+                m.submodules[f"pe_{i}_{c}"] = pe = pes[i][c]
+                m.d.comb += pe.a_in.eq(self.a[i] if c == 0 else pes[i][c - 1].a_out)
+                m.d.comb += pe.b_in.eq(self.b[c] if i == 0 else pes[i - 1][c].b_out)
+                if i:
+                    m.d.comb += pe.s_in.eq(pes[i - 1][c].s_out)
+        # The starting sums are registered at the top edge, as every other input is in the
+        # PEs.
+        for c in range(cols):
+            top = Signal(sum_layout(), name=f"top{c}")
+            m.d.sync += top.eq(self.s_top[c])
+            m.d.comb += [pes[0][c].s_in.eq(top), self.s_bottom[c].eq(pes[rows - 1][c].s_out)]
+        return m
