@@ -61,9 +61,16 @@ class SystemConfig:
         Accept ``Wire.FLOAT`` tile data, quantized on the device. Without it (and always with a
         stochastic format) the device has no quantizer and the host quantizes.
     lanes : int
-        Dot-product units, a power of two 1..64.
+        Dot-product units, or columns of the systolic array; a power of two 1..64.
+    rows : int
+        0: the engine is ``lanes`` dot-product units
+        (:class:`~hbfp_hw.fpga.system.array.GemmEngine`); 1..64: a systolic array of
+        ``rows x lanes`` PEs (:class:`~hbfp_hw.fpga.system.systolic.SystolicEngine`), each
+        multiplying one block pair per cycle.
+    multipliers : {"dsp", "lut"}
+        The array's multipliers: ECP5 DSP blocks or logic (``rows`` > 0 only).
     channels : int or None
-        Column groups interleaved per unit (None: ``adder_stages``).
+        Column groups interleaved per unit (None: ``adder_stages``); ``rows`` = 0 only.
     clock_hz : int
         Clock frequency, reported by INFO (and the default timeout base).
     build_hash : int or None
@@ -77,8 +84,9 @@ class SystemConfig:
     timeout_cycles : int or None
         Inter-byte idle timeout within a frame (None: ``clock_hz // 10``, 100 ms).
     mac_stages, convert_stages, adder_stages, align_stages : int
-        Pipeline depths of the MAC tree, the block-to-float conversion and the FP32 adder of
-        the dot-product units, and of the quantizer of float tile data. Their maxima depend on
+        Pipeline depths of the MAC tree (the block product), the block-to-float conversion and
+        the FP32 adder of the dot-product units or PEs, and of the quantizer of float tile
+        data. Their maxima depend on
         the format (``GemmSystem`` checks them).
     tx_buffer : int
         Bytes of the transmit buffer between the reply encoder and ``o_stream`` (0..2**24;
@@ -96,6 +104,8 @@ class SystemConfig:
     input_format: FloatFormat = FloatFormat.FP32
     float_wire: bool = True
     lanes: int = 2
+    rows: int = 0
+    multipliers: str = "dsp"
     channels: int | None = None
     clock_hz: int = 50_000_000
     build_hash: int | None = None
@@ -130,6 +140,9 @@ class SystemConfig:
             raise TypeError(f"lanes must be an integer, not {lanes!r}")
         if not 1 <= lanes <= 64 or lanes & (lanes - 1):
             raise ValueError(f"lanes must be a power of two between 1 and 64, not {lanes!r}")
+        _check_int("rows", self.rows, 0, 64)
+        if self.multipliers not in ("dsp", "lut"):
+            raise ValueError(f"multipliers must be 'dsp' or 'lut', not {self.multipliers!r}")
         _check_optional_int("channels", self.channels, 1, 256)
         _check_int("clock_hz", self.clock_hz, 1, 2**32 - 1)
         _check_optional_int("build_hash", self.build_hash, 0, 2**32 - 1)
@@ -170,14 +183,17 @@ class SystemConfig:
 
     @property
     def effective_channels(self):
-        """``channels``, or ``adder_stages`` when it is None."""
+        """``channels``, or ``adder_stages`` when it is None; 1 for a systolic array (whose
+        PEs hold no running sums)."""
+        if self.rows:
+            return 1
         return self.adder_stages if self.channels is None else self.channels
 
     @property
     def macs_per_cycle(self):
-        """Peak multiply-accumulates per clock cycle: every lane multiplies one block pair
-        (``block_size`` products) per cycle."""
-        return self.lanes * self.fmt.block_size
+        """Peak multiply-accumulates per clock cycle: every lane (or PE) multiplies one block
+        pair (``block_size`` products) per cycle."""
+        return max(self.rows, 1) * self.lanes * self.fmt.block_size
 
     @property
     def effective_timeout_cycles(self):
@@ -204,6 +220,8 @@ class SystemConfig:
             stages=(self.mac_stages, self.convert_stages, self.adder_stages,
                     self.align_stages),
             float_wire=self.effective_float_wire, tx_buffer=self.tx_buffer)
+        if self.rows:
+            params.update(rows=self.rows, multipliers=self.multipliers)
         text = ";".join(f"{k}={params[k]}" for k in sorted(params))
         return zlib.crc32(f"hbfp-hw-gemm;v{_PROTOCOL_VERSION};{text}".encode())
 

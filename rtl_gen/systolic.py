@@ -32,6 +32,8 @@ presented :attr:`~SystolicArray.load_spacing` cycles apart, starting with the pr
 schedule in Python; the GEMM engine implements it.
 """
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Const, Module, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -45,7 +47,7 @@ from .fp_accumulator import ADDER_STEPS, fp32_add_steps
 from .layout import block_layout
 from .mac_tree import MacTree, block_product, check_multipliers, lut_multiply
 
-__all__ = ["ProcessingElement", "SystolicArray", "check_element", "operand_shape",
+__all__ = ["ProcessingElement", "SystolicArray", "ArrayGeometry", "check_element", "operand_shape",
            "a_layout", "b_load_layout", "sum_layout", "MAX_ROWS", "MAX_COLS"]
 
 #: Largest rows and columns of an array.
@@ -98,6 +100,18 @@ def _check_params(element, *, rows, product_stages, convert_stages, adder_stages
         check_stages("convert_stages", convert_stages, 0)
     check_stages("adder_stages", adder_stages, ADDER_STEPS, 1)
     return element
+
+
+@dataclass(frozen=True)
+class ArrayGeometry:
+    """The timing of a :class:`SystolicArray` (see its properties of the same names)."""
+
+    macs_per_cycle: int
+    row_skew: int
+    sum_offset: int
+    latency: int
+    load_spacing: int
+    min_pass: int
 
 
 class ProcessingElement(wiring.Component):
@@ -256,44 +270,61 @@ class SystolicArray(wiring.Component):
             "s_bottom": Out(data.ArrayLayout(sum_layout(), cols)),
         })
 
+    @classmethod
+    def geometry(cls, element, *, rows, cols, product_stages=2, convert_stages=3,
+                 adder_stages=3, multipliers="dsp"):
+        """Return the :class:`ArrayGeometry` of an array with these parameters (validated),
+        without building one."""
+        element = _check_params(element, rows=rows, product_stages=product_stages,
+                                convert_stages=convert_stages, adder_stages=adder_stages,
+                                multipliers=multipliers)
+        check_stages("cols", cols, MAX_COLS, 1)
+        n = element.block_size if isinstance(element, BFPFormat) else 1
+        spacing = max(adder_stages - 1, 1)
+        return ArrayGeometry(
+            macs_per_cycle=rows * cols * n, row_skew=adder_stages,
+            sum_offset=product_stages + convert_stages, latency=rows * adder_stages + 1,
+            load_spacing=spacing, min_pass=(rows - 1) * spacing + 1)
+
     element = property(lambda self: self._element)
     rows = property(lambda self: self._rows)
     cols = property(lambda self: self._cols)
     adder_stages = property(lambda self: self._pe_params["adder_stages"])
 
+    def _geometry(self):
+        return self.geometry(self._element, cols=self._cols, **self._pe_params)
+
     @property
     def macs_per_cycle(self):
         """Multiply-accumulates per cycle: ``rows * cols`` PEs, each ``block_size`` products
         (one for FP32)."""
-        n = self._element.block_size if isinstance(self._element, BFPFormat) else 1
-        return self._rows * self._cols * n
+        return self._geometry().macs_per_cycle
 
     @property
     def row_skew(self):
         """Cycles by which row ``i + 1``'s A stream follows row ``i``'s: the adder's latency."""
-        return self.adder_stages
+        return self._geometry().row_skew
 
     @property
     def sum_offset(self):
         """Cycles from a row-0 A operand at the edge to column 0's starting sum for it."""
-        p = self._pe_params
-        return p["product_stages"] + p["convert_stages"]
+        return self._geometry().sum_offset
 
     @property
     def latency(self):
         """Cycles from a column's starting sum to its result at the bottom."""
-        return self._rows * self.adder_stages + 1
+        return self._geometry().latency
 
     @property
     def load_spacing(self):
         """Cycles between the load words of rows ``i`` and ``i + 1`` of one pass."""
-        return max(self.adder_stages - 1, 1)
+        return self._geometry().load_spacing
 
     @property
     def min_pass(self):
         """Fewest cycles between the ``swap`` operands of two passes (the load of a pass's B
         takes that long)."""
-        return (self._rows - 1) * self.load_spacing + 1
+        return self._geometry().min_pass
 
     def elaborate(self, platform):
         m = Module()

@@ -273,8 +273,12 @@ class Stream:
         info = self.info
         if op.cmd is Cmd.COMPUTE:
             groups = protocol.column_groups(op.tile.cn, info.lanes)
-            cycles = op.tile.rn * (-(-groups // info.channels) * info.channels) * (
-                op.args["kb"] + 1) + 1000
+            kb = op.args["kb"] + 1
+            cycles = op.tile.rn * (-(-groups // info.channels) * info.channels) * kb + 1000
+            if info.channels == 1:
+                # A systolic array (docs/hardware.md): each pass of up to 64 k-blocks of a
+                # column group waits at most its B load, and each chunk of k-blocks a drain.
+                cycles += kb * (groups + 1) * 1024
             return cycles, 2.0 * cycles / self.rate
         # A write takes a cycle per byte and a few per block; a read, a few.
         return 64 + len(payload) + 16 * op.count() * (op.cmd is not Cmd.READ_C), 0.0

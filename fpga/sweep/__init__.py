@@ -10,6 +10,8 @@ One concept per module; this package re-exports their public names:
   :mod:`~hbfp_hw.fpga.sweep.toolout` (reading the tools' output); the tools run on
   :class:`hbfp_hw.tools.process.Runner` and are versioned by
   :func:`hbfp_hw.tools.yowasp.tool_version`;
+- :mod:`~hbfp_hw.fpga.sweep.fill`: :func:`fill_chip`, the largest systolic arrays (BFP and
+  FP32) that fill the part, by bisection over sweep points;
 - :mod:`~hbfp_hw.fpga.sweep.metrics`: derived metrics, the full-chip estimate, Pareto fronts;
 - :mod:`~hbfp_hw.fpga.sweep.report`: text tables and the Markdown report;
 - :mod:`~hbfp_hw.fpga.sweep.plots`: the PNG plots.
@@ -22,10 +24,11 @@ Patch (monkeypatch) a name on the module that looks it up (for instance
 """
 
 from .cache import FLOW_VERSION, cache_root, verilog_digest
+from .fill import fill_chip, shape_ladder
 from .flow import run_sweep
 from .metrics import area_per_gmacs, derive_metrics, full_chip_estimate, pareto_front
-from .plots import plot_fmax, plot_mac_per_lut, plot_pareto
-from .report import format_full_chip, format_table, markdown_report
+from .plots import plot_fill_chip, plot_fmax, plot_mac_per_lut, plot_pareto
+from .report import format_fill_chip, format_full_chip, format_table, markdown_report
 from .targets import (
     TARGETS,
     SweepPoint,
@@ -54,6 +57,10 @@ __all__ = [
     "verilog_digest",
     "parse_critical_path",
     "run_sweep",
+    "fill_chip",
+    "shape_ladder",
+    "format_fill_chip",
+    "plot_fill_chip",
     "derive_metrics",
     "full_chip_estimate",
     "format_table",

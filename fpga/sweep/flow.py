@@ -190,9 +190,10 @@ class _Sweep:
             digest = verilog_digest(text)
             meta = {
                 "latency": unit.latency,
-                "throughput": unit.throughput,
-                "channels": unit.channels,
-                "min_channels": unit.min_channels,
+                "throughput": getattr(unit, "throughput", 1),
+                "channels": getattr(unit, "channels", None),
+                "min_channels": getattr(unit, "min_channels", None),
+                "macs_per_cycle": getattr(unit, "macs_per_cycle", None),
                 "port_bits": top.port_bits,
                 "generate_seconds": round(time.monotonic() - t0, 1),
                 "sources": self.gen_digest[:24],
@@ -479,8 +480,11 @@ def _row(state, seeds, root):
                    channels=meta["channels"], min_channels=meta["min_channels"],
                    port_bits=meta["port_bits"])
         row["verilog_sha256"] = state.gen["digest"]
-        block = 1 if point.is_baseline else point.fmt.block_size
-        row["macs_per_cycle"] = block * meta["throughput"]
+        if meta.get("macs_per_cycle") is not None:         # an array: PEs x block size
+            row["macs_per_cycle"] = meta["macs_per_cycle"]
+        else:
+            block = 1 if point.is_baseline else point.fmt.block_size
+            row["macs_per_cycle"] = block * meta["throughput"]
     if state.synth is not None and state.synth.get("status") == "ok":
         stat = state.synth["stat"]
         row["resources"] = {k: stat[k] for k in ("lut", "ff", "carry", "dsp", "bram")}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .metrics import area_per_gmacs, pareto_front
 
-__all__ = ["plot_mac_per_lut", "plot_fmax", "plot_pareto"]
+__all__ = ["plot_mac_per_lut", "plot_fmax", "plot_pareto", "plot_fill_chip"]
 
 
 def _pyplot():
@@ -117,3 +117,36 @@ def plot_pareto(doc, path):
     ax.set_ylabel(f"digits test accuracy (%), {acc.get('model', '')} "
                   f"{acc.get('epochs', '')} epochs")
     _finish(plt, fig, ax, path, "Accuracy vs hardware cost", doc, which="both")
+
+
+def plot_fill_chip(doc, path):
+    """GMAC/s against MACs/cycle of every array :func:`~hbfp_hw.fpga.sweep.fill.fill_chip`
+    placed and routed, one line per array kind and multiplier mapping, the best ones ringed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for row in doc["points"]:
+        if row.get("status") == "ok":
+            series.setdefault((row["kind"], row["multipliers"]), []).append(row)
+    styles = {"array": "tab:blue", "fp32-array": "0.35"}
+    for (kind, mult), rows in sorted(series.items()):
+        rows.sort(key=lambda r: r["macs_per_cycle"])
+        name = (doc["format"]["name"] if kind == "array" else "FP32") + f" array ({mult})"
+        ax.plot([r["macs_per_cycle"] for r in rows], [r["gmacs"] for r in rows],
+                marker="o" if mult == "lut" else "s", color=styles[kind],
+                linestyle="-" if mult == "lut" else "--", label=name)
+        for r in rows:
+            ax.annotate(r["label"].split("-")[-1].split("+")[0],
+                        (r["macs_per_cycle"], r["gmacs"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    for key in ("bfp", "fp32"):
+        best = doc.get(key)
+        if best:
+            ax.plot([best["macs_per_cycle"]], [best["gmacs"]], "o", markersize=14,
+                    markerfacecolor="none", markeredgecolor="tab:red")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("MACs per cycle (array size)")
+    ax.set_ylabel("GMAC/s (MACs/cycle x worse Fmax)")
+    ratio = doc.get("ratio")
+    title = "Systolic arrays filling the part" + (f": BFP/FP32 = {ratio:.1f}x" if ratio else "")
+    _finish(plt, fig, ax, path, title, doc)

@@ -5,7 +5,8 @@ estimate (:func:`format_full_chip`) and the Markdown section of ``docs/benchmark
 
 from __future__ import annotations
 
-__all__ = ["table_rows", "format_table", "format_full_chip", "markdown_table", "markdown_report"]
+__all__ = ["table_rows", "format_table", "format_full_chip", "markdown_table", "markdown_report",
+           "format_fill_chip"]
 
 
 def _fmt_si(value, unit=""):
@@ -144,3 +145,27 @@ def markdown_report(doc, *, command, plots=(), full_chip=None):
     for title, path in plots:
         lines.append(f"![{title}]({path})")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def format_fill_chip(doc):
+    """Text table of a :func:`~hbfp_hw.fpga.sweep.fill.fill_chip` document: every array
+    measured, then the best of each kind and their ratio."""
+    lines = [f"{'array':<22} {'mult':<4} {'status':<14} {'MAC/cyc':>7} {'LC':>7} {'FF':>7} "
+             f"{'DSP':>4} {'BRAM':>4} {'Fmax':>7} {'GMAC/s':>7}"]
+    for r in doc["points"]:
+        res = r.get("resources") or {}
+        fmax = r.get("fmax_mhz")
+        lines.append(
+            f"{r['label']:<22} {r['multipliers']:<4} {r['status']:<14} "
+            f"{r.get('macs_per_cycle') or '':>7} {res.get('logic_cells', res.get('lut', '')):>7} "
+            f"{res.get('ff', ''):>7} {res.get('dsp', ''):>4} {res.get('bram', ''):>4} "
+            f"{f'{fmax:.1f}' if fmax else '':>7} {r.get('gmacs') or '':>7}")
+    for key, name in (("bfp", doc["format"]["name"]), ("fp32", "FP32")):
+        best = doc.get(key)
+        lines.append(f"best {name} array: " + (
+            f"{best['label']} ({best['multipliers']}), {best['macs_per_cycle']} MACs/cycle x "
+            f"{best['fmax_mhz']:.1f} MHz = {best['gmacs']:.2f} GMAC/s" if best else "none fits"))
+    if doc.get("ratio"):
+        lines.append(f"ratio: {doc['ratio']:.2f}x")
+    lines.append(f"({doc['seconds']:.0f} s)")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ from hbfp_hw.rtl_gen.fp32_mac import Fp32MacBaseline
 from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
 from hbfp_hw.rtl_gen.generate import UNITS, build_unit
 from hbfp_hw.rtl_gen.mac_tree import MacTree
+from hbfp_hw.rtl_gen.systolic import SystolicArray
 
 __all__ = [
     "TARGETS",
@@ -103,6 +104,7 @@ TARGETS = {
 }
 
 IO_MODES = ("serial", "ooc")
+POINT_KINDS = ("dot", "fp32-baseline", "array", "fp32-array")
 ROUTERS = ("router2", "router1")
 MULTIPLIER_MODES = ("dsp", "lut")
 
@@ -228,9 +230,11 @@ class SweepPoint:
 
     Members
     -------
-    kind : {"dot", "fp32-baseline"}
+    kind : {"dot", "fp32-baseline", "array", "fp32-array"}
+        A dot-product unit, the FP32 MAC baseline, a BFP systolic array
+        (:class:`~hbfp_hw.rtl_gen.systolic.SystolicArray`) or its FP32 twin.
     fmt : BFPFormat or None
-        The BFP format (None for the baseline).
+        The BFP format (None for the FP32 kinds).
     input_format : FloatFormat
     params : tuple of (str, int)
         Hardware parameters passed to the generator, sorted.
@@ -245,9 +249,9 @@ class SweepPoint:
     multipliers: str = "dsp"
 
     def __post_init__(self):
-        _check_choice("kind", self.kind, ("dot", "fp32-baseline"))
+        _check_choice("kind", self.kind, POINT_KINDS)
         _check_choice("multipliers", self.multipliers, MULTIPLIER_MODES)
-        if self.kind == "dot" and not isinstance(self.fmt, BFPFormat):
+        if self.kind in ("dot", "array") and not isinstance(self.fmt, BFPFormat):
             raise TypeError(f"fmt must be a BFPFormat, not {self.fmt!r}")
         object.__setattr__(self, "input_format", FloatFormat(self.input_format))
         object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
@@ -257,9 +261,17 @@ class SweepPoint:
         return self.kind == "fp32-baseline"
 
     @property
+    def is_array(self):
+        return self.kind in ("array", "fp32-array")
+
+    @property
     def label(self):
-        """Short name: ``bfp8``, ``w4b8``, ``w8b16-bf16``, ``fp32-mac``; ``+lutmul`` if LUTs."""
-        if self.is_baseline:
+        """Short name: ``bfp8``, ``w4b8``, ``w8b16-bf16``, ``fp32-mac``, ``bfp8-4x4``,
+        ``fp32-6x6``; ``+lutmul`` if LUTs."""
+        if self.is_array:
+            p = dict(self.params)
+            name = ("fp32" if self.fmt is None else self.fmt.name) + f"-{p['rows']}x{p['cols']}"
+        elif self.is_baseline:
             name = "fp32-mac"
         else:
             name = self.fmt.name
@@ -274,6 +286,9 @@ class SweepPoint:
 
     def component(self):
         """Build the unit (a fresh Component each call)."""
+        if self.is_array:
+            return SystolicArray("fp32" if self.fmt is None else self.fmt,
+                                 multipliers=self.multipliers, **dict(self.params))
         if self.is_baseline:
             return build_unit("fp32-baseline", **dict(self.params))
         return build_unit("dot", self.fmt, input_format=self.input_format.value,

@@ -43,7 +43,7 @@ from hbfp_hw.rtl_gen.block_dot import (
 from hbfp_hw.rtl_gen.common import check_rtl_format, platform_family
 from hbfp_hw.rtl_gen.layout import block_layout
 
-__all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "check_int"]
+__all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "check_int", "c_readout"]
 
 
 def check_int(name, value, lo, hi=None):
@@ -62,6 +62,29 @@ def _check_pow2(name, value, lo, hi):
     if value & (value - 1):
         raise ValueError(f"{name} must be a power of two between {lo} and {hi}, not {value!r}")
     return value
+
+
+def c_readout(m, platform, engine, c_rds):
+    """Drive ``engine.c_rdata`` from the C bank ``engine.c_rlane``, two cycles after the
+    address (``c_rds``: the banks' read ports)."""
+    # The block RAMs' read data is registered before the bank multiplexer: from a DP16KD
+    # without its output register (a slow clock-to-output) through the multiplexer into
+    # the readout was once the ULX3S critical path (docs/hardware.md has the figures).
+    rlane = Signal.like(engine.c_rlane, name="rlane")
+    rlane2 = Signal.like(engine.c_rlane, name="rlane2")
+    m.d.sync += [rlane.eq(engine.c_rlane), rlane2.eq(rlane)]
+    # (Not on the iCE40, whose block RAMs are fast and whose flip-flops are logic cells:
+    # there the read data is held, as the address is, until the readout takes it.)
+    if platform_family(platform) == "ice40":
+        c_q = [rd.data for rd in c_rds]
+    else:
+        c_q = [Signal(32, name=f"c_q{lane}", reset_less=True)
+               for lane in range(engine.lanes)]
+        m.d.sync += [q.eq(rd.data) for q, rd in zip(c_q, c_rds, strict=True)]
+    c_data = c_q[0]
+    for lane in range(1, engine.lanes):
+        c_data = Mux(rlane2 == lane, c_q[lane], c_data)
+    m.d.comb += engine.c_rdata.eq(c_data)
 
 
 class GemmEngine(wiring.Component):
@@ -212,7 +235,7 @@ class GemmEngine(wiring.Component):
         c_init_addr = Signal(range(self.c_depth))
         a_rd = self._a_buffer(m)
         b_rds, c_rds, c_wrs = self._bc_banks(m, running, c_init_addr)
-        self._c_readout(m, platform, c_rds)
+        c_readout(m, platform, self, c_rds)
         units = []
         for lane in range(self._lanes):
             unit = BlockDotUnit(self._fmt, **self._unit_params, init=True)
@@ -279,27 +302,6 @@ class GemmEngine(wiring.Component):
             c_rds.append(c_rd)
             c_wrs.append(c_mem.write_port())
         return b_rds, c_rds, c_wrs
-
-    def _c_readout(self, m, platform, c_rds):
-        """Drive ``c_rdata`` from the C bank ``c_rlane``, two cycles after the address."""
-        # The block RAMs' read data is registered before the bank multiplexer: from a DP16KD
-        # without its output register (a slow clock-to-output) through the multiplexer into
-        # the readout was once the ULX3S critical path (docs/hardware.md has the figures).
-        rlane = Signal.like(self.c_rlane, name="rlane")
-        rlane2 = Signal.like(self.c_rlane, name="rlane2")
-        m.d.sync += [rlane.eq(self.c_rlane), rlane2.eq(rlane)]
-        # (Not on the iCE40, whose block RAMs are fast and whose flip-flops are logic cells:
-        # there the read data is held, as the address is, until the readout takes it.)
-        if platform_family(platform) == "ice40":
-            c_q = [rd.data for rd in c_rds]
-        else:
-            c_q = [Signal(32, name=f"c_q{lane}", reset_less=True)
-                   for lane in range(self._lanes)]
-            m.d.sync += [q.eq(rd.data) for q, rd in zip(c_q, c_rds, strict=True)]
-        c_data = c_q[0]
-        for lane in range(1, self._lanes):
-            c_data = Mux(rlane2 == lane, c_q[lane], c_data)
-        m.d.comb += self.c_rdata.eq(c_data)
 
     def _operands(self, m, issue, a_rd, b_rds, c_rds, units):
         """Register the buffer read data and the flags of ``issue`` (stage s3) and give them

@@ -10,7 +10,9 @@ executor (an FSM, here), and the components the executor sequences with one-cycl
 - :class:`~hbfp_hw.fpga.system.checks.CheckUnit` checks the arguments of WRITE, COMPUTE and
   READ_C against the buffers;
 - :class:`~hbfp_hw.fpga.system.array.GemmEngine` (re-exported here) holds the buffers and
-  the array of dot-product units;
+  the array of dot-product units, or (``SystemConfig.rows`` > 0)
+  :class:`~hbfp_hw.fpga.system.systolic.SystolicEngine` the same buffers and a systolic
+  array;
 - :class:`~hbfp_hw.fpga.system.readout.CReadout` reads results out of C;
 - :class:`~hbfp_hw.fpga.system.replies.ReplyFormatter` builds a reply's fixed part for the
   :class:`~hbfp_hw.fpga.system.decoder.FrameEncoder`, and (``tx_buffer > 0``)
@@ -44,6 +46,7 @@ from .decoder import FrameDecoder, FrameEncoder
 from .payload import BlockWriter
 from .readout import CReadout
 from .replies import ReplyFormatter, ReplyKind, TransmitBuffer
+from .systolic import SystolicEngine
 
 __all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "GemmSystem"]
 
@@ -109,10 +112,19 @@ class GemmSystem(wiring.Component):
         self._tx_buffer = config.tx_buffer
         # The engine is built by elaborate(): a component that is created but never elaborated
         # makes Amaranth warn, and hosts build a GemmSystem only to read its `info`.
-        self._engine_params = GemmEngine.check_params(
-            fmt, lanes=config.lanes, channels=config.channels, a_blocks=config.a_blocks,
-            b_blocks=config.b_blocks, c_words=config.c_words, mac_stages=config.mac_stages,
-            convert_stages=config.convert_stages, adder_stages=config.adder_stages)
+        if config.rows:
+            self._engine_class = SystolicEngine
+            self._engine_params = SystolicEngine.check_params(
+                fmt, rows=config.rows, lanes=config.lanes, a_blocks=config.a_blocks,
+                b_blocks=config.b_blocks, c_words=config.c_words,
+                product_stages=config.mac_stages, convert_stages=config.convert_stages,
+                adder_stages=config.adder_stages, multipliers=config.multipliers)
+        else:
+            self._engine_class = GemmEngine
+            self._engine_params = GemmEngine.check_params(
+                fmt, lanes=config.lanes, channels=config.channels, a_blocks=config.a_blocks,
+                b_blocks=config.b_blocks, c_words=config.c_words, mac_stages=config.mac_stages,
+                convert_stages=config.convert_stages, adder_stages=config.adder_stages)
         self._info = config.info()
         self._build_hash = self._info.build_hash
         super().__init__({
@@ -137,8 +149,11 @@ class GemmSystem(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from the buffer read of a last block pair to its result in C."""
+        """Cycles from the buffer read of a last block pair to its result in C (for the
+        systolic engine: from the request of the last item to ``done``, at most)."""
         p = self._engine_params
+        if self._engine_class is SystolicEngine:
+            return SystolicEngine.drain_for(self._fmt, **p) + 2
         return (1 + p["mac_stages"] + p["convert_stages"] + TERM_BUFFER_LATENCY
                 + p["adder_stages"])
     build_hash = property(lambda self: self._build_hash)
@@ -149,7 +164,7 @@ class GemmSystem(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         fmt = self._fmt
-        eng = GemmEngine(fmt, **self._engine_params)
+        eng = self._engine_class(fmt, **self._engine_params)
         self._engine = eng              # for tests: the engine of the latest elaboration
         # The capacity checks' width (checks.saturate): every size and base that passes them
         # is below 2**cap_bits.

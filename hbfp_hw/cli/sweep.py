@@ -67,9 +67,9 @@ def add_parser(sub):
                         "('max') on ecp5-85f, the constructors' defaults on ice40-up5k (the "
                         "deepest do not fit), and the fewest channels that sustain one block "
                         "pair per cycle")
-    p.add_argument("--multipliers", choices=["dsp", "lut", "both"], default="dsp",
-                   help="map multipliers to DSP blocks (default), to LUTs (synth -nodsp / no "
-                        "-dsp), or sweep both")
+    p.add_argument("--multipliers", choices=["dsp", "lut", "both"],
+                   help="map multipliers to DSP blocks (the grid's default), to LUTs (synth "
+                        "-nodsp / no -dsp), or sweep both (the default of --fill-chip)")
     p.add_argument("--seeds", type=cli_args.int_list("--seeds", 0, 0xFFFFFFFF), default=[1, 2],
                    metavar="S,...", help="nextpnr seeds; Fmax is the worse (default 1,2)")
     p.add_argument("--freq", type=cli_args.positive_float("--freq"), metavar="MHZ",
@@ -84,6 +84,15 @@ def add_parser(sub):
                    help="format of the full-chip estimate, a preset or wWbN ('none' to skip; "
                         "default bfp8 on ecp5-85f, none on ice40-up5k); adds its "
                         "LUT-multiplier variants to the sweep")
+    p.add_argument("--fill-chip", action="store_true",
+                   help="instead of the grid: find, by bisection over array shapes, the BFP "
+                        "systolic array (--format) and the FP32 array that maximise MACs/cycle "
+                        "x Fmax on the part, and report both and their ratio (with --multipliers "
+                        "both, the default here, each mapping is searched)")
+    p.add_argument("--format", metavar="FORMAT", default="bfp8", dest="array_format",
+                   help="BFP format of --fill-chip: a preset or wWbN (default bfp8)")
+    p.add_argument("--max-side", type=cli_args.integer("--max-side", 1, 64), default=32,
+                   help="largest rows and columns --fill-chip tries (default 32)")
     p.add_argument("--fill", type=cli_args.number("--fill", 0, 1, lo_open=True), default=0.85,
                    help="fraction of the logic cells and FFs a full chip may use (default "
                         "0.85)")
@@ -142,7 +151,8 @@ def build_points(args):
         except ValueError as e:
             raise ValueError(f"--full-chip must be 'none', a preset name or wWbN (such as "
                              f"w8b16), not {full_chip!r}") from e
-    modes = ["dsp", "lut"] if args.multipliers == "both" else [args.multipliers]
+    mode = args.multipliers or "dsp"
+    modes = ["dsp", "lut"] if mode == "both" else [mode]
     stages = TARGETS[args.target].stages_with(args.stages)
     points = []
     try:
@@ -182,6 +192,17 @@ def validate(args):
             raise cli_args.UsageError(
                 "--with-accuracy trains the digits models with PyTorch, which is not "
                 "installed; install the extra: pip install 'hbfp-hw[torch]'") from None
+    if args.fill_chip:
+        from hbfp_hw.fpga.sweep import parse_format_spec
+
+        try:
+            args._array_format = parse_format_spec(args.array_format).replace(
+                rounding=args.rounding)
+        except ValueError:
+            raise cli_args.UsageError(f"--format must be a preset name or wWbN (such as "
+                                      f"w8b16), not {args.array_format!r}") from None
+        if args.with_accuracy:
+            raise cli_args.UsageError("--with-accuracy applies to the grid, not --fill-chip")
     cli_args.check_output_dir("--out", args.out)
     cli_args.check_output_dir("--cache", args.cache)
     cli_args.check_output_file("--json", args.json, create_parents=True)
@@ -195,6 +216,8 @@ def validate(args):
 
 def run(args):
     """Run ``hbfp-hw sweep``; returns the exit status."""
+    if args.fill_chip:
+        return _run_fill_chip(args)
     from hbfp_hw.fpga.sweep import (
         format_full_chip,
         format_table,
@@ -282,3 +305,36 @@ def run(args):
               file=sys.stderr)
         return 1
     return 0
+
+
+def _run_fill_chip(args):
+    from hbfp_hw.fpga.sweep import fill_chip, format_fill_chip, plot_fill_chip
+
+    mode = args.multipliers or "both"
+    modes = ["dsp", "lut"] if mode == "both" else [mode]
+    try:
+        doc = fill_chip(args._array_format, args.target, multipliers=tuple(modes),
+                        max_side=args.max_side, seeds=args.seeds, jobs=args.jobs, io=args.io,
+                        freq_mhz=args.freq, router=args.router,
+                        timeout=None if args.timeout is None else args.timeout * 60,
+                        progress=not args.quiet, cache=args.cache)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the tools were stopped; finished points are cached, so the same "
+              "command resumes where this one stopped", file=sys.stderr)
+        return 130
+    doc["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    print(format_fill_chip(doc))
+    plot = args.plot or (str(Path(args.out) / "fill_chip.png") if args.out else None)
+    try:
+        if plot:
+            Path(plot).parent.mkdir(parents=True, exist_ok=True)
+            plot_fill_chip(doc, plot)
+            print(f"wrote {plot}")
+            doc["plots"] = {"fill_chip": plot}
+        if args.out:
+            cli_args.write_json(Path(args.out) / "fill_chip.json", doc, flag="--out")
+    except OSError as e:
+        raise cli_args.CommandError(f"cannot write {e.filename or ''}: {e.strerror or e}") \
+            from None
+    cli_args.write_json(args.json, doc, create_parents=True)
+    return 0 if doc["bfp"] and doc["fp32"] else 1

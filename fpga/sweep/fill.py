@@ -1,0 +1,181 @@
+"""Fill the chip: the largest systolic array of each kind that the part holds, by bisection.
+
+:func:`fill_chip` measures, for a BFP format and for FP32, the
+:class:`~hbfp_hw.rtl_gen.systolic.SystolicArray` that maximises MACs/cycle x Fmax on a part.
+Each candidate is one sweep point (:func:`~hbfp_hw.fpga.sweep.flow.run_sweep`: every port
+registered, the worse Fmax of the seeds, cached), so a rerun is instant and an interrupted
+search resumes where it stopped.
+
+The candidates are the shapes of :func:`shape_ladder`, in increasing PE count (square, then
+one column more). For each array kind and multiplier mapping the search doubles the ladder
+index until a shape does not fit (or fails timing so badly that its GMAC/s falls below half
+the best so far), then bisects between the last that fit and the first that did not. The
+result of the kind is the best GMAC/s among the shapes it placed and routed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .flow import run_sweep
+from .targets import SweepPoint, _check_choice, _target
+
+__all__ = ["shape_ladder", "fill_chip", "ARRAY_STAGES"]
+
+#: Pipeline depths of the arrays the search builds (deep enough for the ECP5 at >= 125 MHz;
+#: the FP32 twin has no conversion stage).
+ARRAY_STAGES = {
+    "array": {"product_stages": 6, "convert_stages": 7, "adder_stages": 6},
+    "fp32-array": {"product_stages": 8, "convert_stages": 0, "adder_stages": 6},
+}
+
+
+def shape_ladder(max_side=32):
+    """Return the candidate ``(rows, cols)`` shapes: ``(1, 1), (1, 2), (2, 2), (2, 3), ...``."""
+    shapes = []
+    for side in range(1, max_side + 1):
+        shapes.append((side, side))
+        if side < max_side:
+            shapes.append((side, side + 1))
+    return shapes
+
+
+def _point(kind, fmt, shape, multipliers, stages):
+    rows, cols = shape
+    params = {**ARRAY_STAGES[kind], **(stages or {}), "rows": rows, "cols": cols}
+    if kind == "fp32-array":
+        params["convert_stages"] = 0
+    return SweepPoint(kind, fmt if kind == "array" else None, params=tuple(params.items()),
+                      multipliers=multipliers)
+
+
+def _gmacs(row):
+    return row["macs_per_cycle"] * row["fmax_mhz"] / 1e3 if row.get("fmax_mhz") else 0.0
+
+
+class _Search:
+    """Bisection over the ladder for one (kind, multipliers); keeps every row measured."""
+
+    def __init__(self, kind, fmt, multipliers, ladder, measure, say):
+        self.kind, self.fmt, self.multipliers = kind, fmt, multipliers
+        self.ladder, self.measure, self.say = ladder, measure, say
+        self.rows = {}                  # ladder index -> sweep row
+
+    def fits(self, index):
+        if index not in self.rows:
+            shape = self.ladder[index]
+            self.say(f"{self.kind} {self.multipliers}: trying {shape[0]}x{shape[1]}")
+            self.rows[index] = self.measure(_point(self.kind, self.fmt, shape,
+                                                   self.multipliers, None))
+        row = self.rows[index]
+        if row.get("status") != "ok":
+            return False
+        best = max((_gmacs(r) for r in self.rows.values()), default=0.0)
+        return _gmacs(row) >= best / 2
+
+    def run(self):
+        if not self.fits(0):
+            return self
+        lo, hi = 0, None
+        step = 1
+        while hi is None:
+            probe = min(lo + step, len(self.ladder) - 1)
+            if probe == lo:
+                break
+            if self.fits(probe):
+                lo = probe
+                step *= 2
+            else:
+                hi = probe
+        while hi is not None and hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        return self
+
+    def best(self):
+        ok = [r for r in self.rows.values() if r.get("status") == "ok"]
+        return max(ok, key=_gmacs) if ok else None
+
+
+def fill_chip(fmt, target="ecp5-85f", *, multipliers=("dsp", "lut"), max_side=32,
+              progress=True, **sweep_options):
+    """Find the BFP array and the FP32 array that maximise GMAC/s on ``target``.
+
+    Parameters
+    ----------
+    fmt : BFPFormat
+    target : str
+        A key of :data:`~hbfp_hw.fpga.sweep.targets.TARGETS`.
+    multipliers : tuple of {"dsp", "lut"}
+        The multiplier mappings to search, each separately (a "dsp" array puts every product
+        in DSP blocks and fits as many PEs as the DSPs allow).
+    max_side : int
+        Largest rows (and columns) tried.
+    sweep_options
+        Passed to :func:`~hbfp_hw.fpga.sweep.flow.run_sweep` (seeds, jobs, io, freq_mhz,
+        router, timeout, cache, logs_dir).
+
+    Returns
+    -------
+    dict
+        ``bfp_gmacs``, ``fp32_gmacs``, ``ratio``, ``bfp_fmax_mhz``, ``fp32_fmax_mhz``,
+        ``bfp_macs_per_cycle``, ``fp32_macs_per_cycle``, ``bfp`` and ``fp32`` (the best rows,
+        with their resources), ``points`` (every row measured, with ``gmacs``), ``target``,
+        ``seconds``.
+    """
+    target = _target(target)
+    for mult in multipliers:
+        _check_choice("multipliers", mult, ("dsp", "lut"))
+    ladder = shape_ladder(max_side)
+    t0 = time.monotonic()
+    doc_meta = {}
+
+    def say(text):
+        if progress:
+            print(f"[fill-chip {time.monotonic() - t0:6.0f} s] {text}", flush=True)
+
+    def measure(point):
+        doc = run_sweep([point], target, progress=progress, **sweep_options)
+        doc_meta.update({k: doc[k] for k in ("target", "io", "freq_mhz", "router", "seeds",
+                                             "tools", "flow_version")})
+        row = doc["points"][0]
+        row["gmacs"] = round(_gmacs(row), 3)
+        fmax = row.get("fmax_mhz")
+        say(f"{row['label']} ({row['multipliers']}): {row['status']}"
+            + (f", {fmax:.1f} MHz, {row['gmacs']:.2f} GMAC/s" if fmax else ""))
+        return row
+
+    best, points = {}, []
+    for kind, key in (("array", "bfp"), ("fp32-array", "fp32")):
+        candidates = []
+        for mult in multipliers:
+            search = _Search(kind, fmt, mult, ladder, measure, say).run()
+            points.extend(search.rows[i] for i in sorted(search.rows))
+            if search.best() is not None:
+                candidates.append(search.best())
+        best[key] = max(candidates, key=_gmacs) if candidates else None
+
+    def field(key, name):
+        return best[key][name] if best[key] else None
+
+    bfp_g, fp32_g = field("bfp", "gmacs"), field("fp32", "gmacs")
+    return {
+        **doc_meta,
+        "format": fmt.to_dict(),
+        "bfp_gmacs": bfp_g,
+        "fp32_gmacs": fp32_g,
+        "ratio": round(bfp_g / fp32_g, 3) if bfp_g and fp32_g else None,
+        "bfp_fmax_mhz": field("bfp", "fmax_mhz"),
+        "fp32_fmax_mhz": field("fp32", "fmax_mhz"),
+        "bfp_macs_per_cycle": field("bfp", "macs_per_cycle"),
+        "fp32_macs_per_cycle": field("fp32", "macs_per_cycle"),
+        "bfp_resources": field("bfp", "resources"),
+        "fp32_resources": field("fp32", "resources"),
+        "bfp": best["bfp"],
+        "fp32": best["fp32"],
+        "points": points,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
