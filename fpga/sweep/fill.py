@@ -17,17 +17,30 @@ from __future__ import annotations
 
 import time
 
+from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
+from hbfp_hw.rtl_gen.fp32_mac import MULTIPLIER_STEPS
+from hbfp_hw.rtl_gen.mac_tree import MacTree
+
 from .flow import run_sweep
 from .targets import SweepPoint, _check_choice, _target
 
-__all__ = ["shape_ladder", "fill_chip", "ARRAY_STAGES"]
+__all__ = ["shape_ladder", "fill_chip", "array_stages", "ADDER_STAGES"]
 
-#: Pipeline depths of the arrays the search builds (deep enough for the ECP5 at >= 125 MHz;
-#: the FP32 twin has no conversion stage).
-ARRAY_STAGES = {
-    "array": {"product_stages": 6, "convert_stages": 7, "adder_stages": 6},
-    "fp32-array": {"product_stages": 8, "convert_stages": 0, "adder_stages": 6},
-}
+#: The FP32 adder's pipeline depth in the arrays the search builds.
+ADDER_STAGES = 6
+
+
+def array_stages(kind, fmt, multipliers):
+    """Pipeline depths of the arrays the search builds: every step of the term registered,
+    the adder :data:`ADDER_STAGES` deep. A LUT-multiplier block product does not register its
+    operands again (the PE's operand registers are right in front of it); a DSP one does,
+    inside the ``MULT18X18D``."""
+    if kind == "fp32-array":
+        return {"product_stages": MULTIPLIER_STEPS, "convert_stages": 0,
+                "adder_stages": ADDER_STAGES}
+    product = MacTree.max_stages_for(fmt) - (multipliers == "lut")
+    return {"product_stages": product, "convert_stages": BlockToFloat.MAX_STAGES,
+            "adder_stages": ADDER_STAGES}
 
 
 def shape_ladder(max_side=32):
@@ -40,11 +53,9 @@ def shape_ladder(max_side=32):
     return shapes
 
 
-def _point(kind, fmt, shape, multipliers, stages):
+def _point(kind, fmt, shape, multipliers):
     rows, cols = shape
-    params = {**ARRAY_STAGES[kind], **(stages or {}), "rows": rows, "cols": cols}
-    if kind == "fp32-array":
-        params["convert_stages"] = 0
+    params = {**array_stages(kind, fmt, multipliers), "rows": rows, "cols": cols}
     return SweepPoint(kind, fmt if kind == "array" else None, params=tuple(params.items()),
                       multipliers=multipliers)
 
@@ -66,7 +77,7 @@ class _Search:
             shape = self.ladder[index]
             self.say(f"{self.kind} {self.multipliers}: trying {shape[0]}x{shape[1]}")
             self.rows[index] = self.measure(_point(self.kind, self.fmt, shape,
-                                                   self.multipliers, None))
+                                                   self.multipliers))
         row = self.rows[index]
         if row.get("status") != "ok":
             return False

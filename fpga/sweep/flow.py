@@ -221,7 +221,7 @@ class _Sweep:
         except Exception as e:
             raise _StepFailed("generation failed", f"{type(e).__name__}: {e}") from e
         state.gen = gen
-        command = self.target.synth_command(point.multipliers)
+        command = self.target.synth_command(point.multipliers, abc9=not point.is_array)
         state.synth_key = cache_key("synth", FLOW_VERSION, gen["digest"], self.versions["yosys"],
                                self.target.family, command)
         sdir = self.root / "synth" / state.synth_key[:24]

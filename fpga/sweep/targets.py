@@ -73,10 +73,17 @@ class Target:
     ooc: bool
     stages: str = "max"
 
-    def synth_command(self, multipliers):
-        """Return the Yosys synthesis command for ``multipliers`` ("dsp" or "lut")."""
+    def synth_command(self, multipliers, *, abc9=True):
+        """Return the Yosys synthesis command for ``multipliers`` ("dsp" or "lut").
+
+        ``abc9=False`` (ECP5) maps the LUTs with ``abc`` instead of ``synth_ecp5``'s
+        ``abc9``: :data:`ABC_LUT_MAPPING`.
+        """
         if self.family == "ecp5":
-            return "synth_ecp5 -top top" + (" -nodsp" if multipliers == "lut" else "")
+            nodsp = " -nodsp" if multipliers == "lut" else ""
+            if not abc9:
+                return ABC_LUT_MAPPING.format(opts=nodsp)
+            return "synth_ecp5 -top top" + nodsp
         return "synth_ice40 -top top" + (" -dsp" if multipliers == "dsp" else "")
 
     def stages_with(self, overrides=None):
@@ -102,6 +109,14 @@ TARGETS = {
         bels={"logic_cells": "ICESTORM_LC", "dsp": "ICESTORM_DSP", "bram": "ICESTORM_RAM"},
         ooc=False, stages="default"),
 }
+
+#: ``synth_ecp5`` with its LUT mapping (``abc9``) replaced by ``abc``. Yosys 0.70's ``abc9``
+#: fails an assertion (``GetSize(conn.first) == GetSize(conn.second)`` in
+#: ``ABC_OPS_REINTEGRATE``) on the systolic arrays' netlists from 2x2 bfp8 PEs up, so the arrays
+#: (the BFP ones and the FP32 twin alike, and the boards' builds of them) are mapped this way.
+ABC_LUT_MAPPING = ("synth_ecp5 -top top{opts} -run :map_luts; "
+                   "techmap -map +/lattice/latches_map.v; abc -lut 4 -dress; clean; "
+                   "synth_ecp5 -top top{opts} -run map_cells:")
 
 IO_MODES = ("serial", "ooc")
 POINT_KINDS = ("dot", "fp32-baseline", "array", "fp32-array")
