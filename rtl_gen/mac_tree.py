@@ -16,7 +16,7 @@ flip-flops; ``tests/rtl/test_mac_tree.py`` checks the primitive version bit for 
 against a model of the primitive's documented behaviour.
 """
 
-from amaranth.hdl import Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -138,6 +138,79 @@ def registered_levels(fmt, stages):
     return {(j * levels + stages // 2) // stages for j in range(1, stages + 1)}
 
 
+def _bw_rows(a, b):
+    """The rows of a Baugh-Wooley product of two's-complement ``a`` and ``b`` (``w`` bits
+    each): ``a * b = sum(rows) + C`` with every row a non-negative ``(bits, offset)`` and
+    ``C = 2**w - 2**(2w - 1)``. A negative-weight term ``-x * 2**k`` (``x`` a bit) is written
+    ``(1 - x) * 2**k - 2**k``; the ``- 2**k`` of all of them add up to ``C``."""
+    w = len(a)
+    rows = []
+    for j in range(w):
+        bits = []
+        for i in range(w):
+            term = a[i] & b[j]
+            negative = (i == w - 1) != (j == w - 1)
+            bits.append(~term if negative else term)
+        rows.append((Cat(*bits), j))
+    return rows
+
+
+def _add_shifted(m, name, x, y):
+    """Return ``(value, offset)`` = ``x + y`` for non-negative ``(value, offset)`` operands;
+    the bits below the higher offset pass through, the adder covers the rest."""
+    (vx, ox), (vy, oy) = sorted((x, y), key=lambda t: t[1])
+    low = oy - ox
+    if low >= len(vx):
+        out = Signal(len(vx) + max(0, low - len(vx)) + len(vy), name=name)
+        m.d.comb += out.eq(Cat(vx, Const(0, low - len(vx)), vy))
+        return out, ox
+    high = vx[low:]
+    width = max(len(high), len(vy)) + 1
+    out = Signal(low + width, name=name)
+    m.d.comb += out.eq(Cat(vx[:low], (high + vy)[:width]))
+    return out, ox
+
+
+def _lut_dot(m, a, b, pipe, nregs, *, side):
+    """The exact dot product of the mantissa lists ``a`` and ``b`` in logic: every Baugh-Wooley
+    row of every product summed in one tree of unsigned adders of the widths they need, then
+    the products' constants added once. ``nregs`` registers are spread over the tree's ranks
+    and the constant's addition (the last one after it); ``side`` values travel alongside.
+
+    Returns the dict ``side`` with ``sum`` (the signed dot product) added.
+    """
+    w = len(a[0])
+    n = len(a)
+    terms = []
+    for i in range(n):
+        terms += _bw_rows(a[i], b[i])
+    constant = n * (2 ** w - 2 ** (2 * w - 1))
+    steps = (len(terms) - 1).bit_length() + 1       # the adder ranks, then the constant
+    after = [((j + 1) * steps) // nregs for j in range(nregs)]
+
+    def cut(name, values, count):
+        for k in range(count):
+            values = pipe.cut(f"{name}_{k}", values, True)
+        return values
+
+    values = cut("t0", {"v": [v for v, _ in terms], **side}, after.count(0))
+    offsets = [o for _, o in terms]
+    for step in range(1, steps):
+        terms = list(zip(values["v"], offsets, strict=True))
+        pairs = [_add_shifted(m, f"dot{step}_{i // 2}", terms[i], terms[i + 1])
+                 for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            pairs.append(terms[-1])
+        offsets = [o for _, o in pairs]
+        values = cut(f"t{step}", {**{k: values[k] for k in side}, "v": [v for v, _ in pairs]},
+                     after.count(step))
+    (value,), (offset,) = values["v"], offsets
+    total = Signal(signed(2 * w + (n - 1).bit_length() + 1), name="dot_total")
+    m.d.comb += total.eq(Cat(Const(0, offset), value) + constant)
+    out = cut(f"t{steps}", {**{k: values[k] for k in side}, "sum": total}, after.count(steps))
+    return out
+
+
 def lut_multiply(m, name, a, b):
     """Return the exact product of ``a`` and ``b`` (signed or unsigned values) as a sum of
     shifted partial products (a signed ``b``'s top bit weighs ``-2**(w-1)``).
@@ -214,8 +287,14 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
 
     # Level 0, the operand registers, and level 1, the multipliers.
     side = {"exponent": exponent, "nan": nan}
-    if multipliers == "dsp" and platform_family(platform) == "ecp5" and \
-            w <= ECP5_DSP_WIDTH and registered & {0, 1}:
+    if multipliers == "lut":
+        ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
+                       0 in registered)
+        total = _lut_dot(m, ops["a"], ops["b"], pipe, len(registered - {0}),
+                         side={"exponent": ops["exponent"], "nan": ops["nan"]})
+        values = {"sum": [total["sum"]], "exponent": total["exponent"], "nan": total["nan"]}
+    elif platform_family(platform) == "ecp5" and w <= ECP5_DSP_WIDTH and \
+            registered & {0, 1}:
         side = pipe.cut("l1", pipe.cut("l0", side, 0 in registered), 1 in registered)
         products = [ecp5_multiply(m, f"dsp{i}", a.mantissas[i], b.mantissas[i],
                                   is_signed=True, input_register=0 in registered,
@@ -227,11 +306,8 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
                        0 in registered)
         products = []
         for i in range(n):
-            if multipliers == "lut":
-                product = lut_multiply(m, f"mul{i}", ops["a"][i], ops["b"][i])
-            else:
-                product = Signal(signed(2 * w), name=f"product{i}")
-                m.d.comb += product.eq(ops["a"][i] * ops["b"][i])
+            product = Signal(signed(2 * w), name=f"product{i}")
+            m.d.comb += product.eq(ops["a"][i] * ops["b"][i])
             products.append(product)
         values = pipe.cut("l1", {"sum": products, "exponent": ops["exponent"],
                                  "nan": ops["nan"]}, 1 in registered)

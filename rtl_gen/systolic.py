@@ -238,6 +238,10 @@ class SystolicArray(wiring.Component):
         ``cols`` columns of B.
     product_stages, convert_stages, adder_stages, multipliers
         As :class:`ProcessingElement`.
+    dsp_pes : int or None
+        With a number, the first ``dsp_pes`` PEs (row by row) use ``"dsp"`` multipliers and
+        the others ``multipliers``: an array that uses the part's DSP blocks and fills the
+        rest of it with logic multipliers.
 
     Members
     -------
@@ -254,12 +258,14 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, element, *, rows, cols, product_stages=2, convert_stages=3,
-                 adder_stages=3, multipliers="dsp"):
+                 adder_stages=3, multipliers="dsp", dsp_pes=None):
         self._element = _check_params(element, rows=rows, product_stages=product_stages,
                                       convert_stages=convert_stages, adder_stages=adder_stages,
                                       multipliers=multipliers)
         self._rows = rows
         self._cols = check_stages("cols", cols, MAX_COLS, 1)
+        self._dsp_pes = None if dsp_pes is None else check_stages("dsp_pes", dsp_pes,
+                                                                  rows * cols)
         self._pe_params = dict(rows=rows, product_stages=product_stages,
                                convert_stages=convert_stages, adder_stages=adder_stages,
                                multipliers=multipliers)
@@ -293,6 +299,12 @@ class SystolicArray(wiring.Component):
 
     def _geometry(self):
         return self.geometry(self._element, cols=self._cols, **self._pe_params)
+
+    def pe_multipliers(self, row, col):
+        """The multipliers of PE ``(row, col)``."""
+        if self._dsp_pes is not None and row * self._cols + col < self._dsp_pes:
+            return "dsp"
+        return self._pe_params["multipliers"]
 
     @property
     def macs_per_cycle(self):
@@ -329,7 +341,8 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows, cols = self._rows, self._cols
-        pes = [[ProcessingElement(self._element, row=i, **self._pe_params)
+        pes = [[ProcessingElement(self._element, row=i, **{
+                    **self._pe_params, "multipliers": self.pe_multipliers(i, c)})
                 for c in range(cols)] for i in range(rows)]
         for i in range(rows):
             for c in range(cols):

@@ -53,9 +53,18 @@ def shape_ladder(max_side=32):
     return shapes
 
 
-def _point(kind, fmt, shape, multipliers):
+def dsps_per_pe(kind, fmt):
+    """DSP blocks one PE's multipliers take: one per element of a block, four for an FP32
+    product (24 x 24 bits in 18 x 18 multipliers)."""
+    return 4 if kind == "fp32-array" else fmt.block_size
+
+
+def _point(kind, fmt, shape, multipliers, target):
     rows, cols = shape
-    params = {**array_stages(kind, fmt, multipliers), "rows": rows, "cols": cols}
+    params = {**array_stages(kind, fmt, "lut" if multipliers == "mixed" else multipliers),
+              "rows": rows, "cols": cols}
+    if multipliers == "mixed":
+        params["dsp_pes"] = min(rows * cols, target.dsps // dsps_per_pe(kind, fmt))
     return SweepPoint(kind, fmt if kind == "array" else None, params=tuple(params.items()),
                       multipliers=multipliers)
 
@@ -67,8 +76,9 @@ def _gmacs(row):
 class _Search:
     """Bisection over the ladder for one (kind, multipliers); keeps every row measured."""
 
-    def __init__(self, kind, fmt, multipliers, ladder, measure, say):
+    def __init__(self, kind, fmt, multipliers, ladder, measure, say, target):
         self.kind, self.fmt, self.multipliers = kind, fmt, multipliers
+        self.target = target
         self.ladder, self.measure, self.say = ladder, measure, say
         self.rows = {}                  # ladder index -> sweep row
 
@@ -77,7 +87,7 @@ class _Search:
             shape = self.ladder[index]
             self.say(f"{self.kind} {self.multipliers}: trying {shape[0]}x{shape[1]}")
             self.rows[index] = self.measure(_point(self.kind, self.fmt, shape,
-                                                   self.multipliers))
+                                                   self.multipliers, self.target))
         row = self.rows[index]
         if row.get("status") != "ok":
             return False
@@ -111,7 +121,7 @@ class _Search:
         return max(ok, key=_gmacs) if ok else None
 
 
-def fill_chip(fmt, target="ecp5-85f", *, multipliers=("dsp", "lut"), max_side=32,
+def fill_chip(fmt, target="ecp5-85f", *, multipliers=("mixed",), max_side=32,
               progress=True, **sweep_options):
     """Find the BFP array and the FP32 array that maximise GMAC/s on ``target``.
 
@@ -120,9 +130,10 @@ def fill_chip(fmt, target="ecp5-85f", *, multipliers=("dsp", "lut"), max_side=32
     fmt : BFPFormat
     target : str
         A key of :data:`~hbfp_hw.fpga.sweep.targets.TARGETS`.
-    multipliers : tuple of {"dsp", "lut"}
-        The multiplier mappings to search, each separately (a "dsp" array puts every product
-        in DSP blocks and fits as many PEs as the DSPs allow).
+    multipliers : tuple of {"mixed", "dsp", "lut"}
+        The multiplier mappings to search, each separately. "mixed" (the default): as many
+        PEs as the part's DSP blocks hold multiply in DSPs, the others in logic; "dsp": every
+        PE in DSPs (as many PEs as the DSPs allow); "lut": every PE in logic.
     max_side : int
         Largest rows (and columns) tried.
     sweep_options
@@ -139,7 +150,7 @@ def fill_chip(fmt, target="ecp5-85f", *, multipliers=("dsp", "lut"), max_side=32
     """
     target = _target(target)
     for mult in multipliers:
-        _check_choice("multipliers", mult, ("dsp", "lut"))
+        _check_choice("multipliers", mult, ("mixed", "dsp", "lut"))
     ladder = shape_ladder(max_side)
     t0 = time.monotonic()
     doc_meta = {}
@@ -163,7 +174,7 @@ def fill_chip(fmt, target="ecp5-85f", *, multipliers=("dsp", "lut"), max_side=32
     for kind, key in (("array", "bfp"), ("fp32-array", "fp32")):
         candidates = []
         for mult in multipliers:
-            search = _Search(kind, fmt, mult, ladder, measure, say).run()
+            search = _Search(kind, fmt, mult, ladder, measure, say, target).run()
             points.extend(search.rows[i] for i in sorted(search.rows))
             if search.best() is not None:
                 candidates.append(search.best())

@@ -170,7 +170,7 @@ class _Sweep:
         # the ECP5 the MacTree's registered multipliers become MULT18X18D primitives that hold
         # their pipeline registers); a LUT-mapped point has no primitives, so that synthesis
         # builds its multipliers in logic.
-        family = self.target.family if point.multipliers == "dsp" else None
+        family = self.target.family if point.multipliers != "lut" else None
         gen_key = cache_key("generate", self.gen_digest, point.to_dict(), self.io, family)
         gen_path = self.root / "generate" / f"{gen_key[:24]}.json"
         cached = read_json(gen_path)

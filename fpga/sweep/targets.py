@@ -56,6 +56,8 @@ class Target:
         ``ff`` (ECP5 only: an iCE40 flip-flop lives in its logic cell), ``dsp``, ``bram``.
     ooc : bool
         Whether nextpnr supports ``--out-of-context`` for this family.
+    dsps : int
+        DSP blocks of the part (``MULT18X18D`` / ``SB_MAC16``).
     stages : str
         The pipeline depths of a sweep without ``--stages`` (:func:`parse_stages` text):
         ``"max"``, the deepest pipelines, on the ECP5; ``"default"``, the constructors'
@@ -72,6 +74,7 @@ class Target:
     bels: dict
     ooc: bool
     stages: str = "max"
+    dsps: int = 0
 
     def synth_command(self, multipliers, *, abc9=True):
         """Return the Yosys synthesis command for ``multipliers`` ("dsp" or "lut").
@@ -102,12 +105,12 @@ TARGETS = {
         nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6"), freq_mhz=150.0,
         bels={"logic_cells": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
               "bram": "DP16KD"},
-        ooc=True),
+        ooc=True, dsps=156),
     "ice40-up5k": Target(
         name="ice40-up5k", family="ice40", device="iCE40UP5K-SG48",
         nextpnr_args=("--up5k", "--package", "sg48"), freq_mhz=50.0,
         bels={"logic_cells": "ICESTORM_LC", "dsp": "ICESTORM_DSP", "bram": "ICESTORM_RAM"},
-        ooc=False, stages="default"),
+        ooc=False, stages="default", dsps=8),
 }
 
 #: ``synth_ecp5`` with its LUT mapping (``abc9``) replaced by ``abc``. Yosys 0.70's ``abc9``
@@ -121,7 +124,7 @@ ABC_LUT_MAPPING = ("synth_ecp5 -top top{opts} -run :map_luts; "
 IO_MODES = ("serial", "ooc")
 POINT_KINDS = ("dot", "fp32-baseline", "array", "fp32-array")
 ROUTERS = ("router2", "router1")
-MULTIPLIER_MODES = ("dsp", "lut")
+MULTIPLIER_MODES = ("dsp", "lut", "mixed")
 
 
 def _check_choice(name, value, choices):
@@ -253,8 +256,9 @@ class SweepPoint:
     input_format : FloatFormat
     params : tuple of (str, int)
         Hardware parameters passed to the generator, sorted.
-    multipliers : {"dsp", "lut"}
-        Map multipliers to DSP blocks (default) or to LUTs.
+    multipliers : {"dsp", "lut", "mixed"}
+        Map multipliers to DSP blocks (default) or to LUTs; "mixed" (arrays only): the
+        first ``dsp_pes`` PEs (a parameter) to DSP blocks, the others to LUTs.
     """
 
     kind: str
@@ -266,6 +270,8 @@ class SweepPoint:
     def __post_init__(self):
         _check_choice("kind", self.kind, POINT_KINDS)
         _check_choice("multipliers", self.multipliers, MULTIPLIER_MODES)
+        if self.multipliers == "mixed" and not (self.is_array and "dsp_pes" in dict(self.params)):
+            raise ValueError("multipliers 'mixed' needs an array point with dsp_pes")
         if self.kind in ("dot", "array") and not isinstance(self.fmt, BFPFormat):
             raise TypeError(f"fmt must be a BFPFormat, not {self.fmt!r}")
         object.__setattr__(self, "input_format", FloatFormat(self.input_format))
@@ -292,6 +298,8 @@ class SweepPoint:
             name = self.fmt.name
             if self.input_format is not FloatFormat.FP32:
                 name += f"-{self.input_format.value}"
+        if self.multipliers == "mixed":
+            return name + f"+dsp{dict(self.params)['dsp_pes']}"
         return name + ("+lutmul" if self.multipliers == "lut" else "")
 
     def to_dict(self):
@@ -302,8 +310,9 @@ class SweepPoint:
     def component(self):
         """Build the unit (a fresh Component each call)."""
         if self.is_array:
+            mult = "lut" if self.multipliers == "mixed" else self.multipliers
             return SystolicArray("fp32" if self.fmt is None else self.fmt,
-                                 multipliers=self.multipliers, **dict(self.params))
+                                 multipliers=mult, **dict(self.params))
         if self.is_baseline:
             return build_unit("fp32-baseline", **dict(self.params))
         return build_unit("dot", self.fmt, input_format=self.input_format.value,

@@ -67,9 +67,10 @@ def add_parser(sub):
                         "('max') on ecp5-85f, the constructors' defaults on ice40-up5k (the "
                         "deepest do not fit), and the fewest channels that sustain one block "
                         "pair per cycle")
-    p.add_argument("--multipliers", choices=["dsp", "lut", "both"],
+    p.add_argument("--multipliers", choices=["dsp", "lut", "both", "mixed"],
                    help="map multipliers to DSP blocks (the grid's default), to LUTs (synth "
-                        "-nodsp / no -dsp), or sweep both (the default of --fill-chip)")
+                        "-nodsp / no -dsp), or sweep both; --fill-chip: 'mixed' (its "
+                        "default: the part's DSPs, then LUTs), 'dsp', 'lut' or 'both'")
     p.add_argument("--seeds", type=cli_args.int_list("--seeds", 0, 0xFFFFFFFF), default=[1, 2],
                    metavar="S,...", help="nextpnr seeds; Fmax is the worse (default 1,2)")
     p.add_argument("--freq", type=cli_args.positive_float("--freq"), metavar="MHZ",
@@ -152,6 +153,9 @@ def build_points(args):
             raise ValueError(f"--full-chip must be 'none', a preset name or wWbN (such as "
                              f"w8b16), not {full_chip!r}") from e
     mode = args.multipliers or "dsp"
+    if mode == "mixed":
+        raise ValueError("--multipliers mixed applies to --fill-chip (systolic arrays), not "
+                         "to the grid")
     modes = ["dsp", "lut"] if mode == "both" else [mode]
     stages = TARGETS[args.target].stages_with(args.stages)
     points = []
@@ -310,7 +314,7 @@ def run(args):
 def _run_fill_chip(args):
     from hbfp_hw.fpga.sweep import fill_chip, format_fill_chip, plot_fill_chip
 
-    mode = args.multipliers or "both"
+    mode = args.multipliers or "mixed"
     modes = ["dsp", "lut"] if mode == "both" else [mode]
     try:
         doc = fill_chip(args._array_format, args.target, multipliers=tuple(modes),

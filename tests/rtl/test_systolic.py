@@ -167,3 +167,15 @@ def test_mutants_are_caught(monkeypatch, mutant):
     except AssertionError:
         return                          # the driver saw results at the wrong time
     assert not np.array_equal(got, want)
+
+
+def test_mixed_multipliers():
+    """PEs with DSP multipliers (here the simulator's ``*``) beside PEs in logic."""
+    rng = np.random.default_rng(5)
+    array = SystolicArray(SMALL, rows=2, cols=3, multipliers="lut", dsp_pes=4)
+    assert [array.pe_multipliers(i, c) for i in range(2) for c in range(3)] == \
+        ["dsp"] * 4 + ["lut"] * 2
+    got, want = bfp_gemm(array, rich(rng, (3, 8)), rich(rng, (8, 5)))
+    assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="dsp_pes must be between 0 and 6"):
+        SystolicArray(SMALL, rows=2, cols=3, dsp_pes=7)
