@@ -16,7 +16,7 @@ flip-flops; ``tests/rtl/test_mac_tree.py`` checks the primitive version bit for 
 against a model of the primitive's documented behaviour.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -212,35 +212,28 @@ def _lut_dot(m, a, b, pipe, nregs, *, side):
 
 
 def lut_multiply(m, name, a, b):
-    """Return the exact product of ``a`` and ``b`` (signed or unsigned values) as a sum of
-    shifted partial products (a signed ``b``'s top bit weighs ``-2**(w-1)``).
+    """Return the exact product of the unsigned values ``a`` and ``b`` as a tree of adders
+    of the widths they need over the rows ``a & b[j]`` (shifted by ``j``).
 
     Yosys maps a ``*`` on the ECP5 to ``MULT18X18D`` s unless the whole design is synthesized
     without DSPs; written as additions it stays in the logic, so one design can mix DSP and
     logic multipliers.
     """
     a, b = Value.cast(a), Value.cast(b)
-    wb = len(b)
-    signed_result = a.shape().signed or b.shape().signed
-    shape = (signed if signed_result else unsigned)(len(a) + wb + 1)
-    terms = []
-    for j in range(wb):
-        term = Signal(shape, name=f"{name}_pp{j}")
-        shifted = a << j
-        top = j == wb - 1 and b.shape().signed
-        m.d.comb += term.eq(Mux(b[j], -shifted if top else shifted, 0))
-        terms.append(term)
+    if a.shape().signed or b.shape().signed:
+        raise TypeError("lut_multiply takes unsigned operands")
+    terms = [(Cat(*[a[i] & b[j] for i in range(len(a))]), j) for j in range(len(b))]
+    level = 0
     while len(terms) > 1:
-        pairs = []
-        for i in range(0, len(terms) - 1, 2):
-            s = Signal(shape, name=f"{name}_s{len(terms)}_{i // 2}")
-            m.d.comb += s.eq(terms[i] + terms[i + 1])
-            pairs.append(s)
+        level += 1
+        pairs = [_add_shifted(m, f"{name}_s{level}_{i // 2}", terms[i], terms[i + 1])
+                 for i in range(0, len(terms) - 1, 2)]
         if len(terms) % 2:
             pairs.append(terms[-1])
         terms = pairs
-    product = Signal(Value.cast(a * b).shape(), name=f"{name}_p")
-    m.d.comb += product.eq(terms[0])
+    (value, offset), = terms
+    product = Signal(len(a) + len(b), name=f"{name}_p")
+    m.d.comb += product.eq(Cat(Const(0, offset), value))
     return product
 
 

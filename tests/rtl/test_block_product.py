@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The block product in logic (``block_product(multipliers="lut")``: Baugh-Wooley rows of every
 product summed in one unsigned tree plus one constant) against the exact integer dot product:
 every pair of mantissas for small widths, extremes and random blocks for bfp8 and w12, every
@@ -6,7 +7,7 @@ pipeline depth."""
 import random
 
 import pytest
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Const, Module, Signal, signed
 from amaranth.sim import Simulator
 
 from hbfp_hw.formats import BFP8, BFPFormat
@@ -58,3 +59,30 @@ def test_lut_block_product_is_exact(fmt, exhaustive):
         got = run(fmt, stages, cases)
         want = [sum(x * y for x, y in zip(ma, mb, strict=True)) for ma, mb in cases]
         assert got == want, (fmt, stages)
+
+
+@pytest.mark.parametrize("wa,wb", [(5, 5), (3, 6), (24, 24)])
+def test_lut_multiply_is_exact(wa, wb):
+    from hbfp_hw.rtl_gen.mac_tree import lut_multiply
+
+    m = Module()
+    a, b = Signal(wa), Signal(wb)
+    p = lut_multiply(m, "mul", a, b)
+    r = random.Random(wa * wb)
+    if wa + wb <= 10:
+        cases = [(x, y) for x in range(1 << wa) for y in range(1 << wb)]
+    else:
+        edge = [0, 1, (1 << wa) - 1, 1 << (wa - 1)]
+        cases = [(x, y) for x in edge for y in edge]
+        cases += [(r.randrange(1 << wa), r.randrange(1 << wb)) for _ in range(2000)]
+
+    async def bench(ctx):
+        for x, y in cases:
+            ctx.set(a, x)
+            ctx.set(b, y)
+            assert ctx.get(p) == x * y, (x, y)
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    with pytest.raises(TypeError, match="unsigned operands"):
+        lut_multiply(Module(), "x", Signal(signed(4)), Signal(4))
