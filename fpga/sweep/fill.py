@@ -27,7 +27,7 @@ from .targets import SweepPoint, _check_choice, _target
 __all__ = ["shape_ladder", "fill_chip", "array_stages", "ADDER_STAGES"]
 
 #: The FP32 adder's pipeline depth in the arrays the search builds.
-ADDER_STAGES = 6
+ADDER_STAGES = 11
 
 
 def array_stages(kind, fmt, multipliers):

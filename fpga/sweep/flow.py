@@ -221,7 +221,7 @@ class _Sweep:
         except Exception as e:
             raise _StepFailed("generation failed", f"{type(e).__name__}: {e}") from e
         state.gen = gen
-        command = self.target.synth_command(point.multipliers, abc9=not point.is_array)
+        command = self.target.synth_command(point.multipliers, hierarchical=point.is_array)
         state.synth_key = cache_key("synth", FLOW_VERSION, gen["digest"], self.versions["yosys"],
                                self.target.family, command)
         sdir = self.root / "synth" / state.synth_key[:24]
@@ -238,7 +238,7 @@ class _Sweep:
                 text = f.read()
         vpath.write_text(text)
         del text
-        script = f"read_verilog top.v\n{command} -json top.json\n"
+        script = f"read_verilog top.v\n{command}\nwrite_json top.json\n"
         (sdir / "synth.ys").write_text(script)
         t0 = time.monotonic()
         self.running[(point.label, "synthesis")] = (t0, sdir / "yosys.log")

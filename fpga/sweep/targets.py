@@ -21,6 +21,7 @@ from hbfp_hw.rtl_gen.mac_tree import MacTree
 from hbfp_hw.rtl_gen.systolic import SystolicArray
 
 __all__ = [
+    "HIERARCHICAL_SYNTHESIS",
     "TARGETS",
     "Target",
     "IO_MODES",
@@ -76,18 +77,17 @@ class Target:
     stages: str = "max"
     dsps: int = 0
 
-    def synth_command(self, multipliers, *, abc9=True):
-        """Return the Yosys synthesis command for ``multipliers`` ("dsp" or "lut").
+    def synth_command(self, multipliers, *, hierarchical=False):
+        """Return the Yosys synthesis command for ``multipliers`` ("dsp", "lut" or "mixed").
 
-        ``abc9=False`` (ECP5) maps the LUTs with ``abc`` instead of ``synth_ecp5``'s
-        ``abc9``: :data:`ABC_LUT_MAPPING`.
+        ``hierarchical=True`` (ECP5): :data:`HIERARCHICAL_SYNTHESIS`.
         """
         if self.family == "ecp5":
             nodsp = " -nodsp" if multipliers == "lut" else ""
-            if not abc9:
-                return ABC_LUT_MAPPING.format(opts=nodsp)
+            if hierarchical:
+                return HIERARCHICAL_SYNTHESIS.format(opts=nodsp)
             return "synth_ecp5 -top top" + nodsp
-        return "synth_ice40 -top top" + (" -dsp" if multipliers == "dsp" else "")
+        return "synth_ice40 -top top" + (" -dsp" if multipliers != "lut" else "")
 
     def stages_with(self, overrides=None):
         """Return the target's pipeline depths (:attr:`stages`) updated with ``overrides``
@@ -113,13 +113,12 @@ TARGETS = {
         ooc=False, stages="default", dsps=8),
 }
 
-#: ``synth_ecp5`` with its LUT mapping (``abc9``) replaced by ``abc``. Yosys 0.70's ``abc9``
-#: fails an assertion (``GetSize(conn.first) == GetSize(conn.second)`` in
-#: ``ABC_OPS_REINTEGRATE``) on the systolic arrays' netlists from 2x2 bfp8 PEs up, so the arrays
-#: (the BFP ones and the FP32 twin alike, and the boards' builds of them) are mapped this way.
-ABC_LUT_MAPPING = ("synth_ecp5 -top top{opts} -run :map_luts; "
-                   "techmap -map +/lattice/latches_map.v; abc -lut 4 -dress; clean; "
-                   "synth_ecp5 -top top{opts} -run map_cells:")
+#: ``synth_ecp5`` module by module, then flattened (and counted). Yosys 0.70's ``abc9`` fails
+#: an assertion (``GetSize(conn.first) == GetSize(conn.second)`` in ``ABC_OPS_REINTEGRATE``) on
+#: the flattened netlists of systolic arrays from 2 x 2 bfp8 PEs up; synthesized a PE at a time
+#: it does not, so the arrays (the BFP ones and the FP32 twin alike, and the boards' builds of
+#: them) are synthesized this way.
+HIERARCHICAL_SYNTHESIS = "synth_ecp5 -top top{opts} -noflatten; flatten; stat"
 
 IO_MODES = ("serial", "ooc")
 POINT_KINDS = ("dot", "fp32-baseline", "array", "fp32-array")

@@ -114,7 +114,10 @@ def test_make_points():
 
 
 def test_sweep_point_checks():
-    with pytest.raises(ValueError, match=r"^multipliers must be one of dsp, lut, not 'mixed'$"):
+    with pytest.raises(ValueError,
+                       match=r"^multipliers must be one of dsp, lut, mixed, not 'dpsp'$"):
+        SweepPoint("dot", BFP8, multipliers="dpsp")
+    with pytest.raises(ValueError, match="multipliers 'mixed' needs an array point with dsp_pes"):
         SweepPoint("dot", BFP8, multipliers="mixed")
     with pytest.raises(TypeError, match=r"^fmt must be a BFPFormat, not 'bfp8'$"):
         SweepPoint("dot", "bfp8")
