@@ -130,9 +130,14 @@ def fp32_add_steps(*, name="add"):
     def add(m, v):
         total = comb_signal(m, f"{name}_sum", unsigned(sig_ext + 1),
                       Mux(v["sub"], v["big"] - v["small"], v["big"] + v["small"]))
+        # The sum is exactly zero when equal magnitudes cancel or both are zero: decided from
+        # the operands beside the carry chain, not from its result (``total == 0`` after the
+        # chain was the critical path of the systolic PEs on the ECP5).
+        zero = comb_signal(m, f"{name}_zero", 1,
+                           Mux(v["sub"], v["big"] == v["small"], (v["big"] | v["small"]) == 0))
         return {
             # An exact zero is +0 unless both operands are -0 (IEEE, round to nearest).
-            "sign": comb_signal(m, f"{name}_rsign", 1, Mux(total == 0, v["zsign"], v["sign"])),
+            "sign": comb_signal(m, f"{name}_rsign", 1, Mux(zero, v["zsign"], v["sign"])),
             "mag": total,
             # value = total * 2**(ebig - bias - 23 - EXTRA)
             "exp": comb_signal(m, f"{name}_exp", signed(10), v["ebig"] - (127 + 23 + _EXTRA)),
