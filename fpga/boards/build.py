@@ -384,6 +384,11 @@ def _build_once(config, out_dir, *, name, system_factory, progress, seed, timeou
     # iCE40: let Yosys map multipliers to the UP5K's SB_MAC16 blocks (it does not by default).
     synth_opts = "-dsp" if family == "ice40" else ""
     overrides = {}
+    if family == "ecp5" and config.system.rows:
+        # A systolic array is synthesized module by module and then flattened: Yosys 0.70's
+        # abc9 fails an assertion on the flat arrays (sweep.targets.HIERARCHICAL_SYNTHESIS).
+        synth_opts = "-noflatten"
+        overrides["script_after_synth"] = "flatten\nstat"
     if family == "ice40":
         # The iCE40 has no LUT RAM, so Yosys builds small memories from flip-flops, a logic
         # cell each. The dot-product units' two sync-read FIFOs (BlockDotUnit's side and term

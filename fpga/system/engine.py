@@ -118,7 +118,8 @@ class GemmSystem(wiring.Component):
                 fmt, rows=config.rows, lanes=config.lanes, a_blocks=config.a_blocks,
                 b_blocks=config.b_blocks, c_words=config.c_words,
                 product_stages=config.mac_stages, convert_stages=config.convert_stages,
-                adder_stages=config.adder_stages, multipliers=config.multipliers)
+                adder_stages=config.adder_stages, multipliers=config.multipliers,
+                dsp_pes=config.dsp_pes)
         else:
             self._engine_class = GemmEngine
             self._engine_params = GemmEngine.check_params(

@@ -53,6 +53,8 @@ class SystolicEngine(wiring.Component):
     product_stages, convert_stages, adder_stages : int
         Pipeline depths of the PEs (:class:`~hbfp_hw.rtl_gen.systolic.ProcessingElement`).
     multipliers : {"dsp", "lut"}
+    dsp_pes : int or None
+        As :class:`~hbfp_hw.rtl_gen.systolic.SystolicArray`.
 
     Members
     -------
@@ -63,11 +65,12 @@ class SystolicEngine(wiring.Component):
     """
 
     def __init__(self, fmt, *, rows, lanes, a_blocks, b_blocks, c_words, product_stages,
-                 convert_stages, adder_stages, multipliers="dsp"):
+                 convert_stages, adder_stages, multipliers="dsp", dsp_pes=None):
         self.check_params(fmt, rows=rows, lanes=lanes, a_blocks=a_blocks, b_blocks=b_blocks,
                           c_words=c_words, product_stages=product_stages,
                           convert_stages=convert_stages, adder_stages=adder_stages,
-                          multipliers=multipliers)
+                          multipliers=multipliers, dsp_pes=dsp_pes)
+        self._dsp_pes = dsp_pes
         self._fmt = fmt
         self._rows, self._lanes = rows, lanes
         self._a_blocks, self._b_blocks, self._c_words = a_blocks, b_blocks, c_words
@@ -92,7 +95,7 @@ class SystolicEngine(wiring.Component):
 
     @staticmethod
     def check_params(fmt, *, rows, lanes, a_blocks, b_blocks, c_words, product_stages,
-                     convert_stages, adder_stages, multipliers="dsp"):
+                     convert_stages, adder_stages, multipliers="dsp", dsp_pes=None):
         """Validate the parameters; return them as a dict.
 
         Raises
@@ -110,10 +113,12 @@ class SystolicEngine(wiring.Component):
         SystolicArray.geometry(fmt, rows=rows, cols=lanes, product_stages=product_stages,
                                convert_stages=convert_stages, adder_stages=adder_stages,
                                multipliers=multipliers)
+        if dsp_pes is not None:
+            check_int("dsp_pes", dsp_pes, 0, rows * lanes)
         return dict(rows=rows, lanes=lanes, a_blocks=a_blocks, b_blocks=b_blocks,
                     c_words=c_words, product_stages=product_stages,
                     convert_stages=convert_stages, adder_stages=adder_stages,
-                    multipliers=multipliers)
+                    multipliers=multipliers, dsp_pes=dsp_pes)
 
     fmt = property(lambda self: self._fmt)
     rows = property(lambda self: self._rows)
@@ -129,7 +134,7 @@ class SystolicEngine(wiring.Component):
 
     @staticmethod
     def drain_for(fmt, *, rows, lanes, product_stages, convert_stages, adder_stages,
-                  multipliers="dsp", **_):
+                  multipliers="dsp", **_unused):
         """:attr:`drain` of an engine with these parameters."""
         g = SystolicArray.geometry(fmt, rows=rows, cols=lanes, product_stages=product_stages,
                                    convert_stages=convert_stages, adder_stages=adder_stages,
@@ -152,7 +157,7 @@ class SystolicEngine(wiring.Component):
         g = self._geometry
         rows, lanes = self._rows, self._lanes
         m.submodules.array = array = SystolicArray(self._fmt, rows=rows, cols=lanes,
-                                                   **self._array_params)
+                                                   dsp_pes=self._dsp_pes, **self._array_params)
         running = Signal()
         seq = _Sequencer(m, self, g)
         self._a_side(m, seq, array, g)

@@ -15,7 +15,8 @@ __all__ = ["add_parser", "validate", "run", "config_from_args", "BUILD_SEED_MAX"
 BUILD_SEED_MAX = 2**31 - 101
 
 #: Python names in the errors of BuildConfig and GemmSystem, and their flags.
-FLAGS = {"lanes": "--lanes", "clock_mhz": "--clock-mhz", "baud": "--baud",
+FLAGS = {"lanes": "--lanes", "rows": "--rows", "dsp_pes": "--dsp-pes",
+         "clock_mhz": "--clock-mhz", "baud": "--baud",
          "mantissa_bits": "--mantissa-bits", "block_size": "--block-size",
          "input_format": "--input-format", "board": "--board"}
 
@@ -45,7 +46,13 @@ def add_parser(sub):
                                          why=" for the RTL"),
                    help=f"elements per block (a power of two, {n_lo}..{n_hi})")
     p.add_argument("--lanes", type=cli_args.positive_int("--lanes"), metavar="L",
-                   help="dot-product lanes (the array size)")
+                   help="columns of the systolic array (or dot-product lanes with --rows 0)")
+    p.add_argument("--rows", type=cli_args.integer("--rows", 0, 64), metavar="R",
+                   help="rows of the systolic array (k-blocks per pass), 1..64; 0: "
+                        "dot-product units instead of an array")
+    p.add_argument("--dsp-pes", type=cli_args.integer("--dsp-pes", 0, 4096), metavar="N",
+                   help="PEs whose multipliers are DSP blocks, the others in logic (default: "
+                        "the board's, at most rows x lanes)")
     p.add_argument("--clock-mhz", type=cli_args.positive_float("--clock-mhz"), metavar="F",
                    help="compute clock in MHz (PLL output)")
     p.add_argument("--baud", type=cli_args.positive_int("--baud"), default=DEFAULT_BAUD,
@@ -80,9 +87,19 @@ def config_from_args(args):
         fmt = BFPFormat(args.mantissa_bits or fmt.mantissa_bits,
                         args.block_size or fmt.block_size, rounding=fmt.rounding,
                         exponent_bits=fmt.exponent_bits)
+    system = BOARDS[args.board].system
+    rows = system.rows if args.rows is None else args.rows
+    lanes = system.lanes if args.lanes is None else args.lanes
+    changes = {"rows": rows}
+    if args.dsp_pes is not None:
+        changes["dsp_pes"] = args.dsp_pes
+    elif system.dsp_pes is not None and rows:
+        changes["dsp_pes"] = min(system.dsp_pes, rows * lanes)
+    elif not rows:
+        changes["dsp_pes"] = None
     return BuildConfig.for_board(args.board, fmt=fmt, lanes=args.lanes,
                                  clock_mhz=args.clock_mhz, baud=args.baud,
-                                 input_format=args.input_format)
+                                 input_format=args.input_format, **changes)
 
 
 def _config_error(exc):
@@ -124,7 +141,9 @@ def run(args):
 
     config = args.config
     out = Path(args.out) if args.out else build_report.default_out_dir(config)
-    print(f"hbfp-hw build: {config.board}, {config.fmt.name}, {config.lanes} lane(s), "
+    shape = (f"{config.system.rows} x {config.lanes} PEs" if config.system.rows
+             else f"{config.lanes} lane(s)")
+    print(f"hbfp-hw build: {config.board}, {config.fmt.name}, {shape}, "
           f"{config.clock_hz / 1e6:.3f} MHz -> {out}", flush=True)
     try:
         result = build(config, out, progress=not args.quiet, seed=args.seed,
