@@ -221,14 +221,30 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
         else:
             kept = Cat(Const(0, _KEEP_BITS - mag_width), norm)
             sticky = Const(0, 1)
-        # be: the biased exponent if the value is normal; be - 1 and 1 - be beside it.
-        be_m1 = comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"])
-        one_m_be = comb_signal(m, f"{name}_one_m_be", signed(be_width), v["expn"] + v["lzc"])
+        # be: the biased exponent if the value is normal; be - 1 and 1 - be beside it. What
+        # follows from them (normal or not, the denormalizing shift, overflow, the exponent
+        # field) is decided in the next step, from registers: after these carry chains it was
+        # the critical path of the systolic PEs' adders on the ECP5.
+        return {
+            "sign": v["sign"], "nan": v["nan"], "zero": v["zero"], "inf": v["inf"],
+            "be_m1": comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"]),
+            "one_m_be": comb_signal(m, f"{name}_one_m_be", signed(be_width),
+                                    v["expn"] + v["lzc"]),
+            "kept": comb_signal(m, f"{name}_kept", unsigned(_KEEP_BITS), kept),
+            "sticky": comb_signal(m, f"{name}_sticky0", 1, sticky),
+        }
+
+    rs_levels = _MAX_DENORM_SHIFT.bit_length()
+
+    def denormalize_low(m, v):
+        be_m1, one_m_be = v["be_m1"], v["one_m_be"]
         normal = comb_signal(m, f"{name}_normal", 1, ~be_m1[-1])          # be >= 1
         rs_width = _MAX_DENORM_SHIFT.bit_length()
         rs = comb_signal(m, f"{name}_rs", unsigned(rs_width),
                    Mux(normal, 0, Mux(_ge_const(one_m_be, _MAX_DENORM_SHIFT), _MAX_DENORM_SHIFT,
                                       one_m_be[:rs_width])))
+        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], rs,
+                                          bits=range(2), sticky=v["sticky"])
         return {
             "sign": v["sign"], "nan": v["nan"], "zero": v["zero"],
             "inf": comb_signal(m, f"{name}_ovf", 1,
@@ -236,17 +252,9 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
             # Exponent field minus one for normal values (the hidden bit adds the one), 0 for
             # subnormal ones. Only meaningful when the value does not overflow.
             "efield": comb_signal(m, f"{name}_efield", unsigned(8), Mux(normal, be_m1, 0)[:8]),
-            "kept": comb_signal(m, f"{name}_kept", unsigned(_KEEP_BITS), kept),
-            "sticky": comb_signal(m, f"{name}_sticky0", 1, sticky),
-            "rs": rs,
+            "kept": kept, "rs": rs,
+            "sticky": comb_signal(m, f"{name}_sticky1", 1, sticky),
         }
-
-    rs_levels = _MAX_DENORM_SHIFT.bit_length()
-
-    def denormalize_low(m, v):
-        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"],
-                                          bits=range(2), sticky=v["sticky"])
-        return dict(v, kept=kept, sticky=comb_signal(m, f"{name}_sticky1", 1, sticky))
 
     def denormalize_high(m, v):
         kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"],
