@@ -205,6 +205,9 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
             "expc": comb_signal(m, f"{name}_expc", signed(be_width), expc),
             "expc1": comb_signal(m, f"{name}_expc1", signed(be_width), expc - 1),
             "expn": comb_signal(m, f"{name}_expn", signed(be_width), 1 - expc),
+            # 1 - be >= the largest shift  <=>  lzc >= clamp_at.
+            "clamp_at": comb_signal(m, f"{name}_clamp_at", signed(be_width + 1),
+                                    _MAX_DENORM_SHIFT - (1 - expc)),
             "zero": comb_signal(m, f"{name}_zero", 1, mag == 0),
             "norm": norm, "lzc": lzc,
         }
@@ -225,8 +228,12 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
         # follows from them (normal or not, the denormalizing shift, overflow, the exponent
         # field) is decided in the next step, from registers: after these carry chains it was
         # the critical path of the systolic PEs' adders on the ECP5.
+        lzc = Cat(v["lzc"], Const(0, 1)).as_signed()
         return {
             "sign": v["sign"], "nan": v["nan"], "zero": v["zero"], "inf": v["inf"],
+            # Each a carry chain of its own, side by side.
+            "normal": comb_signal(m, f"{name}_normal", 1, lzc <= v["expc1"]),      # be >= 1
+            "clamp": comb_signal(m, f"{name}_clamp", 1, lzc >= v["clamp_at"]),
             "be_m1": comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"]),
             "one_m_be": comb_signal(m, f"{name}_one_m_be", signed(be_width),
                                     v["expn"] + v["lzc"]),
@@ -237,12 +244,10 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
     rs_levels = _MAX_DENORM_SHIFT.bit_length()
 
     def denormalize_low(m, v):
-        be_m1, one_m_be = v["be_m1"], v["one_m_be"]
-        normal = comb_signal(m, f"{name}_normal", 1, ~be_m1[-1])          # be >= 1
+        be_m1, one_m_be, normal = v["be_m1"], v["one_m_be"], v["normal"]
         rs_width = _MAX_DENORM_SHIFT.bit_length()
         rs = comb_signal(m, f"{name}_rs", unsigned(rs_width),
-                   Mux(normal, 0, Mux(_ge_const(one_m_be, _MAX_DENORM_SHIFT), _MAX_DENORM_SHIFT,
-                                      one_m_be[:rs_width])))
+                   Mux(normal, 0, Mux(v["clamp"], _MAX_DENORM_SHIFT, one_m_be[:rs_width])))
         kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], rs,
                                           bits=range(2), sticky=v["sticky"])
         return {
