@@ -258,17 +258,16 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be at least 1, not {value!r}")
 
 
-def deepest_stages(fmt, rows):
-    """Return the deepest pipeline of each dot-product unit (or, with ``rows`` > 0, each PE of
-    a systolic array) and the quantizer for ``fmt``.
+def deepest_stages(fmt):
+    """Return the deepest pipeline of each dot-product unit (or PE of a systolic array) and
+    the quantizer for ``fmt``.
 
     On the ECP5 the pipelines default to their deepest setting (the FP32 adder of the
     accumulators fully registered, and so on), as the 100 MHz target needs;
-    ``docs/benchmarks.md`` says what still limits the clock. A PE's block product does not
-    register its operands again: the PE's operand registers are right in front of it.
+    ``docs/benchmarks.md`` says what still limits the clock.
     """
     return dict(align_stages=FloatToBlock.max_stages_for(fmt),
-                mac_stages=MacTree.max_stages_for(fmt) - (rows > 0),
+                mac_stages=MacTree.max_stages_for(fmt),
                 convert_stages=BlockToFloat.MAX_STAGES,
                 adder_stages=FPAccumulator.MAX_ADDER_STAGES)
 
@@ -341,7 +340,7 @@ class BuildConfig:
             raise TypeError(f"fmt must be a BFPFormat, not {given['fmt']!r}")
         system = spec.system.replace(**given, **changes)
         if spec.family == "ecp5":
-            deepest = deepest_stages(system.fmt, system.rows)
+            deepest = deepest_stages(system.fmt)
             system = system.replace(**{**deepest, **{k: v for k, v in changes.items()
                                                      if k in deepest}})
         return cls(board=board, system=system, clock_mhz=clock_mhz, baud=baud)

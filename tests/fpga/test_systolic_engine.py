@@ -65,3 +65,12 @@ def test_config():
         SystolicEngine.check_params(SMALL.fmt, rows=2, lanes=2, a_blocks=16, b_blocks=16,
                                     c_words=16, product_stages=2, convert_stages=3,
                                     adder_stages=0)
+
+
+def test_a_short_drain_is_caught(monkeypatch):
+    """Mutant: the sequencer starts a k-chunk before the previous chunk's results are in C."""
+    monkeypatch.setattr(SystolicEngine, "drain_for", staticmethod(lambda *a, **k: 3))
+    rng = np.random.default_rng(9)
+    a, b = random_matrix(rng, (2, 9), "wide"), random_matrix(rng, (9, 3), "wide")
+    with pytest.raises(AssertionError, match="mismatches"):
+        check(system(rows=1), [(a, b)], Wire.BFP)
