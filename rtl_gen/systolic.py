@@ -40,8 +40,14 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import BFPFormat, FloatFormat
 
-from .block_to_float import BlockToFloat, block_to_float_steps, build_pipeline
-from .common import check_rtl_format, check_stages
+from .block_to_float import BlockToFloat, block_to_float_steps, build_pipeline, comb_signal
+from .common import (
+    Pipeline,
+    check_rtl_format,
+    check_stages,
+    ecp5_multiply,
+    platform_family,
+)
 from .fp32_mac import MULTIPLIER_STEPS, fp32_mul_steps
 from .fp_accumulator import ADDER_STEPS, fp32_add_steps
 from .layout import block_layout
@@ -219,11 +225,45 @@ class ProcessingElement(wiring.Component):
                 enable=one, name="b2f", valid=valid,
                 inputs={"value": product.value, "exp": product.exponent, "nan": product.nan})
             return outputs["bits"]
+        if self._multipliers == "dsp" and platform_family(platform) == "ecp5" and \
+                self._product_stages >= 2:
+            return _fp32_dsp_term(m, a, b, stages=self._product_stages)
         multiply = lut_multiply if self._multipliers == "lut" else None
         outputs, _, _, _ = build_pipeline(
             m, fp32_mul_steps(multiply=multiply), stages=self._product_stages, enable=one,
             name="mul", valid=one, inputs={"a": a, "b": b})
         return outputs["bits"]
+
+
+def _fp32_dsp_term(m, a, b, *, stages):
+    """The FP32 product of ``a`` and ``b`` with the significands multiplied in four ECP5
+    ``MULT18X18D`` s (18- and 6-bit pieces) that register their operands and products, as
+    the BFP PEs' DSPs do; the partial products are summed and rounded in ``stages - 2``
+    registers over the following steps. Returns the bits, ``stages`` cycles on."""
+    unpack, _multiply, *rounding = fp32_mul_steps(name="mul")
+    v = unpack(m, {"a": a, "b": b})
+    pieces = {}
+    for (ka, sa), (kb, sb) in product_pieces():
+        pieces[ka + kb] = ecp5_multiply(m, f"dsp_{ka}{kb}", v["siga"][sa], v["sigb"][sb],
+                                        is_signed=False, input_register=True,
+                                        output_register=True)
+    pipe = Pipeline(m, Const(1))
+    side = {k: v[k] for k in ("sign", "exp", "nan", "inf")}
+    side = pipe.cut("mul_d1", pipe.cut("mul_d0", side, True), True)
+
+    def total(m, w):
+        mag = (w["ll"] + ((w["lh"] + w["hl"]) << 18) + (w["hh"] << 36))[:48]
+        return {**{k: w[k] for k in side}, "mag": comb_signal(m, "mul_mag", unsigned(48), mag)}
+
+    outputs, _, _, _ = build_pipeline(m, [total, *rounding], stages=stages - 2, enable=Const(1),
+                                      name="mul", valid=Const(1), inputs={**side, **pieces})
+    return outputs["bits"]
+
+
+def product_pieces():
+    """The 18-bit low and 6-bit high pieces of two 24-bit significands, paired."""
+    pieces = (("l", slice(0, 18)), ("h", slice(18, 24)))
+    return [(x, y) for x in pieces for y in pieces]
 
 
 class SystolicArray(wiring.Component):

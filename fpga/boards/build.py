@@ -385,13 +385,10 @@ def _build_once(config, out_dir, *, name, system_factory, progress, seed, timeou
     synth_opts = "-dsp" if family == "ice40" else ""
     overrides = {}
     if family == "ecp5" and config.system.rows:
-        # Yosys 0.70's abc9 fails an assertion (ABC_OPS_REINTEGRATE) on the systolic arrays,
-        # flat or (in a GemmSystem with DSP PEs) module by module: their LUTs are mapped by
-        # abc instead (sweep.targets.ABC_LUT_MAPPING).
-        synth_opts = "-run :map_luts"
-        overrides["script_after_synth"] = (
-            "techmap -map +/lattice/latches_map.v\nabc -lut 4 -dress\nclean\n"
-            "synth_ecp5 -top top -run map_cells:\nstat")
+        # A systolic array is synthesized module by module and then flattened: Yosys 0.70's
+        # abc9 fails an assertion on the flat arrays (sweep.targets.HIERARCHICAL_SYNTHESIS).
+        synth_opts = "-noflatten"
+        overrides["script_after_synth"] = "flatten\nstat"
     if family == "ice40":
         # The iCE40 has no LUT RAM, so Yosys builds small memories from flip-flops, a logic
         # cell each. The dot-product units' two sync-read FIFOs (BlockDotUnit's side and term

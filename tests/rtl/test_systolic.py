@@ -179,3 +179,25 @@ def test_mixed_multipliers():
     assert np.array_equal(got, want)
     with pytest.raises(ValueError, match="dsp_pes must be between 0 and 6"):
         SystolicArray(SMALL, rows=2, cols=3, dsp_pes=7)
+
+
+def test_fp32_twin_with_ecp5_dsps(monkeypatch):
+    """The FP32 PEs' DSP path (four MULT18X18D pieces per product, operands and products
+    registered inside them), with the primitive replaced by a model of its registers."""
+    def model(m, name, a, b, *, is_signed, input_register, output_register):
+        assert not is_signed and input_register and output_register
+        ra, rb = Signal.like(a, name=f"{name}_ra"), Signal.like(b, name=f"{name}_rb")
+        p = Signal(len(a) + len(b), name=f"{name}_p")
+        m.d.sync += [ra.eq(a), rb.eq(b), p.eq(ra * rb)]
+        return p
+    monkeypatch.setattr(systolic, "ecp5_multiply", model)
+    monkeypatch.setattr(systolic, "platform_family", lambda platform: "ecp5")
+    rng = np.random.default_rng(4)
+    a, b = rich(rng, (4, 6)), rich(rng, (6, 3))
+    a[0, 0], b[1, 2] = np.float32(3e-39), np.float32(1e-3)       # a subnormal product path
+    array = SystolicArray("fp32", rows=2, cols=2, product_stages=8, convert_stages=0,
+                          adder_stages=2, multipliers="dsp")
+    a_ops = [[int(v) for v in golden.f32_to_bits(row)] for row in a]
+    b_ops = [[int(v) for v in golden.f32_to_bits(row)] for row in b]
+    got = drive.run(array, a_ops, b_ops)
+    assert np.array_equal(got, fp32_reference(a, b).reshape(got.shape))
