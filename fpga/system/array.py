@@ -43,7 +43,8 @@ from hbfp_hw.rtl_gen.block_dot import (
 from hbfp_hw.rtl_gen.common import check_rtl_format, platform_family
 from hbfp_hw.rtl_gen.layout import block_layout
 
-__all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "check_int", "c_readout"]
+__all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "check_int", "c_readout",
+           "bc_banks", "engine_members"]
 
 
 def check_int(name, value, lo, hi=None):
@@ -62,6 +63,52 @@ def _check_pow2(name, value, lo, hi):
     if value & (value - 1):
         raise ValueError(f"{name} must be a power of two between {lo} and {hi}, not {value!r}")
     return value
+
+
+def engine_members(engine):
+    """The members of a GEMM engine (see :class:`GemmEngine`), from its capacities."""
+    blk = block_layout(engine.fmt)
+    return {
+        "a_we": In(1), "a_waddr": In(range(engine.a_blocks)), "a_wdata": In(blk),
+        "b_we": In(1), "b_waddr": In(range(engine.b_blocks)), "b_wdata": In(blk),
+        "c_rlane": In(range(engine.lanes)), "c_raddr": In(range(engine.c_depth)),
+        "c_rdata": Out(32),
+        "start": In(1), "m": In(range(engine.max_m + 1)),
+        "groups": In(range(engine.max_groups + 1)),
+        "kblocks": In(range(engine.max_kblocks + 1)),
+        "a_base": In(range(engine.a_blocks)), "b_base": In(range(engine.b_depth)),
+        "c_base": In(range(engine.c_depth)), "accumulate": In(1),
+        "busy": Out(1), "done": Out(1), "cycles": Out(32), "overrun": Out(1),
+    }
+
+
+def bc_banks(m, engine, running, c_addrs):
+    """Add ``engine``'s B and C banks and the B write ports; return the B read ports, the C
+    read ports (addressed at ``c_addrs[lane]`` while ``running``, at ``c_raddr`` otherwise)
+    and the C write ports, one of each per lane."""
+    blk = block_layout(engine.fmt)
+    lane_bits = (engine.lanes - 1).bit_length()
+    b_rds, c_rds, c_wrs = [], [], []
+    for lane in range(engine.lanes):
+        b_mem = Memory(shape=blk, depth=engine.b_depth, init=[])
+        c_mem = Memory(shape=unsigned(32), depth=engine.c_depth, init=[])
+        m.submodules[f"b_mem{lane}"] = b_mem
+        m.submodules[f"c_mem{lane}"] = c_mem
+        b_wr = b_mem.write_port()
+        m.d.comb += [
+            b_wr.en.eq(engine.b_we & ((engine.b_waddr[:lane_bits] == lane) if lane_bits
+                                      else 1)),
+            b_wr.addr.eq(engine.b_waddr >> lane_bits),
+            b_wr.data.eq(engine.b_wdata),
+        ]
+        b_rds.append(b_mem.read_port())
+        # The C read port is shared: the engine reads the start values of an accumulating
+        # computation through it while it runs; the host reads results when it does not.
+        c_rd = c_mem.read_port()
+        m.d.comb += c_rd.addr.eq(Mux(running, c_addrs[lane], engine.c_raddr))
+        c_rds.append(c_rd)
+        c_wrs.append(c_mem.write_port())
+    return b_rds, c_rds, c_wrs
 
 
 def c_readout(m, platform, engine, c_rds):
@@ -149,19 +196,7 @@ class GemmEngine(wiring.Component):
         self._unit_params = BlockDotUnit.check_params(
             fmt, channels=self._channels, mac_stages=mac_stages,
             convert_stages=convert_stages, adder_stages=adder_stages)
-        blk = block_layout(fmt)
-        super().__init__({
-            "a_we": In(1), "a_waddr": In(range(a_blocks)), "a_wdata": In(blk),
-            "b_we": In(1), "b_waddr": In(range(b_blocks)), "b_wdata": In(blk),
-            "c_rlane": In(range(lanes)), "c_raddr": In(range(self.c_depth)),
-            "c_rdata": Out(32),
-            "start": In(1), "m": In(range(self.max_m + 1)),
-            "groups": In(range(self.max_groups + 1)),
-            "kblocks": In(range(self.max_kblocks + 1)),
-            "a_base": In(range(a_blocks)), "b_base": In(range(self.b_depth)),
-            "c_base": In(range(self.c_depth)), "accumulate": In(1),
-            "busy": Out(1), "done": Out(1), "cycles": Out(32), "overrun": Out(1),
-        })
+        super().__init__(engine_members(self))
 
     @staticmethod
     def check_params(fmt, *, lanes, channels, a_blocks, b_blocks, c_words, mac_stages,
@@ -234,7 +269,7 @@ class GemmEngine(wiring.Component):
         running = Signal()
         c_init_addr = Signal(range(self.c_depth))
         a_rd = self._a_buffer(m)
-        b_rds, c_rds, c_wrs = self._bc_banks(m, running, c_init_addr)
+        b_rds, c_rds, c_wrs = bc_banks(m, self, running, [c_init_addr] * self._lanes)
         c_readout(m, platform, self, c_rds)
         units = []
         for lane in range(self._lanes):
@@ -275,33 +310,6 @@ class GemmEngine(wiring.Component):
                      a_wr.data.eq(self.a_wdata)]
         return a_rd
 
-    def _bc_banks(self, m, running, c_init_addr):
-        """Add the B and C banks and the B write ports; return the B read ports, the C read
-        ports (addressed at ``c_init_addr`` while ``running``, at ``c_raddr`` otherwise) and
-        the C write ports, one of each per lane."""
-        blk = block_layout(self._fmt)
-        lane_bits = (self._lanes - 1).bit_length()
-        b_rds, c_rds, c_wrs = [], [], []
-        for lane in range(self._lanes):
-            b_mem = Memory(shape=blk, depth=self.b_depth, init=[])
-            c_mem = Memory(shape=unsigned(32), depth=self.c_depth, init=[])
-            m.submodules[f"b_mem{lane}"] = b_mem
-            m.submodules[f"c_mem{lane}"] = c_mem
-            b_wr = b_mem.write_port()
-            m.d.comb += [
-                b_wr.en.eq(self.b_we & ((self.b_waddr[:lane_bits] == lane) if lane_bits
-                                        else 1)),
-                b_wr.addr.eq(self.b_waddr >> lane_bits),
-                b_wr.data.eq(self.b_wdata),
-            ]
-            b_rds.append(b_mem.read_port())
-            # The C read port is shared: the engine reads the start values of an accumulating
-            # computation through it while it runs; the host reads results when it does not.
-            c_rd = c_mem.read_port()
-            m.d.comb += c_rd.addr.eq(Mux(running, c_init_addr, self.c_raddr))
-            c_rds.append(c_rd)
-            c_wrs.append(c_mem.write_port())
-        return b_rds, c_rds, c_wrs
 
     def _operands(self, m, issue, a_rd, b_rds, c_rds, units):
         """Register the buffer read data and the flags of ``issue`` (stage s3) and give them

@@ -21,15 +21,14 @@ dot-product units:
   registered before it enters the array.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.rtl_gen.layout import block_layout
 from hbfp_hw.rtl_gen.systolic import MAX_ROWS, SystolicArray
 
-from .array import _check_pow2, c_readout, check_int
+from .array import _check_pow2, bc_banks, c_readout, check_int, engine_members
 
 __all__ = ["SystolicEngine"]
 
@@ -79,19 +78,7 @@ class SystolicEngine(wiring.Component):
         # The geometry of the array (its latencies), without elaborating one.
         self._geometry = SystolicArray.geometry(fmt, rows=rows, cols=lanes,
                                                 **self._array_params)
-        blk = block_layout(fmt)
-        super().__init__({
-            "a_we": In(1), "a_waddr": In(range(a_blocks)), "a_wdata": In(blk),
-            "b_we": In(1), "b_waddr": In(range(b_blocks)), "b_wdata": In(blk),
-            "c_rlane": In(range(lanes)), "c_raddr": In(range(self.c_depth)),
-            "c_rdata": Out(32),
-            "start": In(1), "m": In(range(self.max_m + 1)),
-            "groups": In(range(self.max_groups + 1)),
-            "kblocks": In(range(self.max_kblocks + 1)),
-            "a_base": In(range(a_blocks)), "b_base": In(range(self.b_depth)),
-            "c_base": In(range(self.c_depth)), "accumulate": In(1),
-            "busy": Out(1), "done": Out(1), "cycles": Out(32), "overrun": Out(1),
-        })
+        super().__init__(engine_members(self))
 
     @staticmethod
     def check_params(fmt, *, rows, lanes, a_blocks, b_blocks, c_words, product_stages,
@@ -161,7 +148,9 @@ class SystolicEngine(wiring.Component):
         running = Signal()
         seq = _Sequencer(m, self, g)
         self._a_side(m, seq, array, g)
-        b_rds, c_rds, c_wrs = self._banks(m, running)
+        self._c_engine_addr = [Signal(range(self.c_depth), name=f"c_eaddr{lane}")
+                               for lane in range(lanes)]
+        b_rds, c_rds, c_wrs = bc_banks(m, self, running, self._c_engine_addr)
         self._b_side(m, seq, array, b_rds)
         self._c_side(m, seq, array, g, c_rds, c_wrs)
         c_readout(m, platform, self, c_rds)
@@ -178,34 +167,6 @@ class SystolicEngine(wiring.Component):
         return m
 
     # -- buffers --------------------------------------------------------------------------------
-
-    def _banks(self, m, running):
-        """Add the B and C banks and the B write ports; return the B read ports, the C read
-        ports (the engine's while ``running``, the host's ``c_raddr`` otherwise) and the C
-        write ports, one of each per lane."""
-        blk = block_layout(self._fmt)
-        lane_bits = (self._lanes - 1).bit_length()
-        b_rds, c_rds, c_wrs = [], [], []
-        self._c_engine_addr = [Signal(range(self.c_depth), name=f"c_eaddr{lane}")
-                               for lane in range(self._lanes)]
-        for lane in range(self._lanes):
-            b_mem = Memory(shape=blk, depth=self.b_depth, init=[])
-            c_mem = Memory(shape=unsigned(32), depth=self.c_depth, init=[])
-            m.submodules[f"b_mem{lane}"] = b_mem
-            m.submodules[f"c_mem{lane}"] = c_mem
-            b_wr = b_mem.write_port()
-            m.d.comb += [
-                b_wr.en.eq(self.b_we & ((self.b_waddr[:lane_bits] == lane) if lane_bits
-                                        else 1)),
-                b_wr.addr.eq(self.b_waddr >> lane_bits),
-                b_wr.data.eq(self.b_wdata),
-            ]
-            b_rds.append(b_mem.read_port())
-            c_rd = c_mem.read_port()
-            m.d.comb += c_rd.addr.eq(Mux(running, self._c_engine_addr[lane], self.c_raddr))
-            c_rds.append(c_rd)
-            c_wrs.append(c_mem.write_port())
-        return b_rds, c_rds, c_wrs
 
     def _a_side(self, m, seq, array, g):
         """Add the A replicas and the row chain: row ``i`` reads its replica ``row_skew``
