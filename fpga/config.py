@@ -291,8 +291,9 @@ _DEFAULT = SystemConfig()
 #: ``"ulx3s-85f"``
 #:     The default board (LFE5U-85F) at 100 MHz: bfp8 on a systolic array of 4 x 4 PEs (256
 #:     MACs per cycle), the first 9 PEs' multipliers in DSP blocks (144 of the 156) and the
-#:     other 7 in logic; every step of the PEs registered (the DSPs' inputs too: the DSP
-#:     sites are far from the PEs' logic), and a 16 KiB transmit buffer
+#:     other 7 in logic; every step of the PEs registered (the DSPs' inputs and a fabric
+#:     copy of their products too: the DSP sites are far from the PEs' logic), and a 16 KiB
+#:     transmit buffer
 #:     (8 of the 208 DP16KD, one bit of a 16K-deep byte each, so no multiplexer behind their
 #:     read data) that holds the largest reply (protocol.MAX_REPLY) and all of C: the device
 #:     executes the next frames while long results leave at the line rate.
@@ -313,7 +314,7 @@ _DEFAULT = SystemConfig()
 #:     model runs as fast as the host allows); with ``timeout_cycles`` it makes the decoder
 #:     timeout 10 ms of host time, what a host waits before it retries (docs/protocol.md 5).
 _ULX3S = _DEFAULT.replace(
-    rows=4, lanes=4, multipliers="lut", dsp_pes=9, clock_hz=100_000_000, mac_stages=6,
+    rows=4, lanes=4, multipliers="lut", dsp_pes=9, clock_hz=100_000_000, mac_stages=7,
     convert_stages=7, adder_stages=11, align_stages=11, tx_buffer=16384)
 
 PRESETS = {

@@ -251,7 +251,9 @@ def check_multipliers(multipliers):
 
 def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
     """Add the exact dot product of blocks ``a`` and ``b`` (``block_layout(fmt)`` values) to
-    ``m`` as a free-running pipeline of ``stages`` registers (see :class:`MacTree`).
+    ``m`` as a free-running pipeline of ``stages`` registers (see :class:`MacTree`; up to
+    ``MacTree.max_stages_for(fmt) + 1``: the last one copies the DSPs' products into the
+    fabric).
 
     ``multipliers="dsp"`` makes the multipliers ``MULT18X18D`` primitives holding the operand
     and product registers on the ECP5 (when those are registered) and ``*`` elsewhere;
@@ -267,7 +269,11 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
     check_multipliers(multipliers)
     n = fmt.block_size
     w = fmt.mantissa_bits
-    registered = registered_levels(fmt, stages)
+    # One register more than MacTree's deepest: on the DSP path a fabric copy of the DSPs'
+    # product registers (the DSP sites are far from the adder tree: that route was the
+    # critical path of the systolic PEs), elsewhere a register after the last level.
+    extra = max(0, stages - MacTree.max_stages_for(fmt))
+    registered = registered_levels(fmt, stages - extra)
     pipe = Pipeline(m, valid)
 
     nan = Signal()
@@ -293,7 +299,8 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
                                   is_signed=True, input_register=0 in registered,
                                   output_register=1 in registered)
                     for i in range(n)]
-        values = dict(side, sum=products)
+        values = pipe.cut("l1f", dict(side, sum=products), extra > 0)
+        extra = 0
     else:
         ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
                        0 in registered)
@@ -318,6 +325,8 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
             sums.append(s)
         values = pipe.cut(f"l{level}", dict(values, sum=sums), level in registered)
 
+    for k in range(extra):
+        values = pipe.cut(f"lx{k}", values, True)
     result = Signal(product_layout(fmt))
     m.d.comb += [
         result.value.eq(Mux(values["nan"], 0, values["sum"][0])),

@@ -53,7 +53,8 @@ from .fp_accumulator import ADDER_STEPS, fp32_add_steps
 from .layout import block_layout
 from .mac_tree import MacTree, block_product, check_multipliers, lut_multiply
 
-__all__ = ["ProcessingElement", "SystolicArray", "ArrayGeometry", "check_element", "operand_shape",
+__all__ = ["ProcessingElement", "SystolicArray", "ArrayGeometry", "max_product_stages",
+           "check_element", "operand_shape",
            "a_layout", "b_load_layout", "sum_layout", "MAX_ROWS", "MAX_COLS"]
 
 #: Largest rows and columns of an array.
@@ -93,16 +94,25 @@ def sum_layout():
     return data.StructLayout({"valid": 1, "value": unsigned(32)})
 
 
+def max_product_stages(element):
+    """The deepest term product of a PE: every step registered, the operands inside the DSPs
+    too, and a fabric copy of the DSPs' products (the DSP sites are far from the PE's logic);
+    a PE without DSPs puts the same number of registers on its own steps and after them, so
+    that the PEs of a mixed array line up."""
+    if isinstance(element, BFPFormat):
+        return MacTree.max_stages_for(element) + 1
+    return MULTIPLIER_STEPS + 2
+
+
 def _check_params(element, *, rows, product_stages, convert_stages, adder_stages,
                   multipliers):
     element = check_element(element)
     check_stages("rows", rows, MAX_ROWS, 1)
     check_multipliers(multipliers)
+    check_stages("product_stages", product_stages, max_product_stages(element))
     if isinstance(element, BFPFormat):
-        check_stages("product_stages", product_stages, MacTree.max_stages_for(element))
         check_stages("convert_stages", convert_stages, BlockToFloat.MAX_STAGES)
     else:
-        check_stages("product_stages", product_stages, MULTIPLIER_STEPS)
         check_stages("convert_stages", convert_stages, 0)
     check_stages("adder_stages", adder_stages, ADDER_STEPS, 1)
     return element
@@ -229,10 +239,16 @@ class ProcessingElement(wiring.Component):
                 self._product_stages >= 2:
             return _fp32_dsp_term(m, a, b, stages=self._product_stages)
         multiply = lut_multiply if self._multipliers == "lut" else None
+        stages = min(self._product_stages, MULTIPLIER_STEPS)
         outputs, _, _, _ = build_pipeline(
-            m, fp32_mul_steps(multiply=multiply), stages=self._product_stages, enable=one,
+            m, fp32_mul_steps(multiply=multiply), stages=stages, enable=one,
             name="mul", valid=one, inputs={"a": a, "b": b})
-        return outputs["bits"]
+        bits = outputs["bits"]
+        for k in range(self._product_stages - stages):
+            reg = Signal(32, name=f"mul_x{k}", reset_less=True)
+            m.d.sync += reg.eq(bits)
+            bits = reg
+        return bits
 
 
 def _fp32_dsp_term(m, a, b, *, stages):
@@ -250,14 +266,27 @@ def _fp32_dsp_term(m, a, b, *, stages):
     pipe = Pipeline(m, Const(1))
     side = {k: v[k] for k in ("sign", "exp", "nan", "inf")}
     side = pipe.cut("mul_d1", pipe.cut("mul_d0", side, True), True)
+    # A fabric copy of the products, then the rest over the steps (and after them).
+    rest = stages - 2
+    if rest:
+        cut = pipe.cut("mul_f", {**side, **pieces}, True)
+        side, pieces = {k: cut[k] for k in side}, {k: cut[k] for k in pieces}
+        rest -= 1
+    steps_regs = min(rest, 1 + len(rounding))
 
     def total(m, w):
         mag = (w["ll"] + ((w["lh"] + w["hl"]) << 18) + (w["hh"] << 36))[:48]
         return {**{k: w[k] for k in side}, "mag": comb_signal(m, "mul_mag", unsigned(48), mag)}
 
-    outputs, _, _, _ = build_pipeline(m, [total, *rounding], stages=stages - 2, enable=Const(1),
-                                      name="mul", valid=Const(1), inputs={**side, **pieces})
-    return outputs["bits"]
+    outputs, _, _, _ = build_pipeline(m, [total, *rounding], stages=steps_regs,
+                                      enable=Const(1), name="mul", valid=Const(1),
+                                      inputs={**side, **pieces})
+    bits = outputs["bits"]
+    for k in range(rest - steps_regs):
+        reg = Signal(32, name=f"mul_x{k}", reset_less=True)
+        m.d.sync += reg.eq(bits)
+        bits = reg
+    return bits
 
 
 def product_pieces():

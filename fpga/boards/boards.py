@@ -35,6 +35,7 @@ from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
 from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
 from hbfp_hw.rtl_gen.mac_tree import MacTree
+from hbfp_hw.rtl_gen.systolic import max_product_stages
 
 from ..config import SystemConfig
 from ..system.uart import UARTReceiver, UARTTransmitter, baud_divisor
@@ -258,16 +259,17 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be at least 1, not {value!r}")
 
 
-def deepest_stages(fmt):
-    """Return the deepest pipeline of each dot-product unit (or PE of a systolic array) and
-    the quantizer for ``fmt``.
+def deepest_stages(fmt, *, array):
+    """Return the deepest pipeline of each dot-product unit (or, with ``array``, each PE of a
+    systolic array: :func:`~hbfp_hw.rtl_gen.systolic.max_product_stages`) and the quantizer
+    for ``fmt``.
 
     On the ECP5 the pipelines default to their deepest setting (the FP32 adder of the
     accumulators fully registered, and so on), as the 100 MHz target needs;
     ``docs/benchmarks.md`` says what still limits the clock.
     """
     return dict(align_stages=FloatToBlock.max_stages_for(fmt),
-                mac_stages=MacTree.max_stages_for(fmt),
+                mac_stages=max_product_stages(fmt) if array else MacTree.max_stages_for(fmt),
                 convert_stages=BlockToFloat.MAX_STAGES,
                 adder_stages=FPAccumulator.MAX_ADDER_STAGES)
 
@@ -340,7 +342,7 @@ class BuildConfig:
             raise TypeError(f"fmt must be a BFPFormat, not {given['fmt']!r}")
         system = spec.system.replace(**given, **changes)
         if spec.family == "ecp5":
-            deepest = deepest_stages(system.fmt)
+            deepest = deepest_stages(system.fmt, array=system.rows > 0)
             system = system.replace(**{**deepest, **{k: v for k, v in changes.items()
                                                      if k in deepest}})
         return cls(board=board, system=system, clock_mhz=clock_mhz, baud=baud)

@@ -20,6 +20,7 @@ import time
 from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
 from hbfp_hw.rtl_gen.fp32_mac import MULTIPLIER_STEPS
 from hbfp_hw.rtl_gen.mac_tree import MacTree
+from hbfp_hw.rtl_gen.systolic import max_product_stages
 
 from .flow import run_sweep
 from .targets import SweepPoint, _check_choice, _target
@@ -34,13 +35,15 @@ def array_stages(kind, fmt, multipliers):
     """Pipeline depths of the arrays the search builds: every step of the term registered,
     the adder :data:`ADDER_STAGES` deep. A block product in logic only does not register its
     operands again (the PE's operand registers are right in front of it); one with DSP
-    multipliers does, inside the ``MULT18X18D`` (the DSP sites are far from the PE's logic:
-    without that register the route into the DSP and its multiply were the critical path, 75
-    MHz for 2 x 3 PEs)."""
+    multipliers does, inside the ``MULT18X18D``, and copies the products into the fabric
+    (:func:`~hbfp_hw.rtl_gen.systolic.max_product_stages`: the DSP sites are far from the
+    PE's logic; without those registers the routes into and out of the DSPs were the
+    critical paths, 75 and 88 MHz for 2 x 3 PEs)."""
     if kind == "fp32-array":
-        return {"product_stages": MULTIPLIER_STEPS, "convert_stages": 0,
-                "adder_stages": ADDER_STAGES}
-    product = MacTree.max_stages_for(fmt) - (multipliers == "lut")
+        product = max_product_stages("fp32") if multipliers != "lut" else MULTIPLIER_STEPS
+        return {"product_stages": product, "convert_stages": 0, "adder_stages": ADDER_STAGES}
+    product = (max_product_stages(fmt) if multipliers != "lut"
+               else MacTree.max_stages_for(fmt) - 1)
     return {"product_stages": product, "convert_stages": BlockToFloat.MAX_STAGES,
             "adder_stages": ADDER_STAGES}
 

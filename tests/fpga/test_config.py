@@ -98,7 +98,7 @@ def test_presets():
     assert BuildConfig().system == PRESETS[DEFAULT_PRESET]
     # The ULX3S runs the deepest pipelines of its format (what the 100 MHz target needs).
     ulx3s = PRESETS["ulx3s-85f"]
-    deepest = deepest_stages(ulx3s.fmt)
+    deepest = deepest_stages(ulx3s.fmt, array=True)
     assert {k: getattr(ulx3s, k) for k in deepest} == deepest
     # The simulated board is the default board's device with bigger buffers.
     assert SimConfig().system is PRESETS["sim"]

@@ -108,7 +108,7 @@ def test_geometry():
     (dict(rows=1, cols=65), "cols must be between 1 and 64"),
     (dict(rows=1, cols=1, adder_stages=0), "adder_stages must be between 1 and 11"),
     (dict(rows=1, cols=1, multipliers="bram"), "multipliers must be one of"),
-    (dict(rows=1, cols=1, product_stages=9), "product_stages must be between 0 and 6"),
+    (dict(rows=1, cols=1, product_stages=8), "product_stages must be between 0 and 7"),
 ])
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -169,10 +169,12 @@ def test_mutants_are_caught(monkeypatch, mutant):
     assert not np.array_equal(got, want)
 
 
-def test_mixed_multipliers():
+@pytest.mark.parametrize("product_stages", [2, 5])     # 5: the deepest, one after the levels
+def test_mixed_multipliers(product_stages):
     """PEs with DSP multipliers (here the simulator's ``*``) beside PEs in logic."""
     rng = np.random.default_rng(5)
-    array = SystolicArray(SMALL, rows=2, cols=3, multipliers="lut", dsp_pes=4)
+    array = SystolicArray(SMALL, rows=2, cols=3, multipliers="lut", dsp_pes=4,
+                          product_stages=product_stages)
     assert [array.pe_multipliers(i, c) for i in range(2) for c in range(3)] == \
         ["dsp"] * 4 + ["lut"] * 2
     got, want = bfp_gemm(array, rich(rng, (3, 8)), rich(rng, (8, 5)))
@@ -195,7 +197,7 @@ def test_fp32_twin_with_ecp5_dsps(monkeypatch):
     rng = np.random.default_rng(4)
     a, b = rich(rng, (4, 6)), rich(rng, (6, 3))
     a[0, 0], b[1, 2] = np.float32(3e-39), np.float32(1e-3)       # a subnormal product path
-    array = SystolicArray("fp32", rows=2, cols=2, product_stages=8, convert_stages=0,
+    array = SystolicArray("fp32", rows=2, cols=2, product_stages=10, convert_stages=0,
                           adder_stages=2, multipliers="dsp")
     a_ops = [[int(v) for v in golden.f32_to_bits(row)] for row in a]
     b_ops = [[int(v) for v in golden.f32_to_bits(row)] for row in b]
