@@ -289,14 +289,13 @@ _DEFAULT = SystemConfig()
 #: Named configurations: the builds that exist.
 #:
 #: ``"ulx3s-85f"``
-#:     The default board (LFE5U-85F) at 100 MHz: bfp8 on a systolic array of 4 x 4 PEs (256
-#:     MACs per cycle), the first 9 PEs' multipliers in DSP blocks (144 of the 156) and the
-#:     other 7 in logic; every step of the PEs registered (the DSPs' inputs and a fabric
-#:     copy of their products too: the DSP sites are far from the PEs' logic), and a 16 KiB
-#:     transmit buffer
-#:     (8 of the 208 DP16KD, one bit of a 16K-deep byte each, so no multiplexer behind their
-#:     read data) that holds the largest reply (protocol.MAX_REPLY) and all of C: the device
-#:     executes the next frames while long results leave at the line rate.
+#:     The default board (LFE5U-85F) at 100 MHz: bfp8, 4 dot-product lanes, the deepest
+#:     pipelines of each unit for bfp8 (the 100 MHz target needs them; a test checks they are
+#:     the deepest), and a 16 KiB transmit buffer (8 of the 208 DP16KD, one bit of a 16K-deep
+#:     byte each, so no multiplexer behind their read data) that holds the largest reply
+#:     (protocol.MAX_REPLY) and all of C: the device executes the next frames while long
+#:     results leave at the line rate. (A systolic array, ``rows`` > 0, does not meet 100 MHz
+#:     in a GemmSystem yet: docs/benchmarks.md.)
 #: ``"icebreaker"``
 #:     The iCE40 UP5K (5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K). The GemmSystem's control
 #:     logic and FP32 accumulator alone take most of it, so: one lane of 4-element blocks of
@@ -307,15 +306,14 @@ _DEFAULT = SystemConfig()
 #:     12 MHz) and three adder stages (two miss it from the term buffer's block RAM).
 #:     docs/hardware.md has the measurements.
 #: ``"sim"``
-#:     The simulated board (``make demo``, CI, ``sim://``): the default board's gateware with
-#:     2 rows of PEs instead of 4 (2 x 4 PEs, 4 of them with DSP multipliers, which the
-#:     simulator models as ``*``, and 4 in logic), so that Verilator builds it in about a
-#:     minute, with buffers large enough for the demo's GEMMs. ``clock_hz`` is nominal (the
-#:     model runs as fast as the host allows); with ``timeout_cycles`` it makes the decoder
-#:     timeout 10 ms of host time, what a host waits before it retries (docs/protocol.md 5).
+#:     The simulated board (``make demo``, CI, ``sim://``): bfp8 and 4 lanes as the default
+#:     board, with buffers large enough for the demo's GEMMs and the board's transmit buffer.
+#:     ``clock_hz`` is nominal (the model runs as fast as the host allows); with
+#:     ``timeout_cycles`` it makes the decoder timeout 10 ms of host time, what a host waits
+#:     before it retries (docs/protocol.md 5).
 _ULX3S = _DEFAULT.replace(
-    rows=4, lanes=4, multipliers="lut", dsp_pes=9, clock_hz=100_000_000, mac_stages=7,
-    convert_stages=7, adder_stages=11, align_stages=11, tx_buffer=16384)
+    lanes=4, clock_hz=100_000_000, mac_stages=6, convert_stages=7, adder_stages=11,
+    align_stages=11, tx_buffer=16384)
 
 PRESETS = {
     "ulx3s-85f": _ULX3S,
@@ -323,9 +321,9 @@ PRESETS = {
         fmt=BFPFormat(4, 4), input_format=FloatFormat.BF16, float_wire=False, lanes=1,
         clock_hz=12_000_000, a_blocks=32, b_blocks=32, c_words=32, max_payload=64,
         mac_stages=0, convert_stages=2, adder_stages=3),
-    "sim": _ULX3S.replace(
-        rows=2, dsp_pes=4, a_blocks=1024, b_blocks=1024, c_words=4096,
-        clock_hz=200_000, timeout_cycles=2_000),
+    "sim": _DEFAULT.replace(
+        fmt=_ULX3S.fmt, lanes=_ULX3S.lanes, a_blocks=1024, b_blocks=1024, c_words=4096,
+        clock_hz=200_000, timeout_cycles=2_000, tx_buffer=_ULX3S.tx_buffer),
 }
 
 #: The preset of the default board.

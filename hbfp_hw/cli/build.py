@@ -14,6 +14,10 @@ __all__ = ["add_parser", "validate", "run", "config_from_args", "BUILD_SEED_MAX"
 #: Largest first nextpnr seed (room for the retries below 2**31).
 BUILD_SEED_MAX = 2**31 - 101
 
+#: DSP multipliers of each board's part (MULT18X18D, SB_MAC16): a PE of a systolic array takes
+#: one per block element.
+BOARD_DSPS = {"ulx3s-85f": 156, "icebreaker": 8}
+
 #: Python names in the errors of BuildConfig and GemmSystem, and their flags.
 FLAGS = {"lanes": "--lanes", "rows": "--rows", "dsp_pes": "--dsp-pes",
          "clock_mhz": "--clock-mhz", "baud": "--baud",
@@ -51,8 +55,8 @@ def add_parser(sub):
                    help="rows of the systolic array (k-blocks per pass), 1..64; 0: "
                         "dot-product units instead of an array")
     p.add_argument("--dsp-pes", type=cli_args.integer("--dsp-pes", 0, 4096), metavar="N",
-                   help="PEs whose multipliers are DSP blocks, the others in logic (default: "
-                        "the board's, at most rows x lanes)")
+                   help="with --rows: PEs whose multipliers are DSP blocks, the others in "
+                        "logic (default: as many as the part's DSPs hold)")
     p.add_argument("--clock-mhz", type=cli_args.positive_float("--clock-mhz"), metavar="F",
                    help="compute clock in MHz (PLL output)")
     p.add_argument("--baud", type=cli_args.positive_int("--baud"), default=DEFAULT_BAUD,
@@ -91,12 +95,14 @@ def config_from_args(args):
     rows = system.rows if args.rows is None else args.rows
     lanes = system.lanes if args.lanes is None else args.lanes
     changes = {"rows": rows}
-    if args.dsp_pes is not None:
+    if rows:
+        # An array's PEs multiply in DSP blocks as far as the part has them, then in logic.
+        fits = BOARD_DSPS[args.board] // fmt.block_size
+        changes.update(multipliers="lut",
+                       dsp_pes=min(fits, rows * lanes) if args.dsp_pes is None
+                       else args.dsp_pes)
+    elif args.dsp_pes is not None:
         changes["dsp_pes"] = args.dsp_pes
-    elif system.dsp_pes is not None and rows:
-        changes["dsp_pes"] = min(system.dsp_pes, rows * lanes)
-    elif not rows:
-        changes["dsp_pes"] = None
     return BuildConfig.for_board(args.board, fmt=fmt, lanes=args.lanes,
                                  clock_mhz=args.clock_mhz, baud=args.baud,
                                  input_format=args.input_format, **changes)

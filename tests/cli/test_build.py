@@ -113,3 +113,12 @@ def test_build_error_is_one_line(monkeypatch, tmp_path, capsys):
     assert main(["build", "--out", str(tmp_path), "--quiet"]) == 2
     assert capsys.readouterr().err == ("hbfp-hw: error: nextpnr-ecp5 failed (exit code 1); "
                                        "log: x.log; tail\n")
+
+
+def test_rows_make_a_systolic_array():
+    args = build_parser().parse_args(["build", "--rows", "4", "--lanes", "4"])
+    system = config_from_args(args).system
+    assert (system.rows, system.lanes, system.multipliers, system.dsp_pes) == (4, 4, "lut", 9)
+    assert system.macs_per_cycle == 256
+    args = build_parser().parse_args(["build", "--rows", "2", "--lanes", "2", "--dsp-pes", "1"])
+    assert config_from_args(args).system.dsp_pes == 1
