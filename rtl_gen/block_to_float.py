@@ -17,12 +17,13 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import CANONICAL_NAN_BITS
 
-from .common import CreditOutput, check_rtl_format, check_stages
+from .common import CreditOutput, check_rtl_format, check_stages, platform_family
 from .layout import product_exponent_shape, product_layout
 
 __all__ = [
     "BlockToFloat",
     "block_to_float_steps",
+    "compact_steps",
     "build_pipeline",
     "fp32_round_steps",
     "check_stages",
@@ -157,7 +158,7 @@ def _ge_const(x, c):
     return ~x[-1] & (x[k:-1].any() | (x[:k] >= c))
 
 
-def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
+def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
     """Return the steps that round ``(-1)**sign * mag * 2**exp`` to an FP32 bit pattern.
 
     The steps expect the keys ``sign`` (1 bit), ``mag`` (``unsigned(mag_width)``), ``exp``
@@ -166,6 +167,12 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
     whose rounded value reaches ``2**128`` gives infinity, and a magnitude that rounds to 0 gives
     a zero with the given sign (so ``mag == 0`` with ``sign == 1`` gives -0.0). ``nan`` forces the
     canonical NaN, otherwise ``inf`` forces an infinity with the given sign.
+
+    ``compact`` decides whether the value is normal, the denormalizing shift, overflow and the
+    exponent field right after the exponent's subtractions, in the same step: fewer registers
+    and comparators (the iCE40 form, where every flip-flop is a logic cell and the UP5K is
+    full) and a longer path (the ECP5 form puts the comparisons beside the subtractions and the
+    rest a register later).
 
     The six steps are: normalization (leading-zero count and left shift, in two steps of
     about half the levels each), biased-exponent computation, denormalizing right shift
@@ -200,17 +207,19 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
         # then one subtraction (or addition) in parallel, not an addition, a comparison and a
         # subtraction in a row.
         expc = v["exp"] + (mag_width - 1 + _FP32_BIAS)
-        return {
+        out = {
             "sign": v["sign"], "nan": v["nan"], "inf": v["inf"],
             "expc": comb_signal(m, f"{name}_expc", signed(be_width), expc),
             "expc1": comb_signal(m, f"{name}_expc1", signed(be_width), expc - 1),
             "expn": comb_signal(m, f"{name}_expn", signed(be_width), 1 - expc),
-            # 1 - be >= the largest shift  <=>  lzc >= clamp_at.
-            "clamp_at": comb_signal(m, f"{name}_clamp_at", signed(be_width + 1),
-                                    _MAX_DENORM_SHIFT - (1 - expc)),
             "zero": comb_signal(m, f"{name}_zero", 1, mag == 0),
             "norm": norm, "lzc": lzc,
         }
+        if not compact:
+            # 1 - be >= the largest shift  <=>  lzc >= clamp_at.
+            out["clamp_at"] = comb_signal(m, f"{name}_clamp_at", signed(be_width + 1),
+                                          _MAX_DENORM_SHIFT - (1 - expc))
+        return out
 
     def normalize_low(m, v):
         norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(range(split)))
@@ -261,6 +270,39 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
             "sticky": comb_signal(m, f"{name}_sticky1", 1, sticky),
         }
 
+    def exponent_compact(m, v):
+        norm = v["norm"]
+        if mag_width >= _KEEP_BITS:
+            kept = norm[mag_width - _KEEP_BITS:]
+            sticky = norm[:mag_width - _KEEP_BITS] != 0 if mag_width > _KEEP_BITS else Const(0, 1)
+        else:
+            kept = Cat(Const(0, _KEEP_BITS - mag_width), norm)
+            sticky = Const(0, 1)
+        # be: the biased exponent if the value is normal; be - 1 and 1 - be beside it.
+        be_m1 = comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"])
+        one_m_be = comb_signal(m, f"{name}_one_m_be", signed(be_width), v["expn"] + v["lzc"])
+        normal = comb_signal(m, f"{name}_normal", 1, ~be_m1[-1])          # be >= 1
+        rs_width = _MAX_DENORM_SHIFT.bit_length()
+        rs = comb_signal(m, f"{name}_rs", unsigned(rs_width),
+                   Mux(normal, 0, Mux(_ge_const(one_m_be, _MAX_DENORM_SHIFT), _MAX_DENORM_SHIFT,
+                                      one_m_be[:rs_width])))
+        return {
+            "sign": v["sign"], "nan": v["nan"], "zero": v["zero"],
+            "inf": comb_signal(m, f"{name}_ovf", 1,
+                               v["inf"] | (_ge_const(be_m1, 254) & ~v["zero"])),  # be >= 255
+            # Exponent field minus one for normal values (the hidden bit adds the one), 0 for
+            # subnormal ones. Only meaningful when the value does not overflow.
+            "efield": comb_signal(m, f"{name}_efield", unsigned(8), Mux(normal, be_m1, 0)[:8]),
+            "kept": comb_signal(m, f"{name}_kept", unsigned(_KEEP_BITS), kept),
+            "sticky": comb_signal(m, f"{name}_sticky0", 1, sticky),
+            "rs": rs,
+        }
+
+    def denormalize_low_compact(m, v):
+        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"],
+                                          bits=range(2), sticky=v["sticky"])
+        return dict(v, kept=kept, sticky=comb_signal(m, f"{name}_sticky1", 1, sticky))
+
     def denormalize_high(m, v):
         kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], v["rs"],
                                           bits=range(2, rs_levels), sticky=v["sticky"])
@@ -291,6 +333,9 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd"):
             m.d.comb += bits.eq(Cat(magnitude, v["sign"]))
         return {"bits": bits}
 
+    if compact:
+        return [normalize_high, normalize_low, exponent_compact, denormalize_low_compact,
+                denormalize_high, round_pack]
     return [normalize_high, normalize_low, exponent, denormalize_low, denormalize_high,
             round_pack]
 
@@ -372,7 +417,8 @@ class BlockToFloat(wiring.Component):
         out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
         m.d.comb += self.i_stream.ready.eq(out.ready)
         outputs, out_valid, _, _ = build_pipeline(
-            m, block_to_float_steps(self._fmt), stages=self._stages, enable=Const(1),
+            m, block_to_float_steps(self._fmt, compact=compact_steps(platform)),
+            stages=self._stages, enable=Const(1),
             name="b2f", inputs={"value": payload.value, "exp": payload.exponent,
                                 "nan": payload.nan},
             valid=out.admit(self.i_stream.valid))
@@ -380,7 +426,12 @@ class BlockToFloat(wiring.Component):
         return m
 
 
-def block_to_float_steps(fmt):
+def compact_steps(platform):
+    """Whether the FP32 steps take their compact form on ``platform`` (the iCE40)."""
+    return platform_family(platform) == "ice40"
+
+
+def block_to_float_steps(fmt, *, compact=False):
     """Return the :attr:`BlockToFloat.MAX_STAGES` steps of the conversion of an exact block
     product to FP32: keys ``value``, ``exp`` and ``nan`` (a ``product_layout(fmt)``'s fields)
     in, key ``bits`` out."""
@@ -393,4 +444,4 @@ def block_to_float_steps(fmt):
         return {"sign": sign, "mag": mag, "exp": v["exp"], "nan": v["nan"],
                 "inf": Const(0, 1)}
 
-    return [absolute, *fp32_round_steps(width, product_exponent_shape(fmt))]
+    return [absolute, *fp32_round_steps(width, product_exponent_shape(fmt), compact=compact)]

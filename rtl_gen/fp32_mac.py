@@ -11,14 +11,20 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .block_to_float import build_pipeline, check_stages, comb_signal, fp32_round_steps
+from .block_to_float import (
+    build_pipeline,
+    check_stages,
+    comb_signal,
+    compact_steps,
+    fp32_round_steps,
+)
 from .fp_accumulator import MAX_CHANNELS, FPAccumulator, fp32_unpack
 from .layout import accumulator_output_layout, mac_input_layout
 
 __all__ = ["Fp32MacBaseline", "fp32_mul_steps", "MULTIPLIER_STEPS"]
 
 
-def fp32_mul_steps(*, name="mul", multiply=None):
+def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
     """Return the steps of the FP32 multiplier: keys ``a`` and ``b`` in, key ``bits`` out.
 
     ``multiply(m, name, x, y)``, if given, returns the 48-bit product of the significands
@@ -51,7 +57,8 @@ def fp32_mul_steps(*, name="mul", multiply=None):
                                else mul(m, f"{name}_lut", v["siga"], v["sigb"])),
         }
 
-    return [unpack, multiply, *fp32_round_steps(48, signed(11), name=f"{name}_r")]
+    return [unpack, multiply,
+            *fp32_round_steps(48, signed(11), name=f"{name}_r", compact=compact)]
 
 
 #: Number of combinational steps of the FP32 multiplier, hence its largest number of stages.
@@ -142,7 +149,8 @@ class Fp32MacBaseline(wiring.Component):
         i_p = self.i_stream.payload
         enable = Signal()
         outputs, out_valid, out_carry, _ = build_pipeline(
-            m, fp32_mul_steps(), stages=self._mul_stages, enable=enable, name="mul",
+            m, fp32_mul_steps(compact=compact_steps(platform)), stages=self._mul_stages,
+            enable=enable, name="mul",
             inputs={"a": i_p.a, "b": i_p.b},
             carry={"channel": i_p.channel, "first": i_p.first, "last": i_p.last},
             valid=self.i_stream.valid)

@@ -17,6 +17,7 @@ from .block_to_float import (
     build_pipeline,
     check_stages,
     comb_signal,
+    compact_steps,
     fp32_round_steps,
     shift_right_sticky,
 )
@@ -60,7 +61,7 @@ def fp32_unpack(m, name, bits):
     }
 
 
-def fp32_add_steps(*, name="add"):
+def fp32_add_steps(*, name="add", compact=False):
     """Return the steps of the FP32 adder: keys ``a`` and ``b`` in, key ``bits`` out.
 
     Steps: unpack and compare magnitudes, order the operands, align the smaller operand
@@ -132,9 +133,12 @@ def fp32_add_steps(*, name="add"):
                       Mux(v["sub"], v["big"] - v["small"], v["big"] + v["small"]))
         # The sum is exactly zero when equal magnitudes cancel or both are zero: decided from
         # the operands beside the carry chain, not from its result (``total == 0`` after the
-        # chain was the critical path of the systolic PEs on the ECP5).
-        zero = comb_signal(m, f"{name}_zero", 1,
-                           Mux(v["sub"], v["big"] == v["small"], (v["big"] | v["small"]) == 0))
+        # chain was the critical path of the systolic PEs on the ECP5); compact: from it.
+        if compact:
+            zero = total == 0
+        else:
+            zero = comb_signal(m, f"{name}_zero", 1, Mux(v["sub"], v["big"] == v["small"],
+                                                        (v["big"] | v["small"]) == 0))
         return {
             # An exact zero is +0 unless both operands are -0 (IEEE, round to nearest).
             "sign": comb_signal(m, f"{name}_rsign", 1, Mux(zero, v["zsign"], v["sign"])),
@@ -145,7 +149,7 @@ def fp32_add_steps(*, name="add"):
         }
 
     return [classify, order, align_low, align, add,
-            *fp32_round_steps(sig_ext + 1, signed(10), name=f"{name}_r")]
+            *fp32_round_steps(sig_ext + 1, signed(10), name=f"{name}_r", compact=compact)]
 
 
 #: Number of combinational steps of the FP32 adder, hence its largest number of stages.
@@ -213,7 +217,8 @@ class FP32Adder(wiring.Component):
         m = Module()
         enable = Signal()
         outputs, out_valid, _, _ = build_pipeline(
-            m, fp32_add_steps(), stages=self._stages, enable=enable, name="add",
+            m, fp32_add_steps(compact=compact_steps(platform)), stages=self._stages,
+            enable=enable, name="add",
             inputs={"a": self.i_stream.payload.a, "b": self.i_stream.payload.b},
             valid=self.i_stream.valid)
         m.d.comb += [
@@ -342,7 +347,8 @@ class FPAccumulator(wiring.Component):
         operand = Signal(32)
         slot, fresh = self._term_slot(m, i_p, accept)
         outputs, out_valid, out_carry, registered = build_pipeline(
-            m, fp32_add_steps(), stages=self._adder_stages, enable=enable, name="acc",
+            m, fp32_add_steps(compact=compact_steps(platform)), stages=self._adder_stages,
+            enable=enable, name="acc",
             inputs={"a": operand, "b": i_p.value},
             carry={"channel": i_p.channel, "last": i_p.last, "slot": slot,
                    "single": i_p.first & i_p.last},

@@ -115,6 +115,18 @@ class MacTree(wiring.Component):
         """Return the set of logic levels (1-based; 0: the operands) followed by a register."""
         return registered_levels(self._fmt, self._stages)
 
+    def _nan(self, a, b):
+        """Return whether the product of blocks ``a`` and ``b`` is NaN: either one is (a hook
+        of the fault-injection mutants, ``hbfp_hw.sim.mutants``)."""
+        fmt = self._fmt
+        return (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)
+
+    def _exponent_bias(self):
+        """Return what the product exponent code subtracts from the sum of the two codes: the
+        bias twice and the fraction bits of both mantissas (a mutants' hook, too)."""
+        fmt = self._fmt
+        return 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
+
     def elaborate(self, platform):
         m = Module()
         # Free-running pipeline; back-pressure through the credits of the output FIFO.
@@ -122,7 +134,8 @@ class MacTree(wiring.Component):
         m.d.comb += self.i_stream.ready.eq(out.ready)
         result, valid = block_product(
             m, platform, self._fmt, self.i_stream.payload.a, self.i_stream.payload.b,
-            out.admit(self.i_stream.valid), stages=self._stages)
+            out.admit(self.i_stream.valid), stages=self._stages, nan=self._nan,
+            bias=self._exponent_bias())
         out.drive(valid, result)
         return m
 
@@ -249,7 +262,8 @@ def check_multipliers(multipliers):
     return multipliers
 
 
-def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
+def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", nan=None,
+                  bias=None):
     """Add the exact dot product of blocks ``a`` and ``b`` (``block_layout(fmt)`` values) to
     ``m`` as a free-running pipeline of ``stages`` registers (see :class:`MacTree`; up to
     ``MacTree.max_stages_for(fmt) + 1``: the last one copies the DSPs' products into the
@@ -276,11 +290,13 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp"):
     registered = registered_levels(fmt, stages - extra)
     pipe = Pipeline(m, valid)
 
+    # NaN when either block is; the product exponent code subtracts the bias twice and the
+    # fraction bits of both mantissas from the sum of the two codes (``nan`` and ``bias``
+    # replace these, for MacTree's fault-injection hooks).
+    is_nan = (nan or (lambda a, b: (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)))
+    bias = 2 * fmt.exponent_bias + 2 * fmt.fraction_bits if bias is None else bias
     nan = Signal()
-    m.d.comb += nan.eq((a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code))
-    # The product exponent code subtracts the bias twice and the fraction bits of both
-    # mantissas from the sum of the two codes.
-    bias = 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
+    m.d.comb += nan.eq(is_nan(a, b))
     exponent = Signal(product_exponent_shape(fmt))
     m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent - bias))
 

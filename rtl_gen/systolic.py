@@ -40,7 +40,13 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import BFPFormat, FloatFormat
 
-from .block_to_float import BlockToFloat, block_to_float_steps, build_pipeline, comb_signal
+from .block_to_float import (
+    BlockToFloat,
+    block_to_float_steps,
+    build_pipeline,
+    comb_signal,
+    compact_steps,
+)
 from .common import (
     Pipeline,
     check_rtl_format,
@@ -195,6 +201,7 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        self._compact = compact_steps(platform)
         a, active = self._operands(m)
         self._accumulate(m, self._term(m, platform, a, active))
         return m
@@ -218,7 +225,8 @@ class ProcessingElement(wiring.Component):
     def _accumulate(self, m, term):
         """Add the adder: ``s_out`` is ``s_in + term``, ``adder_stages`` cycles on."""
         outputs, valid, _, _ = build_pipeline(
-            m, fp32_add_steps(), stages=self._adder_stages, enable=Const(1), name="add",
+            m, fp32_add_steps(compact=self._compact), stages=self._adder_stages,
+            enable=Const(1), name="add",
             inputs={"a": self.s_in.value, "b": term}, valid=self.s_in.valid)
         m.d.comb += [self.s_out.value.eq(outputs["bits"]), self.s_out.valid.eq(valid)]
 
@@ -231,7 +239,8 @@ class ProcessingElement(wiring.Component):
                                            stages=self._product_stages,
                                            multipliers=self._multipliers)
             outputs, _, _, _ = build_pipeline(
-                m, block_to_float_steps(self._element), stages=self._convert_stages,
+                m, block_to_float_steps(self._element, compact=self._compact),
+                stages=self._convert_stages,
                 enable=one, name="b2f", valid=valid,
                 inputs={"value": product.value, "exp": product.exponent, "nan": product.nan})
             return outputs["bits"]
@@ -241,7 +250,8 @@ class ProcessingElement(wiring.Component):
         multiply = lut_multiply if self._multipliers == "lut" else None
         stages = min(self._product_stages, MULTIPLIER_STEPS)
         outputs, _, _, _ = build_pipeline(
-            m, fp32_mul_steps(multiply=multiply), stages=stages, enable=one,
+            m, fp32_mul_steps(multiply=multiply, compact=self._compact), stages=stages,
+            enable=one,
             name="mul", valid=one, inputs={"a": a, "b": b})
         bits = outputs["bits"]
         for k in range(self._product_stages - stages):
