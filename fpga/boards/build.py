@@ -392,6 +392,12 @@ def _build_once(config, out_dir, *, name, system_factory, progress, seed, timeou
         overrides["script_after_synth"] = (
             "techmap -map +/lattice/latches_map.v\nabc -lut 4 -dress\nclean\n"
             "synth_ecp5 -top top -run map_cells:\nstat")
+    if family == "ice40":
+        # The iCE40 has no LUT RAM, so Yosys builds small memories from flip-flops, a logic
+        # cell each. The dot-product units' two sync-read FIFOs (BlockDotUnit's side and term
+        # buffers) go to the spare SB_RAM40_4K instead: about 300 logic cells on the UP5K.
+        overrides["script_after_read"] = (
+            'setattr -set ram_style "block" *.side/storage *.term_buf/storage')
     plan = platform.prepare(top, name=name, nextpnr_opts=" ".join(nextpnr_opts),
                             synth_opts=synth_opts, debug_verilog=False, **overrides)
     plan.extract(str(out_dir))
