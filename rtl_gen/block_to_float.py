@@ -225,14 +225,18 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
         norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(range(split)))
         return dict(v, norm=norm, lzc=lzc)
 
-    def exponent(m, v):
-        norm = v["norm"]
+    def kept_and_sticky(norm):
+        """The bits of the normalized magnitude that rounding keeps, and the OR of the rest."""
         if mag_width >= _KEEP_BITS:
             kept = norm[mag_width - _KEEP_BITS:]
             sticky = norm[:mag_width - _KEEP_BITS] != 0 if mag_width > _KEEP_BITS else Const(0, 1)
         else:
             kept = Cat(Const(0, _KEEP_BITS - mag_width), norm)
             sticky = Const(0, 1)
+        return kept, sticky
+
+    def exponent(m, v):
+        kept, sticky = kept_and_sticky(v["norm"])
         # be: the biased exponent if the value is normal; be - 1 and 1 - be beside it. What
         # follows from them (normal or not, the denormalizing shift, overflow, the exponent
         # field) is decided in the next step, from registers: after these carry chains it was
@@ -271,13 +275,7 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
         }
 
     def exponent_compact(m, v):
-        norm = v["norm"]
-        if mag_width >= _KEEP_BITS:
-            kept = norm[mag_width - _KEEP_BITS:]
-            sticky = norm[:mag_width - _KEEP_BITS] != 0 if mag_width > _KEEP_BITS else Const(0, 1)
-        else:
-            kept = Cat(Const(0, _KEEP_BITS - mag_width), norm)
-            sticky = Const(0, 1)
+        kept, sticky = kept_and_sticky(v["norm"])
         # be: the biased exponent if the value is normal; be - 1 and 1 - be beside it.
         be_m1 = comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"])
         one_m_be = comb_signal(m, f"{name}_one_m_be", signed(be_width), v["expn"] + v["lzc"])

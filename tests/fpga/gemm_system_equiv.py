@@ -324,12 +324,18 @@ def main(argv=None):
     if args.cmd == "write":
         write(args.dir)
         return 0
+    leaf_names = tuple(u for u in LEAVES if u not in args.flatten)
+    return check_all(args.names, lambda name: check(args.old, args.new, name, seq=args.seq,
+                                                    leaf_names=leaf_names))
+
+
+def check_all(names, check_one):
+    """Print ``check_one(name)`` for each name (an AssertionError's message for a failed
+    proof); return the exit status: 1 if any failed."""
     failed = False
-    for name in args.names:
+    for name in names:
         try:
-            leaf_names = tuple(u for u in LEAVES if u not in args.flatten)
-            print(check(args.old, args.new, name, seq=args.seq, leaf_names=leaf_names),
-                  flush=True)
+            print(check_one(name), flush=True)
         except AssertionError as e:
             print(e, flush=True)
             failed = True

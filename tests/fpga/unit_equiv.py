@@ -136,14 +136,9 @@ def main(argv=None):
     if args.cmd == "write":
         write(args.dir, args.names)
         return 0
-    failed = False
-    for name in args.names or configurations():
-        try:
-            print(check(args.old, args.new, name, seq=args.seq, force=args.force), flush=True)
-        except AssertionError as e:
-            print(e, flush=True)
-            failed = True
-    return 1 if failed else 0
+    return equiv.check_all(args.names or configurations(),
+                           lambda name: check(args.old, args.new, name, seq=args.seq,
+                                              force=args.force))
 
 
 if __name__ == "__main__":
