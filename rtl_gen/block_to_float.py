@@ -55,7 +55,8 @@ def _cut_points(nsteps, stages):
     return {((i + 1) * nsteps) // stages - 1 for i in range(stages)}
 
 
-def build_pipeline(m, steps, *, stages, inputs, valid, enable, carry=None, name="p"):
+def build_pipeline(m, steps, *, stages, inputs, valid, enable, carry=None, name="p",
+                   reset_valid=True):
     """Chain combinational ``steps`` and insert ``stages`` register stages between them.
 
     Each step is a callable ``step(m, values) -> dict`` that receives a dict of named values and
@@ -82,6 +83,9 @@ def build_pipeline(m, steps, *, stages, inputs, valid, enable, carry=None, name=
         Side-band values carried alongside the data.
     name : str
         Prefix of the register names.
+    reset_valid : bool
+        Whether the valid bits are reset (the data registers never are). Without: they start
+        at 0 and clear themselves once ``valid`` has been 0 for ``stages`` cycles.
 
     Returns
     -------
@@ -114,7 +118,7 @@ def build_pipeline(m, steps, *, stages, inputs, valid, enable, carry=None, name=
             with m.If(enable):
                 m.d.sync += reg.eq(value)
             new_carry[key] = reg
-        valid_reg = Signal(name=f"{name}{stage}_valid")
+        valid_reg = Signal(name=f"{name}{stage}_valid", reset_less=not reset_valid)
         with m.If(enable):
             m.d.sync += valid_reg.eq(valid)
         values, carry, valid = new_values, new_carry, valid_reg

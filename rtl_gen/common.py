@@ -1,14 +1,23 @@
 """Helpers shared by the generators: parameter checks, the registers of a free-running
 pipeline and its credit-counted output."""
 
-from amaranth.hdl import ClockSignal, Const, Instance, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import (
+    ClockSignal,
+    Const,
+    Instance,
+    Mux,
+    Signal,
+    Value,
+    signed,
+    unsigned,
+)
 from amaranth.lib.fifo import SyncFIFO
 
 from hbfp_hw.formats import BFPFormat
 
 __all__ = ["RTL_BLOCK_SIZE_RANGE", "check_stages", "check_rtl_format", "Pipeline",
            "CreditOutput", "TargetFamily", "platform_family", "ECP5_DSP_WIDTH",
-           "ecp5_multiply", "registered_multiply"]
+           "ecp5_multiply", "ecp5_flip_flop", "registered_multiply"]
 
 RTL_BLOCK_SIZE_RANGE = (2, 64)
 
@@ -111,6 +120,25 @@ def ecp5_multiply(m, name, a, b, *, is_signed, input_register, output_register):
         p_REG_INPUTA_CLK=clock[input_register], p_REG_INPUTB_CLK=clock[input_register],
         p_REG_OUTPUT_CLK=clock[output_register], **ports)
     return product
+
+
+def ecp5_flip_flop(m, name, d):
+    """Return a register of ``d`` (one bit, on the ``sync`` clock, initially 0, never reset)
+    that is an ECP5 ``TRELLIS_FF`` added to ``m`` as submodule ``name``.
+
+    Yosys merges flip-flops of its own with the same input into one; it leaves instantiated
+    primitives alone (and this one is marked ``keep``). So several of these with the same
+    ``d`` stay several registers, which nextpnr places apart, each near the logic it drives:
+    the way to fan one control bit out to logic spread over many DSP sites without one long
+    net. ``hbfp_hw.sim.models`` simulates the primitive.
+    """
+    q = Signal(name=f"{name}_q")
+    m.submodules[name] = Instance(
+        "TRELLIS_FF", a_keep=1,
+        p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR", p_REGSET="RESET",
+        p_SRMODE="LSR_OVER_CE",
+        i_CLK=ClockSignal("sync"), i_LSR=Const(0), i_DI=d, o_Q=q)
+    return q
 
 
 def registered_multiply(m, platform, name, a, b, *, is_signed=False):

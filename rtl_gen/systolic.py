@@ -18,9 +18,16 @@ contract's accumulation order made into wires (docs/numerics.md 3.3):
 B is double-buffered in every PE: a column's B words move down a load chain (one register per
 PE), each tagged with the row of the PE that keeps it (in a shadow register); a ``swap`` bit
 travelling with an A operand makes the PE take the shadow as its operand after that A operand.
-So the next pass's B loads while the current pass computes, and no net but the clock and the
-reset reaches more than one PE: every operand, load word and partial sum moves between
-neighbours through registers.
+So the next pass's B loads while the current pass computes, and no net but the clock reaches
+more than one PE: every operand, load word and partial sum moves between neighbours through
+registers.
+
+Not even the reset reaches the PEs: a net to every PE of a large array is a long route (it
+was the critical path of a 2 x 3 array, 10 ns of routing). Every register starts at 0 when
+the part is configured, and every ``valid`` and ``swap`` bit inside comes from a neighbour or
+an edge, so once the edges' bits have been 0 for :attr:`SystolicArray.flush` cycles (the
+engine's are reset) the array holds no operation of its own: after a reset, the array's user
+waits that long before it starts one.
 
 The array's edges expect skewed streams (the GEMM engine produces them from its buffers by
 reading them at skewed times, so the skew costs no delay lines): row ``i``'s A stream
@@ -51,6 +58,7 @@ from .common import (
     Pipeline,
     check_rtl_format,
     check_stages,
+    ecp5_flip_flop,
     ecp5_multiply,
     platform_family,
 )
@@ -134,6 +142,7 @@ class ArrayGeometry:
     latency: int
     load_spacing: int
     min_pass: int
+    flush: int
 
 
 class ProcessingElement(wiring.Component):
@@ -202,31 +211,44 @@ class ProcessingElement(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         self._compact = compact_steps(platform)
-        a, active = self._operands(m)
+        a, active = self._operands(m, platform)
         self._accumulate(m, self._term(m, platform, a, active))
         return m
 
-    def _operands(self, m):
+    def _operands(self, m, platform):
         """Add the operand registers (A passing right, the load word passing down, B's shadow
         and the B operand in use); return the A operand and the B operand."""
         operand = operand_shape(self._element)
-        a = Signal(a_layout(self._element), name="a")
-        load = Signal(b_load_layout(self._element, self._rows), name="load")
+        a = Signal(a_layout(self._element), name="a", reset_less=True)
+        load = Signal(b_load_layout(self._element, self._rows), name="load", reset_less=True)
         shadow = Signal(operand, name="shadow", reset_less=True)
         active = Signal(operand, name="active", reset_less=True)
         m.d.sync += [a.eq(self.a_in), load.eq(self.b_in)]
         m.d.comb += [self.a_out.eq(a), self.b_out.eq(load)]
-        with m.If(load.valid & (load.row == self._row)):
-            m.d.sync += shadow.eq(load.data)
-        with m.If(a.swap):
-            m.d.sync += active.eq(shadow)
+        keep = load.valid & (load.row == self._row)
+        keep_in = self.b_in.valid & (self.b_in.row == self._row)
+        segments = zip(_segments(shadow, load.data), _segments(active, shadow))
+        for k, ((shadow_k, load_k), (active_k, _)) in enumerate(segments):
+            with m.If(self._enable(m, platform, keep, keep_in, f"keep{k}")):
+                m.d.sync += shadow_k.eq(load_k)
+            with m.If(self._enable(m, platform, a.swap, self.a_in.swap, f"swap{k}")):
+                m.d.sync += active_k.eq(shadow_k)
         return a.data, active
+
+    @staticmethod
+    def _enable(m, platform, value, value_in, name):
+        """The enable of one segment of the B registers: ``value`` (a function of this PE's
+        registers); on the ECP5 a copy of it per segment (``value_in`` registered), so that
+        the segments, spread over the PE's DSP sites, are not all on one net."""
+        if platform_family(platform) != "ecp5":
+            return value
+        return ecp5_flip_flop(m, name, value_in)
 
     def _accumulate(self, m, term):
         """Add the adder: ``s_out`` is ``s_in + term``, ``adder_stages`` cycles on."""
         outputs, valid, _, _ = build_pipeline(
             m, fp32_add_steps(compact=self._compact), stages=self._adder_stages,
-            enable=Const(1), name="add",
+            enable=Const(1), name="add", reset_valid=False,
             inputs={"a": self.s_in.value, "b": term}, valid=self.s_in.valid)
         m.d.comb += [self.s_out.value.eq(outputs["bits"]), self.s_out.valid.eq(valid)]
 
@@ -259,6 +281,15 @@ class ProcessingElement(wiring.Component):
             m.d.sync += reg.eq(bits)
             bits = reg
         return bits
+
+
+def _segments(active, shadow):
+    """Pairs of parts of the B operand in use and of its shadow: a BFP block's exponent and
+    each element, or the FP32 word."""
+    if isinstance(active.shape(), data.StructLayout):
+        return [(active.exponent, shadow.exponent),
+                *zip(active.mantissas, shadow.mantissas)]
+    return [(active, shadow)]
 
 
 def _fp32_dsp_term(m, a, b, *, stages):
@@ -369,7 +400,8 @@ class SystolicArray(wiring.Component):
         return ArrayGeometry(
             macs_per_cycle=rows * cols * n, row_skew=adder_stages,
             sum_offset=product_stages + convert_stages, latency=rows * adder_stages + 1,
-            load_spacing=spacing, min_pass=(rows - 1) * spacing + 1)
+            load_spacing=spacing, min_pass=(rows - 1) * spacing + 1,
+            flush=rows * adder_stages + 1 + rows + cols)
 
     element = property(lambda self: self._element)
     rows = property(lambda self: self._rows)
@@ -412,6 +444,12 @@ class SystolicArray(wiring.Component):
         return self._geometry().load_spacing
 
     @property
+    def flush(self):
+        """Cycles after which no ``valid`` or ``swap`` bit is left inside the array once its
+        inputs' are all 0 (the array has no reset; see the module docstring)."""
+        return self._geometry().flush
+
+    @property
     def min_pass(self):
         """Fewest cycles between the ``swap`` operands of two passes (the load of a pass's B
         takes that long)."""
@@ -433,7 +471,7 @@ class SystolicArray(wiring.Component):
         # The starting sums are registered at the top edge, as every other input is in the
         # PEs.
         for c in range(cols):
-            top = Signal(sum_layout(), name=f"top{c}")
+            top = Signal(sum_layout(), name=f"top{c}", reset_less=True)
             m.d.sync += top.eq(self.s_top[c])
             m.d.comb += [pes[0][c].s_in.eq(top), self.s_bottom[c].eq(pes[rows - 1][c].s_out)]
         return m

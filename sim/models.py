@@ -1,7 +1,8 @@
 """Behavioural Verilog models of the FPGA primitives that the generators instantiate.
 
 Elaborated for an FPGA family (:class:`hbfp_hw.rtl_gen.common.TargetFamily`), a generator may
-instantiate that family's primitives (the MacTree's ``MULT18X18D`` on the ECP5). The models let
+instantiate that family's primitives (the MacTree's ``MULT18X18D`` and the systolic PEs'
+``TRELLIS_FF`` copies of their swap bit on the ECP5). The models let
 Verilator and Icarus run that netlist: :func:`hbfp_hw.sim.verify.verify` with ``family`` appends
 :func:`models_for` to the Verilog. Only the subset the generators use is modelled, and any other
 use fails the simulation: this checks how a generator wires a primitive against the primitive's
@@ -9,7 +10,7 @@ documented behaviour (Lattice TN1267, ECP5 and ECP5-5G sysDSP Usage Guide); it d
 replace the vendor's model.
 """
 
-__all__ = ["MULT18X18D_MODEL", "FAMILIES", "models_for"]
+__all__ = ["MULT18X18D_MODEL", "TRELLIS_FF_MODEL", "FAMILIES", "models_for"]
 
 
 def _mult18x18d():
@@ -66,8 +67,36 @@ endmodule
 MULT18X18D_MODEL = _mult18x18d()
 
 
+#: Verilog text of the ``TRELLIS_FF`` model: the ECP5 fabric flip-flop in the one
+#: configuration :func:`hbfp_hw.rtl_gen.common.ecp5_flip_flop` uses (always enabled, clocked
+#: on the rising edge, initially 0, reset to 0 synchronously by LSR); any other configuration
+#: fails the build.
+TRELLIS_FF_MODEL = """
+module TRELLIS_FF #(
+    parameter GSR = "DISABLED",
+    parameter CEMUX = "1",
+    parameter CLKMUX = "CLK",
+    parameter LSRMUX = "LSR",
+    parameter REGSET = "RESET",
+    parameter SRMODE = "LSR_OVER_CE"
+) (
+    input CLK, LSR, DI,
+    output reg Q
+);
+    initial begin
+        if (GSR != "DISABLED" || CEMUX != "1" || CLKMUX != "CLK" || LSRMUX != "LSR" ||
+            REGSET != "RESET" || SRMODE != "LSR_OVER_CE") begin
+            $display("TRELLIS_FF model: unsupported configuration");
+            $finish;
+        end
+        Q = 1'b0;
+    end
+    always @(posedge CLK) Q <= LSR ? 1'b0 : DI;
+endmodule
+"""
+
 #: Families whose primitives are modelled, and the models' Verilog.
-FAMILIES = {"ecp5": MULT18X18D_MODEL}
+FAMILIES = {"ecp5": MULT18X18D_MODEL + TRELLIS_FF_MODEL}
 
 
 def models_for(family):

@@ -60,7 +60,9 @@ class SystolicEngine(wiring.Component):
     The members of :class:`~hbfp_hw.fpga.system.array.GemmEngine`, with the same meaning.
     ``overrun`` is set (until reset) if a result leaves the array when the write-back did
     not expect one, or the other way round: the schedule makes that impossible, and the bit
-    is there to check it.
+    is there to check it. The array has no reset: for its
+    :attr:`~hbfp_hw.rtl_gen.systolic.SystolicArray.flush` cycles after a reset, a ``start``
+    waits (``busy`` is high).
     """
 
     def __init__(self, fmt, *, rows, lanes, a_blocks, b_blocks, c_words, product_stages,
@@ -152,18 +154,28 @@ class SystolicEngine(wiring.Component):
                                for lane in range(lanes)]
         b_rds, c_rds, c_wrs = bc_banks(m, self, running, self._c_engine_addr)
         self._b_side(m, seq, array, b_rds)
-        self._c_side(m, seq, array, g, c_rds, c_wrs)
+        # The array has no reset: after one, it flushes; a start waits, results are ignored.
+        flushing = Signal(range(g.flush + 1), init=g.flush, name="flushing")
+        settled = Signal(name="settled")
+        pending = Signal(name="pending")
+        with m.If(flushing != 0):
+            m.d.sync += flushing.eq(flushing - 1)
+        m.d.sync += settled.eq(flushing == 0)
+        self._c_side(m, seq, array, g, c_rds, c_wrs, settled)
         c_readout(m, platform, self, c_rds)
 
-        m.d.comb += self.busy.eq(running)
+        m.d.comb += self.busy.eq(running | pending)
         with m.If(running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             with m.If(seq.finished):
                 m.d.sync += running.eq(0)
                 m.d.comb += self.done.eq(1)
-        with m.Elif(self.start):
-            m.d.sync += [running.eq(1), self.cycles.eq(0)]
-            m.d.comb += seq.go.eq(1)
+        with m.Elif(self.start | pending):
+            with m.If(flushing == 0):
+                m.d.sync += [running.eq(1), pending.eq(0), self.cycles.eq(0)]
+                m.d.comb += seq.go.eq(1)
+            with m.Else():
+                m.d.sync += pending.eq(1)
         return m
 
     # -- buffers --------------------------------------------------------------------------------
@@ -214,8 +226,9 @@ class SystolicEngine(wiring.Component):
             if lane + 1 < self._lanes:
                 request = _delay(m, request, 1, name=f"b_req{lane + 1}")
 
-    def _c_side(self, m, seq, array, g, c_rds, c_wrs):
-        """Starting sums at the top (from C, or +0.0), results to C at the bottom."""
+    def _c_side(self, m, seq, array, g, c_rds, c_wrs, settled):
+        """Starting sums at the top (from C, or +0.0), results to C at the bottom (once the
+        array has ``settled`` after a reset)."""
         request = _delay(m, seq.top, g.sum_offset, name="c_top0")   # {valid, from_c, addr}
         # The bottom: column 0's write address leaves the array with its result.
         bottom = _delay(m, request, READ_LATENCY + g.latency, name="c_bot0")
@@ -229,9 +242,9 @@ class SystolicEngine(wiring.Component):
                          valid2.eq(valid1), value.eq(Mux(from1, c_rds[lane].data, 0))]
             m.d.comb += [array.s_top[lane].valid.eq(valid2), array.s_top[lane].value.eq(value)]
             out = array.s_bottom[lane]
-            m.d.comb += [c_wrs[lane].en.eq(out.valid), c_wrs[lane].addr.eq(bottom["addr"]),
-                         c_wrs[lane].data.eq(out.value)]
-            mismatch.append(out.valid != bottom["valid"])
+            m.d.comb += [c_wrs[lane].en.eq(out.valid & settled),
+                         c_wrs[lane].addr.eq(bottom["addr"]), c_wrs[lane].data.eq(out.value)]
+            mismatch.append(settled & (out.valid != bottom["valid"]))
             if lane + 1 < self._lanes:
                 request = _delay(m, request, 1, name=f"c_top{lane + 1}")
                 bottom = _delay(m, bottom, 1, name=f"c_bot{lane + 1}")

@@ -3,13 +3,19 @@
 byte protocol, bit-exact against golden.gemm, as tests/fpga/test_engine.py does for the
 dot-product units."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+from amaranth.hdl import ClockDomain, Module
+from amaranth.sim import Simulator
 
+from hbfp_hw import golden
 from hbfp_hw.fpga.config import SystemConfig
 from hbfp_hw.fpga.protocol import Wire
 from hbfp_hw.fpga.system.engine import GemmSystem
 from hbfp_hw.fpga.system.systolic import SystolicEngine
+from hbfp_hw.rtl_gen.layout import block_layout
 
 from .test_engine import SHAPES, SMALL, check, random_matrix
 
@@ -74,3 +80,102 @@ def test_a_short_drain_is_caught(monkeypatch):
     a, b = random_matrix(rng, (2, 9), "wide"), random_matrix(rng, (9, 3), "wide")
     with pytest.raises(AssertionError, match="mismatches"):
         check(system(rows=1), [(a, b)], Wire.BFP)
+
+
+def _block(q, row, kb):
+    """Block ``(row, kb)`` of a BFPTensor as the engine's buffers hold it."""
+    return {"exponent": int(q.exponents[row, kb]) + q.fmt.exponent_bias,
+            "mantissas": [int(v) for v in q.mantissas[row, kb]]}
+
+
+def _run_engine(engine, a, b, *, warm_reset_at):
+    """Load A and B into ``engine``'s buffers, start at once after the reset, reset it
+    ``warm_reset_at`` cycles into the computation and start again at once; return C's bits,
+    the cycles the second start waited, and ``overrun``."""
+    fmt, lanes = engine.fmt, engine.lanes
+    qa, qb = golden.quantize(a, fmt, axis=1), golden.quantize(b, fmt, axis=0)
+    mrows, kb, ncols = a.shape[0], qa.nblocks, b.shape[1]
+    groups = -(-ncols // lanes)
+    blk = block_layout(fmt)
+    out = {}
+
+    async def bench(ctx):
+        for r in range(mrows):
+            for k in range(kb):
+                ctx.set(engine.a_we, 1)
+                ctx.set(engine.a_waddr, r * kb + k)
+                ctx.set(engine.a_wdata, blk.const(_block(qa, r, k)))
+                await ctx.tick()
+        ctx.set(engine.a_we, 0)
+        zero = {"exponent": 0, "mantissas": [0] * fmt.block_size}
+        for n in range(groups * lanes):
+            for k in range(kb):
+                word = _block(qb, n, k) if n < ncols else zero
+                ctx.set(engine.b_we, 1)
+                ctx.set(engine.b_waddr, (((n // lanes) * kb + k) * lanes) + n % lanes)
+                ctx.set(engine.b_wdata, blk.const(word))
+                await ctx.tick()
+        ctx.set(engine.b_we, 0)
+        ctx.set(engine.m, mrows)
+        ctx.set(engine.groups, groups)
+        ctx.set(engine.kblocks, kb)
+        for start_after in (warm_reset_at, None):
+            ctx.set(engine.start, 1)
+            await ctx.tick()
+            ctx.set(engine.start, 0)
+            waited = 0
+            while start_after is None or waited < start_after:
+                if ctx.get(engine.done):
+                    break
+                waited += 1
+                await ctx.tick()
+            if start_after is not None:
+                ctx.set(domain.rst, 1)       # a warm reset in the middle of the passes
+                await ctx.tick()
+                ctx.set(domain.rst, 0)
+        out["waited"] = waited
+        await ctx.tick()                        # C's read port is the engine's until then
+        out["overrun"] = ctx.get(engine.overrun)
+        c = np.zeros((mrows, ncols), dtype=np.uint32)
+        for r in range(mrows):
+            for n in range(ncols):
+                ctx.set(engine.c_rlane, n % lanes)
+                ctx.set(engine.c_raddr, r * groups + n // lanes)
+                await ctx.tick().repeat(2)          # the readout's latency
+                c[r, n] = ctx.get(engine.c_rdata)
+        out["c"] = c
+
+    top = Module()
+    top.domains.sync = domain = ClockDomain()
+    top.submodules.engine = engine
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    want = np.asarray(golden.f32_to_bits(golden.gemm_quantized(qa, qb)), dtype=np.uint32)
+    return out["c"], want.reshape(mrows, ncols), out["waited"], out["overrun"]
+
+
+class _NoFlush(SystolicEngine):
+    def elaborate(self, platform):
+        self._geometry = dataclasses.replace(self._geometry, flush=0)
+        return super().elaborate(platform)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_start_waits_for_the_array_to_flush(flush):
+    """The array has no reset. A start at once after a reset waits ``flush`` cycles; a warm
+    reset in the middle of a computation leaves operations in the array, which the engine
+    ignores while it flushes; the next computation is exact and ``overrun`` stays 0. Without
+    the wait (the mutant), the old results reach C or raise ``overrun``."""
+    rng = np.random.default_rng(21)
+    a, b = random_matrix(rng, (4, 9), "wide"), random_matrix(rng, (9, 3), "wide")
+    engine = (SystolicEngine if flush else _NoFlush)(
+        SMALL.fmt, rows=2, lanes=2, a_blocks=16, b_blocks=16, c_words=16, product_stages=2,
+        convert_stages=3, adder_stages=2, multipliers="lut")
+    got, want, waited, overrun = _run_engine(engine, a, b, warm_reset_at=20)
+    if flush:
+        assert np.array_equal(got, want) and not overrun
+        assert waited > engine._geometry.flush
+    else:
+        assert overrun or not np.array_equal(got, want)

@@ -56,11 +56,15 @@ def zero_operand(element):
         if isinstance(element, BFPFormat) else 0
 
 
-def run(array, a_ops, b_ops, *, gap=0, check_hazards=True):
+def run(array, a_ops, b_ops, *, gap=0, check_hazards=True, garbage=0):
     """Compute ``C = A @ B`` on ``array`` in the simulator; return ``C`` as FP32 bits.
 
     ``a_ops[m][kb]`` and ``b_ops[kb][n]`` are operands as :func:`pack` takes them (dicts of
     ``exponent`` code and ``mantissas`` for BFP, FP32 bit patterns for FP32).
+
+    With ``garbage``, the schedule starts after that many cycles of random bits on every
+    input (the state a reset leaves in the array, which has none) followed by
+    ``array.flush`` cycles of zeros: from then on, only the schedule's results may appear.
     """
     element = array.element
     rows, cols = array.rows, array.cols
@@ -96,11 +100,24 @@ def run(array, a_ops, b_ops, *, gap=0, check_hazards=True):
                 else:
                     s_in.setdefault(x + c + off, {})[c] = dict(valid=1, value=0)
                 outs.setdefault(x + c + off + lat, []).append((c, mi, n))
+    pre = garbage and garbage + array.flush
+    a_in, b_in, s_in, reads, outs = ({t + pre: v for t, v in d.items()}
+                                     for d in (a_in, b_in, s_in, reads, outs))
+    noise = np.random.default_rng(garbage)
     end = max(outs) + 1
     result = {}
 
+    def random_bits(port):
+        width = len(port.as_value())
+        return int.from_bytes(noise.bytes(width // 8 + 1), "little") & ((1 << width) - 1)
+
     async def bench(ctx):
         for t in range(end + 1):
+            if t < garbage:
+                for port in (*array.a, *array.b, *array.s_top):
+                    ctx.set(port.as_value(), random_bits(port))
+                await ctx.tick()
+                continue
             a_now, b_now = a_in.get(t, {}), b_in.get(t, {})
             s_now = dict(s_in.get(t, {}))
             for c, mi, n in reads.get(t, ()):
@@ -123,7 +140,7 @@ def run(array, a_ops, b_ops, *, gap=0, check_hazards=True):
                 assert valid, f"cycle {t}: no result in column {c} for C[{mi}, {n}]"
                 result[(mi, n)] = value
             stray = {c for c in range(cols) if got[c][0]} - {c for c, _, _ in due}
-            assert not stray, f"cycle {t}: unexpected results in columns {sorted(stray)}"
+            assert t < pre or not stray, f"cycle {t}: unexpected results in columns {sorted(stray)}"
             await ctx.tick()
 
     sim = Simulator(array)

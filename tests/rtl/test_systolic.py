@@ -100,6 +100,7 @@ def test_geometry():
     assert array.macs_per_cycle == 4 * 3 * 16
     assert (array.row_skew, array.sum_offset, array.latency) == (5, 5, 21)
     assert (array.load_spacing, array.min_pass) == (4, 13)
+    assert array.flush == 21 + 4 + 3
     assert SystolicArray("fp32", rows=2, cols=2, convert_stages=0).macs_per_cycle == 4
 
 
@@ -125,8 +126,8 @@ def test_bad_parameters(kwargs, match):
 class _NoARegister(ProcessingElement):
     """The A operand is not registered: it reaches every PE of a row in the same cycle."""
 
-    def _operands(self, m):
-        data, active = super()._operands(m)
+    def _operands(self, m, platform):
+        data, active = super()._operands(m, platform)
         m.d.comb += self.a_out.eq(self.a_in)
         return self.a_in.data, active
 
@@ -183,6 +184,53 @@ def test_mixed_multipliers(product_stages):
         SystolicArray(SMALL, rows=2, cols=3, dsp_pes=7)
 
 
+class _ShortFlush(SystolicArray):
+    flush = property(lambda self: self.latency - 1)
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_no_reset_flushes(short):
+    """The array has no reset: after random bits on every input (what a reset leaves in it),
+    ``flush`` cycles of zeros clear it, and a GEMM after them is exact with no stray result.
+    One cycle less than the sum chain's latency (the mutant) leaves strays."""
+    rng = np.random.default_rng(13)
+    array = (_ShortFlush if short else SystolicArray)(SMALL, rows=2, cols=2, adder_stages=2,
+                                                      multipliers="lut")
+    a, b = rich(rng, (3, 12), specials=False), rich(rng, (12, 3), specials=False)
+    if short:
+        with pytest.raises(AssertionError, match="unexpected results"):
+            bfp_gemm(array, a, b, garbage=30)
+        return
+    got, want = bfp_gemm(array, a, b, garbage=30)
+    assert np.array_equal(got, want)
+
+
+def _flip_flop(m, name, d, *, late=False):
+    """A model of ``ecp5_flip_flop`` (``late``: a mutant one cycle later)."""
+    q = Signal(name=f"{name}_q")
+    if late:
+        q0 = Signal(name=f"{name}_q0")
+        m.d.sync += q0.eq(d)
+        d = q0
+    m.d.sync += q.eq(d)
+    return q
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_ecp5_swap_copies(monkeypatch, late):
+    """On the ECP5 each segment of the B operand in use (a block's exponent, each element)
+    takes its own copy of the swap bit; with a copy one cycle late (the mutant) the first A
+    operand of each pass meets the previous pass's B, and the results are wrong."""
+    monkeypatch.setattr(systolic, "ecp5_flip_flop",
+                        lambda m, name, d: _flip_flop(m, name, d, late=late))
+    monkeypatch.setattr(systolic, "platform_family", lambda platform: "ecp5")
+    rng = np.random.default_rng(12)
+    array = SystolicArray(SMALL, rows=2, cols=2, adder_stages=2, multipliers="lut")
+    got, want = bfp_gemm(array, rich(rng, (3, 16), specials=False),
+                         rich(rng, (16, 5), specials=False))
+    assert np.array_equal(got, want) != late
+
+
 def test_fp32_twin_with_ecp5_dsps(monkeypatch):
     """The FP32 PEs' DSP path (four MULT18X18D pieces per product, operands and products
     registered inside them), with the primitive replaced by a model of its registers."""
@@ -193,6 +241,7 @@ def test_fp32_twin_with_ecp5_dsps(monkeypatch):
         m.d.sync += [ra.eq(a), rb.eq(b), p.eq(ra * rb)]
         return p
     monkeypatch.setattr(systolic, "ecp5_multiply", model)
+    monkeypatch.setattr(systolic, "ecp5_flip_flop", _flip_flop)
     monkeypatch.setattr(systolic, "platform_family", lambda platform: "ecp5")
     rng = np.random.default_rng(4)
     a, b = rich(rng, (4, 6)), rich(rng, (6, 3))
