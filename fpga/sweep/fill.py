@@ -74,6 +74,11 @@ def _point(kind, fmt, shape, multipliers, target):
                       multipliers=multipliers)
 
 
+def _pes(row):
+    """PEs of a measured array (its parameters' rows x cols)."""
+    return row["params"]["rows"] * row["params"]["cols"]
+
+
 def _gmacs(row):
     return row["macs_per_cycle"] * row["fmax_mhz"] / 1e3 if row.get("fmax_mhz") else 0.0
 
@@ -90,14 +95,40 @@ class _Search:
     def fits(self, index):
         if index not in self.rows:
             shape = self.ladder[index]
-            self.say(f"{self.kind} {self.multipliers}: trying {shape[0]}x{shape[1]}")
-            self.rows[index] = self.measure(_point(self.kind, self.fmt, shape,
-                                                   self.multipliers, self.target))
+            point = _point(self.kind, self.fmt, shape, self.multipliers, self.target)
+            too_big = self._estimate(shape)
+            if too_big:
+                self.say(f"{self.kind} {self.multipliers}: {shape[0]}x{shape[1]} {too_big}")
+                self.rows[index] = {"label": point.label, "multipliers": self.multipliers,
+                                    "status": "does not fit", "estimated": True,
+                                    "error": too_big}
+            else:
+                self.say(f"{self.kind} {self.multipliers}: trying {shape[0]}x{shape[1]}")
+                self.rows[index] = self.measure(point)
         row = self.rows[index]
         if row.get("status") != "ok":
             return False
         best = max((_gmacs(r) for r in self.rows.values()), default=0.0)
         return _gmacs(row) >= best / 2
+
+    def _estimate(self, shape):
+        """Why ``shape`` cannot fit, judged from the largest array placed so far (its logic
+        cells per PE times the PEs of ``shape``, over the part's), or None. A PE with DSP
+        multipliers takes fewer logic cells than one without, and a larger array of a mixed
+        search has a larger share of the latter, so the estimate is low, never high: only
+        arrays that certainly do not fit are skipped."""
+        placed = [r for r in self.rows.values()
+                  if r.get("status") == "ok" and "logic_cells" in r.get("utilisation", {})]
+        if not placed:
+            return None
+        row = max(placed, key=_pes)
+        cells = row["utilisation"]["logic_cells"]
+        per_pe = cells["used"] / _pes(row)
+        estimate = per_pe * shape[0] * shape[1]
+        if estimate <= cells["total"]:
+            return None
+        return (f"does not fit (estimated: {estimate:,.0f} of {cells['total']:,} logic "
+                f"cells at {per_pe:,.0f} per PE, as in {row['label']})")
 
     def run(self):
         if not self.fits(0):

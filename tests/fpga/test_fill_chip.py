@@ -26,7 +26,10 @@ def fake_part(capacity, fmax):
         row = {"label": point.label, "kind": point.kind, "multipliers": point.multipliers,
                "status": "ok" if fits else "does not fit", "macs_per_cycle": macs,
                "resources": {"logic_cells": int(pes * cost * 100), "ff": 1, "dsp": 0,
-                             "bram": 0}}
+                             "bram": 0},
+               "params": p,
+               "utilisation": {"logic_cells": {"used": int(pes * cost * 100),
+                                               "total": int(capacity * 100)}}}
         if fits:
             row["fmax_mhz"] = fmax[point.kind] - pes * 0.1
         return {"target": {"device": "X"}, "io": "serial", "freq_mhz": 150, "router": "r",
@@ -49,6 +52,21 @@ def test_bisection_finds_the_largest_array_that_fits(monkeypatch):
                 "bfp_macs_per_cycle", "fp32_macs_per_cycle", "bfp_resources",
                 "fp32_resources"):
         assert doc[key], key
+
+
+def test_arrays_certainly_too_large_are_not_built(monkeypatch):
+    """A shape whose logic cells, at the largest placed array's per PE, exceed the part's is
+    reported as not fitting without a build (this part's cost is exactly linear, so every
+    misfit is known before it is built)."""
+    run_sweep, calls = fake_part(capacity=40, fmax={"array": 130.0, "fp32-array": 110.0})
+    monkeypatch.setattr(fill_mod, "run_sweep", run_sweep)
+    doc = fill_chip(BFP8, multipliers=("lut",), progress=False)
+    skipped = [r for r in doc["points"] if r.get("estimated")]
+    assert skipped and all(r["status"] == "does not fit" for r in skipped)
+    assert "estimated: 4,200 of 4,000 logic cells at 100 per PE, as in bfp8-4x5+lutmul" \
+        in skipped[0]["error"]
+    assert not {r["label"] for r in skipped} & set(calls)
+    assert all(r["status"] == "ok" for r in doc["points"] if not r.get("estimated"))
 
 
 def test_nothing_fits(monkeypatch):

@@ -59,14 +59,24 @@ def run_session(dut, requests, tmp_path, monkeypatch, family=None):
     return [Frame(cmd, seq, bytes.fromhex(p)) for cmd, seq, p in result["replies"]]
 
 
-@pytest.mark.parametrize("family", [
-    pytest.param(None, marks=pytest.mark.slow),
+@pytest.mark.parametrize("family,rows", [
+    pytest.param(None, 0, marks=pytest.mark.slow),
     # The ULX3S netlist: the deepest pipelines, whose MAC trees and command checks use
     # MULT18X18D primitives holding their registers.
-    "ecp5",
+    ("ecp5", 0),
+    # A 2 x 4 systolic array as the ECP5 builds it: the deepest PEs, four with MULT18X18Ds
+    # and four in logic, the B registers' enables in TRELLIS_FF copies.
+    ("ecp5", 2),
 ])
-def test_bfp8_gemm_session(family, tmp_path, monkeypatch):
-    if family == "ecp5":
+def test_bfp8_gemm_session(family, rows, tmp_path, monkeypatch):
+    if rows:
+        from hbfp_hw.fpga.sweep.fill import array_stages
+
+        deepest = array_stages("array", BFP8, "mixed")
+        stages = {"rows": rows, "multipliers": "lut", "dsp_pes": 4,
+                  "mac_stages": deepest["product_stages"],
+                  "convert_stages": deepest["convert_stages"], "adder_stages": 4}
+    elif family == "ecp5":
         from hbfp_hw.fpga.boards import BuildConfig
 
         system = BuildConfig("ulx3s-85f").system
