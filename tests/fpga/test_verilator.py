@@ -26,8 +26,8 @@ from .link import gemm_plan, place_read
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_session(dut, requests, tmp_path, monkeypatch, family=None):
-    """Replay ``requests`` (frames) on ``dut`` in Verilator; return the reply Frames.
+def run_session(dut, requests, tmp_path, monkeypatch, family=None, sim="verilator"):
+    """Replay ``requests`` (frames) on ``dut`` in ``sim``; return the reply Frames.
 
     ``family`` (``"ecp5"``) elaborates ``dut`` as a board build of that family does, with its
     primitives, simulated by the models of :mod:`hbfp_hw.sim.models`.
@@ -39,17 +39,17 @@ def run_session(dut, requests, tmp_path, monkeypatch, family=None):
     from hbfp_hw.sim import runner
     from hbfp_hw.sim.models import models_for
 
-    reason = simulators.missing_reason("verilator")
+    reason = simulators.missing_reason(sim)
     if reason:
         pytest.skip(reason)
     platform = TargetFamily(family) if family else None
     text = verilog.convert(dut, name="gemm_system", platform=platform) + models_for(family)
-    build_dir = runner.build(text, "gemm_system")
+    build_dir = runner.build(text, "gemm_system", sim)
     cfg = {"requests": [r.hex() for r in requests], "result": str(tmp_path / "result.json"),
            "reply_timeout": 1_000_000}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     monkeypatch.syspath_prepend(str(ROOT))            # the testbench is tests.fpga.cocotb_...
-    get_runner("verilator").test(
+    get_runner(sim).test(
         test_module="tests.fpga.cocotb_gemm_system", hdl_toplevel="gemm_system",
         build_dir=build_dir, test_dir=tmp_path, hdl_toplevel_lang="verilog",
         extra_env={"HBFP_TB_CONFIG": str(tmp_path / "config.json")},
@@ -88,7 +88,6 @@ def test_bfp8_gemm_session(family, rows, tmp_path, monkeypatch):
     dut = GemmSystem(SystemConfig(fmt=BFP8, lanes=4, a_blocks=128, b_blocks=128, c_words=256,
                                   max_payload=1100, timeout_cycles=5000,
                                   clock_hz=100_000_000, **stages))
-    info = dut.info
     rng = np.random.default_rng(20)
     shapes = [(1, 1, 1), (17, 50, 23), (40, 100, 9)]
     cases = []
@@ -101,6 +100,15 @@ def test_bfp8_gemm_session(family, rows, tmp_path, monkeypatch):
     a[3, 7] = np.nan
     b[20, 4] = -np.inf
 
+    check_session(dut, cases, tmp_path, monkeypatch, family)
+
+
+def check_session(dut, cases, tmp_path, monkeypatch, family=None, sim="verilator"):
+    """Run every ``(a, b)`` of ``cases`` through ``dut`` in one simulated session, in both wire
+    formats (K over 64 in chunks of 3 k-blocks, accumulated on the device), with an INFO and
+    a corrupted frame first; compare with golden.gemm bit for bit."""
+    fmt = dut.fmt
+    info = dut.info
     requests, expect = [protocol.encode_frame(Cmd.INFO, 0)], [("info", None)]
     bad = bytearray(protocol.encode_frame(Cmd.INFO, 1))
     bad[-1] ^= 1
@@ -117,7 +125,7 @@ def test_bfp8_gemm_session(family, rows, tmp_path, monkeypatch):
                 requests.append(protocol.encode_frame(cmd, seq & 0xFF, payload))
                 expect.append((cmd, (len(results) - 1, tag)))
                 seq += 1
-    replies = run_session(dut, requests, tmp_path, monkeypatch, family)
+    replies = run_session(dut, requests, tmp_path, monkeypatch, family, sim)
     assert len(replies) == len(requests)
     for (kind, where), reply, request in zip(expect, replies, requests):
         if kind == "info":
@@ -132,8 +140,9 @@ def test_bfp8_gemm_session(family, rows, tmp_path, monkeypatch):
         if tag is not None:
             place_read(results[result_index], tag, reply.body)
     for index, (a, b) in enumerate(cases):
-        exp = golden.f32_to_bits(golden.gemm(a, b, BFP8))
+        exp = golden.f32_to_bits(golden.gemm(a, b, fmt))
         for wire in (0, 1):
             got = results[2 * index + wire]
             assert (got == exp).all(), (a.shape, b.shape, Wire(wire),
                                         int((got != exp).sum()))
+
