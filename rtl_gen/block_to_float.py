@@ -162,7 +162,7 @@ def _ge_const(x, c):
     return ~x[-1] & (x[k:-1].any() | (x[:k] >= c))
 
 
-def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
+def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normalize_steps=2):
     """Return the steps that round ``(-1)**sign * mag * 2**exp`` to an FP32 bit pattern.
 
     The steps expect the keys ``sign`` (1 bit), ``mag`` (``unsigned(mag_width)``), ``exp``
@@ -171,6 +171,10 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
     whose rounded value reaches ``2**128`` gives infinity, and a magnitude that rounds to 0 gives
     a zero with the given sign (so ``mag == 0`` with ``sign == 1`` gives -0.0). ``nan`` forces the
     canonical NaN, otherwise ``inf`` forces an infinity with the given sign.
+
+    ``normalize_steps`` (2 or 3) is the number of steps the normalizing shift takes, the
+    larger shifts first: 3 for the 48-bit magnitudes of an FP32 product, whose 6 levels in
+    two steps were the FP32 twin's critical path (74 MHz on the ECP5).
 
     ``compact`` decides whether the value is normal, the denormalizing shift, overflow and the
     exponent field right after the exponent's subtractions, in the same step: fewer registers
@@ -199,13 +203,21 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
                         lzc | Mux(top_zero, dist, 0))
         return norm, lzc
 
-    # The leading-zero count is built from disjoint powers of two, so OR adds them.
-    split = (levels + 1) // 2
+    # The leading-zero count is built from disjoint powers of two, so OR adds them. The
+    # levels are split over `normalize_steps` steps, the larger shifts first.
+    if normalize_steps not in (2, 3):
+        raise ValueError(f"normalize_steps must be 2 or 3, not {normalize_steps!r}")
+    if normalize_steps == 3:
+        split = levels // 3
+        middle = range(split, split + (levels - split) // 2)
+    else:
+        split = (levels + 1) // 2
+        middle = range(split, split)
+    high = range(middle.stop, levels)
 
     def normalize_high(m, v):
         mag = v["mag"]
-        norm, lzc = normalize_levels(m, mag, Const(0, lzc_bits),
-                                     reversed(range(split, levels)))
+        norm, lzc = normalize_levels(m, mag, Const(0, lzc_bits), reversed(high))
         # The exponent step subtracts the leading-zero count from three offsets of `exp`,
         # formed here beside the normalization: be = expc - lzc, be - 1 and 1 - be. Each is
         # then one subtraction (or addition) in parallel, not an addition, a comparison and a
@@ -225,9 +237,15 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
                                           _MAX_DENORM_SHIFT - (1 - expc))
         return out
 
+    def normalize_middle(m, v):
+        norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(middle))
+        return dict(v, norm=norm, lzc=lzc)
+
     def normalize_low(m, v):
         norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(range(split)))
         return dict(v, norm=norm, lzc=lzc)
+
+    normalize = [normalize_high, *([normalize_middle] if len(middle) else []), normalize_low]
 
     def kept_and_sticky(norm):
         """The bits of the normalized magnitude that rounding keeps, and the OR of the rest."""
@@ -336,10 +354,9 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False):
         return {"bits": bits}
 
     if compact:
-        return [normalize_high, normalize_low, exponent_compact, denormalize_low_compact,
-                denormalize_high, round_pack]
-    return [normalize_high, normalize_low, exponent, denormalize_low, denormalize_high,
-            round_pack]
+        return [*normalize, exponent_compact, denormalize_low_compact, denormalize_high,
+                round_pack]
+    return [*normalize, exponent, denormalize_low, denormalize_high, round_pack]
 
 
 class BlockToFloat(wiring.Component):

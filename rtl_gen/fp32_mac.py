@@ -31,7 +31,8 @@ def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
     (e.g. :func:`~hbfp_hw.rtl_gen.mac_tree.lut_multiply`); by default it is ``x * y``.
 
     Steps: unpack and classify, multiply the 24-bit significands exactly (48 bits), then the
-    four rounding steps of :func:`~hbfp_hw.rtl_gen.block_to_float.fp32_round_steps`.
+    rounding steps of :func:`~hbfp_hw.rtl_gen.block_to_float.fp32_round_steps` (the
+    normalizing shift of the 48-bit product in three steps).
     """
 
     def unpack(m, v):
@@ -58,7 +59,8 @@ def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
         }
 
     return [unpack, multiply,
-            *fp32_round_steps(48, signed(11), name=f"{name}_r", compact=compact)]
+            *fp32_round_steps(48, signed(11), name=f"{name}_r", compact=compact,
+                              normalize_steps=3)]
 
 
 #: Number of combinational steps of the FP32 multiplier, hence its largest number of stages.
@@ -70,7 +72,7 @@ class Fp32MacBaseline(wiring.Component):
 
     An input transfer carries two FP32 operands and the same channel/``first``/``last``
     controls as :class:`~hbfp_hw.rtl_gen.fp_accumulator.FPAccumulator`. The product is
-    rounded to FP32 by a pipelined multiplier (``mul_stages`` register stages out of 8 steps)
+    rounded to FP32 by a pipelined multiplier (``mul_stages`` register stages out of 9 steps)
     and fed to an ``FPAccumulator(channels=channels, adder_stages=adder_stages)``; a completed
     sum ``fp32_add(...fp32_add(+0.0, a0*b0)..., an*bn)`` leaves on ``o_stream``. The whole unit
     honours backpressure and accepts one term per cycle when at least :attr:`min_channels`
@@ -81,7 +83,7 @@ class Fp32MacBaseline(wiring.Component):
     channels : int
         Number of channels (running sums), ``1..4096``.
     mul_stages : int
-        Register stages of the multiplier, ``0..8``.
+        Register stages of the multiplier, ``0..9``.
     adder_stages : int
         Register stages of the accumulating adder, ``1..11``.
 
