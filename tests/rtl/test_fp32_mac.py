@@ -186,7 +186,8 @@ def test_ports():
 @pytest.mark.parametrize("kwargs,exc,msg", [
     ({"channels": 0}, ValueError, r"^channels must be between 1 and 4096, not 0$"),
     ({"channels": "4"}, TypeError, r"^channels must be an integer, not '4'$"),
-    ({"channels": 4, "mul_stages": 10}, ValueError, r"^mul_stages must be between 0 and 9, not 10$"),
+    ({"channels": 4, "mul_stages": 10}, ValueError,
+     r"^mul_stages must be between 0 and 9, not 10$"),
     ({"channels": 4, "adder_stages": 12}, ValueError,
      r"^adder_stages must be between 1 and 11, not 12$"),
     ({"channels": 4, "mul_stages": 1.0}, TypeError, r"^mul_stages must be an integer, not 1\.0$"),
