@@ -348,26 +348,32 @@ class _Sequencer:
         with m.If(since != mp):
             m.d.sync += since.eq(since + 1)
 
+        # Where the position is, in registers updated with it (the FSM's decisions from
+        # comparisons of the counters were the critical path of a GemmSystem on the array):
+        last_item = Signal(name="last_item")        # row + 1 == m
+        last_group = Signal(name="last_group")      # group + 1 >= groups: a chunk ends
+        last_chunk = Signal(name="last_chunk")      # chunk_k + rows >= kb
+
         def next_pass():
             """Move the position to the pass after the current one (the loader's order)."""
-            m.d.sync += [row.eq(0), a_row.eq(0), c_row.eq(0)]
-            with m.If(group + 1 < groups):
-                m.d.sync += [group.eq(group + 1), b_group.eq(b_group + kb)]
+            m.d.sync += [row.eq(0), a_row.eq(0), c_row.eq(0), last_item.eq(mrows <= 1)]
+            with m.If(~last_group):
+                m.d.sync += [group.eq(group + 1), b_group.eq(b_group + kb),
+                             last_group.eq(group + 2 >= groups)]
             with m.Else():
-                m.d.sync += [group.eq(0), b_group.eq(0), chunk_k.eq(chunk_k + rows)]
+                m.d.sync += [group.eq(0), b_group.eq(0), chunk_k.eq(chunk_k + rows),
+                             last_group.eq(groups <= 1), last_chunk.eq(chunk_k + 2 * rows >= kb)]
 
-        last_item = Signal(name="last_item")
         last_pass = Signal(name="last_pass")
-        new_chunk = Signal(name="new_chunk")        # the next pass starts a chunk
-        m.d.comb += [last_item.eq(row + 1 == mrows),
-                     last_pass.eq((group + 1 >= groups) & (chunk_k + rows >= kb)),
-                     new_chunk.eq(group + 1 >= groups)]
+        m.d.comb += last_pass.eq(last_group & last_chunk)
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 with m.If(self.go):
                     m.d.sync += [group.eq(0), row.eq(0), chunk_k.eq(0), b_group.eq(0),
                                  a_row.eq(0), c_row.eq(0), nx_group.eq(0), nx_chunk_k.eq(0),
-                                 nx_b_group.eq(0), nx_last.eq(0), since.eq(mp)]
+                                 nx_b_group.eq(0), nx_last.eq(0), since.eq(mp),
+                                 last_item.eq(mrows <= 1), last_group.eq(groups <= 1),
+                                 last_chunk.eq(rows >= kb)]
                     m.next = "FIRST"
             with m.State("FIRST"):
                 # Load the first pass, then wait until it is in the shadows.
@@ -388,11 +394,12 @@ class _Sequencer:
             with m.State("ITEMS"):
                 m.d.comb += valid.eq(1)
                 with m.If(~last_item):
-                    m.d.sync += [row.eq(row + 1), a_row.eq(a_row + kb), c_row.eq(c_row + groups)]
+                    m.d.sync += [row.eq(row + 1), a_row.eq(a_row + kb), c_row.eq(c_row + groups),
+                                 last_item.eq(row + 2 >= mrows)]
                 with m.Elif(last_pass):
                     m.d.sync += wait.eq(eng.drain)
                     m.next = "DRAIN"
-                with m.Elif(new_chunk):
+                with m.Elif(last_group):
                     # The next chunk starts from these results: wait until they are in C.
                     next_pass()
                     m.d.sync += wait.eq(eng.drain)
