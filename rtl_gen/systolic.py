@@ -283,13 +283,12 @@ class ProcessingElement(wiring.Component):
         return bits
 
 
-def _segments(active, shadow):
-    """Pairs of parts of the B operand in use and of its shadow: a BFP block's exponent and
-    each element, or the FP32 word."""
-    if isinstance(active.shape(), data.StructLayout):
-        return [(active.exponent, shadow.exponent),
-                *zip(active.mantissas, shadow.mantissas)]
-    return [(active, shadow)]
+def _segments(dst, src):
+    """Pairs of the parts of two B registers: a BFP block's exponent and each element, or the
+    FP32 word."""
+    if isinstance(dst.shape(), data.StructLayout):
+        return [(dst.exponent, src.exponent), *zip(dst.mantissas, src.mantissas)]
+    return [(dst, src)]
 
 
 def _fp32_dsp_term(m, a, b, *, stages):
@@ -445,8 +444,9 @@ class SystolicArray(wiring.Component):
 
     @property
     def flush(self):
-        """Cycles after which no ``valid`` or ``swap`` bit is left inside the array once its
-        inputs' are all 0 (the array has no reset; see the module docstring)."""
+        """Cycles after which no ``valid`` or ``swap`` bit is left inside the array once the
+        ``valid`` and ``swap`` bits of its inputs are all 0 (the array has no reset; see the
+        module docstring)."""
         return self._geometry().flush
 
     @property
