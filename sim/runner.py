@@ -27,6 +27,19 @@ TB_MODULE = "hbfp_hw.sim.tb_stream"
 # intermediate expressions, unused bits of wide payloads); they are documented in
 # docs/hardware.md. They must not stop the build.
 VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3"]
+# Icarus as Verilog-2005 (after cocotb's -g2012, which this overrides): Yosys starts each
+# combinational `always @*` block at time 0 through a `reg ... = 0` declaration, which is an
+# event in Verilog-2005 and not in SystemVerilog, where Icarus evaluates declaration
+# initializers before any process runs. Under -g2012 every output of such a block (a
+# GemmSystem's stream handshakes, among many) stays X until one of its inputs changes. Not
+# with waves: cocotb's dump module is SystemVerilog.
+ICARUS_BUILD_ARGS = ["-g2005"]
+
+
+def _build_args(sim, waves):
+    if sim == "verilator":
+        return VERILATOR_BUILD_ARGS
+    return [] if waves else ICARUS_BUILD_ARGS
 
 
 def cache_dir():
@@ -62,7 +75,8 @@ def build(verilog, top, sim="verilator", *, waves=False, log=None):
     if reason:
         raise RuntimeError(reason)
     simulators.verilator_env()
-    key = "\0".join([sim, str(waves), top, *_toolchain_key(sim), verilog])
+    key = "\0".join([sim, str(waves), top, *_toolchain_key(sim), *_build_args(sim, waves),
+                    verilog])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     build_dir = cache_dir() / "sim" / f"{top}-{sim}{'-waves' if waves else ''}-{digest}"
     marker = build_dir / "build.ok"
@@ -93,7 +107,7 @@ def _compile(verilog, top, sim, waves, build_dir):
     try:
         runner.build(sources=[src], hdl_toplevel=top, build_dir=build_dir,
                      timescale=TIMESCALE, waves=waves, always=True, log_file=log_file,
-                     build_args=VERILATOR_BUILD_ARGS if sim == "verilator" else [])
+                     build_args=_build_args(sim, waves))
     except Exception as exc:
         text = log_file.read_text() if log_file.exists() else ""
         raise RuntimeError(f"{sim} build of {top} failed:\n{text[-4000:]}") from exc

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hbfp_hw import golden
-from hbfp_hw.formats import BFP8
+from hbfp_hw.formats import BFP8, BFPFormat
 from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.config import SystemConfig
 from hbfp_hw.fpga.protocol import NACK, REPLY_FLAG, Cmd, Frame, Status, Wire
@@ -145,4 +145,20 @@ def check_session(dut, cases, tmp_path, monkeypatch, family=None, sim="verilator
             got = results[2 * index + wire]
             assert (got == exp).all(), (a.shape, b.shape, Wire(wire),
                                         int((got != exp).sum()))
+
+
+def test_small_array_session_on_icarus(tmp_path, monkeypatch):
+    """A 2 x 2 array (one PE on MULT18X18Ds, three in logic; 4-element blocks) as the ECP5
+    build elaborates it, under Icarus: the same session, smaller."""
+    fmt = BFPFormat(6, 4)
+    dut = GemmSystem(SystemConfig(fmt=fmt, lanes=2, rows=2, multipliers="lut", dsp_pes=1,
+                                  a_blocks=64, b_blocks=64, c_words=32, max_payload=300,
+                                  timeout_cycles=5000, mac_stages=2, convert_stages=3,
+                                  adder_stages=3))
+    rng = np.random.default_rng(22)
+    cases = [(rng.standard_normal((m, k)).astype(np.float32),
+              rng.standard_normal((k, n)).astype(np.float32))
+             for m, k, n in [(1, 1, 1), (3, 70, 3), (4, 9, 5)]]
+    cases[2][0][1, 2] = np.nan
+    check_session(dut, cases, tmp_path, monkeypatch, "ecp5", sim="icarus")
 
