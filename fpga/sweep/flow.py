@@ -317,7 +317,7 @@ class _Sweep:
             over = [f"{r} {u['used']}/{u['total']}" for r, u in util.items()
                     if u["used"] > u["total"]]
             errors = _ERROR_LINE.findall(log)
-            if over or any("Unable to place" in e or "no BELs remaining" in e for e in errors):
+            if over or any(text in e for e in errors for text in _NO_FIT):
                 result.update(status="does not fit", error=", ".join(over) or errors[0])
             else:
                 result.update(status="place and route failed",
@@ -452,6 +452,11 @@ class _Sweep:
                 src = Path(value["dir"]) / name
                 if src.exists():
                     shutil.copyfile(src, dest / f"seed{seed}-{name}")
+
+
+#: nextpnr errors that mean the design is larger than the part (with every resource under
+#: its count, the last one: the logic cells would not pack into legal slices).
+_NO_FIT = ("Unable to place", "no BELs remaining", "Unable to find legal placement")
 
 
 class _StepFailed(Exception):

@@ -476,6 +476,11 @@ if mode == "nofit":
             "'TRELLIS_COMB'\n")
     open(arg("--log"), "w").write(log)
     sys.exit(1)
+if mode == "nolegal":
+    log += ("ERROR: Unable to find legal placement for all cells, design is probably at "
+            "utilisation limit.\n")
+    open(arg("--log"), "w").write(log)
+    sys.exit(1)
 if mode == "crash":
     log += "ERROR: something broke\n"
     open(arg("--log"), "w").write(log)
@@ -627,12 +632,19 @@ def test_flow_does_not_fit_is_cached_but_crashes_are_not(fake_tools, monkeypatch
     run_sweep(POINTS[1:], "ecp5-85f", seeds=(1,), progress=False)
     assert fake_tools() == ["yosys", "nextpnr"]          # a deterministic outcome: cached
 
+    # Every resource under the part's, but no legal placement: the part is too full.
+    monkeypatch.setenv("FAKE_NEXTPNR", "nolegal")
+    doc = run_sweep([SweepPoint("dot", BFPFormat(6, 8))], "ecp5-85f", seeds=(1,), progress=False)
+    assert doc["points"][0]["status"] == "does not fit"
+    assert doc["points"][0]["error"].startswith("Unable to find legal placement")
+
     monkeypatch.setenv("FAKE_NEXTPNR", "crash")
     for _ in range(2):
         doc = run_sweep(POINTS[:1], "ecp5-85f", seeds=(1,), progress=False)
         assert doc["points"][0]["status"] == "place and route failed"
         assert doc["points"][0]["error"] == "something broke"
-    assert fake_tools()[2:] == ["yosys", "nextpnr", "nextpnr"]   # tried again
+    assert fake_tools()[2:] == ["yosys", "nextpnr",              # no legal placement
+                                "yosys", "nextpnr", "nextpnr"]   # a crash: tried again
 
 
 def test_flow_timeout(fake_tools, monkeypatch):
