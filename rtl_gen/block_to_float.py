@@ -182,8 +182,8 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
     full) and a longer path (the ECP5 form puts the comparisons beside the subtractions and the
     rest a register later).
 
-    The six steps are: normalization (leading-zero count and left shift, in two steps of
-    about half the levels each), biased-exponent computation, denormalizing right shift
+    The steps are: normalization (leading-zero count and left shift, in ``normalize_steps``
+    steps of about as many levels each), biased-exponent computation, denormalizing right shift
     (subnormal results, in two steps), rounding and packing.
     """
     mag_width = int(mag_width)
@@ -207,17 +207,12 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
     # levels are split over `normalize_steps` steps, the larger shifts first.
     if normalize_steps not in (2, 3):
         raise ValueError(f"normalize_steps must be 2 or 3, not {normalize_steps!r}")
-    if normalize_steps == 3:
-        split = levels // 3
-        middle = range(split, split + (levels - split) // 2)
-    else:
-        split = (levels + 1) // 2
-        middle = range(split, split)
-    high = range(middle.stop, levels)
+    bounds = [-(-levels * i // normalize_steps) for i in range(normalize_steps + 1)]
+    parts = [range(lo, hi) for lo, hi in zip(bounds, bounds[1:])][::-1]   # larger first
 
     def normalize_high(m, v):
         mag = v["mag"]
-        norm, lzc = normalize_levels(m, mag, Const(0, lzc_bits), reversed(high))
+        norm, lzc = normalize_levels(m, mag, Const(0, lzc_bits), reversed(parts[0]))
         # The exponent step subtracts the leading-zero count from three offsets of `exp`,
         # formed here beside the normalization: be = expc - lzc, be - 1 and 1 - be. Each is
         # then one subtraction (or addition) in parallel, not an addition, a comparison and a
@@ -237,15 +232,13 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
                                           _MAX_DENORM_SHIFT - (1 - expc))
         return out
 
-    def normalize_middle(m, v):
-        norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(middle))
-        return dict(v, norm=norm, lzc=lzc)
+    def normalize_more(ks):
+        def normalize(m, v):
+            norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(ks))
+            return dict(v, norm=norm, lzc=lzc)
+        return normalize
 
-    def normalize_low(m, v):
-        norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(range(split)))
-        return dict(v, norm=norm, lzc=lzc)
-
-    normalize = [normalize_high, *([normalize_middle] if len(middle) else []), normalize_low]
+    normalize = [normalize_high, *(normalize_more(ks) for ks in parts[1:])]
 
     def kept_and_sticky(norm):
         """The bits of the normalized magnitude that rounding keeps, and the OR of the rest."""
@@ -278,20 +271,28 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
 
     rs_levels = _MAX_DENORM_SHIFT.bit_length()
 
-    def denormalize_low(m, v):
-        be_m1, one_m_be, normal = v["be_m1"], v["one_m_be"], v["normal"]
+    def shift_amount(m, one_m_be, normal, clamp):
+        """The denormalizing shift: 0 for a normal value, else 1 - be, at most the largest."""
         rs_width = _MAX_DENORM_SHIFT.bit_length()
-        rs = comb_signal(m, f"{name}_rs", unsigned(rs_width),
-                   Mux(normal, 0, Mux(v["clamp"], _MAX_DENORM_SHIFT, one_m_be[:rs_width])))
-        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], rs,
-                                          bits=range(2), sticky=v["sticky"])
+        return comb_signal(m, f"{name}_rs", unsigned(rs_width),
+                           Mux(normal, 0, Mux(clamp, _MAX_DENORM_SHIFT, one_m_be[:rs_width])))
+
+    def overflow_and_field(m, v, be_m1, normal):
         return {
-            "sign": v["sign"], "nan": v["nan"], "zero": v["zero"],
             "inf": comb_signal(m, f"{name}_ovf", 1,
                                v["inf"] | (_ge_const(be_m1, 254) & ~v["zero"])),  # be >= 255
             # Exponent field minus one for normal values (the hidden bit adds the one), 0 for
             # subnormal ones. Only meaningful when the value does not overflow.
             "efield": comb_signal(m, f"{name}_efield", unsigned(8), Mux(normal, be_m1, 0)[:8]),
+        }
+
+    def denormalize_low(m, v):
+        rs = shift_amount(m, v["one_m_be"], v["normal"], v["clamp"])
+        kept, sticky = shift_right_sticky(m, f"{name}_dn", v["kept"], rs,
+                                          bits=range(2), sticky=v["sticky"])
+        return {
+            "sign": v["sign"], "nan": v["nan"], "zero": v["zero"],
+            **overflow_and_field(m, v, v["be_m1"], v["normal"]),
             "kept": kept, "rs": rs,
             "sticky": comb_signal(m, f"{name}_sticky1", 1, sticky),
         }
@@ -302,17 +303,10 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
         be_m1 = comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"])
         one_m_be = comb_signal(m, f"{name}_one_m_be", signed(be_width), v["expn"] + v["lzc"])
         normal = comb_signal(m, f"{name}_normal", 1, ~be_m1[-1])          # be >= 1
-        rs_width = _MAX_DENORM_SHIFT.bit_length()
-        rs = comb_signal(m, f"{name}_rs", unsigned(rs_width),
-                   Mux(normal, 0, Mux(_ge_const(one_m_be, _MAX_DENORM_SHIFT), _MAX_DENORM_SHIFT,
-                                      one_m_be[:rs_width])))
+        rs = shift_amount(m, one_m_be, normal, _ge_const(one_m_be, _MAX_DENORM_SHIFT))
         return {
             "sign": v["sign"], "nan": v["nan"], "zero": v["zero"],
-            "inf": comb_signal(m, f"{name}_ovf", 1,
-                               v["inf"] | (_ge_const(be_m1, 254) & ~v["zero"])),  # be >= 255
-            # Exponent field minus one for normal values (the hidden bit adds the one), 0 for
-            # subnormal ones. Only meaningful when the value does not overflow.
-            "efield": comb_signal(m, f"{name}_efield", unsigned(8), Mux(normal, be_m1, 0)[:8]),
+            **overflow_and_field(m, v, be_m1, normal),
             "kept": comb_signal(m, f"{name}_kept", unsigned(_KEEP_BITS), kept),
             "sticky": comb_signal(m, f"{name}_sticky0", 1, sticky),
             "rs": rs,

@@ -116,16 +116,12 @@ class MacTree(wiring.Component):
         return registered_levels(self._fmt, self._stages)
 
     def _nan(self, a, b):
-        """Return whether the product of blocks ``a`` and ``b`` is NaN: either one is (a hook
-        of the fault-injection mutants, ``hbfp_hw.sim.mutants``)."""
-        fmt = self._fmt
-        return (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)
+        """:func:`block_nan` (a hook of the fault-injection mutants, ``hbfp_hw.sim.mutants``)."""
+        return block_nan(self._fmt, a, b)
 
     def _exponent_bias(self):
-        """Return what the product exponent code subtracts from the sum of the two codes: the
-        bias twice and the fraction bits of both mantissas (a mutants' hook, too)."""
-        fmt = self._fmt
-        return 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
+        """:func:`product_bias` (a mutants' hook, too)."""
+        return product_bias(self._fmt)
 
     def elaborate(self, platform):
         m = Module()
@@ -262,6 +258,17 @@ def check_multipliers(multipliers):
     return multipliers
 
 
+def block_nan(fmt, a, b):
+    """Whether the product of blocks ``a`` and ``b`` is NaN: either one is."""
+    return (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)
+
+
+def product_bias(fmt):
+    """What a block product's exponent code subtracts from the sum of the two codes: the bias
+    twice and the fraction bits of both mantissas."""
+    return 2 * fmt.exponent_bias + 2 * fmt.fraction_bits
+
+
 def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", nan=None,
                   bias=None):
     """Add the exact dot product of blocks ``a`` and ``b`` (``block_layout(fmt)`` values) to
@@ -290,13 +297,12 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
     registered = registered_levels(fmt, stages - extra)
     pipe = Pipeline(m, valid)
 
-    # NaN when either block is; the product exponent code subtracts the bias twice and the
-    # fraction bits of both mantissas from the sum of the two codes (``nan`` and ``bias``
-    # replace these, for MacTree's fault-injection hooks).
-    is_nan = (nan or (lambda a, b: (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)))
-    bias = 2 * fmt.exponent_bias + 2 * fmt.fraction_bits if bias is None else bias
+    # ``nan`` and ``bias`` replace block_nan and product_bias, for MacTree's fault-injection
+    # hooks.
+    bias = product_bias(fmt) if bias is None else bias
+    is_nan = block_nan(fmt, a, b) if nan is None else nan(a, b)
     nan = Signal()
-    m.d.comb += nan.eq(is_nan(a, b))
+    m.d.comb += nan.eq(is_nan)
     exponent = Signal(product_exponent_shape(fmt))
     m.d.comb += exponent.eq(Mux(nan, 0, a.exponent + b.exponent - bias))
 
