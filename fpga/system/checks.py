@@ -45,10 +45,14 @@ class CheckUnit(wiring.Component):
     """Check the arguments of the event's WRITE, COMPUTE or READ_C against the buffers.
 
     Every register loads every cycle from the event: the arguments are stable from IDLE until
-    the reply starts, so the argument registers and statuses are valid from the first CHECK
-    state on, the products two cycles after the operands (the ``*_MUL`` states), the sums
-    when the executor pulses ``compute_sum`` or ``read_sum`` and the comparisons a cycle after
-    those (the ``*_CMP`` states).
+    the reply starts, so the argument registers and COMPUTE's first status are valid from the
+    first CHECK state on, READ_C's first status a cycle later (``READ_MUL``), the products two
+    cycles after the operands (the ``*_MUL`` states), the sums when the executor pulses
+    ``compute_sum`` or ``read_sum`` and the comparisons a cycle after those (the ``*_CMP``
+    states); WRITE's status two cycles after ``write_len`` (``WRITE_CHECK``). Every status is
+    a register or one multiplexer from registers: a status computed from the argument
+    registers straight into the executor's next-state logic was the critical path of a
+    GemmSystem on the systolic array (docs/hardware.md).
 
     Parameters
     ----------
@@ -84,7 +88,7 @@ class CheckUnit(wiring.Component):
         Flags of the event's COMPUTE / WRITE.
     write_status, write_empty, compute_status, compute_cap_status, read_status, \
 read_cap_status : ``Out``
-        The status of each CHECK state (``Status.OK``: passed), and that a WRITE has no blocks.
+        The status of each check (``Status.OK``: passed), and that a WRITE has no blocks.
     """
 
     def __init__(self, fmt, *, input_format, float_wire, lanes, a_blocks, b_blocks, c_words,
@@ -211,56 +215,61 @@ read_cap_status : ``Out``
         st = self.write_status
         m.d.comb += [self.write_quiet.eq((wargs.flags & Flag.QUIET) != 0),
                      self.write_empty.eq(wargs.count == 0)]
+        # Registered every cycle: valid a cycle after the product (WRITE_CMP -> WRITE_CHECK).
         with m.If(length < ARGS_BYTES):
-            m.d.comb += st.eq(Status.BAD_LENGTH)
+            m.d.sync += st.eq(Status.BAD_LENGTH)
         with m.Elif((wargs.wire > Wire.BFP) | ((wargs.flags & ~int(Flag.QUIET)) != 0)):
-            m.d.comb += st.eq(Status.BAD_ARG)
+            m.d.sync += st.eq(Status.BAD_ARG)
         with m.Elif((wargs.wire == Wire.FLOAT) & (not float_wire)):
-            m.d.comb += st.eq(Status.UNSUPPORTED)
+            m.d.sync += st.eq(Status.UNSUPPORTED)
         with m.Elif(w_body != w_prod):      # length >= ARGS_BYTES here
-            m.d.comb += st.eq(Status.BAD_LENGTH)
+            m.d.sync += st.eq(Status.BAD_LENGTH)
         with m.Elif(a["start"] + a["count"] > cap):
-            m.d.comb += st.eq(Status.CAPACITY)
+            m.d.sync += st.eq(Status.CAPACITY)
         with m.Else():
-            m.d.comb += st.eq(Status.OK)
+            m.d.sync += st.eq(Status.OK)
 
     def _compute_checks(self, m, cargs, a, compute_over):
         quiet = (cargs.flags & Flag.QUIET) != 0
         flags_ok = (cargs.flags & ~int(Flag.QUIET | Flag.ACCUMULATE | Flag.READBACK)) == 0
+        # Registered every cycle from the event: valid in COMPUTE_CHECK.
         st = self.compute_status
         m.d.comb += self.compute_quiet.eq(quiet)
         with m.If(self.event.length != COMPUTE_ARGS_LAYOUT.size // 8):
-            m.d.comb += st.eq(Status.BAD_LENGTH)
+            m.d.sync += st.eq(Status.BAD_LENGTH)
         with m.Elif(~flags_ok | (quiet & self.readback)):
-            m.d.comb += st.eq(Status.BAD_ARG)
+            m.d.sync += st.eq(Status.BAD_ARG)
         with m.Elif((cargs.m == 0) | (cargs.n == 0) | (cargs.k == 0)):
-            m.d.comb += st.eq(Status.BAD_ARG)
+            m.d.sync += st.eq(Status.BAD_ARG)
         with m.Else():
-            m.d.comb += st.eq(Status.OK)
+            m.d.sync += st.eq(Status.OK)
 
-        st = self.compute_cap_status
+        # ACCUMULATE's checks, registered from the argument registers (valid from COMPUTE_MUL),
+        # after the capacity comparison (valid in COMPUTE_CHECK2).
+        result_status = Signal(8)
         accumulate = self.accumulate
-        with m.If(compute_over):
-            m.d.comb += st.eq(Status.CAPACITY)
-        with m.Elif(accumulate & ~self.c_valid):
-            m.d.comb += st.eq(Status.NO_RESULT)
+        with m.If(accumulate & ~self.c_valid):
+            m.d.sync += result_status.eq(Status.NO_RESULT)
         with m.Elif(accumulate & ((a["m"] != self.c_rows) | (a["n"] != self.c_cols)
                                   | (a["c_base"] != self.c_at))):
-            m.d.comb += st.eq(Status.MISMATCH)
+            m.d.sync += result_status.eq(Status.MISMATCH)
         with m.Else():
-            m.d.comb += st.eq(Status.OK)
+            m.d.sync += result_status.eq(Status.OK)
+        m.d.comb += self.compute_cap_status.eq(Mux(compute_over, Status.CAPACITY,
+                                                   result_status))
 
     def _read_checks(self, m, rargs, a, read_over):
+        # Registered from the argument registers: valid a cycle after READ_CHECK (READ_MUL).
         st = self.read_status
         with m.If(self.event.length != READ_ARGS_LAYOUT.size // 8):
-            m.d.comb += st.eq(Status.BAD_LENGTH)
+            m.d.sync += st.eq(Status.BAD_LENGTH)
         with m.Elif(rargs.flags != 0):
-            m.d.comb += st.eq(Status.BAD_ARG)
+            m.d.sync += st.eq(Status.BAD_ARG)
         with m.Elif(~self.c_valid):
-            m.d.comb += st.eq(Status.NO_RESULT)
+            m.d.sync += st.eq(Status.NO_RESULT)
         with m.Elif((a["row"] >= a["rows"]) | (a["col"] >= a["cols"])
                     | (self.read_words > MAX_READ_WORDS)):
-            m.d.comb += st.eq(Status.CAPACITY)
+            m.d.sync += st.eq(Status.CAPACITY)
         with m.Else():
-            m.d.comb += st.eq(Status.OK)
+            m.d.sync += st.eq(Status.OK)
         m.d.comb += self.read_cap_status.eq(Mux(read_over, Status.CAPACITY, Status.OK))

@@ -340,7 +340,10 @@ class _Executor:
         with m.State("WRITE_LEN"):
             # The expected length (a multiply) gets a cycle of its own.
             m.d.comb += checks.write_len.eq(1)
-            m.next = "WRITE_CHECK"
+            m.next = "WRITE_CMP"
+
+        with m.State("WRITE_CMP"):
+            m.next = "WRITE_CHECK"          # the status compares the product: valid next cycle
 
         with m.State("WRITE_CHECK"):
             m.d.comb += writer.setup.eq(1)
@@ -434,13 +437,13 @@ class _Executor:
         with m.State("READ_CHECK"):
             m.d.comb += [readout.set_cols.eq(1), readout.first_col.eq(arg.col),
                          readout.cols.eq(arg.cols), readout.groups.eq(arg.read_groups)]
+            m.next = "READ_MUL"             # the status is valid next cycle
+
+        with m.State("READ_MUL"):
             with m.If(checks.read_status != Status.OK):
                 self.reply(checks.read_status)
             with m.Else():
-                m.next = "READ_MUL"
-
-        with m.State("READ_MUL"):
-            m.next = "READ_SUM"             # the check products are valid next cycle
+                m.next = "READ_SUM"         # the check products are valid next cycle
 
         with m.State("READ_SUM"):
             m.d.comb += [checks.read_sum.eq(1), readout.set_row.eq(1),

@@ -86,14 +86,17 @@ def rtl_checks(dut, cases):
             if cmd in (Cmd.WRITE_A, Cmd.WRITE_B):
                 ctx.set(dut.write_len, 1)                      # WRITE_LEN
                 await ctx.tick()
-                ctx.set(dut.write_len, 0)                      # WRITE_CHECK
+                ctx.set(dut.write_len, 0)                      # WRITE_CMP
+                await ctx.tick()                               # WRITE_CHECK
                 out.update(status=ctx.get(dut.write_status), empty=ctx.get(dut.write_empty),
                            quiet=ctx.get(dut.write_quiet))
             else:
                 is_read = cmd == Cmd.READ_C
-                first = ctx.get(dut.read_status if is_read else dut.compute_status)
+                first = None if is_read else ctx.get(dut.compute_status)   # COMPUTE_CHECK
                 out.update(quiet=ctx.get(dut.compute_quiet), read_words=ctx.get(dut.read_words))
                 await ctx.tick()                               # *_MUL
+                if is_read:
+                    first = ctx.get(dut.read_status)
                 strobe = dut.read_sum if is_read else dut.compute_sum
                 ctx.set(strobe, 1)                             # *_SUM
                 out.update(prod_mn=ctx.get(dut.prod_mn), row_base=ctx.get(dut.read_row_base))
