@@ -26,6 +26,7 @@ __all__ = [
     "compact_steps",
     "build_pipeline",
     "fp32_round_steps",
+    "normalize_shift",
     "check_stages",
     "comb_signal",
     "shift_right_sticky",
@@ -162,7 +163,26 @@ def _ge_const(x, c):
     return ~x[-1] & (x[k:-1].any() | (x[:k] >= c))
 
 
-def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normalize_steps=2):
+def normalize_shift(m, name, value, lzc, ks):
+    """Shift ``value`` left by ``2**k`` for each ``k`` in ``ks`` (in that order) where its top
+    ``2**k`` bits are zero; return the shifted value and ``lzc`` ORed with the shifts.
+
+    With ``ks`` the levels of a leading-zero count, largest first, and ``lzc`` 0, this
+    normalizes ``value`` (its leading one to the top bit) and counts its leading zeros; split
+    over several calls, the count builds up from disjoint powers of two, so OR adds them.
+    """
+    width = len(value)
+    for k in ks:
+        dist = 1 << k
+        top_zero = value[width - dist:] == 0
+        value = comb_signal(m, f"{name}_norm{k}", unsigned(width),
+                            Mux(top_zero, value << dist, value)[:width])
+        lzc = comb_signal(m, f"{name}_lzc{k}", unsigned(len(lzc)), lzc | Mux(top_zero, dist, 0))
+    return value, lzc
+
+
+def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normalize_steps=2,
+                     lead_zeros=None):
     """Return the steps that round ``(-1)**sign * mag * 2**exp`` to an FP32 bit pattern.
 
     The steps expect the keys ``sign`` (1 bit), ``mag`` (``unsigned(mag_width)``), ``exp``
@@ -172,9 +192,12 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
     a zero with the given sign (so ``mag == 0`` with ``sign == 1`` gives -0.0). ``nan`` forces the
     canonical NaN, otherwise ``inf`` forces an infinity with the given sign.
 
-    ``normalize_steps`` (2 or 3) is the number of steps the normalizing shift takes, the
-    larger shifts first: 3 for the 48-bit magnitudes of an FP32 product, whose 6 levels in
-    two steps were the FP32 twin's critical path (74 MHz on the ECP5).
+    ``normalize_steps`` (1 to 3, at most the shift's levels) is the number of steps the
+    normalizing shift takes, the larger shifts first. ``lead_zeros``, if given, is the most
+    leading zeros a non-zero ``mag`` has (the shift then has only the levels that count
+    them): 1 for the product of two normalized significands, which the FP32 multiplier makes
+    so that its 48-bit product needs one level, not six (six levels, in two steps or three,
+    were the FP32 twin's critical path on the ECP5).
 
     ``compact`` decides whether the value is normal, the denormalizing shift, overflow and the
     exponent field right after the exponent's subtractions, in the same step: fewer registers
@@ -189,30 +212,20 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
     mag_width = int(mag_width)
     exp_shape = Shape.cast(exp_shape)
     lzc_bits = max(1, (mag_width - 1).bit_length())
-    levels = (mag_width - 1).bit_length()
+    levels = (mag_width - 1 if lead_zeros is None else lead_zeros).bit_length()
     # Biased exponent if the value is normal: exp + (position of the leading one) + bias.
     be_width = max(exp_shape.width, (mag_width + _FP32_BIAS).bit_length() + 1) + 2
 
-    def normalize_levels(m, norm, lzc, ks):
-        for k in ks:
-            dist = 1 << k
-            top_zero = norm[mag_width - dist:] == 0
-            norm = comb_signal(m, f"{name}_norm{k}", unsigned(mag_width),
-                         Mux(top_zero, norm << dist, norm)[:mag_width])
-            lzc = comb_signal(m, f"{name}_lzc{k}", unsigned(lzc_bits),
-                        lzc | Mux(top_zero, dist, 0))
-        return norm, lzc
-
-    # The leading-zero count is built from disjoint powers of two, so OR adds them. The
-    # levels are split over `normalize_steps` steps, the larger shifts first.
-    if normalize_steps not in (2, 3):
-        raise ValueError(f"normalize_steps must be 2 or 3, not {normalize_steps!r}")
+    # The levels are split over `normalize_steps` steps, the larger shifts first.
+    if normalize_steps not in range(1, min(3, levels) + 1):
+        raise ValueError(f"normalize_steps must be 1..{min(3, levels)} for {levels} levels, "
+                         f"not {normalize_steps!r}")
     bounds = [-(-levels * i // normalize_steps) for i in range(normalize_steps + 1)]
     parts = [range(lo, hi) for lo, hi in zip(bounds, bounds[1:])][::-1]   # larger first
 
     def normalize_high(m, v):
         mag = v["mag"]
-        norm, lzc = normalize_levels(m, mag, Const(0, lzc_bits), reversed(parts[0]))
+        norm, lzc = normalize_shift(m, name, mag, Const(0, lzc_bits), reversed(parts[0]))
         # The exponent step subtracts the leading-zero count from three offsets of `exp`,
         # formed here beside the normalization: be = expc - lzc, be - 1 and 1 - be. Each is
         # then one subtraction (or addition) in parallel, not an addition, a comparison and a
@@ -234,7 +247,7 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
 
     def normalize_more(ks):
         def normalize(m, v):
-            norm, lzc = normalize_levels(m, v["norm"], v["lzc"], reversed(ks))
+            norm, lzc = normalize_shift(m, name, v["norm"], v["lzc"], reversed(ks))
             return dict(v, norm=norm, lzc=lzc)
         return normalize
 

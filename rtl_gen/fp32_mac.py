@@ -7,7 +7,7 @@ same :class:`~hbfp_hw.rtl_gen.fp_accumulator.FPAccumulator` that accumulates the
 products, so the two designs differ only in how their terms are made.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,6 +17,7 @@ from .block_to_float import (
     comb_signal,
     compact_steps,
     fp32_round_steps,
+    normalize_shift,
 )
 from .fp_accumulator import MAX_CHANNELS, FPAccumulator, fp32_unpack
 from .layout import accumulator_output_layout, mac_input_layout
@@ -30,23 +31,45 @@ def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
     ``multiply(m, name, x, y)``, if given, returns the 48-bit product of the significands
     (e.g. :func:`~hbfp_hw.rtl_gen.mac_tree.lut_multiply`); by default it is ``x * y``.
 
-    Steps: unpack and classify, multiply the 24-bit significands exactly (48 bits), then the
-    rounding steps of :func:`~hbfp_hw.rtl_gen.block_to_float.fp32_round_steps` (the
-    normalizing shift of the 48-bit product in three steps).
+    Steps: unpack and classify, normalize the 24-bit significands (a subnormal operand's
+    leading one to bit 23, its exponent lowered by as much; the shifts by 16 and 8 with the
+    unpacking, those by 4, 2 and 1 in a step of their own), multiply them exactly (48 bits,
+    the leading one of a non-zero product at bit 46 or 47), then the rounding steps of
+    :func:`~hbfp_hw.rtl_gen.block_to_float.fp32_round_steps` with a one-level normalizing
+    shift. Normalizing the operands, not the product, makes the widest shift 24 bits wide
+    and puts it before the multiplier: the product's 48-bit shift after the DSP blocks was
+    the FP32 twin's critical path.
     """
 
+    lzc_bits = 5                        # a zero significand counts 31
+
     def unpack(m, v):
-        a = fp32_unpack(m, f"{name}_a", v["a"])
-        b = fp32_unpack(m, f"{name}_b", v["b"])
+        out = {}
+        for key in ("a", "b"):
+            x = fp32_unpack(m, f"{name}_{key}", v[key])
+            out[f"sig{key}"], out[f"lz{key}"] = normalize_shift(
+                m, f"{name}_{key}", x["sig"], Const(0, lzc_bits), (4, 3))
+            out[f"eff{key}"] = x["eff"]
+            out[key] = x
+        a, b = out.pop("a"), out.pop("b")
         return {
+            **out,
             "sign": comb_signal(m, f"{name}_sign", 1, a["sign"] ^ b["sign"]),
-            "siga": a["sig"], "sigb": b["sig"],
-            # value = siga * sigb * 2**(effa + effb - 2 * (bias + 23))
-            "exp": comb_signal(m, f"{name}_exp", signed(11), a["eff"] + b["eff"] - 2 * (127 + 23)),
             "nan": comb_signal(m, f"{name}_isnan", 1,
                          a["nan"] | b["nan"] | (a["inf"] & b["zero"]) | (a["zero"] & b["inf"])),
             "inf": comb_signal(m, f"{name}_isinf", 1, a["inf"] | b["inf"]),
         }
+
+    def normalize(m, v):
+        out = {k: v[k] for k in ("sign", "nan", "inf")}
+        lz = {}
+        for key in ("a", "b"):
+            out[f"sig{key}"], lz[key] = normalize_shift(
+                m, f"{name}_{key}", v[f"sig{key}"], v[f"lz{key}"], (2, 1, 0))
+        # value = siga * sigb * 2**(effa - lza + effb - lzb - 2 * (bias + 23))
+        out["exp"] = comb_signal(m, f"{name}_exp", signed(11),
+                                 v["effa"] + v["effb"] - lz["a"] - lz["b"] - 2 * (127 + 23))
+        return out
 
     mul = multiply
 
@@ -58,9 +81,9 @@ def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
                                else mul(m, f"{name}_lut", v["siga"], v["sigb"])),
         }
 
-    return [unpack, multiply,
+    return [unpack, normalize, multiply,
             *fp32_round_steps(48, signed(11), name=f"{name}_r", compact=compact,
-                              normalize_steps=3)]
+                              normalize_steps=1, lead_zeros=1)]
 
 
 #: Number of combinational steps of the FP32 multiplier, hence its largest number of stages.
@@ -72,7 +95,7 @@ class Fp32MacBaseline(wiring.Component):
 
     An input transfer carries two FP32 operands and the same channel/``first``/``last``
     controls as :class:`~hbfp_hw.rtl_gen.fp_accumulator.FPAccumulator`. The product is
-    rounded to FP32 by a pipelined multiplier (``mul_stages`` register stages out of 9 steps)
+    rounded to FP32 by a pipelined multiplier (``mul_stages`` register stages out of 8 steps)
     and fed to an ``FPAccumulator(channels=channels, adder_stages=adder_stages)``; a completed
     sum ``fp32_add(...fp32_add(+0.0, a0*b0)..., an*bn)`` leaves on ``o_stream``. The whole unit
     honours backpressure and accepts one term per cycle when at least :attr:`min_channels`
@@ -83,7 +106,7 @@ class Fp32MacBaseline(wiring.Component):
     channels : int
         Number of channels (running sums), ``1..4096``.
     mul_stages : int
-        Register stages of the multiplier, ``0..9``.
+        Register stages of the multiplier, ``0..8``.
     adder_stages : int
         Register stages of the accumulating adder, ``1..11``.
 

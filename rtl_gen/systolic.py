@@ -115,7 +115,9 @@ def max_product_stages(element):
     that the PEs of a mixed array line up."""
     if isinstance(element, BFPFormat):
         return MacTree.max_stages_for(element) + 1
-    return MULTIPLIER_STEPS + 2
+    # The DSP form: MULTIPLIER_STEPS with the multiply step as four (two DSP registers, the
+    # fabric copy, the partial products' sum).
+    return MULTIPLIER_STEPS + 3
 
 
 def _check_params(element, *, rows, product_stages, convert_stages, adder_stages,
@@ -161,7 +163,7 @@ class ProcessingElement(wiring.Component):
     product_stages : int
         Registers of the term's product: the block product's
         (:func:`~hbfp_hw.rtl_gen.mac_tree.block_product`, up to ``MacTree.max_stages_for``) or
-        the FP32 multiplier's (up to ``MULTIPLIER_STEPS``, its rounding included).
+        the FP32 multiplier's (its rounding included); up to :func:`max_product_stages`.
     convert_stages : int
         Registers of the conversion of the block product to FP32 (BFP only; 0 for FP32).
     adder_stages : int
@@ -294,24 +296,30 @@ def _segments(dst, src):
 def _fp32_dsp_term(m, a, b, *, stages):
     """The FP32 product of ``a`` and ``b`` with the significands multiplied in four ECP5
     ``MULT18X18D`` s (18- and 6-bit pieces) that register their operands and products, as
-    the BFP PEs' DSPs do; the partial products are summed and rounded in ``stages - 2``
-    registers over the following steps. Returns the bits, ``stages`` cycles on."""
-    unpack, _multiply, *rounding = fp32_mul_steps(name="mul")
-    v = unpack(m, {"a": a, "b": b})
+    the BFP PEs' DSPs do. Returns the bits, ``stages`` cycles on.
+
+    The two DSP registers come first; of the other ``stages - 2``, the first is a fabric copy
+    of the products (the DSP sites are far from the PE's logic), the next two follow the
+    multiplier's unpacking and normalizing steps, before the DSPs, and the rest go to the
+    partial products' sum and the rounding steps.
+    """
+    unpack, normalize, _multiply, *rounding = fp32_mul_steps(name="mul")
+    rest = stages - 2
+    copy, rest = min(rest, 1), rest - min(rest, 1)
+    before, rest = min(rest, 2), rest - min(rest, 2)
+    pipe = Pipeline(m, Const(1))
+    v = pipe.cut("mul_u", unpack(m, {"a": a, "b": b}), before >= 1)
+    v = pipe.cut("mul_n", normalize(m, v), before >= 2)
     pieces = {}
     for (ka, sa), (kb, sb) in product_pieces():
         pieces[ka + kb] = ecp5_multiply(m, f"dsp_{ka}{kb}", v["siga"][sa], v["sigb"][sb],
                                         is_signed=False, input_register=True,
                                         output_register=True)
-    pipe = Pipeline(m, Const(1))
     side = {k: v[k] for k in ("sign", "exp", "nan", "inf")}
     side = pipe.cut("mul_d1", pipe.cut("mul_d0", side, True), True)
-    # A fabric copy of the products, then the rest over the steps (and after them).
-    rest = stages - 2
-    if rest:
+    if copy:
         cut = pipe.cut("mul_f", {**side, **pieces}, True)
         side, pieces = {k: cut[k] for k in side}, {k: cut[k] for k in pieces}
-        rest -= 1
     steps_regs = min(rest, 1 + len(rounding))
 
     def total(m, w):

@@ -60,6 +60,14 @@ def rtl_fp32_mac(run, terms, *, channels, mul_stages=3, adder_stages=3, seed=0, 
     return [(s["value"], s["channel"]) for s in sums], result
 
 
+def subnormal(rng, zeros):
+    """A random subnormal whose significand has ``zeros`` leading zeros (of 23 fraction bits)
+    below the (zero) hidden bit."""
+    top = 22 - zeros
+    return (rng.getrandbits(1) << 31) | (1 << top) | rng.getrandbits(top) if top else \
+        (rng.getrandbits(1) << 31) | 1
+
+
 def make_operands(rng):
     """One random or adversarial multiplier operand pair."""
     def rand_finite():
@@ -68,7 +76,7 @@ def make_operands(rng):
     def with_exp(bits, e):
         return (bits & 0x807FFFFF) | (e << 23)
 
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     a, b = rand_finite(), rand_finite()
     if kind == 0:                               # any bit patterns
         a, b = rng.getrandbits(32), rng.getrandbits(32)
@@ -87,6 +95,9 @@ def make_operands(rng):
     elif kind == 5:                             # specials
         a = rng.choice(SPECIALS)
         b = rng.choice((rng.choice(SPECIALS), b))
+    elif kind == 6:                             # a subnormal with any leading-zero count
+        a = subnormal(rng, rng.randrange(23))
+        b = rng.choice((with_exp(b, rng.randrange(100, 255)), subnormal(rng, rng.randrange(23))))
     if rng.random() < 0.5:
         a, b = b, a
     return a, b
@@ -142,6 +153,30 @@ def test_products_of_specials(stream_runner):
     assert by_pair[0x007FFFFF, 0x3F800001] == 0x00800000   # rounds up into 2**-126
 
 
+@pytest.mark.parametrize("mul_stages", [0, Fp32MacBaseline.MAX_MUL_STAGES])
+def test_products_of_subnormals(stream_runner, mul_stages):
+    """A subnormal operand with every leading-zero count (the multiplier normalizes it before
+    the multiply) times normal operands across the exponent range and times subnormals, each
+    as a one-term sum: products in the normal range, around the smallest normal and below."""
+    rng = random.Random(f"subnormals-{mul_stages}")
+    terms = []
+    for zeros in range(23):
+        for eb in (1, 60, 103, 126, 127, 128, 150, 180, 230, 253, 254):
+            for _ in range(2):
+                a = subnormal(rng, zeros)
+                b = (rng.getrandbits(1) << 31) | (eb << 23) | rng.getrandbits(23)
+                terms.append((a, b) if rng.random() < 0.5 else (b, a))
+        terms.append((subnormal(rng, zeros), subnormal(rng, rng.randrange(23))))
+    # 2**-149 * 2**127 = 2**-22 (22 leading zeros, exact); the largest subnormal times
+    # (2 - 2**-23), 2**-125 - 3 * 2**-149 + 2**-172, rounds down to a normal.
+    terms += [(0x00000001, 0x7F000000), (0x007FFFFF, 0x3FFFFFFF)]
+    terms = [(a, b, i % 4, True, True) for i, (a, b) in enumerate(terms)]
+    got, _ = rtl_fp32_mac(stream_runner, terms, channels=4, mul_stages=mul_stages,
+                          adder_stages=2)
+    _check(terms, got)
+    assert [g for g, _ in got[-2:]] == [0x34800000, 0x00FFFFFD]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mul_stages", range(Fp32MacBaseline.MAX_MUL_STAGES + 1))
 def test_mac_against_golden_deep(stream_runner, mul_stages):
@@ -187,7 +222,7 @@ def test_ports():
     ({"channels": 0}, ValueError, r"^channels must be between 1 and 4096, not 0$"),
     ({"channels": "4"}, TypeError, r"^channels must be an integer, not '4'$"),
     ({"channels": 4, "mul_stages": 10}, ValueError,
-     r"^mul_stages must be between 0 and 9, not 10$"),
+     r"^mul_stages must be between 0 and 8, not 10$"),
     ({"channels": 4, "adder_stages": 12}, ValueError,
      r"^adder_stages must be between 1 and 11, not 12$"),
     ({"channels": 4, "mul_stages": 1.0}, TypeError, r"^mul_stages must be an integer, not 1\.0$"),
