@@ -62,7 +62,7 @@ from .common import (
     ecp5_multiply,
     platform_family,
 )
-from .fp32_mac import MULTIPLIER_STEPS, fp32_mul_steps
+from .fp32_mac import MULTIPLIER_STEPS, fp32_mul_steps, multiply_exponent
 from .fp_accumulator import ADDER_STEPS, fp32_add_steps
 from .layout import block_layout
 from .mac_tree import MacTree, block_product, check_multipliers, lut_multiply
@@ -315,8 +315,11 @@ def _fp32_dsp_term(m, a, b, *, stages):
         pieces[ka + kb] = ecp5_multiply(m, f"dsp_{ka}{kb}", v["siga"][sa], v["sigb"][sb],
                                         is_signed=False, input_register=True,
                                         output_register=True)
-    side = {k: v[k] for k in ("sign", "exp", "nan", "inf")}
-    side = pipe.cut("mul_d1", pipe.cut("mul_d0", side, True), True)
+    side = pipe.cut("mul_d0", {k: v[k] for k in ("sign", "effs", "lza", "lzb", "nan", "inf")},
+                    True)
+    side = {**{k: side[k] for k in ("sign", "nan", "inf")},
+            "exp": multiply_exponent(m, "mul", side)}
+    side = pipe.cut("mul_d1", side, True)
     if copy:
         cut = pipe.cut("mul_f", {**side, **pieces}, True)
         side, pieces = {k: cut[k] for k in side}, {k: cut[k] for k in pieces}
