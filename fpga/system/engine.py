@@ -361,7 +361,6 @@ class _Executor:
 
         with m.State("WRITE_LOAD"):
             with m.If(writer.block_end):
-                m.d.comb += writer.unload.eq(1)
                 if float_wire:
                     with m.If(writer.is_bfp):
                         m.next = "WRITE_STORE"
@@ -373,8 +372,7 @@ class _Executor:
         if float_wire:
             with m.State("QUANTIZE"):
                 m.d.comb += writer.quantize.eq(1)
-                with m.If(writer.quantize_ready):
-                    m.next = "QUANTIZE_WAIT"
+                m.next = "QUANTIZE_WAIT"
 
             with m.State("QUANTIZE_WAIT"):
                 with m.If(writer.quantized):

@@ -18,8 +18,11 @@ class BlockWriter(wiring.Component):
     A block's bytes are read one per cycle into a shift register; a ``Wire.BFP`` block is then
     unpacked, a ``Wire.FLOAT`` block goes through the quantizer
     (:class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock`, with ``float_wire`` only). The
-    executor sequences the steps with one-cycle commands (``setup``, ``begin``, ``unload``,
-    ``quantize``, ``store``, ``store_quantized``) from its WRITE states.
+    executor sequences the steps with one-cycle commands (``setup``, ``begin``, ``quantize``,
+    ``store``, ``store_quantized``) from its WRITE states. The commands are registered here
+    and take effect a cycle later, and every output is a register: no path runs from the
+    executor's state through this unit's logic and back (in a GemmSystem on the 4 x 4 array,
+    such a path crossed the die twice, docs/hardware.md).
 
     Parameters
     ----------
@@ -52,19 +55,18 @@ class BlockWriter(wiring.Component):
         Start a write: load ``first``, ``count`` and ``bfp``.
     begin : ``In(1)``
         Start loading the first block's bytes.
-    unload : ``In(1)``
-        The block's last byte is in (with ``block_end``): stop loading.
     quantize : ``In(1)``
-        Offer the loaded float block to the quantizer (``quantize_ready``: it takes it).
+        Offer the loaded float block to the quantizer (it takes it when it can).
     store, store_quantized : ``In(1)``
-        Write the loaded BFP block / the quantized block (with ``quantized``), advance to the
-        next block, and start loading it unless it was the last one.
+        Write the loaded BFP block / the quantized block (after ``quantized``), advance to
+        the next block, and start loading it unless it was the last one.
     block_end : ``Out(1)``
-        The byte loaded in this cycle is the block's last.
+        The byte loaded in this cycle is the block's last; loading stops after it.
     last_block : ``Out(1)``
         The block being assembled is the write's last.
-    is_bfp, quantize_ready, quantized : ``Out(1)``
-        The write is ``Wire.BFP``; the quantizer takes the block; a quantized block is ready.
+    is_bfp, quantized : ``Out(1)``
+        The write is ``Wire.BFP``; a quantized block is ready (a one-cycle pulse; the block
+        is kept until the next one).
     a_we, b_we : ``Out(1)``
     waddr : ``Out(cap_bits)``
     wdata : ``Out(block_layout(fmt))``
@@ -77,10 +79,9 @@ class BlockWriter(wiring.Component):
         super().__init__({
             "rd_addr": Out(range(max_payload)), "rd_data": In(8),
             "first": In(cap_bits), "count": In(cap_bits), "bfp": In(1), "to_b": In(1),
-            "setup": In(1), "begin": In(1), "unload": In(1), "quantize": In(1),
+            "setup": In(1), "begin": In(1), "quantize": In(1),
             "store": In(1), "store_quantized": In(1),
-            "block_end": Out(1), "last_block": Out(1), "is_bfp": Out(1),
-            "quantize_ready": Out(1), "quantized": Out(1),
+            "block_end": Out(1), "last_block": Out(1), "is_bfp": Out(1), "quantized": Out(1),
             "a_we": Out(1), "b_we": Out(1), "waddr": Out(cap_bits),
             "wdata": Out(block_layout(fmt)),
         })
@@ -92,6 +93,9 @@ class BlockWriter(wiring.Component):
         bb_float = block_bytes(fmt, Wire.FLOAT, self._input_format)
         bb_bfp = block_bytes(fmt, Wire.BFP)
         vec_bytes = max(bb_float, bb_bfp) if float_wire else bb_bfp
+        cmd = {name: Signal(name=f"cmd_{name}")
+               for name in ("setup", "begin", "quantize", "store", "store_quantized")}
+        m.d.sync += [reg.eq(getattr(self, name)) for name, reg in cmd.items()]
 
         # -- payload reader: rd_data is the payload byte at `ptr` -----------------------------
         # (The executor's state decode in front of the address, which also enabled the
@@ -130,35 +134,43 @@ class BlockWriter(wiring.Component):
         if float_wire:
             m.submodules.quantizer = q = FloatToBlock(fmt, input_format=self._input_format,
                                                       stages=self._align_stages)
+            # The block is offered until the quantizer takes it (`vec` holds it until the
+            # next block loads, after the store).
+            q_pending = Signal()
             m.d.comb += [q.seed.eq(0), q.reseed.eq(0),
                          q.i_stream.payload.eq(vec[8 * (vec_bytes - bb_float):]),
-                         q.i_stream.valid.eq(self.quantize),
-                         self.quantize_ready.eq(q.i_stream.ready),
+                         q.i_stream.valid.eq(q_pending),
                          q.o_stream.ready.eq(1)]
+            with m.If(q.i_stream.ready):
+                m.d.sync += q_pending.eq(0)
+            with m.If(cmd["quantize"]):
+                m.d.sync += q_pending.eq(1)
             # The quantizer's block, registered before the executor and the A/B write ports
             # use it (from its output FIFO's LUT RAM across the die into the FSM was once the
-            # ULX3S critical path; docs/history.md has the figures).
+            # ULX3S critical path; docs/history.md has the figures), and kept for the store.
             q_valid = Signal()
             q_block = Signal.like(q.o_stream.payload)
-            m.d.sync += [q_valid.eq(q.o_stream.valid), q_block.eq(q.o_stream.payload)]
+            m.d.sync += q_valid.eq(q.o_stream.valid)
+            with m.If(q.o_stream.valid):
+                m.d.sync += q_block.eq(q.o_stream.payload)
             m.d.comb += self.quantized.eq(q_valid)
 
         block_size = Mux(is_bfp, bb_bfp, bb_float) if float_wire else bb_bfp
         with m.If(loading):
             m.d.sync += [vec.eq(Cat(vec[8:], self.rd_data)), bcount.eq(bcount + 1),
                          block_end.eq(bcount == block_size - 2)]
+            with m.If(block_end):       # the last byte loads: stop
+                m.d.sync += [bcount.eq(0), loading.eq(0), block_end.eq(0)]
 
-        with m.If(self.setup):
+        with m.If(cmd["setup"]):
             m.d.sync += [waddr.eq(self.first), remaining.eq(self.count),
                          last_block.eq(self.count == 1), block_end.eq(0),
                          is_bfp.eq(self.bfp), bcount.eq(0)]
-        with m.If(self.begin):
+        with m.If(cmd["begin"]):
             m.d.sync += [loading.eq(1), writing.eq(1)]
-        with m.If(self.unload):
-            m.d.sync += [bcount.eq(0), loading.eq(0), block_end.eq(0)]
-        stores = [(self.store, block_from_wire)]
+        stores = [(cmd["store"], block_from_wire)]
         if float_wire:
-            stores.append((self.store_quantized, q_block))
+            stores.append((cmd["store_quantized"], q_block))
         for store, source in stores:
             with m.If(store):
                 m.d.comb += [block.eq(source), block_we.eq(1)]

@@ -33,7 +33,8 @@ def rtl_write(fmt, writes, *, input_format=FloatFormat.FP32, float_wire=True, st
 
     Returns, per write, the list of ``(buffer, address, exponent, mantissas)`` block writes
     (``buffer`` is ``"a"`` or ``"b"``). With ``stall_seed`` the executor waits random cycles
-    between ``setup`` and ``begin``, and between a block's ``unload`` and its store/quantize.
+    between ``setup`` and ``begin``, and between a block's last byte and its store/quantize.
+    The writer registers its commands: a block write comes the cycle after ``store``.
     """
     dut = BlockWriter(fmt, input_format=input_format, float_wire=float_wire, align_stages=2,
                       max_payload=MAX_PAYLOAD, cap_bits=cap_bits)
@@ -79,15 +80,12 @@ def rtl_write(fmt, writes, *, input_format=FloatFormat.FP32, float_wire=True, st
                     await ctx.tick()
                     cycles += 1
                     assert cycles < 200, "block_end never came"
-                ctx.set(dut.unload, 1)
-                await ctx.tick()
-                ctx.set(dut.unload, 0)
+                await ctx.tick()                                # the last byte loads
                 await idle(ctx)
+                assert not ctx.get(dut.block_end), "loading did not stop"
                 assert ctx.get(dut.is_bfp) == (wire == Wire.BFP)
                 if wire == Wire.FLOAT:
                     ctx.set(dut.quantize, 1)                     # QUANTIZE
-                    while not ctx.get(dut.quantize_ready):
-                        await ctx.tick()
                     await ctx.tick()
                     ctx.set(dut.quantize, 0)
                     cycles = 0
@@ -99,6 +97,9 @@ def rtl_write(fmt, writes, *, input_format=FloatFormat.FP32, float_wire=True, st
                 else:
                     store = dut.store                            # WRITE_STORE
                 ctx.set(store, 1)
+                assert not ctx.get(dut.a_we) and not ctx.get(dut.b_we)
+                await ctx.tick()
+                ctx.set(store, 0)
                 a_we, b_we = ctx.get(dut.a_we), ctx.get(dut.b_we)
                 assert a_we + b_we == 1, (a_we, b_we)
                 block = unpack(layout, ctx.get(dut.wdata.as_value()))
@@ -106,7 +107,6 @@ def rtl_write(fmt, writes, *, input_format=FloatFormat.FP32, float_wire=True, st
                                list(block["mantissas"])))
                 last = ctx.get(dut.last_block)
                 await ctx.tick()
-                ctx.set(store, 0)
                 assert last == (len(stored) == count), "last_block out of step"
             # The writes' end: no more block writes, the address rests again.
             for _ in range(3):
