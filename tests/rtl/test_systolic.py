@@ -231,12 +231,12 @@ def test_ecp5_swap_copies(monkeypatch, late):
     assert np.array_equal(got, want) != late
 
 
-@pytest.mark.parametrize("stages", [2, 5, 11])
+@pytest.mark.parametrize("stages", [2, 5, 12])
 def test_fp32_twin_with_ecp5_dsps(monkeypatch, stages):
     """The FP32 PEs' DSP path (four MULT18X18D pieces per product, operands and products
     registered inside them), with the primitive replaced by a model of its registers; the
-    fewest registers, some before the DSPs, all of them. Subnormal operands with every
-    leading-zero count (the multiplier normalizes them before the DSPs)."""
+    fewest registers, some before the DSPs, all of them (max_product_stages). Subnormal
+    operands with every leading-zero count (the multiplier normalizes them before the DSPs)."""
     def model(m, name, a, b, *, is_signed, input_register, output_register):
         assert not is_signed and input_register and output_register
         ra, rb = Signal.like(a, name=f"{name}_ra"), Signal.like(b, name=f"{name}_rb")
@@ -255,6 +255,7 @@ def test_fp32_twin_with_ecp5_dsps(monkeypatch, stages):
     a[1:, :] = sub[:18].view(np.float32).reshape(3, 6)              # every leading-zero count
     b[:, 0] = (sub[17:] | np.uint32(0x80000000)).view(np.float32)
     b[:, 1] = np.float32(2.0 ** 100)                                # products back to normal
+    assert systolic.max_product_stages("fp32") == 12
     array = SystolicArray("fp32", rows=2, cols=2, product_stages=stages, convert_stages=0,
                           adder_stages=2, multipliers="dsp")
     a_ops = [[int(v) for v in golden.f32_to_bits(row)] for row in a]
