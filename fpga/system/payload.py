@@ -148,11 +148,14 @@ class BlockWriter(wiring.Component):
             # The quantizer's block, registered before the executor and the A/B write ports
             # use it (from its output FIFO's LUT RAM across the die into the FSM was once the
             # ULX3S critical path; docs/history.md has the figures), and kept for the store.
+            # (Loaded every cycle: with the FIFO's valid as its enable, that net across the
+            # die was the 4 x 4 array system's critical path, 91.9 MHz.)
             q_valid = Signal()
             q_block = Signal.like(q.o_stream.payload)
-            m.d.sync += q_valid.eq(q.o_stream.valid)
-            with m.If(q.o_stream.valid):
-                m.d.sync += q_block.eq(q.o_stream.payload)
+            q_kept = Signal.like(q.o_stream.payload)
+            m.d.sync += [q_valid.eq(q.o_stream.valid), q_block.eq(q.o_stream.payload)]
+            with m.If(q_valid):
+                m.d.sync += q_kept.eq(q_block)
             m.d.comb += self.quantized.eq(q_valid)
 
         block_size = Mux(is_bfp, bb_bfp, bb_float) if float_wire else bb_bfp
@@ -170,7 +173,7 @@ class BlockWriter(wiring.Component):
             m.d.sync += [loading.eq(1), writing.eq(1)]
         stores = [(cmd["store"], block_from_wire)]
         if float_wire:
-            stores.append((cmd["store_quantized"], q_block))
+            stores.append((cmd["store_quantized"], q_kept))
         for store, source in stores:
             with m.If(store):
                 m.d.comb += [block.eq(source), block_we.eq(1)]

@@ -53,7 +53,8 @@ class ReplyFormatter(wiring.Component):
     length : ``Out(8)``
         Bytes of the fixed part.
     start : ``In(1)``
-        The header goes out: latch the fixed part and start at its first byte.
+        The reply starts (the executor enters SEND): latch the fixed part and start at its
+        first byte.
     byte : ``Out(8)``
     last : ``Out(1)``
         The byte being sent, and that it is the last of the fixed part.
