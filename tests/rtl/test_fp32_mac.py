@@ -64,8 +64,7 @@ def subnormal(rng, zeros):
     """A random subnormal whose significand has ``zeros`` leading zeros (of 23 fraction bits)
     below the (zero) hidden bit."""
     top = 22 - zeros
-    return (rng.getrandbits(1) << 31) | (1 << top) | rng.getrandbits(top) if top else \
-        (rng.getrandbits(1) << 31) | 1
+    return (rng.getrandbits(1) << 31) | (1 << top) | rng.getrandbits(top)  # getrandbits(0): 0
 
 
 def make_operands(rng):
