@@ -211,7 +211,10 @@ class CreditOutput:
     order, ``stages`` cycles of latency and one transfer per cycle while ``o_stream.ready``
     stays high (a transfer leaving frees its credit at the next clock edge, and ``stages``
     transfers are in flight). With ``stages == 0`` the pipeline is combinational and the
-    output is wired through: :attr:`ready` is ``o_stream.ready``.
+    output is wired through: :attr:`ready` is ``o_stream.ready``. When ``o_stream``'s
+    signature is ``always_ready`` (a consumer that never stalls), there is neither FIFO nor
+    counter: :attr:`ready` is the constant 1 and the output is the last register, so no
+    path leads from the consumer back into the pipeline.
 
     Parameters
     ----------
@@ -238,7 +241,8 @@ class CreditOutput:
         self._stages = stages
         self._name = name
         self.accept = Signal(name=f"{name}_accept")
-        if stages == 0:
+        self._free = stages == 0 or o_stream.signature.always_ready
+        if self._free:
             self.ready = o_stream.ready
             return
         self.ready = Signal(name=f"{name}_credit")
@@ -262,13 +266,14 @@ class CreditOutput:
 
     @property
     def depth(self):
-        """Credits, and entries of the FIFO: ``stages + 1`` (0 when combinational)."""
-        return self._stages + 1 if self._stages else 0
+        """Credits, and entries of the FIFO: ``stages + 1`` (0 when combinational or when
+        ``o_stream`` is ``always_ready``)."""
+        return 0 if self._free else self._stages + 1
 
     def drive(self, valid, payload):
         """Connect the pipeline's output: ``valid`` and ``payload`` of its last register."""
         m, o_stream, name = self._m, self._o_stream, self._name
-        if self._stages == 0:
+        if self._free:
             m.d.comb += [o_stream.valid.eq(valid), o_stream.payload.eq(payload)]
             return
         payload = Value.cast(payload)

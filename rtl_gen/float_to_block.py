@@ -110,12 +110,18 @@ class FloatToBlock(wiring.Component):
         distances, between the coarse and the fine shift, halfway up the max tree, after the
         per-lane exponent clamp, and after each remaining level of the max tree. 0 makes the
         component combinational. The deepest setting is the one for a high clock.
+    always_ready : bool
+        The consumer never stalls: ``o_stream`` has no ready (its signature is
+        ``always_ready``), the output is the last pipeline register, and there is neither
+        output FIFO nor credit counter, so ``i_stream.ready`` is 1 (0 only during
+        ``reseed``). For a consumer that registers every block (the GEMM system's block
+        writer): no path then leads from it back into the quantizer.
 
     Members
     -------
     i_stream : ``In(stream.Signature(float_vector_layout(fmt, input_format)))``
         Raw float lanes, lane ``i`` (element ``i`` of the block) in the low bits.
-    o_stream : ``Out(stream.Signature(block_layout(fmt)))``
+    o_stream : ``Out(stream.Signature(block_layout(fmt), always_ready=always_ready))``
         The block: biased exponent code (all ones for NaN blocks) and the mantissas.
     seed : ``In(32)``
         Seed loaded by ``reseed``.
@@ -135,13 +141,15 @@ class FloatToBlock(wiring.Component):
         If a parameter is out of range.
     """
 
-    def __init__(self, fmt, *, input_format="fp32", stages=2):
+    def __init__(self, fmt, *, input_format="fp32", stages=2, always_ready=False):
         self._fmt = check_rtl_format(fmt)
         self._input_format = as_float_format(input_format)
         self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
+        if not isinstance(always_ready, bool):
+            raise TypeError(f"always_ready must be a bool, not {always_ready!r}")
         super().__init__({
             "i_stream": In(stream.Signature(float_vector_layout(fmt, self._input_format))),
-            "o_stream": Out(stream.Signature(block_layout(fmt))),
+            "o_stream": Out(stream.Signature(block_layout(fmt), always_ready=always_ready)),
             "seed": In(32),
             "reseed": In(1),
         })

@@ -154,7 +154,7 @@ class GemmSystem(wiring.Component):
         systolic engine: from the request of the last item to ``done``, at most)."""
         p = self._engine_params
         if self._engine_class is SystolicEngine:
-            return SystolicEngine.drain_for(self._fmt, **p) + 2
+            return SystolicEngine.drain_for(self._fmt, **p) + 3
         return (1 + p["mac_stages"] + p["convert_stages"] + TERM_BUFFER_LATENCY
                 + p["adder_stages"])
     build_hash = property(lambda self: self._build_hash)

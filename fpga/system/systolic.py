@@ -139,7 +139,7 @@ class SystolicEngine(wiring.Component):
     @property
     def latency(self):
         """Cycles from the request of the last item to ``done`` (at most)."""
-        return self.drain + 2
+        return self.drain + 3
 
     def elaborate(self, platform):
         m = Module()
@@ -164,13 +164,16 @@ class SystolicEngine(wiring.Component):
         self._c_side(m, seq, array, g, c_rds, c_wrs, settled)
         c_readout(m, platform, self, c_rds)
 
-        m.d.comb += self.busy.eq(running | pending)
+        # `start` comes from the executor's FSM and `done` goes back to it, across the die
+        # from the sequencer: both are registered here (a cycle each).
+        start, done = Signal(name="start_r"), Signal(name="done_r")
+        m.d.sync += [start.eq(self.start), done.eq(0)]
+        m.d.comb += [self.busy.eq(running | pending), self.done.eq(done)]
         with m.If(running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             with m.If(seq.finished):
-                m.d.sync += running.eq(0)
-                m.d.comb += self.done.eq(1)
-        with m.Elif(self.start | pending):
+                m.d.sync += [running.eq(0), done.eq(1)]
+        with m.Elif(start | pending):
             with m.If(flushing == 0):
                 m.d.sync += [running.eq(1), pending.eq(0), self.cycles.eq(0)]
                 m.d.comb += seq.go.eq(1)

@@ -98,3 +98,5 @@ def test_depth():
     o = stream.Signature(WIDTH).create()
     assert CreditOutput(m, o, stages=4).depth == 5
     assert CreditOutput(m, o, stages=0).depth == 0
+    free = stream.Signature(WIDTH, always_ready=True).create()
+    assert CreditOutput(m, free, stages=4).depth == 0

@@ -10,7 +10,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
 from hbfp_hw import golden
-from hbfp_hw.formats import BFPFormat, FloatFormat
+from hbfp_hw.formats import BFPFormat, FloatFormat, Rounding
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock, lane_start_state
 from hbfp_hw.rtl_gen.layout import block_layout, unpack
 
@@ -37,7 +37,8 @@ def with_clock(dut):
 
 
 def rtl_float_to_block(fmt, blocks_of_bits, *, input_format="fp32", stages=2, seed=None,
-                       valid_prob=1.0, ready_prob=1.0, rng=None, trace=None):
+                       valid_prob=1.0, ready_prob=1.0, rng=None, trace=None,
+                       always_ready=False):
     """Quantize blocks of raw lane patterns with the simulated :class:`FloatToBlock`.
 
     Parameters
@@ -45,8 +46,8 @@ def rtl_float_to_block(fmt, blocks_of_bits, *, input_format="fp32", stages=2, se
     fmt : BFPFormat
     blocks_of_bits : array_like of int, shape ``(nblocks, block_size)``
         Lane bit patterns (32-bit for FP32, 16-bit for BF16).
-    input_format, stages
-        Passed to :class:`FloatToBlock`.
+    input_format, stages, always_ready
+        Passed to :class:`FloatToBlock` (``always_ready`` needs ``ready_prob == 1``).
     seed : int or None
         If given, the PRNG is reseeded with it before the first block; otherwise the reset
         seed (0) is in effect.
@@ -65,7 +66,8 @@ def rtl_float_to_block(fmt, blocks_of_bits, *, input_format="fp32", stages=2, se
         Exponent codes ``(nblocks,)`` and mantissas ``(nblocks, block_size)``.
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    dut = FloatToBlock(fmt, input_format=input_format, stages=stages)
+    assert not always_ready or ready_prob == 1.0
+    dut = FloatToBlock(fmt, input_format=input_format, stages=stages, always_ready=always_ready)
     width = FloatFormat(input_format).width
     blocks = np.asarray(blocks_of_bits, dtype=np.uint64).reshape(-1, fmt.block_size)
     payloads = [sum(int(v) << (i * width) for i, v in enumerate(block)) for block in blocks]
@@ -95,7 +97,8 @@ def rtl_float_to_block(fmt, blocks_of_bits, *, input_format="fp32", stages=2, se
             ctx.set(dut.i_stream.valid, offering)
             ctx.set(i_payload, payloads[sent] if offering else 0)
             ready = bool(rng.random() < ready_prob)
-            ctx.set(dut.o_stream.ready, ready)
+            if not always_ready:
+                ctx.set(dut.o_stream.ready, ready)
             if offering:
                 if ctx.get(dut.i_stream.ready):
                     info["accept"].append(cycle)
@@ -429,6 +432,32 @@ def test_latency_and_throughput(stages):
     assert trace["ready_low"] == 0
 
 
+@pytest.mark.parametrize(("fmt", "stages"), [
+    (BFPFormat(8, 4, "stochastic"), 3), (BFPFormat(8, 16), 11), (BFPFormat(4, 8), 1),
+])
+def test_always_ready(fmt, stages):
+    """A consumer that never stalls: no ready, no FIFO, no credits; the same blocks, one
+    per cycle, ``stages`` cycles after they enter; stochastic rounding after a reseed too."""
+    dut = FloatToBlock(fmt, stages=stages, always_ready=True)
+    assert dut.o_stream.signature.always_ready
+    ports = [dut.i_stream.valid, dut.i_stream.ready, dut.i_stream.payload.as_value(),
+             dut.o_stream.valid, dut.o_stream.payload.as_value(), dut.seed, dut.reseed]
+    text = verilog.convert(with_clock(dut), ports=ports, name="top")
+    assert "fifo" not in text and "out_used" not in text and "out_credit" not in text
+    rng = np.random.default_rng(stages)
+    values = random_blocks(fmt, 40, rng)
+    trace = {}
+    seed = 77 if fmt.rounding is Rounding.STOCHASTIC else None
+    codes, mant = rtl_float_to_block(fmt, lane_patterns(values, "fp32"), stages=stages,
+                                     always_ready=True, seed=seed, valid_prob=0.7, rng=rng,
+                                     trace=trace)
+    want_codes, want_mant = golden_float_to_block(fmt, values, seed=seed or 0)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_array_equal(mant, want_mant)
+    assert trace["ready_low"] == 0
+    assert trace["output"] == [c + stages for c in trace["accept"]]
+
+
 def test_backpressure_heavy():
     fmt = BFPFormat(6, 8, "nearest-even")
     rng = np.random.default_rng(11)
@@ -466,6 +495,7 @@ def test_properties_and_ports():
      r"^stages must be between 0 and 11, not -1$"),
     ((BFPFormat(8, 16),), {"stages": 1.0}, TypeError, r"^stages must be an integer, not 1\.0$"),
     ((BFPFormat(8, 16),), {"stages": True}, TypeError, r"^stages must be an integer, not True$"),
+    ((BFPFormat(8, 16),), {"always_ready": 1}, TypeError, r"^always_ready must be a bool, not 1$"),
     ((BFPFormat(8, 16),), {"input_format": "fp16"}, ValueError,
      r"^input_format must be one of 'fp32', 'bf16', not 'fp16'$"),
     ((BFPFormat(8, 16),), {"input_format": 32}, TypeError,
