@@ -165,18 +165,20 @@ class SystolicEngine(wiring.Component):
         c_readout(m, platform, self, c_rds)
 
         # `start` comes from the executor's FSM and `done` goes back to it, across the die
-        # from the sequencer: both are registered here (a cycle each).
-        start, done = Signal(name="start_r"), Signal(name="done_r")
-        m.d.sync += [start.eq(self.start), done.eq(0)]
-        m.d.comb += [self.busy.eq(running | pending), self.done.eq(done)]
+        # from the sequencer: both are registered here (a cycle each), and so is the
+        # sequencer's `go` (the start decision, from `settled` rather than the flush counter:
+        # the decision straight into the enables of the sequencer's registers was the 4 x 4
+        # array system's critical path, 90.0 MHz).
+        start, done, go = Signal(name="start_r"), Signal(name="done_r"), Signal(name="go")
+        m.d.sync += [start.eq(self.start), done.eq(0), go.eq(0)]
+        m.d.comb += [self.busy.eq(running | pending), self.done.eq(done), seq.go.eq(go)]
         with m.If(running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             with m.If(seq.finished):
                 m.d.sync += [running.eq(0), done.eq(1)]
         with m.Elif(start | pending):
-            with m.If(flushing == 0):
-                m.d.sync += [running.eq(1), pending.eq(0), self.cycles.eq(0)]
-                m.d.comb += seq.go.eq(1)
+            with m.If(settled):
+                m.d.sync += [running.eq(1), pending.eq(0), self.cycles.eq(0), go.eq(1)]
             with m.Else():
                 m.d.sync += pending.eq(1)
         return m
