@@ -131,7 +131,11 @@ class TransmitBuffer(wiring.Component):
     ``o_stream`` comes from a register and not from the block RAMs' read data of the
     :class:`~amaranth.lib.fifo.SyncFIFOBuffered` in front of it (``tx_buffer``, with
     ``depth > 2``), late without their output register: into the UART that was once the ULX3S
-    critical path (docs/history.md has the figures). Together they hold exactly ``depth`` bytes.
+    critical path (docs/history.md has the figures). With ``depth > 4`` its first two entries
+    are another ``SyncFIFO`` (``tx_in``), so that ``i_stream.ready`` is a function of two
+    flip-flops beside the producer and not of the block RAM FIFO's level, which sits by the
+    UART pins: from that level through the reply's FSM, across the die, was the 4 x 4 array
+    system's critical path (79.1 MHz). Together they hold exactly ``depth`` bytes.
 
     Parameters
     ----------
@@ -162,12 +166,17 @@ class TransmitBuffer(wiring.Component):
         m.submodules.tx_out = out = SyncFIFO(width=8, depth=min(2, self._depth))
         m.d.comb += [self.o_stream.payload.eq(out.r_data), self.o_stream.valid.eq(out.r_rdy),
                      out.r_en.eq(self.o_stream.ready)]
+        tx = out
         if self._depth > 2:
-            m.submodules.tx_buffer = tx = SyncFIFOBuffered(width=8, depth=self._depth - 2)
+            m.submodules.tx_buffer = tx = SyncFIFOBuffered(
+                width=8, depth=self._depth - (4 if self._depth > 4 else 2))
             m.d.comb += [tx.r_en.eq(out.w_rdy), out.w_en.eq(tx.r_rdy),
                          out.w_data.eq(tx.r_data)]
-        else:
-            tx = out
+        if self._depth > 4:
+            m.submodules.tx_in = first = SyncFIFO(width=8, depth=2)
+            m.d.comb += [first.r_en.eq(tx.w_rdy), tx.w_en.eq(first.r_rdy),
+                         tx.w_data.eq(first.r_data)]
+            tx = first
         m.d.comb += [tx.w_data.eq(self.i_stream.payload), tx.w_en.eq(self.i_stream.valid),
                      self.i_stream.ready.eq(tx.w_rdy)]
         return m

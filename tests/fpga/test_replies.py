@@ -178,14 +178,14 @@ def rtl_fifo(depth, data, *, seed=0, valid_prob=1.0, ready_prob=1.0):
     return out
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 16])
 def test_transmit_buffer_passes_every_byte_in_order(depth):
     data = [random.Random(depth).randrange(256) for _ in range(60)]
     for seed, (vp, rp) in enumerate([(1.0, 1.0), (0.5, 0.3), (0.9, 0.6)]):
         assert rtl_fifo(depth, data, seed=seed, valid_prob=vp, ready_prob=rp) == data
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 7])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 7, 12])
 def test_transmit_buffer_holds_exactly_depth_bytes(depth):
     dut = TransmitBuffer(depth)
     taken = []
@@ -196,7 +196,7 @@ def test_transmit_buffer_holds_exactly_depth_bytes(depth):
         # The output comes from a register: a byte offered now is not out in this cycle.
         ctx.set(dut.i_stream.payload, 0x80)
         assert not ctx.get(dut.o_stream.valid)
-        for i in range(depth + 3):
+        for i in range(depth + 6):
             ctx.set(dut.i_stream.payload, 0x80 + i)
             if ctx.get(dut.i_stream.ready):
                 taken.append(0x80 + i)
