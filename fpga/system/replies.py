@@ -131,11 +131,17 @@ class TransmitBuffer(wiring.Component):
     ``o_stream`` comes from a register and not from the block RAMs' read data of the
     :class:`~amaranth.lib.fifo.SyncFIFOBuffered` in front of it (``tx_buffer``, with
     ``depth > 2``), late without their output register: into the UART that was once the ULX3S
-    critical path (docs/history.md has the figures). With ``depth > 4`` its first two entries
-    are another ``SyncFIFO`` (``tx_in``), so that ``i_stream.ready`` is a function of two
-    flip-flops beside the producer and not of the block RAM FIFO's level, which sits by the
-    UART pins: from that level through the reply's FSM, across the die, was the 4 x 4 array
-    system's critical path (79.1 MHz). Together they hold exactly ``depth`` bytes.
+    critical path (docs/history.md has the figures). Together they hold exactly ``depth`` bytes.
+
+    With ``depth > 4``, ``i_stream.ready`` does not come from the FIFOs, which sit by the UART
+    pins, across the die from the producer (from the block RAM FIFO's level through the reply
+    FSM was the 4 x 4 array system's critical path, 79.1 MHz; two flip-flop entries in front
+    of it, which nextpnr placed beside it, did not help: 79.6 MHz). The producer's side keeps
+    a credit counter instead, ``depth`` bytes at reset: a byte accepted takes one, a byte that
+    leaves on ``o_stream`` gives it back a cycle later (a registered pulse), and ``ready`` is
+    ``credits != 0``. Accepted bytes are registered before they are written, so both paths
+    across the die run from a register into one small piece of logic. With every credit
+    taken the FIFOs hold every accepted byte, so none is lost.
 
     Parameters
     ----------
@@ -163,20 +169,26 @@ class TransmitBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.tx_out = out = SyncFIFO(width=8, depth=min(2, self._depth))
+        depth = self._depth
+        m.submodules.tx_out = out = SyncFIFO(width=8, depth=min(2, depth))
         m.d.comb += [self.o_stream.payload.eq(out.r_data), self.o_stream.valid.eq(out.r_rdy),
                      out.r_en.eq(self.o_stream.ready)]
         tx = out
-        if self._depth > 2:
-            m.submodules.tx_buffer = tx = SyncFIFOBuffered(
-                width=8, depth=self._depth - (4 if self._depth > 4 else 2))
+        if depth > 2:
+            m.submodules.tx_buffer = tx = SyncFIFOBuffered(width=8, depth=depth - 2)
             m.d.comb += [tx.r_en.eq(out.w_rdy), out.w_en.eq(tx.r_rdy),
                          out.w_data.eq(tx.r_data)]
-        if self._depth > 4:
-            m.submodules.tx_in = first = SyncFIFO(width=8, depth=2)
-            m.d.comb += [first.r_en.eq(tx.w_rdy), tx.w_en.eq(first.r_rdy),
-                         tx.w_data.eq(first.r_data)]
-            tx = first
-        m.d.comb += [tx.w_data.eq(self.i_stream.payload), tx.w_en.eq(self.i_stream.valid),
-                     self.i_stream.ready.eq(tx.w_rdy)]
+        if depth <= 4:
+            m.d.comb += [tx.w_data.eq(self.i_stream.payload), tx.w_en.eq(self.i_stream.valid),
+                         self.i_stream.ready.eq(tx.w_rdy)]
+            return m
+        credits = Signal(range(depth + 1), init=depth)
+        freed = Signal()                         # a byte left last cycle
+        w_valid, w_data = Signal(), Signal(8)    # the accepted byte, written next cycle
+        take = self.i_stream.valid & self.i_stream.ready
+        m.d.comb += self.i_stream.ready.eq(credits != 0)
+        m.d.sync += [freed.eq(self.o_stream.valid & self.o_stream.ready),
+                     w_valid.eq(take), w_data.eq(self.i_stream.payload),
+                     credits.eq(credits - take + freed)]
+        m.d.comb += [tx.w_en.eq(w_valid), tx.w_data.eq(w_data)]
         return m
