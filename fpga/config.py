@@ -163,6 +163,16 @@ class SystemConfig:
             _check_int(name, getattr(self, name), 0, 256)
         _check_int("tx_buffer", self.tx_buffer, 0, 1 << 24)
 
+    def fit_multipliers(self, blocks):
+        """Return this configuration with its multipliers fitted to a part with ``blocks``
+        hard multipliers (MULT18X18D, SB_MAC16): the first ``blocks // block_size`` PEs of
+        an array (at most all of them) multiply in them and the others in logic; dot-product
+        units (``rows`` = 0) multiply in them."""
+        if self.rows:
+            return self.replace(multipliers="lut", dsp_pes=min(
+                blocks // self.fmt.block_size, self.rows * self.lanes))
+        return self.replace(multipliers="dsp", dsp_pes=None)
+
     # -- presets and changes --------------------------------------------------------------------
 
     @classmethod

@@ -17,7 +17,7 @@ Two boards come from ``amaranth-boards``:
 Every top-level (:class:`BoardTop`) is::
 
     clock ─> PLL ─> sync domain (reset: !lock | button, asynchronous, released through a
-                    ResetSynchronizer)
+                    ResetSynchronizer; on the ECP5 on a global network, through a DCCA)
     uart.rx ─> UARTReceiver ─> SyncFIFOBuffered ─> register ─> GemmSystem
     GemmSystem ─> UARTTransmitter ─> uart.tx
 """
@@ -75,6 +75,9 @@ class Board:
         Bytes buffered between the UART receiver and the ``GemmSystem``.
     programmer : str
         Tool used by ``--program``.
+    dsp_blocks : int
+        Hard multiplier blocks of the part (MULT18X18D, SB_MAC16): how many PEs of a systolic
+        array multiply in them (:meth:`SystemConfig.fit_multipliers`).
     system : SystemConfig
         The default ``GemmSystem`` configuration of the board: a preset of
         :data:`hbfp_hw.fpga.config.PRESETS` (format, lanes, clock, buffers, pipelines).
@@ -86,6 +89,7 @@ class Board:
     osc_hz: int
     rx_fifo_depth: int
     programmer: str
+    dsp_blocks: int
     system: SystemConfig
 
     @property
@@ -123,11 +127,11 @@ class Board:
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", osc_hz=25_000_000,
-        rx_fifo_depth=512, programmer="openFPGALoader",
+        rx_fifo_depth=512, programmer="openFPGALoader", dsp_blocks=156,
         system=SystemConfig.preset("ulx3s-85f")),
     "icebreaker": Board(
         name="icebreaker", family="ice40", device="iCE40UP5K-SG48", osc_hz=12_000_000,
-        rx_fifo_depth=64, programmer="iceprog",
+        rx_fifo_depth=64, programmer="iceprog", dsp_blocks=8,
         system=SystemConfig.preset("icebreaker")),
 }
 
@@ -325,7 +329,10 @@ class BuildConfig:
         """Return the build of ``board`` with its system changed as the ``build`` command does.
 
         ``fmt``, ``lanes`` and ``input_format`` (None: the board's) and ``changes`` (other
-        :class:`SystemConfig` fields) replace fields of the board's system. On the ECP5 the
+        :class:`SystemConfig` fields) replace fields of the board's system. Unless
+        ``changes`` sets ``multipliers``, they are fitted to the part
+        (:meth:`SystemConfig.fit_multipliers` of :attr:`Board.dsp_blocks`; ``dsp_pes`` in
+        ``changes`` then overrides the count). On the ECP5 the
         pipeline depths are the deepest for the format (:func:`deepest_stages`) unless
         ``changes`` gives them.
 
@@ -341,7 +348,13 @@ class BuildConfig:
                  dict(fmt=fmt, lanes=lanes, input_format=input_format).items() if v is not None}
         if "fmt" in given and not isinstance(given["fmt"], BFPFormat):
             raise TypeError(f"fmt must be a BFPFormat, not {given['fmt']!r}")
-        system = spec.system.replace(**given, **changes)
+        fit = "multipliers" not in changes
+        # (The board's dsp_pes may not suit the new shape: it is fitted again.)
+        system = spec.system.replace(**given, **{**changes, **({"dsp_pes": None} if fit else {})})
+        if fit:
+            system = system.fit_multipliers(spec.dsp_blocks)
+            if "dsp_pes" in changes:
+                system = system.replace(dsp_pes=changes["dsp_pes"])
         if spec.family == "ecp5":
             deepest = deepest_stages(system.fmt, array=system.rows > 0)
             system = system.replace(**{**deepest, **{k: v for k, v in changes.items()
@@ -441,12 +454,11 @@ class BoardTop(Elaboratable):
     def _clocking(self, m, platform):
         config = self._config
         spec = config.spec
-        # The reset is asynchronous (released synchronously by the ResetSynchronizer): it
-        # reaches every control register of the chip, and as a synchronous reset that one net
-        # from the synchronizer across the die (9.8 ns of routing, into logic in front of a
-        # register) limited the 4 x 4 array system to 85.5 MHz. Released, the registers leave
-        # reset within a cycle or two of each other, which is harmless: nothing moves until
-        # the first byte arrives on the UART, long after.
+        # The reset is asynchronous (released synchronously by the ResetSynchronizer), so it
+        # reaches only the flip-flops' set/reset inputs, no logic (a synchronous reset was
+        # folded into LUTs in front of registers across the die: 85.5 MHz in the 4 x 4 array
+        # system). Released, the registers leave reset within a cycle or two of each other,
+        # which is harmless: nothing moves until the first byte arrives on the UART.
         m.domains.sync = cd_sync = ClockDomain("sync", async_reset=True)
         pll = config.pll
         locked = Signal(init=0 if pll is not None else 1)
@@ -495,7 +507,17 @@ class BoardTop(Elaboratable):
         # No explicit constraint on the compute clock: nextpnr derives it from the PLL
         # parameters and the oscillator's pin constraint (an explicit one would name a net
         # that flattening has renamed, and be ignored with a warning).
-        m.submodules.reset_sync = ResetSynchronizer(~locked | button, domain="sync")
+        if spec.family == "ecp5":
+            # The released reset reaches the control registers of the whole chip: from the
+            # synchronizer it goes through a DCCA onto a global network (as general routing,
+            # the net across the die was the 4 x 4 array system's critical path, 90.2 MHz).
+            m.domains.reset_src = cd_src = ClockDomain("reset_src", async_reset=True)
+            m.d.comb += cd_src.clk.eq(cd_sync.clk)
+            m.submodules.reset_sync = ResetSynchronizer(~locked | button, domain="reset_src")
+            m.submodules.reset_dcc = Instance("DCCA", i_CLKI=cd_src.rst, i_CE=Const(1),
+                                              o_CLKO=cd_sync.rst)
+        else:
+            m.submodules.reset_sync = ResetSynchronizer(~locked | button, domain="sync")
         return locked
 
     def elaborate(self, platform):

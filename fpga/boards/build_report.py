@@ -18,6 +18,11 @@ def default_out_dir(config):
     return cache / "hbfp-hw" / "builds" / name
 
 
+def _shape(config):
+    rows = config.get("system", {}).get("rows", 0)
+    return f"{rows} x {config['lanes']} PEs" if rows else f"{config['lanes']} lane(s)"
+
+
 def format_report(report):
     """Return the human-readable summary of a build report."""
     c = report["config"]
@@ -26,7 +31,7 @@ def format_report(report):
     lines = [
         f"board     {c['board']} ({c['device']})",
         f"config    {f['name']} (w={f['mantissa_bits']}, block {f['block_size']}, "
-        f"{f['rounding']}), {c['input_format']} in, {c['lanes']} lane(s), "
+        f"{f['rounding']}), {c['input_format']} in, {_shape(c)}, "
         f"clock {c['clock_mhz']:.3f} MHz, UART {c['baud']} baud",
     ]
     lut = f"LUT4 {r['lut']}"

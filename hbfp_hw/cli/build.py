@@ -16,7 +16,6 @@ BUILD_SEED_MAX = 2**31 - 101
 
 #: DSP multipliers of each board's part (MULT18X18D, SB_MAC16): a PE of a systolic array takes
 #: one per block element.
-BOARD_DSPS = {"ulx3s-85f": 156, "icebreaker": 8}
 
 #: Python names in the errors of BuildConfig and GemmSystem, and their flags.
 FLAGS = {"lanes": "--lanes", "rows": "--rows", "dsp_pes": "--dsp-pes",
@@ -31,7 +30,11 @@ def add_parser(sub):
 
     w_lo, w_hi = MANTISSA_BITS_RANGE
     n_lo, n_hi = cli_args.RTL_BLOCK_SIZE_RANGE
-    boards = ", ".join(f"{name} ({spec.device}: {spec.fmt.name}, {spec.lanes} lane(s), "
+    def shape(system):
+        return (f"{system.rows} x {system.lanes} PEs" if system.rows
+                else f"{system.lanes} lane(s)")
+
+    boards = ", ".join(f"{name} ({spec.device}: {spec.fmt.name}, {shape(spec.system)}, "
                        f"{spec.clock_mhz:g} MHz)" for name, spec in BOARDS.items())
     p = sub.add_parser(
         "build", help="build an FPGA bitstream (ULX3S 85F or iCEBreaker)",
@@ -92,16 +95,8 @@ def config_from_args(args):
                         args.block_size or fmt.block_size, rounding=fmt.rounding,
                         exponent_bits=fmt.exponent_bits)
     system = BOARDS[args.board].system
-    rows = system.rows if args.rows is None else args.rows
-    lanes = system.lanes if args.lanes is None else args.lanes
-    changes = {"rows": rows}
-    if rows:
-        # An array's PEs multiply in DSP blocks as far as the part has them, then in logic.
-        fits = BOARD_DSPS[args.board] // fmt.block_size
-        changes.update(multipliers="lut",
-                       dsp_pes=min(fits, rows * lanes) if args.dsp_pes is None
-                       else args.dsp_pes)
-    elif args.dsp_pes is not None:
+    changes = {"rows": system.rows if args.rows is None else args.rows}
+    if args.dsp_pes is not None:
         changes["dsp_pes"] = args.dsp_pes
     return BuildConfig.for_board(args.board, fmt=fmt, lanes=args.lanes,
                                  clock_mhz=args.clock_mhz, baud=args.baud,

@@ -297,11 +297,12 @@ def _require(family):
         pytest.skip(f"YoWASP toolchain missing: {', '.join(missing)}")
 
 
-#: The CI smoke build: the smallest real GemmSystem on the LFE5U-85F. 40 MHz (1 Mbaud: 40
-#: cycles per bit) is well below what it reaches, a margin for changes of the engine
-#: (docs/hardware.md records the measured builds).
-SMOKE = dict(board="ulx3s-85f", fmt=BFPFormat(4, 4), lanes=1, clock_mhz=40, baud=1_000_000,
-             a_blocks=16, b_blocks=16, c_words=16, max_payload=64)
+#: The CI smoke build: the smallest real GemmSystem of the board's kind (a systolic array, of
+#: one PE, its multipliers in a MULT18X18D) on the LFE5U-85F. 40 MHz (1 Mbaud: 40 cycles per
+#: bit) is well below what it reaches, a margin for changes of the engine (docs/hardware.md
+#: records the measured builds).
+SMOKE = dict(board="ulx3s-85f", fmt=BFPFormat(4, 4), rows=1, lanes=1, clock_mhz=40,
+             baud=1_000_000, a_blocks=16, b_blocks=16, c_words=16, max_payload=64)
 
 
 @pytest.mark.synth
@@ -323,6 +324,8 @@ def test_ecp5_smoke_build(tmp_path):
     assert clock["target_mhz"] == pytest.approx(40.0)
     assert 40 <= clock["fmax_mhz"] < 500
     assert report["macs_per_cycle"] == 1 * 4
+    assert report["config"]["system"]["rows"] == 1
+    assert report["config"]["system"]["dsp_pes"] == 1 and report["resources"]["dsp"] >= 4
     assert report["gmacs"] == pytest.approx(4 * clock["fmax_mhz"] / 1e3, abs=1e-3)
     assert f"compute   4 MACs/cycle, {report['gmacs']:.2f} GMAC/s at Fmax" in format_report(report)
     assert [s["tool"] for s in report["stages"]] == ["yosys", "nextpnr-ecp5", "ecppack"]

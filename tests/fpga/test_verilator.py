@@ -61,8 +61,8 @@ def run_session(dut, requests, tmp_path, monkeypatch, family=None, sim="verilato
 
 @pytest.mark.parametrize("family,rows", [
     pytest.param(None, 0, marks=pytest.mark.slow),
-    # The ULX3S netlist: the deepest pipelines, whose MAC trees and command checks use
-    # MULT18X18D primitives holding their registers.
+    # The ULX3S's dot-product engine (--rows 0): the deepest pipelines, whose MAC trees and
+    # command checks use MULT18X18D primitives holding their registers.
     ("ecp5", 0),
     # A 2 x 4 systolic array as the ECP5 builds it: the deepest PEs, four with MULT18X18Ds
     # and four in logic, the B registers' enables in TRELLIS_FF copies.
@@ -79,7 +79,8 @@ def test_bfp8_gemm_session(family, rows, tmp_path, monkeypatch):
     elif family == "ecp5":
         from hbfp_hw.fpga.boards import BuildConfig
 
-        system = BuildConfig("ulx3s-85f").system
+        system = BuildConfig.for_board("ulx3s-85f", rows=0, multipliers="dsp",
+                                       dsp_pes=None).system
         stages = {k: getattr(system, k) for k in ("mac_stages", "convert_stages",
                                                   "adder_stages", "align_stages")}
         assert stages["mac_stages"] == 6

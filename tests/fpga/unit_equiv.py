@@ -66,13 +66,20 @@ def _quantizers():
 
 
 def _engines():
+    from hbfp_hw.fpga.boards import deepest_stages
     from hbfp_hw.fpga.config import PRESETS
     from hbfp_hw.fpga.system.array import GemmEngine
-    families = {"ulx3s-85f": "ecp5", "icebreaker": "ice40", "sim": None}
-    configs = {name: (PRESETS[name], family) for name, family in families.items()}
-    configs["lanes1-ecp5"] = (PRESETS["ulx3s-85f"].replace(lanes=1), "ecp5")
-    configs["lanes1-sim"] = (PRESETS["sim"].replace(lanes=1), None)
-    configs["channels8-sim"] = (PRESETS["sim"].replace(channels=8), None)
+    # The dot-product engine of each preset (the ULX3S and the simulated board default to a
+    # systolic array; the ULX3S's dot engine has the deepest unit pipelines).
+    dot = dict(rows=0, multipliers="dsp", dsp_pes=None)
+    ulx3s = PRESETS["ulx3s-85f"].replace(
+        **dot, **deepest_stages(PRESETS["ulx3s-85f"].fmt, array=False))
+    sim = PRESETS["sim"].replace(**dot)
+    configs = {"ulx3s-85f": (ulx3s, "ecp5"), "icebreaker": (PRESETS["icebreaker"], "ice40"),
+               "sim": (sim, None)}
+    configs["lanes1-ecp5"] = (ulx3s.replace(lanes=1), "ecp5")
+    configs["lanes1-sim"] = (sim.replace(lanes=1), None)
+    configs["channels8-sim"] = (sim.replace(channels=8), None)
     out = {}
     for name, (cfg, family) in configs.items():
         def make(cfg=cfg):
