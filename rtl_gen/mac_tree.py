@@ -31,7 +31,8 @@ from .common import (
 )
 from .layout import block_pair_layout, product_exponent_shape, product_layout
 
-__all__ = ["MacTree", "block_product", "lut_multiply", "registered_levels", "MULTIPLIERS",
+__all__ = ["MacTree", "block_product", "lut_multiply", "registered_levels", "lut_dot_steps",
+           "max_block_product_stages", "MULTIPLIERS",
            "check_multipliers"]
 
 
@@ -134,6 +135,20 @@ class MacTree(wiring.Component):
             bias=self._exponent_bias())
         out.drive(valid, result)
         return m
+
+
+def lut_dot_steps(fmt):
+    """Return the steps of a block product in logic (``multipliers="lut"``): the ranks of one
+    adder tree over every Baugh-Wooley row of every product, then the constant's addition."""
+    return (fmt.block_size * fmt.mantissa_bits - 1).bit_length() + 1
+
+
+def max_block_product_stages(fmt):
+    """Return the largest ``stages`` of :func:`block_product` for ``fmt``: with DSP
+    multipliers, :meth:`MacTree.max_stages_for` and a fabric copy of the products; in logic,
+    the operands and every step of :func:`lut_dot_steps`. Whichever is the larger, the other
+    form adds registers after its last step, so that the two line up in a mixed array."""
+    return max(MacTree.max_stages_for(fmt) + 1, lut_dot_steps(fmt) + 1)
 
 
 def registered_levels(fmt, stages):
@@ -273,8 +288,10 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
                   bias=None):
     """Add the exact dot product of blocks ``a`` and ``b`` (``block_layout(fmt)`` values) to
     ``m`` as a free-running pipeline of ``stages`` registers (see :class:`MacTree`; up to
-    ``MacTree.max_stages_for(fmt) + 1``: the last one copies the DSPs' products into the
-    fabric).
+    :func:`max_block_product_stages`). Beyond ``MacTree.max_stages_for(fmt)``, the DSP form
+    copies the DSPs' products into the fabric and then adds registers after its last level;
+    the logic form registers its operands and spreads the rest over the ranks of its adder
+    tree (:func:`lut_dot_steps`), every rank with enough of them.
 
     ``multipliers="dsp"`` makes the multipliers ``MULT18X18D`` primitives holding the operand
     and product registers on the ECP5 (when those are registered) and ``*`` elsewhere;
@@ -309,9 +326,16 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
     # Level 0, the operand registers, and level 1, the multipliers.
     side = {"exponent": exponent, "nan": nan}
     if multipliers == "lut":
+        nregs = len(registered - {0})
+        if extra:
+            # The tree has more ranks than MacTree has levels: the registers beyond its
+            # deepest go between the ranks (two ranks in one step were the critical path of
+            # the logic PEs of a chip-filling array), the rest after the tree.
+            nregs = min(stages - 1, lut_dot_steps(fmt))
+            extra = stages - 1 - nregs
         ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
                        0 in registered)
-        total = _lut_dot(m, ops["a"], ops["b"], pipe, len(registered - {0}),
+        total = _lut_dot(m, ops["a"], ops["b"], pipe, nregs,
                          side={"exponent": ops["exponent"], "nan": ops["nan"]})
         values = {"sum": [total["sum"]], "exponent": total["exponent"], "nan": total["nan"]}
     elif platform_family(platform) == "ecp5" and w <= ECP5_DSP_WIDTH and \
@@ -322,7 +346,7 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
                                   output_register=1 in registered)
                     for i in range(n)]
         values = pipe.cut("l1f", dict(side, sum=products), extra > 0)
-        extra = 0
+        extra = max(0, extra - 1)
     else:
         ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
                        0 in registered)

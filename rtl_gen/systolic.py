@@ -65,7 +65,7 @@ from .common import (
 from .fp32_mac import MULTIPLIER_STEPS, fp32_mul_steps, multiply_exponent
 from .fp_accumulator import ADDER_STEPS, fp32_add_steps
 from .layout import block_layout
-from .mac_tree import MacTree, block_product, check_multipliers, lut_multiply
+from .mac_tree import block_product, check_multipliers, lut_multiply, max_block_product_stages
 
 __all__ = ["ProcessingElement", "SystolicArray", "ArrayGeometry", "max_product_stages",
            "check_element", "operand_shape",
@@ -111,10 +111,11 @@ def sum_layout():
 def max_product_stages(element):
     """The deepest term product of a PE: every step registered, the operands inside the DSPs
     too, and a fabric copy of the DSPs' products (the DSP sites are far from the PE's logic);
-    a PE without DSPs puts the same number of registers on its own steps and after them, so
-    that the PEs of a mixed array line up."""
+    a block product in logic registers its operands and every rank of its adder tree
+    (:func:`~hbfp_hw.rtl_gen.mac_tree.max_block_product_stages`). The shallower form puts
+    registers after its last step, so that the PEs of a mixed array line up."""
     if isinstance(element, BFPFormat):
-        return MacTree.max_stages_for(element) + 1
+        return max_block_product_stages(element)
     # The DSP form: MULTIPLIER_STEPS with the multiply step as four (two DSP registers, the
     # fabric copy, the partial products' sum) and a copy of the operands before them.
     return MULTIPLIER_STEPS + 4
@@ -162,7 +163,7 @@ class ProcessingElement(wiring.Component):
         Rows of the array (the width of the load words' tag).
     product_stages : int
         Registers of the term's product: the block product's
-        (:func:`~hbfp_hw.rtl_gen.mac_tree.block_product`, up to ``MacTree.max_stages_for``) or
+        (:func:`~hbfp_hw.rtl_gen.mac_tree.block_product`) or
         the FP32 multiplier's (its rounding included); up to :func:`max_product_stages`.
     convert_stages : int
         Registers of the conversion of the block product to FP32 (BFP only; 0 for FP32).

@@ -12,24 +12,35 @@ from amaranth.sim import Simulator
 
 from hbfp_hw.formats import BFP8, BFPFormat
 from hbfp_hw.rtl_gen.layout import block_layout, pack
-from hbfp_hw.rtl_gen.mac_tree import MacTree, block_product
+from hbfp_hw.rtl_gen.mac_tree import (
+    MacTree,
+    block_product,
+    lut_dot_steps,
+    max_block_product_stages,
+)
 
 
-def run(fmt, stages, cases):
+def run(fmt, stages, cases, multipliers="lut"):
+    """Stream ``cases``, one a cycle, and return the products read exactly ``stages`` cycles
+    later (with the valid bit high): a pipeline one register short or long fails."""
     m = Module()
     a, b = Signal(block_layout(fmt)), Signal(block_layout(fmt))
-    res, valid = block_product(m, None, fmt, a, b, Const(1), stages=stages, multipliers="lut")
+    res, valid = block_product(m, None, fmt, a, b, Const(1), stages=stages,
+                               multipliers=multipliers)
     tick = Signal()
     m.d.sync += tick.eq(~tick)              # a clock domain even when combinational
     got = []
 
     async def bench(ctx):
-        for ma, mb in cases:
-            ctx.set(a.as_value(), pack(block_layout(fmt), {"exponent": 3, "mantissas": ma}))
-            ctx.set(b.as_value(), pack(block_layout(fmt), {"exponent": 4, "mantissas": mb}))
-            for _ in range(stages):
-                await ctx.tick()
-            got.append(ctx.get(res.value))
+        for i in range(len(cases) + stages):
+            if i < len(cases):
+                ma, mb = cases[i]
+                ctx.set(a.as_value(), pack(block_layout(fmt), {"exponent": 3, "mantissas": ma}))
+                ctx.set(b.as_value(), pack(block_layout(fmt), {"exponent": 4, "mantissas": mb}))
+            if i >= stages:
+                assert ctx.get(valid), (stages, i)
+                got.append(ctx.get(res.value))
+            await ctx.tick()
     sim = Simulator(m)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
@@ -54,11 +65,29 @@ def cases_for(fmt, exhaustive, seed=0):
                                             (BFPFormat(5, 8), True), (BFP8, False),
                                             (BFPFormat(12, 4), False)])
 def test_lut_block_product_is_exact(fmt, exhaustive):
-    for stages in range(MacTree.max_stages_for(fmt) + 1):
+    # Every depth, the deepest (the operands and every rank of the tree) included.
+    assert max_block_product_stages(fmt) == lut_dot_steps(fmt) + 1 > MacTree.max_stages_for(fmt)
+    for stages in range(max_block_product_stages(fmt) + 1):
         cases = cases_for(fmt, exhaustive and stages in (0, 3), seed=stages)
         got = run(fmt, stages, cases)
         want = [sum(x * y for x, y in zip(ma, mb, strict=True)) for ma, mb in cases]
         assert got == want, (fmt, stages)
+
+
+@pytest.mark.parametrize("fmt", [BFP8, BFPFormat(4, 4)])
+def test_dsp_block_product_lines_up(fmt):
+    """The multiplier form (``*`` off the ECP5) at the depths beyond MacTree's, which a mixed
+    array gives it to match its logic PEs: registers after the last level, same products."""
+    for stages in range(MacTree.max_stages_for(fmt), max_block_product_stages(fmt) + 1):
+        cases = cases_for(fmt, False, seed=stages)[:40]
+        got = run(fmt, stages, cases, multipliers="dsp")
+        assert got == [sum(x * y for x, y in zip(ma, mb, strict=True)) for ma, mb in cases]
+
+
+def test_lut_dot_steps():
+    # 16 products of 8 rows each: 128 rows, 7 ranks, and the constant.
+    assert lut_dot_steps(BFP8) == 8 and max_block_product_stages(BFP8) == 9
+    assert lut_dot_steps(BFPFormat(4, 4)) == 5 and lut_dot_steps(BFPFormat(8, 32)) == 9
 
 
 @pytest.mark.parametrize("wa,wb", [(5, 5), (3, 6), (24, 24)])
@@ -86,3 +115,27 @@ def test_lut_multiply_is_exact(wa, wb):
     sim.run()
     with pytest.raises(TypeError, match="unsigned operands"):
         lut_multiply(Module(), "x", Signal(signed(4)), Signal(4))
+
+
+def test_lut_block_product_registers_every_rank(monkeypatch):
+    """At its deepest, the logic form registers its operands and every step of the tree (the
+    constant's addition last), not two ranks in one step with registers piled at the end."""
+    from hbfp_hw.rtl_gen import mac_tree
+    from hbfp_hw.rtl_gen.common import Pipeline
+
+    cuts = []
+
+    class Recording(Pipeline):
+        def cut(self, name, values, register):
+            if register:
+                cuts.append(name)
+            return super().cut(name, values, register)
+
+    monkeypatch.setattr(mac_tree, "Pipeline", Recording)
+    a, b = Signal(block_layout(BFP8)), Signal(block_layout(BFP8))
+    block_product(Module(), None, BFP8, a, b, Const(1), stages=9, multipliers="lut")
+    assert cuts == ["l0"] + [f"t{step}_0" for step in range(1, 9)]
+    # MacTree's deepest plus one (what mixed arrays used before): the same count, spread.
+    cuts.clear()
+    block_product(Module(), None, BFP8, a, b, Const(1), stages=7, multipliers="lut")
+    assert len(cuts) == 7 and cuts[0] == "l0" and not any(c.startswith("lx") for c in cuts)

@@ -109,7 +109,7 @@ def test_geometry():
     (dict(rows=1, cols=65), "cols must be between 1 and 64"),
     (dict(rows=1, cols=1, adder_stages=0), "adder_stages must be between 1 and 11"),
     (dict(rows=1, cols=1, multipliers="bram"), "multipliers must be one of"),
-    (dict(rows=1, cols=1, product_stages=8), "product_stages must be between 0 and 7"),
+    (dict(rows=1, cols=1, product_stages=10), "product_stages must be between 0 and 9"),
 ])
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -170,7 +170,7 @@ def test_mutants_are_caught(monkeypatch, mutant):
     assert not np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("product_stages", [2, 5])     # 5: the deepest, one after the levels
+@pytest.mark.parametrize("product_stages", [2, 5, 6])  # 6: the deepest (every rank in logic)
 def test_mixed_multipliers(product_stages):
     """PEs with DSP multipliers (here the simulator's ``*``) beside PEs in logic."""
     rng = np.random.default_rng(5)
