@@ -46,6 +46,7 @@ from .decoder import FrameDecoder, FrameEncoder
 from .payload import BlockWriter
 from .readout import CReadout
 from .replies import ReplyFormatter, ReplyKind, TransmitBuffer
+from .skid import SkidBuffer
 from .systolic import SystolicEngine
 
 __all__ = ["BlockDotUnit", "block_dot_input_layout", "GemmEngine", "GemmSystem"]
@@ -185,7 +186,23 @@ class GemmSystem(wiring.Component):
         m.submodules.readout = readout = CReadout(lanes=eng.lanes, c_depth=eng.c_depth,
                                                   cap_bits=cap_bits)
         m.submodules.replies = replies = ReplyFormatter(self._info, cap_bits=cap_bits)
-        wiring.connect(m, wiring.flipped(self.i_stream), dec.i_stream)
+        # With the ECP5's transmit buffer (credits, depth > 4), each byte stream between units
+        # nextpnr places apart has a register slice: the received bytes before the decoder's
+        # logic (from the UART's register by the pins through it was a critical path of the
+        # 4 x 4 array system), and the reply bytes between the executor and the encoder, so
+        # that the FSM's ready is a register beside it (the transmit credits through the
+        # encoder into the FSM's enables was another). The iCEBreaker has no room for them.
+        sliced = self._tx_buffer > 4
+        payload_out = enc.i_stream
+        if sliced:
+            m.submodules.rx_slice = rx_slice = SkidBuffer(8)
+            m.submodules.reply_slice = reply_slice = SkidBuffer(8)
+            wiring.connect(m, wiring.flipped(self.i_stream), rx_slice.i_stream)
+            wiring.connect(m, rx_slice.o_stream, dec.i_stream)
+            wiring.connect(m, reply_slice.o_stream, enc.i_stream)
+            payload_out = reply_slice.i_stream
+        else:
+            wiring.connect(m, wiring.flipped(self.i_stream), dec.i_stream)
         if self._tx_buffer:
             m.submodules.tx = tx = TransmitBuffer(self._tx_buffer)
             wiring.connect(m, enc.o_stream, tx.i_stream)
@@ -196,8 +213,8 @@ class GemmSystem(wiring.Component):
         ev = dec.o_event.payload
         arg = checks.arg
         wargs = data.View(WRITE_ARGS_LAYOUT, ev.args[:WRITE_ARGS_LAYOUT.size])
-        x = _Executor(m, cap_bits, dec=dec, enc=enc, eng=eng, writer=writer, checks=checks,
-                      readout=readout, replies=replies)
+        x = _Executor(m, cap_bits, dec=dec, enc=enc, payload_out=payload_out, eng=eng,
+                      writer=writer, checks=checks, readout=readout, replies=replies)
         m.d.comb += [
             dec.rd_addr.eq(writer.rd_addr), writer.rd_data.eq(dec.rd_data),
             writer.first.eq(arg.start), writer.count.eq(arg.count),
@@ -238,8 +255,12 @@ class _Executor:
     sequence number and the reply's status.
     """
 
-    def __init__(self, m, cap_bits, *, dec, enc, eng, writer, checks, readout, replies):
+    def __init__(self, m, cap_bits, *, dec, enc, payload_out, eng, writer, checks, readout,
+                 replies):
+        # `payload_out`: where the reply's payload bytes go (the encoder's i_stream, or the
+        # register slice in front of it).
         self.m, self.dec, self.enc, self.eng = m, dec, enc, eng
+        self.payload_out = payload_out
         self.writer, self.checks, self.readout, self.replies = writer, checks, readout, replies
         # -- device state ---------------------------------------------------------------------
         self.frames = Signal(16)
@@ -476,6 +497,7 @@ class _Executor:
         # the next frame): the reply uses `status`, `reply_cmd`, `reply_seq`, `reply_kind`,
         # `read_count`, the readout's registers and the device state.
         m, enc, dec, replies, readout = self.m, self.enc, self.dec, self.replies, self.readout
+        out = self.payload_out
         with m.State("SEND"):
             hdr = enc.i_header.payload
             m.d.comb += [
@@ -492,8 +514,8 @@ class _Executor:
                 m.next = "SEND_FIXED"
 
         with m.State("SEND_FIXED"):
-            m.d.comb += [enc.i_stream.valid.eq(1), enc.i_stream.payload.eq(replies.byte)]
-            with m.If(enc.i_stream.ready):
+            m.d.comb += [out.valid.eq(1), out.payload.eq(replies.byte)]
+            with m.If(out.ready):
                 m.d.comb += replies.next.eq(1)
                 with m.If(replies.last):
                     with m.If(self.read_count != 0):
@@ -512,8 +534,8 @@ class _Executor:
             m.next = "SEND_C_BYTES"
 
         with m.State("SEND_C_BYTES"):
-            m.d.comb += [enc.i_stream.valid.eq(1), enc.i_stream.payload.eq(readout.byte)]
-            with m.If(enc.i_stream.ready):
+            m.d.comb += [out.valid.eq(1), out.payload.eq(readout.byte)]
+            with m.If(out.ready):
                 m.d.comb += readout.next_byte.eq(1)
                 with m.If(readout.last_byte):
                     m.d.sync += self.read_count.eq(self.read_count - 1)
