@@ -140,7 +140,13 @@ class MacTree(wiring.Component):
 def lut_dot_steps(fmt):
     """Return the steps of a block product in logic (``multipliers="lut"``): the ranks of one
     adder tree over every Baugh-Wooley row of every product, then the constant's addition."""
-    return (fmt.block_size * fmt.mantissa_bits - 1).bit_length() + 1
+    return _tree_steps(fmt.block_size * fmt.mantissa_bits)
+
+
+def _tree_steps(rows):
+    """Steps of :func:`_lut_dot` over ``rows`` Baugh-Wooley rows: the adder ranks, then the
+    constant."""
+    return (rows - 1).bit_length() + 1
 
 
 def max_block_product_stages(fmt):
@@ -209,7 +215,7 @@ def _lut_dot(m, a, b, pipe, nregs, *, side):
     for i in range(n):
         terms += _bw_rows(a[i], b[i])
     constant = n * (2 ** w - 2 ** (2 * w - 1))
-    steps = (len(terms) - 1).bit_length() + 1       # the adder ranks, then the constant
+    steps = _tree_steps(len(terms))
     after = [((j + 1) * steps) // nregs for j in range(nregs)]
 
     def cut(name, values, count):
