@@ -170,7 +170,6 @@ class FrameDecoder(wiring.Component):
                 with m.If(take):
                     m.d.sync += idle.eq(0)
                     with m.If(byte == SYNC[1]):
-                        m.d.sync += [ev.seq.eq(0), ev.args.eq(0)]
                         m.next = "HEADER"
                     with m.Elif(byte != SYNC[0]):
                         m.next = "HUNT"
@@ -181,6 +180,12 @@ class FrameDecoder(wiring.Component):
 
             with m.State("HEADER"):
                 m.d.comb += self.i_stream.ready.eq(1)
+                # The seq and the arguments start from 0, cleared while the first header
+                # byte is awaited: their enables come from registers. (Cleared as the sync
+                # marker's byte was compared, the received byte reached the enables of all
+                # the argument bits: the 4 x 4 array system's critical path, seed 2.)
+                with m.If(index == 0):
+                    m.d.sync += [ev.seq.eq(0), ev.args.eq(0)]
                 with m.If(take):
                     m.d.sync += [idle.eq(0), crc.eq(crc_next), index.eq(index + 1)]
                     m.d.sync += header.as_value().word_select(index[:2], 8).eq(byte)

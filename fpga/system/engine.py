@@ -150,6 +150,13 @@ class GemmSystem(wiring.Component):
         return frozenset({Wire.BFP, Wire.FLOAT} if self._float_wire else {Wire.BFP})
 
     @property
+    def sliced(self):
+        """Whether the byte streams have register slices (:class:`SkidBuffer`): with the
+        ECP5's transmit buffer (credits, ``tx_buffer > 4``); each holds
+        ``SkidBuffer.DEPTH`` bytes."""
+        return self._tx_buffer > 4
+
+    @property
     def latency(self):
         """Cycles from the buffer read of a last block pair to its result in C (for the
         systolic engine: from the request of the last item to ``done``, at most)."""
@@ -192,9 +199,8 @@ class GemmSystem(wiring.Component):
         # 4 x 4 array system), and the reply bytes between the executor and the encoder, so
         # that the FSM's ready is a register beside it (the transmit credits through the
         # encoder into the FSM's enables was another). The iCEBreaker has no room for them.
-        sliced = self._tx_buffer > 4
         payload_out = enc.i_stream
-        if sliced:
+        if self.sliced:
             m.submodules.rx_slice = rx_slice = SkidBuffer(8)
             m.submodules.reply_slice = reply_slice = SkidBuffer(8)
             wiring.connect(m, wiring.flipped(self.i_stream), rx_slice.i_stream)

@@ -29,6 +29,8 @@ class SkidBuffer(wiring.Component):
     o_stream : ``Out(stream.Signature(width))``
     """
 
+    DEPTH = 2   # transfers the slice holds: the output register and the skid
+
     def __init__(self, width):
         if isinstance(width, bool) or not isinstance(width, int):
             raise TypeError(f"width must be an integer, not {width!r}")

@@ -11,6 +11,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+from amaranth.hdl import Module, Signal, Value
 from amaranth.sim import Simulator
 
 from hbfp_hw.formats import BFPFormat, FloatFormat
@@ -26,7 +27,7 @@ from hbfp_hw.fpga.protocol import (
     block_bytes,
     to_bytes,
 )
-from hbfp_hw.fpga.system.checks import CheckUnit
+from hbfp_hw.fpga.system.checks import CheckUnit, times_constant
 from hbfp_hw.fpga.system.decoder import frame_event_layout
 from hbfp_hw.rtl_gen.layout import pack, unpack
 
@@ -393,3 +394,33 @@ def test_random_requests_match_full_width_reference(float_wire):
             f = fields(READ_ARGS_LAYOUT, case[2])
             assert got["read_words"] == f.count
             assert got["row_base"] == f.base + f.row * -(-f.cols // SMALL["lanes"])
+
+
+def test_times_constant_is_the_product_without_a_multiplier():
+    # Every constant up to the largest block bytes of a preset format and beyond, at values
+    # that set every bit of a 10-bit operand: the value of each sum of shifts, and no `*`.
+    x = Signal(10)
+    for constant in range(0, 70):
+        expr = times_constant(x, constant)
+        assert "*" not in repr(expr), constant
+        for value in (0, 1, 2, 5, 341, 682, 1023):
+            assert _evaluate(expr, [(x, value)]) == value * constant, (constant, value)
+
+
+def _evaluate(expr, values):
+    """The value of the Amaranth expression ``expr`` with its signals set as ``values`` says
+    (pairs of a signal and its value)."""
+    dut = Module()
+    out = Signal(len(Value.cast(expr)) + 1)
+    dut.d.comb += out.eq(expr)
+    result = []
+
+    async def bench(ctx):
+        for signal, value in values:
+            ctx.set(signal, value)
+        result.append(ctx.get(out))
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    return result[0]

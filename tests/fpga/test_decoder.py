@@ -30,6 +30,7 @@ from hbfp_hw.fpga.protocol import (
 )
 from hbfp_hw.fpga.system.decoder import crc32_next
 from hbfp_hw.fpga.system.engine import GemmSystem
+from hbfp_hw.fpga.system.skid import SkidBuffer
 
 from .link import LinkTimeout, device_gemm, read_c, run_link
 
@@ -829,9 +830,9 @@ def test_full_transmit_buffer_stalls_without_loss(tx_buffer, ready_prob, seed):
         # When the device took the first byte of frame j + 2, reply j was in the buffer but
         # for its CRC (the encoder adds it after the last payload byte, while the device goes
         # on): at most tx_buffer + 4 of its bytes had not yet reached the host. With the
-        # register slices (tx_buffer > 4), the input slice takes two bytes ahead of the
-        # decoder and the reply slice holds two bytes besides the buffer.
-        slice_bytes = 2 if tx_buffer > 4 else 0
+        # register slices, the input slice takes its bytes ahead of the decoder and the
+        # reply slice holds as many besides the buffer.
+        slice_bytes = SkidBuffer.DEPTH if dut.sliced else 0
         taken = link.taken_at[mark:]
         ends, offset, reply_end = [], 0, start
         replied = iter(got)
