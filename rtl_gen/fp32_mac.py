@@ -25,7 +25,7 @@ from .layout import accumulator_output_layout, mac_input_layout
 __all__ = ["Fp32MacBaseline", "fp32_mul_steps", "multiply_exponent", "MULTIPLIER_STEPS"]
 
 
-def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
+def fp32_mul_steps(*, name="mul", multiply=None, compact=False, classify=False):
     """Return the steps of the FP32 multiplier: keys ``a`` and ``b`` in, key ``bits`` out.
 
     ``multiply(m, name, x, y)``, if given, returns the 48-bit product of the significands
@@ -39,14 +39,26 @@ def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
     shift. Normalizing the operands, not the product, makes the widest shift 24 bits wide
     and puts it before the multiplier: the product's 48-bit shift after the DSP blocks was
     the FP32 twin's critical path.
+
+    With ``classify``, the unpacking is two steps: the fields and classes of each operand
+    (:func:`~hbfp_hw.rtl_gen.fp_accumulator.fp32_unpack`), then the first shifts and the
+    product's classes.
     """
 
     lzc_bits = 5                        # a zero significand counts 31
 
+    unpacked = ("sign", "eff", "sig", "zero", "inf", "nan")
+
+    def fields(m, v):
+        return {f"{key}_{f}": x[f] for key in ("a", "b")
+                for x in [fp32_unpack(m, f"{name}_{key}", v[key])] for f in unpacked}
+
     def unpack(m, v):
+        if not classify:
+            v = fields(m, v)
         out = {}
         for key in ("a", "b"):
-            x = fp32_unpack(m, f"{name}_{key}", v[key])
+            x = {f: v[f"{key}_{f}"] for f in unpacked}
             out[f"sig{key}"], out[f"lz{key}"] = normalize_shift(
                 m, f"{name}_{key}", x["sig"], Const(0, lzc_bits), (4, 3))
             out[f"eff{key}"] = x["eff"]
@@ -82,7 +94,7 @@ def fp32_mul_steps(*, name="mul", multiply=None, compact=False):
                                else mul(m, f"{name}_lut", v["siga"], v["sigb"])),
         }
 
-    return [unpack, normalize, multiply,
+    return [*([fields] if classify else []), unpack, normalize, multiply,
             *fp32_round_steps(48, signed(11), name=f"{name}_r", compact=compact,
                               normalize_steps=1, lead_zeros=1)]
 

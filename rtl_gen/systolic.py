@@ -117,8 +117,9 @@ def max_product_stages(element):
     if isinstance(element, BFPFormat):
         return max_block_product_stages(element)
     # The DSP form: MULTIPLIER_STEPS with the multiply step as four (two DSP registers, the
-    # fabric copy, the partial products' sum) and a copy of the operands before them.
-    return MULTIPLIER_STEPS + 4
+    # fabric copy, the partial products' sum), a copy of the operands before them and the
+    # unpacking in two steps.
+    return MULTIPLIER_STEPS + 5
 
 
 def _check_params(element, *, rows, product_stages, convert_stages, adder_stages,
@@ -304,16 +305,18 @@ def _fp32_dsp_term(m, a, b, *, stages):
     multiplier's unpacking and normalizing steps, before the DSPs, the next is a copy of the
     operands in front of the unpacking (the A register sits by the next PE's, the B register
     by the DSPs: the route from them into the unpacking was the 5 x 6 FP32 array's critical
-    path, 4.3 of 13.3 ns), and the rest go to the partial products' sum and the rounding
-    steps.
+    path, 4.3 of 13.3 ns), the next splits the unpacking after the operands' fields and
+    classes (the unpacking in one step, spread over the die by the placer, was the next
+    one, 13.1 ns), and the rest go to the partial products' sum and the rounding steps.
     """
-    unpack, normalize, _multiply, *rounding = fp32_mul_steps(name="mul")
+    fields, unpack, normalize, _multiply, *rounding = fp32_mul_steps(name="mul", classify=True)
     rest = stages - 2
     copy, rest = min(rest, 1), rest - min(rest, 1)
-    before, rest = min(rest, 3), rest - min(rest, 3)
+    before, rest = min(rest, 4), rest - min(rest, 4)
     pipe = Pipeline(m, Const(1))
     operands = pipe.cut("mul_i", {"a": a, "b": b}, before >= 3)
-    v = pipe.cut("mul_u", unpack(m, operands), before >= 1)
+    v = pipe.cut("mul_c", fields(m, operands), before >= 4)
+    v = pipe.cut("mul_u", unpack(m, v), before >= 1)
     v = pipe.cut("mul_n", normalize(m, v), before >= 2)
     pieces = {}
     for (ka, sa), (kb, sb) in product_pieces():

@@ -231,7 +231,7 @@ def test_ecp5_swap_copies(monkeypatch, late):
     assert np.array_equal(got, want) != late
 
 
-@pytest.mark.parametrize("stages", [2, 5, 12])
+@pytest.mark.parametrize("stages", [2, 5, 7, 13])
 def test_fp32_twin_with_ecp5_dsps(monkeypatch, stages):
     """The FP32 PEs' DSP path (four MULT18X18D pieces per product, operands and products
     registered inside them), with the primitive replaced by a model of its registers; the
@@ -255,7 +255,7 @@ def test_fp32_twin_with_ecp5_dsps(monkeypatch, stages):
     a[1:, :] = sub[:18].view(np.float32).reshape(3, 6)              # every leading-zero count
     b[:, 0] = (sub[17:] | np.uint32(0x80000000)).view(np.float32)
     b[:, 1] = np.float32(2.0 ** 100)                                # products back to normal
-    assert systolic.max_product_stages("fp32") == 12
+    assert systolic.max_product_stages("fp32") == 13
     array = SystolicArray("fp32", rows=2, cols=2, product_stages=stages, convert_stages=0,
                           adder_stages=2, multipliers="dsp")
     a_ops = [[int(v) for v in golden.f32_to_bits(row)] for row in a]
