@@ -323,7 +323,7 @@ _DEFAULT = SystemConfig()
 #:     before it retries (docs/protocol.md 5).
 _ULX3S = _DEFAULT.replace(
     lanes=4, clock_hz=100_000_000, mac_stages=6, convert_stages=7, adder_stages=11,
-    align_stages=11, tx_buffer=16384)
+    align_stages=12, tx_buffer=16384)
 
 PRESETS = {
     "ulx3s-85f": _ULX3S,

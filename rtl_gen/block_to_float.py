@@ -243,6 +243,18 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
             # 1 - be >= the largest shift  <=>  lzc >= clamp_at.
             out["clamp_at"] = comb_signal(m, f"{name}_clamp_at", signed(be_width + 1),
                                           _MAX_DENORM_SHIFT - (1 - expc))
+            # The next step's decisions `lzc <= expc1` (normal) and `lzc >= clamp_at` (clamp),
+            # with 0 <= lzc <= lz_max: settled here, from `exp` beside the additions, when the
+            # bound is outside lzc's range; otherwise a comparison of lzc's few bits there.
+            # (With the bounds' carry chains after the count, a PE's `normal` was the 4 x 4
+            # array system's critical path, the count's register placed far from the chain.)
+            lz_max, c0 = (1 << lzc_bits) - 1, mag_width - 1 + _FP32_BIAS
+            exp = v["exp"]
+            for key, value in (("normal_all", exp >= lz_max + 1 - c0),
+                               ("normal_none", exp < 1 - c0),
+                               ("clamp_all", exp <= 1 - _MAX_DENORM_SHIFT - c0),
+                               ("clamp_none", exp > lz_max + 1 - _MAX_DENORM_SHIFT - c0)):
+                out[key] = comb_signal(m, f"{name}_{key}", 1, value)
         return out
 
     def normalize_more(ks):
@@ -269,12 +281,14 @@ def fp32_round_steps(mag_width, exp_shape, *, name="rnd", compact=False, normali
         # follows from them (normal or not, the denormalizing shift, overflow, the exponent
         # field) is decided in the next step, from registers: after these carry chains it was
         # the critical path of the systolic PEs' adders on the ECP5.
-        lzc = Cat(v["lzc"], Const(0, 1)).as_signed()
+        lzc = v["lzc"]
+        normal = v["normal_all"] | (~v["normal_none"] & (lzc <= v["expc1"][:lzc_bits]))
+        clamp = v["clamp_all"] | (~v["clamp_none"] & (lzc >= v["clamp_at"][:lzc_bits]))
         return {
             "sign": v["sign"], "nan": v["nan"], "zero": v["zero"], "inf": v["inf"],
+            "normal": comb_signal(m, f"{name}_normal", 1, normal),              # be >= 1
+            "clamp": comb_signal(m, f"{name}_clamp", 1, clamp),
             # Each a carry chain of its own, side by side.
-            "normal": comb_signal(m, f"{name}_normal", 1, lzc <= v["expc1"]),      # be >= 1
-            "clamp": comb_signal(m, f"{name}_clamp", 1, lzc >= v["clamp_at"]),
             "be_m1": comb_signal(m, f"{name}_be_m1", signed(be_width), v["expc1"] - v["lzc"]),
             "one_m_be": comb_signal(m, f"{name}_one_m_be", signed(be_width),
                                     v["expn"] + v["lzc"]),

@@ -104,11 +104,12 @@ class FloatToBlock(wiring.Component):
         ``"fp32"`` (32-bit lanes) or ``"bf16"`` (16-bit lanes, widened by appending 16 zero
         bits).
     stages : int
-        Number of pipeline registers, 0 to :meth:`max_stages_for` (``7 + log2(block_size)``).
+        Number of pipeline registers, 0 to :meth:`max_stages_for` (``8 + log2(block_size)``).
         They are placed, in this order of preference, at the output, after the exponent max
         tree, after the alignment shifters, at the input, after the rounding, after the shift
-        distances, between the coarse and the fine shift, halfway up the max tree, after the
-        per-lane exponent clamp, and after each remaining level of the max tree. 0 makes the
+        distances' clamp, between the coarse and the fine shift, between the shift distances'
+        subtraction and their clamp, halfway up the max tree, after the per-lane exponent
+        clamp, and after each remaining level of the max tree. 0 makes the
         component combinational. The deepest setting is the one for a high clock.
     always_ready : bool
         The consumer never stalls: ``o_stream`` has no ready (its signature is
@@ -188,11 +189,12 @@ class FloatToBlock(wiring.Component):
         levels of the exponent max tree (``max0``: after the per-lane clamp)."""
         levels = (fmt.block_size - 1).bit_length()
         tree = [f"max{levels // 2}"] + [f"max{k}" for k in range(levels) if k != levels // 2]
-        return ["output", "exponent", "align", "input", "round", "distance", "coarse", *tree]
+        return ["output", "exponent", "align", "input", "round", "distance", "coarse",
+                "subtract", *tree]
 
     @staticmethod
     def max_stages_for(fmt):
-        """Return the largest ``stages`` for ``fmt``: ``7 + log2(block_size)``."""
+        """Return the largest ``stages`` for ``fmt``: ``8 + log2(block_size)``."""
         return len(FloatToBlock._cut_order(fmt))
 
     def _cut_points(self):
@@ -254,7 +256,8 @@ class FloatToBlock(wiring.Component):
         values = self._lane_fields(m, values, widths)
         values = self._exponent_tree(m, pipe, cuts, values)
         values = pipe.cut("s_exp", values, cuts["exponent"])
-        values = pipe.cut("s_dist", self._shift_distances(m, values, widths), cuts["distance"])
+        values = pipe.cut("s_sub", self._shift_distances(m, values), cuts["subtract"])
+        values = pipe.cut("s_dist", self._clamp_distances(m, values, widths), cuts["distance"])
         values = pipe.cut("s_coarse", self._coarse_shift(m, values, widths), cuts["coarse"])
         values = pipe.cut("s_align", self._fine_shift(m, values, widths), cuts["align"])
         values = pipe.cut("s_round", self._round(m, values, widths), cuts["round"])
@@ -373,20 +376,31 @@ class FloatToBlock(wiring.Component):
         values["e_next"] = e_next
         return values
 
-    def _shift_distances(self, m, values, widths):
-        """Replace the exponents by each lane's shift distance (``shift``), the saturation flags
-        of a format with a narrow exponent and the block's exponent code (``code``)."""
+    def _shift_distances(self, m, values):
+        """Replace ``e_next`` by each lane's shift distance (``distance``), ``E_field + 1 -
+        fe``: one subtraction per lane. (With the clamp behind it in the same step, the
+        shared ``e_next`` register, placed far from some lanes, through a lane's carry chain
+        and the clamp was the 4 x 4 array system's critical path.)"""
+        e_next = values.pop("e_next")
+        distances = []
+        for i, eff in enumerate(values.pop("eff")):
+            distance = Signal(signed(10), name=f"distance{i}")
+            m.d.comb += distance.eq(e_next - eff)
+            distances.append(distance)
+        values["distance"] = distances
+        return values
+
+    def _clamp_distances(self, m, values, widths):
+        """Replace the distances by each lane's shift (``shift``), and add the saturation
+        flags of a format with a narrow exponent and the block's exponent code (``code``)."""
         # distance - low = E_field - fe + 1, clamped to [0, top_width]
         fmt = self._fmt
         top_width = widths.top_width
         saturating = widths.saturating
         e_field = values.pop("e_field")
-        e_next = values.pop("e_next")
         shifts, saturate = [], []
         k = top_width.bit_length()
-        for i, eff in enumerate(values.pop("eff")):
-            distance = Signal(signed(10), name=f"distance{i}")
-            m.d.comb += distance.eq(e_next - eff)
+        for i, distance in enumerate(values.pop("distance")):
             clamped = Signal(range(top_width + 1), name=f"shift{i}")
             # Only a lane that saturates (its field above E_field) has a negative distance.
             below = distance[-1] if saturating else C(0, 1)

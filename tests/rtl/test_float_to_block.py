@@ -414,7 +414,7 @@ def test_stochastic_rounding_threshold_is_exact():
 
 # -- stream behaviour: latency, throughput, backpressure -------------------------------------
 
-@pytest.mark.parametrize("stages", range(10))     # every cut point of a block of 4
+@pytest.mark.parametrize("stages", range(11))     # every cut point of a block of 4
 def test_latency_and_throughput(stages):
     fmt = BFPFormat(8, 4, "stochastic")
     dut = FloatToBlock(fmt, stages=stages)
@@ -433,7 +433,7 @@ def test_latency_and_throughput(stages):
 
 
 @pytest.mark.parametrize(("fmt", "stages"), [
-    (BFPFormat(8, 4, "stochastic"), 3), (BFPFormat(8, 16), 11), (BFPFormat(4, 8), 1),
+    (BFPFormat(8, 4, "stochastic"), 3), (BFPFormat(8, 16), 12), (BFPFormat(4, 8), 1),
 ])
 def test_always_ready(fmt, stages):
     """A consumer that never stalls: no ready, no FIFO, no credits; the same blocks, one
@@ -488,11 +488,11 @@ def test_properties_and_ports():
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 1$"),
     ((BFPFormat(8, 128),), {}, ValueError,
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 128$"),
-    ((BFPFormat(8, 16),), {"stages": 12}, ValueError,
-     r"^stages must be between 0 and 11, not 12$"),
-    ((BFPFormat(8, 2),), {"stages": 9}, ValueError, r"^stages must be between 0 and 8, not 9$"),
+    ((BFPFormat(8, 16),), {"stages": 13}, ValueError,
+     r"^stages must be between 0 and 12, not 13$"),
+    ((BFPFormat(8, 2),), {"stages": 10}, ValueError, r"^stages must be between 0 and 9, not 10$"),
     ((BFPFormat(8, 16),), {"stages": -1}, ValueError,
-     r"^stages must be between 0 and 11, not -1$"),
+     r"^stages must be between 0 and 12, not -1$"),
     ((BFPFormat(8, 16),), {"stages": 1.0}, TypeError, r"^stages must be an integer, not 1\.0$"),
     ((BFPFormat(8, 16),), {"stages": True}, TypeError, r"^stages must be an integer, not True$"),
     ((BFPFormat(8, 16),), {"always_ready": 1}, TypeError, r"^always_ready must be a bool, not 1$"),
