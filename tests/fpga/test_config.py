@@ -79,7 +79,8 @@ def test_derived_values():
     assert c.replace(build_hash=7).effective_build_hash == 7
     assert c.effective_build_hash == c.default_build_hash() != SystemConfig().default_build_hash()
     # peak MACs per cycle: one block pair per lane per cycle
-    assert PRESETS["ulx3s-85f"].macs_per_cycle == 4 * 16
+    assert PRESETS["ulx3s-85f"].macs_per_cycle == 4 * 4 * 16               # 4 x 4 PEs
+    assert PRESETS["sim"].macs_per_cycle == 2 * 4 * 16
     assert SystemConfig(rows=4, lanes=4).macs_per_cycle == 4 * 4 * 16     # 4 x 4 PEs of bfp8
     assert PRESETS["icebreaker"].macs_per_cycle == 1 * 4
     assert SystemConfig(lanes=8, fmt=BFPFormat(8, 32)).macs_per_cycle == 256
@@ -96,12 +97,15 @@ def test_presets():
     for name, board in BOARDS.items():
         assert board.system is PRESETS[name]
     assert BuildConfig().system == PRESETS[DEFAULT_PRESET]
-    # The ULX3S runs the deepest pipelines of its format (what the 100 MHz target needs).
+    # The ULX3S runs the deepest pipelines of its format (what the 100 MHz target needs) on
+    # a 4 x 4 array, with as many DSP PEs as the part's 156 MULT18X18D hold.
     ulx3s = PRESETS["ulx3s-85f"]
-    deepest = deepest_stages(ulx3s.fmt, array=False)
+    assert (ulx3s.rows, ulx3s.lanes, ulx3s.multipliers, ulx3s.dsp_pes) == (4, 4, "lut", 156 // 16)
+    deepest = deepest_stages(ulx3s.fmt, array=True)
     assert {k: getattr(ulx3s, k) for k in deepest} == deepest
-    # The simulated board is the default board's device with bigger buffers.
+    # The simulated board is the default board's generator, half the rows, bigger buffers.
     assert SimConfig().system is PRESETS["sim"]
+    assert PRESETS["sim"].rows == ulx3s.rows // 2
     for name in ("fmt", "lanes", "tx_buffer", "input_format"):
         assert getattr(PRESETS["sim"], name) == getattr(ulx3s, name)
 
