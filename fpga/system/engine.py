@@ -154,7 +154,7 @@ class GemmSystem(wiring.Component):
         """Whether the byte streams have register slices (:class:`SkidBuffer`): with the
         ECP5's transmit buffer (credits, ``tx_buffer > 4``); each holds
         ``SkidBuffer.DEPTH`` bytes."""
-        return self._tx_buffer > 4
+        return self._tx_buffer > TransmitBuffer.CREDITS_ABOVE
 
     @property
     def latency(self):

@@ -157,6 +157,9 @@ class TransmitBuffer(wiring.Component):
     i_stream: In(stream.Signature(8))
     o_stream: Out(stream.Signature(8))
 
+    #: Above this depth ``ready`` comes from the credit counter.
+    CREDITS_ABOVE = 4
+
     def __init__(self, depth):
         if isinstance(depth, bool) or not isinstance(depth, int):
             raise TypeError(f"Depth must be an integer, not {depth!r}")
@@ -178,7 +181,7 @@ class TransmitBuffer(wiring.Component):
             m.submodules.tx_buffer = tx = SyncFIFOBuffered(width=8, depth=depth - 2)
             m.d.comb += [tx.r_en.eq(out.w_rdy), out.w_en.eq(tx.r_rdy),
                          out.w_data.eq(tx.r_data)]
-        if depth <= 4:
+        if depth <= self.CREDITS_ABOVE:
             m.d.comb += [tx.w_data.eq(self.i_stream.payload), tx.w_en.eq(self.i_stream.valid),
                          self.i_stream.ready.eq(tx.w_rdy)]
             return m
