@@ -21,7 +21,14 @@ import json
 import zlib
 from dataclasses import dataclass
 
-from hbfp_hw.formats import BFP8, BFPFormat, FloatFormat, Rounding, resolve_format
+from hbfp_hw.formats import (
+    BFP8,
+    BFPFormat,
+    FloatFormat,
+    Rounding,
+    require_integer_elements,
+    resolve_format,
+)
 
 __all__ = ["SystemConfig", "PRESETS", "DEFAULT_PRESET"]
 
@@ -129,6 +136,7 @@ class SystemConfig:
             object.__setattr__(self, "fmt", resolve_format(self.fmt))
         if not isinstance(self.fmt, BFPFormat):
             raise TypeError(f"fmt must be a BFPFormat or a preset name, not {self.fmt!r}")
+        require_integer_elements(self.fmt, "the GEMM system")
         if not isinstance(self.input_format, (str, FloatFormat)):
             raise TypeError(f"input_format must be a FloatFormat or a string, "
                             f"not {self.input_format!r}")

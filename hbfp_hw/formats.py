@@ -3,6 +3,9 @@
 The golden model, the RTL generators, the testbenches, the host driver and the PyTorch
 integration all take the same frozen :class:`BFPFormat`. Its exact semantics are written down in
 ``docs/numerics.md``; :mod:`hbfp_hw.golden` is the executable form of that contract.
+
+A block's elements are integers (BFP, MXINT8) or small floating-point numbers, :class:`Minifloat`
+``ExMy`` (the OCP MX formats MXFP8/6/4 and Block Minifloat), under one shared power-of-two scale.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "Rounding",
+    "Special",
+    "ScaleRule",
+    "Minifloat",
+    "minifloat_format",
+    "require_integer_elements",
     "FloatFormat",
     "BFPFormat",
     "PRESETS",
@@ -33,6 +41,9 @@ SR_RANDOM_BITS = 16
 MANTISSA_BITS_RANGE = (2, 16)
 BLOCK_SIZE_RANGE = (1, 4096)
 EXPONENT_BITS_RANGE = (2, 8)
+#: Exponent and mantissa (fraction) widths of a minifloat element.
+ELEMENT_EXPONENT_BITS_RANGE = (1, 5)
+ELEMENT_MANTISSA_BITS_RANGE = (0, 7)
 
 
 class Rounding(enum.Enum):
@@ -95,6 +106,140 @@ def as_float_format(value, name="input_format"):
     return _coerce_enum(FloatFormat, name, value)
 
 
+class Special(enum.Enum):
+    """Which codes of a minifloat element are not numbers.
+
+    ``ieee``: the all-ones exponent field is reserved, Inf (fraction 0) and NaN (as OCP E5M2).
+    ``fn``: finite; only ``S.1...1.1...1`` is NaN (as OCP E4M3). ``none``: every code is a
+    number (as OCP FP6 and FP4). The convention fixes the largest normal value.
+    """
+
+    IEEE = "ieee"
+    FN = "fn"
+    NONE = "none"
+
+    def __str__(self):
+        return self.value
+
+
+class ScaleRule(enum.Enum):
+    """How a block's shared exponent is chosen from its largest magnitude ``amax``.
+
+    ``floor``: ``floor(log2 amax) - emax`` (OCP MX, the default); ``ceil``:
+    ``ceil(log2 amax) - emax`` (no element saturates below the top of the scale range);
+    ``rceil``: the power of two at or above ``amax * (1/max_normal)`` computed in FP32, as
+    torchao's and cuBLAS's MXFP8 recipe does. docs/numerics.md section 5 has the exact rules.
+    """
+
+    FLOOR = "floor"
+    CEIL = "ceil"
+    RCEIL = "rceil"
+
+    def __str__(self):
+        return self.value
+
+
+@dataclass(frozen=True)
+class Minifloat:
+    """A minifloat element type ``ExMy``: sign, ``e`` exponent bits, ``m`` fraction bits.
+
+    A code with exponent field ``f`` and fraction ``t`` is ``(-1)^s * t * 2^(1 - bias - m)``
+    when ``f == 0`` (subnormal) and ``(-1)^s * (2^m + t) * 2^(f - bias - m)`` otherwise, except
+    the codes that ``special`` reserves. Every value is an integer multiple of
+    ``2^-fraction_bits``; the golden model and the hardware hold elements as those integers.
+
+    Parameters
+    ----------
+    exponent_bits : int
+        ``e``, 1 to 5 (2 to 5 with ``special="ieee"``).
+    mantissa_bits : int
+        ``m``, 0 to 7 (1 to 7 with ``special="fn"``).
+    special : Special or str
+        ``"ieee"`` (default), ``"fn"`` or ``"none"``.
+    bias : int or None
+        Exponent bias, 0 to ``2**(e-1)``; ``None`` means the IEEE bias ``2**(e-1) - 1``.
+    """
+
+    exponent_bits: int
+    mantissa_bits: int
+    special: Special = Special.IEEE
+    bias: int | None = None
+
+    def __post_init__(self):
+        _check_int("exponent_bits", self.exponent_bits, *ELEMENT_EXPONENT_BITS_RANGE)
+        _check_int("mantissa_bits", self.mantissa_bits, *ELEMENT_MANTISSA_BITS_RANGE)
+        special = _coerce_enum(Special, "special", self.special)
+        object.__setattr__(self, "special", special)
+        e, m = self.exponent_bits, self.mantissa_bits
+        if special is Special.IEEE and e < 2:
+            raise ValueError(f"exponent_bits must be between 2 and 5 for special='ieee' (the "
+                             f"all-ones exponent is reserved), not {e}")
+        if special is Special.FN and m < 1:
+            raise ValueError(f"mantissa_bits must be between 1 and 7 for special='fn' (the "
+                             f"all-ones code is NaN), not {m}")
+        if self.bias is None:
+            object.__setattr__(self, "bias", (1 << (e - 1)) - 1)
+        else:
+            _check_int("bias", self.bias, 0, 1 << (e - 1))
+
+    @property
+    def width(self):
+        """Bits of one encoded element: ``1 + e + m``."""
+        return 1 + self.exponent_bits + self.mantissa_bits
+
+    @property
+    def top_field(self):
+        """Largest exponent field that holds numbers."""
+        top = (1 << self.exponent_bits) - 1
+        return top - 1 if self.special is Special.IEEE else top
+
+    @property
+    def emin(self):
+        """Exponent of the smallest normal binade, ``1 - bias``."""
+        return 1 - self.bias
+
+    @property
+    def emax(self):
+        """Exponent of the largest binade: ``floor(log2(max_normal))``."""
+        return self.top_field - self.bias
+
+    @property
+    def fraction_bits(self):
+        """The element grid's step is ``2^-fraction_bits``: ``m + bias - 1``."""
+        return self.mantissa_bits + self.bias - 1
+
+    @property
+    def max_int(self):
+        """Largest magnitude as an integer on the element grid: ``max_normal * 2^fraction_bits``."""
+        m = self.mantissa_bits
+        top_fraction = (1 << m) - (2 if self.special is Special.FN else 1)
+        return ((1 << m) + top_fraction) << (self.top_field - 1)
+
+    @property
+    def max_normal(self):
+        """Largest finite magnitude, as a float (exact): 448 for OCP E4M3."""
+        return self.max_int * 2.0 ** -self.fraction_bits
+
+    @property
+    def name(self):
+        """``e4m3fn``, ``e5m2``, ``e2m1nr`` (no reserved codes); ``_biasN`` if not IEEE's."""
+        suffix = {Special.IEEE: "", Special.FN: "fn", Special.NONE: "nr"}[self.special]
+        default = (1 << (self.exponent_bits - 1)) - 1
+        bias = "" if self.bias == default else f"_bias{self.bias}"
+        return f"e{self.exponent_bits}m{self.mantissa_bits}{suffix}{bias}"
+
+    def to_dict(self):
+        """Return a JSON-ready description."""
+        return {"exponent_bits": self.exponent_bits, "mantissa_bits": self.mantissa_bits,
+                "special": self.special.value, "bias": self.bias}
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild an element type from :meth:`to_dict` output."""
+        return cls(int(d["exponent_bits"]), int(d["mantissa_bits"]), d.get("special", "ieee"),
+                   None if d.get("bias") is None else int(d["bias"]))
+
+
 @dataclass(frozen=True)
 class BFPFormat:
     """A block floating-point format.
@@ -115,6 +260,15 @@ class BFPFormat:
     exponent_bits : int
         Width of the shared exponent code, 2 to 8. ``E`` ranges over
         ``[-(2**(exponent_bits-1) - 1), 2**(exponent_bits-1) - 1]`` and the all-ones code is NaN.
+        With 8 bits this is OCP's E8M0 scale.
+    element : Minifloat or None
+        ``None`` (default): integer elements as above. A :class:`Minifloat`: each element is
+        that ``ExMy`` number times ``2**E`` (OCP MX: ``E`` is the scale ``X``), held as the
+        integer ``m_i = value * 2**(fraction_bits - E)``; ``mantissa_bits`` must then be the
+        element's width ``1 + e + m``. :func:`minifloat_format` builds such formats.
+    scale_rule : ScaleRule or str
+        How ``E`` is chosen: ``"floor"`` (default), ``"ceil"`` or ``"rceil"``; integer elements
+        take ``"floor"`` only.
 
     Raises
     ------
@@ -128,24 +282,60 @@ class BFPFormat:
     block_size: int
     rounding: Rounding = Rounding.NEAREST_EVEN
     exponent_bits: int = 8
+    element: Minifloat | None = None
+    scale_rule: ScaleRule = ScaleRule.FLOOR
 
     def __post_init__(self):
         _check_int("mantissa_bits", self.mantissa_bits, *MANTISSA_BITS_RANGE)
         _check_int("block_size", self.block_size, *BLOCK_SIZE_RANGE, power_of_two=True)
         _check_int("exponent_bits", self.exponent_bits, *EXPONENT_BITS_RANGE)
         object.__setattr__(self, "rounding", _coerce_enum(Rounding, "rounding", self.rounding))
+        rule = _coerce_enum(ScaleRule, "scale_rule", self.scale_rule)
+        object.__setattr__(self, "scale_rule", rule)
+        if self.element is None:
+            if rule is not ScaleRule.FLOOR:
+                raise ValueError(f"scale_rule must be 'floor' for integer elements, "
+                                 f"not {rule.value!r}")
+        elif not isinstance(self.element, Minifloat):
+            raise TypeError(f"element must be a Minifloat or None, not {self.element!r}")
+        elif self.mantissa_bits != self.element.width:
+            raise ValueError(f"mantissa_bits must be the element's width "
+                             f"{self.element.width} for {self.element.name} elements, "
+                             f"not {self.mantissa_bits}")
+
+    @property
+    def is_minifloat(self):
+        """Whether the elements are :class:`Minifloat` numbers (not integers)."""
+        return self.element is not None
+
+    @property
+    def element_name(self):
+        """``"int8"`` for 8-bit integer elements, else the minifloat's name (``"e4m3fn"``)."""
+        return f"int{self.mantissa_bits}" if self.element is None else self.element.name
 
     # -- derived constants ------------------------------------------------------------------
 
     @property
     def max_mantissa(self):
-        """Largest mantissa magnitude, ``2**(w-1) - 1`` (the clamp is symmetric)."""
+        """Largest element magnitude as an integer: ``2**(w-1) - 1`` (the clamp is symmetric);
+        for minifloat elements ``max_normal * 2**fraction_bits`` (229,376 for E4M3)."""
+        if self.element is not None:
+            return self.element.max_int
         return (1 << (self.mantissa_bits - 1)) - 1
 
     @property
     def fraction_bits(self):
-        """Number of fractional bits of an element relative to ``2**E``: ``w - 2``."""
+        """Number of fractional bits of an element relative to ``2**E``: ``w - 2``; for
+        minifloat elements the element's ``m + bias - 1``."""
+        if self.element is not None:
+            return self.element.fraction_bits
         return self.mantissa_bits - 2
+
+    @property
+    def element_emax(self):
+        """``floor(log2)`` of the largest element magnitude relative to ``2**E``: 0 for
+        integer elements, 8 for E4M3. The scale rules subtract it from ``log2 amax``."""
+        return 0 if self.element is None else self.element.emax
 
     @property
     def exponent_bias(self):
@@ -174,8 +364,10 @@ class BFPFormat:
 
     @property
     def product_bits(self):
-        """Full width of the exact integer block dot product: ``2w + ceil(log2(block_size))``."""
-        return 2 * self.mantissa_bits + (self.block_size - 1).bit_length()
+        """Full width of the exact integer block dot product: ``2w + ceil(log2(block_size))``
+        for integer elements (``w - 1`` magnitude bits and a sign per operand)."""
+        operand = self.max_mantissa.bit_length() + 1
+        return 2 * operand + (self.block_size - 1).bit_length()
 
     @property
     def name(self):
@@ -186,30 +378,71 @@ class BFPFormat:
         suffix = {Rounding.NEAREST_EVEN: "", Rounding.TOWARD_ZERO: "_tz",
                   Rounding.STOCHASTIC: "_sr"}[self.rounding]
         ebits = "" if self.exponent_bits == 8 else f"e{self.exponent_bits}"
-        return f"w{self.mantissa_bits}b{self.block_size}{ebits}{suffix}"
+        if self.element is None:
+            return f"w{self.mantissa_bits}b{self.block_size}{ebits}{suffix}"
+        rule = "" if self.scale_rule is ScaleRule.FLOOR else f"_{self.scale_rule.value}"
+        return f"{self.element.name}b{self.block_size}{ebits}{rule}{suffix}"
 
     def replace(self, **changes):
-        """Return a copy with the given fields changed (and validated)."""
+        """Return a copy with the given fields changed (and validated).
+
+        Changing ``element`` alone also sets ``mantissa_bits`` to the new element's width.
+        """
         fields = dict(mantissa_bits=self.mantissa_bits, block_size=self.block_size,
-                      rounding=self.rounding, exponent_bits=self.exponent_bits)
+                      rounding=self.rounding, exponent_bits=self.exponent_bits,
+                      element=self.element, scale_rule=self.scale_rule)
+        if changes.get("element") is not None and "mantissa_bits" not in changes:
+            if isinstance(changes["element"], Minifloat):
+                fields["mantissa_bits"] = changes["element"].width
         fields.update(changes)
         return BFPFormat(**fields)
 
     def to_dict(self):
-        """Return a JSON-ready description."""
-        return {
+        """Return a JSON-ready description (``element`` and ``scale_rule`` only when they are
+        not the integer defaults, so that integer formats keep their old description)."""
+        d = {
             "name": self.name,
             "mantissa_bits": self.mantissa_bits,
             "block_size": self.block_size,
             "rounding": self.rounding.value,
             "exponent_bits": self.exponent_bits,
         }
+        if self.element is not None:
+            d["element"] = self.element.to_dict()
+            d["scale_rule"] = self.scale_rule.value
+        return d
 
     @classmethod
     def from_dict(cls, d):
         """Rebuild a format from :meth:`to_dict` output."""
+        element = d.get("element")
         return cls(int(d["mantissa_bits"]), int(d["block_size"]),
-                   d.get("rounding", "nearest-even"), int(d.get("exponent_bits", 8)))
+                   d.get("rounding", "nearest-even"), int(d.get("exponent_bits", 8)),
+                   None if element is None else Minifloat.from_dict(element),
+                   d.get("scale_rule", "floor"))
+
+
+def minifloat_format(exponent_bits, mantissa_bits, block_size=32, *, special="ieee", bias=None,
+                     rounding=Rounding.NEAREST_EVEN, scale_rule=ScaleRule.FLOOR,
+                     scale_bits=8):
+    """Return a :class:`BFPFormat` with ``ExMy`` minifloat elements under a shared scale.
+
+    ``minifloat_format(4, 3, special="fn")`` is OCP MXFP8 E4M3 (block 32, E8M0 scale).
+    ``scale_bits`` is the width of the shared exponent (8: E8M0).
+    """
+    element = Minifloat(exponent_bits, mantissa_bits, special, bias)
+    return BFPFormat(element.width, block_size, rounding, scale_bits, element, scale_rule)
+
+
+def require_integer_elements(fmt, where):
+    """Raise ``ValueError`` if ``fmt`` has minifloat elements, which ``where`` (a phrase such as
+    ``"the RTL generators"``) does not implement yet; return ``fmt`` otherwise."""
+    if getattr(fmt, "element", None) is not None:
+        raise ValueError(
+            f"fmt {fmt.name!r} has {fmt.element.name} minifloat elements, which {where} does "
+            f"not implement yet (integer-element formats only: BFP presets and mxint8); the "
+            f"golden model hbfp_hw.golden computes it")
+    return fmt
 
 
 #: OCP Microscaling MXINT8: w=8, 32-element blocks, E8M0 scale, nearest-even.
@@ -225,6 +458,20 @@ PRESETS = {
     "bfp6": BFPFormat(6, 16),
     "bfp12": BFPFormat(12, 16),
     "bfp16": BFPFormat(16, 16),
+    # OCP Microscaling v1.0: 32-element blocks, E8M0 scale, saturating nearest-even elements.
+    "mxfp8_e4m3": minifloat_format(4, 3, special="fn"),       # max 448
+    "mxfp8_e5m2": minifloat_format(5, 2, special="ieee"),     # max 57344
+    "mxfp6_e3m2": minifloat_format(3, 2, special="none"),     # max 28
+    "mxfp6_e2m3": minifloat_format(2, 3, special="none"),     # max 7.5
+    "mxfp4_e2m1": minifloat_format(2, 1, special="none"),     # max 6
+    # Block Minifloat (Fox et al., ICLR 2021): the paper's 8-bit and 6-bit (e, m) pairs, forward
+    # (weights, activations) and backward (gradients); no reserved codes, subnormals, no bias of
+    # the element's own (the 8-bit shared exponent is the bias); blocks of 16 along K
+    # (docs/numerics.md section 5.5 says why).
+    "bm8_e2m5": minifloat_format(2, 5, 16, special="none", bias=0),
+    "bm8_e4m3": minifloat_format(4, 3, 16, special="none", bias=0),
+    "bm6_e2m3": minifloat_format(2, 3, 16, special="none", bias=0),
+    "bm6_e3m2": minifloat_format(3, 2, 16, special="none", bias=0),
 }
 
 DEFAULT_FORMAT = BFP8
@@ -247,5 +494,5 @@ def resolve_format(fmt):
         if key in PRESETS:
             return PRESETS[key]
         raise ValueError(f"fmt must be a BFPFormat or one of the presets "
-                         f"{', '.join(sorted(PRESETS))}, not {fmt!r}")
+                         f"{', '.join(PRESETS)}, not {fmt!r}")
     raise TypeError(f"fmt must be a BFPFormat or a preset name, not {fmt!r}")

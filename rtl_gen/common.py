@@ -13,7 +13,7 @@ from amaranth.hdl import (
 )
 from amaranth.lib.fifo import SyncFIFO
 
-from hbfp_hw.formats import BFPFormat
+from hbfp_hw.formats import BFPFormat, require_integer_elements
 
 __all__ = ["RTL_BLOCK_SIZE_RANGE", "check_stages", "check_rtl_format", "Pipeline",
            "CreditOutput", "TargetFamily", "platform_family", "ECP5_DSP_WIDTH",
@@ -51,6 +51,7 @@ def check_rtl_format(fmt):
     """
     if not isinstance(fmt, BFPFormat):
         raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
+    require_integer_elements(fmt, "the RTL generators")
     lo, hi = RTL_BLOCK_SIZE_RANGE
     if not lo <= fmt.block_size <= hi:
         raise ValueError(f"block_size must be a power of two between {lo} and {hi} for the RTL, "

@@ -9,7 +9,7 @@ walk the same layout objects, so there is no second description to keep in sync.
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
-from hbfp_hw.formats import BFPFormat, FloatFormat
+from hbfp_hw.formats import BFPFormat, FloatFormat, require_integer_elements
 
 __all__ = [
     "block_layout",
@@ -24,6 +24,7 @@ __all__ = [
 def _check_format(fmt):
     if not isinstance(fmt, BFPFormat):
         raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
+    require_integer_elements(fmt, "the RTL generators")
 
 
 def block_layout(fmt):

@@ -171,7 +171,11 @@ class TestPresets:
         assert fmt.name == name
 
     def test_preset_set(self):
-        assert set(PRESETS) == {"bfp8", "mxint8", "bfp2", "bfp4", "bfp6", "bfp12", "bfp16"}
+        integer = {"bfp8", "mxint8", "bfp2", "bfp4", "bfp6", "bfp12", "bfp16"}
+        minifloat = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1",
+                     "bm8_e2m5", "bm8_e4m3", "bm6_e2m3", "bm6_e3m2"}
+        assert set(PRESETS) == integer | minifloat
+        assert {n for n, f in PRESETS.items() if f.is_minifloat} == minifloat
         for fmt in PRESETS.values():
             assert fmt.rounding is Rounding.NEAREST_EVEN
             assert fmt.exponent_bits == 8
@@ -192,8 +196,10 @@ class TestResolve:
 
     def test_unknown_name(self):
         with pytest.raises(ValueError,
-                           match=(r"^fmt must be a BFPFormat or one of the presets bfp12, bfp16, "
-                                  r"bfp2, bfp4, bfp6, bfp8, mxint8, not 'bfp9'$")):
+                           match=(r"^fmt must be a BFPFormat or one of the presets bfp8, "
+                                  r"mxint8, bfp2, bfp4, bfp6, bfp12, bfp16, mxfp8_e4m3, "
+                                  r"mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4_e2m1, bm8_e2m5, "
+                                  r"bm8_e4m3, bm6_e2m3, bm6_e3m2, not 'bfp9'$")):
             resolve_format("bfp9")
 
     @pytest.mark.parametrize("bad", [8, None, 1.0, (8, 16)])

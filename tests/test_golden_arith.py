@@ -1,6 +1,7 @@
 """golden arithmetic (numerics.md section 3.1 and 3.2) against the exact reference."""
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -303,11 +304,28 @@ def test_dot_of_quantized_tensors_and_broadcast():
 
 def test_dot_errors():
     q8 = golden.quantize(np.ones(16, dtype=F32), BFPFormat(8, 16))
-    q6 = golden.quantize(np.ones(16, dtype=F32), BFPFormat(6, 16))
-    with pytest.raises(ValueError, match=r"same format"):
-        golden.dot(q8, q6)
+    q8b32 = golden.quantize(np.ones(32, dtype=F32), BFPFormat(8, 32))
+    q8e5 = golden.quantize(np.ones(16, dtype=F32), BFPFormat(8, 16, exponent_bits=5))
+    for other in (q8b32, q8e5):
+        with pytest.raises(ValueError, match=r"^the operands' formats must share the block "
+                                             r"size and the shared exponent's width"):
+            golden.dot(q8, other)
     with pytest.raises(TypeError, match=r"^b must be a BFPTensor"):
         golden.dot(q8, np.ones(16))
+
+
+def test_dot_mixed_element_widths():
+    # Operands may differ in their elements (here int8 and int6) when blocks and shared
+    # exponents agree: the product's exponent takes each operand's fraction bits.
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((2, 5, 16)).astype(F32)
+    qx = golden.quantize(x, BFPFormat(8, 16))
+    qy = golden.quantize(y, BFPFormat(6, 16))
+    want = [ref_round_to_fp32(
+        sum(Fraction(int(a)) * int(b) for a, b in zip(qx.mantissas[i, 0], qy.mantissas[i, 0]))
+        * Fraction(2) ** (int(qx.exponents[i, 0]) + int(qy.exponents[i, 0]) - 6 - 4))
+        for i in range(5)]
+    assert bits(golden.dot(qx, qy)[:, 0]).tolist() == want
 
 
 def test_helpers():

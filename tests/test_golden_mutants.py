@@ -135,9 +135,9 @@ def test_mutant_is_caught(monkeypatch, hook, mutant, must_catch):
 _original_product_exponent = arith.product_exponent
 
 
-def swapped_exponent_sign(ea, eb, fmt):
+def swapped_exponent_sign(ea, eb, fmt, fmt_b=None):
     """Mutant (d): the product exponent uses Ea - Eb (a swapped sign)."""
-    ep, nan = _original_product_exponent(ea, eb, fmt)
+    ep, nan = _original_product_exponent(ea, eb, fmt, fmt_b)
     eb = np.asarray(eb, dtype=np.int32)
     return np.where(nan, ep, ep - 2 * eb), nan
 

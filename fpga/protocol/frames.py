@@ -34,7 +34,13 @@ import numpy as np
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from hbfp_hw.formats import BFPFormat, FloatFormat, Rounding, resolve_format
+from hbfp_hw.formats import (
+    BFPFormat,
+    FloatFormat,
+    Rounding,
+    require_integer_elements,
+    resolve_format,
+)
 from hbfp_hw.golden import quantize
 from hbfp_hw.rtl_gen.layout import pack, unpack
 
@@ -330,7 +336,8 @@ class FrameParser:
 # -- tile data ----------------------------------------------------------------------------------
 
 def _fmt_and_input(fmt, input_format):
-    return resolve_format(fmt), FloatFormat(input_format)
+    fmt = require_integer_elements(resolve_format(fmt), "the device protocol")
+    return fmt, FloatFormat(input_format)
 
 
 def mantissa_bytes(fmt):

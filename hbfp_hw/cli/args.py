@@ -201,9 +201,14 @@ def _preset(flag, text, allow_fp32=False):
     key = str(text).strip().lower()
     if allow_fp32 and key == "fp32":
         return "fp32"
+    names = (["fp32"] if allow_fp32 else []) + [n for n, f in PRESETS.items()
+                                                 if not f.is_minifloat]
     if key in PRESETS:
+        if PRESETS[key].is_minifloat:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {key}: minifloat formats are in the golden model (hbfp_hw.golden) "
+                f"only so far; the commands take {', '.join(names)}")
         return PRESETS[key]
-    names = (["fp32"] if allow_fp32 else []) + list(PRESETS)
     raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(names)}, not {text!r}")
 
 

@@ -1,4 +1,4 @@
-"""``hbfp-hw formats``: list the BFP format presets."""
+"""``hbfp-hw formats``: list the format presets (BFP, MX, Block Minifloat)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ __all__ = ["add_parser", "validate", "run"]
 
 
 def add_parser(sub):
-    p = sub.add_parser("formats", help="list the BFP format presets",
-                       description="List the BFP format presets.")
+    p = sub.add_parser("formats", help="list the format presets",
+                       description="List the format presets: BFP and MXINT8 (integer "
+                                   "elements), OCP MX and Block Minifloat (minifloat "
+                                   "elements).")
     p.add_argument("--json", metavar="PATH", help="write the presets as JSON")
     return p
 
@@ -28,10 +30,13 @@ def run(args):
         d["product_bits"] = fmt.product_bits
         d["default"] = fmt is PRESETS["bfp8"]
         rows.append(d)
-    print(f"{'preset':8} {'w':>3} {'block':>5} {'rounding':13} {'exp bits':>8} {'MAC width':>9}")
-    for d in rows:
+    print(f"{'preset':11} {'element':13} {'w':>3} {'block':>5} {'rounding':13} {'exp bits':>8} "
+          f"{'MAC width':>9}")
+    for fmt, d in zip(PRESETS.values(), rows):
         mark = "  (default)" if d["default"] else ""
-        print(f"{d['name']:8} {d['mantissa_bits']:>3} {d['block_size']:>5} {d['rounding']:13} "
-              f"{d['exponent_bits']:>8} {d['product_bits']:>9}{mark}")
+        if fmt.is_minifloat:
+            mark += "  (golden model only)"
+        print(f"{d['name']:11} {fmt.element_name:13} {d['mantissa_bits']:>3} {d['block_size']:>5} "
+              f"{d['rounding']:13} {d['exponent_bits']:>8} {d['product_bits']:>9}{mark}")
     cli_args.write_json(args.json, {"presets": rows})
     return 0

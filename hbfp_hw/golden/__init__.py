@@ -9,11 +9,13 @@ from hbfp_hw.golden.arith import (
     accumulate,
     bits_to_f32,
     canonicalize_nan,
+    check_operand_formats,
     dot,
     f32_to_bits,
     fp32_add,
     int_dot,
     product_exponent,
+    round_int_to_float32,
     to_float32,
 )
 from hbfp_hw.golden.prng import lane_seeds, lane_states, random_bits, xorshift32
@@ -30,6 +32,8 @@ __all__ = [
     "float32_blas_exact",
     "int_dot",
     "product_exponent",
+    "check_operand_formats",
+    "round_int_to_float32",
     "to_float32",
     "fp32_add",
     "accumulate",

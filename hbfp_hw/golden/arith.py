@@ -14,6 +14,8 @@ __all__ = [
     "canonicalize_nan",
     "int_dot",
     "product_exponent",
+    "check_operand_formats",
+    "round_int_to_float32",
     "to_float32",
     "fp32_add",
     "accumulate",
@@ -44,21 +46,70 @@ def canonicalize_nan(x):
 
 
 def int_dot(ma, mb):
-    """Return the exact integer dot products ``sum(ma * mb)`` over the last axis (int64)."""
-    return np.sum(np.asarray(ma, dtype=np.int64) * np.asarray(mb, dtype=np.int64), axis=-1)
+    """Return the exact integer dot products ``sum(ma * mb)`` over the last axis.
+
+    int64 when every sum fits in 63 bits; otherwise (minifloat elements with 5 exponent bits)
+    an object array of Python ints.
+    """
+    ma, mb = np.asarray(ma), np.asarray(mb)
+    bound = 0
+    if ma.size and mb.size:
+        bound = (int(np.abs(ma).max()) * int(np.abs(mb).max())) * max(ma.shape[-1], 1)
+    if bound < 1 << 62:
+        return np.sum(ma.astype(np.int64) * mb.astype(np.int64), axis=-1)
+    return np.sum(ma.astype(object) * mb.astype(object), axis=-1)
 
 
-def product_exponent(ea, eb, fmt):
-    """Return ``(Ea + Eb - 2(w-2), nan)`` for unbiased block exponents ``ea`` and ``eb``.
+def product_exponent(ea, eb, fmt, fmt_b=None):
+    """Return ``(Ea + Eb - fa - fb, nan)`` for unbiased block exponents ``ea`` and ``eb``, with
+    ``fa``, ``fb`` the operands' ``fraction_bits`` (``2(w-2)`` in all for integer elements).
 
-    ``nan`` marks pairs where either block is a NaN block; their exponent is 0.
+    ``fmt_b`` is B's format when it differs from A's ``fmt``. ``nan`` marks pairs where either
+    block is a NaN block; their exponent is 0.
     """
     fmt = resolve_format(fmt)
+    fmt_b = fmt if fmt_b is None else resolve_format(fmt_b)
     ea = np.asarray(ea, dtype=np.int32)
     eb = np.asarray(eb, dtype=np.int32)
-    nan = (ea == fmt.nan_exponent) | (eb == fmt.nan_exponent)
-    ep = np.where(nan, 0, ea + eb - 2 * fmt.fraction_bits).astype(np.int32)
+    nan = (ea == fmt.nan_exponent) | (eb == fmt_b.nan_exponent)
+    ep = np.where(nan, 0, ea + eb - fmt.fraction_bits - fmt_b.fraction_bits).astype(np.int32)
     return ep, nan
+
+
+def check_operand_formats(fa, fb):
+    """Raise ``ValueError`` unless A's format ``fa`` and B's ``fb`` can meet in a dot product:
+    the same block size and shared-exponent width (their elements and roundings may differ)."""
+    if fa == fb:
+        return
+    if fa.block_size != fb.block_size or fa.exponent_bits != fb.exponent_bits:
+        raise ValueError(f"the operands' formats must share the block size and the shared "
+                         f"exponent's width, not {fa.name} (block {fa.block_size}, "
+                         f"{fa.exponent_bits}-bit exponent) and {fb.name} (block "
+                         f"{fb.block_size}, {fb.exponent_bits}-bit exponent)")
+
+
+def round_int_to_float32(s, exp):
+    """Round the Python int ``s * 2**exp`` to FP32, nearest-even, exactly (any size of ``s``).
+
+    IEEE subnormals and overflow to ±Inf; ``s == 0`` gives +0.0.
+    """
+    s, exp = int(s), int(exp)
+    if s == 0:
+        return np.float32(0.0)
+    mag = abs(s)
+    top = mag.bit_length() - 1 + exp            # exponent of the leading bit
+    lsb = max(top - 23, -149)                   # weight of FP32's last kept bit
+    drop = lsb - exp
+    if drop > 0:
+        q, rem = mag >> drop, mag & ((1 << drop) - 1)
+        half = 1 << (drop - 1)
+        if rem > half or (rem == half and q & 1):
+            q += 1
+    else:
+        q = mag << -drop
+    with np.errstate(over="ignore"):
+        out = np.float32(np.ldexp(float(q), lsb)) if lsb < 200 else np.float32(np.inf)
+    return -out if s < 0 else out
 
 
 def to_float32(s, exp, nan=None):
@@ -67,7 +118,8 @@ def to_float32(s, exp, nan=None):
     Parameters
     ----------
     s : array_like of int
-        Exact integers, ``|s| < 2**53``.
+        Exact integers: int64 below ``2**53`` in magnitude, or Python ints of any size (an
+        object array, as :func:`int_dot` returns for wide minifloat elements).
     exp : array_like of int
         Power-of-two exponents.
     nan : array_like of bool, optional
@@ -78,7 +130,15 @@ def to_float32(s, exp, nan=None):
     numpy.ndarray of float32
         IEEE subnormals, overflow to ±Inf, ``s == 0`` gives +0.0.
     """
-    s = np.asarray(s, dtype=np.int64)
+    s = np.asarray(s)
+    if s.dtype == object:
+        s_b, e_b = np.broadcast_arrays(s, np.asarray(exp, dtype=np.int64))
+        out = np.array([round_int_to_float32(v, e) for v, e in zip(s_b.ravel(), e_b.ravel())],
+                       dtype=np.float32).reshape(s_b.shape)
+        if nan is not None:
+            out = np.where(np.asarray(nan, dtype=bool), CANONICAL_NAN, out)
+        return out
+    s = s.astype(np.int64)
     if np.any(np.abs(s) >= (1 << 53)):
         raise ValueError("s must hold integers of magnitude below 2**53")
     exp = np.clip(np.asarray(exp, dtype=np.int64), *_EXP_CLAMP).astype(np.int32)
@@ -118,8 +178,9 @@ def dot(a, b):
     Parameters
     ----------
     a, b : BFPTensor
-        Quantized with the same format; their block grids ``(*batch, nblocks)`` must be equal
-        or broadcastable.
+        Quantized with the same format, or with formats of the same block size and shared
+        exponent (:func:`check_operand_formats`: A in E4M3 and B in E5M2, say); their block
+        grids ``(*batch, nblocks)`` must be equal or broadcastable.
 
     Returns
     -------
@@ -128,13 +189,12 @@ def dot(a, b):
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, BFPTensor):
             raise TypeError(f"{name} must be a BFPTensor, not {type(t).__name__}")
-    if a.fmt != b.fmt:
-        raise ValueError(f"a and b must have the same format, not {a.fmt.name} and {b.fmt.name}")
+    check_operand_formats(a.fmt, b.fmt)
     try:
         np.broadcast_shapes(a.exponents.shape, b.exponents.shape)
     except ValueError:
         raise ValueError(f"a and b must have broadcastable block grids, not "
                          f"{a.exponents.shape} and {b.exponents.shape}") from None
     s = int_dot(a.mantissas, b.mantissas)
-    ep, nan = product_exponent(a.exponents, b.exponents, a.fmt)
+    ep, nan = product_exponent(a.exponents, b.exponents, a.fmt, b.fmt)
     return to_float32(s, ep, nan)

@@ -17,7 +17,16 @@ from threadpoolctl import ThreadpoolController
 
 from hbfp_hw.formats import resolve_format
 from hbfp_hw.golden import prng
-from hbfp_hw.golden.arith import CANONICAL_NAN, canonicalize_nan
+from hbfp_hw.golden.arith import (
+    CANONICAL_NAN,
+    canonicalize_nan,
+    check_operand_formats,
+    fp32_add,
+    int_dot,
+    product_exponent,
+    round_int_to_float32,
+    to_float32,
+)
 from hbfp_hw.golden.quantizer import (
     BFPTensor,
     _quantize_core,
@@ -47,14 +56,33 @@ def _single_threaded_blas():
     return _controller.limit(limits=1, user_api="blas")
 
 
-def float32_blas_exact(fmt):
-    """Return whether every block dot product of ``fmt`` is an integer below ``2**24``.
+def float32_blas_exact(fmt, fmt_b=None):
+    """Return whether every block dot product of ``fmt`` (A's; ``fmt_b`` B's if it differs) is
+    an integer below ``2**24``.
 
     Then a float32 BLAS call sums block products exactly, in any order, with or without FMA,
     provided the exponents keep the products in float32's range (checked per k-block).
     """
     fmt = resolve_format(fmt)
-    return fmt.block_size * fmt.max_mantissa ** 2 <= 1 << 24
+    fmt_b = fmt if fmt_b is None else resolve_format(fmt_b)
+    return fmt.block_size * fmt.max_mantissa * fmt_b.max_mantissa <= 1 << 24
+
+
+def _float64_exact(fa, fb):
+    """Whether float64 sums every block product of ``fa`` x ``fb`` exactly, whatever the data:
+    all but minifloat elements with 5 exponent bits (E5M2's integers reach 2**32)."""
+    return fa.block_size * fa.max_mantissa * fb.max_mantissa <= 1 << 53
+
+
+def _spans(ints, axis):
+    """Per block, ``bit_length(max |n|) - min trailing zeros`` of its nonzero integers ``n``
+    (elements along ``axis``); 0 for blocks without one. A block product of spans ``sa`` and
+    ``sb`` over ``N`` elements is exact in float64 when ``sa + sb + ceil(log2 N) <= 53``."""
+    mag = np.abs(ints)
+    _, top = np.frexp(mag.max(axis=axis).astype(np.float64))        # bit_length of the max
+    low = np.where(mag == 0, np.int64(1) << 62, mag & -mag)         # lowest set bit
+    _, tz = np.frexp(low.min(axis=axis).astype(np.float64))
+    return np.where(top > 0, top - (tz - 1), 0).astype(np.int32)
 
 
 def _exponent_range(exps, nonzero):
@@ -74,7 +102,8 @@ def gemm_quantized(qa, qb):
         ``A`` quantized along K: exponents ``[M, KB]``, mantissas ``[M, KB, N]``.
     qb : BFPTensor
         ``B`` quantized along K: exponents ``[Ncols, KB]``, mantissas ``[Ncols, KB, N]``
-        (i.e. ``quantize(B, fmt, axis=0)``).
+        (i.e. ``quantize(B, fmt, axis=0)``). Its format may differ from A's in the elements
+        (:func:`~hbfp_hw.golden.arith.check_operand_formats`).
 
     Returns
     -------
@@ -83,45 +112,86 @@ def gemm_quantized(qa, qb):
     for name, t in (("qa", qa), ("qb", qb)):
         if not isinstance(t, BFPTensor) or t.exponents.ndim != 2:
             raise TypeError(f"{name} must be a BFPTensor with a 2-D block grid")
-    if qa.fmt != qb.fmt:
-        raise ValueError(f"qa and qb must have the same format, not {qa.fmt.name} and "
-                         f"{qb.fmt.name}")
+    check_operand_formats(qa.fmt, qb.fmt)
     if qa.nblocks != qb.nblocks:
         raise ValueError(f"qa and qb must have the same number of k-blocks, not {qa.nblocks} "
                          f"and {qb.nblocks}")
     sides = []
+    spans = not _float64_exact(qa.fmt, qb.fmt)
     for q in (qa, qb):
         nan = q.nan_mask
         nonzero = np.any(q.mantissas != 0, axis=-1) & ~nan
-        vals = q.mantissas.astype(np.float32) * q.scales()[..., None]
-        sides.append((vals, q.exponents, nonzero, nan))
+        with np.errstate(over="ignore"):
+            vals = q.mantissas.astype(np.float32) * q.scales()[..., None]
+        if not np.all(np.isfinite(vals)):
+            # Codes from a wire can exceed FP32 (E5M2's largest under the largest scale).
+            return _gemm_by_dots(qa, qb)
+        span = _spans(q.mantissas.astype(np.int64), -1) if spans else None
+        sides.append((vals, q.exponents, nonzero, nan, span))
     (a_vals, *a_rest), (b_vals, *b_rest) = sides
     # B's values as [KB, N, Ncols]: one contiguous slab per k-block.
     b_vals = np.ascontiguousarray(b_vals.transpose(1, 2, 0))
-    return _gemm_core(qa.fmt, (a_vals, *a_rest), (b_vals, *b_rest))
+    return _gemm_core(qa.fmt, qb.fmt, (a_vals, *a_rest), (b_vals, *b_rest))
 
 
-def _gemm_core(fmt, a_side, b_side):
-    """Accumulate the block products of dequantized operands.
+def _gemm_by_dots(qa, qb):
+    """``gemm_quantized`` through exact integer block dot products, one k-block at a time."""
+    acc = np.zeros((qa.exponents.shape[0], qb.exponents.shape[0]), dtype=np.float32)
+    for kb in range(qa.nblocks):
+        s = int_dot(qa.mantissas[:, None, kb, :], qb.mantissas[None, :, kb, :])
+        ep, nan = product_exponent(qa.exponents[:, None, kb], qb.exponents[None, :, kb],
+                                   qa.fmt, qb.fmt)
+        acc = fp32_add(acc, to_float32(s, ep, nan))
+    return canonicalize_nan(acc)
 
-    ``a_side = (values [M, KB, N], exponents [M, KB], nonzero, nan)`` and
-    ``b_side = (values [KB, N, Ncols], exponents [Ncols, KB], nonzero, nan)``; ``values`` are
-    the exact float32 dequantized mantissas, 0 in NaN blocks.
+
+def _exact_pairs(fa, fb, a_side, b_side, kb, rows, out32):
+    """Recompute the entries of ``out32`` (rows ``rows`` of C, k-block ``kb``) whose block
+    products float64 might round, with Python integers; returns whether any was."""
+    a_vals, a_exp, _, _, a_span = a_side
+    b_vals, b_exp, _, _, b_span = b_side
+    budget = 53 - (fa.block_size - 1).bit_length()
+    sa = a_span[rows, kb].astype(np.int64)
+    sb = b_span[:, kb].astype(np.int64)
+    ii, jj = np.nonzero(sa[:, None] + sb[None, :] > budget)
+    if not len(ii):
+        return False
+    r0 = rows.start
+    for i, j in zip(ii.tolist(), jj.tolist()):
+        ea, eb = int(a_exp[r0 + i, kb]), int(b_exp[j, kb])
+        na = np.ldexp(a_vals[r0 + i, kb].astype(np.float64), fa.fraction_bits - ea)
+        nb = np.ldexp(b_vals[kb, :, j].astype(np.float64), fb.fraction_bits - eb)
+        s = sum(int(x) * int(y) for x, y in zip(na.astype(np.int64).tolist(),
+                                                 nb.astype(np.int64).tolist()))
+        out32[i, j] = round_int_to_float32(s, ea + eb - fa.fraction_bits - fb.fraction_bits)
+    return True
+
+
+def _gemm_core(fa, fb, a_side, b_side):
+    """Accumulate the block products of dequantized operands (A's format ``fa``, B's ``fb``).
+
+    ``a_side = (values [M, KB, N], exponents [M, KB], nonzero, nan, spans)`` and
+    ``b_side = (values [KB, N, Ncols], exponents [Ncols, KB], nonzero, nan, spans)``;
+    ``values`` are the exact float32 dequantized mantissas, 0 in NaN blocks; ``spans``
+    (:func:`_spans`, ``[M, KB]`` and ``[Ncols, KB]``) are needed only when float64 is not
+    always exact (:func:`_float64_exact`), else ``None``.
     """
-    a_vals, a_exp, a_nz, a_nan = a_side
-    b_vals, b_exp, b_nz, b_nan = b_side
+    a_vals, a_exp, a_nz, a_nan, _ = a_side
+    b_vals, b_exp, b_nz, b_nan, _ = b_side
     m, kblocks, _ = a_vals.shape
     n = b_vals.shape[2]
 
-    # Per k-block choice of arithmetic: float32 when provably exact, else float64.
+    # Per k-block choice of arithmetic: float32 when provably exact, else float64, checked
+    # per block pair for the widest minifloat elements (and Python integers where it fails).
     a_lo, a_hi, a_any = _exponent_range(a_exp, a_nz)
     b_lo, b_hi, b_any = _exponent_range(b_exp, b_nz)
-    grid_lo = a_lo + b_lo - 2 * fmt.fraction_bits
-    grid_hi = a_hi + b_hi - 2 * fmt.fraction_bits
-    bound = float(fmt.block_size * fmt.max_mantissa ** 2)
+    grid_lo = a_lo + b_lo - fa.fraction_bits - fb.fraction_bits
+    grid_hi = a_hi + b_hi - fa.fraction_bits - fb.fraction_bits
+    bound = float(fa.block_size * fa.max_mantissa * fb.max_mantissa)
     with np.errstate(over="ignore"):
         in_range = (grid_lo >= -149) & (bound * np.ldexp(1.0, grid_hi) <= _FLT_MAX)
-    use_f32 = float32_blas_exact(fmt) & in_range
+    use_f32 = float32_blas_exact(fa, fb) & in_range
+    checked = not _float64_exact(fa, fb)
     # Where no block pair of a k-block can be nonzero every product is 0, and adding a zero
     # never changes C (which never holds -0.0).
     active = np.flatnonzero(a_any & b_any)
@@ -145,6 +215,8 @@ def _gemm_core(fmt, a_side, b_side):
                     np.matmul(a_vals[r0:r1, kb].astype(np.float64),
                               b_vals[kb].astype(np.float64), out=out64)
                     out32[...] = out64          # the single RNE rounding to FP32
+                    if checked:
+                        _exact_pairs(fa, fb, a_side, b_side, kb, slice(r0, r1), out32)
                 np.add(acc_t, out32, out=acc_t)
 
     # Tiles are independent; numpy releases the GIL in BLAS and ufunc loops. BLAS itself is
@@ -176,17 +248,18 @@ def _padded(x, axis, n):
     return np.pad(x, widths)
 
 
-def _operand_a(a, fmt, seed):
+def _operand_a(a, fmt, seed, spans):
     """Quantize ``A [M, K]`` along K into values ``[M, KB, N]`` plus per-block info."""
     m = a.shape[0]
     blocks = _padded(a, 1, fmt.block_size).reshape(m, -1, fmt.block_size)
     exps, nvals, k, nonzero = _quantize_core(blocks, fmt, _random_for(blocks.shape, fmt, seed))
     with np.errstate(under="ignore"):
         vals = _scale(nvals, -k)
-    return vals, exps[..., 0], nonzero[..., 0], exps[..., 0] == fmt.nan_exponent
+    span = _spans(nvals.astype(np.int64), -1) if spans else None
+    return vals, exps[..., 0], nonzero[..., 0], exps[..., 0] == fmt.nan_exponent, span
 
 
-def _operand_b(b, fmt, seed):
+def _operand_b(b, fmt, seed, spans):
     """Quantize ``B [K, Ncols]`` along K into values ``[KB, N, Ncols]`` plus block info."""
     ncols = b.shape[1]
     blocks = _padded(b, 0, fmt.block_size).reshape(-1, fmt.block_size, ncols)
@@ -197,8 +270,21 @@ def _operand_b(b, fmt, seed):
     exps, nvals, k, nonzero = _quantize_core(blocks, fmt, rand, axis=1)
     with np.errstate(under="ignore"):
         vals = _scale(nvals, -k)
+    span = _spans(nvals.astype(np.int64), 1).T if spans else None     # [Ncols, KB]
     exps, nonzero = exps[:, 0].T, nonzero[:, 0].T                 # [Ncols, KB]
-    return vals, exps, nonzero, exps == fmt.nan_exponent
+    return vals, exps, nonzero, exps == fmt.nan_exponent, span
+
+
+def _operand_formats(fmt):
+    """``(A's format, B's format)`` from one format, a preset name, or a pair of them."""
+    if isinstance(fmt, (tuple, list)):
+        if len(fmt) != 2:
+            raise ValueError(f"fmt must be a format or a pair (A's, B's), not {len(fmt)} items")
+        fa, fb = resolve_format(fmt[0]), resolve_format(fmt[1])
+    else:
+        fa = fb = resolve_format(fmt)
+    check_operand_formats(fa, fb)
+    return fa, fb
 
 
 def gemm(a, b, fmt, seed=None, input_format="fp32"):
@@ -210,7 +296,10 @@ def gemm(a, b, fmt, seed=None, input_format="fp32"):
         Quantized along K (rows split into blocks).
     b : array_like, shape ``[K, N]``
         Quantized along K (columns split into blocks).
-    fmt : BFPFormat or str
+    fmt : BFPFormat or str, or a pair of them
+        One format for both operands, or ``(A's, B's)``: they may differ in the elements
+        (A in ``mxfp8_e4m3``, B in ``mxfp8_e5m2``) and the rounding, not in the block size or
+        the shared exponent's width.
     seed : int or None
         Stochastic rounding only: ``a`` uses ``seed``, ``b`` uses ``(seed + 1) % 2**32``.
     input_format : {"fp32", "bf16"}
@@ -219,7 +308,7 @@ def gemm(a, b, fmt, seed=None, input_format="fp32"):
     -------
     numpy.ndarray of float32, shape ``[M, N]``
     """
-    fmt = resolve_format(fmt)
+    fa, fb = _operand_formats(fmt)
     a = check_float_input(a, "a", input_format)
     b = check_float_input(b, "b", input_format)
     if a.ndim != 2 or b.ndim != 2:
@@ -229,7 +318,8 @@ def gemm(a, b, fmt, seed=None, input_format="fp32"):
                          f"{b.shape[0]}")
     if min(a.shape + b.shape) < 1:
         raise ValueError(f"M, N and K must be at least 1, not shapes {a.shape} and {b.shape}")
-    if seed is None and fmt.rounding.value == "stochastic":
+    if seed is None and "stochastic" in (fa.rounding.value, fb.rounding.value):
         seed = prng.fresh_seed()
     seed_b = None if seed is None else (prng.check_seed(seed) + 1) % (1 << 32)
-    return _gemm_core(fmt, _operand_a(a, fmt, seed), _operand_b(b, fmt, seed_b))
+    spans = not _float64_exact(fa, fb)
+    return _gemm_core(fa, fb, _operand_a(a, fa, seed, spans), _operand_b(b, fb, seed_b, spans))

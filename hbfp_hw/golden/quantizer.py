@@ -22,7 +22,7 @@ from hbfp_hw.formats import (
     as_float_format,
     resolve_format,
 )
-from hbfp_hw.golden import prng
+from hbfp_hw.golden import minifloat, prng
 
 __all__ = ["BFPTensor", "quantize", "to_bf16", "check_float_input"]
 
@@ -35,8 +35,10 @@ class BFPTensor:
     -------
     exponents : numpy.ndarray of int16, shape ``(*batch, nblocks)``
         Unbiased shared exponents ``E``; NaN blocks hold ``fmt.nan_exponent``.
-    mantissas : numpy.ndarray of int32, shape ``(*batch, nblocks, block_size)``
-        Two's-complement element mantissas, ``|m| <= fmt.max_mantissa``; 0 in NaN blocks.
+    mantissas : numpy.ndarray of int32 (int64 if ``fmt.max_mantissa`` needs it)
+        Shape ``(*batch, nblocks, block_size)``: the elements as signed integers,
+        ``|m| <= fmt.max_mantissa``, each worth ``m * 2**(E - fmt.fraction_bits)`` (for
+        minifloat elements, the integer on the element's grid); 0 in NaN blocks.
     fmt : BFPFormat
     shape : tuple
         Shape of the tensor that was quantized.
@@ -67,6 +69,65 @@ class BFPTensor:
         dtype = np.uint8 if self.fmt.exponent_bits <= 8 else np.uint16
         return (self.exponents.astype(np.int32) + self.fmt.exponent_bias).astype(dtype)
 
+    def element_codes(self):
+        """Element codes as on a block wire: ``mantissa_bits``-wide two's complement for
+        integer elements, (sign, exponent field, fraction) for minifloat ones; uint8, or
+        uint16 above 8 bits. NaN blocks hold zeros."""
+        fmt = self.fmt
+        if fmt.element is not None:
+            return minifloat.encode(self.mantissas, fmt.element)
+        mask = (1 << fmt.mantissa_bits) - 1
+        codes = self.mantissas.astype(np.int64) & mask
+        return codes.astype(np.uint8 if fmt.mantissa_bits <= 8 else np.uint16)
+
+    @classmethod
+    def from_codes(cls, exponent_codes, element_codes, fmt, shape=None, axis=-1):
+        """Rebuild a tensor from wire codes (the inverse of :attr:`exponent_codes` and
+        :meth:`element_codes`).
+
+        A block whose shared exponent is the NaN code, or that holds a reserved element code
+        (a minifloat Inf or NaN, which the quantizer never makes), is a NaN block: every dot
+        product it enters is NaN (numerics.md 5.4).
+
+        Parameters
+        ----------
+        exponent_codes : array_like, shape ``(*batch, nblocks)``
+        element_codes : array_like, shape ``(*batch, nblocks, block_size)``
+        fmt : BFPFormat or str
+        shape : tuple or None
+            Shape of the quantized tensor; default ``(*batch, nblocks * block_size)`` with
+            the blocks along the last axis.
+        axis : int
+            Axis of ``shape`` that was split into blocks.
+        """
+        fmt = resolve_format(fmt)
+        ecodes = np.asarray(exponent_codes).astype(np.int64)
+        codes = np.asarray(element_codes).astype(np.int64)
+        if codes.shape != (*ecodes.shape, fmt.block_size):
+            raise ValueError(f"element_codes must have shape {(*ecodes.shape, fmt.block_size)} "
+                             f"for exponent_codes of shape {ecodes.shape}, not {codes.shape}")
+        if np.any((ecodes < 0) | (ecodes > fmt.nan_code)):
+            raise ValueError(f"exponent_codes must be between 0 and {fmt.nan_code}")
+        if fmt.element is not None:
+            mant, special = minifloat.decode(codes, fmt.element)
+            nan = (ecodes == fmt.nan_code) | special.any(axis=-1)
+        else:
+            w = fmt.mantissa_bits
+            if np.any((codes < 0) | (codes >= 1 << w)):
+                raise ValueError(f"element_codes must be {w}-bit codes")
+            mant = np.where(codes >= 1 << (w - 1), codes - (1 << w), codes)
+            if np.any(np.abs(mant) > fmt.max_mantissa):
+                raise ValueError(f"element_codes hold {-(1 << (w - 1))}, outside the "
+                                 f"symmetric range +-{fmt.max_mantissa}")
+            nan = ecodes == fmt.nan_code
+        exps = np.where(nan, fmt.nan_exponent, ecodes - fmt.exponent_bias).astype(np.int16)
+        mant = np.where(nan[..., None], 0, mant).astype(_mantissa_dtype(fmt))
+        if shape is None:
+            shape = (*ecodes.shape[:-1], ecodes.shape[-1] * fmt.block_size)
+        shape = tuple(int(d) for d in shape)
+        axis = int(axis) % len(shape)
+        return cls(exps, mant, fmt, shape, axis)
+
     def scales(self):
         """Return ``2**(E - (w-2))`` per block as float32 (0 for NaN blocks)."""
         e = np.where(self.nan_mask, 0, self.exponents).astype(np.int32)
@@ -83,6 +144,11 @@ class BFPTensor:
         length = self.shape[self.axis]
         values = values.reshape(*values.shape[:-2], -1)[..., :length]
         return np.ascontiguousarray(np.moveaxis(values, -1, self.axis))
+
+
+def _mantissa_dtype(fmt):
+    """int32, or int64 for formats whose elements need more (E5M2's reach 2**32)."""
+    return np.int32 if fmt.max_mantissa < 1 << 31 else np.int64
 
 
 def to_bf16(x):
@@ -170,8 +236,30 @@ def _round(a, rounding, rand):
     return np.copysign(n, a)
 
 
+def _round_minifloat(blocks, x, fmt, rand):
+    """Round ``blocks / 2**x`` to ``fmt``'s minifloat elements (numerics.md 5.3): each element
+    on the grid of its own binade (subnormals below ``emin``), then saturated.
+
+    Everything stays in float32 and is exact: ``v = blocks * 2**-x`` rounds only below
+    ``2**-126``, where every rounding on the element grid (step ``>= 2**-22``) gives 0 anyway;
+    ``v * 2**-g`` is below ``2**(m+1)`` in magnitude and the result has at most ``m + 1``
+    significant bits.
+
+    Returns the signed integers on the element grid, as float32.
+    """
+    element = fmt.element
+    with np.errstate(under="ignore"):
+        v = blocks * np.ldexp(np.float32(1), -x).astype(np.float32)
+    _, ex = np.frexp(v)                                          # floor(log2 |v|) = ex - 1
+    g = np.maximum(ex - 1, element.emin) - element.mantissa_bits     # the step of v's binade
+    r = _round(np.ldexp(v, -g), fmt.rounding, rand)
+    limit = np.float32(element.max_int)
+    return np.clip(np.ldexp(r, g + element.fraction_bits), -limit, limit)
+
+
 def _quantize_core(blocks, fmt, rand, axis=-1):
-    """Quantize float32 ``blocks`` whose elements run along ``axis`` (numerics.md 2.1-2.3).
+    """Quantize float32 ``blocks`` whose elements run along ``axis`` (numerics.md 2.1-2.3,
+    and section 5 for minifloat elements).
 
     Per-block results keep ``axis`` with length 1, so they broadcast against ``blocks``.
 
@@ -200,14 +288,19 @@ def _quantize_core(blocks, fmt, rand, axis=-1):
     if any_nan:
         blocks = np.where(nan_block, np.float32(0), blocks)
         amax = np.where(nan_block, np.uint32(0), amax)
-    fl = _floor_log2(amax.view(np.float32))
-    exps = np.clip(fl, fmt.min_exponent, fmt.max_exponent).astype(np.int32)
-    exps = np.where(zero_block, np.int32(fmt.min_exponent), exps)
-    k = (fmt.fraction_bits - exps).astype(np.int32)
-    with np.errstate(over="ignore", under="ignore"):
-        a = _scale(blocks, k)
-        n = _round(a, fmt.rounding, rand)
-    np.clip(n, -fmt.max_mantissa, fmt.max_mantissa, out=n)
+    if fmt.element is not None:
+        exps = minifloat.scale_exponents(amax.view(np.float32), fmt)
+        n = _round_minifloat(blocks, exps, fmt, rand)
+        k = (fmt.fraction_bits - exps).astype(np.int32)
+    else:
+        fl = _floor_log2(amax.view(np.float32))
+        exps = np.clip(fl, fmt.min_exponent, fmt.max_exponent).astype(np.int32)
+        exps = np.where(zero_block, np.int32(fmt.min_exponent), exps)
+        k = (fmt.fraction_bits - exps).astype(np.int32)
+        with np.errstate(over="ignore", under="ignore"):
+            a = _scale(blocks, k)
+            n = _round(a, fmt.rounding, rand)
+        np.clip(n, -fmt.max_mantissa, fmt.max_mantissa, out=n)
     if any_nan:
         exps = np.where(nan_block, np.int32(fmt.nan_exponent), exps)
         k = np.where(nan_block, np.int32(0), k)
@@ -284,5 +377,5 @@ def quantize(x, fmt, axis=-1, seed=None, input_format="fp32"):
     arr, fmt, axis, seed = _check_quantize_args(x, fmt, axis, seed, input_format)
     blocks = _to_blocks(arr, axis, fmt.block_size)
     exps, n, _, _ = _quantize_core(blocks, fmt, _random_for(blocks.shape, fmt, seed))
-    return BFPTensor(exps[..., 0].astype(np.int16), n.astype(np.int32), fmt, tuple(arr.shape),
-                     axis)
+    return BFPTensor(exps[..., 0].astype(np.int16), n.astype(_mantissa_dtype(fmt)), fmt,
+                     tuple(arr.shape), axis)

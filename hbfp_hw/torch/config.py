@@ -33,7 +33,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, replace
 
-from hbfp_hw.formats import BFPFormat, resolve_format
+from hbfp_hw.formats import BFPFormat, require_integer_elements, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key
 
@@ -65,7 +65,7 @@ def _role_format(name, value):
     if isinstance(value, str) and value.strip().lower() == "fp32":
         return None
     try:
-        return resolve_format(value)
+        return require_integer_elements(resolve_format(value), "the PyTorch integration")
     except (TypeError, ValueError) as e:
         raise type(e)(f"{name}: {e} (or 'fp32' to keep this GEMM unquantized)") from None
 

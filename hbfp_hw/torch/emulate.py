@@ -57,11 +57,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hbfp_hw.formats import SR_RANDOM_BITS, Rounding, resolve_format
+from hbfp_hw.formats import SR_RANDOM_BITS, Rounding, require_integer_elements
+from hbfp_hw.formats import resolve_format as _resolve_any
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import emulate_fast, exact, native
 
 __all__ = ["gemm", "gemm_batched", "quantize", "EmulateBackend"]
+
+
+def resolve_format(fmt):
+    """The format of a preset name or object, if the emulation implements its elements."""
+    return require_integer_elements(_resolve_any(fmt), "the PyTorch emulation")
+
 
 _BIG = 1 << 20
 _SUBNORMAL_PROBE = np.float32(2.0 ** -140)

@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-from hbfp_hw.formats import BFPFormat, Rounding, resolve_format
+from hbfp_hw.formats import BFPFormat, Rounding, require_integer_elements, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key, get_backend
 
@@ -168,7 +168,7 @@ def gemm(a, b, fmt="bfp8", seed=None, backend="emulate", device=None):
     :func:`hbfp_hw.torch.hbfp_matmul` for that). ``seed`` (stochastic rounding only) is used
     for ``a`` and ``seed + 1`` for ``b``; ``None`` draws a fresh one.
     """
-    fmt = resolve_format(fmt)
+    fmt = require_integer_elements(resolve_format(fmt), "the PyTorch integration")
     key = backend_key(backend, device)
     if seed is None:
         seed = prng.fresh_seed() if fmt.rounding is Rounding.STOCHASTIC else 0

@@ -41,7 +41,8 @@ def test_rtl_block_size_range_is_the_generators():
 def test_formats_and_demo(tmp_path, capsys):
     assert main(["formats", "--json", str(tmp_path / "f.json")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("preset ") and "bfp8       8    16" in out
+    assert out.startswith("preset ") and "bfp8        int8            8    16" in out
+    assert "mxfp8_e4m3  e4m3fn          8    32" in out
     assert json.loads((tmp_path / "f.json").read_text())["presets"][0]["name"] == "bfp8"
     assert main(["demo", "--device", "none", "--m", "8", "--n", "8", "--k", "64",
                  "--json", str(tmp_path / "d.json")]) == 0
