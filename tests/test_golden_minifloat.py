@@ -577,17 +577,59 @@ def test_layers_without_minifloat_raise():
         frames.a_blocks_payload(np.zeros((1, 32), F32), fmt, frames.Wire.BFP)
 
 
-def test_torch_without_minifloat_raises():
+def test_torch_minifloat_is_the_golden_gemm():
+    """The PyTorch integration takes minifloat formats (the emulate backend runs the golden
+    GEMM): the op, the public gemm, quantize and a converted Linear layer's forward and
+    backward GEMMs are the golden model's, bit for bit."""
     torch = pytest.importorskip("torch")
-    from hbfp_hw.torch import HBFPConfig, emulate
-    from hbfp_hw.torch import gemm as hbfp_gemm
+    from hbfp_hw.torch import HBFPConfig, convert, emulate, gemm
+    from hbfp_hw.torch.ops import format_args, role_gemm
 
-    fmt = resolve_format("mxfp4_e2m1")
-    with pytest.raises(ValueError, match=r"forward: fmt 'mxfp4_e2m1' has e2m1nr minifloat "
-                                         r"elements, which the PyTorch integration does not"):
-        HBFPConfig(forward=fmt)
-    a = torch.ones(2, 32)
-    with pytest.raises(ValueError, match=r"which the PyTorch emulation does not implement"):
-        emulate.gemm(a, a.T, fmt)
-    with pytest.raises(ValueError, match=r"which the PyTorch integration does not implement"):
-        hbfp_gemm(a, a.T, fmt)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 70, generator=gen) * 3
+    b = torch.randn(70, 5, generator=gen)
+    for name in ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp4_e2m1", "bm6_e3m2"):
+        fmt = resolve_format(name)
+        want = golden.gemm(a.numpy(), b.numpy(), fmt)
+        assert bits(emulate.gemm(a, b, fmt).numpy()).tolist() == bits(want).tolist()
+        assert bits(gemm(a, b, name).numpy()).tolist() == bits(want).tolist()
+        seed = torch.tensor(0, dtype=torch.int64)
+        via_op = torch.ops.hbfp.gemm(a, b, *format_args(fmt)[:4], seed, "emulate",
+                                     *format_args(fmt)[4:])
+        assert bits(via_op.numpy()).tolist() == bits(want).tolist()
+        assert bits(role_gemm(a, b, format_args(fmt), 0, "emulate").numpy()).tolist() == \
+            bits(want).tolist()
+        e, mants = emulate.quantize(a, fmt)
+        q = golden.quantize(a.numpy(), fmt)
+        assert np.array_equal(e.numpy(), q.exponents)
+        assert np.array_equal(mants.numpy(), q.mantissas)
+    sr = resolve_format("mxfp6_e2m3").replace(rounding="stochastic")
+    assert bits(gemm(a, b, sr, seed=99).numpy()).tolist() == \
+        bits(golden.gemm(a.numpy(), b.numpy(), sr, seed=99)).tolist()
+
+    # a converted Linear: forward x @ W^T in E4M3, the backward GEMMs in E5M2
+    layer = torch.nn.Linear(70, 5, bias=False)
+    config = HBFPConfig(forward="mxfp8_e4m3", grad_input="mxfp8_e5m2",
+                        grad_weight="mxfp8_e5m2")
+    model = convert(torch.nn.Sequential(layer), config)
+    x = a.clone().requires_grad_(True)
+    y = model(x)
+    w = layer.weight.detach().numpy()
+    fwd = golden.gemm(a.numpy(), w.T.copy(), "mxfp8_e4m3")
+    assert bits(y.detach().numpy()).tolist() == bits(fwd).tolist()
+    g = torch.randn(7, 5, generator=gen)
+    y.backward(g)
+    gi = golden.gemm(g.numpy(), w, "mxfp8_e5m2")
+    assert bits(x.grad.numpy()).tolist() == bits(gi).tolist()
+
+
+def test_device_backend_refuses_minifloat():
+    pytest.importorskip("torch")
+    from hbfp_hw.fpga.host.driver import FormatMismatch
+    from hbfp_hw.torch.backends import DeviceBackend
+
+    backend = DeviceBackend.__new__(DeviceBackend)
+    backend.url, backend.fmt = "sim", resolve_format("bfp8")
+    with pytest.raises(FormatMismatch, match=r"mxfp8_e4m3, whose e4m3fn minifloat elements "
+                                             r"the GEMM system does not implement yet"):
+        backend.check_format(resolve_format("mxfp8_e4m3"), "forward")

@@ -197,14 +197,14 @@ def int_list(flag, lo=None, hi=None, *, power_of_two=False, why=""):
 
 # -- formats ------------------------------------------------------------------------------------
 
-def _preset(flag, text, allow_fp32=False):
+def _preset(flag, text, allow_fp32=False, minifloat=False):
     key = str(text).strip().lower()
     if allow_fp32 and key == "fp32":
         return "fp32"
     names = (["fp32"] if allow_fp32 else []) + [n for n, f in PRESETS.items()
-                                                 if not f.is_minifloat]
+                                                 if minifloat or not f.is_minifloat]
     if key in PRESETS:
-        if PRESETS[key].is_minifloat:
+        if PRESETS[key].is_minifloat and not minifloat:
             raise argparse.ArgumentTypeError(
                 f"{flag} {key}: minifloat formats are in the golden model (hbfp_hw.golden) "
                 f"only so far; the commands take {', '.join(names)}")
@@ -217,18 +217,20 @@ def format_preset(flag="--format"):
     return lambda text: _preset(flag, text)
 
 
-def format_name(flag="--format"):
-    """``type=`` for a preset name or ``fp32``: returns the canonical name."""
+def format_name(flag="--format", minifloat=False):
+    """``type=`` for a preset name or ``fp32``: returns the canonical name. ``minifloat``:
+    the command also takes the minifloat presets (MX, Block Minifloat)."""
     def parse(text):
-        value = _preset(flag, text, allow_fp32=True)
+        value = _preset(flag, text, allow_fp32=True, minifloat=minifloat)
         return value if value == "fp32" else value.name
     return parse
 
 
-def format_names(flag="--formats"):
+def format_names(flag="--formats", minifloat=False):
     """``type=`` for ``"bfp8,bfp4,fp32"``: canonical names, duplicates dropped, order kept."""
     def parse(text):
-        names = [format_name(flag)(item) for item in str(text).split(",") if item.strip()]
+        names = [format_name(flag, minifloat)(item) for item in str(text).split(",")
+                 if item.strip()]
         if not names:
             raise argparse.ArgumentTypeError(f"{flag} needs at least one format")
         return list(dict.fromkeys(names))

@@ -6,6 +6,8 @@ Parsing and validation do not import torch; :mod:`hbfp_hw.torch.train` does the 
 
 from __future__ import annotations
 
+from hbfp_hw.formats import PRESETS
+
 from . import args as cli_args
 
 __all__ = ["add_parser", "validate", "run"]
@@ -24,9 +26,11 @@ def add_parser(sub):
                         "the last two are made in code; default digits")
     p.add_argument("--model", choices=["mlp", "cnn", "transformer"],
                    help="digits: mlp (default) or cnn; markov, sort: transformer (default)")
-    p.add_argument("--format", default="bfp8", metavar="FMT", type=cli_args.format_name(),
-                   help="HBFP format to train (preset name, default bfp8)")
-    p.add_argument("--formats", metavar="LIST", type=cli_args.format_names(),
+    p.add_argument("--format", default="bfp8", metavar="FMT",
+                   type=cli_args.format_name(minifloat=True),
+                   help="HBFP format to train (preset name, default bfp8; the MX and Block "
+                        "Minifloat presets with --backend emulate)")
+    p.add_argument("--formats", metavar="LIST", type=cli_args.format_names(minifloat=True),
                    help="comma-separated formats, e.g. bfp8,bfp4,fp32 (overrides --format); "
                         "fp32 is always trained as the reference")
     p.add_argument("--layer", action="append", metavar="PATTERN=FMT",
@@ -76,6 +80,13 @@ def validate(args):
         cli_args.check_sim_options("--device", args.device)
     # FP32, the reference, always comes first.
     args._formats = list(dict.fromkeys(["fp32", *(args.formats or [args.format])]))
+    if args.backend == "device":
+        flag = "--formats" if args.formats else "--format"
+        for name in args._formats:
+            if name != "fp32" and PRESETS[name].is_minifloat:
+                raise cli_args.UsageError(
+                    f"{flag}: {name} has minifloat elements, which the device does not "
+                    f"implement yet; train it with --backend emulate")
     args._plot = args.plot or f"train_{args.dataset}_{args.model}.png"
     cli_args.check_output_file("--plot", args._plot)
     cli_args.check_output_file("--json", args.json)

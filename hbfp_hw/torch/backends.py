@@ -133,6 +133,12 @@ class DeviceBackend:
         from hbfp_hw.fpga.host.driver import FormatMismatch
 
         what = f"the {role} GEMM" if role else "this GEMM"
+        if fmt.is_minifloat:
+            raise FormatMismatch(
+                f"backend='device': {what} asks for {fmt.name}, whose {fmt.element.name} "
+                f"minifloat elements the GEMM system does not implement yet (integer-element "
+                f"formats only; {self.url} computes {self.fmt.name}); use backend='emulate' "
+                f"for it")
         raise FormatMismatch(
             f"backend='device': {what} asks for {fmt.name} ({fmt}) but {self.url} computes "
             f"{self.fmt.name} ({self.fmt}); use a device built for {fmt.name} (e.g. "

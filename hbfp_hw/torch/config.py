@@ -33,7 +33,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, replace
 
-from hbfp_hw.formats import BFPFormat, require_integer_elements, resolve_format
+from hbfp_hw.formats import BFPFormat, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key
 
@@ -65,7 +65,7 @@ def _role_format(name, value):
     if isinstance(value, str) and value.strip().lower() == "fp32":
         return None
     try:
-        return require_integer_elements(resolve_format(value), "the PyTorch integration")
+        return resolve_format(value)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{name}: {e} (or 'fp32' to keep this GEMM unquantized)") from None
 
@@ -118,9 +118,11 @@ class HBFPConfig:
         return dict(zip(ROLES, self.formats))
 
     def gemm_args(self):
-        """Per role ``(mantissa_bits, block_size, rounding, exponent_bits)`` or ``None``."""
-        return tuple(None if f is None or self.backend == "fp32" else
-                     (f.mantissa_bits, f.block_size, f.rounding.value, f.exponent_bits)
+        """Per role the op's format arguments (:func:`hbfp_hw.torch.ops.format_args`: 4 for
+        integer elements, 5 for minifloat ones) or ``None``."""
+        from hbfp_hw.torch.ops import format_args
+
+        return tuple(None if f is None or self.backend == "fp32" else format_args(f)
                      for f in self.formats)
 
     def replace(self, **changes):

@@ -44,6 +44,11 @@ step runs on the device, and the k-block sums are one in-place ``add_`` per k-bl
 ``index_add_`` adds atomically, in no fixed order). The tests check that path on the CPU
 against the golden model, and CUDA against the CPU bit for bit where a GPU is present.
 
+**Minifloat elements** (OCP MX, Block Minifloat: ``fmt.element`` set) take the golden model's
+GEMM, in numpy on the CPU (operands on another device are copied there and back): the same bits
+by definition, at the golden model's speed (docs/benchmarks.md); the torch paths above are for
+integer elements.
+
 IEEE subnormals are required: if ``torch.set_flush_denormal(True)`` is active the GEMM turns it
 off for its own duration and restores it afterwards. If float32 matmuls may use TF32/BF16
 (``torch.set_float32_matmul_precision`` other than ``"highest"``, or a ``fp32_precision`` of
@@ -57,17 +62,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hbfp_hw.formats import SR_RANDOM_BITS, Rounding, require_integer_elements
-from hbfp_hw.formats import resolve_format as _resolve_any
+from hbfp_hw import golden
+from hbfp_hw.formats import SR_RANDOM_BITS, Rounding, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import emulate_fast, exact, native
 
 __all__ = ["gemm", "gemm_batched", "quantize", "EmulateBackend"]
-
-
-def resolve_format(fmt):
-    """The format of a preset name or object, if the emulation implements its elements."""
-    return require_integer_elements(_resolve_any(fmt), "the PyTorch emulation")
 
 
 _BIG = 1 << 20
@@ -267,9 +267,10 @@ def quantize(x, fmt, axis=-1, seed=None):
 
     Returns
     -------
-    (exponents, mantissas) : (torch.Tensor of int16, torch.Tensor of int32)
+    (exponents, mantissas) : (torch.Tensor of int16, torch.Tensor of int32 or int64)
         Shapes ``(*batch, nblocks)`` and ``(*batch, nblocks, block_size)`` with ``batch`` the
-        shape of ``x`` without ``axis``; equal to the golden ``BFPTensor`` fields.
+        shape of ``x`` without ``axis``; equal to the golden ``BFPTensor`` fields (int64
+        mantissas where the golden model has them: E5M2-wide minifloat elements).
     """
     fmt = resolve_format(fmt)
     _check_matrix("x", x)
@@ -280,6 +281,10 @@ def quantize(x, fmt, axis=-1, seed=None):
     if not -x.dim() <= axis < x.dim():
         raise ValueError(f"axis must be between {-x.dim()} and {x.dim() - 1}, not {axis!r}")
     seed = _check_seed(seed, fmt)
+    if fmt.element is not None:
+        q = golden.quantize(x.detach().cpu().numpy(), fmt, axis=axis, seed=seed)
+        return (torch.from_numpy(q.exponents).to(x.device),
+                torch.from_numpy(q.mantissas).to(x.device))
     moved = torch.movedim(x.detach(), axis, -1)
     batch = moved.shape[:-1]
     rows = int(np.prod(batch, dtype=np.int64))
@@ -411,7 +416,16 @@ def gemm_batched(a, b, fmt, seeds=None):
     return EmulateBackend().gemm_batched(a, b, fmt, seeds)
 
 
+def _gemm_golden(a, b, fmt, seed_a):
+    """Minifloat elements: the golden model's GEMM, in numpy on the CPU (the same bits by
+    definition; the torch paths above are for integer elements)."""
+    out = golden.gemm(a.cpu().numpy(), b.cpu().numpy(), fmt, seed=seed_a)
+    return torch.from_numpy(out).to(a.device)
+
+
 def _gemm(a, b, fmt, seed_a, seed_b):
+    if fmt.element is not None:
+        return _gemm_golden(a, b, fmt, seed_a)
     if a.device.type != "cpu":
         # The pure-torch path: the fused kernel and the fast path's workspace are CPU-only.
         return _gemm_general(a, b, fmt, seed_a, seed_b)
@@ -495,8 +509,9 @@ class EmulateBackend:
         a list of G ints, used by stochastic rounding only)."""
         fmt = resolve_format(fmt)
         groups, m, kdim = a.shape
-        if groups == 1:
-            return self.gemm(a[0], b[0], fmt, None if seeds is None else seeds[0])[None]
+        if groups == 1 or fmt.element is not None:
+            return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
+                                for g in range(groups)])
         if fmt.rounding is Rounding.STOCHASTIC:
             seeds_a = list(seeds)
             seeds_b = [(s + 1) & 0xFFFFFFFF for s in seeds_a]

@@ -1,9 +1,11 @@
 """The HBFP GEMM as a ``torch.library`` custom op, ``torch.ops.hbfp.gemm``.
 
 ``hbfp::gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding,
-int exponent_bits, Tensor seed, str backend) -> Tensor`` computes the HBFP product of 2-D
-float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3) on the backend named by
-``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``seed`` is a 0-d int64 tensor, so that
+int exponent_bits, Tensor seed, str backend, str element="") -> Tensor`` computes the HBFP
+product of 2-D float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3) on the backend
+named by ``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``element`` is empty for
+integer elements, else the minifloat element and scale rule as ``"e,m,special,bias,rule"``
+(:func:`format_args`). ``seed`` is a 0-d int64 tensor, so that
 per-step seeds flow through compiled graphs as data. The op has a fake (meta) implementation,
 so shapes propagate through ``torch.compile``, ``torch.export`` and FakeTensor tracing; it has
 no autograd formula of its own: :mod:`hbfp_hw.torch.autograd` builds the three GEMMs of a layer
@@ -17,29 +19,45 @@ import functools
 
 import torch
 
-from hbfp_hw.formats import BFPFormat, Rounding, require_integer_elements, resolve_format
+from hbfp_hw.formats import BFPFormat, Minifloat, Rounding, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key, get_backend
 
-__all__ = ["gemm", "role_gemm", "role_gemm_batched"]
+__all__ = ["gemm", "role_gemm", "role_gemm_batched", "format_args"]
 
 
 # The low-level registration API: its CPU kernel is called straight from the C++ dispatcher,
 # which costs far less per call than the Python-side wrapper of torch.library.custom_op.
 _LIB = torch.library.Library("hbfp", "DEF")
 _LIB.define("gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
-            "int exponent_bits, Tensor seed, str backend) -> Tensor")
+            "int exponent_bits, Tensor seed, str backend, str element=\"\") -> Tensor")
 _LIB.define("gemm_batched(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
-            "int exponent_bits, Tensor seeds, str backend) -> Tensor")
+            "int exponent_bits, Tensor seeds, str backend, str element=\"\") -> Tensor")
+
+
+def format_args(fmt):
+    """The op's format arguments: ``(mantissa_bits, block_size, rounding, exponent_bits)``,
+    plus the element spec ``"e,m,special,bias,rule"`` for minifloat elements."""
+    args = (fmt.mantissa_bits, fmt.block_size, fmt.rounding.value, fmt.exponent_bits)
+    if fmt.element is None:
+        return args
+    el = fmt.element
+    return (*args, f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
+                   f"{fmt.scale_rule.value}")
 
 
 @functools.lru_cache(maxsize=64)
-def _format(mantissa_bits, block_size, rounding, exponent_bits):
-    return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits)
+def _format(mantissa_bits, block_size, rounding, exponent_bits, element=""):
+    if not element:
+        return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits)
+    e, m, special, bias, rule = element.split(",")
+    return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits,
+                     Minifloat(int(e), int(m), special, int(bias)), rule)
 
 
-def _gemm_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend):
-    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits)
+def _gemm_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend,
+                 element=""):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element)
     out = get_backend(backend).gemm(a, b, fmt, int(seed.item()) & 0xFFFFFFFF)
     return out.to(a.device)
 
@@ -58,8 +76,9 @@ def _plain_eager(a, b):
             and not torch._C._are_functorch_transforms_active())
 
 
-def _batched_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend):
-    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits)
+def _batched_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend,
+                    element=""):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element)
     return _run_batched(get_backend(backend), a, b, fmt,
                         [int(s) & 0xFFFFFFFF for s in seeds.tolist()]).to(a.device)
 
@@ -79,14 +98,16 @@ for _key in ("CPU", "CUDA", "XPU", "MPS"):
 
 
 @torch.library.register_fake("hbfp::gemm", lib=_LIB)
-def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend):
+def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend,
+               element=""):
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "hbfp::gemm takes 2-D a and b")
     torch._check(a.shape[1] == b.shape[0], lambda: "hbfp::gemm: a's columns must equal b's rows")
     return a.new_empty((a.shape[0], b.shape[1]))
 
 
 @torch.library.register_fake("hbfp::gemm_batched", lib=_LIB)
-def _batched_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend):
+def _batched_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend,
+                  element=""):
     torch._check(a.dim() == 3 and b.dim() == 3, lambda: "hbfp::gemm_batched takes 3-D a, b")
     torch._check(a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1],
                  lambda: "hbfp::gemm_batched: shapes [G, M, K] and [G, K, N]")
@@ -110,7 +131,7 @@ def role_gemm_batched(a, b, fmt_args, seeds, key):
     if _plain_eager(a, b):
         return _run_batched(get_backend(key), a, b, _format(*fmt_args),
                             [int(s) & 0xFFFFFFFF for s in seeds.tolist()])
-    return torch.ops.hbfp.gemm_batched(a, b, *fmt_args, seeds, key)
+    return torch.ops.hbfp.gemm_batched(a, b, *fmt_args[:4], seeds, key, *fmt_args[4:])
 
 
 def _check_operands(a, b):
@@ -136,8 +157,7 @@ def role_gemm(a, b, fmt_args, seed, key):
     a, b : torch.Tensor
         2-D float32, ``[M, K]`` and ``[K, N]``.
     fmt_args : tuple or None
-        ``(mantissa_bits, block_size, rounding, exponent_bits)``; ``None`` computes the
-        product in plain FP32.
+        :func:`format_args` of the format; ``None`` computes the product in plain FP32.
     seed : torch.Tensor or int
         0-d int64 seed, ``0..2**32-1``.
     key : str
@@ -157,7 +177,7 @@ def role_gemm(a, b, fmt_args, seed, key):
         return get_backend(key).gemm(a, b, _format(*fmt_args), seed)
     if not isinstance(seed, torch.Tensor):
         seed = torch.tensor(seed, dtype=torch.int64)
-    return torch.ops.hbfp.gemm(a, b, *fmt_args, seed, key)
+    return torch.ops.hbfp.gemm(a, b, *fmt_args[:4], seed, key, *fmt_args[4:])
 
 
 def gemm(a, b, fmt="bfp8", seed=None, backend="emulate", device=None):
@@ -168,11 +188,11 @@ def gemm(a, b, fmt="bfp8", seed=None, backend="emulate", device=None):
     :func:`hbfp_hw.torch.hbfp_matmul` for that). ``seed`` (stochastic rounding only) is used
     for ``a`` and ``seed + 1`` for ``b``; ``None`` draws a fresh one.
     """
-    fmt = require_integer_elements(resolve_format(fmt), "the PyTorch integration")
+    fmt = resolve_format(fmt)
     key = backend_key(backend, device)
     if seed is None:
         seed = prng.fresh_seed() if fmt.rounding is Rounding.STOCHASTIC else 0
     seed = prng.check_seed(seed)
-    args = (fmt.mantissa_bits, fmt.block_size, fmt.rounding.value, fmt.exponent_bits)
+    args = format_args(fmt)
     with torch.no_grad():
         return role_gemm(a, b, None if backend == "fp32" else args, seed, key)

@@ -263,18 +263,19 @@ def train_sort(formats=("fp32", "bfp8"), **kwargs):
 def format_table(run):
     """The result table as text (one row per format, means over seeds)."""
     floor = run.get("loss_floor")
+    width = max(8, *map(len, run["results"]))
     lines = [f"{run['dataset']} task, transformer, {run['steps']} steps, batch "
              f"{run['batch_size']}, backend {run['backend']}, seeds "
              f"{','.join(map(str, run['seeds']))}"
              + (f", loss floor {floor:.4f}" if floor else ""),
-             f"{'format':8} {'val loss':>9} {'vs fp32':>8} {'exact %':>8} {'per-seed val loss':>30}"
-             f" {'time':>8}"]
+             f"{'format':{width}} {'val loss':>9} {'vs fp32':>8} {'exact %':>8} "
+             f"{'per-seed val loss':>30} {'time':>8}"]
     ref = run["results"].get("fp32", {}).get("val_loss")
     for name, r in run["results"].items():
         rel = "-" if ref is None or name == "fp32" else f"{(r['val_loss'] - ref) / ref:+.1%}"
         per = " ".join(f"{x['val_loss']:.4f}" for x in r["runs"])
-        lines.append(f"{name:8} {r['val_loss']:9.4f} {rel:>8} {r['val_exact']:8.1f} {per:>30} "
-                     f"{r['seconds']:7.1f}s")
+        lines.append(f"{name:{width}} {r['val_loss']:9.4f} {rel:>8} {r['val_exact']:8.1f} "
+                     f"{per:>30} {r['seconds']:7.1f}s")
     if "target" in run:
         t = run["target"]
         lines.append(f"target: {t['description']}: {t['relative_gap']:+.2%} -> "

@@ -190,15 +190,16 @@ def format_table(run):
     """Return the result table as text (one row per format)."""
     results = run["results"]
     ref = results.get("fp32", {}).get("test_acc")
+    width = max(8, *map(len, results))
     lines = [f"digits {run['model']}, {run['epochs']} epochs, batch {run['batch_size']}, "
              f"backend {run['backend']}, seed {run['seed']}",
-             f"{'format':8} {'test acc':>9} {'test loss':>10} {'vs fp32':>8} {'train loss':>11} "
-             f"{'time':>8}"]
+             f"{'format':{width}} {'test acc':>9} {'test loss':>10} {'vs fp32':>8} "
+             f"{'train loss':>11} {'time':>8}"]
     if run.get("layers"):
         lines.insert(1, "per-layer rules: " + ", ".join(f"{p}={f}" for p, f in run["layers"]))
     for name, r in results.items():
         delta = "-" if ref is None or name == "fp32" else f"{r['test_acc'] - ref:+.2f}"
-        lines.append(f"{name:8} {r['test_acc']:8.2f}% {r['test_loss']:10.4f} {delta:>8} "
+        lines.append(f"{name:{width}} {r['test_acc']:8.2f}% {r['test_loss']:10.4f} {delta:>8} "
                      f"{r['train_loss']:11.4f} {r['seconds']:7.1f}s")
     if "target" in run:
         t = run["target"]
