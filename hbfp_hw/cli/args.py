@@ -197,6 +197,10 @@ def int_list(flag, lo=None, hi=None, *, power_of_two=False, why=""):
 
 # -- formats ------------------------------------------------------------------------------------
 
+#: The presets with integer elements: the ones the hardware commands take so far.
+INTEGER_PRESETS = [name for name, fmt in PRESETS.items() if not fmt.is_minifloat]
+
+
 def _preset(flag, text, allow_fp32=False, minifloat=False):
     key = str(text).strip().lower()
     if allow_fp32 and key == "fp32":
@@ -244,7 +248,8 @@ def add_format_arguments(p):
     e_lo, e_hi = EXPONENT_BITS_RANGE
     n_lo, n_hi = RTL_BLOCK_SIZE_RANGE
     p.add_argument("--format", metavar="PRESET", type=format_preset(),
-                   help=f"format preset ({', '.join(PRESETS)}); overrides the fields below")
+                   help=f"format preset ({', '.join(INTEGER_PRESETS)}); overrides the fields "
+                        f"below")
     p.add_argument("--mantissa-bits", type=integer("--mantissa-bits", w_lo, w_hi), metavar="W",
                    help=f"element width, {w_lo}..{w_hi}")
     p.add_argument("--block-size", metavar="N",

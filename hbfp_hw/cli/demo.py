@@ -18,7 +18,7 @@ def add_parser(sub):
                        description="Run an HBFP GEMM on the embedded default and check it "
                                    "bit for bit against the step-by-step contract.")
     p.add_argument("--format", type=cli_args.format_preset(), default=PRESETS["bfp8"],
-                   help=f"preset name ({', '.join(PRESETS)}); default bfp8")
+                   help=f"preset name ({', '.join(cli_args.INTEGER_PRESETS)}); default bfp8")
     p.add_argument("--m", type=cli_args.positive_int("--m"), default=64)
     p.add_argument("--n", type=cli_args.positive_int("--n"), default=64)
     p.add_argument("--k", type=cli_args.positive_int("--k"), default=256)

@@ -191,7 +191,11 @@ def _gemm_core(fa, fb, a_side, b_side):
     with np.errstate(over="ignore"):
         in_range = (grid_lo >= -149) & (bound * np.ldexp(1.0, grid_hi) <= _FLT_MAX)
     use_f32 = float32_blas_exact(fa, fb) & in_range
-    checked = not _float64_exact(fa, fb)
+    # k-blocks where some block pair might not be exact in float64 (wide minifloat elements)
+    checked = np.zeros(kblocks, dtype=bool)
+    if not _float64_exact(fa, fb):
+        budget = 53 - (fa.block_size - 1).bit_length()
+        checked = a_side[4].max(axis=0) + b_side[4].max(axis=0) > budget
     # Where no block pair of a k-block can be nonzero every product is 0, and adding a zero
     # never changes C (which never holds -0.0).
     active = np.flatnonzero(a_any & b_any)
@@ -199,6 +203,11 @@ def _gemm_core(fa, fb, a_side, b_side):
     acc = np.zeros((m, n), dtype=np.float32)
     rows = max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
     tiles = [(r0, min(m, r0 + rows)) for r0 in range(0, m, rows)]
+    # B's k-block slabs in float64 once, not once per tile, where some k-block needs them.
+    wide = ~use_f32[active]
+    b64 = None
+    if wide.any() and len(tiles) > 1:
+        b64 = {int(kb): b_vals[kb].astype(np.float64) for kb in active[wide]}
 
     def run_tile(tile):
         r0, r1 = tile
@@ -213,9 +222,10 @@ def _gemm_core(fa, fb, a_side, b_side):
                     if out64 is None:
                         out64 = np.empty((r1 - r0, n), dtype=np.float64)
                     np.matmul(a_vals[r0:r1, kb].astype(np.float64),
-                              b_vals[kb].astype(np.float64), out=out64)
+                              b_vals[kb].astype(np.float64) if b64 is None else b64[int(kb)],
+                              out=out64)
                     out32[...] = out64          # the single RNE rounding to FP32
-                    if checked:
+                    if checked[kb]:
                         _exact_pairs(fa, fb, a_side, b_side, kb, slice(r0, r1), out32)
                 np.add(acc_t, out32, out=acc_t)
 
