@@ -216,16 +216,19 @@ def plot_curves(run, path):
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    # more than ten formats: twenty colours, so that no two curves share one
+    colors = plt.cm.tab20.colors if len(run["results"]) > 10 else plt.cm.tab10.colors
+    others = iter(colors)
     for name, r in run["results"].items():
         epochs = range(1, len(r["history"]["train_loss"]) + 1)
-        style = "k--" if name == "fp32" else "-"
-        ax_loss.plot(epochs, r["history"]["train_loss"], style, label=name)
-        ax_acc.plot(epochs, r["history"]["test_acc"], style, label=name)
+        style = dict(color="k", linestyle="--") if name == "fp32" else dict(color=next(others))
+        ax_loss.plot(epochs, r["history"]["train_loss"], label=name, **style)
+        ax_acc.plot(epochs, r["history"]["test_acc"], label=name, **style)
     ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small" if len(run["results"]) > 6 else None)
     fig.suptitle(f"digits {run['model']}: HBFP vs FP32 ({run['backend']} backend)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
