@@ -39,19 +39,24 @@ def check_stages(name, value, maximum, minimum=0):
     return value
 
 
-def check_rtl_format(fmt):
+def check_rtl_format(fmt, *, minifloat=False):
     """Validate that ``fmt`` is a :class:`BFPFormat` the RTL generators support.
+
+    ``minifloat``: the caller (the block product) also takes minifloat elements; the other
+    units take integer elements only so far.
 
     Raises
     ------
     TypeError
         If ``fmt`` is not a :class:`BFPFormat`.
     ValueError
-        If its block size is outside the RTL range (a power of two from 2 to 64).
+        If its block size is outside the RTL range (a power of two from 2 to 64), or it has
+        minifloat elements and the caller does not take them.
     """
     if not isinstance(fmt, BFPFormat):
         raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
-    require_integer_elements(fmt, "the RTL generators")
+    if not minifloat:
+        require_integer_elements(fmt, "this RTL unit")
     lo, hi = RTL_BLOCK_SIZE_RANGE
     if not lo <= fmt.block_size <= hi:
         raise ValueError(f"block_size must be a power of two between {lo} and {hi} for the RTL, "

@@ -9,7 +9,7 @@ walk the same layout objects, so there is no second description to keep in sync.
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
-from hbfp_hw.formats import BFPFormat, FloatFormat, require_integer_elements
+from hbfp_hw.formats import BFPFormat, FloatFormat
 
 __all__ = [
     "block_layout",
@@ -24,19 +24,21 @@ __all__ = [
 def _check_format(fmt):
     if not isinstance(fmt, BFPFormat):
         raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
-    require_integer_elements(fmt, "the RTL generators")
 
 
 def block_layout(fmt):
     """Layout of one BFP block.
 
     ``exponent`` is the biased shared-exponent code (``E + bias``; all ones is NaN), and
-    ``mantissas`` the ``block_size`` two's-complement elements, element 0 in the low bits.
+    ``mantissas`` the ``block_size`` two's-complement elements, element 0 in the low bits; for
+    minifloat elements the element codes (sign, exponent field, fraction: unsigned), as
+    :meth:`hbfp_hw.golden.BFPTensor.element_codes` gives them.
     """
     _check_format(fmt)
+    element = unsigned if fmt.is_minifloat else signed
     return data.StructLayout({
         "exponent": unsigned(fmt.exponent_bits),
-        "mantissas": data.ArrayLayout(signed(fmt.mantissa_bits), fmt.block_size),
+        "mantissas": data.ArrayLayout(element(fmt.mantissa_bits), fmt.block_size),
     })
 
 

@@ -20,6 +20,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hbfp_hw.formats import Special
+
 from .common import (
     ECP5_DSP_WIDTH,
     CreditOutput,
@@ -76,7 +78,7 @@ class MacTree(wiring.Component):
     """
 
     def __init__(self, fmt, *, stages=2):
-        self._fmt = check_rtl_format(fmt)
+        self._fmt = check_rtl_format(fmt, minifloat=True)
         self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
         super().__init__({
             "i_stream": In(stream.Signature(block_pair_layout(fmt))),
@@ -280,8 +282,50 @@ def check_multipliers(multipliers):
 
 
 def block_nan(fmt, a, b):
-    """Whether the product of blocks ``a`` and ``b`` is NaN: either one is."""
-    return (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)
+    """Whether the product of blocks ``a`` and ``b`` is NaN: either one is (its exponent is
+    the NaN code, or, for minifloat elements, it holds a reserved element code)."""
+    nan = (a.exponent == fmt.nan_code) | (b.exponent == fmt.nan_code)
+    if fmt.is_minifloat:
+        for block in (a, b):
+            for code in block.mantissas:
+                nan = nan | element_special(fmt.element, code)
+    return nan
+
+
+def element_special(element, code):
+    """Whether the minifloat ``code`` is reserved (Inf or NaN) under ``element.special``."""
+    e, m = element.exponent_bits, element.mantissa_bits
+    field, fraction = code[m:m + e], code[:m]
+    if element.special is Special.IEEE:
+        return field == (1 << e) - 1
+    if element.special is Special.FN:
+        return (field == (1 << e) - 1) & (fraction == (1 << m) - 1)
+    return Const(0, 1)
+
+
+def decode_element(element, code):
+    """Split a minifloat ``code`` into ``(sign, significand, shift)``: its integer on the
+    element grid is ``(-1)**sign * significand << shift`` (numerics.md 5.1); the significand
+    has ``m + 1`` bits (the implicit bit is 0 for subnormals), the shift is
+    ``max(field - 1, 0)``."""
+    e, m = element.exponent_bits, element.mantissa_bits
+    field = code[m:m + e]
+    normal = field != 0
+    significand = Cat(code[:m], normal) if m else normal
+    shift = Mux(normal, field - 1, 0)[:e]
+    return code[m + e], significand, shift
+
+
+def minifloat_product(m, name, element, code_a, code_b):
+    """The exact product of two minifloat element codes as a signed integer on the product grid
+    (``n_a * n_b``): the significands multiplied in logic, shifted by the sum of the shifts."""
+    sa, ga, ha = decode_element(element, code_a)
+    sb, gb, hb = decode_element(element, code_b)
+    magnitude = Signal(2 * element.max_int.bit_length(), name=f"{name}_mag")
+    m.d.comb += magnitude.eq(lut_multiply(m, name, ga, gb) << (ha + hb))
+    product = Signal(signed(len(magnitude) + 1), name=name)
+    m.d.comb += product.eq(Mux(sa ^ sb, -magnitude, magnitude))
+    return product
 
 
 def product_bias(fmt):
@@ -313,6 +357,7 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
     check_multipliers(multipliers)
     n = fmt.block_size
     w = fmt.mantissa_bits
+    operand_bits = fmt.max_mantissa.bit_length() + 1      # w for integer elements
     # One register more than MacTree's deepest: on the DSP path a fabric copy of the DSPs'
     # product registers (the DSP sites are far from the adder tree: that route was the
     # critical path of the systolic PEs), elsewhere a register after the last level.
@@ -331,7 +376,15 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
 
     # Level 0, the operand registers, and level 1, the multipliers.
     side = {"exponent": exponent, "nan": nan}
-    if multipliers == "lut":
+    if fmt.is_minifloat:
+        # Decoded and multiplied in logic: the significands have at most 8 bits.
+        ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
+                       0 in registered)
+        products = [minifloat_product(m, f"product{i}", fmt.element, ops["a"][i], ops["b"][i])
+                    for i in range(n)]
+        values = pipe.cut("l1", {"sum": products, "exponent": ops["exponent"],
+                                 "nan": ops["nan"]}, 1 in registered)
+    elif multipliers == "lut":
         nregs = len(registered - {0})
         if extra:
             # The tree has more ranks than MacTree has levels: the registers beyond its
@@ -368,7 +421,7 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
     level = 1
     while len(values["sum"]) > 1:
         level += 1
-        width = 2 * w + level - 1
+        width = 2 * operand_bits + level - 1
         sums = []
         terms = values["sum"]
         for i in range(0, len(terms), 2):

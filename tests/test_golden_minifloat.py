@@ -563,14 +563,14 @@ def test_layers_without_minifloat_raise():
     from hbfp_hw.fpga.config import SystemConfig
     from hbfp_hw.fpga.protocol import frames
     from hbfp_hw.rtl_gen.common import check_rtl_format
-    from hbfp_hw.rtl_gen.layout import block_layout
+    from hbfp_hw.rtl_gen.dot_product import DotProductUnit
 
     fmt = resolve_format("mxfp8_e4m3")
     message = r"^fmt 'mxfp8_e4m3' has e4m3fn minifloat elements, which {} does not implement"
-    with pytest.raises(ValueError, match=message.format("the RTL generators")):
+    with pytest.raises(ValueError, match=message.format("this RTL unit")):
         check_rtl_format(fmt)
-    with pytest.raises(ValueError, match=message.format("the RTL generators")):
-        block_layout(fmt)
+    with pytest.raises(ValueError, match=message.format("this RTL unit")):
+        DotProductUnit(fmt)
     with pytest.raises(ValueError, match=message.format("the GEMM system")):
         SystemConfig(fmt=fmt)
     with pytest.raises(ValueError, match=message.format("the device protocol")):

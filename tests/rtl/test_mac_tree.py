@@ -104,7 +104,8 @@ def rtl_mac_tree(fmt, codes_a, mant_a, codes_b, mant_b, *, stages=2, valid_prob=
         trace.update(info)
 
     decoded = [unpack(product_layout(fmt), bits) for bits in outputs]
-    value = np.array([d["value"] for d in decoded], dtype=np.int64)
+    value = np.array([d["value"] for d in decoded],
+                     dtype=np.int64 if fmt.product_bits <= 63 else object)
     exponent = np.array([d["exponent"] for d in decoded], dtype=np.int64)
     nan = np.array([d["nan"] for d in decoded], dtype=bool)
     return value, exponent, nan
