@@ -86,7 +86,8 @@ class BlockDotUnit(wiring.Component):
 
     def __init__(self, fmt, *, channels, mac_stages=2, convert_stages=3, adder_stages=3,
                  init=False):
-        self._fmt = check_rtl_format(fmt)
+        # MacTree, BlockToFloat and the accumulator all take minifloat elements.
+        self._fmt = check_rtl_format(fmt, minifloat=True)
         self._params = self.check_params(fmt, channels=channels, mac_stages=mac_stages,
                                          convert_stages=convert_stages,
                                          adder_stages=adder_stages)
@@ -107,7 +108,7 @@ class BlockDotUnit(wiring.Component):
         Hosts and containers (the GEMM engine) call it to check a configuration without
         building a unit, which would leave unused elaboratables behind.
         """
-        check_rtl_format(fmt)
+        check_rtl_format(fmt, minifloat=True)
         check_stages("channels", channels, MAX_CHANNELS, 1)
         check_stages("mac_stages", mac_stages, MacTree.max_stages_for(fmt))
         check_stages("convert_stages", convert_stages, BlockToFloat.MAX_STAGES)

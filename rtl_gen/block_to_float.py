@@ -423,7 +423,8 @@ class BlockToFloat(wiring.Component):
     MAX_STAGES = 7
 
     def __init__(self, fmt, *, stages=3):
-        self._fmt = check_rtl_format(fmt)
+        # It sees only the product's width, so it takes minifloat formats too.
+        self._fmt = check_rtl_format(fmt, minifloat=True)
         self._stages = check_stages("stages", stages, self.MAX_STAGES)
         super().__init__({
             "i_stream": In(stream.Signature(product_layout(fmt))),
