@@ -210,8 +210,8 @@ def _preset(flag, text, allow_fp32=False, minifloat=False):
     if key in PRESETS:
         if PRESETS[key].is_minifloat and not minifloat:
             raise argparse.ArgumentTypeError(
-                f"{flag} {key}: minifloat formats are in the golden model (hbfp_hw.golden) "
-                f"only so far; the commands take {', '.join(names)}")
+                f"{flag} {key}: minifloat formats have no quantizer RTL yet (the golden "
+                f"model and PyTorch take them); this command takes {', '.join(names)}")
         return PRESETS[key]
     raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(names)}, not {text!r}")
 
