@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from hbfp_hw.formats import BFPFormat, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key
+from hbfp_hw.torch.ops import format_args
 
 __all__ = ["HBFPConfig", "LayerRule", "LayerRules", "ROLES", "as_config", "derive_seed", "mix32"]
 
@@ -120,8 +121,6 @@ class HBFPConfig:
     def gemm_args(self):
         """Per role the op's format arguments (:func:`hbfp_hw.torch.ops.format_args`: 4 for
         integer elements, 5 for minifloat ones) or ``None``."""
-        from hbfp_hw.torch.ops import format_args
-
         return tuple(None if f is None or self.backend == "fp32" else format_args(f)
                      for f in self.formats)
 
