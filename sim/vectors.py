@@ -16,6 +16,7 @@ import numpy as np
 
 from hbfp_hw import golden
 from hbfp_hw.formats import BFP8, CANONICAL_NAN_BITS, FloatFormat
+from hbfp_hw.golden import minifloat as golden_minifloat
 from hbfp_hw.rtl_gen import layout
 from hbfp_hw.rtl_gen.dot_product import dot_input_layout
 
@@ -112,6 +113,17 @@ def _random_block_codes(rng, fmt, count):
     codes = rng.integers(0, fmt.nan_code + 1, count)
     codes[rng.random(count) < 0.05] = fmt.nan_code
     codes[rng.random(count) < 0.05] = 0
+    if fmt.is_minifloat:
+        # element codes: all of them (reserved ones too), all-extreme blocks, sparse blocks
+        width = fmt.element.width
+        elems = rng.integers(0, 1 << width, (count, fmt.block_size))
+        top = int(golden_minifloat.encode(fmt.max_mantissa, fmt.element))
+        extreme = rng.random(count) < 0.1
+        elems[extreme] = rng.choice(np.array([top, top | 1 << (width - 1)]),
+                                    size=(int(extreme.sum()), fmt.block_size))
+        sparse = rng.random(count) < 0.1
+        elems[sparse] *= rng.random((int(sparse.sum()), fmt.block_size)) < 0.3
+        return codes, elems
     m = fmt.max_mantissa
     mant = rng.integers(-m, m + 1, (count, fmt.block_size))
     extreme = rng.random(count) < 0.1
@@ -123,8 +135,15 @@ def mac_vectors(fmt, count, rng):
     """Vectors for :class:`MacTree`: ``count`` block pairs with random codes and mantissas."""
     ca, ma = _random_block_codes(rng, fmt, count)
     cb, mb = _random_block_codes(rng, fmt, count)
-    s = golden.int_dot(ma, mb)
-    ep, nan = golden.product_exponent(ca - fmt.exponent_bias, cb - fmt.exponent_bias, fmt)
+    if fmt.is_minifloat:
+        # the blocks as the golden model reads them off a wire: reserved codes -> NaN blocks
+        qa = golden.BFPTensor.from_codes(ca[:, None], ma[:, None, :], fmt)
+        qb = golden.BFPTensor.from_codes(cb[:, None], mb[:, None, :], fmt)
+        s = golden.int_dot(qa.mantissas[:, 0].astype(object), qb.mantissas[:, 0].astype(object))
+        ep, nan = golden.product_exponent(qa.exponents[:, 0], qb.exponents[:, 0], fmt)
+    else:
+        s = golden.int_dot(ma, mb)
+        ep, nan = golden.product_exponent(ca - fmt.exponent_bias, cb - fmt.exponent_bias, fmt)
     pair = layout.block_pair_layout(fmt)
     out = layout.product_layout(fmt)
     inputs = [layout.pack(pair, {"a": {"exponent": int(a), "mantissas": x.tolist()},
@@ -136,13 +155,21 @@ def mac_vectors(fmt, count, rng):
     return {"inputs": inputs, "expected": expected, "inputs_for": inputs}
 
 
+def _random_int(rng, bits):
+    """A uniform Python int below ``2**bits`` (any ``bits``: minifloat products reach 71)."""
+    value = 0
+    for _ in range(0, bits, 32):
+        value = value << 32 | int(rng.integers(0, 1 << 32))
+    return value & ((1 << bits) - 1)
+
+
 def to_float_vectors(fmt, count, rng):
     """Vectors for :class:`BlockToFloat`: exact products across the whole exponent range."""
     width = fmt.product_bits
     eshape = layout.product_exponent_shape(fmt)
     lo, hi = -(1 << (eshape.width - 1)), (1 << (eshape.width - 1)) - 1
     nbits = rng.integers(0, width, count)
-    s = np.array([int(rng.integers(0, 1 << int(b))) | (1 << int(b)) >> 1 if b else 0
+    s = np.array([_random_int(rng, int(b)) | (1 << int(b)) >> 1 if b else 0
                   for b in nbits], dtype=object)
     s = [-int(v) if rng.random() < 0.5 else int(v) for v in s]
     s = [max(min(v, (1 << (width - 1)) - 1), -(1 << (width - 1)) + 1) for v in s]
@@ -160,7 +187,9 @@ def to_float_vectors(fmt, count, rng):
             s[i] = ((int(rng.integers(0, 1 << 23)) | (1 << 23)) << 1 | 1) * (-1 if s[i] < 0
                                                                              else 1)
     nan = rng.random(count) < 0.03
-    bits = golden.f32_to_bits(golden.to_float32(np.array(s, dtype=np.int64), e, nan))
+    # int64 holds every product of integer elements; wide minifloat ones need Python ints
+    values = np.array(s, dtype=np.int64 if width <= 53 else object)
+    bits = golden.f32_to_bits(golden.to_float32(values, e, nan))
     in_layout = layout.product_layout(fmt)
     inputs = [layout.pack(in_layout, {"value": v, "exponent": int(x), "nan": int(n)})
               for v, x, n in zip(s, e, nan)]

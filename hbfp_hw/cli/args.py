@@ -216,9 +216,10 @@ def _preset(flag, text, allow_fp32=False, minifloat=False):
     raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(names)}, not {text!r}")
 
 
-def format_preset(flag="--format"):
-    """``type=`` for a preset name (case-insensitive): returns the :class:`BFPFormat`."""
-    return lambda text: _preset(flag, text)
+def format_preset(flag="--format", minifloat=False):
+    """``type=`` for a preset name (case-insensitive): returns the :class:`BFPFormat`.
+    ``minifloat``: the minifloat presets too (their consumer checks what it takes)."""
+    return lambda text: _preset(flag, text, minifloat=minifloat)
 
 
 def format_name(flag="--format", minifloat=False):
@@ -247,9 +248,9 @@ def add_format_arguments(p):
     w_lo, w_hi = MANTISSA_BITS_RANGE
     e_lo, e_hi = EXPONENT_BITS_RANGE
     n_lo, n_hi = RTL_BLOCK_SIZE_RANGE
-    p.add_argument("--format", metavar="PRESET", type=format_preset(),
-                   help=f"format preset ({', '.join(INTEGER_PRESETS)}); overrides the fields "
-                        f"below")
+    p.add_argument("--format", metavar="PRESET", type=format_preset(minifloat=True),
+                   help=f"format preset ({', '.join(INTEGER_PRESETS)}; the minifloat "
+                        f"presets with --unit mac or to-float); overrides the fields below")
     p.add_argument("--mantissa-bits", type=integer("--mantissa-bits", w_lo, w_hi), metavar="W",
                    help=f"element width, {w_lo}..{w_hi}")
     p.add_argument("--block-size", metavar="N",

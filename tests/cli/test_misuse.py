@@ -57,6 +57,7 @@ CORPUS = [
      "--exponent-bits"),
     ("generate", ["--format", "bfp9", "--out", "{tmp}/o"], "--format"),
     ("generate", ["--format", "mxfp4_e2m1", "--out", "{tmp}/o"], "--format"),
+    ("verify", ["--format", "mxfp8_e4m3", "--unit", "align"], "--format"),
     ("generate", ["--format", "bfp8", "--block-size", "16", "--out", "{tmp}/o"], "--format"),
     ("generate", ["--block-size", "16", "--out", "{tmp}/o"], "--mantissa-bits"),
     ("generate", ["--format", "bfp8", "--unit", "mac", "--channels", "3", "--out", "{tmp}/o"],

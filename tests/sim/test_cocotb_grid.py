@@ -12,7 +12,7 @@ grid on Icarus at 10,000 vectors is under ``-m slow``.
 
 import pytest
 
-from hbfp_hw.formats import BFPFormat
+from hbfp_hw.formats import BFPFormat, resolve_format
 from hbfp_hw.sim.verify import verify
 from hbfp_hw.tools import simulators
 
@@ -113,6 +113,27 @@ def test_grid_covers_the_required_space():
     assert {c[3] for c in GRID if c[3]} == {"nearest-even", "toward-zero", "stochastic"}
     assert {c[4] for c in GRID if c[4]} == {"fp32", "bf16"}
     assert len(GRID) >= 12
+
+
+# Minifloat elements (OCP MX, Block Minifloat): the units that take them so far (numerics.md
+# 5), on Verilator with the full count and a narrow one on Icarus. mac's codes cover every
+# element code (reserved ones included), all-extreme and sparse blocks; to-float takes the
+# widest products (71 bits for E5M2).
+MINIFLOAT_GRID = [("mac", "mxfp8_e4m3", "verilator", VECTORS),
+                  ("mac", "mxfp8_e5m2", "verilator", VECTORS),
+                  ("mac", "bm6_e3m2", "verilator", VECTORS),
+                  ("to-float", "mxfp8_e5m2", "verilator", VECTORS),
+                  ("mac", "mxfp4_e2m1", "icarus", 1_000),
+                  ("to-float", "mxfp6_e2m3", "icarus", VECTORS)]
+
+
+@pytest.mark.parametrize(("unit", "name", "sim", "count"), MINIFLOAT_GRID,
+                         ids=[f"{u}-{n}-{s}" for u, n, s, _ in MINIFLOAT_GRID])
+def test_minifloat_grid(unit, name, sim, count):
+    reason = simulators.missing_reason(sim)
+    if reason:
+        pytest.skip(reason)
+    _check(verify(unit, resolve_format(name), sim=sim, count=count, seed=3), count)
 
 
 SLOW_GRID = [
