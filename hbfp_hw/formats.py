@@ -46,18 +46,21 @@ ELEMENT_EXPONENT_BITS_RANGE = (1, 5)
 ELEMENT_MANTISSA_BITS_RANGE = (0, 7)
 
 
-class Rounding(enum.Enum):
+class _Named(enum.Enum):
+    """An enum whose members print as their value (``str(Rounding.STOCHASTIC)``)."""
+
+    def __str__(self):
+        return self.value
+
+
+class Rounding(_Named):
     """Rounding of the aligned element mantissas to ``mantissa_bits``-wide integers."""
 
     NEAREST_EVEN = "nearest-even"
     TOWARD_ZERO = "toward-zero"
     STOCHASTIC = "stochastic"
 
-    def __str__(self):
-        return self.value
-
-
-class FloatFormat(enum.Enum):
+class FloatFormat(_Named):
     """Floating-point format of the values that enter the quantizer.
 
     BF16 values are a subset of FP32 values, so quantizing a BF16 value gives exactly the
@@ -72,10 +75,6 @@ class FloatFormat(enum.Enum):
     def width(self):
         """Width of one encoded value in bits."""
         return 32 if self is FloatFormat.FP32 else 16
-
-    def __str__(self):
-        return self.value
-
 
 def _check_int(name, value, lo, hi, *, power_of_two=False):
     if isinstance(value, bool) or not isinstance(value, int):
@@ -106,7 +105,7 @@ def as_float_format(value, name="input_format"):
     return _coerce_enum(FloatFormat, name, value)
 
 
-class Special(enum.Enum):
+class Special(_Named):
     """Which codes of a minifloat element are not numbers.
 
     ``ieee``: the all-ones exponent field is reserved, Inf (fraction 0) and NaN (as OCP E5M2).
@@ -118,11 +117,7 @@ class Special(enum.Enum):
     FN = "fn"
     NONE = "none"
 
-    def __str__(self):
-        return self.value
-
-
-class ScaleRule(enum.Enum):
+class ScaleRule(_Named):
     """How a block's shared exponent is chosen from its largest magnitude ``amax``.
 
     ``floor``: ``floor(log2 amax) - emax`` (OCP MX, the default); ``ceil``:
@@ -134,10 +129,6 @@ class ScaleRule(enum.Enum):
     FLOOR = "floor"
     CEIL = "ceil"
     RCEIL = "rceil"
-
-    def __str__(self):
-        return self.value
-
 
 @dataclass(frozen=True)
 class Minifloat:
@@ -441,7 +432,7 @@ def require_integer_elements(fmt, where):
         raise ValueError(
             f"fmt {fmt.name!r} has {fmt.element.name} minifloat elements, which {where} does "
             f"not implement yet (integer-element formats only: BFP presets and mxint8); the "
-            f"golden model hbfp_hw.golden computes it")
+            f"golden model and the PyTorch emulation compute it")
     return fmt
 
 

@@ -21,7 +21,8 @@ from hbfp_hw.rtl_gen import layout
 from hbfp_hw.rtl_gen.dot_product import dot_input_layout
 
 __all__ = ["corner_fp32_bits", "random_fp32_blocks", "align_vectors", "mac_vectors",
-           "to_float_vectors", "accumulator_vectors", "dot_vectors", "fp32_mac_vectors"]
+           "minifloat_block_products", "to_float_vectors", "accumulator_vectors", "dot_vectors",
+           "fp32_mac_vectors"]
 
 
 def corner_fp32_bits():
@@ -131,16 +132,27 @@ def _random_block_codes(rng, fmt, count):
     return codes, mant
 
 
+def minifloat_block_products(fmt, codes_a, elems_a, codes_b, elems_b):
+    """The golden ``(S, Ep, nan)`` of minifloat block pairs given as wire codes (scale codes
+    ``[k]``, element codes ``[k, N]``), read as :meth:`golden.BFPTensor.from_codes` reads them
+    (a reserved element code makes a NaN block); ``S`` (Python ints) is 0 in NaN pairs, as the
+    MacTree gives it."""
+    qa = golden.BFPTensor.from_codes(np.asarray(codes_a)[:, None],
+                                     np.asarray(elems_a)[:, None, :], fmt)
+    qb = golden.BFPTensor.from_codes(np.asarray(codes_b)[:, None],
+                                     np.asarray(elems_b)[:, None, :], fmt)
+    s = golden.int_dot(qa.mantissas[:, 0].astype(object), qb.mantissas[:, 0].astype(object))
+    ep, nan = golden.product_exponent(qa.exponents[:, 0], qb.exponents[:, 0], fmt)
+    return (np.where(nan, 0, s).astype(object), np.asarray(ep, dtype=np.int64),
+            np.asarray(nan, dtype=bool))
+
+
 def mac_vectors(fmt, count, rng):
     """Vectors for :class:`MacTree`: ``count`` block pairs with random codes and mantissas."""
     ca, ma = _random_block_codes(rng, fmt, count)
     cb, mb = _random_block_codes(rng, fmt, count)
     if fmt.is_minifloat:
-        # the blocks as the golden model reads them off a wire: reserved codes -> NaN blocks
-        qa = golden.BFPTensor.from_codes(ca[:, None], ma[:, None, :], fmt)
-        qb = golden.BFPTensor.from_codes(cb[:, None], mb[:, None, :], fmt)
-        s = golden.int_dot(qa.mantissas[:, 0].astype(object), qb.mantissas[:, 0].astype(object))
-        ep, nan = golden.product_exponent(qa.exponents[:, 0], qb.exponents[:, 0], fmt)
+        s, ep, nan = minifloat_block_products(fmt, ca, ma, cb, mb)
     else:
         s = golden.int_dot(ma, mb)
         ep, nan = golden.product_exponent(ca - fmt.exponent_bias, cb - fmt.exponent_bias, fmt)

@@ -50,7 +50,7 @@ GENERAL = [Minifloat(e, m, sp) for e in range(1, 6) for m in range(0, 8)
            and not (sp is Special.FN and m < 1)]
 GENERAL_SMALL = [Minifloat(1, 0, "none"), Minifloat(1, 2, "none", 1), Minifloat(2, 0, "ieee"),
                  Minifloat(3, 1, "fn"), Minifloat(3, 4, "none", 0), Minifloat(4, 7, "ieee"),
-                 Minifloat(5, 7, "none"), Minifloat(5, 0, "fn" if False else "none", 16),
+                 Minifloat(5, 7, "none"), Minifloat(5, 0, "none", 16),
                  Minifloat(2, 5, "none", 0), Minifloat(5, 3, "fn", 3)]
 
 

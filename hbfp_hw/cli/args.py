@@ -205,8 +205,7 @@ def _preset(flag, text, allow_fp32=False, minifloat=False):
     key = str(text).strip().lower()
     if allow_fp32 and key == "fp32":
         return "fp32"
-    names = (["fp32"] if allow_fp32 else []) + [n for n, f in PRESETS.items()
-                                                 if minifloat or not f.is_minifloat]
+    names = (["fp32"] if allow_fp32 else []) + (list(PRESETS) if minifloat else INTEGER_PRESETS)
     if key in PRESETS:
         if PRESETS[key].is_minifloat and not minifloat:
             raise argparse.ArgumentTypeError(

@@ -77,12 +77,18 @@ def _float64_exact(fa, fb):
 def _spans(ints, axis):
     """Per block, ``bit_length(max |n|) - min trailing zeros`` of its nonzero integers ``n``
     (elements along ``axis``); 0 for blocks without one. A block product of spans ``sa`` and
-    ``sb`` over ``N`` elements is exact in float64 when ``sa + sb + ceil(log2 N) <= 53``."""
+    ``sb`` is exact in float64 when ``sa + sb <= _span_budget(fmt)``."""
     mag = np.abs(ints)
     _, top = np.frexp(mag.max(axis=axis).astype(np.float64))        # bit_length of the max
     low = np.where(mag == 0, np.int64(1) << 62, mag & -mag)         # lowest set bit
     _, tz = np.frexp(low.min(axis=axis).astype(np.float64))
     return np.where(top > 0, top - (tz - 1), 0).astype(np.int32)
+
+
+def _span_budget(fmt):
+    """``53 - ceil(log2 N)``: the most that two blocks' spans (:func:`_spans`) may add up to
+    for their product of ``N`` terms to be exact in float64."""
+    return 53 - (fmt.block_size - 1).bit_length()
 
 
 def _exponent_range(exps, nonzero):
@@ -147,24 +153,19 @@ def _gemm_by_dots(qa, qb):
 
 def _exact_pairs(fa, fb, a_side, b_side, kb, rows, out32):
     """Recompute the entries of ``out32`` (rows ``rows`` of C, k-block ``kb``) whose block
-    products float64 might round, with Python integers; returns whether any was."""
+    products float64 might round, as exact integer dot products rounded once."""
     a_vals, a_exp, _, _, a_span = a_side
     b_vals, b_exp, _, _, b_span = b_side
-    budget = 53 - (fa.block_size - 1).bit_length()
     sa = a_span[rows, kb].astype(np.int64)
     sb = b_span[:, kb].astype(np.int64)
-    ii, jj = np.nonzero(sa[:, None] + sb[None, :] > budget)
-    if not len(ii):
-        return False
     r0 = rows.start
-    for i, j in zip(ii.tolist(), jj.tolist()):
+    for i, j in zip(*np.nonzero(sa[:, None] + sb[None, :] > _span_budget(fa))):
         ea, eb = int(a_exp[r0 + i, kb]), int(b_exp[j, kb])
+        # the elements' integers back from their exact values
         na = np.ldexp(a_vals[r0 + i, kb].astype(np.float64), fa.fraction_bits - ea)
         nb = np.ldexp(b_vals[kb, :, j].astype(np.float64), fb.fraction_bits - eb)
-        s = sum(int(x) * int(y) for x, y in zip(na.astype(np.int64).tolist(),
-                                                 nb.astype(np.int64).tolist()))
+        s = int_dot(na.astype(np.int64), nb.astype(np.int64))
         out32[i, j] = round_int_to_float32(s, ea + eb - fa.fraction_bits - fb.fraction_bits)
-    return True
 
 
 def _gemm_core(fa, fb, a_side, b_side):
@@ -194,8 +195,7 @@ def _gemm_core(fa, fb, a_side, b_side):
     # k-blocks where some block pair might not be exact in float64 (wide minifloat elements)
     checked = np.zeros(kblocks, dtype=bool)
     if not _float64_exact(fa, fb):
-        budget = 53 - (fa.block_size - 1).bit_length()
-        checked = a_side[4].max(axis=0) + b_side[4].max(axis=0) > budget
+        checked = a_side[4].max(axis=0) + b_side[4].max(axis=0) > _span_budget(fa)
     # Where no block pair of a k-block can be nonzero every product is 0, and adding a zero
     # never changes C (which never holds -0.0).
     active = np.flatnonzero(a_any & b_any)
