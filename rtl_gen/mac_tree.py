@@ -376,15 +376,9 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
 
     # Level 0, the operand registers, and level 1, the multipliers.
     side = {"exponent": exponent, "nan": nan}
-    if fmt.is_minifloat:
-        # Decoded and multiplied in logic: the significands have at most 8 bits.
-        ops = pipe.cut("l0", dict(side, a=list(a.mantissas), b=list(b.mantissas)),
-                       0 in registered)
-        products = [minifloat_product(m, f"product{i}", fmt.element, ops["a"][i], ops["b"][i])
-                    for i in range(n)]
-        values = pipe.cut("l1", {"sum": products, "exponent": ops["exponent"],
-                                 "nan": ops["nan"]}, 1 in registered)
-    elif multipliers == "lut":
+    # Minifloat elements take the last form: decoded and multiplied in logic (their
+    # significands have at most 8 bits).
+    if multipliers == "lut" and not fmt.is_minifloat:
         nregs = len(registered - {0})
         if extra:
             # The tree has more ranks than MacTree has levels: the registers beyond its
@@ -398,7 +392,7 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
                          side={"exponent": ops["exponent"], "nan": ops["nan"]})
         values = {"sum": [total["sum"]], "exponent": total["exponent"], "nan": total["nan"]}
     elif platform_family(platform) == "ecp5" and w <= ECP5_DSP_WIDTH and \
-            registered & {0, 1}:
+            registered & {0, 1} and not fmt.is_minifloat:
         side = pipe.cut("l1", pipe.cut("l0", side, 0 in registered), 1 in registered)
         products = [ecp5_multiply(m, f"dsp{i}", a.mantissas[i], b.mantissas[i],
                                   is_signed=True, input_register=0 in registered,
@@ -411,8 +405,12 @@ def block_product(m, platform, fmt, a, b, valid, *, stages, multipliers="dsp", n
                        0 in registered)
         products = []
         for i in range(n):
-            product = Signal(signed(2 * w), name=f"product{i}")
-            m.d.comb += product.eq(ops["a"][i] * ops["b"][i])
+            if fmt.is_minifloat:
+                product = minifloat_product(m, f"product{i}", fmt.element, ops["a"][i],
+                                            ops["b"][i])
+            else:
+                product = Signal(signed(2 * w), name=f"product{i}")
+                m.d.comb += product.eq(ops["a"][i] * ops["b"][i])
             products.append(product)
         values = pipe.cut("l1", {"sum": products, "exponent": ops["exponent"],
                                  "nan": ops["nan"]}, 1 in registered)
