@@ -3,15 +3,18 @@
 :class:`DotProductUnit` composes the generators of this package::
 
     i_stream {a, b, channel, first, last}
-      ├─ a ─> FloatToBlock ─┐
-      ├─ b ─> FloatToBlock ─┼─> buffer ─> BlockDotUnit ─> o_stream
+      ├─ a ─> quantizer ─┐
+      ├─ b ─> quantizer ─┼─> buffer ─> BlockDotUnit ─> o_stream
       └─ {channel, first, last} ─> side FIFO ─┘
 
     BlockDotUnit: MacTree ─> BlockToFloat ─┬─> buffer ─> FPAccumulator
                   {channel, first, last} ─> side FIFO ─┘
 
-The two-entry buffers cut the ready path (stalls propagate through registered fill levels),
-and :class:`~hbfp_hw.rtl_gen.block_dot.BlockDotUnit` is also what the GEMM engine's lanes are.
+The quantizers are :class:`FloatToBlock` for integer elements and
+:class:`~hbfp_hw.rtl_gen.float_to_minifloat.FloatToMinifloatBlock` for minifloat ones
+(:func:`~hbfp_hw.rtl_gen.float_to_minifloat.block_quantizer`). The two-entry buffers cut the
+ready path (stalls propagate through registered fill levels), and
+:class:`~hbfp_hw.rtl_gen.block_dot.BlockDotUnit` is also what the GEMM engine's lanes are.
 
 One transfer carries one block of a row of A and one block of a column of B
 (``block_size`` lanes each). ``channel`` names the running sum the block product goes to,
@@ -29,7 +32,8 @@ from amaranth.lib.wiring import In, Out
 from hbfp_hw.formats import FloatFormat
 
 from .block_dot import BUFFER_LATENCY, BlockDotUnit, block_dot_input_layout
-from .float_to_block import FloatToBlock, check_rtl_format
+from .common import check_rtl_format
+from .float_to_minifloat import block_quantizer
 from .layout import accumulator_output_layout, channel_shape, float_vector_layout
 
 __all__ = ["DotProductUnit", "dot_input_layout"]
@@ -58,12 +62,13 @@ class DotProductUnit(wiring.Component):
     Parameters
     ----------
     fmt : BFPFormat
-        The format (block size 2..64).
+        The format (block size 2..64), integer or minifloat elements.
     input_format : {"fp32", "bf16"}
     channels : int or None
         Number of independent running sums (default: the accumulator's :attr:`min_channels`).
     align_stages, mac_stages, convert_stages, adder_stages : int
-        Pipeline registers of the :class:`FloatToBlock`, :class:`MacTree`,
+        Pipeline registers of the quantizer (:class:`FloatToBlock` or
+        :class:`FloatToMinifloatBlock`), :class:`MacTree`,
         :class:`BlockToFloat` and FP32 adder of the accumulator.
 
     Members
@@ -78,9 +83,9 @@ class DotProductUnit(wiring.Component):
 
     def __init__(self, fmt, *, input_format="fp32", channels=None, align_stages=2,
                  mac_stages=2, convert_stages=3, adder_stages=3):
-        self._fmt = check_rtl_format(fmt)
-        self._align_a = FloatToBlock(fmt, input_format=input_format, stages=align_stages)
-        self._align_b = FloatToBlock(fmt, input_format=input_format, stages=align_stages)
+        self._fmt = check_rtl_format(fmt, minifloat=True)
+        self._align_a = block_quantizer(fmt, input_format=input_format, stages=align_stages)
+        self._align_b = block_quantizer(fmt, input_format=input_format, stages=align_stages)
         if channels is None:
             channels = adder_stages
         self._core = BlockDotUnit(fmt, channels=channels, mac_stages=mac_stages,

@@ -68,6 +68,27 @@ def _xorshift32(s):
     return s ^ (s << 5)[:32]
 
 
+def lane_random_bits(m, lanes, seed, reseed, accepted):
+    """Add one xorshift32 generator per lane to ``m`` (numerics.md 2.4); return each lane's
+    ``SR_RANDOM_BITS`` random bits for the block accepted in this cycle (``accepted``).
+
+    While ``reseed`` is high, lane ``l`` loads :func:`lane_start_state` of ``seed``.
+    """
+    rand = []
+    for i in range(lanes):
+        state = Signal(32, name=f"prng_state{i}", init=lane_start_state(DEFAULT_SEED, i))
+        nxt = Signal(32, name=f"prng_next{i}")
+        m.d.comb += nxt.eq(_xorshift32(state))
+        const = (XORSHIFT_LANE_CONSTANT * (i + 1)) & _MASK32
+        start = Mux(seed == const, const, seed ^ const)
+        with m.If(reseed):
+            m.d.sync += state.eq(start)
+        with m.Elif(accepted):
+            m.d.sync += state.eq(nxt)
+        rand.append(nxt[32 - SR_RANDOM_BITS:])
+    return rand
+
+
 class _AlignWidths(NamedTuple):
     """Widths of :class:`FloatToBlock`'s alignment datapath (see the module docstring).
 
@@ -250,7 +271,8 @@ class FloatToBlock(wiring.Component):
 
         values = {"lane": self._lanes()}
         if fmt.rounding is Rounding.STOCHASTIC:
-            values["rand"] = self._random_bits(m, out.accept)
+            values["rand"] = lane_random_bits(m, fmt.block_size, self.seed, self.reseed,
+                                              out.accept)
         pipe = Pipeline(m, pipe_valid)
         values = pipe.cut("s_in", values, cuts["input"])
         values = self._lane_fields(m, values, widths)
@@ -279,23 +301,6 @@ class FloatToBlock(wiring.Component):
                 lane = Cat(C(0, 16), lane)
             lanes.append(lane)
         return lanes
-
-    def _random_bits(self, m, accepted):
-        """Add the per-lane xorshift32 generators; return each lane's random bits for the
-        block accepted in this cycle (``accepted``)."""
-        rand = []
-        for i in range(self._fmt.block_size):
-            state = Signal(32, name=f"prng_state{i}", init=lane_start_state(DEFAULT_SEED, i))
-            nxt = Signal(32, name=f"prng_next{i}")
-            m.d.comb += nxt.eq(_xorshift32(state))
-            const = (XORSHIFT_LANE_CONSTANT * (i + 1)) & _MASK32
-            start = Mux(self.seed == const, const, self.seed ^ const)
-            with m.If(self.reseed):
-                m.d.sync += state.eq(start)
-            with m.Elif(accepted):
-                m.d.sync += state.eq(nxt)
-            rand.append(nxt[32 - SR_RANDOM_BITS:])
-        return rand
 
     def _lane_fields(self, m, values, widths):
         """Split each lane into the fields the rest of the pipeline needs, computed beside the

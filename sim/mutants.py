@@ -15,6 +15,7 @@ from typing import NamedTuple
 from amaranth.hdl import Array, C, Cat, Const, Elaboratable, Mux, Signal
 
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.float_to_minifloat import FloatToMinifloatBlock
 from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator, build_pipeline, fp32_add_steps
 from hbfp_hw.rtl_gen.mac_tree import MacTree
 
@@ -24,6 +25,10 @@ __all__ = [
     "inject",
     "StickyLostFloatToBlock",
     "TiesAwayFloatToBlock",
+    "WrapFloatToMinifloatBlock",
+    "SubnormalFlushFloatToMinifloatBlock",
+    "NaNCodeFloatToMinifloatBlock",
+    "LeadingZerosFloatToMinifloatBlock",
     "ExponentOffByOneMacTree",
     "NaNDropMacTree",
     "PairwiseFPAccumulator",
@@ -44,6 +49,41 @@ class TiesAwayFloatToBlock(FloatToBlock):
     @staticmethod
     def _nearest_up(guard, sticky, lsb):
         return guard
+
+
+class WrapFloatToMinifloatBlock(FloatToMinifloatBlock):
+    """Minifloat elements beyond the largest wrap around (the code's high bits are dropped)
+    instead of saturating."""
+
+    @staticmethod
+    def _saturate(magnitude, max_code):
+        return magnitude
+
+
+class SubnormalFlushFloatToMinifloatBlock(FloatToMinifloatBlock):
+    """Elements below the smallest normal are flushed to zero instead of kept as
+    subnormals."""
+
+    def _magnitude(self, base, q, up):
+        normal = (base != 0) | q[self.fmt.element.mantissa_bits]
+        return Mux(normal, super()._magnitude(base, q, up), 0)
+
+
+class NaNCodeFloatToMinifloatBlock(FloatToMinifloatBlock):
+    """The reserved codes count as numbers: saturation goes to the all-ones code (E4M3's
+    NaN, E5M2's NaN), not to the largest finite one."""
+
+    def _max_code(self):
+        return (1 << (self.fmt.element.width - 1)) - 1
+
+
+class LeadingZerosFloatToMinifloatBlock(FloatToMinifloatBlock):
+    """FP32 subnormal inputs are aligned as if their leading bit were set: their element
+    lands on the grid of the wrong binade."""
+
+    @staticmethod
+    def _leading_zeros(sig, limit):
+        return C(0, range(limit + 1))
 
 
 class ExponentOffByOneMacTree(MacTree):
@@ -112,6 +152,16 @@ FAULTS = {
                     "nearest-even rounding"),
     "ties-away": Fault(FloatToBlock, TiesAwayFloatToBlock,
                        "nearest rounding sends ties away from zero, not to even"),
+    "saturation-wrap": Fault(FloatToMinifloatBlock, WrapFloatToMinifloatBlock,
+                             "minifloat elements beyond the largest wrap around instead of "
+                             "saturating"),
+    "subnormal-flush": Fault(FloatToMinifloatBlock, SubnormalFlushFloatToMinifloatBlock,
+                             "minifloat elements below the smallest normal are flushed to zero"),
+    "nan-code-as-number": Fault(FloatToMinifloatBlock, NaNCodeFloatToMinifloatBlock,
+                                "saturation reaches the reserved codes (E4M3's NaN code is "
+                                "taken for a number)"),
+    "leading-zeros-ignored": Fault(FloatToMinifloatBlock, LeadingZerosFloatToMinifloatBlock,
+                                   "FP32 subnormal inputs are aligned as normal numbers"),
     "exponent-off-by-one": Fault(MacTree, ExponentOffByOneMacTree,
                                  "block-product exponent one too large"),
     "nan-drop": Fault(MacTree, NaNDropMacTree,

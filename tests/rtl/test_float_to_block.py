@@ -12,6 +12,7 @@ from amaranth.sim import Simulator
 from hbfp_hw import golden
 from hbfp_hw.formats import BFPFormat, FloatFormat, Rounding
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock, lane_start_state
+from hbfp_hw.rtl_gen.float_to_minifloat import block_quantizer
 from hbfp_hw.rtl_gen.layout import block_layout, unpack
 
 ROUNDINGS = ["nearest-even", "toward-zero", "stochastic"]
@@ -38,8 +39,9 @@ def with_clock(dut):
 
 def rtl_float_to_block(fmt, blocks_of_bits, *, input_format="fp32", stages=2, seed=None,
                        valid_prob=1.0, ready_prob=1.0, rng=None, trace=None,
-                       always_ready=False):
-    """Quantize blocks of raw lane patterns with the simulated :class:`FloatToBlock`.
+                       always_ready=False, cls=None):
+    """Quantize blocks of raw lane patterns with the simulated quantizer of ``fmt``
+    (:func:`block_quantizer`: :class:`FloatToBlock`, or the minifloat one).
 
     Parameters
     ----------
@@ -47,7 +49,9 @@ def rtl_float_to_block(fmt, blocks_of_bits, *, input_format="fp32", stages=2, se
     blocks_of_bits : array_like of int, shape ``(nblocks, block_size)``
         Lane bit patterns (32-bit for FP32, 16-bit for BF16).
     input_format, stages, always_ready
-        Passed to :class:`FloatToBlock` (``always_ready`` needs ``ready_prob == 1``).
+        Passed to the unit (``always_ready`` needs ``ready_prob == 1``).
+    cls : type or None
+        The unit's class (a mutant, say); default :func:`block_quantizer`'s choice.
     seed : int or None
         If given, the PRNG is reseeded with it before the first block; otherwise the reset
         seed (0) is in effect.
@@ -63,11 +67,13 @@ def rtl_float_to_block(fmt, blocks_of_bits, *, input_format="fp32", stages=2, se
     Returns
     -------
     (numpy.ndarray, numpy.ndarray)
-        Exponent codes ``(nblocks,)`` and mantissas ``(nblocks, block_size)``.
+        Exponent codes ``(nblocks,)`` and mantissas ``(nblocks, block_size)`` (element codes
+        for minifloat formats).
     """
     rng = np.random.default_rng(0) if rng is None else rng
     assert not always_ready or ready_prob == 1.0
-    dut = FloatToBlock(fmt, input_format=input_format, stages=stages, always_ready=always_ready)
+    dut = (cls or block_quantizer)(fmt, input_format=input_format, stages=stages,
+                                   always_ready=always_ready)
     width = FloatFormat(input_format).width
     blocks = np.asarray(blocks_of_bits, dtype=np.uint64).reshape(-1, fmt.block_size)
     payloads = [sum(int(v) << (i * width) for i, v in enumerate(block)) for block in blocks]
@@ -279,7 +285,7 @@ def corner_blocks(fmt):
     step = 2.0 ** -w
     blocks.append(block(1.0, 0.5 * step, 1.5 * step, 2.5 * step, -0.5 * step, -1.5 * step,
                         1.0 + 0.5 * step, 1.0 + 1.5 * step))
-    blocks.append(block(-1.0, 3.5 * step, -2.5 * step, (1 << w) * step - 0.5 * step,
+    blocks.append(block(-1.0, 3.5 * step, -2.5 * step, 2.0 ** w * step - 0.5 * step,
                         0.5 * step + 2.0 ** -40, 0.5 * step - 2.0 ** -40))
     # rounding up to 2**(w-1) saturates: values just below 2**(E+1)
     blocks.append(from_bits(0x3FFFFFFF, 0xBFFFFFFF, 0x3FFFF000, 0x3F800000))

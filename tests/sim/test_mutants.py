@@ -8,22 +8,29 @@ import pytest
 from amaranth.back import rtlil
 
 from hbfp_hw.cli import build_parser
-from hbfp_hw.formats import BFPFormat
+from hbfp_hw.formats import BFPFormat, resolve_format
 from hbfp_hw.rtl_gen.block_dot import BlockDotUnit
 from hbfp_hw.rtl_gen.dot_product import DotProductUnit
 from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.float_to_minifloat import FloatToMinifloatBlock
 from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
 from hbfp_hw.rtl_gen.mac_tree import MacTree
 from hbfp_hw.sim.mutants import FAULTS, inject
 
-#: A small nearest-even format (the rounding faults change only nearest-even).
+#: A small nearest-even format (the rounding faults change only nearest-even), and a small
+#: minifloat one for the faults of the minifloat quantizer.
 FMT = BFPFormat(4, 4)
+MINIFLOAT_FMT = resolve_format("mxfp8_e4m3").replace(block_size=4)
+
+
+def _format_for(cls):
+    return MINIFLOAT_FMT if issubclass(cls, FloatToMinifloatBlock) else FMT
 
 
 def _small(cls):
     if cls is FPAccumulator:
         return FPAccumulator(channels=2, adder_stages=2)
-    return cls(FMT)
+    return cls(_format_for(cls))
 
 
 def _netlist(component):
@@ -63,7 +70,7 @@ def test_mutant_changes_the_netlist(name):
 @pytest.mark.parametrize("name", sorted(FAULTS))
 def test_inject_reaches_the_parts_of_a_dot_product_unit(name):
     unit, mutant, _ = FAULTS[name]
-    dot = _unused(DotProductUnit(FMT, channels=2, adder_stages=2))
+    dot = _unused(DotProductUnit(_format_for(unit), channels=2, adder_stages=2))
     core = dot._core
     parts = [dot._align_a, dot._align_b, core._mac, core._acc]
     expected = [type(p) if not isinstance(p, unit) else mutant for p in parts]
@@ -74,5 +81,5 @@ def test_inject_reaches_the_parts_of_a_dot_product_unit(name):
 
 
 def test_real_units_have_no_fault_switch():
-    for cls in (FloatToBlock, MacTree, FPAccumulator):
+    for cls in (FloatToBlock, FloatToMinifloatBlock, MacTree, FPAccumulator):
         assert not any("fault" in attr for attr in vars(cls)), cls
