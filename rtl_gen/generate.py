@@ -27,7 +27,7 @@ from hbfp_hw.tools import process, simulators
 
 from .block_to_float import BlockToFloat
 from .dot_product import DotProductUnit
-from .float_to_block import FloatToBlock
+from .float_to_minifloat import block_quantizer
 from .fp32_mac import Fp32MacBaseline
 from .fp_accumulator import FPAccumulator
 from .mac_tree import MacTree
@@ -38,7 +38,7 @@ __all__ = ["UNITS", "FORMAT_FREE_UNITS", "build_unit", "unit_name", "describe", 
 UNITS = {
     "dot": ("DotProductUnit", ("channels", "align_stages", "mac_stages", "convert_stages",
                                "adder_stages")),
-    "align": ("FloatToBlock", ("stages",)),
+    "align": ("FloatToBlock or FloatToMinifloatBlock", ("stages",)),
     "mac": ("MacTree", ("stages",)),
     "to-float": ("BlockToFloat", ("stages",)),
     "accumulator": ("FPAccumulator", ("channels", "adder_stages")),
@@ -75,7 +75,7 @@ def build_unit(unit, fmt=None, *, input_format="fp32", **hw):
     if unit == "dot":
         return DotProductUnit(fmt, input_format=input_format, **hw)
     if unit == "align":
-        return FloatToBlock(fmt, input_format=input_format, **hw)
+        return block_quantizer(fmt, input_format=input_format, **hw)
     if unit == "mac":
         return MacTree(fmt, **hw)
     return BlockToFloat(fmt, **hw)

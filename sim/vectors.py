@@ -95,7 +95,8 @@ def _lanes_for(bits, input_format):
 
 
 def align_vectors(fmt, count, rng, *, input_format="fp32", seed=0):
-    """Vectors for :class:`FloatToBlock`: ``count`` blocks; the PRNG is reseeded with ``seed``."""
+    """Vectors for the quantizer (:class:`FloatToBlock`, or the minifloat one): ``count``
+    blocks; the PRNG is reseeded with ``seed``."""
     bits = random_fp32_blocks(rng, count, fmt.block_size, fmt)
     lanes, values = _lanes_for(bits, input_format)
     q = golden.quantize(values.view(np.float32), fmt, axis=-1, seed=seed,
@@ -103,9 +104,10 @@ def align_vectors(fmt, count, rng, *, input_format="fp32", seed=0):
     in_layout = layout.float_vector_layout(fmt, input_format)
     out_layout = layout.block_layout(fmt)
     codes = q.exponent_codes[:, 0]
+    elements = q.element_codes() if fmt.is_minifloat else q.mantissas
     inputs = [layout.pack(in_layout, row.tolist()) for row in lanes]
     expected = [layout.pack(out_layout, {"exponent": int(c), "mantissas": mm.tolist()})
-                for c, mm in zip(codes, q.mantissas[:, 0])]
+                for c, mm in zip(codes, elements[:, 0])]
     return {"inputs": inputs, "expected": expected, "inputs_for": inputs,
             "static": {"seed": seed}, "pulse": {"reseed": 1}}
 

@@ -28,6 +28,7 @@ from hbfp_hw.formats import (
     BFPFormat,
     FloatFormat,
     Rounding,
+    ScaleRule,
 )
 
 __all__ = [
@@ -197,7 +198,7 @@ def int_list(flag, lo=None, hi=None, *, power_of_two=False, why=""):
 
 # -- formats ------------------------------------------------------------------------------------
 
-#: The presets with integer elements: the ones the hardware commands take so far.
+#: The presets with integer elements: the ones the GEMM system (demo, build, gemm) takes so far.
 INTEGER_PRESETS = [name for name, fmt in PRESETS.items() if not fmt.is_minifloat]
 
 
@@ -209,8 +210,9 @@ def _preset(flag, text, allow_fp32=False, minifloat=False):
     if key in PRESETS:
         if PRESETS[key].is_minifloat and not minifloat:
             raise argparse.ArgumentTypeError(
-                f"{flag} {key}: minifloat formats have no quantizer RTL yet (the golden "
-                f"model and PyTorch take them); this command takes {', '.join(names)}")
+                f"{flag} {key}: minifloat formats have no GEMM system yet (the golden "
+                f"model, PyTorch and the units of generate/verify take them); this command "
+                f"takes {', '.join(names)}")
         return PRESETS[key]
     raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(names)}, not {text!r}")
 
@@ -242,14 +244,13 @@ def format_names(flag="--formats", minifloat=False):
 
 
 def add_format_arguments(p):
-    """Add --format/--mantissa-bits/--block-size/--rounding/--exponent-bits/--input-format,
-    the format of a unit of the RTL generators (``generate``, ``verify``)."""
+    """Add --format/--mantissa-bits/--block-size/--rounding/--exponent-bits/--scale-rule/
+    --input-format, the format of a unit of the RTL generators (``generate``, ``verify``)."""
     w_lo, w_hi = MANTISSA_BITS_RANGE
     e_lo, e_hi = EXPONENT_BITS_RANGE
     n_lo, n_hi = RTL_BLOCK_SIZE_RANGE
     p.add_argument("--format", metavar="PRESET", type=format_preset(minifloat=True),
-                   help=f"format preset ({', '.join(INTEGER_PRESETS)}; the minifloat "
-                        f"presets with --unit mac or to-float); overrides the fields below")
+                   help=f"format preset ({', '.join(PRESETS)}); overrides the fields below")
     p.add_argument("--mantissa-bits", type=integer("--mantissa-bits", w_lo, w_hi), metavar="W",
                    help=f"element width, {w_lo}..{w_hi}")
     p.add_argument("--block-size", metavar="N",
@@ -261,22 +262,32 @@ def add_format_arguments(p):
     p.add_argument("--exponent-bits", type=integer("--exponent-bits", e_lo, e_hi), default=None,
                    metavar="E", help=f"shared-exponent width, {e_lo}..{e_hi} (default 8, or "
                                      f"the preset's)")
+    p.add_argument("--scale-rule", default=None, choices=[r.value for r in ScaleRule],
+                   help="shared-scale rule of a minifloat preset (numerics.md 5.2; default the "
+                        "preset's, floor); integer elements take floor only")
     p.add_argument("--input-format", default="fp32", choices=[f.value for f in FloatFormat])
 
 
 def format_from_args(args):
     """Return the :class:`BFPFormat` of :func:`add_format_arguments`; raise UsageError."""
     overrides = {k: v for k, v in (("rounding", args.rounding),
-                                   ("exponent_bits", args.exponent_bits)) if v is not None}
-    if args.format is not None:
-        if args.mantissa_bits is not None or args.block_size is not None:
-            raise UsageError("--format: give either --format or --mantissa-bits/--block-size, "
-                             "not both")
-        fmt = args.format.replace(**overrides)
-    else:
-        if args.mantissa_bits is None or args.block_size is None:
-            raise UsageError("--mantissa-bits and --block-size are required (or give --format)")
-        fmt = BFPFormat(args.mantissa_bits, args.block_size, **overrides)
+                                   ("exponent_bits", args.exponent_bits),
+                                   ("scale_rule", args.scale_rule)) if v is not None}
+    flags = {"rounding": "--rounding", "exponent_bits": "--exponent-bits",
+             "scale_rule": "--scale-rule"}
+    try:
+        if args.format is not None:
+            if args.mantissa_bits is not None or args.block_size is not None:
+                raise UsageError("--format: give either --format or --mantissa-bits/"
+                                 "--block-size, not both")
+            fmt = args.format.replace(**overrides)
+        else:
+            if args.mantissa_bits is None or args.block_size is None:
+                raise UsageError("--mantissa-bits and --block-size are required (or give "
+                                 "--format)")
+            fmt = BFPFormat(args.mantissa_bits, args.block_size, **overrides)
+    except ValueError as e:
+        raise UsageError(flag_message(e, flags)) from None
     check_rtl_block_size("--format" if args.format is not None else "--block-size", fmt)
     return fmt
 

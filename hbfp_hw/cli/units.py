@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from . import args as cli_args
 
-__all__ = ["HW_ARGS", "MINIFLOAT_UNITS", "add_unit_arguments", "check_unit"]
-
-#: The units whose RTL takes minifloat elements (numerics.md 5) so far.
-MINIFLOAT_UNITS = ("mac", "to-float")
+__all__ = ["HW_ARGS", "add_unit_arguments", "check_unit"]
 
 #: Hardware parameters of the units (``--channels``, ``--stages``...) and their help.
 HW_ARGS = {
     "channels": "running sums interleaved by the accumulator",
     "stages": "pipeline registers (align, mac, to-float)",
-    "align_stages": "FloatToBlock pipeline registers (dot)",
+    "align_stages": "quantizer pipeline registers (dot)",
     "mac_stages": "MacTree pipeline registers (dot)",
     "convert_stages": "BlockToFloat pipeline registers (dot)",
     "adder_stages": "FP32 adder pipeline registers (dot, accumulator, fp32-baseline)",
@@ -52,10 +49,6 @@ def check_unit(args, fault=None):
     from hbfp_hw.rtl_gen.generate import FORMAT_FREE_UNITS, UNITS, build_unit
 
     fmt = None if args.unit in FORMAT_FREE_UNITS else cli_args.format_from_args(args)
-    if fmt is not None and fmt.is_minifloat and args.unit not in MINIFLOAT_UNITS:
-        raise cli_args.UsageError(
-            f"--format {fmt.name}: minifloat elements have no {args.unit} RTL yet (the "
-            f"quantizer is missing); --unit {' and '.join(MINIFLOAT_UNITS)} take them")
     hw = {k: getattr(args, k) for k in HW_ARGS if getattr(args, k) is not None}
     allowed = UNITS[args.unit][1]
     bad = [k for k in hw if k not in allowed]

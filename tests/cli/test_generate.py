@@ -37,8 +37,10 @@ def test_generate(tmp_path):
     (["--format", "bfp9"], "--format must be one of bfp8, mxint8, bfp2, bfp4, bfp6, bfp12, "
                            "bfp16, mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4_e2m1, "
                            "bm8_e2m5, bm8_e4m3, bm6_e2m3, bm6_e3m2, not 'bfp9'"),
-    (["--format", "mxfp8_e4m3", "--unit", "dot"],
-     "--format mxfp8_e4m3: minifloat elements have no dot RTL yet"),
+    (["--format", "bfp8", "--scale-rule", "ceil"],
+     "--scale-rule must be 'floor' for integer elements, not 'ceil'"),
+    (["--format", "mxfp8_e4m3", "--unit", "align", "--stages", "7"],
+     "--stages must be between 0 and 6, not 7"),
     (["--block-size", "16"], "--mantissa-bits and --block-size are required (or give --format)"),
 ])
 def test_generate_errors(tmp_path, args, message):

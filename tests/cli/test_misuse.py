@@ -26,7 +26,7 @@ CORPUS = [
     ("demo", ["--k", "1.5"], "--k"),
     ("demo", ["--m", "1000000", "--k", "1000000"], "--m"),
     ("demo", ["--format", "bfp5"], "--format"),
-    ("demo", ["--format", "mxfp8_e4m3"], "--format"),       # minifloat: no quantizer RTL yet
+    ("demo", ["--format", "mxfp8_e4m3"], "--format"),       # minifloat: no GEMM system yet
     ("demo", ["--seed", "-1"], "--seed"),
     ("demo", ["--seed", "4294967296"], "--seed"),
     ("demo", ["--device", "foo://"], "--device"),
@@ -56,8 +56,11 @@ CORPUS = [
     ("generate", ["--format", "bfp8", "--exponent-bits", "9", "--out", "{tmp}/o"],
      "--exponent-bits"),
     ("generate", ["--format", "bfp9", "--out", "{tmp}/o"], "--format"),
-    ("generate", ["--format", "mxfp4_e2m1", "--out", "{tmp}/o"], "--format"),
-    ("verify", ["--format", "mxfp8_e4m3", "--unit", "align"], "--format"),
+    ("generate", ["--format", "bfp4", "--scale-rule", "rceil", "--out", "{tmp}/o"],
+     "--scale-rule"),
+    ("generate", ["--format", "mxfp4_e2m1", "--scale-rule", "round", "--out", "{tmp}/o"],
+     "--scale-rule"),
+    ("verify", ["--format", "mxfp8_e4m3", "--unit", "align", "--stages", "9"], "--stages"),
     ("generate", ["--format", "bfp8", "--block-size", "16", "--out", "{tmp}/o"], "--format"),
     ("generate", ["--block-size", "16", "--out", "{tmp}/o"], "--mantissa-bits"),
     ("generate", ["--format", "bfp8", "--unit", "mac", "--channels", "3", "--out", "{tmp}/o"],

@@ -8,7 +8,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from hbfp_hw import golden
-from hbfp_hw.formats import BFPFormat
+from hbfp_hw.formats import BFPFormat, resolve_format
 from hbfp_hw.rtl_gen import layout
 from hbfp_hw.rtl_gen.dot_product import DotProductUnit, dot_input_layout
 from hbfp_hw.sim import vectors
@@ -25,7 +25,12 @@ def _by_channel(payloads, mask):
     (BFPFormat(8, 16), "fp32", 0),
     (BFPFormat(4, 4, "toward-zero"), "bf16", 0),
     (BFPFormat(6, 8, "stochastic"), "fp32", 1234),
-])
+    (resolve_format("mxfp8_e4m3").replace(block_size=8), "fp32", 0),
+    (resolve_format("mxfp8_e5m2").replace(block_size=4, scale_rule="rceil"), "bf16", 0),
+    (resolve_format("mxfp4_e2m1").replace(block_size=8, rounding="stochastic",
+                                          scale_rule="ceil"), "fp32", 99),
+], ids=["bfp8", "w4b4-tz-bf16", "w6b8-sr", "mxfp8_e4m3-b8", "mxfp8_e5m2-b4-rceil-bf16",
+        "mxfp4_e2m1-b8-sr-ceil"])
 def test_dot_unit_matches_golden(stream_runner, fmt, input_format, seed):
     rng = np.random.default_rng(seed)
     dut = DotProductUnit(fmt, input_format=input_format)

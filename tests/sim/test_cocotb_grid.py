@@ -115,25 +115,32 @@ def test_grid_covers_the_required_space():
     assert len(GRID) >= 12
 
 
-# Minifloat elements (OCP MX, Block Minifloat): the units that take them so far (numerics.md
-# 5), on Verilator with the full count and a narrow one on Icarus. mac's codes cover every
-# element code (reserved ones included), all-extreme and sparse blocks; to-float takes the
-# widest products (71 bits for E5M2).
-MINIFLOAT_GRID = [("mac", "mxfp8_e4m3", "verilator", VECTORS),
-                  ("mac", "mxfp8_e5m2", "verilator", VECTORS),
-                  ("mac", "bm6_e3m2", "verilator", VECTORS),
-                  ("to-float", "mxfp8_e5m2", "verilator", VECTORS),
-                  ("mac", "mxfp4_e2m1", "icarus", 1_000),
-                  ("to-float", "mxfp6_e2m3", "icarus", VECTORS)]
+# Minifloat elements (OCP MX, Block Minifloat, numerics.md 5): every unit, on Verilator with
+# the full count and narrow points on Icarus. mac's codes cover every element code (reserved
+# ones included), all-extreme and sparse blocks; to-float takes the widest products (71 bits
+# for E5M2); align and dot quantize FP32/BF16 lanes under each scale rule.
+MINIFLOAT_GRID = [("mac", "mxfp8_e4m3", "floor", "verilator", VECTORS),
+                  ("mac", "mxfp8_e5m2", "floor", "verilator", VECTORS),
+                  ("mac", "bm6_e3m2", "floor", "verilator", VECTORS),
+                  ("to-float", "mxfp8_e5m2", "floor", "verilator", VECTORS),
+                  ("align", "mxfp8_e4m3", "rceil", "verilator", VECTORS),
+                  ("align", "bm8_e2m5", "ceil", "verilator", VECTORS),
+                  ("dot", "mxfp8_e5m2", "floor", "verilator", VECTORS),
+                  ("dot", "mxfp6_e3m2", "rceil", "verilator", VECTORS),
+                  ("mac", "mxfp4_e2m1", "floor", "icarus", 1_000),
+                  ("to-float", "mxfp6_e2m3", "floor", "icarus", VECTORS),
+                  ("align", "mxfp6_e2m3", "ceil", "icarus", 1_000),
+                  ("dot", "mxfp4_e2m1", "floor", "icarus", 1_000)]
 
 
-@pytest.mark.parametrize(("unit", "name", "sim", "count"), MINIFLOAT_GRID,
-                         ids=[f"{u}-{n}-{s}" for u, n, s, _ in MINIFLOAT_GRID])
-def test_minifloat_grid(unit, name, sim, count):
+@pytest.mark.parametrize(("unit", "name", "rule", "sim", "count"), MINIFLOAT_GRID,
+                         ids=[f"{u}-{n}-{r}-{s}" for u, n, r, s, _ in MINIFLOAT_GRID])
+def test_minifloat_grid(unit, name, rule, sim, count):
     reason = simulators.missing_reason(sim)
     if reason:
         pytest.skip(reason)
-    _check(verify(unit, resolve_format(name), sim=sim, count=count, seed=3), count)
+    fmt = resolve_format(name).replace(scale_rule=rule)
+    _check(verify(unit, fmt, sim=sim, count=count, seed=3), count)
 
 
 SLOW_GRID = [

