@@ -63,7 +63,7 @@ from .common import CreditOutput, Pipeline, check_rtl_format, check_stages
 from .float_to_block import FloatToBlock, lane_random_bits
 from .layout import block_layout, float_vector_layout
 
-__all__ = ["FloatToMinifloatBlock", "block_quantizer", "rceil_constants"]
+__all__ = ["FloatToMinifloatBlock", "block_quantizer", "quantizer_class", "rceil_constants"]
 
 
 class RceilConstants(NamedTuple):
@@ -99,11 +99,16 @@ def rceil_constants(element):
                           g2=((1 << 47) + (1 << 23)) // cs, low=lo)
 
 
+def quantizer_class(fmt):
+    """The quantizer class of ``fmt``'s blocks: :class:`FloatToMinifloatBlock` for minifloat
+    elements, :class:`FloatToBlock` for integer ones (same ports and parameters; both have
+    ``max_stages_for(fmt)``)."""
+    return FloatToMinifloatBlock if getattr(fmt, "is_minifloat", False) else FloatToBlock
+
+
 def block_quantizer(fmt, **kwargs):
-    """Return the quantizer of ``fmt``'s blocks: :class:`FloatToMinifloatBlock` for minifloat
-    elements, :class:`FloatToBlock` for integer ones (same ports and parameters)."""
-    cls = FloatToMinifloatBlock if getattr(fmt, "is_minifloat", False) else FloatToBlock
-    return cls(fmt, **kwargs)
+    """Return the quantizer of ``fmt``'s blocks, an instance of :func:`quantizer_class`."""
+    return quantizer_class(fmt)(fmt, **kwargs)
 
 
 class _Widths(NamedTuple):

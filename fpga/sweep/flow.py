@@ -479,6 +479,7 @@ def _row(state, seeds, root):
     row.pop("fmt")
     row["mantissa_bits"] = None if point.fmt is None else point.fmt.mantissa_bits
     row["block_size"] = None if point.fmt is None else point.fmt.block_size
+    row["element"] = None if point.fmt is None else point.fmt.element_name
     if state.gen is not None:
         meta = state.gen["meta"]
         row.update(latency=meta["latency"], throughput=meta["throughput"],

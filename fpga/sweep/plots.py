@@ -33,15 +33,44 @@ def _title(doc):
     return f"{t['device']} ({doc['io']} I/O, worse of nextpnr seeds {doc['seeds']})"
 
 
+def _minifloat(row):
+    """Whether a sweep row is a unit with minifloat elements (an MX or BM preset)."""
+    return (row.get("format") or {}).get("element") is not None
+
+
+def _short_label(row):
+    """``w8b16`` for integer-element units, the preset name for minifloat ones, the label
+    for the FP32 kinds."""
+    if row["kind"] == "fp32-baseline" or _minifloat(row):
+        return row["label"]
+    return f"w{row['mantissa_bits']}b{row['block_size']}"
+
+
 def plot_mac_per_lut(doc, path):
-    """MAC/s per LUT against mantissa bits, one line per block size, FP32 baseline marked."""
+    """MAC/s per LUT against element bits: one line per block size of the integer-element
+    units, one labelled marker per minifloat unit, the FP32 baseline marked."""
     plt = _pyplot()
     from matplotlib.ticker import EngFormatter
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     rows = [r for r in doc["points"] if r.get("mac_per_s_per_lut")]
+    for mult, marker in (("dsp", "D"), ("lut", "v")):
+        mini = [r for r in rows if r["kind"] == "dot" and r["multipliers"] == mult
+                and _minifloat(r)]
+        if mini:
+            suffix = "" if mult == "dsp" else ", multipliers in LUTs"
+            ax.plot([r["mantissa_bits"] for r in mini], [r["mac_per_s_per_lut"] for r in mini],
+                    marker, linestyle="none", color="tab:purple",
+                    label=f"minifloat elements (MX, BM){suffix}")
+            for r in mini:
+                ratio = r.get("vs_baseline", {}).get("mac_per_s_per_lut")
+                text = r["label"] + (f" {ratio:.1f}x" if ratio else "")
+                ax.annotate(text, (r["mantissa_bits"], r["mac_per_s_per_lut"]),
+                            textcoords="offset points", xytext=(5, 3), fontsize=7,
+                            color="tab:purple")
     for mult, style in (("dsp", "-o"), ("lut", "--s")):
-        dots = [r for r in rows if r["kind"] == "dot" and r["multipliers"] == mult]
+        dots = [r for r in rows if r["kind"] == "dot" and r["multipliers"] == mult
+                and not _minifloat(r)]
         for n in sorted({r["block_size"] for r in dots}):
             pts = sorted((r["mantissa_bits"], r["mac_per_s_per_lut"]) for r in dots
                          if r["block_size"] == n)
@@ -58,7 +87,7 @@ def plot_mac_per_lut(doc, path):
             style = ":" if r["multipliers"] == "dsp" else "-."
             ax.axhline(r["mac_per_s_per_lut"], color="k", linestyle=style,
                        label=f"FP32 MAC baseline ({r['multipliers']} multipliers)")
-    ax.set_xlabel("mantissa bits w (sign included)")
+    ax.set_xlabel("element bits w (sign included)")
     ax.set_ylabel("MAC/s per LUT (LUT = logic cell as placed)")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(EngFormatter())
@@ -84,8 +113,7 @@ def plot_fmax(doc, path):
     ax.axhline(doc["freq_mhz"], color="tab:red", linestyle="--",
                label=f"nextpnr target {doc['freq_mhz']:g} MHz")
     ax.set_xticks(list(xs))
-    ax.set_xticklabels([r["label"] if r["kind"] == "fp32-baseline"
-                        else f"w{r['mantissa_bits']} b{r['block_size']}"
+    ax.set_xticklabels([_short_label(r)
                         + ("\nLUT mul" if r["multipliers"] == "lut" else "")
                         for r in rows], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("Fmax (MHz), worse seed; dots: each seed")
@@ -102,7 +130,7 @@ def plot_pareto(doc, path):
     for r, (x, y) in zip(rows, pts):
         base = r["kind"] == "fp32-baseline"
         ax.plot(x, y, "s" if base else "o", color="k" if base else "tab:blue")
-        ax.annotate(r["label"] if base else f"w{r['mantissa_bits']}b{r['block_size']}",
+        ax.annotate(_short_label(r),
                     (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     front = pareto_front(pts)
     if front:

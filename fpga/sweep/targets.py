@@ -13,7 +13,7 @@ from hbfp_hw.formats import BFPFormat, FloatFormat, resolve_format
 from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
 from hbfp_hw.rtl_gen.common import RTL_BLOCK_SIZE_RANGE
 from hbfp_hw.rtl_gen.dot_product import DotProductUnit
-from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.float_to_minifloat import quantizer_class
 from hbfp_hw.rtl_gen.fp32_mac import Fp32MacBaseline
 from hbfp_hw.rtl_gen.fp_accumulator import MAX_CHANNELS, FPAccumulator
 from hbfp_hw.rtl_gen.generate import UNITS, build_unit
@@ -155,7 +155,8 @@ def stage_ranges(kind, fmt=None):
     if kind == "dot":
         return {
             "channels": channels,
-            "align_stages": (0, FloatToBlock.max_stages_for(fmt), defaults.get("align_stages")),
+            "align_stages": (0, quantizer_class(fmt).max_stages_for(fmt),
+                             defaults.get("align_stages")),
             "mac_stages": (0, MacTree.max_stages_for(fmt), defaults.get("mac_stages")),
             "convert_stages": (0, BlockToFloat.MAX_STAGES, defaults.get("convert_stages")),
             "adder_stages": adder,
@@ -331,8 +332,9 @@ def parse_format_spec(text):
 
 
 def make_points(mantissa_bits, block_sizes, *, input_format="fp32", rounding="nearest-even",
-                stages=None, multipliers="dsp", baseline=True):
-    """Return the grid ``mantissa_bits x block_sizes`` of dot-product points (+ baseline).
+                stages=None, multipliers="dsp", baseline=True, formats=()):
+    """Return the grid ``mantissa_bits x block_sizes`` of dot-product points (+ baseline),
+    then one point per format of ``formats`` (presets as they are: minifloat ones too).
 
     Raises
     ------
@@ -351,6 +353,11 @@ def make_points(mantissa_bits, block_sizes, *, input_format="fp32", rounding="ne
                                  f"for the RTL generators, not {n!r}")
             params = resolve_params("dot", fmt, stages)
             points.append(SweepPoint("dot", fmt, input_format, params.items(), multipliers))
+    for fmt in formats:
+        point = SweepPoint("dot", fmt, input_format,
+                           resolve_params("dot", fmt, stages).items(), multipliers)
+        if point not in points:
+            points.append(point)
     if baseline:
         params = resolve_params("fp32-baseline", None, stages)
         points.insert(0, SweepPoint("fp32-baseline", None, input_format, params.items(),

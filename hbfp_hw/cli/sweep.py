@@ -55,6 +55,10 @@ def add_parser(sub):
                    type=cli_args.int_list("--block-size", n_lo, n_hi, power_of_two=True,
                                           why=" for the RTL"),
                    help=f"block sizes, powers of two from {n_lo} to {n_hi} (default 8,16,32)")
+    p.add_argument("--formats", type=_presets, default=[], metavar="PRESET,...",
+                   help="add one dot-product unit per preset, as the preset defines it "
+                        "(element type, block size, rounding): the minifloat presets "
+                        "(mxfp8_e4m3, ..., bm6_e3m2) or integer ones (bfp8, mxint8)")
     p.add_argument("--input-format", choices=["fp32", "bf16"], default="fp32",
                    help="float format of the dot-product unit's operands (default fp32)")
     p.add_argument("--rounding", choices=["nearest-even", "toward-zero", "stochastic"],
@@ -125,6 +129,15 @@ def add_parser(sub):
     return p
 
 
+def _presets(text):
+    """``type=`` of ``--formats``: comma-separated preset names, minifloat ones included."""
+    parse = cli_args.format_preset("--formats", minifloat=True)
+    formats = [parse(item) for item in str(text).split(",") if item.strip()]
+    if not formats:
+        raise argparse.ArgumentTypeError("--formats needs at least one preset")
+    return list(dict.fromkeys(formats))
+
+
 def _sibling(path, name):
     path = Path(path)
     if "mac_per_lut" in path.stem:
@@ -163,7 +176,7 @@ def build_points(args):
         for mode in modes:
             points += make_points(args.mantissa_bits, args.block_size,
                                   input_format=args.input_format, rounding=args.rounding,
-                                  stages=stages, multipliers=mode)
+                                  stages=stages, multipliers=mode, formats=args.formats)
     except ValueError as e:
         raise ValueError(f"--stages: {e}") from None
     if fmt is not None:

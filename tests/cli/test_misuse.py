@@ -122,6 +122,8 @@ CORPUS = [
     ("sweep", ["--mantissa-bits", "4,20"], "--mantissa-bits"),
     ("sweep", ["--mantissa-bits", "x"], "--mantissa-bits"),
     ("sweep", ["--block-size", "3"], "--block-size"),
+    ("sweep", ["--formats", "mxfp8_e4m3,mxfp9"], "--formats"),
+    ("sweep", ["--formats", ","], "--formats"),
     ("sweep", ["--block-size", "128"], "--block-size"),
     ("sweep", ["--block-size", ","], "--block-size"),
     ("sweep", ["--seeds", "-1"], "--seeds"),

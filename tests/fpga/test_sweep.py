@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hbfp_hw.cli import main, sweep_accuracy
-from hbfp_hw.formats import BFP8, BFPFormat
+from hbfp_hw.formats import BFP8, BFPFormat, resolve_format
 from hbfp_hw.fpga.boards.build import missing_tools
 from hbfp_hw.fpga.sweep import (
     TARGETS,
@@ -42,6 +42,8 @@ from hbfp_hw.fpga.sweep import (
 from hbfp_hw.fpga.sweep import flow as sweep_flow
 from hbfp_hw.fpga.sweep import plots as sweep_plots
 from hbfp_hw.fpga.sweep import report as sweep_report
+from hbfp_hw.rtl_gen.float_to_minifloat import FloatToMinifloatBlock
+from hbfp_hw.rtl_gen.mac_tree import MacTree
 from hbfp_hw.tools import process
 
 # -- parameters ---------------------------------------------------------------------------------
@@ -111,6 +113,17 @@ def test_make_points():
     with pytest.raises(ValueError, match=r"^block_size must be a power of two between 1 and "
                                          r"4096, not 12$"):
         make_points([8], [12])
+
+
+def test_make_points_with_presets():
+    """--formats adds one unit per preset as the preset defines it (minifloat ones too, with
+    their own quantizer's deepest pipeline); a preset already in the grid is not repeated."""
+    e4m3 = resolve_format("mxfp8_e4m3")
+    points = make_points([8], [16], formats=[e4m3, BFP8, resolve_format("bm6_e3m2")])
+    assert [p.label for p in points] == ["fp32-mac", "bfp8", "mxfp8_e4m3", "bm6_e3m2"]
+    params = dict(points[2].params)
+    assert params["align_stages"] == FloatToMinifloatBlock.MAX_STAGES
+    assert params["mac_stages"] == MacTree.max_stages_for(e4m3)
 
 
 def test_sweep_point_checks():
@@ -413,6 +426,12 @@ def test_plots(tmp_path):
     doc = derive_metrics(_doc(rows))
     for r, acc in zip(doc["points"], (97.8, 96.4, 97.2, 97.2)):
         r["accuracy"] = {"test_acc": acc}
+    mx = _row("mxfp8_e4m3", "dot", 32, 90.0, 2500, 32, w=8, n=32)
+    mx["format"] = resolve_format("mxfp8_e4m3").to_dict()
+    doc["points"].append(derive_metrics(_doc([rows[0], mx]))["points"][1])
+    doc["points"][-1]["accuracy"] = {"test_acc": 97.0}
+    assert [sweep_plots._short_label(r) for r in doc["points"]] == [
+        "fp32-mac", "w4b8", "w8b8", "w8b16", "mxfp8_e4m3"]
     for plot in (sweep_plots.plot_mac_per_lut, sweep_plots.plot_fmax, sweep_plots.plot_pareto):
         path = tmp_path / f"{plot.__name__}.png"
         plot(doc, path)
