@@ -223,20 +223,36 @@ def format_preset(flag="--format", minifloat=False):
     return lambda text: _preset(flag, text, minifloat=minifloat)
 
 
-def format_name(flag="--format", minifloat=False):
+def format_name(flag="--format", minifloat=False, operand_pairs=False):
     """``type=`` for a preset name or ``fp32``: returns the canonical name. ``minifloat``:
-    the command also takes the minifloat presets (MX, Block Minifloat)."""
+    the command also takes the minifloat presets (MX, Block Minifloat). ``operand_pairs``:
+    also ``A/G``, activations and weights in preset ``A`` and gradients in ``G`` (PyTorch's
+    per-operand formats)."""
     def parse(text):
+        if operand_pairs and "/" in str(text):
+            parts = str(text).split("/")
+            if len(parts) != 2:
+                raise argparse.ArgumentTypeError(
+                    f"{flag} A/G takes two presets (activations and weights A, gradients G), "
+                    f"not {text!r}")
+            a, g = (_preset(flag, p, minifloat=minifloat) for p in parts)
+            if a.block_size != g.block_size or a.exponent_bits != g.exponent_bits:
+                raise argparse.ArgumentTypeError(
+                    f"{flag} {text}: the two presets must share the block size and the "
+                    f"shared exponent's width ({a.name}: {a.block_size}, {g.name}: "
+                    f"{g.block_size})")
+            return f"{a.name}/{g.name}"
         value = _preset(flag, text, allow_fp32=True, minifloat=minifloat)
         return value if value == "fp32" else value.name
     return parse
 
 
-def format_names(flag="--formats", minifloat=False):
-    """``type=`` for ``"bfp8,bfp4,fp32"``: canonical names, duplicates dropped, order kept."""
+def format_names(flag="--formats", minifloat=False, operand_pairs=False):
+    """``type=`` for ``"bfp8,bfp4,fp32"``: canonical names, duplicates dropped, order kept
+    (``operand_pairs``: items may be ``A/G``, see :func:`format_name`)."""
     def parse(text):
-        names = [format_name(flag, minifloat)(item) for item in str(text).split(",")
-                 if item.strip()]
+        names = [format_name(flag, minifloat, operand_pairs)(item)
+                 for item in str(text).split(",") if item.strip()]
         if not names:
             raise argparse.ArgumentTypeError(f"{flag} needs at least one format")
         return list(dict.fromkeys(names))

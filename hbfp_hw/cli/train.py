@@ -27,10 +27,12 @@ def add_parser(sub):
     p.add_argument("--model", choices=["mlp", "cnn", "transformer"],
                    help="digits: mlp (default) or cnn; markov, sort: transformer (default)")
     p.add_argument("--format", default="bfp8", metavar="FMT",
-                   type=cli_args.format_name(minifloat=True),
+                   type=cli_args.format_name(minifloat=True, operand_pairs=True),
                    help="HBFP format to train (preset name, default bfp8; the MX and Block "
-                        "Minifloat presets with --backend emulate)")
-    p.add_argument("--formats", metavar="LIST", type=cli_args.format_names(minifloat=True),
+                        "Minifloat presets with --backend emulate; A/G: activations and "
+                        "weights in A, gradients in G, e.g. mxfp8_e4m3/mxfp8_e5m2)")
+    p.add_argument("--formats", metavar="LIST",
+                   type=cli_args.format_names(minifloat=True, operand_pairs=True),
                    help="comma-separated formats, e.g. bfp8,bfp4,fp32 (overrides --format); "
                         "fp32 is always trained as the reference")
     p.add_argument("--layer", action="append", metavar="PATTERN=FMT",
@@ -83,6 +85,11 @@ def validate(args):
     if args.backend == "device":
         flag = "--formats" if args.formats else "--format"
         for name in args._formats:
+            if "/" in name:
+                raise cli_args.UsageError(
+                    f"{flag}: {name} gives the gradients their own format, which the device "
+                    f"does not implement (one format for both operands); train it with "
+                    f"--backend emulate")
             if name != "fp32" and PRESETS[name].is_minifloat:
                 raise cli_args.UsageError(
                     f"{flag}: {name} has minifloat elements, which the device does not "

@@ -49,10 +49,32 @@ def _backward_gemm(a, b, seed, fmts, key):
     """
     if not torch.is_grad_enabled():
         return ops.role_gemm(a, b, fmts[0], seed, key)
+    fmts = _second_order(fmts)
     if not isinstance(seed, torch.Tensor):
         seed = torch.tensor(seed, dtype=torch.int64)
     seeds = torch.stack([seed, derive_seed(seed, 1), derive_seed(seed, 2)])
     return _Matmul.apply(a, b, seeds, fmts, key)
+
+
+#: The formats of a second-order GEMM when the layer has per-operand formats: per-operand
+#: formats name tensor kinds (activations, weights, gradients), and the GEMMs of a double
+#: backward mix second-order gradients with them, for which no kind is defined.
+_NO_KIND = ("no tensor kind",)
+
+
+def _second_order(fmts):
+    """``fmts`` of a backward GEMM's node; with per-operand formats its own gradients are
+    refused when they are asked for (:func:`_check_second_order`)."""
+    if any(ops.has_operand_pair(f) for f in fmts):
+        return (fmts[0], _NO_KIND, _NO_KIND)
+    return fmts
+
+
+def _check_second_order(fmts):
+    if _NO_KIND in fmts:
+        raise NotImplementedError(
+            "double backward through HBFP layers with per-operand formats is not implemented: "
+            "the second-order GEMMs have no tensor kinds; give each role one format")
 
 
 class _Linear(torch.autograd.Function):
@@ -98,12 +120,15 @@ class _Matmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_c):
         a, b, seeds = ctx.saved_tensors
+        _check_second_order(ctx.fmts)
         _, f_gi, f_gw = ctx.fmts
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_a = _backward_gemm(grad_c, b.t(), seeds[1], (f_gi, f_gi, f_gw), ctx.key)
         if ctx.needs_input_grad[1]:
-            grad_b = _backward_gemm(a.t(), grad_c, seeds[2], (f_gw, f_gi, f_gi), ctx.key)
+            # a^T @ dc: the activation first, so the grad_weight pair is swapped
+            grad_b = _backward_gemm(a.t(), grad_c, seeds[2],
+                                    (ops.swap_operands(f_gw), f_gi, f_gi), ctx.key)
         return grad_a, grad_b, None, None, None
 
 
@@ -113,7 +138,7 @@ def _prepare(fmt, seed, backend, device):
         check_backend(config)           # opens the device; FormatMismatch names the role
     fmts = config.gemm_args()
     if seed is None:
-        stochastic = any(f is not None and f[2] == "stochastic" for f in fmts)
+        stochastic = any(ops.is_stochastic(f) for f in fmts)
         seed = prng.fresh_seed() if stochastic else 0
     if isinstance(seed, torch.Tensor):
         if seed.dim() != 0 or seed.dtype != torch.int64:
@@ -273,6 +298,7 @@ def _backward_gemm_batched(a, b, seed, fmts, key):
     """The batched :func:`_backward_gemm`: sub-GEMM ``g`` with ``seed + 2 g``."""
     if not torch.is_grad_enabled():
         return ops.role_gemm_batched(a, b, fmts[0], batch_seeds(seed, a.shape[0]), key)
+    fmts = _second_order(fmts)
     if not isinstance(seed, torch.Tensor):
         seed = torch.tensor(seed, dtype=torch.int64)
     seeds = torch.stack([seed, derive_seed(seed, 1), derive_seed(seed, 2)])
@@ -296,6 +322,7 @@ class _BatchedMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_c):
         a, b, seeds = ctx.saved_tensors
+        _check_second_order(ctx.fmts)
         _, f_gi, f_gw = ctx.fmts
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -303,7 +330,7 @@ class _BatchedMatmul(torch.autograd.Function):
                                             (f_gi, f_gi, f_gw), ctx.key)
         if ctx.needs_input_grad[1]:
             grad_b = _backward_gemm_batched(a.transpose(1, 2), grad_c, seeds[2],
-                                            (f_gw, f_gi, f_gi), ctx.key)
+                                            (ops.swap_operands(f_gw), f_gi, f_gi), ctx.key)
         return grad_a, grad_b, None, None, None
 
 

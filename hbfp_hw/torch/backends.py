@@ -133,6 +133,12 @@ class DeviceBackend:
         from hbfp_hw.fpga.host.driver import FormatMismatch
 
         what = f"the {role} GEMM" if role else "this GEMM"
+        if isinstance(fmt, tuple):
+            raise FormatMismatch(
+                f"backend='device': {what} asks for per-operand formats "
+                f"{fmt[0].name} and {fmt[1].name}, which the GEMM system does not implement "
+                f"(one format for both operands; {self.url} computes {self.fmt.name}); use "
+                f"backend='emulate' for it")
         if fmt.is_minifloat:
             raise FormatMismatch(
                 f"backend='device': {what} asks for {fmt.name}, whose {fmt.element.name} "

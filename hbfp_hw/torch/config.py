@@ -13,6 +13,24 @@ role                  GEMM (linear layer)            reduces over
 :class:`HBFPConfig` holds one format per role (``None`` keeps that GEMM in plain FP32), the
 backend and the base seed of stochastic rounding.
 
+Per-operand formats. A role may quantize its two operands differently (FP8 training: E4M3
+activations and weights, E5M2 gradients), given by **tensor kind**, not by the position of the
+operand in a particular GEMM (a convolution's grad_input is computed as ``W^T @ dy^T``, a
+matmul's grad_weight as ``a^T @ dc``): a role's format may be a pair in the fixed kind order
+
+====================  =============================
+role                  pair
+====================  =============================
+``forward``           (activation, weight)
+``grad_input``        (gradient, weight)
+``grad_weight``       (gradient, activation)
+====================  =============================
+
+and :func:`as_config` builds those pairs from ``{"activations": ..., "weights": ...,
+"gradients": ...}``. For ``matmul(a, b)`` (attention, say), ``a`` counts as the activation
+and ``b`` as the weight. The two formats of a pair must share the block size and the shared
+exponent's width (numerics.md 5.4).
+
 Seeds. Every GEMM gets a 32-bit seed, and ``golden.gemm`` uses it for ``A`` and ``seed + 1``
 for ``B``. A layer call derives its seeds from the base seed, the layer id (its position among
 the layers that :func:`~hbfp_hw.torch.convert` replaced) and the layer's step counter (the
@@ -35,13 +53,20 @@ from dataclasses import dataclass, replace
 
 from hbfp_hw.formats import BFPFormat, resolve_format
 from hbfp_hw.golden import prng
+from hbfp_hw.golden.arith import check_operand_formats
 from hbfp_hw.torch.backends import backend_key
 from hbfp_hw.torch.ops import format_args
 
-__all__ = ["HBFPConfig", "LayerRule", "LayerRules", "ROLES", "as_config", "derive_seed", "mix32"]
+__all__ = ["HBFPConfig", "LayerRule", "LayerRules", "ROLES", "KINDS", "as_config",
+           "derive_seed", "format_label", "mix32"]
 
 #: The three GEMMs of a layer, in seed order.
 ROLES = ("forward", "grad_input", "grad_weight")
+#: The tensor kinds of per-operand formats, and each role's operands as kinds.
+KINDS = ("activations", "weights", "gradients")
+ROLE_OPERANDS = {"forward": ("activations", "weights"),
+                 "grad_input": ("gradients", "weights"),
+                 "grad_weight": ("gradients", "activations")}
 _M32 = 0xFFFFFFFF
 
 
@@ -65,10 +90,29 @@ def _role_format(name, value):
         return None
     if isinstance(value, str) and value.strip().lower() == "fp32":
         return None
+    if isinstance(value, (tuple, list)):
+        a, b = ROLE_OPERANDS[name]
+        if len(value) != 2:
+            raise ValueError(f"{name}: a pair of formats ({a[:-1]}, {b[:-1]}), not {value!r}")
+        try:
+            fa, fb = (resolve_format(v) for v in value)
+            check_operand_formats(fa, fb)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{name}: the pair ({a[:-1]}, {b[:-1]}): {e}") from None
+        return fa if fa == fb else (fa, fb)
     try:
         return resolve_format(value)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{name}: {e} (or 'fp32' to keep this GEMM unquantized)") from None
+
+
+def format_label(fmt):
+    """``"fp32"``, a format's name, or ``"a/b"`` for a pair of operand formats."""
+    if fmt is None:
+        return "fp32"
+    if isinstance(fmt, tuple):
+        return "/".join(f.name for f in fmt)
+    return fmt.name
 
 
 @dataclass(frozen=True)
@@ -77,8 +121,10 @@ class HBFPConfig:
 
     Parameters
     ----------
-    forward, grad_input, grad_weight : BFPFormat, preset name, "fp32" or None
-        Format of each GEMM role; ``"fp32"``/``None`` keeps that GEMM in FP32.
+    forward, grad_input, grad_weight : BFPFormat, preset name, pair of them, "fp32" or None
+        Format of each GEMM role; ``"fp32"``/``None`` keeps that GEMM in FP32; a pair gives
+        the role's two operands their own formats, in the kind order of the module docstring
+        (stored as a tuple; a pair of equal formats is stored as that format).
     backend : str
         ``"emulate"`` (default), ``"device"`` or ``"fp32"`` (see :mod:`hbfp_hw.torch.backends`).
     device : str, hbfp_hw.Device or None
@@ -88,9 +134,9 @@ class HBFPConfig:
         Base seed of stochastic rounding, ``0..2**32-1``.
     """
 
-    forward: BFPFormat | None = resolve_format("bfp8")
-    grad_input: BFPFormat | None = resolve_format("bfp8")
-    grad_weight: BFPFormat | None = resolve_format("bfp8")
+    forward: BFPFormat | tuple | None = resolve_format("bfp8")
+    grad_input: BFPFormat | tuple | None = resolve_format("bfp8")
+    grad_weight: BFPFormat | tuple | None = resolve_format("bfp8")
     backend: str = "emulate"
     device: str | None = None
     seed: int = 0
@@ -110,7 +156,8 @@ class HBFPConfig:
 
     @property
     def formats(self):
-        """The three role formats as a tuple (``None`` = FP32)."""
+        """The three role formats as a tuple (``None`` = FP32; a pair of operand formats is a
+        tuple)."""
         return tuple(getattr(self, role) for role in ROLES)
 
     @property
@@ -120,7 +167,8 @@ class HBFPConfig:
 
     def gemm_args(self):
         """Per role the op's format arguments (:func:`hbfp_hw.torch.ops.format_args`: 4 for
-        integer elements, 5 for minifloat ones) or ``None``."""
+        integer elements, 5 for minifloat ones, 6 for a pair of operand formats) or
+        ``None``."""
         return tuple(None if f is None or self.backend == "fp32" else format_args(f)
                      for f in self.formats)
 
@@ -129,8 +177,9 @@ class HBFPConfig:
         return replace(self, **changes)
 
     def describe(self):
-        """Short text such as ``bfp8`` or ``fwd=bfp8 gi=bfp4 gw=fp32``."""
-        names = ["fp32" if f is None else f.name for f in self.formats]
+        """Short text such as ``bfp8``, ``fwd=bfp8 gi=bfp4 gw=fp32`` or, with operand
+        pairs, ``fwd=mxfp8_e4m3 gi=mxfp8_e5m2/mxfp8_e4m3 gw=mxfp8_e5m2/mxfp8_e4m3``."""
+        names = [format_label(f) for f in self.formats]
         if len(set(names)) == 1:
             return names[0]
         return f"fwd={names[0]} gi={names[1]} gw={names[2]}"
@@ -140,15 +189,40 @@ def as_config(fmt="bfp8", backend="emulate", device=None, seed=0):
     """Build an :class:`HBFPConfig`.
 
     ``fmt`` is a preset name, a :class:`BFPFormat`, ``"fp32"``, a dict with some of the keys
-    ``forward``, ``grad_input``, ``grad_weight`` (missing roles use ``"bfp8"``), or an
+    ``forward``, ``grad_input``, ``grad_weight`` (missing roles use ``"bfp8"``), a dict with
+    some of the tensor kinds ``activations``, ``weights``, ``gradients`` (per-operand
+    formats, see the module docstring; missing kinds use ``"bfp8"``; ``"fp32"`` is not a
+    kind's format), the string ``"A/G"`` (``"mxfp8_e4m3/mxfp8_e5m2"``: activations and
+    weights in ``A``, gradients in ``G``, the FP8 training recipe), or an
     :class:`HBFPConfig`, which is returned as it is.
     """
     if isinstance(fmt, HBFPConfig):
         return fmt
-    if isinstance(fmt, dict):
+    if isinstance(fmt, str) and "/" in fmt:
+        parts = [p.strip() for p in fmt.split("/")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"fmt 'A/G' gives activations and weights A and gradients G "
+                             f"(two preset names), not {fmt!r}")
+        fmt = {"activations": parts[0], "weights": parts[0], "gradients": parts[1]}
+    if isinstance(fmt, dict) and set(fmt) & set(KINDS):
+        unknown = set(fmt) - set(KINDS)
+        if unknown:
+            raise ValueError(f"fmt's keys must be roles ({', '.join(ROLES)}) or tensor kinds "
+                             f"({', '.join(KINDS)}), not both; got "
+                             f"{', '.join(sorted(map(str, fmt)))}")
+        kinds = {}
+        for kind in KINDS:
+            spec = fmt.get(kind, "bfp8")
+            if _is_fp32(spec):
+                raise ValueError(f"{kind}: a format, not {spec!r} (keep a role in FP32 with "
+                                 f"the role keys instead)")
+            kinds[kind] = spec
+        roles = {role: tuple(kinds[k] for k in ROLE_OPERANDS[role]) for role in ROLES}
+    elif isinstance(fmt, dict):
         unknown = set(fmt) - set(ROLES)
         if unknown:
-            raise ValueError(f"fmt's keys must be among {', '.join(ROLES)}, not "
+            raise ValueError(f"fmt's keys must be among {', '.join(ROLES)} (or the tensor "
+                             f"kinds {', '.join(KINDS)}), not "
                              f"{', '.join(sorted(map(str, unknown)))}")
         roles = {role: fmt.get(role, "bfp8") for role in ROLES}
     else:
@@ -196,8 +270,9 @@ class LayerRules:
         ``model.named_modules()``, e.g. ``"features.0"``, ``"blocks.*.mlp.*"``) or
         ``"re:REGEX"`` (``re.fullmatch``). A spec is ``"fp32"``/``None`` (keep the layer in
         FP32), a preset name or format object (all three roles), a dict of some roles
-        (``{"grad_weight": "bfp4"}``; the other roles keep the default's formats), or an
-        :class:`HBFPConfig`.
+        (``{"grad_weight": "bfp4"}``; the other roles keep the default's formats), a dict of
+        tensor kinds (``{"activations": "mxfp8_e4m3", "gradients": "mxfp8_e5m2", ...}``, see
+        :func:`as_config`), or an :class:`HBFPConfig`.
     default : HBFPConfig
         The configuration of layers that no rule matches; also gives the backend, device and
         seed of every rule that is not an HBFPConfig itself.
@@ -236,6 +311,8 @@ class LayerRules:
         try:
             if isinstance(spec, HBFPConfig):
                 config = spec
+            elif isinstance(spec, dict) and set(spec) & set(KINDS):
+                config = as_config(spec, backend=d.backend, device=d.device, seed=d.seed)
             elif isinstance(spec, dict):
                 unknown = set(spec) - set(ROLES)
                 if unknown:

@@ -175,8 +175,10 @@ def _grad_cols_t(gy3, w3, fmt_args, f_gw, seed, key):
     accumulation order, hence the same bits. Stochastic rounding numbers its blocks and draws
     its seeds per operand, so that role keeps the ``dy @ W`` orientation.
     """
-    if fmt_args is not None and fmt_args[2] != "stochastic":
-        return _gemm3(w3.transpose(1, 2), gy3, seed, (fmt_args, f_gw, fmt_args), key)
+    if fmt_args is not None and not ops.is_stochastic(fmt_args):
+        # W^T @ dy^T: the weight first, so a (gradient, weight) pair is swapped
+        return _gemm3(w3.transpose(1, 2), gy3, seed,
+                      (ops.swap_operands(fmt_args), f_gw, fmt_args), key)
     return _gemm3(gy3.transpose(1, 2), w3, seed, (fmt_args, fmt_args, f_gw), key).transpose(1, 2)
 
 
@@ -304,8 +306,9 @@ class _ConvTransposeNd(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 gxs.append(_backward_gemm(cols, w_g.t(), s[1], (f_gi, f_gi, f_gw), ctx.key))
             if ctx.needs_input_grad[1]:
+                # x^T @ dcols: the activation first, so the grad_weight pair is swapped
                 gws.append(_backward_gemm(xf[:, g * in_g:(g + 1) * in_g].t(), cols, s[2],
-                                          (f_gw, f_gi, f_gi), ctx.key))
+                                          (ops.swap_operands(f_gw), f_gi, f_gi), ctx.key))
         if ctx.needs_input_grad[0]:
             gx = gxs[0] if groups == 1 else torch.cat(gxs, dim=1)          # [B*L_in, in]
             grad_x = gx.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)

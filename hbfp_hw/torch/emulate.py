@@ -417,8 +417,9 @@ def gemm_batched(a, b, fmt, seeds=None):
 
 
 def _gemm_golden(a, b, fmt, seed_a):
-    """Minifloat elements: the golden model's GEMM, in numpy on the CPU (the same bits by
-    definition; the torch paths above are for integer elements)."""
+    """Minifloat elements and per-operand formats (``fmt`` a pair): the golden model's GEMM,
+    in numpy on the CPU (the same bits by definition; the torch paths above are for one
+    integer-element format)."""
     out = golden.gemm(a.cpu().numpy(), b.cpu().numpy(), fmt, seed=seed_a)
     return torch.from_numpy(out).to(a.device)
 
@@ -496,6 +497,11 @@ class EmulateBackend:
         matrices on one device, matching K, no empty dimension, a 32-bit seed); only the
         format is not.
         """
+        if isinstance(fmt, tuple):
+            # per-operand formats: the golden model's GEMM (it takes the pair; seed for A,
+            # seed + 1 for B, as for one format)
+            with torch.no_grad():
+                return _gemm_golden(a.detach(), b.detach(), fmt, seed)
         fmt = resolve_format(fmt)
         if fmt.rounding is not Rounding.STOCHASTIC:
             seed = None
@@ -507,8 +513,11 @@ class EmulateBackend:
         """Return ``[a[g] @ b[g] for g]`` stacked, each equal to :meth:`gemm` with
         ``seeds[g]`` (checked float32 ``[G, M, K]`` and ``[G, K, N]`` on one device; ``seeds``
         a list of G ints, used by stochastic rounding only)."""
-        fmt = resolve_format(fmt)
         groups, m, kdim = a.shape
+        if isinstance(fmt, tuple):
+            return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
+                                for g in range(groups)])
+        fmt = resolve_format(fmt)
         if groups == 1 or fmt.element is not None:
             return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
                                 for g in range(groups)])

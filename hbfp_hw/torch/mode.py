@@ -44,6 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import attention as _attention
+from hbfp_hw.torch import ops
 from hbfp_hw.torch.autograd import _matmul_impl, _prepare, linear_impl, role_seeds
 
 __all__ = ["hbfp_mode", "HBFPFunctionMode", "UnroutedGemmWarning", "GemmSequence", "op_seed"]
@@ -70,7 +71,7 @@ class GemmSequence:
         self.call_seed, self.fmts, self.key, self.count = call_seed, fmts, key, 0
 
     def next_seeds(self):
-        if not any(f is not None and f[2] == "stochastic" for f in self.fmts):
+        if not any(ops.is_stochastic(f) for f in self.fmts):
             self.count += 1
             return torch.zeros(3, dtype=torch.int64)      # the seeds are not used
         seeds = role_seeds(op_seed(self.call_seed, self.count))

@@ -12,6 +12,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from hbfp_hw.golden import prng
+from hbfp_hw.torch import ops
 from hbfp_hw.torch.autograd import linear_impl, role_seeds
 from hbfp_hw.torch.backends import check_backend
 from hbfp_hw.torch.config import HBFPConfig, LayerRules, as_config, derive_seed
@@ -73,8 +74,7 @@ class _HBFPMixin:
         self._hbfp_fmts = config.gemm_args()
         self._hbfp_key = config.key
         self._hbfp_layer_seed = derive_seed(config.seed, self.layer_id)
-        self._hbfp_stochastic = any(f is not None and f[2] == "stochastic"
-                                    for f in self._hbfp_fmts)
+        self._hbfp_stochastic = any(ops.is_stochastic(f) for f in self._hbfp_fmts)
         self._hbfp_eval_call = derive_seed(self._hbfp_layer_seed, EVAL_STEP)
 
     def _next_seeds(self):

@@ -1,11 +1,13 @@
 """The HBFP GEMM as a ``torch.library`` custom op, ``torch.ops.hbfp.gemm``.
 
 ``hbfp::gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding,
-int exponent_bits, Tensor seed, str backend, str element="") -> Tensor`` computes the HBFP
-product of 2-D float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3) on the backend
-named by ``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``element`` is empty for
-integer elements, else the minifloat element and scale rule as ``"e,m,special,bias,rule"``
-(:func:`format_args`). ``seed`` is a 0-d int64 tensor, so that
+int exponent_bits, Tensor seed, str backend, str element="", str format_b="") -> Tensor``
+computes the HBFP product of 2-D float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3)
+on the backend named by ``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``element`` is
+empty for integer elements, else the minifloat element and scale rule as
+``"e,m,special,bias,rule"``; ``format_b`` is empty when ``b`` is quantized like ``a``, else
+``b``'s whole format, ``"mantissa_bits,block_size,rounding,exponent_bits[;element]"``
+(per-operand formats, numerics.md 5.4; :func:`format_args`). ``seed`` is a 0-d int64 tensor, so that
 per-step seeds flow through compiled graphs as data. The op has a fake (meta) implementation,
 so shapes propagate through ``torch.compile``, ``torch.export`` and FakeTensor tracing; it has
 no autograd formula of its own: :mod:`hbfp_hw.torch.autograd` builds the three GEMMs of a layer
@@ -21,33 +23,77 @@ import torch
 
 from hbfp_hw.formats import BFPFormat, Minifloat, Rounding, resolve_format
 from hbfp_hw.golden import prng
+from hbfp_hw.golden.arith import check_operand_formats
 from hbfp_hw.torch.backends import backend_key, get_backend
 
-__all__ = ["gemm", "role_gemm", "role_gemm_batched", "format_args"]
+__all__ = ["gemm", "role_gemm", "role_gemm_batched", "format_args", "swap_operands",
+           "is_stochastic", "has_operand_pair"]
 
 
 # The low-level registration API: its CPU kernel is called straight from the C++ dispatcher,
 # which costs far less per call than the Python-side wrapper of torch.library.custom_op.
 _LIB = torch.library.Library("hbfp", "DEF")
 _LIB.define("gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
-            "int exponent_bits, Tensor seed, str backend, str element=\"\") -> Tensor")
+            "int exponent_bits, Tensor seed, str backend, str element=\"\", "
+            "str format_b=\"\") -> Tensor")
 _LIB.define("gemm_batched(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
-            "int exponent_bits, Tensor seeds, str backend, str element=\"\") -> Tensor")
+            "int exponent_bits, Tensor seeds, str backend, str element=\"\", "
+            "str format_b=\"\") -> Tensor")
+
+
+def _element_spec(fmt):
+    el = fmt.element
+    return (f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
+            f"{fmt.scale_rule.value}")
 
 
 def format_args(fmt):
     """The op's format arguments: ``(mantissa_bits, block_size, rounding, exponent_bits)``,
-    plus the element spec ``"e,m,special,bias,rule"`` for minifloat elements."""
+    plus the element spec ``"e,m,special,bias,rule"`` for minifloat elements.
+
+    ``fmt`` may be a pair ``(format of a, format of b)`` (per-operand formats, which must
+    share the block size and the shared exponent's width); if they differ, the arguments are
+    ``a``'s, its element spec (``""`` for integer elements) and ``b``'s whole format."""
+    if isinstance(fmt, tuple):
+        fa, fb = fmt
+        if fa == fb:
+            return format_args(fa)
+        check_operand_formats(fa, fb)
+        spec_b = f"{fb.mantissa_bits},{fb.block_size},{fb.rounding.value},{fb.exponent_bits}"
+        if fb.element is not None:
+            spec_b += ";" + _element_spec(fb)
+        return (*format_args(fa)[:4], "" if fa.element is None else _element_spec(fa), spec_b)
     args = (fmt.mantissa_bits, fmt.block_size, fmt.rounding.value, fmt.exponent_bits)
     if fmt.element is None:
         return args
-    el = fmt.element
-    return (*args, f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
-                   f"{fmt.scale_rule.value}")
+    return (*args, _element_spec(fmt))
+
+
+def has_operand_pair(fmt_args):
+    """Whether op arguments (:func:`format_args`) give ``b`` a format of its own."""
+    return fmt_args is not None and len(fmt_args) > 5
+
+
+def swap_operands(fmt_args):
+    """The arguments of the same GEMM with the operands' formats swapped (``b @ a``
+    orientation, as ``(a @ b)^T = b^T @ a^T``); unchanged when both share one format."""
+    if not has_operand_pair(fmt_args):
+        return fmt_args
+    fa, fb = _format(*fmt_args)
+    return format_args((fb, fa))
+
+
+def is_stochastic(fmt_args):
+    """Whether either operand of op arguments rounds stochastically."""
+    if fmt_args is None:
+        return False
+    if not has_operand_pair(fmt_args):
+        return fmt_args[2] == "stochastic"
+    return any(f.rounding is Rounding.STOCHASTIC for f in _format(*fmt_args))
 
 
 @functools.lru_cache(maxsize=64)
-def _format(mantissa_bits, block_size, rounding, exponent_bits, element=""):
+def _single_format(mantissa_bits, block_size, rounding, exponent_bits, element=""):
     if not element:
         return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits)
     e, m, special, bias, rule = element.split(",")
@@ -55,9 +101,20 @@ def _format(mantissa_bits, block_size, rounding, exponent_bits, element=""):
                      Minifloat(int(e), int(m), special, int(bias)), rule)
 
 
+@functools.lru_cache(maxsize=64)
+def _format(mantissa_bits, block_size, rounding, exponent_bits, element="", format_b=""):
+    """The format (or the pair ``(format of a, format of b)``) of op arguments."""
+    fa = _single_format(mantissa_bits, block_size, rounding, exponent_bits, element)
+    if not format_b:
+        return fa
+    head, _, element_b = format_b.partition(";")
+    w, n, r, e = head.split(",")
+    return fa, _single_format(int(w), int(n), r, int(e), element_b)
+
+
 def _gemm_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend,
-                 element=""):
-    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element)
+                 element="", format_b=""):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element, format_b)
     out = get_backend(backend).gemm(a, b, fmt, int(seed.item()) & 0xFFFFFFFF)
     return out.to(a.device)
 
@@ -77,8 +134,8 @@ def _plain_eager(a, b):
 
 
 def _batched_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend,
-                    element=""):
-    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element)
+                    element="", format_b=""):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element, format_b)
     return _run_batched(get_backend(backend), a, b, fmt,
                         [int(s) & 0xFFFFFFFF for s in seeds.tolist()]).to(a.device)
 
@@ -99,7 +156,7 @@ for _key in ("CPU", "CUDA", "XPU", "MPS"):
 
 @torch.library.register_fake("hbfp::gemm", lib=_LIB)
 def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend,
-               element=""):
+               element="", format_b=""):
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "hbfp::gemm takes 2-D a and b")
     torch._check(a.shape[1] == b.shape[0], lambda: "hbfp::gemm: a's columns must equal b's rows")
     return a.new_empty((a.shape[0], b.shape[1]))
@@ -107,7 +164,7 @@ def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, b
 
 @torch.library.register_fake("hbfp::gemm_batched", lib=_LIB)
 def _batched_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend,
-                  element=""):
+                  element="", format_b=""):
     torch._check(a.dim() == 3 and b.dim() == 3, lambda: "hbfp::gemm_batched takes 3-D a, b")
     torch._check(a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1],
                  lambda: "hbfp::gemm_batched: shapes [G, M, K] and [G, K, N]")
@@ -185,14 +242,18 @@ def gemm(a, b, fmt="bfp8", seed=None, backend="emulate", device=None):
     eager mode the backend is called directly, see :func:`role_gemm`).
 
     Equal bit for bit to ``hbfp_hw.golden.gemm(a, b, fmt, seed)`` (no autograd: use
-    :func:`hbfp_hw.torch.hbfp_matmul` for that). ``seed`` (stochastic rounding only) is used
+    :func:`hbfp_hw.torch.hbfp_matmul` for that); ``fmt`` may be a pair ``(format of a,
+    format of b)`` as there. ``seed`` (stochastic rounding only) is used
     for ``a`` and ``seed + 1`` for ``b``; ``None`` draws a fresh one.
     """
-    fmt = resolve_format(fmt)
+    if isinstance(fmt, (tuple, list)) and len(fmt) == 2:
+        fmt = tuple(resolve_format(f) for f in fmt)
+    else:
+        fmt = resolve_format(fmt)
     key = backend_key(backend, device)
-    if seed is None:
-        seed = prng.fresh_seed() if fmt.rounding is Rounding.STOCHASTIC else 0
-    seed = prng.check_seed(seed)
     args = format_args(fmt)
+    if seed is None:
+        seed = prng.fresh_seed() if is_stochastic(args) else 0
+    seed = prng.check_seed(seed)
     with torch.no_grad():
         return role_gemm(a, b, None if backend == "fp32" else args, seed, key)

@@ -46,10 +46,10 @@ def parse_formats(text, first=None):
         item = item.strip().lower()
         if item != "fp32":
             try:
-                item = resolve_format(item).name
+                item = "/".join(resolve_format(part).name for part in item.split("/", 1))
             except ValueError:
-                raise ValueError(f"formats must be 'fp32' or preset names, not {item!r}") \
-                    from None
+                raise ValueError(f"formats must be 'fp32', preset names or A/G pairs of them, "
+                                 f"not {item!r}") from None
         if item not in names:
             names.append(item)
     return names

@@ -178,6 +178,9 @@ CORPUS = [
     ("train", ["--format", "bfp5"], "--format"),
     ("train", ["--formats", "bfp8,mxfp6_e3m2", "--backend", "device"], "--formats"),
     ("train", ["--format", "mxfp6_e3m2x"], "--format"),
+    ("train", ["--format", "mxfp8_e4m3/bfp8"], "--format"),           # blocks of 32 and 16
+    ("train", ["--format", "mxfp8_e4m3/mxfp8_e5m2/bfp8"], "--format"),
+    ("train", ["--formats", "mxfp8_e4m3/mxfp8_e5m2", "--backend", "device"], "--formats"),
     ("train", ["--model", "vit"], "--model"),
     ("train", ["--dataset", "mnist"], "--dataset"),
     ("train", ["--device", "sim"], "--device"),

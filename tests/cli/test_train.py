@@ -42,7 +42,8 @@ def test_format_list():
     from hbfp_hw.cli.train import validate
     from hbfp_hw.torch.train import parse_formats
 
-    for argv in (["--formats", "bfp4,FP32,bfp8,bfp4"], ["--format", "MXINT8"], []):
+    for argv in (["--formats", "bfp4,FP32,bfp8,bfp4"], ["--format", "MXINT8"], [],
+                 ["--formats", "mxfp8_e4m3/MXFP8_E5M2,bfp8"]):
         args = build_parser().parse_args(["train", "--plot", "/tmp/x.png", *argv])
         validate(args)
         if argv[:1] == ["--formats"]:

@@ -228,7 +228,8 @@ def test_fp32_backend_is_plain_fp32():
     (lambda: hbfp_linear(torch.ones(2, 3), torch.ones(4, 3), fmt="bfp3"), ValueError,
      r"^forward: fmt must be a BFPFormat or one of the presets"),
     (lambda: hbfp_linear(torch.ones(2, 3), torch.ones(4, 3), fmt={"fwd": "bfp8"}), ValueError,
-     r"^fmt's keys must be among forward, grad_input, grad_weight, not fwd$"),
+     r"^fmt's keys must be among forward, grad_input, grad_weight \(or the tensor kinds "
+     r"activations, weights, gradients\), not fwd$"),
     (lambda: hbfp_linear(torch.ones(2, 3), torch.ones(4, 3), seed=2**32), ValueError,
      r"^seed must be between 0 and 4294967295"),
     (lambda: hbfp_matmul(torch.ones(2, 3), torch.ones(4, 2)), ValueError,

@@ -25,3 +25,6 @@ def test_models_and_format_parsing():
         build_model("vit")
     assert parse_formats("bfp4,fp32,bfp8", None) == ["fp32", "bfp4", "bfp8"]
     assert parse_formats(None, "MXINT8") == ["fp32", "mxint8"]
+    assert parse_formats("MXFP8_E4M3/mxfp8_e5m2", None) == ["fp32", "mxfp8_e4m3/mxfp8_e5m2"]
+    with pytest.raises(ValueError, match=r"^formats must be 'fp32', preset names or A/G pairs"):
+        parse_formats("bfp8/bfp9", None)
