@@ -191,3 +191,18 @@ def test_ops_gemm_takes_a_pair():
     out = ops.gemm(a, b, ("mxfp8_e4m3", "mxfp8_e5m2"))
     assert torch.equal(out, ref(a, b, E4M3, E5M2))
     assert np.isfinite(out.numpy()).all()
+
+
+def test_function_mode_takes_tensor_kinds():
+    """Under hbfp_mode, ``a @ b`` is the HBFP matmul with the same per-operand formats."""
+    from hbfp_hw.torch import hbfp_mode
+
+    a = wide(6, 40, seed=21).requires_grad_()
+    b = wide(40, 7, seed=22).requires_grad_()
+    dc = wide(6, 7, seed=23)
+    with hbfp_mode(FP8, seed=0):
+        c = a @ b
+    c.backward(dc)
+    assert torch.equal(c, ref(a, b, E4M3, E4M3))
+    assert torch.equal(a.grad, ref(dc, b.t(), E5M2, E4M3))
+    assert torch.equal(b.grad, ref(a.t(), dc, E4M3, E5M2))
