@@ -80,7 +80,7 @@ def check_element(element):
     """Return the array's element: a :class:`BFPFormat` the RTL supports, or
     ``FloatFormat.FP32`` (also given as ``"fp32"``) for the FP32 twin."""
     if isinstance(element, BFPFormat):
-        return check_rtl_format(element)
+        return check_rtl_format(element, minifloat=True)
     if element in ("fp32", FloatFormat.FP32):
         return FloatFormat.FP32
     raise TypeError(f"element must be a BFPFormat or 'fp32', not {element!r}")

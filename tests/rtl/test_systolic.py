@@ -7,7 +7,7 @@ import pytest
 from amaranth.hdl import Const, Signal
 
 from hbfp_hw import golden
-from hbfp_hw.formats import BFP8, BFPFormat, Rounding
+from hbfp_hw.formats import BFP8, BFPFormat, Rounding, resolve_format
 from hbfp_hw.rtl_gen import systolic
 from hbfp_hw.rtl_gen.block_to_float import build_pipeline
 from hbfp_hw.rtl_gen.fp_accumulator import fp32_add_steps
@@ -19,10 +19,11 @@ SMALL = BFPFormat(4, 4)
 
 
 def block_ops(q, axis_blocks_first):
-    """Operands of a BFPTensor quantized along K, as ``[row][kblock]`` dicts."""
-    fmt = q.fmt
-    codes = q.exponents.astype(np.int64) + fmt.exponent_bias
-    return [[{"exponent": int(codes[r, kb]), "mantissas": [int(v) for v in q.mantissas[r, kb]]}
+    """Operands of a BFPTensor quantized along K, as ``[row][kblock]`` dicts (element codes
+    for minifloat formats)."""
+    codes = q.exponent_codes.astype(np.int64)
+    elements = q.element_codes() if q.fmt.is_minifloat else q.mantissas
+    return [[{"exponent": int(codes[r, kb]), "mantissas": [int(v) for v in elements[r, kb]]}
              for kb in range(q.nblocks)] for r in range(codes.shape[0])]
 
 
@@ -80,6 +81,22 @@ def test_formats(fmt):
     k = fmt.block_size * 3
     got, want = bfp_gemm(array, rich(rng, (3, k)), rich(rng, (k, 3)), gap=1)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize(("name", "multipliers", "stages"), [
+    ("mxfp8_e4m3", "lut", (2, 3, 2)), ("mxfp8_e5m2", "dsp", (6, 7, 11)),
+    ("mxfp4_e2m1", "lut", (0, 0, 1)), ("bm6_e3m2", "dsp", (3, 2, 3)),
+])
+def test_minifloat_formats(name, multipliers, stages):
+    """Minifloat blocks (element codes; their products always in logic, numerics.md 5.4):
+    NaN/Inf, subnormal and wide-range data, several passes, against golden.gemm."""
+    fmt = resolve_format(name).replace(block_size=4)
+    rng = np.random.default_rng(len(name))
+    array = SystolicArray(fmt, rows=2, cols=3, product_stages=stages[0],
+                          convert_stages=stages[1], adder_stages=stages[2],
+                          multipliers=multipliers)
+    got, want = bfp_gemm(array, rich(rng, (4, 20)), rich(rng, (20, 5)), gap=1)
+    assert np.array_equal(got, want), np.argwhere(got != want)
 
 
 def test_fp32_twin_matches_products_summed_in_order():
