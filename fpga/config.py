@@ -26,7 +26,6 @@ from hbfp_hw.formats import (
     BFPFormat,
     FloatFormat,
     Rounding,
-    require_integer_elements,
     resolve_format,
 )
 
@@ -34,7 +33,7 @@ __all__ = ["SystemConfig", "PRESETS", "DEFAULT_PRESET"]
 
 #: The protocol version the build hash covers (``protocol.PROTOCOL_VERSION``, checked by a test:
 #: protocol/frames.py imports Amaranth, this module does not).
-_PROTOCOL_VERSION = 4
+_PROTOCOL_VERSION = 5
 
 
 def _check_int(name, value, lo, hi):
@@ -136,7 +135,6 @@ class SystemConfig:
             object.__setattr__(self, "fmt", resolve_format(self.fmt))
         if not isinstance(self.fmt, BFPFormat):
             raise TypeError(f"fmt must be a BFPFormat or a preset name, not {self.fmt!r}")
-        require_integer_elements(self.fmt, "the GEMM system")
         if not isinstance(self.input_format, (str, FloatFormat)):
             raise TypeError(f"input_format must be a FloatFormat or a string, "
                             f"not {self.input_format!r}")

@@ -554,27 +554,29 @@ def test_exhaustive_pairs_of_fp4_blocks():
     assert bits(golden.dot(qa, qb)[:, 0]).tolist() == _ref_dot_bits(qa, qb)
 
 
-# -- the layers that do not implement minifloat elements yet say so ------------------------------
+# -- the hardware layers: integer-only units say so; the system carries element codes ------------
 
-def test_layers_without_minifloat_raise():
-    """The RTL generators, the GEMM system, the device protocol and the PyTorch integration
-    take integer-element formats only so far: a minifloat format is a clear ValueError, never a
-    silently wrong result."""
+def test_hardware_layers_take_minifloat():
+    """FloatToBlock (integer elements) refuses a minifloat format with a clear ValueError; the
+    dot unit, the GEMM system's configuration and the device protocol take it, and the block
+    wire carries the golden model's element codes."""
     from hbfp_hw.fpga.config import SystemConfig
     from hbfp_hw.fpga.protocol import frames
     from hbfp_hw.rtl_gen.common import check_rtl_format
-    from hbfp_hw.rtl_gen.dot_product import DotProductUnit
 
     fmt = resolve_format("mxfp8_e4m3")
-    message = r"^fmt 'mxfp8_e4m3' has e4m3fn minifloat elements, which {} does not implement"
-    with pytest.raises(ValueError, match=message.format("this RTL unit")):
+    message = r"^fmt 'mxfp8_e4m3' has e4m3fn minifloat elements, which this RTL unit does not"
+    with pytest.raises(ValueError, match=message):
         check_rtl_format(fmt)
-    with pytest.raises(ValueError, match=message.format("this RTL unit")):
-        DotProductUnit(fmt)
-    with pytest.raises(ValueError, match=message.format("the GEMM system")):
-        SystemConfig(fmt=fmt)
-    with pytest.raises(ValueError, match=message.format("the device protocol")):
-        frames.a_blocks_payload(np.zeros((1, 32), F32), fmt, frames.Wire.BFP)
+    assert check_rtl_format(fmt, minifloat=True) is fmt
+    assert SystemConfig(fmt=fmt).info().fmt == fmt
+    a = np.linspace(-500, 500, 64, dtype=F32).reshape(2, 32)
+    count, data = frames.a_blocks_payload(a, fmt, frames.Wire.BFP)
+    q = golden.quantize(a, fmt, axis=1)
+    assert count == 2
+    raw = np.frombuffer(data, np.uint8).reshape(2, 33)
+    assert raw[:, 0].tolist() == q.exponent_codes.reshape(-1).tolist()
+    assert raw[:, 1:].tolist() == q.element_codes().reshape(2, 32).tolist()
 
 
 def test_torch_minifloat_is_the_golden_gemm():
@@ -623,13 +625,18 @@ def test_torch_minifloat_is_the_golden_gemm():
     assert bits(x.grad.numpy()).tolist() == bits(gi).tolist()
 
 
-def test_device_backend_refuses_minifloat():
+def test_device_backend_names_a_device_for_minifloat():
+    """A device built for another format: the message names a simulated board of this one."""
     pytest.importorskip("torch")
     from hbfp_hw.fpga.host.driver import FormatMismatch
     from hbfp_hw.torch.backends import DeviceBackend
 
     backend = DeviceBackend.__new__(DeviceBackend)
     backend.url, backend.fmt = "sim", resolve_format("bfp8")
-    with pytest.raises(FormatMismatch, match=r"mxfp8_e4m3, whose e4m3fn minifloat elements "
-                                             r"the GEMM system does not implement yet"):
+    with pytest.raises(FormatMismatch, match=r"asks for mxfp8_e4m3 .* use a device built for "
+                                             r"mxfp8_e4m3 \(e\.g\. sim://\?format=mxfp8_e4m3\)"):
         backend.check_format(resolve_format("mxfp8_e4m3"), "forward")
+    fmt = resolve_format("mxfp6_e2m3").replace(block_size=8, scale_rule="rceil")
+    with pytest.raises(FormatMismatch, match=r"sim://\?format=mxfp6_e2m3&block_size=8&"
+                                             r"scale_rule=rceil\)"):
+        backend.check_format(fmt, "forward")

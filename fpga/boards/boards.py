@@ -33,7 +33,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 
 from hbfp_hw.formats import BFPFormat
 from hbfp_hw.rtl_gen.block_to_float import BlockToFloat
-from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.float_to_minifloat import quantizer_class
 from hbfp_hw.rtl_gen.fp_accumulator import FPAccumulator
 from hbfp_hw.rtl_gen.mac_tree import MacTree
 from hbfp_hw.rtl_gen.systolic import max_product_stages
@@ -273,7 +273,7 @@ def deepest_stages(fmt, *, array):
     accumulators fully registered, and so on), as the 100 MHz target needs;
     ``docs/benchmarks.md`` says what still limits the clock.
     """
-    return dict(align_stages=FloatToBlock.max_stages_for(fmt),
+    return dict(align_stages=quantizer_class(fmt).max_stages_for(fmt),
                 mac_stages=max_product_stages(fmt) if array else MacTree.max_stages_for(fmt),
                 convert_stages=BlockToFloat.MAX_STAGES,
                 adder_stages=FPAccumulator.MAX_ADDER_STAGES)

@@ -58,7 +58,7 @@ from .transport import (
 __all__ = [
     "Device", "DeviceError", "DeviceNotFound", "DeviceBusy", "ProtocolError", "DeviceTimeout",
     "FormatMismatch", "ShapeError", "open_transport", "tile_sizes", "growth_steps",
-    "growth_first", "demo_offload", "WIRES",
+    "growth_first", "demo_offload", "sim_url_for", "WIRES",
 ]
 
 #: ``wire=`` names accepted by :meth:`Device.gemm`.
@@ -86,6 +86,26 @@ class _SharedSim:
             if self.refs == 0:
                 _SIM_BOARDS.pop(self.key, None)
                 self.transport.close()
+
+
+def sim_url_for(fmt):
+    """A ``sim://`` URL of a simulated board built for ``fmt`` (for error messages)."""
+    from hbfp_hw.formats import PRESETS
+
+    for name, preset in PRESETS.items():
+        if preset == fmt:
+            return f"sim://?format={name}"
+    base = next((name for name, p in PRESETS.items()
+                 if p.element == fmt.element and p.element is not None), None)
+    if base is None:
+        return f"sim://?mantissa_bits={fmt.mantissa_bits}&block_size={fmt.block_size}"
+    preset = PRESETS[base]
+    url = f"sim://?format={base}"
+    for key in ("block_size", "rounding", "scale_rule", "exponent_bits"):
+        value = getattr(fmt, key)
+        if value != getattr(preset, key):
+            url += f"&{key}={getattr(value, 'value', value)}"
+    return url
 
 
 def _sim_config(url):
@@ -229,8 +249,7 @@ class Device:
         have = self._info.fmt
         if want != have:
             raise FormatMismatch(f"{self.url} computes {have} but {want} was asked for; open a "
-                                 f"device built for that format (e.g. sim://?mantissa_bits="
-                                 f"{want.mantissa_bits}&block_size={want.block_size}) or "
+                                 f"device built for that format (e.g. {sim_url_for(want)}) or "
                                  f"pass fmt=None")
 
     def _query_info(self):

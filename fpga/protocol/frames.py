@@ -37,8 +37,10 @@ from amaranth.lib import data
 from hbfp_hw.formats import (
     BFPFormat,
     FloatFormat,
+    Minifloat,
     Rounding,
-    require_integer_elements,
+    ScaleRule,
+    Special,
     resolve_format,
 )
 from hbfp_hw.golden import quantize
@@ -65,7 +67,7 @@ __all__ = [
 #: one more frame in flight than the receive FIFO holds; docs/protocol.md 1).
 #: Version 4: a transmit buffer of ``tx_buffer`` bytes (INFO) holds the replies; the device
 #: executes the next frames while earlier replies leave, and waits only while it is full.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 #: The start-of-frame marker.
 SYNC = b"\xA5\x5A"
 #: Set in the command byte of every reply.
@@ -137,6 +139,8 @@ class Wire(enum.IntEnum):
 
 ROUNDING_CODES = {Rounding.NEAREST_EVEN: 0, Rounding.TOWARD_ZERO: 1, Rounding.STOCHASTIC: 2}
 INPUT_FORMAT_CODES = {FloatFormat.FP32: 0, FloatFormat.BF16: 1}
+SPECIAL_CODES = {Special.IEEE: 0, Special.FN: 1, Special.NONE: 2}
+SCALE_RULE_CODES = {ScaleRule.FLOOR: 0, ScaleRule.CEIL: 1, ScaleRule.RCEIL: 2}
 
 # -- layouts ------------------------------------------------------------------------------------
 
@@ -180,6 +184,13 @@ INFO_LAYOUT = data.StructLayout({
     "timeout_cycles": unsigned(32),
     "build_hash": unsigned(32),
     "tx_buffer": unsigned(32),        # bytes of the transmit buffer that holds the replies
+    # minifloat elements (numerics.md 5): exponent bits (0: integer elements), mantissa bits,
+    # reserved codes (SPECIAL_CODES), exponent bias; the scale rule (SCALE_RULE_CODES)
+    "element_exponent_bits": unsigned(8),
+    "element_mantissa_bits": unsigned(8),
+    "element_special": unsigned(8),
+    "element_bias": unsigned(8),
+    "scale_rule": unsigned(8),
 })
 #: Reply of STATUS after the status byte.
 STATUS_LAYOUT = data.StructLayout({
@@ -336,8 +347,13 @@ class FrameParser:
 # -- tile data ----------------------------------------------------------------------------------
 
 def _fmt_and_input(fmt, input_format):
-    fmt = require_integer_elements(resolve_format(fmt), "the device protocol")
-    return fmt, FloatFormat(input_format)
+    return resolve_format(fmt), FloatFormat(input_format)
+
+
+def _elements(q):
+    """The block wire's elements of a quantized tensor: two's complement mantissas, or the
+    element codes of minifloat elements."""
+    return q.element_codes().astype(np.int64) if q.fmt.is_minifloat else q.mantissas
 
 
 def mantissa_bytes(fmt):
@@ -384,7 +400,8 @@ def _float_blocks(blocks, input_format):
 
 def _bfp_blocks(codes, mantissas, fmt):
     """Bytes of quantized blocks: per block the exponent code, then the mantissas (each the
-    low ``mantissa_bytes`` bytes of its little-endian two's complement)."""
+    low ``mantissa_bytes`` bytes of its little-endian two's complement; minifloat element
+    codes as they are)."""
     mb = mantissa_bytes(fmt)
     codes = np.asarray(codes).reshape(-1)
     nblocks = codes.shape[0]
@@ -436,7 +453,7 @@ def a_blocks_payload(a, fmt, wire, *, input_format="fp32", seed=None):
         return blocks.shape[0] * blocks.shape[1], _float_blocks(blocks, input_format)
     q = quantize(np.asarray(a, np.float32), fmt, axis=1, seed=seed, input_format=input_format)
     codes = q.exponent_codes
-    return codes.size, _bfp_blocks(codes, q.mantissas, fmt)
+    return codes.size, _bfp_blocks(codes, _elements(q), fmt)
 
 
 def b_blocks_payload(b, fmt, wire, lanes, *, input_format="fp32", seed=None):
@@ -455,7 +472,7 @@ def b_blocks_payload(b, fmt, wire, lanes, *, input_format="fp32", seed=None):
         return dev.shape[0] * dev.shape[1] * dev.shape[2], _float_blocks(dev, input_format)
     q = quantize(b, fmt, axis=0, seed=seed, input_format=input_format)
     codes = b_device_order(q.exponent_codes.astype(np.int64), lanes)     # [G, KB, L]
-    mant = b_device_order(q.mantissas.astype(np.int64), lanes)           # [G, KB, L, bs]
+    mant = b_device_order(_elements(q).astype(np.int64), lanes)         # [G, KB, L, bs]
     return codes.size, _bfp_blocks(codes, mant, fmt)
 
 
@@ -517,9 +534,16 @@ class Info:
         f = from_bytes(INFO_LAYOUT, raw)
         rounding = {v: k for k, v in ROUNDING_CODES.items()}[f["rounding"]]
         input_format = {v: k for k, v in INPUT_FORMAT_CODES.items()}[f["input_format"]]
+        fmt = BFPFormat(f["mantissa_bits"], f["block_size"], rounding, f["exponent_bits"])
+        if f["element_exponent_bits"]:
+            special = {v: k for k, v in SPECIAL_CODES.items()}[f["element_special"]]
+            rule = {v: k for k, v in SCALE_RULE_CODES.items()}[f["scale_rule"]]
+            element = Minifloat(f["element_exponent_bits"], f["element_mantissa_bits"],
+                                special, f["element_bias"])
+            fmt = fmt.replace(element=element, scale_rule=rule)
         return cls(
             version=f["version"],
-            fmt=BFPFormat(f["mantissa_bits"], f["block_size"], rounding, f["exponent_bits"]),
+            fmt=fmt,
             input_format=input_format,
             wire_formats=frozenset(w for w in Wire if f["wire_formats"] >> w & 1),
             lanes=f["lanes"], channels=f["channels"], max_payload=f["max_payload"],
@@ -578,5 +602,18 @@ def info_to_bytes(info):
         "timeout_cycles": info.timeout_cycles,
         "build_hash": info.build_hash,
         "tx_buffer": info.tx_buffer,
+        **_element_fields(info.fmt),
     })
+
+
+def _element_fields(fmt):
+    """INFO's element fields of ``fmt`` (zeros for integer elements)."""
+    element = fmt.element
+    if element is None:
+        return {"element_exponent_bits": 0, "element_mantissa_bits": 0, "element_special": 0,
+                "element_bias": 0, "scale_rule": SCALE_RULE_CODES[fmt.scale_rule]}
+    return {"element_exponent_bits": element.exponent_bits,
+            "element_mantissa_bits": element.mantissa_bits,
+            "element_special": SPECIAL_CODES[element.special],
+            "element_bias": element.bias, "scale_rule": SCALE_RULE_CODES[fmt.scale_rule]}
 

@@ -208,7 +208,7 @@ class GemmEngine(wiring.Component):
         TypeError, ValueError
             As the constructor.
         """
-        check_rtl_format(fmt)
+        check_rtl_format(fmt, minifloat=True)
         _check_pow2("lanes", lanes, 1, 64)
         if channels is None:
             channels = adder_stages

@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.rtl_gen.block_dot import TERM_BUFFER_LATENCY
 from hbfp_hw.rtl_gen.common import check_rtl_format, check_stages
-from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.float_to_minifloat import quantizer_class
 
 from ..config import SystemConfig
 from ..protocol import frames as protocol
@@ -101,11 +101,11 @@ class GemmSystem(wiring.Component):
         if not isinstance(config, SystemConfig):
             raise TypeError(f"config must be a SystemConfig, not {config!r}")
         self._config = config
-        fmt = self._fmt = check_rtl_format(config.fmt)
+        fmt = self._fmt = check_rtl_format(config.fmt, minifloat=True)
         self._input_format = config.input_format
         self._float_wire = config.effective_float_wire
         self._align_stages = check_stages("align_stages", config.align_stages,
-                                          FloatToBlock.max_stages_for(fmt))
+                                          quantizer_class(fmt).max_stages_for(fmt))
         self._timeout = config.effective_timeout_cycles
         biggest = max(protocol.block_bytes(fmt, w, self._input_format) for w in self._wires)
         self._max_payload = check_int("max_payload", config.max_payload,

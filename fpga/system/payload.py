@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hbfp_hw.rtl_gen.float_to_block import FloatToBlock
+from hbfp_hw.rtl_gen.float_to_minifloat import block_quantizer
 from hbfp_hw.rtl_gen.layout import block_layout
 
 from ..protocol.frames import ARGS_BYTES, Wire, block_bytes, mantissa_bytes
@@ -17,7 +17,7 @@ class BlockWriter(wiring.Component):
 
     A block's bytes are read one per cycle into a shift register; a ``Wire.BFP`` block is then
     unpacked, a ``Wire.FLOAT`` block goes through the quantizer
-    (:class:`~hbfp_hw.rtl_gen.float_to_block.FloatToBlock`, with ``float_wire`` only). The
+    (``block_quantizer``: FloatToBlock or FloatToMinifloatBlock, ``float_wire`` only). The
     executor sequences the steps with one-cycle commands (``setup``, ``begin``, ``quantize``,
     ``store``, ``store_quantized``) from its WRITE states. The commands are registered here
     and take effect a cycle later, and every output is a register: no path runs from the
@@ -135,9 +135,9 @@ class BlockWriter(wiring.Component):
             # Every block it produces is registered here, so it never waits: no output FIFO,
             # no credits, and no path from here back into it (its credit path through logic
             # placed by the writer was the 4 x 4 array system's critical path, 71.7 MHz).
-            m.submodules.quantizer = q = FloatToBlock(fmt, input_format=self._input_format,
-                                                      stages=self._align_stages,
-                                                      always_ready=True)
+            m.submodules.quantizer = q = block_quantizer(fmt, input_format=self._input_format,
+                                                         stages=self._align_stages,
+                                                         always_ready=True)
             # The block is offered until the quantizer takes it (`vec` holds it until the
             # next block loads, after the store).
             q_pending = Signal()

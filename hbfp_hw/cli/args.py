@@ -198,7 +198,7 @@ def int_list(flag, lo=None, hi=None, *, power_of_two=False, why=""):
 
 # -- formats ------------------------------------------------------------------------------------
 
-#: The presets with integer elements: the ones the GEMM system (demo, build, gemm) takes so far.
+#: The presets with integer elements: the ones `demo` and `build` take so far.
 INTEGER_PRESETS = [name for name, fmt in PRESETS.items() if not fmt.is_minifloat]
 
 
@@ -210,9 +210,10 @@ def _preset(flag, text, allow_fp32=False, minifloat=False):
     if key in PRESETS:
         if PRESETS[key].is_minifloat and not minifloat:
             raise argparse.ArgumentTypeError(
-                f"{flag} {key}: minifloat formats have no GEMM system yet (the golden "
-                f"model, PyTorch and the units of generate/verify take them); this command "
-                f"takes {', '.join(names)}")
+                f"{flag} {key}: this command takes integer-element presets so far "
+                f"({', '.join(names)}); minifloat ones run in the golden model, PyTorch, "
+                f"the units of generate/verify and the simulated board "
+                f"(sim://?format={key})")
         return PRESETS[key]
     raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(names)}, not {text!r}")
 

@@ -6,8 +6,6 @@ Parsing and validation do not import torch; :mod:`hbfp_hw.torch.train` does the 
 
 from __future__ import annotations
 
-from hbfp_hw.formats import PRESETS
-
 from . import args as cli_args
 
 __all__ = ["add_parser", "validate", "run"]
@@ -90,10 +88,6 @@ def validate(args):
                     f"{flag}: {name} gives the gradients their own format, which the device "
                     f"does not implement (one format for both operands); train it with "
                     f"--backend emulate")
-            if name != "fp32" and PRESETS[name].is_minifloat:
-                raise cli_args.UsageError(
-                    f"{flag}: {name} has minifloat elements, which the device does not "
-                    f"implement yet; train it with --backend emulate")
     args._plot = args.plot or f"train_{args.dataset}_{args.model}.png"
     cli_args.check_output_file("--plot", args._plot)
     cli_args.check_output_file("--json", args.json)

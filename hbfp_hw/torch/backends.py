@@ -130,7 +130,7 @@ class DeviceBackend:
         """Raise ``FormatMismatch`` unless ``fmt`` (a BFPFormat or ``None``) is the device's."""
         if fmt is None or fmt == self.fmt:
             return
-        from hbfp_hw.fpga.host.driver import FormatMismatch
+        from hbfp_hw.fpga.host.driver import FormatMismatch, sim_url_for
 
         what = f"the {role} GEMM" if role else "this GEMM"
         if isinstance(fmt, tuple):
@@ -139,17 +139,10 @@ class DeviceBackend:
                 f"{fmt[0].name} and {fmt[1].name}, which the GEMM system does not implement "
                 f"(one format for both operands; {self.url} computes {self.fmt.name}); use "
                 f"backend='emulate' for it")
-        if fmt.is_minifloat:
-            raise FormatMismatch(
-                f"backend='device': {what} asks for {fmt.name}, whose {fmt.element.name} "
-                f"minifloat elements the GEMM system does not implement yet (integer-element "
-                f"formats only; {self.url} computes {self.fmt.name}); use backend='emulate' "
-                f"for it")
         raise FormatMismatch(
             f"backend='device': {what} asks for {fmt.name} ({fmt}) but {self.url} computes "
             f"{self.fmt.name} ({self.fmt}); use a device built for {fmt.name} (e.g. "
-            f"sim://?mantissa_bits={fmt.mantissa_bits}&block_size={fmt.block_size}), give "
-            f"this role the device's format, or keep it in 'fp32'")
+            f"{sim_url_for(fmt)}), give this role the device's format, or keep it in 'fp32'")
 
     def check_config(self, config):
         """Check every quantized role of an :class:`~hbfp_hw.torch.HBFPConfig`."""

@@ -1,5 +1,6 @@
 """The Python mirror of the host-link protocol: CRC-32, frames, layouts, tile encodings."""
 
+import dataclasses
 import random
 import zlib
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from hbfp_hw import golden
-from hbfp_hw.formats import BFPFormat, FloatFormat
+from hbfp_hw.formats import BFPFormat, FloatFormat, resolve_format
 from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.protocol import (
     COMPUTE_ARGS_LAYOUT,
@@ -53,7 +54,7 @@ def test_layouts_are_byte_aligned_and_sized():
     # The decoder latches enough bytes for every argument block.
     assert protocol.ARGS_LATCH_BYTES == max(protocol.layout_bytes(x) for x in (
         WRITE_ARGS_LAYOUT, COMPUTE_ARGS_LAYOUT, READ_ARGS_LAYOUT))
-    assert protocol.layout_bytes(INFO_LAYOUT) == 40
+    assert protocol.layout_bytes(INFO_LAYOUT) == 45
     assert protocol.layout_bytes(STATUS_LAYOUT) == 11
     assert protocol.MAX_READ_WORDS == 16383 and 1 + 4 * protocol.MAX_READ_WORDS <= 0xFFFF
 
@@ -148,6 +149,13 @@ def test_info_roundtrip():
                          tx_buffer=70_000)
     assert protocol.Info.from_bytes(info.to_bytes()) == info
     assert protocol.Info.from_bytes(info.to_bytes()).tx_buffer == 70_000
+    # minifloat elements: the element type and the scale rule travel in INFO
+    from hbfp_hw.formats import minifloat_format
+    for fmt in (resolve_format("mxfp8_e4m3"), resolve_format("bm6_e2m3"),
+                minifloat_format(5, 7, 8, special="none", bias=3, scale_rule="rceil",
+                                 rounding="stochastic")):
+        mx = dataclasses.replace(info, fmt=fmt)
+        assert protocol.Info.from_bytes(mx.to_bytes()) == mx
     assert info.b_depth == 64 and info.c_depth == 32
     assert info.max_read_words == 16383                 # replies are not bound by max_payload
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import hbfp_hw.formats
+from hbfp_hw.formats import resolve_format
 from hbfp_hw.tools import process, simulators
 from hbfp_hw.tools.cache import cache_root
 
@@ -98,7 +99,7 @@ class SimConfig:
 
     #: ``sim://`` query keys of the format (the other keys are fields of this class or of
     #: :class:`SystemConfig`).
-    FORMAT_KEYS = ("mantissa_bits", "block_size", "rounding", "exponent_bits")
+    FORMAT_KEYS = ("mantissa_bits", "block_size", "rounding", "exponent_bits", "scale_rule")
 
     def __post_init__(self):
         if not isinstance(self.system, SystemConfig):
@@ -108,16 +109,19 @@ class SimConfig:
     def from_query(cls, query):
         """Build a config from a URL query string (``mantissa_bits=8&lanes=4...``).
 
-        Keys: the format's fields (:data:`FORMAT_KEYS`), the integer and string fields of
-        :class:`SystemConfig` (over the ``"sim"`` preset) and the harness options. Unknown keys
-        raise ``ValueError``; ``instance`` is ignored here (see the driver).
+        Keys: ``format`` (a preset name: the format the other format keys change, default
+        the ``"sim"`` preset's), the format's fields (:data:`FORMAT_KEYS`), the integer and
+        string fields of :class:`SystemConfig` (over the ``"sim"`` preset) and the harness
+        options. Unknown keys raise ``ValueError``; ``instance`` is ignored here (see the
+        driver).
         """
         system = cls.system
         system_types = {f.name: f.type for f in dataclasses.fields(SystemConfig)
                         if f.name != "fmt"}
         harness_types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "system"}
-        known = set(cls.FORMAT_KEYS) | set(system_types) | set(harness_types)
+        known = set(cls.FORMAT_KEYS) | set(system_types) | set(harness_types) | {"format"}
         fmt_changes, system_changes, harness = {}, {}, {}
+        base_fmt = system.fmt
         for key, values in parse_qs(query, keep_blank_values=True).items():
             if key == "instance":
                 continue
@@ -125,6 +129,12 @@ class SimConfig:
                 raise ValueError(f"Unknown sim:// option {key!r}; known options: "
                                  f"{', '.join(sorted(known))}, instance")
             value = values[-1]
+            if key == "format":
+                try:
+                    base_fmt = resolve_format(value)
+                except ValueError as e:
+                    raise ValueError(f"sim:// option format: {e}") from None
+                continue
             kind = harness_types.get(key) or system_types.get(key)
             if key in ("mantissa_bits", "block_size", "exponent_bits") or "int" in str(kind):
                 try:
@@ -142,8 +152,8 @@ class SimConfig:
                 harness[key] = value
             else:
                 system_changes[key] = value
-        if fmt_changes:
-            system_changes["fmt"] = system.fmt.replace(**fmt_changes)
+        if fmt_changes or base_fmt is not system.fmt:
+            system_changes["fmt"] = base_fmt.replace(**fmt_changes)
         return cls(system=system.replace(**system_changes), **harness)
 
     @property
