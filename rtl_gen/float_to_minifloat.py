@@ -134,9 +134,11 @@ class FloatToMinifloatBlock(wiring.Component):
     input_format : FloatFormat or str
         ``"fp32"`` or ``"bf16"``.
     stages : int
-        Pipeline registers, 0 to :attr:`MAX_STAGES`: in this order of preference at the
-        output, after the scale, after the alignment shifters, at the input, after the shift
-        distances, and halfway up the max tree.
+        Pipeline registers, 0 to :meth:`max_stages_for` (``6 + log2(block_size)``): in this
+        order of preference at the output, after the scale, after the alignment shifters, at
+        the input, after the shift distances, between the max tree and the scale rule,
+        halfway up the max tree, and before each other level of the max tree (the first:
+        after the lanes' fields and leading-zero counts).
     always_ready : bool
         As for :class:`FloatToBlock`: a consumer that never stalls.
 
@@ -149,8 +151,6 @@ class FloatToMinifloatBlock(wiring.Component):
     reseed : ``In(1)``
     """
 
-    _CUTS = ("output", "exponent", "align", "input", "distance", "tree")
-    MAX_STAGES = len(_CUTS)
 
     def __init__(self, fmt, *, input_format="fp32", stages=2, always_ready=False):
         self._fmt = check_rtl_format(fmt, minifloat=True)
@@ -158,7 +158,7 @@ class FloatToMinifloatBlock(wiring.Component):
             raise ValueError(f"fmt must have minifloat elements, not {fmt.name!r} "
                              f"(FloatToBlock quantizes integer elements)")
         self._input_format = as_float_format(input_format)
-        self._stages = check_stages("stages", stages, self.MAX_STAGES)
+        self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
         if not isinstance(always_ready, bool):
             raise TypeError(f"always_ready must be a bool, not {always_ready!r}")
         super().__init__({
@@ -189,9 +189,18 @@ class FloatToMinifloatBlock(wiring.Component):
     def throughput(self):
         return 1
 
+    @staticmethod
+    def _cut_order(fmt):
+        """Cut points in order of preference (see ``stages``); ``tree{k}`` is before level
+        ``k`` of the max tree."""
+        levels = (fmt.block_size - 1).bit_length()
+        tree = [f"tree{levels // 2}"] + [f"tree{k}" for k in range(levels) if k != levels // 2]
+        return ["output", "exponent", "align", "input", "distance", "amax", *tree]
+
     @classmethod
     def max_stages_for(cls, fmt):
-        return cls.MAX_STAGES
+        """Return the largest ``stages`` for ``fmt``: ``6 + log2(block_size)``."""
+        return len(cls._cut_order(fmt))
 
     def _widths(self):
         fmt, element = self._fmt, self._fmt.element
@@ -206,7 +215,7 @@ class FloatToMinifloatBlock(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         fmt = self._fmt
-        cuts = set(self._CUTS[:self._stages])
+        cuts = set(self._cut_order(fmt)[:self._stages])
         widths = self._widths()
 
         out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
@@ -225,7 +234,7 @@ class FloatToMinifloatBlock(wiring.Component):
                                               out.accept)
         values = pipe.cut("s_in", values, "input" in cuts)
         values = self._lane_fields(m, values, widths)
-        values = self._max_tree(m, pipe, "tree" in cuts, values)
+        values = pipe.cut("s_amax", self._max_tree(m, pipe, cuts, values), "amax" in cuts)
         values = pipe.cut("s_exp", self._scale(m, values), "exponent" in cuts)
         values = pipe.cut("s_dist", self._distances(m, values, widths), "distance" in cuts)
         values = pipe.cut("s_align", self._align(m, values, widths), "align" in cuts)
@@ -269,16 +278,15 @@ class FloatToMinifloatBlock(wiring.Component):
             lead = Mux(sig[23 - j], j, lead)
         return lead
 
-    def _max_tree(self, m, pipe, cut_halfway, values):
-        """Reduce the lanes' keys to the block's largest (``amax``, or its field)."""
+    def _max_tree(self, m, pipe, cuts, values):
+        """Reduce the lanes' keys to the block's largest (``amax``, or its field), with a
+        register before level ``k`` where ``cuts`` holds ``tree{k}``."""
         level = values.pop("key")
         depth = 0
-        halfway = (len(level) - 1).bit_length() // 2
         while len(level) > 1:
-            if depth == halfway:
-                values["key"] = level
-                values = pipe.cut("s_tree", values, cut_halfway)
-                level = values.pop("key")
+            values["key"] = level
+            values = pipe.cut(f"s_tree{depth}", values, f"tree{depth}" in cuts)
+            level = values.pop("key")
             nodes = []
             for a, b in zip(level[0::2], level[1::2], strict=True):
                 node = Signal(len(a), name=f"max{len(level)}_{len(nodes)}")

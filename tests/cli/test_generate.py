@@ -39,8 +39,8 @@ def test_generate(tmp_path):
                            "bm8_e2m5, bm8_e4m3, bm6_e2m3, bm6_e3m2, not 'bfp9'"),
     (["--format", "bfp8", "--scale-rule", "ceil"],
      "--scale-rule must be 'floor' for integer elements, not 'ceil'"),
-    (["--format", "mxfp8_e4m3", "--unit", "align", "--stages", "7"],
-     "--stages must be between 0 and 6, not 7"),
+    (["--format", "mxfp8_e4m3", "--unit", "align", "--stages", "12"],
+     "--stages must be between 0 and 11, not 12"),
     (["--block-size", "16"], "--mantissa-bits and --block-size are required (or give --format)"),
 ])
 def test_generate_errors(tmp_path, args, message):

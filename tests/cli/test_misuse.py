@@ -60,7 +60,7 @@ CORPUS = [
      "--scale-rule"),
     ("generate", ["--format", "mxfp4_e2m1", "--scale-rule", "round", "--out", "{tmp}/o"],
      "--scale-rule"),
-    ("verify", ["--format", "mxfp8_e4m3", "--unit", "align", "--stages", "9"], "--stages"),
+    ("verify", ["--format", "mxfp8_e4m3", "--unit", "align", "--stages", "99"], "--stages"),
     ("generate", ["--format", "bfp8", "--block-size", "16", "--out", "{tmp}/o"], "--format"),
     ("generate", ["--block-size", "16", "--out", "{tmp}/o"], "--mantissa-bits"),
     ("generate", ["--format", "bfp8", "--unit", "mac", "--channels", "3", "--out", "{tmp}/o"],

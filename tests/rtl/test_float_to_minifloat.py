@@ -132,6 +132,10 @@ def rceil_blocks(fmt, rng):
     return np.stack(blocks)
 
 
+def _random_stages(fmt, rng):
+    return int(rng.integers(0, FloatToMinifloatBlock.max_stages_for(fmt) + 1))
+
+
 def stimulus(fmt, rng, nrandom=40):
     parts = [corner_blocks(fmt), random_blocks(fmt, nrandom, rng),
              element_grid_blocks(fmt, rng, 24), subnormal_blocks(fmt, rng, 6)]
@@ -146,7 +150,7 @@ def stimulus(fmt, rng, nrandom=40):
 def test_presets(name, rule):
     fmt = resolve_format(name).replace(scale_rule=rule)
     rng = np.random.default_rng([MX_PRESETS.index(name), RULES.index(rule)])
-    check(fmt, stimulus(fmt, rng), stages=int(rng.integers(0, 7)), valid_prob=0.8,
+    check(fmt, stimulus(fmt, rng), stages=_random_stages(fmt, rng), valid_prob=0.8,
           ready_prob=0.7, rng=rng)
 
 
@@ -196,7 +200,7 @@ def _run_general(index, nrandom):
     fmt = GENERAL[index].replace(scale_rule=RULES[index % 3],
                                  rounding=list(Rounding)[index // 3 % 3])
     seed = 7 if fmt.rounding is Rounding.STOCHASTIC else None
-    check(fmt, stimulus(fmt, rng, nrandom), seed=seed, stages=int(rng.integers(0, 7)),
+    check(fmt, stimulus(fmt, rng, nrandom), seed=seed, stages=_random_stages(fmt, rng),
           valid_prob=0.9, ready_prob=0.8, rng=rng)
 
 
@@ -264,9 +268,10 @@ def test_mutants_are_caught(fault, name):
 
 # -- stream behaviour and construction -------------------------------------------------------
 
-@pytest.mark.parametrize("stages", range(FloatToMinifloatBlock.MAX_STAGES + 1))
+@pytest.mark.parametrize("stages", range(9))      # every cut point of a block of 8
 def test_latency_and_throughput(stages):
-    fmt = resolve_format("mxfp6_e2m3").replace(block_size=4, rounding="stochastic")
+    fmt = resolve_format("mxfp6_e2m3").replace(block_size=8, rounding="stochastic")
+    assert FloatToMinifloatBlock.max_stages_for(fmt) == 9
     dut = FloatToMinifloatBlock(fmt, stages=stages)
     assert (dut.latency, dut.throughput) == (stages, 1)
     values = random_blocks(fmt, 30, np.random.default_rng(stages))
@@ -307,8 +312,8 @@ def test_block_quantizer_picks_by_format():
      r"^fmt must have minifloat elements, not 'bfp8' \(FloatToBlock quantizes integer"),
     (resolve_format("mxfp8_e4m3").replace(block_size=128), {}, ValueError,
      r"^block_size must be a power of two between 2 and 64 for the RTL, not 128$"),
-    (resolve_format("mxfp8_e4m3"), {"stages": 7}, ValueError,
-     r"^stages must be between 0 and 6, not 7$"),
+    (resolve_format("mxfp8_e4m3"), {"stages": 12}, ValueError,
+     r"^stages must be between 0 and 11, not 12$"),
     (resolve_format("mxfp8_e4m3"), {"always_ready": 1}, TypeError,
      r"^always_ready must be a bool, not 1$"),
     (resolve_format("mxfp8_e4m3"), {"input_format": "fp16"}, ValueError,
@@ -322,5 +327,6 @@ def test_constructor_validation(fmt, kwargs, exc, message):
 @pytest.mark.parametrize("name", ["mxfp8_e5m2", "bm8_e2m5"])
 def test_converts_to_verilog(name):
     fmt = resolve_format(name).replace(scale_rule="rceil", rounding="stochastic")
-    text = verilog.convert(FloatToMinifloatBlock(fmt, stages=6), name="align")
+    stages = FloatToMinifloatBlock.max_stages_for(fmt)
+    text = verilog.convert(FloatToMinifloatBlock(fmt, stages=stages), name="align")
     assert "module align" in text
