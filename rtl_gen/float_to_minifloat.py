@@ -43,9 +43,9 @@ How the contract maps to hardware
   NaN block holds zero codes.
 """
 
+import struct
 from typing import NamedTuple
 
-import numpy as np
 from amaranth.hdl import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -78,7 +78,8 @@ class RceilConstants(NamedTuple):
 def rceil_constants(element):
     """Return the :class:`RceilConstants` of ``element``, from exact integer arithmetic on
     the FP32 constant ``c = fp32(1 / max_normal)`` (numerics.md 5.2)."""
-    bits = int(np.float32(1.0 / element.max_normal).view(np.uint32))
+    # 1 / max_normal rounded to FP32 (nearest-even), as golden.minifloat.reciprocal_max
+    bits = struct.unpack("<I", struct.pack("<f", 1.0 / element.max_normal))[0]
     field, frac = bits >> 23, bits & 0x7FFFFF
     assert 1 <= field <= 254, "1 / max_normal is a normal FP32 number (max_normal >= 1)"
     cs, ce = (1 << 23) | frac, field - 127

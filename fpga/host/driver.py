@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from hbfp_hw import golden
-from hbfp_hw.formats import resolve_format
+from hbfp_hw.formats import PRESETS, resolve_format
 
 from ..protocol import frames as protocol
 from ..protocol.frames import Cmd, Wire
@@ -90,8 +90,6 @@ class _SharedSim:
 
 def sim_url_for(fmt):
     """A ``sim://`` URL of a simulated board built for ``fmt`` (for error messages)."""
-    from hbfp_hw.formats import PRESETS
-
     for name, preset in PRESETS.items():
         if preset == fmt:
             return f"sim://?format={name}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hbfp_hw.formats import BFP8, BFPFormat, FloatFormat, Rounding
+from hbfp_hw.formats import BFP8, BFPFormat, FloatFormat, Rounding, resolve_format
 from hbfp_hw.fpga import protocol
 from hbfp_hw.fpga.boards import BOARDS, BuildConfig, deepest_stages
 from hbfp_hw.fpga.config import DEFAULT_PRESET, PRESETS, SystemConfig
@@ -130,8 +130,9 @@ def test_key_is_stable_and_distinguishes():
 
 
 def test_info_without_elaboration_matches_gateware():
-    assert protocol.PROTOCOL_VERSION == 4     # config._PROTOCOL_VERSION
-    for c in [*PRESETS.values(), SystemConfig(fmt=BFPFormat(8, 4, Rounding.STOCHASTIC))]:
+    assert protocol.PROTOCOL_VERSION == 5     # config._PROTOCOL_VERSION
+    for c in [*PRESETS.values(), SystemConfig(fmt=BFPFormat(8, 4, Rounding.STOCHASTIC)),
+              SystemConfig(fmt=resolve_format("mxfp8_e5m2").replace(scale_rule="ceil"))]:
         assert c.info() == GemmSystem(c).info
 
 
