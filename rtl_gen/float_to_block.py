@@ -42,7 +42,7 @@ from hbfp_hw.formats import SR_RANDOM_BITS, FloatFormat, Rounding, as_float_form
 from .common import CreditOutput, Pipeline, check_rtl_format, check_stages
 from .layout import block_layout, float_vector_layout
 
-__all__ = ["FloatToBlock", "XORSHIFT_LANE_CONSTANT", "DEFAULT_SEED"]
+__all__ = ["BlockQuantizer", "FloatToBlock", "XORSHIFT_LANE_CONSTANT", "DEFAULT_SEED"]
 
 #: Lane ``l`` of the stochastic-rounding PRNG starts from ``seed ^ (C * (l + 1) mod 2**32)``.
 XORSHIFT_LANE_CONSTANT = 0x9E3779B9
@@ -107,7 +107,122 @@ class _AlignWidths(NamedTuple):
     saturating: bool
 
 
-class FloatToBlock(wiring.Component):
+class BlockQuantizer(wiring.Component):
+    """What the block quantizers share: their ports, parameters and stream behaviour.
+
+    :class:`FloatToBlock` (integer elements) and
+    :class:`~hbfp_hw.rtl_gen.float_to_minifloat.FloatToMinifloatBlock` (minifloat elements)
+    take ``(fmt, *, input_format="fp32", stages=2, always_ready=False)`` and have the members
+    ``i_stream``, ``o_stream``, ``seed`` and ``reseed`` (see :class:`FloatToBlock`). A
+    subclass gives ``_check_format(fmt)`` and ``_cut_order(fmt)``, its cut points in order of
+    preference; ``stages`` registers take the first ``stages`` of them.
+    """
+
+    def __init__(self, fmt, *, input_format="fp32", stages=2, always_ready=False):
+        self._fmt = self._check_format(fmt)
+        self._input_format = as_float_format(input_format)
+        self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
+        if not isinstance(always_ready, bool):
+            raise TypeError(f"always_ready must be a bool, not {always_ready!r}")
+        super().__init__({
+            "i_stream": In(stream.Signature(float_vector_layout(fmt, self._input_format))),
+            "o_stream": Out(stream.Signature(block_layout(fmt), always_ready=always_ready)),
+            "seed": In(32),
+            "reseed": In(1),
+        })
+
+    @property
+    def fmt(self):
+        """The :class:`BFPFormat` of the produced blocks."""
+        return self._fmt
+
+    @property
+    def input_format(self):
+        """The :class:`FloatFormat` of the input lanes."""
+        return self._input_format
+
+    @property
+    def stages(self):
+        """Number of pipeline registers."""
+        return self._stages
+
+    @property
+    def latency(self):
+        """Cycles from an accepted input transfer until its block is valid on ``o_stream``.
+
+        Equal to :attr:`stages` (when ``o_stream.ready`` stays high).
+        """
+        return self._stages
+
+    @property
+    def throughput(self):
+        """Transfers per cycle when ``o_stream.ready`` stays high: 1."""
+        return 1
+
+    @classmethod
+    def max_stages_for(cls, fmt):
+        """Return the largest ``stages`` for ``fmt``: the number of its cut points."""
+        return len(cls._cut_order(fmt))
+
+    def _cut_points(self):
+        """Return, for every cut point, whether it holds a register."""
+        order = self._cut_order(self._fmt)
+        chosen = set(order[:self._stages])
+        return {name: name in chosen for name in order}
+
+    def _front(self, m):
+        """Add the stream's front: a credit-counted output and a free-running pipeline
+        (stochastic rounding accepts nothing while ``reseed``). Return ``(out, pipe,
+        values)`` with the values of the accepted block, registered at the ``input`` cut:
+        ``lane``, the lanes as FP32 patterns (BF16 widened), and for stochastic rounding
+        ``rand``, each lane's random bits (drawn on acceptance, so they travel with it)."""
+        fmt = self._fmt
+        out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
+        if fmt.rounding is Rounding.STOCHASTIC:
+            in_valid = self.i_stream.valid & ~self.reseed
+            m.d.comb += self.i_stream.ready.eq(out.ready & ~self.reseed)
+        else:
+            in_valid = self.i_stream.valid
+            m.d.comb += self.i_stream.ready.eq(out.ready)
+        pipe = Pipeline(m, out.admit(in_valid))
+        lanes = [self.i_stream.payload[i] for i in range(fmt.block_size)]
+        if self._input_format is FloatFormat.BF16:
+            lanes = [Cat(C(0, 16), lane) for lane in lanes]
+        values = {"lane": lanes}
+        if fmt.rounding is Rounding.STOCHASTIC:
+            values["rand"] = lane_random_bits(m, fmt.block_size, self.seed, self.reseed,
+                                              out.accept)
+        return out, pipe, pipe.cut("s_in", values, self._cut_points()["input"])
+
+    @staticmethod
+    def _nearest_up(guard, sticky, lsb):
+        """Return the rounding increment of nearest-even from the guard bit, the sticky bit
+        (the OR of the bits below the guard bit) and the kept LSB: round up above half, and
+        on a tie (guard set, sticky clear) only to make the LSB even."""
+        return guard & (sticky | lsb)
+
+    def _round_up(self, aligned, frac_bits, sticky, rand):
+        """Return the rounding increment of the magnitude ``aligned``, which holds
+        ``frac_bits`` fraction bits below the kept ones (1, the guard bit, for nearest-even
+        with ``sticky`` the OR of the bits below it; 16 for stochastic rounding with the
+        lane's random bits ``rand``; 0 for toward zero)."""
+        rounding = self._fmt.rounding
+        if rounding is Rounding.STOCHASTIC:
+            return (aligned[:frac_bits] + rand)[frac_bits]
+        if rounding is Rounding.NEAREST_EVEN:
+            return self._nearest_up(aligned[0], sticky, aligned[frac_bits])
+        return C(0, 1)
+
+    def _drive(self, m, out, pipe, code, elements):
+        """Drive ``o_stream`` from the pipeline's last values: the block's exponent code and
+        its ``block_size`` elements."""
+        block = Signal(block_layout(self._fmt))
+        m.d.comb += block.exponent.eq(code)
+        m.d.comb += [block.mantissas[i].eq(elements[i]) for i in range(self._fmt.block_size)]
+        out.drive(pipe.valid, block)
+
+
+class FloatToBlock(BlockQuantizer):
     """Quantize ``block_size`` FP32 or BF16 values to one BFP block per transfer.
 
     Bit-exact with :func:`hbfp_hw.golden.quantize` (docs/numerics.md, section 2), including the
@@ -163,46 +278,9 @@ class FloatToBlock(wiring.Component):
         If a parameter is out of range.
     """
 
-    def __init__(self, fmt, *, input_format="fp32", stages=2, always_ready=False):
-        self._fmt = check_rtl_format(fmt)
-        self._input_format = as_float_format(input_format)
-        self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
-        if not isinstance(always_ready, bool):
-            raise TypeError(f"always_ready must be a bool, not {always_ready!r}")
-        super().__init__({
-            "i_stream": In(stream.Signature(float_vector_layout(fmt, self._input_format))),
-            "o_stream": Out(stream.Signature(block_layout(fmt), always_ready=always_ready)),
-            "seed": In(32),
-            "reseed": In(1),
-        })
-
-    @property
-    def fmt(self):
-        """The :class:`BFPFormat` of the produced blocks."""
-        return self._fmt
-
-    @property
-    def input_format(self):
-        """The :class:`FloatFormat` of the input lanes."""
-        return self._input_format
-
-    @property
-    def stages(self):
-        """Number of pipeline registers."""
-        return self._stages
-
-    @property
-    def latency(self):
-        """Cycles from an accepted input transfer until its block is valid on ``o_stream``.
-
-        Equal to :attr:`stages` (when ``o_stream.ready`` stays high).
-        """
-        return self._stages
-
-    @property
-    def throughput(self):
-        """Transfers per cycle when ``o_stream.ready`` stays high: 1."""
-        return 1
+    @staticmethod
+    def _check_format(fmt):
+        return check_rtl_format(fmt)
 
     @staticmethod
     def _cut_order(fmt):
@@ -212,24 +290,6 @@ class FloatToBlock(wiring.Component):
         tree = [f"max{levels // 2}"] + [f"max{k}" for k in range(levels) if k != levels // 2]
         return ["output", "exponent", "align", "input", "round", "distance", "coarse",
                 "subtract", *tree]
-
-    @staticmethod
-    def max_stages_for(fmt):
-        """Return the largest ``stages`` for ``fmt``: ``8 + log2(block_size)``."""
-        return len(FloatToBlock._cut_order(fmt))
-
-    def _cut_points(self):
-        """Return, for every cut point, whether it holds a register."""
-        order = self._cut_order(self._fmt)
-        chosen = set(order[:self._stages])
-        return {name: name in chosen for name in order}
-
-    @staticmethod
-    def _nearest_up(guard, sticky, lsb):
-        """Return the rounding increment of nearest-even from the guard bit, the sticky bit
-        (the OR of the bits below the guard bit) and the kept LSB: round up above half, and
-        on a tie (guard set, sticky clear) only to make the LSB even."""
-        return guard & (sticky | lsb)
 
     def _widths(self):
         """Return the widths of the alignment datapath (:class:`_AlignWidths`)."""
@@ -255,26 +315,10 @@ class FloatToBlock(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        fmt = self._fmt
         cuts = self._cut_points()
         widths = self._widths()
 
-        # -- stream control: a free-running pipeline and a credit-counted output -------------
-        out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
-        if fmt.rounding is Rounding.STOCHASTIC:
-            in_valid = self.i_stream.valid & ~self.reseed
-            m.d.comb += self.i_stream.ready.eq(out.ready & ~self.reseed)
-        else:
-            in_valid = self.i_stream.valid
-            m.d.comb += self.i_stream.ready.eq(out.ready)
-        pipe_valid = out.admit(in_valid)
-
-        values = {"lane": self._lanes()}
-        if fmt.rounding is Rounding.STOCHASTIC:
-            values["rand"] = lane_random_bits(m, fmt.block_size, self.seed, self.reseed,
-                                              out.accept)
-        pipe = Pipeline(m, pipe_valid)
-        values = pipe.cut("s_in", values, cuts["input"])
+        out, pipe, values = self._front(m)
         values = self._lane_fields(m, values, widths)
         values = self._exponent_tree(m, pipe, cuts, values)
         values = pipe.cut("s_exp", values, cuts["exponent"])
@@ -284,23 +328,8 @@ class FloatToBlock(wiring.Component):
         values = pipe.cut("s_align", self._fine_shift(m, values, widths), cuts["align"])
         values = pipe.cut("s_round", self._round(m, values, widths), cuts["round"])
         values = pipe.cut("s_out", self._saturate(m, values), cuts["output"])
-
-        block = Signal(block_layout(fmt))
-        m.d.comb += block.exponent.eq(values["code"])
-        m.d.comb += [block.mantissas[i].eq(values["mantissas"][i])
-                     for i in range(fmt.block_size)]
-        out.drive(pipe.valid, block)
+        self._drive(m, out, pipe, values["code"], values["mantissas"])
         return m
-
-    def _lanes(self):
-        """Return the input lanes as 32-bit FP32 patterns (BF16 lanes widened)."""
-        lanes = []
-        for i in range(self._fmt.block_size):
-            lane = self.i_stream.payload[i]
-            if self._input_format is FloatFormat.BF16:
-                lane = Cat(C(0, 16), lane)
-            lanes.append(lane)
-        return lanes
 
     def _lane_fields(self, m, values, widths):
         """Split each lane into the fields the rest of the pipeline needs, computed beside the
@@ -475,12 +504,8 @@ class FloatToBlock(wiring.Component):
         for i in range(fmt.block_size):
             x = values["aligned"][i]
             q = x[frac_bits:]
-            if fmt.rounding is Rounding.STOCHASTIC:
-                up = (x[:frac_bits] + values["rand"][i])[frac_bits]
-            elif fmt.rounding is Rounding.NEAREST_EVEN:
-                up = self._nearest_up(x[0], values["sticky"][i], q[0])
-            else:
-                up = C(0, 1)
+            up = self._round_up(x, frac_bits, values.get("sticky", [None] * fmt.block_size)[i],
+                                values.get("rand", [None] * fmt.block_size)[i])
             sign = values["sign"][i]
             value = Signal(signed(w), name=f"rounded{i}")
             m.d.comb += value.eq((Cat(q, C(0, 1)) ^ sign.replicate(w)) + (sign ^ up))

@@ -47,21 +47,16 @@ import struct
 from typing import NamedTuple
 
 from amaranth.hdl import C, Cat, Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
 
 from hbfp_hw.formats import (
     SR_RANDOM_BITS,
-    FloatFormat,
     Rounding,
     ScaleRule,
     Special,
-    as_float_format,
 )
 
-from .common import CreditOutput, Pipeline, check_rtl_format, check_stages
-from .float_to_block import FloatToBlock, lane_random_bits
-from .layout import block_layout, float_vector_layout
+from .common import check_rtl_format
+from .float_to_block import BlockQuantizer, FloatToBlock
 
 __all__ = ["FloatToMinifloatBlock", "block_quantizer", "quantizer_class", "rceil_constants"]
 
@@ -120,7 +115,7 @@ class _Widths(NamedTuple):
     kept: int           # bits of the aligned lane: m + 1 + FB
 
 
-class FloatToMinifloatBlock(wiring.Component):
+class FloatToMinifloatBlock(BlockQuantizer):
     """Quantize ``block_size`` FP32 or BF16 values to one minifloat block per transfer.
 
     The minifloat counterpart of :class:`FloatToBlock`, with the same ports, stream behaviour
@@ -152,43 +147,13 @@ class FloatToMinifloatBlock(wiring.Component):
     reseed : ``In(1)``
     """
 
-
-    def __init__(self, fmt, *, input_format="fp32", stages=2, always_ready=False):
-        self._fmt = check_rtl_format(fmt, minifloat=True)
+    @staticmethod
+    def _check_format(fmt):
+        fmt = check_rtl_format(fmt, minifloat=True)
         if not fmt.is_minifloat:
             raise ValueError(f"fmt must have minifloat elements, not {fmt.name!r} "
                              f"(FloatToBlock quantizes integer elements)")
-        self._input_format = as_float_format(input_format)
-        self._stages = check_stages("stages", stages, self.max_stages_for(fmt))
-        if not isinstance(always_ready, bool):
-            raise TypeError(f"always_ready must be a bool, not {always_ready!r}")
-        super().__init__({
-            "i_stream": In(stream.Signature(float_vector_layout(fmt, self._input_format))),
-            "o_stream": Out(stream.Signature(block_layout(fmt), always_ready=always_ready)),
-            "seed": In(32),
-            "reseed": In(1),
-        })
-
-    @property
-    def fmt(self):
-        return self._fmt
-
-    @property
-    def input_format(self):
-        return self._input_format
-
-    @property
-    def stages(self):
-        return self._stages
-
-    @property
-    def latency(self):
-        """Cycles from an accepted transfer to its block on ``o_stream``: :attr:`stages`."""
-        return self._stages
-
-    @property
-    def throughput(self):
-        return 1
+        return fmt
 
     @staticmethod
     def _cut_order(fmt):
@@ -197,11 +162,6 @@ class FloatToMinifloatBlock(wiring.Component):
         levels = (fmt.block_size - 1).bit_length()
         tree = [f"tree{levels // 2}"] + [f"tree{k}" for k in range(levels) if k != levels // 2]
         return ["output", "exponent", "align", "input", "distance", "amax", *tree]
-
-    @classmethod
-    def max_stages_for(cls, fmt):
-        """Return the largest ``stages`` for ``fmt``: ``6 + log2(block_size)``."""
-        return len(cls._cut_order(fmt))
 
     def _widths(self):
         fmt, element = self._fmt, self._fmt.element
@@ -215,37 +175,17 @@ class FloatToMinifloatBlock(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        fmt = self._fmt
-        cuts = set(self._cut_order(fmt)[:self._stages])
+        cuts = {name for name, cut in self._cut_points().items() if cut}
         widths = self._widths()
 
-        out = CreditOutput(m, self.o_stream, stages=self._stages, name="out")
-        in_valid = self.i_stream.valid
-        if fmt.rounding is Rounding.STOCHASTIC:
-            in_valid = in_valid & ~self.reseed
-        m.d.comb += self.i_stream.ready.eq(
-            out.ready & ~self.reseed if fmt.rounding is Rounding.STOCHASTIC else out.ready)
-        pipe = Pipeline(m, out.admit(in_valid))
-
-        values = {"lane": [self.i_stream.payload[i] for i in range(fmt.block_size)]}
-        if self._input_format is FloatFormat.BF16:
-            values["lane"] = [Cat(C(0, 16), lane) for lane in values["lane"]]
-        if fmt.rounding is Rounding.STOCHASTIC:
-            values["rand"] = lane_random_bits(m, fmt.block_size, self.seed, self.reseed,
-                                              out.accept)
-        values = pipe.cut("s_in", values, "input" in cuts)
+        out, pipe, values = self._front(m)
         values = self._lane_fields(m, values, widths)
         values = pipe.cut("s_amax", self._max_tree(m, pipe, cuts, values), "amax" in cuts)
         values = pipe.cut("s_exp", self._scale(m, values), "exponent" in cuts)
         values = pipe.cut("s_dist", self._distances(m, values, widths), "distance" in cuts)
         values = pipe.cut("s_align", self._align(m, values, widths), "align" in cuts)
         values = pipe.cut("s_out", self._encode(m, values, widths), "output" in cuts)
-
-        block = Signal(block_layout(fmt))
-        m.d.comb += block.exponent.eq(values["code"])
-        m.d.comb += [block.mantissas[i].eq(values["elements"][i])
-                     for i in range(fmt.block_size)]
-        out.drive(pipe.valid, block)
+        self._drive(m, out, pipe, values["code"], values["elements"])
         return m
 
     def _lane_fields(self, m, values, widths):
@@ -385,12 +325,8 @@ class FloatToMinifloatBlock(wiring.Component):
         for i in range(fmt.block_size):
             aligned = values["aligned"][i]
             q = aligned[fb:]
-            if fmt.rounding is Rounding.STOCHASTIC:
-                up = (aligned[:fb] + values["rand"][i])[fb]
-            elif fmt.rounding is Rounding.NEAREST_EVEN:
-                up = aligned[0] & (values["sticky"][i] | q[0])
-            else:
-                up = C(0, 1)
+            up = self._round_up(aligned, fb, values.get("sticky", [None] * fmt.block_size)[i],
+                                values.get("rand", [None] * fmt.block_size)[i])
             magnitude = Signal(element.mantissa_bits + 10, name=f"magnitude{i}")
             m.d.comb += magnitude.eq(self._magnitude(values["base"][i], q, up))
             code = Signal(element.width - 1, name=f"code{i}")

@@ -95,13 +95,19 @@ def test_matmul_orients_each_pair_by_kind():
         assert torch.equal(b.grad[i], ref(a[i].t(), dc[i], E4M3, E5M2))
 
 
+def _conv_step(conv, x_shape, w_shape, seed):
+    """One forward and backward pass of ``conv`` in the FP8 split; returns x, w, y, dy."""
+    x = wide(*x_shape, seed=seed).requires_grad_()
+    w = wide(*w_shape, seed=seed + 1).requires_grad_()
+    y = conv(x, w, None, fmt=FP8)
+    dy = wide(*y.shape, seed=seed + 2)
+    y.backward(dy)
+    return x, w, y, dy
+
+
 def test_conv2d_every_gemm_matches_golden():
     """grad_input of a convolution runs as ``W^T @ dy^T`` (nearest-even): the pair swaps."""
-    x = wide(2, 3, 6, 6, seed=7).requires_grad_()
-    w = wide(4, 3, 3, 3, seed=8).requires_grad_()
-    y = hbfp_conv2d(x, w, None, fmt=FP8)
-    dy = wide(*y.shape, seed=9)
-    y.backward(dy)
+    x, w, y, dy = _conv_step(hbfp_conv2d, (2, 3, 6, 6), (4, 3, 3, 3), seed=7)
     cols = _im2col_t(x.detach(), (3, 3), (1, 1), (0, 0), (1, 1)).t()       # [B*L, C*9]
     wm = w.detach().reshape(4, -1)
     dym = dy.movedim(1, -1).reshape(-1, 4)
@@ -117,11 +123,7 @@ def test_conv2d_every_gemm_matches_golden():
 
 def test_conv_transpose2d_weight_gradient_orientation():
     """grad_weight of a transposed convolution runs as ``x^T @ dcols`` (activation first)."""
-    x = wide(2, 3, 4, 4, seed=10).requires_grad_()
-    w = wide(3, 2, 3, 3, seed=11).requires_grad_()
-    y = hbfp_conv_transpose2d(x, w, None, fmt=FP8)
-    dy = wide(*y.shape, seed=12)
-    y.backward(dy)
+    x, w, _, dy = _conv_step(hbfp_conv_transpose2d, (2, 3, 4, 4), (3, 2, 3, 3), seed=10)
     xf = x.detach().movedim(1, -1).reshape(-1, 3)
     gcols = _im2col_t(dy, (3, 3), (1, 1), (0, 0), (1, 1), [4, 4]).t()     # [B*L_in, 2*9]
     assert torch.equal(w.grad.reshape(3, -1), ref(xf.t(), gcols, E4M3, E5M2))
