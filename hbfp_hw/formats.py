@@ -20,6 +20,7 @@ __all__ = [
     "Minifloat",
     "minifloat_format",
     "require_integer_elements",
+    "check_operand_formats",
     "FloatFormat",
     "BFPFormat",
     "PRESETS",
@@ -423,6 +424,18 @@ def minifloat_format(exponent_bits, mantissa_bits, block_size=32, *, special="ie
     """
     element = Minifloat(exponent_bits, mantissa_bits, special, bias)
     return BFPFormat(element.width, block_size, rounding, scale_bits, element, scale_rule)
+
+
+def check_operand_formats(fa, fb):
+    """Raise ``ValueError`` unless A's format ``fa`` and B's ``fb`` can meet in a dot product:
+    the same block size and shared-exponent width (their elements and roundings may differ)."""
+    if fa == fb:
+        return
+    if fa.block_size != fb.block_size or fa.exponent_bits != fb.exponent_bits:
+        raise ValueError(f"the operands' formats must share the block size and the shared "
+                         f"exponent's width, not {fa.name} (block {fa.block_size}, "
+                         f"{fa.exponent_bits}-bit exponent) and {fb.name} (block "
+                         f"{fb.block_size}, {fb.exponent_bits}-bit exponent)")
 
 
 def require_integer_elements(fmt, where):

@@ -351,8 +351,8 @@ def _fmt_and_input(fmt, input_format):
 
 
 def _elements(q):
-    """The block wire's elements of a quantized tensor: two's complement mantissas, or the
-    element codes of minifloat elements."""
+    """The block wire's elements of a quantized tensor: two's complement mantissas (sign
+    extended over their bytes), or the element codes of minifloat elements."""
     return q.element_codes().astype(np.int64) if q.fmt.is_minifloat else q.mantissas
 
 
@@ -608,12 +608,10 @@ def info_to_bytes(info):
 
 def _element_fields(fmt):
     """INFO's element fields of ``fmt`` (zeros for integer elements)."""
-    element = fmt.element
-    if element is None:
-        return {"element_exponent_bits": 0, "element_mantissa_bits": 0, "element_special": 0,
-                "element_bias": 0, "scale_rule": SCALE_RULE_CODES[fmt.scale_rule]}
-    return {"element_exponent_bits": element.exponent_bits,
-            "element_mantissa_bits": element.mantissa_bits,
-            "element_special": SPECIAL_CODES[element.special],
-            "element_bias": element.bias, "scale_rule": SCALE_RULE_CODES[fmt.scale_rule]}
+    el = fmt.element
+    return {"element_exponent_bits": el.exponent_bits if el else 0,
+            "element_mantissa_bits": el.mantissa_bits if el else 0,
+            "element_special": SPECIAL_CODES[el.special] if el else 0,
+            "element_bias": el.bias if el else 0,
+            "scale_rule": SCALE_RULE_CODES[fmt.scale_rule]}
 

@@ -29,6 +29,7 @@ from hbfp_hw.formats import (
     FloatFormat,
     Rounding,
     ScaleRule,
+    check_operand_formats,
 )
 
 __all__ = [
@@ -237,11 +238,10 @@ def format_name(flag="--format", minifloat=False, operand_pairs=False):
                     f"{flag} A/G takes two presets (activations and weights A, gradients G), "
                     f"not {text!r}")
             a, g = (_preset(flag, p, minifloat=minifloat) for p in parts)
-            if a.block_size != g.block_size or a.exponent_bits != g.exponent_bits:
-                raise argparse.ArgumentTypeError(
-                    f"{flag} {text}: the two presets must share the block size and the "
-                    f"shared exponent's width ({a.name}: {a.block_size}, {g.name}: "
-                    f"{g.block_size})")
+            try:
+                check_operand_formats(a, g)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(f"{flag} {text}: {e}") from None
             return f"{a.name}/{g.name}"
         value = _preset(flag, text, allow_fp32=True, minifloat=minifloat)
         return value if value == "fp32" else value.name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hbfp_hw.formats import CANONICAL_NAN_BITS, resolve_format
+from hbfp_hw.formats import CANONICAL_NAN_BITS, check_operand_formats, resolve_format
 from hbfp_hw.golden.quantizer import BFPTensor
 
 __all__ = [
@@ -74,18 +74,6 @@ def product_exponent(ea, eb, fmt, fmt_b=None):
     nan = (ea == fmt.nan_exponent) | (eb == fmt_b.nan_exponent)
     ep = np.where(nan, 0, ea + eb - fmt.fraction_bits - fmt_b.fraction_bits).astype(np.int32)
     return ep, nan
-
-
-def check_operand_formats(fa, fb):
-    """Raise ``ValueError`` unless A's format ``fa`` and B's ``fb`` can meet in a dot product:
-    the same block size and shared-exponent width (their elements and roundings may differ)."""
-    if fa == fb:
-        return
-    if fa.block_size != fb.block_size or fa.exponent_bits != fb.exponent_bits:
-        raise ValueError(f"the operands' formats must share the block size and the shared "
-                         f"exponent's width, not {fa.name} (block {fa.block_size}, "
-                         f"{fa.exponent_bits}-bit exponent) and {fb.name} (block "
-                         f"{fb.block_size}, {fb.exponent_bits}-bit exponent)")
 
 
 def round_int_to_float32(s, exp):

@@ -51,9 +51,8 @@ import fnmatch
 import re
 from dataclasses import dataclass, replace
 
-from hbfp_hw.formats import BFPFormat, resolve_format
+from hbfp_hw.formats import BFPFormat, check_operand_formats, resolve_format
 from hbfp_hw.golden import prng
-from hbfp_hw.golden.arith import check_operand_formats
 from hbfp_hw.torch.backends import backend_key
 from hbfp_hw.torch.ops import format_args
 

@@ -514,11 +514,9 @@ class EmulateBackend:
         ``seeds[g]`` (checked float32 ``[G, M, K]`` and ``[G, K, N]`` on one device; ``seeds``
         a list of G ints, used by stochastic rounding only)."""
         groups, m, kdim = a.shape
-        if isinstance(fmt, tuple):
-            return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
-                                for g in range(groups)])
-        fmt = resolve_format(fmt)
-        if groups == 1 or fmt.element is not None:
+        if not isinstance(fmt, tuple):
+            fmt = resolve_format(fmt)
+        if isinstance(fmt, tuple) or groups == 1 or fmt.element is not None:
             return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
                                 for g in range(groups)])
         if fmt.rounding is Rounding.STOCHASTIC:

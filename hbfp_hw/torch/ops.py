@@ -21,9 +21,8 @@ import functools
 
 import torch
 
-from hbfp_hw.formats import BFPFormat, Minifloat, Rounding, resolve_format
+from hbfp_hw.formats import BFPFormat, Minifloat, Rounding, check_operand_formats, resolve_format
 from hbfp_hw.golden import prng
-from hbfp_hw.golden.arith import check_operand_formats
 from hbfp_hw.torch.backends import backend_key, get_backend
 
 __all__ = ["gemm", "role_gemm", "role_gemm_batched", "format_args", "swap_operands",
@@ -41,12 +40,6 @@ _LIB.define("gemm_batched(Tensor a, Tensor b, int mantissa_bits, int block_size,
             "str format_b=\"\") -> Tensor")
 
 
-def _element_spec(fmt):
-    el = fmt.element
-    return (f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
-            f"{fmt.scale_rule.value}")
-
-
 def format_args(fmt):
     """The op's format arguments: ``(mantissa_bits, block_size, rounding, exponent_bits)``,
     plus the element spec ``"e,m,special,bias,rule"`` for minifloat elements.
@@ -59,14 +52,15 @@ def format_args(fmt):
         if fa == fb:
             return format_args(fa)
         check_operand_formats(fa, fb)
-        spec_b = f"{fb.mantissa_bits},{fb.block_size},{fb.rounding.value},{fb.exponent_bits}"
-        if fb.element is not None:
-            spec_b += ";" + _element_spec(fb)
-        return (*format_args(fa)[:4], "" if fa.element is None else _element_spec(fa), spec_b)
+        args_a, args_b = (*format_args(fa), ""), (*format_args(fb), "")
+        spec_b = ",".join(str(v) for v in args_b[:4]) + (f";{args_b[4]}" if args_b[4] else "")
+        return (*args_a[:5], spec_b)
     args = (fmt.mantissa_bits, fmt.block_size, fmt.rounding.value, fmt.exponent_bits)
     if fmt.element is None:
         return args
-    return (*args, _element_spec(fmt))
+    el = fmt.element
+    return (*args, f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
+                   f"{fmt.scale_rule.value}")
 
 
 def has_operand_pair(fmt_args):
