@@ -74,15 +74,20 @@ def _float64_exact(fa, fb):
     return fa.block_size * fa.max_mantissa * fb.max_mantissa <= 1 << 53
 
 
-def _spans(ints, axis):
+def _spans(n, axis, fmt):
     """Per block, ``bit_length(max |n|) - min trailing zeros`` of its nonzero integers ``n``
-    (elements along ``axis``); 0 for blocks without one. A block product of spans ``sa`` and
-    ``sb`` is exact in float64 when ``sa + sb <= _span_budget(fmt)``."""
-    mag = np.abs(ints)
-    _, top = np.frexp(mag.max(axis=axis).astype(np.float64))        # bit_length of the max
-    low = np.where(mag == 0, np.int64(1) << 62, mag & -mag)         # lowest set bit
-    _, tz = np.frexp(low.min(axis=axis).astype(np.float64))
-    return np.where(top > 0, top - (tz - 1), 0).astype(np.int32)
+    (float32 integers on ``fmt``'s grid, elements along ``axis``); 0 for blocks without one.
+    A block product of spans ``sa`` and ``sb`` is exact in float64 when
+    ``sa + sb <= _span_budget(fmt)``.
+
+    Both come from one bitwise OR of the block's magnitudes: it has the bit length of the
+    largest and the trailing zeros of the one with fewest.
+    """
+    dtype = np.uint32 if fmt.max_mantissa < 1 << 32 else np.uint64
+    bits = np.bitwise_or.reduce(np.abs(n).astype(dtype), axis=axis)
+    _, top = np.frexp(bits.astype(np.float64))                     # bit length of the OR
+    _, low = np.frexp((bits & (~bits + dtype(1))).astype(np.float64))  # its lowest set bit
+    return np.where(bits > 0, top - low + 1, 0).astype(np.int32)
 
 
 def _span_budget(fmt):
@@ -132,7 +137,7 @@ def gemm_quantized(qa, qb):
         if not np.all(np.isfinite(vals)):
             # Codes from a wire can exceed FP32 (E5M2's largest under the largest scale).
             return _gemm_by_dots(qa, qb)
-        span = _spans(q.mantissas.astype(np.int64), -1) if spans else None
+        span = _spans(q.mantissas, -1, q.fmt) if spans else None
         sides.append((vals, q.exponents, nonzero, nan, span))
     (a_vals, *a_rest), (b_vals, *b_rest) = sides
     # B's values as [KB, N, Ncols]: one contiguous slab per k-block.
@@ -265,7 +270,7 @@ def _operand_a(a, fmt, seed, spans):
     exps, nvals, k, nonzero = _quantize_core(blocks, fmt, _random_for(blocks.shape, fmt, seed))
     with np.errstate(under="ignore"):
         vals = _scale(nvals, -k)
-    span = _spans(nvals.astype(np.int64), -1) if spans else None
+    span = _spans(nvals, -1, fmt) if spans else None
     return vals, exps[..., 0], nonzero[..., 0], exps[..., 0] == fmt.nan_exponent, span
 
 
@@ -280,7 +285,7 @@ def _operand_b(b, fmt, seed, spans):
     exps, nvals, k, nonzero = _quantize_core(blocks, fmt, rand, axis=1)
     with np.errstate(under="ignore"):
         vals = _scale(nvals, -k)
-    span = _spans(nvals.astype(np.int64), 1).T if spans else None     # [Ncols, KB]
+    span = _spans(nvals, 1, fmt).T if spans else None     # [Ncols, KB]
     exps, nonzero = exps[:, 0].T, nonzero[:, 0].T                 # [Ncols, KB]
     return vals, exps, nonzero, exps == fmt.nan_exponent, span
 

@@ -242,19 +242,44 @@ def _round_minifloat(blocks, x, fmt, rand):
 
     Everything stays in float32 and is exact: ``v = blocks * 2**-x`` rounds only below
     ``2**-126``, where every rounding on the element grid (step ``>= 2**-22``) gives 0 anyway;
-    ``v * 2**-g`` is below ``2**(m+1)`` in magnitude and the result has at most ``m + 1``
-    significant bits.
+    the rounded values have at most ``m + 1`` significant bits. Nearest-even and toward-zero
+    round normal ``v`` on its bit pattern (:func:`_round_significand`); below ``2**emin`` the
+    grid is the fixed subnormal one.
 
     Returns the signed integers on the element grid, as float32.
     """
     element = fmt.element
+    m, emin = element.mantissa_bits, element.emin
     with np.errstate(under="ignore"):
         v = blocks * np.ldexp(np.float32(1), -x).astype(np.float32)
-    _, ex = np.frexp(v)                                          # floor(log2 |v|) = ex - 1
-    g = np.maximum(ex - 1, element.emin) - element.mantissa_bits     # the step of v's binade
-    r = _round(np.ldexp(v, -g), fmt.rounding, rand)
+    grid = np.float32(2.0 ** element.fraction_bits)                   # 2**(m - emin)
+    if fmt.rounding is Rounding.STOCHASTIC:
+        _, ex = np.frexp(v)                                      # floor(log2 |v|) = ex - 1
+        g = np.maximum(ex - 1, emin) - m                         # the step of v's binade
+        r = np.ldexp(_round(np.ldexp(v, -g), fmt.rounding, rand), g + element.fraction_bits)
+    else:
+        with np.errstate(under="ignore"):
+            sub = _round(v * grid, fmt.rounding, None)                  # fixed grid below 2**emin
+        normal = _round_significand(v, m, fmt.rounding) * grid
+        r = np.where(np.abs(v) < np.float32(2.0 ** emin), sub, normal)
     limit = np.float32(element.max_int)
-    return np.clip(np.ldexp(r, g + element.fraction_bits), -limit, limit)
+    return np.clip(r, -limit, limit, out=r)
+
+
+def _round_significand(v, m, rounding):
+    """Round float32 ``v`` (normal, finite) to ``m + 1`` significant bits on its bit pattern,
+    nearest-even or toward zero; a carry runs into the exponent field, as it should.
+
+    "Even" is the parity of the significand as an integer on the binade's grid (numerics.md
+    5.3): its last kept bit, or with ``m = 0`` the implicit 1, so ties round up.
+    """
+    cut = 23 - m
+    bits = v.view(np.uint32)
+    if rounding is Rounding.NEAREST_EVEN:
+        odd = (bits >> np.uint32(cut)) & np.uint32(1) if m else np.uint32(1)
+        bits = bits + (odd + np.uint32((1 << cut - 1) - 1))
+    bits &= np.uint32(~((1 << cut) - 1) & 0xFFFFFFFF)
+    return bits.view(np.float32)
 
 
 def _quantize_core(blocks, fmt, rand, axis=-1):
