@@ -246,9 +246,9 @@ class Device:
         want = resolve_format(fmt)
         have = self._info.fmt
         if want != have:
-            raise FormatMismatch(f"{self.url} computes {have} but {want} was asked for; open a "
-                                 f"device built for that format (e.g. {sim_url_for(want)}) or "
-                                 f"pass fmt=None")
+            raise FormatMismatch(f"{self.url} computes {have.name} but {want.name} was asked "
+                                 f"for; open a device built for that format (e.g. "
+                                 f"{sim_url_for(want)}) or pass fmt=None")
 
     def _query_info(self):
         reply = self._query(Cmd.INFO, None)
@@ -410,17 +410,25 @@ def _as_f32(x, name):
 
 # -- demo ---------------------------------------------------------------------------------------
 
-def demo_offload(print=print, url="sim", m=64, n=64, k=64, seed=0):   # noqa: A002
-    """Run an ``m x k @ k x n`` bfp8 GEMM on ``url`` (default: the simulated board).
+def demo_offload(print=print, url="sim", m=64, n=64, k=64, seed=0, fmt="bfp8"):   # noqa: A002
+    """Run an ``m x k @ k x n`` GEMM in ``fmt`` on ``url`` (default: the simulated board).
 
-    Checks the result bit for bit against ``golden.gemm``, prints a short report (shape, bit
-    exact, time, throughput) and returns whether it was bit-exact. ``make demo`` calls it.
+    ``url="sim"`` with a format other than the default simulated board's opens the simulated
+    board built for ``fmt`` (:func:`sim_url_for`; the first run builds it); any other device
+    must compute ``fmt`` (else :class:`FormatMismatch`). Checks the result bit for bit against
+    ``golden.gemm``, prints a short report (shape, bit exact, time, throughput) and returns
+    whether it was bit-exact. ``make demo`` calls it.
     """
+    fmt = resolve_format(fmt)
+    if url == "sim":
+        from .simboard import SimConfig
+        if fmt != SimConfig.system.fmt:
+            url = sim_url_for(fmt)
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     t0 = time.perf_counter()
-    with Device.open(url, fmt="bfp8") as dev:
+    with Device.open(url, fmt=fmt) as dev:
         t1 = time.perf_counter()
         c = dev.gemm(a, b, wire="bfp")
         t2 = time.perf_counter()

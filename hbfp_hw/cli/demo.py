@@ -17,8 +17,10 @@ def add_parser(sub):
     p = sub.add_parser("demo", help="run the main job on the embedded default",
                        description="Run an HBFP GEMM on the embedded default and check it "
                                    "bit for bit against the step-by-step contract.")
-    p.add_argument("--format", type=cli_args.format_preset(), default=PRESETS["bfp8"],
-                   help=f"preset name ({', '.join(cli_args.INTEGER_PRESETS)}); default bfp8")
+    p.add_argument("--format", type=cli_args.format_preset(minifloat=True),
+                   default=PRESETS["bfp8"],
+                   help=f"preset name ({', '.join(PRESETS)}); default bfp8. The offload runs "
+                        f"in it too: on 'sim', a simulated board built for it")
     p.add_argument("--m", type=cli_args.positive_int("--m"), default=64)
     p.add_argument("--n", type=cli_args.positive_int("--n"), default=64)
     p.add_argument("--k", type=cli_args.positive_int("--k"), default=256)
@@ -97,7 +99,7 @@ def run(args):
         print(f"\nThe same kind of GEMM offloaded to the device {args.device!r} "
               f"(the simulated board runs the real gateware under Verilator; the first run "
               f"builds it, which takes a minute):")
-        offload = demo_offload(url=args.device)
+        offload = demo_offload(url=args.device, fmt=args.format)
         ok &= offload
     cli_args.write_json(args.json, {"shape": [m, n, k], "results": results,
                                     "fp32_rel_error": fp32_err, "offload_bit_exact": offload})

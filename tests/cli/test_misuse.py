@@ -26,7 +26,6 @@ CORPUS = [
     ("demo", ["--k", "1.5"], "--k"),
     ("demo", ["--m", "1000000", "--k", "1000000"], "--m"),
     ("demo", ["--format", "bfp5"], "--format"),
-    ("demo", ["--format", "mxfp8_e4m3"], "--format"),       # minifloat: demo, build not yet
     ("demo", ["--seed", "-1"], "--seed"),
     ("demo", ["--seed", "4294967296"], "--seed"),
     ("demo", ["--device", "foo://"], "--device"),

@@ -8,6 +8,7 @@ import pytest
 
 from hbfp_hw.formats import resolve_format
 from hbfp_hw.fpga import protocol
+from hbfp_hw.fpga.host import driver
 from hbfp_hw.fpga.host.driver import Device, FormatMismatch
 from hbfp_hw.tools import simulators
 
@@ -67,9 +68,32 @@ def test_format_mismatch_names_a_url():
     reason = simulators.missing_reason("verilator")
     if reason:
         pytest.skip(reason)
-    with pytest.raises(FormatMismatch, match=r"open a device built for that format \(e\.g\. "
+    with pytest.raises(FormatMismatch, match=r"computes e4m3fnb8 but mxfp8_e5m2 was asked for; "
+                                             r"open a device built for that format \(e\.g\. "
                                              r"sim://\?format=mxfp8_e5m2\)"):
         Device.open(URLS["e4m3"], fmt="mxfp8_e5m2")
+
+
+def test_demo_offload_in_the_format(device):
+    """``make demo``'s offload, run in the board's minifloat format."""
+    name, _ = device
+    lines = []
+    assert driver.demo_offload(print=lines.append, url=URLS[name], fmt=FORMATS[name], m=5,
+                               n=7, k=40) is True
+    assert f"{FORMATS[name].name} GEMM" in lines[0] and "bit-exact vs golden.gemm: yes" in lines[0]
+
+
+def test_cli_demo_on_another_format_is_one_line(capsys):
+    """``hbfp-hw demo --format X`` on a device built for another format: one error line."""
+    reason = simulators.missing_reason("verilator")
+    if reason:
+        pytest.skip(reason)
+    from hbfp_hw.cli import main
+    assert main(["demo", "--format", "mxfp6_e2m3", "--m", "4", "--n", "4", "--k", "32",
+                 "--device", URLS["e4m3"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hbfp-hw: error: ")
+    assert "computes e4m3fnb8 but mxfp6_e2m3 was asked for" in err[0]
 
 
 def test_torch_device_backend_offloads(device):
