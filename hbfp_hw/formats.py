@@ -17,6 +17,8 @@ __all__ = [
     "Rounding",
     "Special",
     "ScaleRule",
+    "Accumulator",
+    "EXACT_MAX_KBLOCKS",
     "Minifloat",
     "minifloat_format",
     "require_integer_elements",
@@ -60,6 +62,31 @@ class Rounding(_Named):
     NEAREST_EVEN = "nearest-even"
     TOWARD_ZERO = "toward-zero"
     STOCHASTIC = "stochastic"
+
+class Accumulator(_Named):
+    """How a GEMM sums its block dot products over the k-blocks (docs/numerics.md section 6).
+
+    ``fp32``: an FP32 running sum, nearest-even (the default). ``fp32-kahan``: Kahan-compensated
+    FP32. ``bf16-rne`` / ``bf16-sr``: a BF16 running sum rounded to nearest-even or
+    stochastically. ``exact``: a fixed-point (Kulisch) sum of the exact block products, rounded
+    once to FP32. Block dot products themselves do not depend on it.
+    """
+
+    FP32 = "fp32"
+    FP32_KAHAN = "fp32-kahan"
+    BF16_RNE = "bf16-rne"
+    BF16_SR = "bf16-sr"
+    EXACT = "exact"
+
+    @property
+    def stochastic(self):
+        """Whether it rounds with random bits (and so takes a seed)."""
+        return self is Accumulator.BF16_SR
+
+
+#: Most k-blocks the ``exact`` accumulator sums (its guard bits: docs/numerics.md 6.5).
+EXACT_MAX_KBLOCKS = 1 << 20
+
 
 class FloatFormat(_Named):
     """Floating-point format of the values that enter the quantizer.
@@ -261,6 +288,9 @@ class BFPFormat:
     scale_rule : ScaleRule or str
         How ``E`` is chosen: ``"floor"`` (default), ``"ceil"`` or ``"rceil"``; integer elements
         take ``"floor"`` only.
+    accumulator : Accumulator or str
+        How a GEMM sums the block dot products over K: ``"fp32"`` (default), ``"fp32-kahan"``,
+        ``"bf16-rne"``, ``"bf16-sr"`` or ``"exact"`` (:class:`Accumulator`).
 
     Raises
     ------
@@ -276,6 +306,7 @@ class BFPFormat:
     exponent_bits: int = 8
     element: Minifloat | None = None
     scale_rule: ScaleRule = ScaleRule.FLOOR
+    accumulator: Accumulator = Accumulator.FP32
 
     def __post_init__(self):
         _check_int("mantissa_bits", self.mantissa_bits, *MANTISSA_BITS_RANGE)
@@ -284,6 +315,8 @@ class BFPFormat:
         object.__setattr__(self, "rounding", _coerce_enum(Rounding, "rounding", self.rounding))
         rule = _coerce_enum(ScaleRule, "scale_rule", self.scale_rule)
         object.__setattr__(self, "scale_rule", rule)
+        object.__setattr__(self, "accumulator",
+                           _coerce_enum(Accumulator, "accumulator", self.accumulator))
         if self.element is None:
             if rule is not ScaleRule.FLOOR:
                 raise ValueError(f"scale_rule must be 'floor' for integer elements, "
@@ -369,6 +402,9 @@ class BFPFormat:
                 return preset_name
         suffix = {Rounding.NEAREST_EVEN: "", Rounding.TOWARD_ZERO: "_tz",
                   Rounding.STOCHASTIC: "_sr"}[self.rounding]
+        if self.accumulator is not Accumulator.FP32:
+            base = self.replace(accumulator=Accumulator.FP32).name
+            return f"{base}_{self.accumulator.value.replace('-', '')}"
         ebits = "" if self.exponent_bits == 8 else f"e{self.exponent_bits}"
         if self.element is None:
             return f"w{self.mantissa_bits}b{self.block_size}{ebits}{suffix}"
@@ -382,7 +418,8 @@ class BFPFormat:
         """
         fields = dict(mantissa_bits=self.mantissa_bits, block_size=self.block_size,
                       rounding=self.rounding, exponent_bits=self.exponent_bits,
-                      element=self.element, scale_rule=self.scale_rule)
+                      element=self.element, scale_rule=self.scale_rule,
+                      accumulator=self.accumulator)
         if changes.get("element") is not None and "mantissa_bits" not in changes:
             if isinstance(changes["element"], Minifloat):
                 fields["mantissa_bits"] = changes["element"].width
@@ -390,8 +427,9 @@ class BFPFormat:
         return BFPFormat(**fields)
 
     def to_dict(self):
-        """Return a JSON-ready description (``element`` and ``scale_rule`` only when they are
-        not the integer defaults, so that integer formats keep their old description)."""
+        """Return a JSON-ready description (``element``, ``scale_rule`` and ``accumulator``
+        only when they are not the integer/FP32 defaults, so that those formats keep their old
+        description)."""
         d = {
             "name": self.name,
             "mantissa_bits": self.mantissa_bits,
@@ -402,6 +440,8 @@ class BFPFormat:
         if self.element is not None:
             d["element"] = self.element.to_dict()
             d["scale_rule"] = self.scale_rule.value
+        if self.accumulator is not Accumulator.FP32:
+            d["accumulator"] = self.accumulator.value
         return d
 
     @classmethod
@@ -411,7 +451,7 @@ class BFPFormat:
         return cls(int(d["mantissa_bits"]), int(d["block_size"]),
                    d.get("rounding", "nearest-even"), int(d.get("exponent_bits", 8)),
                    None if element is None else Minifloat.from_dict(element),
-                   d.get("scale_rule", "floor"))
+                   d.get("scale_rule", "floor"), d.get("accumulator", "fp32"))
 
 
 def minifloat_format(exponent_bits, mantissa_bits, block_size=32, *, special="ieee", bias=None,
@@ -428,7 +468,8 @@ def minifloat_format(exponent_bits, mantissa_bits, block_size=32, *, special="ie
 
 def check_operand_formats(fa, fb):
     """Raise ``ValueError`` unless A's format ``fa`` and B's ``fb`` can meet in a dot product:
-    the same block size and shared-exponent width (their elements and roundings may differ)."""
+    the same block size, shared-exponent width and accumulator (their elements and roundings
+    may differ)."""
     if fa == fb:
         return
     if fa.block_size != fb.block_size or fa.exponent_bits != fb.exponent_bits:
@@ -436,6 +477,10 @@ def check_operand_formats(fa, fb):
                          f"exponent's width, not {fa.name} (block {fa.block_size}, "
                          f"{fa.exponent_bits}-bit exponent) and {fb.name} (block "
                          f"{fb.block_size}, {fb.exponent_bits}-bit exponent)")
+    if fa.accumulator is not fb.accumulator:
+        raise ValueError(f"the operands' formats must have the same accumulator (a GEMM has "
+                         f"one), not {fa.name} ({fa.accumulator}) and {fb.name} "
+                         f"({fb.accumulator})")
 
 
 def require_integer_elements(fmt, where):

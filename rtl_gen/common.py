@@ -13,7 +13,7 @@ from amaranth.hdl import (
 )
 from amaranth.lib.fifo import SyncFIFO
 
-from hbfp_hw.formats import BFPFormat, require_integer_elements
+from hbfp_hw.formats import Accumulator, BFPFormat, require_integer_elements
 
 __all__ = ["RTL_BLOCK_SIZE_RANGE", "check_stages", "check_rtl_format", "Pipeline",
            "CreditOutput", "TargetFamily", "platform_family", "ECP5_DSP_WIDTH",
@@ -50,13 +50,18 @@ def check_rtl_format(fmt, *, minifloat=False):
     TypeError
         If ``fmt`` is not a :class:`BFPFormat`.
     ValueError
-        If its block size is outside the RTL range (a power of two from 2 to 64), or it has
-        minifloat elements and the caller does not take them.
+        If its block size is outside the RTL range (a power of two from 2 to 64), it has
+        minifloat elements and the caller does not take them, or its accumulator is not
+        FP32.
     """
     if not isinstance(fmt, BFPFormat):
         raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
     if not minifloat:
         require_integer_elements(fmt, "this RTL unit")
+    if fmt.accumulator is not Accumulator.FP32:
+        raise ValueError(f"fmt {fmt.name!r} accumulates in {fmt.accumulator}, which the RTL "
+                         f"does not implement yet (accumulator 'fp32' only); the golden model "
+                         f"and the PyTorch emulation compute it")
     lo, hi = RTL_BLOCK_SIZE_RANGE
     if not lo <= fmt.block_size <= hi:
         raise ValueError(f"block_size must be a power of two between {lo} and {hi} for the RTL, "

@@ -51,10 +51,12 @@ def xorshift32(state):
     return s
 
 
-def lane_seeds(seed, lanes):
-    """Return the start state of each of ``lanes`` generators as a uint32 array."""
+def lane_seeds(seed, lanes, first=0):
+    """Return the start state of each of ``lanes`` generators (lanes ``first`` to
+    ``first + lanes - 1``) as a uint32 array."""
     seed = check_seed(seed)
-    consts = (GOLDEN_RATIO_32 * np.arange(1, lanes + 1, dtype=np.uint64)) & 0xFFFFFFFF
+    index = np.arange(first + 1, first + lanes + 1, dtype=np.uint64)
+    consts = (GOLDEN_RATIO_32 * index) & 0xFFFFFFFF
     states = consts ^ np.uint64(seed)
     states = np.where(states == 0, consts, states)
     return states.astype(np.uint32)
@@ -84,13 +86,14 @@ def _jump(states, tables):
             ^ tables[2][(s >> 16) & 0xFF] ^ tables[3][s >> 24])
 
 
-def lane_states(seed, nblocks, lanes):
-    """Return the ``[nblocks, lanes]`` uint32 states used by blocks ``0..nblocks-1``."""
+def lane_states(seed, nblocks, lanes, first=0):
+    """Return the ``[nblocks, lanes]`` uint32 states used by blocks ``0..nblocks-1`` (lanes
+    ``first`` onwards)."""
     out = np.empty((nblocks, lanes), dtype=np.uint32)
     if nblocks == 0:
         return out
     chunk = int(max(1, min(nblocks, round(np.sqrt(nblocks * 4)))))
-    s = lane_seeds(seed, lanes)
+    s = lane_seeds(seed, lanes, first)
     for b in range(chunk):
         s = xorshift32(s)
         out[b] = s
@@ -104,6 +107,7 @@ def lane_states(seed, nblocks, lanes):
     return out
 
 
-def random_bits(seed, nblocks, lanes):
-    """Return the ``[nblocks, lanes]`` 16-bit random values that stochastic rounding adds."""
-    return lane_states(seed, nblocks, lanes) >> np.uint32(32 - SR_RANDOM_BITS)
+def random_bits(seed, nblocks, lanes, first=0):
+    """Return the ``[nblocks, lanes]`` 16-bit random values that stochastic rounding adds
+    (lanes ``first`` onwards)."""
+    return lane_states(seed, nblocks, lanes, first) >> np.uint32(32 - SR_RANDOM_BITS)

@@ -15,13 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from hbfp_hw.formats import resolve_format
-from hbfp_hw.golden import prng
+from hbfp_hw.formats import EXACT_MAX_KBLOCKS, Accumulator, resolve_format
+from hbfp_hw.golden import accumulators, prng
 from hbfp_hw.golden.arith import (
     CANONICAL_NAN,
     canonicalize_nan,
     check_operand_formats,
-    fp32_add,
     int_dot,
     product_exponent,
     round_int_to_float32,
@@ -104,7 +103,7 @@ def _exponent_range(exps, nonzero):
     return lo, hi, nonzero.any(axis=0)
 
 
-def gemm_quantized(qa, qb):
+def gemm_quantized(qa, qb, *, accumulator=None, seed=None):
     """Return the HBFP product of already-quantized operands.
 
     Parameters
@@ -115,6 +114,10 @@ def gemm_quantized(qa, qb):
         ``B`` quantized along K: exponents ``[Ncols, KB]``, mantissas ``[Ncols, KB, N]``
         (i.e. ``quantize(B, fmt, axis=0)``). Its format may differ from A's in the elements
         (:func:`~hbfp_hw.golden.arith.check_operand_formats`).
+    accumulator : Accumulator, str or None
+        Overrides the formats' accumulator (:func:`gemm`).
+    seed : int or None
+        The GEMM's seed, for the ``bf16-sr`` accumulator only (None: a fresh one).
 
     Returns
     -------
@@ -127,6 +130,7 @@ def gemm_quantized(qa, qb):
     if qa.nblocks != qb.nblocks:
         raise ValueError(f"qa and qb must have the same number of k-blocks, not {qa.nblocks} "
                          f"and {qb.nblocks}")
+    acc = _accumulation(qa.fmt, accumulator, seed, qa.nblocks)
     sides = []
     spans = not _float64_exact(qa.fmt, qb.fmt)
     for q in (qa, qb):
@@ -136,29 +140,77 @@ def gemm_quantized(qa, qb):
             vals = q.mantissas.astype(np.float32) * q.scales()[..., None]
         if not np.all(np.isfinite(vals)):
             # Codes from a wire can exceed FP32 (E5M2's largest under the largest scale).
-            return _gemm_by_dots(qa, qb)
+            return _gemm_by_dots(qa, qb, acc)
         span = _spans(q.mantissas, -1, q.fmt) if spans else None
         sides.append((vals, q.exponents, nonzero, nan, span))
     (a_vals, *a_rest), (b_vals, *b_rest) = sides
     # B's values as [KB, N, Ncols]: one contiguous slab per k-block.
     b_vals = np.ascontiguousarray(b_vals.transpose(1, 2, 0))
-    return _gemm_core(qa.fmt, qb.fmt, (a_vals, *a_rest), (b_vals, *b_rest))
+    return _gemm_core(qa.fmt, qb.fmt, (a_vals, *a_rest), (b_vals, *b_rest), acc)
 
 
-def _gemm_by_dots(qa, qb):
+def _accumulation(fmt, accumulator, seed, kblocks):
+    """``(accumulator, its seed)`` of a GEMM in ``fmt`` with ``kblocks`` k-blocks: the
+    format's, or ``accumulator`` where given (a different explicit one in the format is an
+    error); the seed only for ``bf16-sr`` (None draws a fresh one)."""
+    acc = fmt.accumulator
+    if accumulator is not None:
+        try:
+            given = Accumulator(accumulator)
+        except ValueError:
+            allowed = ", ".join(repr(a.value) for a in Accumulator)
+            raise ValueError(f"accumulator must be one of {allowed}, not {accumulator!r}") \
+                from None
+        if acc is not Accumulator.FP32 and given is not acc:
+            raise ValueError(f"accumulator={given.value!r} conflicts with the format's "
+                             f"accumulator {acc.value!r} ({fmt.name}); give one of them")
+        acc = given
+    if acc is Accumulator.EXACT and kblocks > EXACT_MAX_KBLOCKS:
+        raise ValueError(f"the exact accumulator sums at most {EXACT_MAX_KBLOCKS} k-blocks "
+                         f"(K up to {EXACT_MAX_KBLOCKS * fmt.block_size}), not {kblocks}")
+    if not acc.stochastic:
+        return acc, None
+    return acc, prng.fresh_seed() if seed is None else prng.check_seed(seed)
+
+
+def _gemm_by_dots(qa, qb, acc):
     """``gemm_quantized`` through exact integer block dot products, one k-block at a time."""
-    acc = np.zeros((qa.exponents.shape[0], qb.exponents.shape[0]), dtype=np.float32)
+    rows = (0, qa.exponents.shape[0])
+    state = accumulators.start(acc[0], (qa.fmt, qb.fmt), rows, qb.exponents.shape[0],
+                               qa.nblocks, acc[1])
+    nan_any = np.zeros((rows[1], qb.exponents.shape[0]), dtype=bool)
     for kb in range(qa.nblocks):
         s = int_dot(qa.mantissas[:, None, kb, :], qb.mantissas[None, :, kb, :])
         ep, nan = product_exponent(qa.exponents[:, None, kb], qb.exponents[None, :, kb],
                                    qa.fmt, qb.fmt)
-        acc = fp32_add(acc, to_float32(s, ep, nan))
-    return canonicalize_nan(acc)
+        nan_any |= nan
+        if state.exact:
+            _add_exact_ints(state, kb, np.where(nan, 0, s), ep)
+        else:
+            state.add(kb, to_float32(s, ep, nan))
+    return canonicalize_nan(np.where(nan_any, CANONICAL_NAN, state.result()))
 
 
-def _exact_pairs(fa, fb, a_side, b_side, kb, rows, out32):
-    """Recompute the entries of ``out32`` (rows ``rows`` of C, k-block ``kb``) whose block
-    products float64 might round, as exact integer dot products rounded once."""
+def _add_exact_ints(state, kb, s, e):
+    """Add the exact integers ``s * 2**e`` (int64, or Python ints of any size) to the exact
+    accumulator ``state``, in pieces of 48 bits."""
+    s = np.asarray(s)
+    e = np.broadcast_to(np.asarray(e, dtype=np.int64), s.shape)
+    if s.dtype != object and not np.any(np.abs(s) >= 1 << 53):
+        state.add_exact(kb, s.astype(np.int64), e)
+        return
+    rest = [int(v) for v in s.ravel()]
+    shift = 0
+    while any(rest):
+        piece = [(1 if v > 0 else -1) * (abs(v) & ((1 << 48) - 1)) for v in rest]
+        state.add_exact(kb, np.array(piece, dtype=np.int64).reshape(s.shape), e + shift)
+        rest = [(1 if v > 0 else -1) * (abs(v) >> 48) for v in rest]
+        shift += 48
+
+
+def _exact_pairs(fa, fb, a_side, b_side, kb, rows):
+    """The block pairs of k-block ``kb`` (rows ``rows`` of C) whose block products float64
+    might round: ``(i, j, s, e)`` with the exact product ``s * 2**e`` (a Python int ``s``)."""
     a_vals, a_exp, _, _, a_span = a_side
     b_vals, b_exp, _, _, b_span = b_side
     sa = a_span[rows, kb].astype(np.int64)
@@ -169,26 +221,30 @@ def _exact_pairs(fa, fb, a_side, b_side, kb, rows, out32):
         # the elements' integers back from their exact values
         na = np.ldexp(a_vals[r0 + i, kb].astype(np.float64), fa.fraction_bits - ea)
         nb = np.ldexp(b_vals[kb, :, j].astype(np.float64), fb.fraction_bits - eb)
-        s = int_dot(na.astype(np.int64), nb.astype(np.int64))
-        out32[i, j] = round_int_to_float32(s, ea + eb - fa.fraction_bits - fb.fraction_bits)
+        yield (i, j, int_dot(na.astype(np.int64), nb.astype(np.int64)),
+               ea + eb - fa.fraction_bits - fb.fraction_bits)
 
 
-def _gemm_core(fa, fb, a_side, b_side):
+def _gemm_core(fa, fb, a_side, b_side, acc=(Accumulator.FP32, None)):
     """Accumulate the block products of dequantized operands (A's format ``fa``, B's ``fb``).
 
     ``a_side = (values [M, KB, N], exponents [M, KB], nonzero, nan, spans)`` and
     ``b_side = (values [KB, N, Ncols], exponents [Ncols, KB], nonzero, nan, spans)``;
     ``values`` are the exact float32 dequantized mantissas, 0 in NaN blocks; ``spans``
     (:func:`_spans`, ``[M, KB]`` and ``[Ncols, KB]``) are needed only when float64 is not
-    always exact (:func:`_float64_exact`), else ``None``.
+    always exact (:func:`_float64_exact`), else ``None``. ``acc`` is ``(accumulator, its
+    seed)`` (:func:`_accumulation`).
     """
     a_vals, a_exp, a_nz, a_nan, _ = a_side
     b_vals, b_exp, b_nz, b_nan, _ = b_side
     m, kblocks, _ = a_vals.shape
     n = b_vals.shape[2]
+    kind, acc_seed = acc
+    exact_sum = kind is Accumulator.EXACT
 
     # Per k-block choice of arithmetic: float32 when provably exact, else float64, checked
     # per block pair for the widest minifloat elements (and Python integers where it fails).
+    # The exact accumulator takes float64 values (exact, and never beyond its range).
     a_lo, a_hi, a_any = _exponent_range(a_exp, a_nz)
     b_lo, b_hi, b_any = _exponent_range(b_exp, b_nz)
     grid_lo = a_lo + b_lo - fa.fraction_bits - fb.fraction_bits
@@ -196,16 +252,16 @@ def _gemm_core(fa, fb, a_side, b_side):
     bound = float(fa.block_size * fa.max_mantissa * fb.max_mantissa)
     with np.errstate(over="ignore"):
         in_range = (grid_lo >= -149) & (bound * np.ldexp(1.0, grid_hi) <= _FLT_MAX)
-    use_f32 = float32_blas_exact(fa, fb) & in_range
+    use_f32 = float32_blas_exact(fa, fb) & in_range & (not exact_sum)
     # k-blocks where some block pair might not be exact in float64 (wide minifloat elements)
     checked = np.zeros(kblocks, dtype=bool)
     if not _float64_exact(fa, fb):
         checked = a_side[4].max(axis=0) + b_side[4].max(axis=0) > _span_budget(fa)
-    # Where no block pair of a k-block can be nonzero every product is 0, and adding a zero
-    # never changes C (which never holds -0.0).
+    # Where no block pair of a k-block can be nonzero every product is 0: an accumulator that
+    # is unchanged by adding +0 (all but Kahan's) skips it (C never holds -0.0).
     active = np.flatnonzero(a_any & b_any)
 
-    acc = np.zeros((m, n), dtype=np.float32)
+    out = np.zeros((m, n), dtype=np.float32)
     rows = max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
     tiles = [(r0, min(m, r0 + rows)) for r0 in range(0, m, rows)]
     # B's k-block slabs in float64 once, not once per tile, where some k-block needs them.
@@ -216,12 +272,16 @@ def _gemm_core(fa, fb, a_side, b_side):
 
     def run_tile(tile):
         r0, r1 = tile
-        acc_t = acc[r0:r1]
+        state = accumulators.start(kind, (fa, fb), tile, n, kblocks, acc_seed)
         out32 = np.empty((r1 - r0, n), dtype=np.float32)
         out64 = None
+        is_active = np.zeros(kblocks, dtype=bool)
+        is_active[active] = True
         with np.errstate(over="ignore", invalid="ignore"):
-            for kb in active:
-                if use_f32[kb]:
+            for kb in (range(kblocks) if state.every_kblock else active):
+                if not is_active[kb]:
+                    out32.fill(0)
+                elif use_f32[kb]:
                     np.matmul(a_vals[r0:r1, kb], b_vals[kb], out=out32)
                 else:
                     if out64 is None:
@@ -229,10 +289,17 @@ def _gemm_core(fa, fb, a_side, b_side):
                     np.matmul(a_vals[r0:r1, kb].astype(np.float64),
                               b_vals[kb].astype(np.float64) if b64 is None else b64[int(kb)],
                               out=out64)
+                    if exact_sum:
+                        _add_exact_values(state, kb, out64, fa, fb, a_side, b_side,
+                                          slice(r0, r1) if checked[kb] else None)
+                        continue
                     out32[...] = out64          # the single RNE rounding to FP32
                     if checked[kb]:
-                        _exact_pairs(fa, fb, a_side, b_side, kb, slice(r0, r1), out32)
-                np.add(acc_t, out32, out=acc_t)
+                        for i, j, s, e in _exact_pairs(fa, fb, a_side, b_side, kb,
+                                                       slice(r0, r1)):
+                            out32[i, j] = round_int_to_float32(s, e)
+                state.add(kb, out32)
+        out[r0:r1] = state.result()
 
     # Tiles are independent; numpy releases the GIL in BLAS and ufunc loops. BLAS itself is
     # kept single-threaded: its threading costs more than it gains on these thin GEMMs.
@@ -248,9 +315,26 @@ def _gemm_core(fa, fb, a_side, b_side):
     nan_rows = a_nan.any(axis=1)
     nan_cols = b_nan.any(axis=1)
     if nan_rows.any() or nan_cols.any():
-        acc[nan_rows, :] = CANONICAL_NAN
-        acc[:, nan_cols] = CANONICAL_NAN
-    return canonicalize_nan(acc)
+        out[nan_rows, :] = CANONICAL_NAN
+        out[:, nan_cols] = CANONICAL_NAN
+    return canonicalize_nan(out)
+
+
+def _add_exact_values(state, kb, values, fa, fb, a_side, b_side, rows):
+    """Add k-block ``kb``'s exact block products, float64 ``values`` of a tile, to the exact
+    accumulator; with ``rows`` (the tile's rows of a checked k-block) the pairs float64 might
+    round are taken from Python integers instead."""
+    if rows is not None:
+        fixes = list(_exact_pairs(fa, fb, a_side, b_side, kb, rows))
+        for i, j, _, _ in fixes:
+            values[i, j] = 0
+    frac, ex = np.frexp(values)
+    state.add_exact(kb, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
+    if rows is not None:
+        for i, j, s, e in fixes:
+            one = np.zeros(values.shape, dtype=object)
+            one[i, j] = s
+            _add_exact_ints(state, kb, one, e)
 
 
 def _padded(x, axis, n):
@@ -302,7 +386,7 @@ def _operand_formats(fmt):
     return fa, fb
 
 
-def gemm(a, b, fmt, seed=None, input_format="fp32"):
+def gemm(a, b, fmt, seed=None, input_format="fp32", *, accumulator=None):
     """HBFP matrix product ``a @ b`` (docs/numerics.md section 3.3).
 
     Parameters
@@ -316,8 +400,15 @@ def gemm(a, b, fmt, seed=None, input_format="fp32"):
         (A in ``mxfp8_e4m3``, B in ``mxfp8_e5m2``) and the rounding, not in the block size or
         the shared exponent's width.
     seed : int or None
-        Stochastic rounding only: ``a`` uses ``seed``, ``b`` uses ``(seed + 1) % 2**32``.
+        Stochastic rounding only: ``a`` uses ``seed``, ``b`` uses ``(seed + 1) % 2**32`` and
+        the ``bf16-sr`` accumulator ``seed ^ 0x6A09E667`` (numerics.md 6.3). None draws a
+        fresh one when something rounds stochastically.
     input_format : {"fp32", "bf16"}
+    accumulator : Accumulator, str or None
+        How the block products are summed over K (docs/numerics.md section 6): ``"fp32"``,
+        ``"fp32-kahan"``, ``"bf16-rne"``, ``"bf16-sr"`` or ``"exact"``; None: the format's
+        (``fmt.accumulator``, default ``"fp32"``). Giving one that differs from an explicit
+        non-default accumulator of the format is an error.
 
     Returns
     -------
@@ -333,8 +424,14 @@ def gemm(a, b, fmt, seed=None, input_format="fp32"):
                          f"{b.shape[0]}")
     if min(a.shape + b.shape) < 1:
         raise ValueError(f"M, N and K must be at least 1, not shapes {a.shape} and {b.shape}")
-    if seed is None and "stochastic" in (fa.rounding.value, fb.rounding.value):
+    kblocks = -(-a.shape[1] // fa.block_size)
+    acc = _accumulation(fa, accumulator, None, kblocks)
+    if seed is None and ("stochastic" in (fa.rounding.value, fb.rounding.value)
+                         or acc[0].stochastic):
         seed = prng.fresh_seed()
+    if acc[0].stochastic:
+        acc = _accumulation(fa, accumulator, seed, kblocks)
     seed_b = None if seed is None else (prng.check_seed(seed) + 1) % (1 << 32)
     spans = not _float64_exact(fa, fb)
-    return _gemm_core(fa, fb, _operand_a(a, fa, seed, spans), _operand_b(b, fb, seed_b, spans))
+    return _gemm_core(fa, fb, _operand_a(a, fa, seed, spans),
+                      _operand_b(b, fb, seed_b, spans), acc)
