@@ -18,6 +18,8 @@ __all__ = [
     "Special",
     "ScaleRule",
     "Accumulator",
+    "ACCUMULATOR_SUFFIXES",
+    "split_accumulator",
     "EXACT_MAX_KBLOCKS",
     "Minifloat",
     "minifloat_format",
@@ -527,7 +529,9 @@ DEFAULT_FORMAT = BFP8
 
 
 def resolve_format(fmt):
-    """Turn a preset name (``"bfp8"``, ``"MXINT8"``...) or a :class:`BFPFormat` into a format.
+    """Turn a preset name (``"bfp8"``, ``"MXINT8"``...; with an accumulator suffix,
+    ``"bfp8_bf16sr"``, that preset with that accumulator) or a :class:`BFPFormat` into a
+    format.
 
     Raises
     ------
@@ -539,9 +543,29 @@ def resolve_format(fmt):
     if isinstance(fmt, BFPFormat):
         return fmt
     if isinstance(fmt, str):
-        key = fmt.strip().lower()
-        if key in PRESETS:
-            return PRESETS[key]
+        base, accumulator = split_accumulator(fmt)
+        if base in PRESETS:
+            preset = PRESETS[base]
+            return preset if accumulator is Accumulator.FP32 else \
+                preset.replace(accumulator=accumulator)
         raise ValueError(f"fmt must be a BFPFormat or one of the presets "
-                         f"{', '.join(PRESETS)}, not {fmt!r}")
+                         f"{', '.join(PRESETS)} (optionally with an accumulator suffix: "
+                         f"{', '.join('_' + x for x in ACCUMULATOR_SUFFIXES)}), not {fmt!r}")
     raise TypeError(f"fmt must be a BFPFormat or a preset name, not {fmt!r}")
+
+
+#: Name suffixes of the accumulators other than FP32 (``"bfp8_bf16sr"``), as
+#: :attr:`BFPFormat.name` writes them.
+ACCUMULATOR_SUFFIXES = {a.value.replace("-", ""): a for a in Accumulator
+                        if a is not Accumulator.FP32}
+
+
+def split_accumulator(name):
+    """``(preset key, Accumulator)`` of a format name: ``"bfp8_exact"`` gives
+    ``("bfp8", Accumulator.EXACT)``, ``"bfp8"`` ``("bfp8", Accumulator.FP32)`` (the key is
+    lower-cased and not checked)."""
+    key = name.strip().lower()
+    base, _, suffix = key.rpartition("_")
+    if base and suffix in ACCUMULATOR_SUFFIXES:
+        return base, ACCUMULATOR_SUFFIXES[suffix]
+    return key, Accumulator.FP32

@@ -11,10 +11,13 @@ from hbfp_hw.formats import (
     MXINT8,
     PRESETS,
     SR_RANDOM_BITS,
+    Accumulator,
     BFPFormat,
     FloatFormat,
     Rounding,
+    check_operand_formats,
     resolve_format,
+    split_accumulator,
 )
 
 
@@ -199,7 +202,9 @@ class TestResolve:
                            match=(r"^fmt must be a BFPFormat or one of the presets bfp8, "
                                   r"mxint8, bfp2, bfp4, bfp6, bfp12, bfp16, mxfp8_e4m3, "
                                   r"mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4_e2m1, bm8_e2m5, "
-                                  r"bm8_e4m3, bm6_e2m3, bm6_e3m2, not 'bfp9'$")):
+                                  r"bm8_e4m3, bm6_e2m3, bm6_e3m2 \(optionally with an "
+                                  r"accumulator suffix: _fp32kahan, _bf16rne, _bf16sr, "
+                                  r"_exact\), not 'bfp9'$")):
             resolve_format("bfp9")
 
     @pytest.mark.parametrize("bad", [8, None, 1.0, (8, 16)])
@@ -247,3 +252,37 @@ class TestNameAndDict:
     def test_from_dict_validates(self):
         with pytest.raises(ValueError, match=r"^block_size must be a power of two"):
             BFPFormat.from_dict({"mantissa_bits": 8, "block_size": 12})
+
+
+class TestAccumulator:
+    """The accumulator field (docs/numerics.md 6): names, suffixed preset names, dicts."""
+
+    @pytest.mark.parametrize("preset", sorted(PRESETS))
+    @pytest.mark.parametrize("acc", [a for a in Accumulator if a is not Accumulator.FP32])
+    def test_suffixed_names_round_trip(self, preset, acc):
+        fmt = PRESETS[preset].replace(accumulator=acc)
+        assert fmt.name == f"{preset}_{acc.value.replace('-', '')}"
+        assert resolve_format(fmt.name) == fmt and resolve_format(fmt.name.upper()) == fmt
+        assert split_accumulator(fmt.name) == (preset, acc)
+        assert BFPFormat.from_dict(json.loads(json.dumps(fmt.to_dict()))) == fmt
+
+    def test_default_keeps_the_old_description(self):
+        assert "accumulator" not in BFP8.to_dict()
+        assert BFP8.accumulator is Accumulator.FP32
+        assert BFPFormat(8, 16, accumulator="fp32") == BFP8
+        assert split_accumulator("bfp8") == ("bfp8", Accumulator.FP32)
+        assert BFPFormat(6, 8, accumulator="exact").name == "w6b8_exact"
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match=r"^accumulator must be one of 'fp32', "
+                                             r"'fp32-kahan', 'bf16-rne', 'bf16-sr', 'exact', "
+                                             r"not 'fp16'"):
+            BFPFormat(8, 16, accumulator="fp16")
+        with pytest.raises(TypeError, match=r"^accumulator must be a Accumulator or a string"):
+            BFPFormat(8, 16, accumulator=3)
+        with pytest.raises(ValueError, match=r"optionally with an accumulator suffix: "
+                                             r"_fp32kahan, _bf16rne, _bf16sr, _exact\), not "
+                                             r"'bfp8_kahan'"):
+            resolve_format("bfp8_kahan")
+        with pytest.raises(ValueError, match=r"the same accumulator"):
+            check_operand_formats(BFP8, BFP8.replace(accumulator="exact"))

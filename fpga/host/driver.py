@@ -245,6 +245,11 @@ class Device:
             return
         want = resolve_format(fmt)
         have = self._info.fmt
+        if want.accumulator is not have.accumulator:
+            raise FormatMismatch(f"{self.url} accumulates in {have.accumulator} but "
+                                 f"{want.name} asks for {want.accumulator}, which the GEMM "
+                                 f"system does not implement yet; the golden model and the "
+                                 f"PyTorch emulation compute it")
         if want != have:
             raise FormatMismatch(f"{self.url} computes {have.name} but {want.name} was asked "
                                  f"for; open a device built for that format (e.g. "

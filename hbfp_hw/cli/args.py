@@ -22,14 +22,17 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from hbfp_hw.formats import (
+    ACCUMULATOR_SUFFIXES,
     EXPONENT_BITS_RANGE,
     MANTISSA_BITS_RANGE,
     PRESETS,
+    Accumulator,
     BFPFormat,
     FloatFormat,
     Rounding,
     ScaleRule,
     check_operand_formats,
+    split_accumulator,
 )
 
 __all__ = [
@@ -203,11 +206,18 @@ def int_list(flag, lo=None, hi=None, *, power_of_two=False, why=""):
 INTEGER_PRESETS = [name for name, fmt in PRESETS.items() if not fmt.is_minifloat]
 
 
-def _preset(flag, text, allow_fp32=False, minifloat=False):
+def _preset(flag, text, allow_fp32=False, minifloat=False, accumulators=False):
     key = str(text).strip().lower()
     if allow_fp32 and key == "fp32":
         return "fp32"
     names = (["fp32"] if allow_fp32 else []) + (list(PRESETS) if minifloat else INTEGER_PRESETS)
+    base, accumulator = split_accumulator(key)
+    if base in PRESETS and accumulator is not Accumulator.FP32:
+        if not accumulators:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {key}: the {accumulator} accumulator runs in the golden model and "
+                f"PyTorch (hbfp-hw train) only so far; this command takes {base}")
+        return _preset(flag, base, minifloat=minifloat).replace(accumulator=accumulator)
     if key in PRESETS:
         if PRESETS[key].is_minifloat and not minifloat:
             raise argparse.ArgumentTypeError(
@@ -216,7 +226,10 @@ def _preset(flag, text, allow_fp32=False, minifloat=False):
                 f"the units of generate/verify and the simulated board "
                 f"(sim://?format={key})")
         return PRESETS[key]
-    raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(names)}, not {text!r}")
+    suffixes = (f" (each may end in {', '.join('_' + x for x in ACCUMULATOR_SUFFIXES)}: "
+                f"the GEMMs' accumulator)" if accumulators else "")
+    raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(names)}{suffixes}, "
+                                     f"not {text!r}")
 
 
 def format_preset(flag="--format", minifloat=False):
@@ -225,11 +238,12 @@ def format_preset(flag="--format", minifloat=False):
     return lambda text: _preset(flag, text, minifloat=minifloat)
 
 
-def format_name(flag="--format", minifloat=False, operand_pairs=False):
+def format_name(flag="--format", minifloat=False, operand_pairs=False, accumulators=False):
     """``type=`` for a preset name or ``fp32``: returns the canonical name. ``minifloat``:
     the command also takes the minifloat presets (MX, Block Minifloat). ``operand_pairs``:
     also ``A/G``, activations and weights in preset ``A`` and gradients in ``G`` (PyTorch's
-    per-operand formats)."""
+    per-operand formats). ``accumulators``: a preset may end in an accumulator suffix
+    (``bfp8_bf16sr``, :data:`~hbfp_hw.formats.ACCUMULATOR_SUFFIXES`)."""
     def parse(text):
         if operand_pairs and "/" in str(text):
             parts = str(text).split("/")
@@ -237,22 +251,24 @@ def format_name(flag="--format", minifloat=False, operand_pairs=False):
                 raise argparse.ArgumentTypeError(
                     f"{flag} A/G takes two presets (activations and weights A, gradients G), "
                     f"not {text!r}")
-            a, g = (_preset(flag, p, minifloat=minifloat) for p in parts)
+            a, g = (_preset(flag, p, minifloat=minifloat, accumulators=accumulators)
+                    for p in parts)
             try:
                 check_operand_formats(a, g)
             except ValueError as e:
                 raise argparse.ArgumentTypeError(f"{flag} {text}: {e}") from None
             return f"{a.name}/{g.name}"
-        value = _preset(flag, text, allow_fp32=True, minifloat=minifloat)
+        value = _preset(flag, text, allow_fp32=True, minifloat=minifloat,
+                        accumulators=accumulators)
         return value if value == "fp32" else value.name
     return parse
 
 
-def format_names(flag="--formats", minifloat=False, operand_pairs=False):
+def format_names(flag="--formats", minifloat=False, operand_pairs=False, accumulators=False):
     """``type=`` for ``"bfp8,bfp4,fp32"``: canonical names, duplicates dropped, order kept
-    (``operand_pairs``: items may be ``A/G``, see :func:`format_name`)."""
+    (``operand_pairs``, ``accumulators``: see :func:`format_name`)."""
     def parse(text):
-        names = [format_name(flag, minifloat, operand_pairs)(item)
+        names = [format_name(flag, minifloat, operand_pairs, accumulators)(item)
                  for item in str(text).split(",") if item.strip()]
         if not names:
             raise argparse.ArgumentTypeError(f"{flag} needs at least one format")

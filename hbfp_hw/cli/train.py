@@ -6,6 +6,8 @@ Parsing and validation do not import torch; :mod:`hbfp_hw.torch.train` does the 
 
 from __future__ import annotations
 
+from hbfp_hw.formats import Accumulator, split_accumulator
+
 from . import args as cli_args
 
 __all__ = ["add_parser", "validate", "run"]
@@ -25,12 +27,16 @@ def add_parser(sub):
     p.add_argument("--model", choices=["mlp", "cnn", "transformer"],
                    help="digits: mlp (default) or cnn; markov, sort: transformer (default)")
     p.add_argument("--format", default="bfp8", metavar="FMT",
-                   type=cli_args.format_name(minifloat=True, operand_pairs=True),
+                   type=cli_args.format_name(minifloat=True, operand_pairs=True,
+                                             accumulators=True),
                    help="HBFP format to train (preset name, default bfp8; the MX and Block "
                         "Minifloat presets with --backend emulate; A/G: activations and "
-                        "weights in A, gradients in G, e.g. mxfp8_e4m3/mxfp8_e5m2)")
+                        "weights in A, gradients in G, e.g. mxfp8_e4m3/mxfp8_e5m2; a suffix "
+                        "_fp32kahan, _bf16rne, _bf16sr or _exact sets the GEMMs' accumulator, "
+                        "e.g. bfp8_bf16sr, with --backend emulate)")
     p.add_argument("--formats", metavar="LIST",
-                   type=cli_args.format_names(minifloat=True, operand_pairs=True),
+                   type=cli_args.format_names(minifloat=True, operand_pairs=True,
+                                              accumulators=True),
                    help="comma-separated formats, e.g. bfp8,bfp4,fp32 (overrides --format); "
                         "fp32 is always trained as the reference")
     p.add_argument("--layer", action="append", metavar="PATTERN=FMT",
@@ -87,6 +93,11 @@ def validate(args):
                 raise cli_args.UsageError(
                     f"{flag}: {name} gives the gradients their own format, which the device "
                     f"does not implement (one format for both operands); train it with "
+                    f"--backend emulate")
+            if name != "fp32" and split_accumulator(name)[1] is not Accumulator.FP32:
+                raise cli_args.UsageError(
+                    f"{flag}: {name} accumulates in {split_accumulator(name)[1]}, which the "
+                    f"device does not implement (it accumulates in fp32); train it with "
                     f"--backend emulate")
     args._plot = args.plot or f"train_{args.dataset}_{args.model}.png"
     cli_args.check_output_file("--plot", args._plot)

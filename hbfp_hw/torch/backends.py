@@ -49,7 +49,7 @@ import threading
 
 import torch
 
-from hbfp_hw.formats import Rounding
+from hbfp_hw.formats import Accumulator, Rounding
 
 __all__ = ["BackendUnavailableError", "register_backend", "get_backend", "backend_key",
            "backend_names", "Fp32Backend", "DeviceBackend", "close_devices", "check_backend"]
@@ -133,6 +133,13 @@ class DeviceBackend:
         from hbfp_hw.fpga.host.driver import FormatMismatch, sim_url_for
 
         what = f"the {role} GEMM" if role else "this GEMM"
+        if any(f.accumulator is not Accumulator.FP32
+               for f in (fmt if isinstance(fmt, tuple) else (fmt,))):
+            acc = (fmt[0] if isinstance(fmt, tuple) else fmt).accumulator
+            raise FormatMismatch(
+                f"backend='device': {what} asks for the {acc} accumulator, which the GEMM "
+                f"system does not implement yet (it accumulates in fp32); use "
+                f"backend='emulate' for it")
         if isinstance(fmt, tuple):
             raise FormatMismatch(
                 f"backend='device': {what} asks for per-operand formats "

@@ -51,7 +51,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, replace
 
-from hbfp_hw.formats import BFPFormat, check_operand_formats, resolve_format
+from hbfp_hw.formats import Accumulator, BFPFormat, check_operand_formats, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key
 from hbfp_hw.torch.ops import format_args
@@ -175,6 +175,31 @@ class HBFPConfig:
         """Return a copy with some fields changed (and validated)."""
         return replace(self, **changes)
 
+    def with_accumulator(self, accumulator):
+        """Return a copy whose quantized roles accumulate with ``accumulator`` (a name or an
+        :class:`~hbfp_hw.formats.Accumulator`; None: unchanged). A role whose format already
+        has another accumulator than FP32 is an error (docs/numerics.md 6)."""
+        if accumulator is None:
+            return self
+        try:
+            accumulator = Accumulator(accumulator)
+        except ValueError:
+            allowed = ", ".join(repr(a.value) for a in Accumulator)
+            raise ValueError(f"accumulator must be one of {allowed}, not {accumulator!r}") \
+                from None
+
+        def change(role, fmt):
+            if fmt is None:
+                return None
+            if isinstance(fmt, tuple):
+                return tuple(change(role, f) for f in fmt)
+            if fmt.accumulator not in (Accumulator.FP32, accumulator):
+                raise ValueError(f"accumulator={accumulator.value!r} conflicts with {role}'s "
+                                 f"format {fmt.name}, which accumulates in {fmt.accumulator}")
+            return fmt.replace(accumulator=accumulator)
+
+        return self.replace(**{role: change(role, f) for role, f in self.role_formats.items()})
+
     def describe(self):
         """Short text such as ``bfp8``, ``fwd=bfp8 gi=bfp4 gw=fp32`` or, with operand
         pairs, ``fwd=mxfp8_e4m3 gi=mxfp8_e5m2/mxfp8_e4m3 gw=mxfp8_e5m2/mxfp8_e4m3``."""
@@ -184,7 +209,7 @@ class HBFPConfig:
         return f"fwd={names[0]} gi={names[1]} gw={names[2]}"
 
 
-def as_config(fmt="bfp8", backend="emulate", device=None, seed=0):
+def as_config(fmt="bfp8", backend="emulate", device=None, seed=0, accumulator=None):
     """Build an :class:`HBFPConfig`.
 
     ``fmt`` is a preset name, a :class:`BFPFormat`, ``"fp32"``, a dict with some of the keys
@@ -193,8 +218,12 @@ def as_config(fmt="bfp8", backend="emulate", device=None, seed=0):
     formats, see the module docstring; missing kinds use ``"bfp8"``; ``"fp32"`` is not a
     kind's format), the string ``"A/G"`` (``"mxfp8_e4m3/mxfp8_e5m2"``: activations and
     weights in ``A``, gradients in ``G``, the FP8 training recipe), or an
-    :class:`HBFPConfig`, which is returned as it is.
+    :class:`HBFPConfig`, which is returned as it is. ``accumulator`` (a name of
+    :class:`~hbfp_hw.formats.Accumulator`) is given to every quantized role
+    (:meth:`HBFPConfig.with_accumulator`).
     """
+    if accumulator is not None:
+        return as_config(fmt, backend, device, seed).with_accumulator(accumulator)
     if isinstance(fmt, HBFPConfig):
         return fmt
     if isinstance(fmt, str) and "/" in fmt:
@@ -323,6 +352,15 @@ class LayerRules:
         except (TypeError, ValueError) as e:
             raise type(e)(f"layers[{pattern!r}]: {e}") from None
         return LayerRule(pattern, config)
+
+    def with_accumulator(self, accumulator):
+        """These rules with :meth:`HBFPConfig.with_accumulator` applied to every
+        configuration (the default's included)."""
+        out = LayerRules((), self.default.with_accumulator(accumulator))
+        out.rules = tuple(LayerRule(r.pattern, None if r.config is None
+                                    else r.config.with_accumulator(accumulator))
+                          for r in self.rules)
+        return out
 
     def match(self, name):
         """Return the first :class:`LayerRule` whose pattern matches ``name``, or ``None``."""

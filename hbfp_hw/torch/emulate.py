@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from hbfp_hw import golden
-from hbfp_hw.formats import SR_RANDOM_BITS, Rounding, resolve_format
+from hbfp_hw.formats import SR_RANDOM_BITS, Accumulator, Rounding, resolve_format
 from hbfp_hw.golden import prng
 from hbfp_hw.torch import emulate_fast, exact, native
 
@@ -224,7 +224,7 @@ def _quantize_matrix(t, fmt, seed):
 
 
 def _check_seed(seed, fmt):
-    if fmt.rounding is Rounding.STOCHASTIC:
+    if fmt.rounding is Rounding.STOCHASTIC or fmt.accumulator.stochastic:
         return prng.fresh_seed() if seed is None else prng.check_seed(seed)
     if seed is not None:
         prng.check_seed(seed)
@@ -405,7 +405,7 @@ def gemm_batched(a, b, fmt, seeds=None):
     if min(*a.shape, *b.shape) < 1:
         raise ValueError(f"G, M, N and K must be at least 1, not shapes {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    if fmt.rounding is Rounding.STOCHASTIC:
+    if fmt.rounding is Rounding.STOCHASTIC or fmt.accumulator.stochastic:
         seeds = [prng.fresh_seed() for _ in range(a.shape[0])] if seeds is None else \
             [prng.check_seed(s) for s in seeds]
         if len(seeds) != a.shape[0]:
@@ -417,15 +417,20 @@ def gemm_batched(a, b, fmt, seeds=None):
 
 
 def _gemm_golden(a, b, fmt, seed_a):
-    """Minifloat elements and per-operand formats (``fmt`` a pair): the golden model's GEMM,
-    in numpy on the CPU (the same bits by definition; the torch paths above are for one
-    integer-element format)."""
+    """Minifloat elements, per-operand formats (``fmt`` a pair) and accumulators other than
+    FP32: the golden model's GEMM, in numpy on the CPU (the same bits by definition; the torch
+    paths above are for one integer-element format accumulated in FP32)."""
     out = golden.gemm(a.cpu().numpy(), b.cpu().numpy(), fmt, seed=seed_a)
     return torch.from_numpy(out).to(a.device)
 
 
+def _by_golden(fmt):
+    """Whether the golden model computes ``fmt``'s GEMMs (see :func:`_gemm_golden`)."""
+    return fmt.element is not None or fmt.accumulator is not Accumulator.FP32
+
+
 def _gemm(a, b, fmt, seed_a, seed_b):
-    if fmt.element is not None:
+    if _by_golden(fmt):
         return _gemm_golden(a, b, fmt, seed_a)
     if a.device.type != "cpu":
         # The pure-torch path: the fused kernel and the fast path's workspace are CPU-only.
@@ -503,7 +508,7 @@ class EmulateBackend:
             with torch.no_grad():
                 return _gemm_golden(a.detach(), b.detach(), fmt, seed)
         fmt = resolve_format(fmt)
-        if fmt.rounding is not Rounding.STOCHASTIC:
+        if fmt.rounding is not Rounding.STOCHASTIC and not fmt.accumulator.stochastic:
             seed = None
         with torch.no_grad(), _IEEESubnormals():
             return _gemm(a.detach(), b.detach(), fmt, seed,
@@ -516,7 +521,7 @@ class EmulateBackend:
         groups, m, kdim = a.shape
         if not isinstance(fmt, tuple):
             fmt = resolve_format(fmt)
-        if isinstance(fmt, tuple) or groups == 1 or fmt.element is not None:
+        if isinstance(fmt, tuple) or groups == 1 or _by_golden(fmt):
             return torch.stack([self.gemm(a[g], b[g], fmt, None if seeds is None else seeds[g])
                                 for g in range(groups)])
         if fmt.rounding is Rounding.STOCHASTIC:

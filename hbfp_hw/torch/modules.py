@@ -429,7 +429,7 @@ def _fp32_reason(module):
 
 
 def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, layers=None,
-            inplace=False, seed=0):
+            inplace=False, seed=0, accumulator=None):
     """Replace the ``nn.Linear`` and ``nn.Conv2d`` modules of ``model`` with HBFP modules.
 
     Parameters
@@ -459,6 +459,13 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, layer
         Replace the modules of ``model`` itself (sharing its parameters) instead of a deep copy.
     seed : int
         Base seed of stochastic rounding (ignored if ``fmt`` is an HBFPConfig).
+    accumulator : str or None
+        How every converted GEMM sums its block products over K (docs/numerics.md 6):
+        ``"fp32"``, ``"fp32-kahan"``, ``"bf16-rne"``, ``"bf16-sr"`` or ``"exact"``; None keeps
+        the formats' own (FP32 unless a format says otherwise). A format with another
+        accumulator than FP32 that differs from it is a ``ValueError``. The emulate backend
+        runs the non-FP32 accumulators through the golden model (numpy; slower than its fused
+        FP32 kernel); the device backend sums in FP32 only.
 
     Returns
     -------
@@ -481,6 +488,9 @@ def convert(model, fmt="bfp8", backend="emulate", device=None, skip=(), *, layer
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     config = as_config(fmt, backend=backend, device=device, seed=prng.check_seed(seed))
     rules = LayerRules(layers if layers is not None else (), config)
+    if accumulator is not None:
+        rules = rules.with_accumulator(accumulator)
+        config = rules.default
     for cfg in [config] + [r.config for r in rules if r.config is not None]:
         check_backend(cfg)                   # fail now, not at the first forward
     skip = _Skip(skip)

@@ -1,18 +1,21 @@
 """The HBFP GEMM as a ``torch.library`` custom op, ``torch.ops.hbfp.gemm``.
 
 ``hbfp::gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding,
-int exponent_bits, Tensor seed, str backend, str element="", str format_b="") -> Tensor``
+int exponent_bits, Tensor seed, str backend, str element="", str format_b="",
+str accumulator="") -> Tensor``
 computes the HBFP product of 2-D float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3)
 on the backend named by ``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``element`` is
 empty for integer elements, else the minifloat element and scale rule as
 ``"e,m,special,bias,rule"``; ``format_b`` is empty when ``b`` is quantized like ``a``, else
 ``b``'s whole format, ``"mantissa_bits,block_size,rounding,exponent_bits[;element]"``
-(per-operand formats, numerics.md 5.4; :func:`format_args`). ``seed`` is a 0-d int64 tensor, so that
-per-step seeds flow through compiled graphs as data. The op has a fake (meta) implementation,
-so shapes propagate through ``torch.compile``, ``torch.export`` and FakeTensor tracing; it has
-no autograd formula of its own: :mod:`hbfp_hw.torch.autograd` builds the three GEMMs of a layer
-from it. In plain eager mode (CPU tensors, no compile, tracing or dispatch mode)
-:func:`role_gemm` calls the backend directly, which is what the op's CPU kernel does.
+(per-operand formats, numerics.md 5.4; :func:`format_args`); ``accumulator`` is empty for
+FP32 accumulation, else the accumulator's name (numerics.md 6). ``seed`` is a 0-d int64
+tensor, so that per-step seeds flow through compiled graphs as data. The op has a fake
+(meta) implementation, so shapes propagate through ``torch.compile``, ``torch.export`` and
+FakeTensor tracing; it has no autograd formula of its own: :mod:`hbfp_hw.torch.autograd`
+builds the three GEMMs of a layer from it. In plain eager mode (CPU tensors, no compile,
+tracing or dispatch mode) :func:`role_gemm` calls the backend directly, which is what the
+op's CPU kernel does.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ import functools
 
 import torch
 
-from hbfp_hw.formats import BFPFormat, Minifloat, Rounding, check_operand_formats, resolve_format
+from hbfp_hw.formats import (
+    Accumulator,
+    BFPFormat,
+    Minifloat,
+    Rounding,
+    check_operand_formats,
+    resolve_format,
+)
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key, get_backend
 
@@ -34,10 +44,10 @@ __all__ = ["gemm", "role_gemm", "role_gemm_batched", "format_args", "swap_operan
 _LIB = torch.library.Library("hbfp", "DEF")
 _LIB.define("gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
             "int exponent_bits, Tensor seed, str backend, str element=\"\", "
-            "str format_b=\"\") -> Tensor")
+            "str format_b=\"\", str accumulator=\"\") -> Tensor")
 _LIB.define("gemm_batched(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding, "
             "int exponent_bits, Tensor seeds, str backend, str element=\"\", "
-            "str format_b=\"\") -> Tensor")
+            "str format_b=\"\", str accumulator=\"\") -> Tensor")
 
 
 def format_args(fmt):
@@ -45,27 +55,36 @@ def format_args(fmt):
     plus the element spec ``"e,m,special,bias,rule"`` for minifloat elements.
 
     ``fmt`` may be a pair ``(format of a, format of b)`` (per-operand formats, which must
-    share the block size and the shared exponent's width); if they differ, the arguments are
-    ``a``'s, its element spec (``""`` for integer elements) and ``b``'s whole format."""
+    share the block size, the shared exponent's width and the accumulator); if they differ,
+    the arguments are ``a``'s, its element spec (``""`` for integer elements) and ``b``'s
+    whole format. A format that does not accumulate in FP32 adds those two (empty where
+    unused) and the accumulator's name, seven arguments in all."""
     if isinstance(fmt, tuple):
         fa, fb = fmt
         if fa == fb:
             return format_args(fa)
         check_operand_formats(fa, fb)
-        args_a, args_b = (*format_args(fa), ""), (*format_args(fb), "")
+        plain = tuple(f.replace(accumulator=Accumulator.FP32) for f in fmt)
+        args_a, args_b = (*format_args(plain[0]), ""), (*format_args(plain[1]), "")
         spec_b = ",".join(str(v) for v in args_b[:4]) + (f";{args_b[4]}" if args_b[4] else "")
-        return (*args_a[:5], spec_b)
+        return _with_accumulator((*args_a[:5], spec_b), fa.accumulator)
     args = (fmt.mantissa_bits, fmt.block_size, fmt.rounding.value, fmt.exponent_bits)
-    if fmt.element is None:
+    if fmt.element is not None:
+        el = fmt.element
+        args = (*args, f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
+                       f"{fmt.scale_rule.value}")
+    return _with_accumulator(args, fmt.accumulator)
+
+
+def _with_accumulator(args, accumulator):
+    if accumulator is Accumulator.FP32:
         return args
-    el = fmt.element
-    return (*args, f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
-                   f"{fmt.scale_rule.value}")
+    return (*args, *[""] * (6 - len(args)), accumulator.value)
 
 
 def has_operand_pair(fmt_args):
     """Whether op arguments (:func:`format_args`) give ``b`` a format of its own."""
-    return fmt_args is not None and len(fmt_args) > 5
+    return fmt_args is not None and len(fmt_args) > 5 and fmt_args[5] != ""
 
 
 def swap_operands(fmt_args):
@@ -78,37 +97,45 @@ def swap_operands(fmt_args):
 
 
 def is_stochastic(fmt_args):
-    """Whether either operand of op arguments rounds stochastically."""
+    """Whether either operand of op arguments, or the accumulator, rounds stochastically."""
     if fmt_args is None:
         return False
+    if len(fmt_args) > 6 and Accumulator(fmt_args[6]).stochastic:
+        return True
     if not has_operand_pair(fmt_args):
         return fmt_args[2] == "stochastic"
     return any(f.rounding is Rounding.STOCHASTIC for f in _format(*fmt_args))
 
 
 @functools.lru_cache(maxsize=64)
-def _single_format(mantissa_bits, block_size, rounding, exponent_bits, element=""):
+def _single_format(mantissa_bits, block_size, rounding, exponent_bits, element="",
+                   accumulator=""):
+    accumulator = accumulator or "fp32"
     if not element:
-        return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits)
+        return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits,
+                         accumulator=accumulator)
     e, m, special, bias, rule = element.split(",")
     return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits,
-                     Minifloat(int(e), int(m), special, int(bias)), rule)
+                     Minifloat(int(e), int(m), special, int(bias)), rule, accumulator)
 
 
 @functools.lru_cache(maxsize=64)
-def _format(mantissa_bits, block_size, rounding, exponent_bits, element="", format_b=""):
+def _format(mantissa_bits, block_size, rounding, exponent_bits, element="", format_b="",
+            accumulator=""):
     """The format (or the pair ``(format of a, format of b)``) of op arguments."""
-    fa = _single_format(mantissa_bits, block_size, rounding, exponent_bits, element)
+    fa = _single_format(mantissa_bits, block_size, rounding, exponent_bits, element,
+                        accumulator)
     if not format_b:
         return fa
     head, _, element_b = format_b.partition(";")
     w, n, r, e = head.split(",")
-    return fa, _single_format(int(w), int(n), r, int(e), element_b)
+    return fa, _single_format(int(w), int(n), r, int(e), element_b, accumulator)
 
 
 def _gemm_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend,
-                 element="", format_b=""):
-    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element, format_b)
+                 element="", format_b="", accumulator=""):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element, format_b,
+                  accumulator)
     out = get_backend(backend).gemm(a, b, fmt, int(seed.item()) & 0xFFFFFFFF)
     return out.to(a.device)
 
@@ -128,8 +155,9 @@ def _plain_eager(a, b):
 
 
 def _batched_kernel(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend,
-                    element="", format_b=""):
-    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element, format_b)
+                    element="", format_b="", accumulator=""):
+    fmt = _format(mantissa_bits, block_size, rounding, exponent_bits, element, format_b,
+                  accumulator)
     return _run_batched(get_backend(backend), a, b, fmt,
                         [int(s) & 0xFFFFFFFF for s in seeds.tolist()]).to(a.device)
 
@@ -150,7 +178,7 @@ for _key in ("CPU", "CUDA", "XPU", "MPS"):
 
 @torch.library.register_fake("hbfp::gemm", lib=_LIB)
 def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, backend,
-               element="", format_b=""):
+               element="", format_b="", accumulator=""):
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "hbfp::gemm takes 2-D a and b")
     torch._check(a.shape[1] == b.shape[0], lambda: "hbfp::gemm: a's columns must equal b's rows")
     return a.new_empty((a.shape[0], b.shape[1]))
@@ -158,7 +186,7 @@ def _gemm_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seed, b
 
 @torch.library.register_fake("hbfp::gemm_batched", lib=_LIB)
 def _batched_fake(a, b, mantissa_bits, block_size, rounding, exponent_bits, seeds, backend,
-                  element="", format_b=""):
+                  element="", format_b="", accumulator=""):
     torch._check(a.dim() == 3 and b.dim() == 3, lambda: "hbfp::gemm_batched takes 3-D a, b")
     torch._check(a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1],
                  lambda: "hbfp::gemm_batched: shapes [G, M, K] and [G, K, N]")

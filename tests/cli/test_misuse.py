@@ -110,6 +110,7 @@ CORPUS = [
     ("build", ["--board", "de10"], "--board"),
     ("build", ["--format", "bfp5"], "--format"),
     ("build", ["--format", "bm8_e2m5"], "--format"),
+    ("build", ["--format", "bfp8_bf16sr"], "--format"),            # accumulators: not in RTL
     ("build", ["--input-format", "fp16"], "--input-format"),
     ("build", ["--seed", "-3"], "--seed"),
     ("build", ["--seed-attempts", "101"], "--seed-attempts"),
@@ -123,6 +124,7 @@ CORPUS = [
     ("sweep", ["--block-size", "3"], "--block-size"),
     ("sweep", ["--formats", "mxfp8_e4m3,mxfp9"], "--formats"),
     ("sweep", ["--formats", ","], "--formats"),
+    ("sweep", ["--formats", "mxint8_exact"], "--formats"),
     ("sweep", ["--block-size", "128"], "--block-size"),
     ("sweep", ["--block-size", ","], "--block-size"),
     ("sweep", ["--seeds", "-1"], "--seeds"),
@@ -179,6 +181,8 @@ CORPUS = [
     ("train", ["--format", "mxfp8_e4m3/bfp8"], "--format"),           # blocks of 32 and 16
     ("train", ["--format", "mxfp8_e4m3/mxfp8_e5m2/bfp8"], "--format"),
     ("train", ["--formats", "mxfp8_e4m3/mxfp8_e5m2", "--backend", "device"], "--formats"),
+    ("train", ["--formats", "bfp8_fp32kahan", "--backend", "device"], "--formats"),
+    ("train", ["--formats", "bfp8_kahan"], "--formats"),
     ("train", ["--model", "vit"], "--model"),
     ("train", ["--dataset", "mnist"], "--dataset"),
     ("train", ["--device", "sim"], "--device"),
