@@ -159,11 +159,44 @@ def bf16_add(acc, p, rand=None):
     elements, on the magnitude: truncated to 16 bits below the BF16 last bit, plus ``rand``,
     truncated). A magnitude that rounds to ``2**128`` or above is Inf; Inf and NaN operands
     give FP32's sum.
+
+    Where the operands' exponents are at most 28 apart their float64 sum is exact, and its
+    bit pattern is rounded (as :func:`hbfp_hw.golden.quantizer._round_significand` rounds
+    float32 elements), unless the sum is below ``2**-126`` (BF16's fixed subnormal grid); the
+    other elements take the integer path of :func:`_bf16_add_exact`.
     """
     acc = np.asarray(acc, dtype=np.float32)
     p = np.asarray(p, dtype=np.float32)
     finite = np.isfinite(acc) & np.isfinite(p)
     a, b = np.where(finite, acc, 0).astype(np.float32), np.where(finite, p, 0).astype(np.float32)
+    _, ea = np.frexp(a)
+    _, eb = np.frexp(b)
+    x = a.astype(np.float64) + b.astype(np.float64)
+    fast = (((np.abs(ea - eb) <= 28) | (a == 0) | (b == 0))
+            & ((np.abs(x) >= 2.0 ** -126) | (x == 0)))
+    bits = x.view(np.uint64)
+    low = 52 - (_BF16_KEPT - 1)                            # float64 bits below BF16's last
+    if rand is None:
+        bits = bits + (((bits >> np.uint64(low)) & np.uint64(1)) + np.uint64((1 << low - 1) - 1))
+    else:
+        bits = bits & np.uint64(~((1 << low - SR_RANDOM_BITS) - 1) & (2**64 - 1))
+        bits = bits + (rand.astype(np.uint64) << np.uint64(low - SR_RANDOM_BITS))
+    bits &= np.uint64(~((1 << low) - 1) & (2**64 - 1))
+    with np.errstate(over="ignore"):
+        out = bits.view(np.float64).astype(np.float32)
+    # -0 only from -0 + -0 (IEEE's rule); x keeps it
+    slow = np.flatnonzero(~fast)
+    if slow.size:
+        flat = out.reshape(-1)                                  # a view: out is fresh
+        flat[slow] = _bf16_add_exact(a.reshape(-1)[slow], b.reshape(-1)[slow],
+                                     None if rand is None else np.ravel(rand)[slow])
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(finite, out, acc + p).astype(np.float32)
+
+
+def _bf16_add_exact(a, b, rand):
+    """:func:`bf16_add` of finite float32 ``a`` and ``b`` on the exact integer sum of
+    :func:`_exact_sum` (any exponents, BF16 subnormals)."""
     n, e = _exact_sum(a, b)
     mag = np.abs(n)
     lead = _bit_length(mag) - 1 + e
@@ -184,9 +217,7 @@ def bf16_add(acc, p, rand=None):
         out = np.ldexp(q.astype(np.float64), lsb).astype(np.float32)
     # the sign of the sum; of an exact zero, -0 only from -0 + -0 (IEEE's rule)
     negative = (n < 0) | ((n == 0) & np.signbit(a) & np.signbit(b))
-    out = np.where(negative, -out, out)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(finite, out, acc + p).astype(np.float32)
+    return np.where(negative, -out, out)
 
 
 def exact_width(fmts):
@@ -208,7 +239,7 @@ _LIMB_MASK = (1 << _LIMB) - 1
 
 class _Exact:
     """A two's-complement fixed-point accumulator in 32-bit limbs (held in int64 and carried
-    lazily), one per element of the tile."""
+    at the end), one per element of the tile: ``limbs[i, j]`` is limb ``i`` of element ``j``."""
 
     every_kblock = False
     exact = True
@@ -217,8 +248,9 @@ class _Exact:
         self.shape = shape
         self.lowest, bits = exact_width(fmts)
         self.nlimbs = -(-bits // _LIMB) + 3        # room for a 53-bit value at the top
-        self.limbs = np.zeros((int(np.prod(shape)), self.nlimbs), dtype=np.int64)
-        self.rows = np.arange(self.limbs.shape[0]) * self.nlimbs
+        self.size = int(np.prod(shape))
+        self.limbs = np.zeros((self.nlimbs, self.size), dtype=np.int64)
+        self.columns = np.arange(self.size)
 
     def add(self, kb, p):
         raise TypeError("the exact accumulator takes the exact products (add_exact)")
@@ -227,20 +259,23 @@ class _Exact:
         """Add ``n * 2**e`` (int64 ``|n| < 2**53``, int ``e`` arrays shaped like the tile)."""
         n = np.asarray(n, dtype=np.int64).ravel()
         e = np.broadcast_to(np.asarray(e, dtype=np.int64), self.shape).ravel()
-        keep = n != 0
-        if not keep.any():
+        keep = np.flatnonzero(n)
+        if not keep.size:
             return
-        n, e, rows = n[keep], e[keep], self.rows[keep]
+        n, e = n[keep], e[keep]
         offset = e - self.lowest
         if offset.min() < 0:
             raise ValueError("a block product below the exact accumulator's lowest weight")
-        limb, bit = offset // _LIMB, offset % _LIMB
-        sign, mag = np.sign(n), np.abs(n)
+        index = (offset // _LIMB) * self.size + keep          # limb, element
+        bit = offset % _LIMB
+        negative = n < 0
+        mag = np.abs(n)
         low, high = (mag & _LIMB_MASK) << bit, (mag >> _LIMB) << bit       # < 2**63, < 2**52
+        parts = (low & _LIMB_MASK, (low >> _LIMB) + (high & _LIMB_MASK), high >> _LIMB)
         flat = self.limbs.reshape(-1)
-        flat[rows + limb] += sign * (low & _LIMB_MASK)
-        flat[rows + limb + 1] += sign * ((low >> _LIMB) + (high & _LIMB_MASK))
-        flat[rows + limb + 2] += sign * (high >> _LIMB)
+        for i, part in enumerate(parts):
+            np.negative(part, out=part, where=negative)
+            flat[index + i * self.size] += part
 
     def result(self):
         return _limbs_to_float32(self.limbs, self.lowest).reshape(self.shape)
@@ -248,30 +283,30 @@ class _Exact:
 
 def _carry(limbs):
     """Propagate carries: every limb but the top one in ``[0, 2**32)``."""
-    for i in range(limbs.shape[1] - 1):
-        c = limbs[:, i] >> _LIMB
-        limbs[:, i] -= c << _LIMB
-        limbs[:, i + 1] += c
+    for i in range(limbs.shape[0] - 1):
+        c = limbs[i] >> _LIMB
+        limbs[i] -= c << _LIMB
+        limbs[i + 1] += c
 
 
 def _limbs_to_float32(limbs, lowest):
-    """Round the fixed-point values ``sum(limbs[:, i] * 2**(32 i + lowest))`` to FP32,
+    """Round the fixed-point values ``sum(limbs[i, :] * 2**(32 i + lowest))`` to FP32,
     nearest-even, with IEEE subnormals and overflow to Inf; zero gives +0."""
     limbs = limbs.copy()
     _carry(limbs)
-    negative = limbs[:, -1] < 0
-    limbs[negative] = -limbs[negative]
+    negative = limbs[-1] < 0
+    limbs[:, negative] = -limbs[:, negative]
     _carry(limbs)
     # a zero limb below the lowest, so that every value has two limbs at its top
-    limbs = np.concatenate([np.zeros((limbs.shape[0], 1), dtype=np.int64), limbs], axis=1)
+    limbs = np.concatenate([np.zeros((1, limbs.shape[1]), dtype=np.int64), limbs])
     nonzero = limbs != 0
-    top = limbs.shape[1] - 1 - np.argmax(nonzero[:, ::-1], axis=1)       # highest nonzero limb
-    zero = ~nonzero.any(axis=1)
+    zero = ~nonzero.any(axis=0)
+    top = limbs.shape[0] - 1 - np.argmax(nonzero[::-1], axis=0)     # highest nonzero limb
+    bottom = np.argmax(nonzero, axis=0)                            # lowest
     top = np.where(zero, 1, np.maximum(top, 1))
-    rows = np.arange(limbs.shape[0])
-    hi, lo = limbs[rows, top], limbs[rows, top - 1]
-    below = np.cumsum(nonzero, axis=1)[rows, top - 1] - nonzero[rows, top - 1]   # limbs < top-1
-    sticky = below > 0
+    cols = np.arange(limbs.shape[1])
+    hi, lo = limbs[top, cols], limbs[top - 1, cols]
+    sticky = ~zero & (bottom < top - 1)                            # nonzero limbs below lo
     # value = (hi * 2**32 + lo) * 2**(32 (top - 2) + lowest), plus sticky below
     base = _LIMB * (top - 2) + lowest
     lead = _bit_length(hi) - 1 + _LIMB + base
