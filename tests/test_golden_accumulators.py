@@ -292,3 +292,24 @@ def test_kahan_overflow_is_inf_as_in_fp32():
     for acc in ("fp32", "fp32-kahan"):
         assert np.isposinf(golden.gemm(a, b, "bfp8", accumulator=acc)[0, 0]), acc
     assert golden.gemm(a, b, "bfp8", accumulator="exact")[0, 0] == np.inf
+
+
+@pytest.mark.parametrize("accumulator", ACCUMULATORS)
+def test_wire_codes_beyond_fp32(accumulator):
+    """``gemm_quantized`` on wire codes whose elements exceed FP32 (E5M2's largest under
+    ``X = 127``) takes the integer path, with every accumulator: 57344 (in FP32, though A's
+    element is not) plus 1."""
+    fmt = PRESETS["mxfp8_e5m2"]
+    codes_a = np.zeros((1, 2, 32), dtype=np.uint8)
+    codes_b = np.zeros((1, 2, 32), dtype=np.uint8)
+    codes_a[0, 0, 0], codes_b[0, 0, 0] = 0x7B, 0x3C            # 57344 * 2**127, 1.0 * 2**-127
+    codes_a[0, 1, 0], codes_b[0, 1, 0] = 0x3C, 0x3C            # 1.0, 1.0
+    qa = golden.BFPTensor.from_codes(np.array([[254, 127]], dtype=np.uint8), codes_a, fmt)
+    qb = golden.BFPTensor.from_codes(np.array([[0, 127]], dtype=np.uint8), codes_b, fmt)
+    got = float(golden.gemm_quantized(qa, qb, accumulator=accumulator, seed=5)[0, 0])
+    if accumulator == "bf16-sr":
+        r = int(golden.random_bits(5 ^ ACC_SEED_XOR, 2, 1)[1, 0])
+        assert got == float(ref_round_to_bf16(Fraction(57345), r))
+    else:
+        assert got == {"fp32": 57345.0, "fp32-kahan": 57345.0, "bf16-rne": 57344.0,
+                       "exact": 57345.0}[accumulator]
