@@ -22,6 +22,7 @@ __all__ = [
     "split_accumulator",
     "EXACT_MAX_KBLOCKS",
     "Minifloat",
+    "Posit",
     "minifloat_format",
     "require_integer_elements",
     "check_operand_formats",
@@ -454,6 +455,68 @@ class BFPFormat:
                    d.get("rounding", "nearest-even"), int(d.get("exponent_bits", 8)),
                    None if element is None else Minifloat.from_dict(element),
                    d.get("scale_rule", "floor"), d.get("accumulator", "fp32"))
+
+
+#: Width ``n`` and exponent size ``es`` of a posit element.
+POSIT_WIDTH_RANGE = (6, 16)
+POSIT_ES_RANGE = (0, 2)
+
+
+@dataclass(frozen=True)
+class Posit:
+    """A posit element type ``posit(n, es)`` (docs/numerics.md section 7): the 2022 posit
+    standard's encoding with ``es`` exponent bits (the standard fixes ``es = 2``; 0 and 1 as
+    SoftPosit generalises it).
+
+    A code is an ``n``-bit two's-complement word: 0 is zero, ``1 << (n-1)`` is NaR (not a
+    real), and the others are ``±useed**k * 2**e * (1 + f)`` with ``useed = 2**(2**es)``,
+    ``k`` from the regime, ``e`` from up to ``es`` exponent bits (missing ones are 0) and the
+    fraction ``f``. The values run from ``minpos = 2**-((n-2) * 2**es)`` to
+    ``maxpos = 2**((n-2) * 2**es)``.
+
+    Parameters
+    ----------
+    n : int
+        Width of a code, 6 to 16.
+    es : int
+        Exponent bits, 0 to 2.
+    """
+
+    n: int
+    es: int
+
+    def __post_init__(self):
+        _check_int("n", self.n, *POSIT_WIDTH_RANGE)
+        _check_int("es", self.es, *POSIT_ES_RANGE)
+
+    @property
+    def width(self):
+        """Bits of a code: ``n``."""
+        return self.n
+
+    @property
+    def max_exponent(self):
+        """``log2 maxpos = (n - 2) * 2**es`` (and ``log2 minpos`` is its negative)."""
+        return (self.n - 2) << self.es
+
+    @property
+    def nar_code(self):
+        """The code of NaR: ``1 << (n - 1)``."""
+        return 1 << (self.n - 1)
+
+    @property
+    def name(self):
+        """``posit8_es2``."""
+        return f"posit{self.n}_es{self.es}"
+
+    def to_dict(self):
+        """Return a JSON-ready description."""
+        return {"posit_n": self.n, "posit_es": self.es}
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild an element type from :meth:`to_dict` output."""
+        return cls(int(d["posit_n"]), int(d["posit_es"]))
 
 
 def minifloat_format(exponent_bits, mantissa_bits, block_size=32, *, special="ieee", bias=None,

@@ -1,0 +1,148 @@
+"""Posit elements in the golden model (docs/numerics.md section 7): every code's value and
+FP32 -> posit rounding, against SoftPosit (posit8 = es 0, posit16 = es 1, posit_2 = es 2) and
+against the exact bit-string reference of tests/golden_reference_posit.py for every (n, es)."""
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from hbfp_hw.formats import Posit
+from hbfp_hw.golden import posit
+
+from .golden_reference_posit import ref_decode, ref_encode
+
+ALL = [Posit(n, es) for n, es in itertools.product(range(6, 17), range(3))]
+F32 = np.float32
+
+
+def softposit_or_skip():
+    return pytest.importorskip("softposit", reason="softposit (PyPI) is a dev dependency")
+
+
+def _softposit_codec(sp, element):
+    """SoftPosit's decode and encode for ``element``: ``(code -> float, float -> code)``."""
+    n = element.n
+    if (n, element.es) == (8, 0):
+        def make(v=0.0):
+            return sp.posit8(v)
+        shift = 0
+    elif (n, element.es) == (16, 1):
+        def make(v=0.0):
+            return sp.posit16(v)
+        shift = 0
+    elif element.es == 2:
+        def make(v=0.0):
+            return sp.posit_2(v, n)
+        shift = 32 - n                       # pX2 keeps its bits left-aligned in 32
+    else:
+        return None
+
+    def dec(code):
+        p = make()
+        p.fromBits(code << shift)
+        return float(p)
+
+    def enc(value):
+        return make(float(value)).v.v >> shift
+    return dec, enc
+
+
+SOFTPOSIT_TYPES = [Posit(8, 0), Posit(16, 1), Posit(8, 2), Posit(16, 2), Posit(6, 2),
+                   Posit(12, 2)]
+
+
+@pytest.mark.parametrize("element", SOFTPOSIT_TYPES, ids=lambda e: e.name)
+def test_every_code_against_softposit(element):
+    sp = softposit_or_skip()
+    dec, enc = _softposit_codec(sp, element)
+    values = posit.code_values(element)
+    for code in range(1 << element.n):
+        if code == element.nar_code:
+            assert np.isnan(values[code])
+            continue
+        assert values[code] == dec(code), code
+        # every code's value round-trips through FP32 (all of them are FP32 values)
+        assert int(posit.encode(F32(values[code]), element)) == code
+        assert enc(values[code]) == code
+
+
+@pytest.mark.parametrize("element", SOFTPOSIT_TYPES, ids=lambda e: e.name)
+def test_rounding_at_every_cut_against_softposit(element):
+    """Every boundary between neighbouring codes, its FP32 neighbours on both sides and
+    random FP32 values: the code equals SoftPosit's (which rounds a double, here exact)."""
+    sp = softposit_or_skip()
+    _, enc = _softposit_codec(sp, element)
+    bounds = posit._boundaries(element.n, element.es)
+    cuts = bounds.astype(F32)
+    assert np.array_equal(cuts.astype(np.float64), bounds)          # the cuts are FP32 values
+    rng = np.random.default_rng(element.n * 3 + element.es)
+    x = np.concatenate([cuts, np.nextafter(cuts, F32(np.inf)), np.nextafter(cuts, F32(0)),
+                        (rng.standard_normal(3000) * np.exp2(
+                            rng.uniform(-1.2, 1.2, 3000) * element.max_exponent)).astype(F32)])
+    x = np.concatenate([x, -x])
+    got = posit.encode(x, element)
+    want = np.array([enc(v) for v in x], dtype=np.int64)
+    bad = np.flatnonzero(got.astype(np.int64) != want)
+    assert bad.size == 0, [(x[i], int(got[i]), int(want[i])) for i in bad[:5]]
+
+
+@pytest.mark.parametrize("element", ALL, ids=lambda e: e.name)
+def test_every_type_against_the_reference(element):
+    """All 33 types: every code's value, and the rounding of every cut and its FP32
+    neighbours (a sample of them for the 16-bit types), against the exact reference."""
+    values = posit.code_values(element)
+    codes = range(1 << element.n) if element.n <= 10 else \
+        np.random.default_rng(element.n).integers(0, 1 << element.n, 600)
+    for code in codes:
+        want = ref_decode(int(code), element.n, element.es)
+        if want is None:
+            assert np.isnan(values[code])
+        else:
+            assert Fraction(float(values[code])) == want, code
+    cuts = posit._boundaries(element.n, element.es).astype(F32)
+    if cuts.size > 400:
+        cuts = np.random.default_rng(element.es).choice(cuts, 400, replace=False)
+    x = np.concatenate([cuts, np.nextafter(cuts, F32(np.inf)), np.nextafter(cuts, F32(0))])
+    x = np.concatenate([x, -x])
+    got = posit.encode(x, element)
+    for v, c in zip(x, got):
+        assert int(c) == ref_encode(Fraction(float(v)), element.n, element.es), v
+
+
+def test_rounding_on_the_encoding_is_not_the_arithmetic_midpoint():
+    """posit8, es 2, near maxpos: the codes 0x7E (2**20) and 0x7F (maxpos, 2**24) have no
+    exponent bits left, and the cut between them is the 9-bit pattern's value 2**22, not
+    their midpoint 9 * 2**20; values at or below it round down (the tie to the even code)."""
+    element = Posit(8, 2)
+    values = posit.code_values(element)
+    assert values[0x7E] == 2.0 ** 20 and values[0x7F] == 2.0 ** 24
+    assert int(posit.encode(F32(2.0 ** 22), element)) == 0x7E            # tie: 0x7E even
+    assert int(posit.encode(np.nextafter(F32(2.0 ** 22), F32(np.inf)), element)) == 0x7F
+    assert int(posit.encode(F32(5 * 2.0 ** 20), element)) == 0x7F        # below the midpoint
+
+
+def test_specials_and_saturation():
+    element = Posit(8, 0)
+    x = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -1e-30, 1e30, -1e30, 64.0],
+                 dtype=F32)
+    assert posit.encode(x, element).tolist() == [0, 0, 0x80, 0x80, 0x80, 0x01, 0xFF, 0x7F,
+                                                 0x81, 0x7F]
+    assert posit.decode([0x01, 0x7F, 0x81, 0xFF], element).tolist() == [2.0 ** -6, 64.0,
+                                                                         -64.0, -(2.0 ** -6)]
+    assert np.isnan(posit.decode(0x80, element))
+    assert posit.encode(F32(1.0), Posit(16, 1)).dtype == np.uint16
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"^n must be between 6 and 16, not 17"):
+        Posit(17, 1)
+    with pytest.raises(ValueError, match=r"^es must be between 0 and 2, not 3"):
+        Posit(8, 3)
+    with pytest.raises(TypeError, match=r"^element must be a Posit"):
+        posit.encode(F32(1), "posit8")
+    with pytest.raises(ValueError, match=r"^codes must be 8-bit posit8_es0 codes"):
+        posit.decode([256], Posit(8, 0))
+    with pytest.raises(TypeError, match=r"^x must hold float32 or float64 values"):
+        posit.encode(np.array([1], dtype=np.int32), Posit(8, 0))
