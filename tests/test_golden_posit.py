@@ -146,3 +146,36 @@ def test_errors():
         posit.decode([256], Posit(8, 0))
     with pytest.raises(TypeError, match=r"^x must hold float32 or float64 values"):
         posit.encode(np.array([1], dtype=np.int32), Posit(8, 0))
+
+
+@pytest.mark.parametrize("element", [Posit(8, 0), Posit(8, 2), Posit(16, 1), Posit(6, 1)],
+                         ids=lambda e: e.name)
+def test_quire_gemm_is_the_exact_sum_rounded_once(element):
+    """Every product of the posit values exact, their sum over K exact, one rounding to FP32:
+    against Python fractions; the order of K does not matter; NaR gives NaN."""
+    from .golden_reference import ref_round_to_fp32
+
+    rng = np.random.default_rng(element.n + element.es)
+    scale = np.exp2(rng.uniform(-0.8, 0.8, (1, 200)) * element.max_exponent)
+    a = (rng.standard_normal((4, 200)) * scale).astype(F32)
+    b = (rng.standard_normal((200, 3)) / scale.T).astype(F32)
+    b[:, 2] = -b[:, 1] * (1 + (np.arange(200) % 2))           # cancellations
+    a[3, 7] = np.inf                                           # NaR
+    got = posit.gemm(a, b, element)
+    va = posit.decode(posit.encode(a, element), element)
+    vb = posit.decode(posit.encode(b, element), element)
+    for i in range(3):
+        for j in range(3):
+            total = sum(Fraction(float(va[i, k])) * Fraction(float(vb[k, j])) for k in range(200))
+            assert got.view(np.uint32)[i, j] == ref_round_to_fp32(total), (i, j)
+    assert np.all(got.view(np.uint32)[3] == 0x7FC00000)
+    perm = rng.permutation(200)
+    assert np.array_equal(posit.gemm(a[:, perm], b[perm], element).view(np.uint32),
+                          got.view(np.uint32))
+
+
+def test_quire_errors():
+    with pytest.raises(ValueError, match=r"^a's columns must equal b's rows"):
+        posit.gemm(np.ones((2, 3), F32), np.ones((4, 2), F32), Posit(8, 0))
+    with pytest.raises(TypeError, match=r"^a must be a 2-D float32 array"):
+        posit.gemm(np.ones((2, 3)), np.ones((3, 2), F32), Posit(8, 0))

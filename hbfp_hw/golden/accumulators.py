@@ -20,7 +20,7 @@ import numpy as np
 from hbfp_hw.formats import EXACT_MAX_KBLOCKS, SR_RANDOM_BITS, Accumulator
 from hbfp_hw.golden import prng
 
-__all__ = ["start", "accumulator_seed", "bf16_add", "exact_width", "ACC_SEED_XOR"]
+__all__ = ["start", "accumulator_seed", "bf16_add", "exact_width", "Exact", "ACC_SEED_XOR"]
 
 #: ``bf16-sr`` draws its random bits from the PRNG seeded with ``seed ^ ACC_SEED_XOR``, where
 #: ``seed`` is the GEMM's (A's) seed: a stream apart from both operands' (numerics.md 6.3).
@@ -50,7 +50,7 @@ def start(accumulator, fmts, rows, ncols, kblocks, seed=None):
     if accumulator is Accumulator.FP32_KAHAN:
         return _Kahan(shape)
     if accumulator is Accumulator.EXACT:
-        return _Exact(shape, fmts)
+        return Exact(shape, exact_width(fmts))
     rand = None
     if accumulator is Accumulator.BF16_SR:
         # C element (i, j) is lane i * ncols + j; k-block kb takes the state after kb + 1 steps.
@@ -237,16 +237,17 @@ _LIMB = 32
 _LIMB_MASK = (1 << _LIMB) - 1
 
 
-class _Exact:
+class Exact:
     """A two's-complement fixed-point accumulator in 32-bit limbs (held in int64 and carried
-    at the end), one per element of the tile: ``limbs[i, j]`` is limb ``i`` of element ``j``."""
+    at the end), one per element of an array of ``shape``: ``limbs[i, j]`` is limb ``i`` of
+    element ``j``. ``width = (lowest weight, bits)`` (:func:`exact_width`)."""
 
     every_kblock = False
     exact = True
 
-    def __init__(self, shape, fmts):
+    def __init__(self, shape, width):
         self.shape = shape
-        self.lowest, bits = exact_width(fmts)
+        self.lowest, bits = width
         self.nlimbs = -(-bits // _LIMB) + 3        # room for a 53-bit value at the top
         self.size = int(np.prod(shape))
         self.limbs = np.zeros((self.nlimbs, self.size), dtype=np.int64)

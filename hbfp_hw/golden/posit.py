@@ -12,6 +12,10 @@ look-ups (built once per element type, at most 2**17 entries):
   and nothing rounds to zero or beyond ``maxpos`` (saturation to ``minpos``/``maxpos``).
   Where the cut falls inside the exponent field that boundary is not the arithmetic midpoint
   of the two codes' values: that is the standard's rounding, which SoftPosit implements.
+
+:func:`gemm` multiplies posit matrices with a **quire**: every product is exact and the sums
+over K are exact (the fixed-point accumulator of numerics.md 6.4, sized for the posit type),
+rounded once to FP32.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from hbfp_hw.formats import Posit
+from hbfp_hw.formats import EXACT_MAX_KBLOCKS, Posit
+from hbfp_hw.golden.accumulators import Exact
+from hbfp_hw.golden.arith import CANONICAL_NAN
 
-__all__ = ["decode", "encode", "code_values", "code_dtype"]
+__all__ = ["decode", "encode", "code_values", "code_dtype", "quire_width", "gemm"]
 
 
 def code_dtype(element):
@@ -119,3 +125,48 @@ def encode(x, element):
     code = np.where(mag == 0, 0, code)
     code = np.where(np.isfinite(x), code, element.nar_code)
     return code.astype(code_dtype(element))
+
+
+def quire_width(element):
+    """``(lowest weight, bits)`` of the quire of ``element`` for up to
+    :data:`~hbfp_hw.formats.EXACT_MAX_KBLOCKS` products: from ``minpos**2`` to ``maxpos**2``,
+    plus 21 carry bits and a sign (118 bits for ``posit(8, 2)``, against the standard's 128
+    with 31 carry bits), and 53 bits below for the golden model's float64 products."""
+    element = _check(element)
+    span = 2 * element.max_exponent
+    lowest = -span - 53
+    return lowest, 2 * span + 53 + EXACT_MAX_KBLOCKS.bit_length() + 1
+
+
+def gemm(a, b, element):
+    """``a @ b`` in posits with a quire: both operands rounded to ``element`` (:func:`encode`),
+    every product exact, the sum over K exact, rounded once to FP32 (nearest-even, subnormals,
+    overflow to Inf). A NaR in row ``m`` of ``a`` or column ``n`` of ``b`` makes ``C[m, n]``
+    the canonical NaN.
+
+    Parameters
+    ----------
+    a, b : float32 arrays ``[M, K]`` and ``[K, N]``
+    element : Posit
+    """
+    element = _check(element)
+    a, b = np.asarray(a), np.asarray(b)
+    for name, x in (("a", a), ("b", b)):
+        if x.dtype != np.float32 or x.ndim != 2:
+            raise TypeError(f"{name} must be a 2-D float32 array")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"a's columns must equal b's rows (K), not {a.shape[1]} and "
+                         f"{b.shape[0]}")
+    if a.shape[1] > EXACT_MAX_KBLOCKS:
+        raise ValueError(f"the quire sums at most {EXACT_MAX_KBLOCKS} products, not K = "
+                         f"{a.shape[1]}")
+    va = decode(encode(a, element), element)
+    vb = decode(encode(b, element), element)
+    nar = np.isnan(va).any(axis=1)[:, None] | np.isnan(vb).any(axis=0)[None, :]
+    va, vb = np.nan_to_num(va), np.nan_to_num(vb)
+    quire = Exact((a.shape[0], b.shape[1]), quire_width(element))
+    for k in range(a.shape[1]):
+        p = va[:, k, None] * vb[None, k, :]         # exact: at most 34 significant bits
+        frac, ex = np.frexp(p)
+        quire.add_exact(k, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
+    return np.where(nar, CANONICAL_NAN, quire.result()).astype(np.float32)
