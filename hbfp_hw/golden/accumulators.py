@@ -35,18 +35,19 @@ def accumulator_seed(seed):
     return (prng.check_seed(seed) ^ ACC_SEED_XOR) & 0xFFFFFFFF
 
 
-def start(accumulator, fmts, rows, ncols, kblocks, seed=None):
+def start(accumulator, fmts, rows, ncols, kblocks, seed=None, out=None):
     """Return an accumulator for rows ``rows = (r0, r1)`` of a ``C`` with ``ncols`` columns.
 
     Its ``add(kb, p)`` takes k-block ``kb``'s FP32 block products ``p [r1-r0, ncols]`` (for
     ``exact``: ``add_exact(kb, n, e)``, the exact products ``n * 2**e``, int64 ``|n| < 2**53``),
     and ``result()`` returns the sums. ``every_kblock`` says whether a k-block whose products
-    are all zero must still be added (Kahan's compensation moves).
+    are all zero must still be added (Kahan's compensation moves). ``out`` (float32 zeros of
+    the tile's shape) is where ``fp32`` sums, and what its ``result()`` returns.
     """
     accumulator = Accumulator(accumulator)
     shape = (rows[1] - rows[0], ncols)
     if accumulator is Accumulator.FP32:
-        return _Fp32(shape)
+        return _Fp32(shape, out)
     if accumulator is Accumulator.FP32_KAHAN:
         return _Kahan(shape)
     if accumulator is Accumulator.EXACT:
@@ -63,8 +64,8 @@ class _Fp32:
     every_kblock = False
     exact = False
 
-    def __init__(self, shape):
-        self.acc = np.zeros(shape, dtype=np.float32)
+    def __init__(self, shape, out=None):
+        self.acc = np.zeros(shape, dtype=np.float32) if out is None else out
 
     def add(self, kb, p):
         np.add(self.acc, p, out=self.acc)

@@ -272,7 +272,7 @@ def _gemm_core(fa, fb, a_side, b_side, acc=(Accumulator.FP32, None)):
 
     def run_tile(tile):
         r0, r1 = tile
-        state = accumulators.start(kind, (fa, fb), tile, n, kblocks, acc_seed)
+        state = accumulators.start(kind, (fa, fb), tile, n, kblocks, acc_seed, out[r0:r1])
         out32 = np.empty((r1 - r0, n), dtype=np.float32)
         out64 = None
         is_active = np.zeros(kblocks, dtype=bool)
@@ -299,7 +299,9 @@ def _gemm_core(fa, fb, a_side, b_side, acc=(Accumulator.FP32, None)):
                                                        slice(r0, r1)):
                             out32[i, j] = round_int_to_float32(s, e)
                 state.add(kb, out32)
-        out[r0:r1] = state.result()
+        result = state.result()
+        if result.base is not out:
+            out[r0:r1] = result
 
     # Tiles are independent; numpy releases the GIL in BLAS and ufunc loops. BLAS itself is
     # kept single-threaded: its threading costs more than it gains on these thin GEMMs.
