@@ -179,3 +179,49 @@ def test_quire_errors():
         posit.gemm(np.ones((2, 3), F32), np.ones((4, 2), F32), Posit(8, 0))
     with pytest.raises(TypeError, match=r"^a must be a 2-D float32 array"):
         posit.gemm(np.ones((2, 3)), np.ones((3, 2), F32), Posit(8, 0))
+
+
+@pytest.mark.parametrize("element", [Posit(8, 0), Posit(16, 1), Posit(8, 2)],
+                         ids=lambda e: e.name)
+def test_quire_rounded_to_posit_against_softposit(element):
+    """Dot products accumulated in SoftPosit's quire and rounded to a posit (``toPosit``)
+    equal ``gemm(..., output="posit")``: random, cancelling, tiny and huge sums."""
+    sp = softposit_or_skip()
+    if element.es == 2:
+        def make(v):
+            return sp.posit_2(float(v), element.n)
+
+        def quire():
+            return sp.quire_2(element.n)
+    else:
+        kind = sp.posit8 if element.n == 8 else sp.posit16
+        quire = sp.quire8 if element.n == 8 else sp.quire16
+
+        def make(v):
+            return kind(float(v))
+    rng = np.random.default_rng(element.n * 7 + element.es)
+    for trial in range(60):
+        k = int(rng.integers(1, 40))
+        spread = element.max_exponent * (0.2 if trial % 3 else 0.9)
+        a = (rng.standard_normal(k) * np.exp2(rng.uniform(-spread, spread, k))).astype(F32)
+        b = (rng.standard_normal(k) * np.exp2(rng.uniform(-spread, spread, k))).astype(F32)
+        if trial % 5 == 0 and k > 1:
+            b[1], a[1] = -b[0], a[0]                         # an exact cancellation
+        q = quire()
+        for x, y in zip(a, b):
+            q.qma(make(x), make(y))
+        want = float(q.toPosit())
+        got = posit.gemm(a[None, :], b[:, None], element, output="posit")[0, 0]
+        assert float(got) == want, (trial, a, b)
+
+
+def test_encode_exact_ties_and_saturation():
+    """Exact values on a boundary go to the even code; beyond maxpos saturate."""
+    element = Posit(8, 2)
+    bounds = posit._boundaries(8, 2)
+    c = 0x3A                                           # the boundary between 0x3A and 0x3B
+    v = Fraction(float(bounds[c - 1]))
+    lowest = -200
+    ints = [int(v * 2 ** 200), int(v * 2 ** 200) + 1, -int(v * 2 ** 200), 1 << 260, 1]
+    got = posit.encode_exact(ints, lowest, element).tolist()
+    assert got == [0x3A, 0x3B, (-0x3A) & 0xFF, 0x7F, 0x01]

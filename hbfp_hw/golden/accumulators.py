@@ -282,6 +282,14 @@ class Exact:
     def result(self):
         return _limbs_to_float32(self.limbs, self.lowest).reshape(self.shape)
 
+    def integers(self):
+        """The exact sums as Python ints ``v`` (the value is ``v * 2**lowest``), a list in the
+        order of the flattened shape."""
+        limbs = self.limbs.copy()
+        _carry(limbs)
+        return [sum(int(limbs[i, j]) << (_LIMB * i) for i in range(self.nlimbs))
+                for j in range(self.size)]
+
 
 def _carry(limbs):
     """Propagate carries: every limb but the top one in ``[0, 2**32)``."""

@@ -20,6 +20,7 @@ rounded once to FP32.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -28,7 +29,8 @@ from hbfp_hw.formats import EXACT_MAX_KBLOCKS, Posit
 from hbfp_hw.golden.accumulators import Exact
 from hbfp_hw.golden.arith import CANONICAL_NAN
 
-__all__ = ["decode", "encode", "code_values", "code_dtype", "quire_width", "gemm"]
+__all__ = ["decode", "encode", "encode_exact", "code_values", "code_dtype", "quire_width",
+           "gemm"]
 
 
 def code_dtype(element):
@@ -138,18 +140,47 @@ def quire_width(element):
     return lowest, 2 * span + 53 + EXACT_MAX_KBLOCKS.bit_length() + 1
 
 
-def gemm(a, b, element):
+def encode_exact(values, lowest, element):
+    """Round exact values ``v * 2**lowest`` (Python ints ``v``) to ``element``'s codes, on the
+    encoding as :func:`encode` does (zero gives 0; no NaR). Returns a uint8/uint16 array."""
+    element = _check(element)
+    bounds = _boundaries(element.n, element.es)
+    scale = Fraction(2) ** lowest
+    out = []
+    for v in values:
+        x = Fraction(v) * scale
+        code = int(encode(np.float64(abs(x)), element))      # within one code of the answer
+        if x != 0:
+            # the exact comparison with the boundaries around it: B[c-2] < |x| < B[c-1]
+            while code > 1 and abs(x) <= Fraction(float(bounds[code - 2])):
+                code -= 1
+            while code < bounds.size + 1 and abs(x) >= Fraction(float(bounds[code - 1])):
+                code += 1
+            lo_tie = code > 1 and abs(x) == Fraction(float(bounds[code - 2]))
+            if lo_tie and code % 2 == 1:
+                code -= 1
+            if x < 0:
+                code = (-code) & ((1 << element.n) - 1)
+        out.append(code)
+    return np.array(out, dtype=code_dtype(element))
+
+
+def gemm(a, b, element, output="fp32"):
     """``a @ b`` in posits with a quire: both operands rounded to ``element`` (:func:`encode`),
-    every product exact, the sum over K exact, rounded once to FP32 (nearest-even, subnormals,
-    overflow to Inf). A NaR in row ``m`` of ``a`` or column ``n`` of ``b`` makes ``C[m, n]``
-    the canonical NaN.
+    every product exact, the sum over K exact, rounded once: to FP32 (``output="fp32"``,
+    nearest-even, subnormals, overflow to Inf) or to the posit (``output="posit"``, on the
+    encoding; the result is that posit's value as float32). A NaR in row ``m`` of ``a`` or
+    column ``n`` of ``b`` makes ``C[m, n]`` the canonical NaN.
 
     Parameters
     ----------
     a, b : float32 arrays ``[M, K]`` and ``[K, N]``
     element : Posit
+    output : {"fp32", "posit"}
     """
     element = _check(element)
+    if output not in ("fp32", "posit"):
+        raise ValueError(f"output must be 'fp32' or 'posit', not {output!r}")
     a, b = np.asarray(a), np.asarray(b)
     for name, x in (("a", a), ("b", b)):
         if x.dtype != np.float32 or x.ndim != 2:
@@ -169,4 +200,9 @@ def gemm(a, b, element):
         p = va[:, k, None] * vb[None, k, :]         # exact: at most 34 significant bits
         frac, ex = np.frexp(p)
         quire.add_exact(k, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
-    return np.where(nar, CANONICAL_NAN, quire.result()).astype(np.float32)
+    if output == "fp32":
+        out = quire.result()
+    else:
+        codes = encode_exact(quire.integers(), quire.lowest, element).reshape(quire.shape)
+        out = decode(codes, element).astype(np.float32)
+    return np.where(nar, CANONICAL_NAN, out).astype(np.float32)
