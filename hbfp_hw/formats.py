@@ -18,6 +18,7 @@ __all__ = [
     "Special",
     "ScaleRule",
     "Accumulator",
+    "as_accumulator",
     "ACCUMULATOR_SUFFIXES",
     "split_accumulator",
     "EXACT_MAX_KBLOCKS",
@@ -129,6 +130,12 @@ def _coerce_enum(enum_cls, name, value):
         allowed = ", ".join(repr(m.value) for m in enum_cls)
         raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
     raise TypeError(f"{name} must be a {enum_cls.__name__} or a string, not {value!r}")
+
+
+def as_accumulator(value, name="accumulator"):
+    """Return ``value`` (an :class:`Accumulator` or its name) as an :class:`Accumulator`;
+    ``ValueError``/``TypeError`` naming ``name`` and the allowed names otherwise."""
+    return _coerce_enum(Accumulator, name, value)
 
 
 def as_float_format(value, name="input_format"):

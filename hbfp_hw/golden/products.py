@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from hbfp_hw.formats import EXACT_MAX_KBLOCKS, Accumulator, resolve_format
+from hbfp_hw.formats import EXACT_MAX_KBLOCKS, Accumulator, as_accumulator, resolve_format
 from hbfp_hw.golden import accumulators, prng
 from hbfp_hw.golden.arith import (
     CANONICAL_NAN,
@@ -155,12 +155,7 @@ def _accumulation(fmt, accumulator, seed, kblocks):
     error); the seed only for ``bf16-sr`` (None draws a fresh one)."""
     acc = fmt.accumulator
     if accumulator is not None:
-        try:
-            given = Accumulator(accumulator)
-        except ValueError:
-            allowed = ", ".join(repr(a.value) for a in Accumulator)
-            raise ValueError(f"accumulator must be one of {allowed}, not {accumulator!r}") \
-                from None
+        given = as_accumulator(accumulator)
         if acc is not Accumulator.FP32 and given is not acc:
             raise ValueError(f"accumulator={given.value!r} conflicts with the format's "
                              f"accumulator {acc.value!r} ({fmt.name}); give one of them")

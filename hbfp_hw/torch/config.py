@@ -51,7 +51,13 @@ import fnmatch
 import re
 from dataclasses import dataclass, replace
 
-from hbfp_hw.formats import Accumulator, BFPFormat, check_operand_formats, resolve_format
+from hbfp_hw.formats import (
+    Accumulator,
+    BFPFormat,
+    as_accumulator,
+    check_operand_formats,
+    resolve_format,
+)
 from hbfp_hw.golden import prng
 from hbfp_hw.torch.backends import backend_key
 from hbfp_hw.torch.ops import format_args
@@ -181,12 +187,7 @@ class HBFPConfig:
         has another accumulator than FP32 is an error (docs/numerics.md 6)."""
         if accumulator is None:
             return self
-        try:
-            accumulator = Accumulator(accumulator)
-        except ValueError:
-            allowed = ", ".join(repr(a.value) for a in Accumulator)
-            raise ValueError(f"accumulator must be one of {allowed}, not {accumulator!r}") \
-                from None
+        accumulator = as_accumulator(accumulator)
 
         def change(role, fmt):
             if fmt is None:

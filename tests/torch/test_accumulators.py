@@ -21,6 +21,8 @@ from hbfp_hw.torch.autograd import batch_seeds, role_seeds
 from hbfp_hw.torch.backends import DeviceBackend
 from hbfp_hw.torch.conv import _im2col_t
 
+from .conftest import assert_compiled_matches_eager
+
 ACCUMULATORS = ["fp32-kahan", "bf16-rne", "bf16-sr", "exact"]
 
 
@@ -101,17 +103,7 @@ def test_op_carries_the_accumulator_through_the_dispatcher():
     torch.manual_seed(0)
     model = convert(torch.nn.Sequential(torch.nn.Linear(96, 8), torch.nn.ReLU(),
                                         torch.nn.Linear(8, 3)), "bfp8", accumulator="bf16-sr")
-    eager = model(a)
-    eager.sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    set_seed(model, step=0)                       # the eager step's seeds again
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    out = compiled(a)
-    out.sum().backward()
-    assert torch.equal(out, eager)
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    assert_compiled_matches_eager(model, a, reset=lambda: set_seed(model, step=0))
 
 
 def test_errors():

@@ -20,6 +20,8 @@ from hbfp_hw.torch import (
 )
 from hbfp_hw.torch.conv import _im2col_t
 
+from .conftest import assert_compiled_matches_eager
+
 E4M3, E5M2 = resolve_format("mxfp8_e4m3"), resolve_format("mxfp8_e5m2")
 FP8 = {"activations": "mxfp8_e4m3", "weights": "mxfp8_e4m3", "gradients": "mxfp8_e5m2"}
 
@@ -138,18 +140,7 @@ def test_convert_and_compile():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(40, 16), torch.nn.ReLU(),
                                 torch.nn.Linear(16, 3))
-    hmodel = convert(model, FP8)
-    x = wide(8, 40, seed=13)
-    eager = hmodel(x)
-    eager.sum().backward()
-    grads = [p.grad.clone() for p in hmodel.parameters()]
-    hmodel.zero_grad()
-    torch._dynamo.reset()
-    compiled = torch.compile(hmodel, backend="aot_eager", fullgraph=True)
-    out = compiled(x)
-    out.sum().backward()
-    assert torch.equal(out, eager)
-    assert all(torch.equal(p.grad, g) for p, g in zip(hmodel.parameters(), grads, strict=True))
+    assert_compiled_matches_eager(convert(model, FP8), wide(8, 40, seed=13))
 
 
 def test_stochastic_pair_seeds_each_operand():
