@@ -24,6 +24,7 @@ __all__ = [
     "EXACT_MAX_KBLOCKS",
     "Minifloat",
     "Posit",
+    "posit_format",
     "minifloat_format",
     "require_integer_elements",
     "check_operand_formats",
@@ -331,17 +332,40 @@ class BFPFormat:
             if rule is not ScaleRule.FLOOR:
                 raise ValueError(f"scale_rule must be 'floor' for integer elements, "
                                  f"not {rule.value!r}")
+        elif isinstance(self.element, Posit):
+            self._check_posit()
         elif not isinstance(self.element, Minifloat):
-            raise TypeError(f"element must be a Minifloat or None, not {self.element!r}")
+            raise TypeError(f"element must be a Minifloat, a Posit or None, not "
+                            f"{self.element!r}")
         elif self.mantissa_bits != self.element.width:
             raise ValueError(f"mantissa_bits must be the element's width "
                              f"{self.element.width} for {self.element.name} elements, "
                              f"not {self.mantissa_bits}")
 
+    def _check_posit(self):
+        el = self.element
+        if self.mantissa_bits != el.n:
+            raise ValueError(f"mantissa_bits must be the element's width {el.n} for "
+                             f"{el.name} elements, not {self.mantissa_bits}")
+        if self.scale_rule is not ScaleRule.FLOOR:
+            raise ValueError(f"scale_rule must be 'floor' for posit elements (plain posits "
+                             f"have no scale), not {self.scale_rule.value!r}")
+        if self.rounding is not Rounding.NEAREST_EVEN:
+            raise ValueError(f"rounding must be 'nearest-even' for posit elements (rounded on "
+                             f"the encoding), not {self.rounding.value!r}")
+        if self.accumulator is not Accumulator.EXACT:
+            raise ValueError(f"accumulator must be 'exact' for posit elements (their products "
+                             f"sum in the quire), not {self.accumulator.value!r}")
+
     @property
     def is_minifloat(self):
-        """Whether the elements are :class:`Minifloat` numbers (not integers)."""
-        return self.element is not None
+        """Whether the elements are :class:`Minifloat` numbers."""
+        return isinstance(self.element, Minifloat)
+
+    @property
+    def is_posit(self):
+        """Whether the elements are :class:`Posit` numbers (plain: no shared scale)."""
+        return isinstance(self.element, Posit)
 
     @property
     def element_name(self):
@@ -353,7 +377,10 @@ class BFPFormat:
     @property
     def max_mantissa(self):
         """Largest element magnitude as an integer: ``2**(w-1) - 1`` (the clamp is symmetric);
-        for minifloat elements ``max_normal * 2**fraction_bits`` (229,376 for E4M3)."""
+        for minifloat elements ``max_normal * 2**fraction_bits`` (229,376 for E4M3); for posit
+        elements, whose :class:`BFPTensor` holds codes, the largest positive code."""
+        if self.is_posit:
+            return (1 << (self.element.n - 1)) - 1
         if self.element is not None:
             return self.element.max_int
         return (1 << (self.mantissa_bits - 1)) - 1
@@ -361,7 +388,9 @@ class BFPFormat:
     @property
     def fraction_bits(self):
         """Number of fractional bits of an element relative to ``2**E``: ``w - 2``; for
-        minifloat elements the element's ``m + bias - 1``."""
+        minifloat elements the element's ``m + bias - 1``; 0 for posit elements (codes)."""
+        if self.is_posit:
+            return 0
         if self.element is not None:
             return self.element.fraction_bits
         return self.mantissa_bits - 2
@@ -369,7 +398,10 @@ class BFPFormat:
     @property
     def element_emax(self):
         """``floor(log2)`` of the largest element magnitude relative to ``2**E``: 0 for
-        integer elements, 8 for E4M3. The scale rules subtract it from ``log2 amax``."""
+        integer elements, 8 for E4M3, ``log2 maxpos`` for posits. The scale rules subtract
+        it from ``log2 amax``."""
+        if self.is_posit:
+            return self.element.max_exponent
         return 0 if self.element is None else self.element.emax
 
     @property
@@ -400,7 +432,11 @@ class BFPFormat:
     @property
     def product_bits(self):
         """Full width of the exact integer block dot product: ``2w + ceil(log2(block_size))``
-        for integer elements (``w - 1`` magnitude bits and a sign per operand)."""
+        for integer elements (``w - 1`` magnitude bits and a sign per operand); for posit
+        elements the quire's, from ``minpos**2`` to ``maxpos**2`` with carry bits for the
+        block and a sign."""
+        if self.is_posit:
+            return 4 * self.element.max_exponent + (self.block_size - 1).bit_length() + 1
         operand = self.max_mantissa.bit_length() + 1
         return 2 * operand + (self.block_size - 1).bit_length()
 
@@ -412,6 +448,8 @@ class BFPFormat:
                 return preset_name
         suffix = {Rounding.NEAREST_EVEN: "", Rounding.TOWARD_ZERO: "_tz",
                   Rounding.STOCHASTIC: "_sr"}[self.rounding]
+        if self.is_posit:                       # the quire is part of a posit format
+            return f"{self.element.name}b{self.block_size}"
         if self.accumulator is not Accumulator.FP32:
             base = self.replace(accumulator=Accumulator.FP32).name
             return f"{base}_{self.accumulator.value.replace('-', '')}"
@@ -460,7 +498,8 @@ class BFPFormat:
         element = d.get("element")
         return cls(int(d["mantissa_bits"]), int(d["block_size"]),
                    d.get("rounding", "nearest-even"), int(d.get("exponent_bits", 8)),
-                   None if element is None else Minifloat.from_dict(element),
+                   None if element is None else
+                   (Posit if "posit_n" in element else Minifloat).from_dict(element),
                    d.get("scale_rule", "floor"), d.get("accumulator", "fp32"))
 
 
@@ -526,6 +565,16 @@ class Posit:
         return cls(int(d["posit_n"]), int(d["posit_es"]))
 
 
+def posit_format(n, es, block_size=16):
+    """Return a :class:`BFPFormat` of plain ``posit(n, es)`` elements (numerics.md 7): no
+    shared scale (the blocks' exponent is 0), rounded on the encoding, the products of a GEMM
+    summed exactly in the quire (``accumulator="exact"``). ``block_size`` only groups the
+    elements of a :class:`~hbfp_hw.golden.BFPTensor` (the quire makes it irrelevant to the
+    result)."""
+    element = Posit(n, es)
+    return BFPFormat(element.n, block_size, element=element, accumulator=Accumulator.EXACT)
+
+
 def minifloat_format(exponent_bits, mantissa_bits, block_size=32, *, special="ieee", bias=None,
                      rounding=Rounding.NEAREST_EVEN, scale_rule=ScaleRule.FLOOR,
                      scale_bits=8):
@@ -549,6 +598,9 @@ def check_operand_formats(fa, fb):
                          f"exponent's width, not {fa.name} (block {fa.block_size}, "
                          f"{fa.exponent_bits}-bit exponent) and {fb.name} (block "
                          f"{fb.block_size}, {fb.exponent_bits}-bit exponent)")
+    if fa.is_posit != fb.is_posit:
+        raise ValueError(f"posit elements meet posit elements only (in the quire), not "
+                         f"{fa.name} and {fb.name}")
     if fa.accumulator is not fb.accumulator:
         raise ValueError(f"the operands' formats must have the same accumulator (a GEMM has "
                          f"one), not {fa.name} ({fa.accumulator}) and {fb.name} "
@@ -559,8 +611,9 @@ def require_integer_elements(fmt, where):
     """Raise ``ValueError`` if ``fmt`` has minifloat elements, which ``where`` (a phrase such as
     ``"the RTL generators"``) does not implement yet; return ``fmt`` otherwise."""
     if getattr(fmt, "element", None) is not None:
+        kind = "posit" if fmt.is_posit else "minifloat"
         raise ValueError(
-            f"fmt {fmt.name!r} has {fmt.element.name} minifloat elements, which {where} does "
+            f"fmt {fmt.name!r} has {fmt.element.name} {kind} elements, which {where} does "
             f"not implement yet (integer-element formats only: BFP presets and mxint8); the "
             f"golden model and the PyTorch emulation compute it")
     return fmt
@@ -593,6 +646,11 @@ PRESETS = {
     "bm8_e4m3": minifloat_format(4, 3, 16, special="none", bias=0),
     "bm6_e2m3": minifloat_format(2, 3, 16, special="none", bias=0),
     "bm6_e3m2": minifloat_format(3, 2, 16, special="none", bias=0),
+    # Plain posits (no shared scale; products summed in the quire): PositNN's posit8 with
+    # es 0 and es 2 (the 2022 standard's), and SoftPosit's posit16.
+    "posit8_es0": posit_format(8, 0),
+    "posit8_es2": posit_format(8, 2),
+    "posit16_es1": posit_format(16, 1),
 }
 
 DEFAULT_FORMAT = BFP8

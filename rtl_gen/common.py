@@ -56,7 +56,7 @@ def check_rtl_format(fmt, *, minifloat=False):
     """
     if not isinstance(fmt, BFPFormat):
         raise TypeError(f"fmt must be a BFPFormat, not {fmt!r}")
-    if not minifloat:
+    if not minifloat or fmt.is_posit:
         require_integer_elements(fmt, "this RTL unit")
     if fmt.accumulator is not Accumulator.FP32:
         raise ValueError(f"fmt {fmt.name!r} accumulates in {fmt.accumulator}, which the RTL "

@@ -177,8 +177,10 @@ class TestPresets:
         integer = {"bfp8", "mxint8", "bfp2", "bfp4", "bfp6", "bfp12", "bfp16"}
         minifloat = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1",
                      "bm8_e2m5", "bm8_e4m3", "bm6_e2m3", "bm6_e3m2"}
-        assert set(PRESETS) == integer | minifloat
+        posits = {"posit8_es0", "posit8_es2", "posit16_es1"}
+        assert set(PRESETS) == integer | minifloat | posits
         assert {n for n, f in PRESETS.items() if f.is_minifloat} == minifloat
+        assert {n for n, f in PRESETS.items() if f.is_posit} == posits
         for fmt in PRESETS.values():
             assert fmt.rounding is Rounding.NEAREST_EVEN
             assert fmt.exponent_bits == 8
@@ -202,7 +204,8 @@ class TestResolve:
                            match=(r"^fmt must be a BFPFormat or one of the presets bfp8, "
                                   r"mxint8, bfp2, bfp4, bfp6, bfp12, bfp16, mxfp8_e4m3, "
                                   r"mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4_e2m1, bm8_e2m5, "
-                                  r"bm8_e4m3, bm6_e2m3, bm6_e3m2 \(optionally with an "
+                                  r"bm8_e4m3, bm6_e2m3, bm6_e3m2, posit8_es0, posit8_es2, "
+                                  r"posit16_es1 \(optionally with an "
                                   r"accumulator suffix: _fp32kahan, _bf16rne, _bf16sr, "
                                   r"_exact\), not 'bfp9'$")):
             resolve_format("bfp9")
@@ -257,7 +260,7 @@ class TestNameAndDict:
 class TestAccumulator:
     """The accumulator field (docs/numerics.md 6): names, suffixed preset names, dicts."""
 
-    @pytest.mark.parametrize("preset", sorted(PRESETS))
+    @pytest.mark.parametrize("preset", sorted(n for n, f in PRESETS.items() if not f.is_posit))
     @pytest.mark.parametrize("acc", [a for a in Accumulator if a is not Accumulator.FP32])
     def test_suffixed_names_round_trip(self, preset, acc):
         fmt = PRESETS[preset].replace(accumulator=acc)

@@ -122,7 +122,7 @@ class TestFormat:
         with pytest.raises(ValueError, match=r"^scale_rule must be one of 'floor', 'ceil', "
                                              r"'rceil', not 'round'$"):
             minifloat_format(4, 3, scale_rule="round")
-        with pytest.raises(TypeError, match=r"^element must be a Minifloat or None"):
+        with pytest.raises(TypeError, match=r"^element must be a Minifloat, a Posit or None"):
             BFPFormat(8, 32, element="e4m3")
 
     def test_unknown_preset_lists_the_names(self):

@@ -225,3 +225,69 @@ def test_encode_exact_ties_and_saturation():
     ints = [int(v * 2 ** 200), int(v * 2 ** 200) + 1, -int(v * 2 ** 200), 1 << 260, 1]
     got = posit.encode_exact(ints, lowest, element).tolist()
     assert got == [0x3A, 0x3B, (-0x3A) & 0xFF, 0x7F, 0x01]
+
+
+# -- posit formats: the presets through the golden model's API --------------------------------
+
+POSIT_PRESETS = ["posit8_es0", "posit8_es2", "posit16_es1"]
+
+
+@pytest.mark.parametrize("name", POSIT_PRESETS)
+def test_presets_quantize_and_gemm(name):
+    """``quantize(x, preset).dequantize()`` is each value rounded to the posit and back;
+    ``gemm`` is the quire GEMM (``golden.posit.gemm``), equal through ``gemm_quantized`` and
+    block by block through ``dot`` plus the exact sum; codes round-trip."""
+    from hbfp_hw import golden
+    from hbfp_hw.formats import PRESETS
+
+    fmt = PRESETS[name]
+    assert fmt.is_posit and not fmt.is_minifloat and fmt.accumulator.value == "exact"
+    rng = np.random.default_rng(len(name))
+    a = (rng.standard_normal((6, 70)) * np.exp2(rng.integers(-8, 8, (6, 70)))).astype(F32)
+    b = rng.standard_normal((70, 5)).astype(F32)
+    a[0, 3] = np.nan
+    q = golden.quantize(a, fmt, axis=1)
+    rounded = posit.decode(posit.encode(a, fmt.element), fmt.element).astype(F32)
+    deq = q.dequantize()
+    assert np.isnan(deq[0, :16]).all()                            # a NaR makes a NaN block
+    assert np.array_equal(deq[0, 16:], rounded[0, 16:]) and np.array_equal(deq[1:], rounded[1:])
+    c = golden.gemm(a, b, fmt)
+    assert np.array_equal(c.view(np.uint32), posit.gemm(a, b, fmt.element).view(np.uint32))
+    qb = golden.quantize(b, fmt, axis=0)
+    assert np.array_equal(golden.gemm_quantized(q, qb).view(np.uint32), c.view(np.uint32))
+    again = golden.BFPTensor.from_codes(q.exponent_codes, q.element_codes(), fmt, q.shape, 1)
+    assert np.array_equal(again.mantissas, q.mantissas) and np.array_equal(again.exponents,
+                                                                           q.exponents)
+    # block dot products: each one the exact sum of its products, rounded once
+    from .golden_reference import ref_round_to_fp32
+    dots = golden.dot(q, q)
+    va = posit.decode(q.mantissas, fmt.element)
+    for i in range(1, 3):
+        for kb in range(q.nblocks):
+            total = sum(Fraction(float(x)) ** 2 for x in va[i, kb])
+            assert dots.view(np.uint32)[i, kb] == ref_round_to_fp32(total)
+    assert np.all(np.isnan(dots[0, 0]))
+
+
+def test_posit_format_errors():
+    from hbfp_hw import golden
+    from hbfp_hw.formats import PRESETS, BFPFormat, posit_format
+
+    with pytest.raises(ValueError, match=r"^accumulator must be 'exact' for posit elements"):
+        BFPFormat(8, 16, element=Posit(8, 0))
+    with pytest.raises(ValueError, match=r"^rounding must be 'nearest-even' for posit"):
+        BFPFormat(8, 16, "stochastic", element=Posit(8, 0), accumulator="exact")
+    with pytest.raises(ValueError, match=r"^mantissa_bits must be the element's width 8"):
+        BFPFormat(6, 16, element=Posit(8, 0), accumulator="exact")
+    with pytest.raises(ValueError, match=r"posit elements meet posit elements only"):
+        golden.gemm(np.ones((1, 16), F32), np.ones((16, 1), F32),
+                    (PRESETS["posit8_es0"], PRESETS["bfp8"].replace(accumulator="exact")))
+    with pytest.raises(ValueError, match=r"accumulator='fp32-kahan' conflicts with the "
+                                         r"format's accumulator 'exact'"):
+        golden.gemm(np.ones((1, 16), F32), np.ones((16, 1), F32), "posit8_es2",
+                    accumulator="fp32-kahan")
+    assert posit_format(8, 2, 8).name == "posit8_es2b8"
+    from hbfp_hw.rtl_gen.common import check_rtl_format
+    with pytest.raises(ValueError, match=r"has posit8_es2 posit elements, which this RTL unit "
+                                         r"does not implement yet"):
+        check_rtl_format(PRESETS["posit8_es2"], minifloat=True)

@@ -203,14 +203,22 @@ def int_list(flag, lo=None, hi=None, *, power_of_two=False, why=""):
 # -- formats ------------------------------------------------------------------------------------
 
 #: The presets with integer elements: the ones `demo` and `build` take so far.
-INTEGER_PRESETS = [name for name, fmt in PRESETS.items() if not fmt.is_minifloat]
+INTEGER_PRESETS = [name for name, fmt in PRESETS.items() if fmt.element is None]
+#: The posit presets: only the commands that run the golden model and PyTorch take them.
+POSIT_PRESETS = [name for name, fmt in PRESETS.items() if fmt.is_posit]
 
 
 def _preset(flag, text, allow_fp32=False, minifloat=False, accumulators=False):
     key = str(text).strip().lower()
     if allow_fp32 and key == "fp32":
         return "fp32"
-    names = (["fp32"] if allow_fp32 else []) + (list(PRESETS) if minifloat else INTEGER_PRESETS)
+    names = (["fp32"] if allow_fp32 else []) + (
+        [n for n in PRESETS if accumulators or n not in POSIT_PRESETS] if minifloat
+        else INTEGER_PRESETS)
+    if key in POSIT_PRESETS and not accumulators:
+        raise argparse.ArgumentTypeError(
+            f"{flag} {key}: posit elements run in the golden model and PyTorch (hbfp-hw "
+            f"train) only so far; this command takes {', '.join(names)}")
     base, accumulator = split_accumulator(key)
     if base in PRESETS and accumulator is not Accumulator.FP32:
         if not accumulators:

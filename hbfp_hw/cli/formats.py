@@ -35,7 +35,9 @@ def run(args):
     for fmt, d in zip(PRESETS.values(), rows):
         mark = "  (default)" if d["default"] else ""
         if fmt.is_minifloat:
-            mark += "  (not yet: demo, build)"
+            mark += "  (not yet: build)"
+        elif fmt.is_posit:
+            mark += "  (golden model and PyTorch only; MAC width: the quire's)"
         print(f"{d['name']:11} {fmt.element_name:13} {d['mantissa_bits']:>3} {d['block_size']:>5} "
               f"{d['rounding']:13} {d['exponent_bits']:>8} {d['product_bits']:>9}{mark}")
     cli_args.write_json(args.json, {"presets": rows})

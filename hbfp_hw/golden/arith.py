@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from hbfp_hw.formats import CANONICAL_NAN_BITS, check_operand_formats, resolve_format
+from hbfp_hw.golden import posit
+from hbfp_hw.golden.accumulators import Exact
 from hbfp_hw.golden.quantizer import BFPTensor
 
 __all__ = [
@@ -183,6 +185,25 @@ def dot(a, b):
     except ValueError:
         raise ValueError(f"a and b must have broadcastable block grids, not "
                          f"{a.exponents.shape} and {b.exponents.shape}") from None
+    if a.fmt.is_posit:
+        return _posit_dot(a, b)
     s = int_dot(a.mantissas, b.mantissas)
     ep, nan = product_exponent(a.exponents, b.exponents, a.fmt, b.fmt)
     return to_float32(s, ep, nan)
+
+
+def _posit_dot(a, b):
+    """Block dot products of posit BFPTensors: exact products summed in the quire, rounded
+    once to FP32 (numerics.md 7); NaN where either block is a NaN block."""
+    va = posit.decode(a.mantissas, a.fmt.element)
+    vb = posit.decode(b.mantissas, b.fmt.element)
+    va, vb = np.broadcast_arrays(va, vb)
+    shape = va.shape[:-1]
+    lowest = min(posit.quire_width(f.element)[0] for f in (a.fmt, b.fmt))
+    top = max(sum(posit.quire_width(f.element)) for f in (a.fmt, b.fmt))
+    quire = Exact(shape, (lowest, top - lowest))
+    for t in range(va.shape[-1]):
+        frac, ex = np.frexp(va[..., t] * vb[..., t])           # exact products
+        quire.add_exact(t, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
+    nan = np.broadcast_to(a.nan_mask, shape) | np.broadcast_to(b.nan_mask, shape)
+    return np.where(nan, CANONICAL_NAN, quire.result()).astype(np.float32)

@@ -25,9 +25,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from hbfp_hw.formats import EXACT_MAX_KBLOCKS, Posit
+from hbfp_hw.formats import CANONICAL_NAN_BITS, EXACT_MAX_KBLOCKS, Posit
 from hbfp_hw.golden.accumulators import Exact
-from hbfp_hw.golden.arith import CANONICAL_NAN
+
+_CANONICAL_NAN = np.uint32(CANONICAL_NAN_BITS).view(np.float32)
 
 __all__ = ["decode", "encode", "encode_exact", "code_values", "code_dtype", "quire_width",
            "gemm"]
@@ -175,12 +176,15 @@ def gemm(a, b, element, output="fp32"):
     Parameters
     ----------
     a, b : float32 arrays ``[M, K]`` and ``[K, N]``
-    element : Posit
+    element : Posit, or a pair (A's, B's)
     output : {"fp32", "posit"}
     """
-    element = _check(element)
+    ea, eb = element if isinstance(element, tuple) else (element, element)
+    ea, eb = _check(ea), _check(eb)
     if output not in ("fp32", "posit"):
         raise ValueError(f"output must be 'fp32' or 'posit', not {output!r}")
+    if output == "posit" and ea != eb:
+        raise ValueError("output='posit' needs one posit type for both operands")
     a, b = np.asarray(a), np.asarray(b)
     for name, x in (("a", a), ("b", b)):
         if x.dtype != np.float32 or x.ndim != 2:
@@ -188,21 +192,57 @@ def gemm(a, b, element, output="fp32"):
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"a's columns must equal b's rows (K), not {a.shape[1]} and "
                          f"{b.shape[0]}")
-    if a.shape[1] > EXACT_MAX_KBLOCKS:
-        raise ValueError(f"the quire sums at most {EXACT_MAX_KBLOCKS} products, not K = "
-                         f"{a.shape[1]}")
-    va = decode(encode(a, element), element)
-    vb = decode(encode(b, element), element)
+    va = decode(encode(a, ea), ea)
+    vb = decode(encode(b, eb), eb)
+    return quire_gemm(va, vb, (ea, eb), None if output == "fp32" else ea)
+
+
+def _grid(v):
+    """``(lowest set bit, leading bit + 1)`` exponents over the nonzero finite float64
+    values ``v`` (``None`` if there are none)."""
+    v = np.abs(v[np.isfinite(v) & (v != 0)])
+    if not v.size:
+        return None
+    frac, ex = np.frexp(v)
+    n = (frac * float(1 << 53)).astype(np.int64)
+    _, low = np.frexp((n & -n).astype(np.float64))          # lowest set bit of n, plus 1
+    return int((ex - 53 + low - 1).min()), int(ex.max())
+
+
+def quire_gemm(va, vb, elements, posit_output=None):
+    """The quire GEMM of posit values ``va [M, K]`` and ``vb [K, N]`` (float64, NaN for NaR)
+    of types ``elements = (A's, B's)``: FP32 results, or with ``posit_output`` (a Posit)
+    the values of the posits the exact sums round to.
+
+    Where the data keep every partial sum on a grid of at most 53 bits (the span from the
+    smallest nonzero bit of either operand's products to their largest sum), one float64
+    matrix product is exact and is rounded once; otherwise the products go through the
+    fixed-point accumulator one K at a time.
+    """
+    k = va.shape[1]
+    if k > EXACT_MAX_KBLOCKS:
+        raise ValueError(f"the quire sums at most {EXACT_MAX_KBLOCKS} products, not K = {k}")
     nar = np.isnan(va).any(axis=1)[:, None] | np.isnan(vb).any(axis=0)[None, :]
     va, vb = np.nan_to_num(va), np.nan_to_num(vb)
-    quire = Exact((a.shape[0], b.shape[1]), quire_width(element))
-    for k in range(a.shape[1]):
-        p = va[:, k, None] * vb[None, k, :]         # exact: at most 34 significant bits
-        frac, ex = np.frexp(p)
-        quire.add_exact(k, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
-    if output == "fp32":
-        out = quire.result()
+    ga, gb = _grid(va), _grid(vb)
+    shape = (va.shape[0], vb.shape[1])
+    if ga is None or gb is None:
+        out = np.zeros(shape, dtype=np.float32)
+    elif posit_output is None and \
+            (ga[1] + gb[1] + (k - 1).bit_length()) - (ga[0] + gb[0]) <= 53:
+        out = (va @ vb).astype(np.float32)              # exact, then the one rounding
     else:
-        codes = encode_exact(quire.integers(), quire.lowest, element).reshape(quire.shape)
-        out = decode(codes, element).astype(np.float32)
-    return np.where(nar, CANONICAL_NAN, out).astype(np.float32)
+        widths = [quire_width(e) for e in elements]
+        lowest = min(w[0] for w in widths)
+        quire = Exact(shape, (lowest, max(w[0] + w[1] for w in widths) - lowest))
+        for i in range(k):
+            p = va[:, i, None] * vb[None, i, :]         # exact: at most 34 significant bits
+            frac, ex = np.frexp(p)
+            quire.add_exact(i, (frac * float(1 << 53)).astype(np.int64),
+                            ex.astype(np.int64) - 53)
+        if posit_output is None:
+            out = quire.result()
+        else:
+            codes = encode_exact(quire.integers(), quire.lowest, posit_output)
+            out = decode(codes.reshape(shape), posit_output).astype(np.float32)
+    return np.where(nar, _CANONICAL_NAN, out).astype(np.float32)

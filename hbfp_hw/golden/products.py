@@ -16,7 +16,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from hbfp_hw.formats import EXACT_MAX_KBLOCKS, Accumulator, as_accumulator, resolve_format
-from hbfp_hw.golden import accumulators, prng
+from hbfp_hw.golden import accumulators, posit, prng
 from hbfp_hw.golden.arith import (
     CANONICAL_NAN,
     canonicalize_nan,
@@ -131,6 +131,9 @@ def gemm_quantized(qa, qb, *, accumulator=None, seed=None):
         raise ValueError(f"qa and qb must have the same number of k-blocks, not {qa.nblocks} "
                          f"and {qb.nblocks}")
     acc = _accumulation(qa.fmt, accumulator, seed, qa.nblocks)
+    if qa.fmt.is_posit:
+        return posit.quire_gemm(_posit_values(qa), _posit_values(qb).T,
+                                (qa.fmt.element, qb.fmt.element))
     sides = []
     spans = not _float64_exact(qa.fmt, qb.fmt)
     for q in (qa, qb):
@@ -147,6 +150,14 @@ def gemm_quantized(qa, qb, *, accumulator=None, seed=None):
     # B's values as [KB, N, Ncols]: one contiguous slab per k-block.
     b_vals = np.ascontiguousarray(b_vals.transpose(1, 2, 0))
     return _gemm_core(qa.fmt, qb.fmt, (a_vals, *a_rest), (b_vals, *b_rest), acc)
+
+
+def _posit_values(q):
+    """The values ``[rows, K]`` of a posit BFPTensor quantized along K (float64; NaN
+    throughout NaN blocks)."""
+    v = posit.decode(q.mantissas, q.fmt.element)
+    v = np.where(q.nan_mask[..., None], np.nan, v)
+    return v.reshape(v.shape[0], -1)
 
 
 def _accumulation(fmt, accumulator, seed, kblocks):
@@ -421,6 +432,11 @@ def gemm(a, b, fmt, seed=None, input_format="fp32", *, accumulator=None):
                          f"{b.shape[0]}")
     if min(a.shape + b.shape) < 1:
         raise ValueError(f"M, N and K must be at least 1, not shapes {a.shape} and {b.shape}")
+    if fa.is_posit:
+        _accumulation(fa, accumulator, None, 1)             # only "exact" agrees
+        return posit.quire_gemm(posit.decode(posit.encode(a, fa.element), fa.element),
+                                posit.decode(posit.encode(b, fb.element), fb.element),
+                                (fa.element, fb.element))
     kblocks = -(-a.shape[1] // fa.block_size)
     acc = _accumulation(fa, accumulator, None, kblocks)
     if seed is None and ("stochastic" in (fa.rounding.value, fb.rounding.value)

@@ -22,7 +22,7 @@ from hbfp_hw.formats import (
     as_float_format,
     resolve_format,
 )
-from hbfp_hw.golden import minifloat, prng
+from hbfp_hw.golden import minifloat, posit, prng
 
 __all__ = ["BFPTensor", "quantize", "to_bf16", "check_float_input"]
 
@@ -38,7 +38,8 @@ class BFPTensor:
     mantissas : numpy.ndarray of int32 (int64 if ``fmt.max_mantissa`` needs it)
         Shape ``(*batch, nblocks, block_size)``: the elements as signed integers,
         ``|m| <= fmt.max_mantissa``, each worth ``m * 2**(E - fmt.fraction_bits)`` (for
-        minifloat elements, the integer on the element's grid); 0 in NaN blocks.
+        minifloat elements, the integer on the element's grid; for posit elements, whose
+        ``E`` is 0, their codes); 0 in NaN blocks.
     fmt : BFPFormat
     shape : tuple
         Shape of the tensor that was quantized.
@@ -74,6 +75,8 @@ class BFPTensor:
         integer elements, (sign, exponent field, fraction) for minifloat ones; uint8, or
         uint16 above 8 bits. NaN blocks hold zeros."""
         fmt = self.fmt
+        if fmt.is_posit:
+            return self.mantissas.astype(posit.code_dtype(fmt.element))
         if fmt.element is not None:
             return minifloat.encode(self.mantissas, fmt.element)
         mask = (1 << fmt.mantissa_bits) - 1
@@ -108,7 +111,12 @@ class BFPTensor:
                              f"for exponent_codes of shape {ecodes.shape}, not {codes.shape}")
         if np.any((ecodes < 0) | (ecodes > fmt.nan_code)):
             raise ValueError(f"exponent_codes must be between 0 and {fmt.nan_code}")
-        if fmt.element is not None:
+        if fmt.is_posit:
+            if np.any((codes < 0) | (codes >= 1 << fmt.element.n)):
+                raise ValueError(f"element_codes must be {fmt.element.n}-bit posit codes")
+            mant = codes
+            nan = (ecodes == fmt.nan_code) | (codes == fmt.element.nar_code).any(axis=-1)
+        elif fmt.element is not None:
             mant, special = minifloat.decode(codes, fmt.element)
             nan = (ecodes == fmt.nan_code) | special.any(axis=-1)
         else:
@@ -137,9 +145,12 @@ class BFPTensor:
     def dequantize(self):
         """Return the exact float32 values ``m * 2**(E - (w-2))`` in the original shape.
 
-        Every element of a NaN block is NaN.
+        Every element of a NaN block is NaN. Posit elements are their codes' values.
         """
-        values = self.mantissas.astype(np.float32) * self.scales()[..., None]
+        if self.fmt.is_posit:
+            values = posit.decode(self.mantissas, self.fmt.element).astype(np.float32)
+        else:
+            values = self.mantissas.astype(np.float32) * self.scales()[..., None]
         values = np.where(self.nan_mask[..., None], np.float32(np.nan), values)
         length = self.shape[self.axis]
         values = values.reshape(*values.shape[:-2], -1)[..., :length]
@@ -401,6 +412,13 @@ def quantize(x, fmt, axis=-1, seed=None, input_format="fp32"):
     """
     arr, fmt, axis, seed = _check_quantize_args(x, fmt, axis, seed, input_format)
     blocks = _to_blocks(arr, axis, fmt.block_size)
+    if fmt.is_posit:
+        # plain posits: each element rounded on its own, no scale; a NaR makes a NaN block
+        codes = posit.encode(blocks, fmt.element).astype(np.int32)
+        nar = (codes == fmt.element.nar_code).any(axis=-1)
+        codes = np.where(nar[..., None], 0, codes)
+        exps = np.where(nar, fmt.nan_exponent, 0).astype(np.int16)
+        return BFPTensor(exps, codes, fmt, tuple(arr.shape), axis)
     exps, n, _, _ = _quantize_core(blocks, fmt, _random_for(blocks.shape, fmt, seed))
     return BFPTensor(exps[..., 0].astype(np.int16), n.astype(_mantissa_dtype(fmt)), fmt,
                      tuple(arr.shape), axis)

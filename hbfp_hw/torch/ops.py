@@ -3,19 +3,18 @@
 ``hbfp::gemm(Tensor a, Tensor b, int mantissa_bits, int block_size, str rounding,
 int exponent_bits, Tensor seed, str backend, str element="", str format_b="",
 str accumulator="") -> Tensor``
-computes the HBFP product of 2-D float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3)
-on the backend named by ``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``element`` is
-empty for integer elements, else the minifloat element and scale rule as
-``"e,m,special,bias,rule"``; ``format_b`` is empty when ``b`` is quantized like ``a``, else
-``b``'s whole format, ``"mantissa_bits,block_size,rounding,exponent_bits[;element]"``
-(per-operand formats, numerics.md 5.4; :func:`format_args`); ``accumulator`` is empty for
-FP32 accumulation, else the accumulator's name (numerics.md 6). ``seed`` is a 0-d int64
-tensor, so that per-step seeds flow through compiled graphs as data. The op has a fake
-(meta) implementation, so shapes propagate through ``torch.compile``, ``torch.export`` and
-FakeTensor tracing; it has no autograd formula of its own: :mod:`hbfp_hw.torch.autograd`
-builds the three GEMMs of a layer from it. In plain eager mode (CPU tensors, no compile,
-tracing or dispatch mode) :func:`role_gemm` calls the backend directly, which is what the
-op's CPU kernel does.
+computes the HBFP product of 2-D float32 ``a [M, K]`` and ``b [K, N]`` (docs/numerics.md 3.3) on
+the backend named by ``backend`` (a key of :mod:`hbfp_hw.torch.backends`). ``element`` is empty
+for integer elements, else the minifloat element and scale rule as ``"e,m,special,bias,rule"``
+or the posit type as ``"posit,n,es"``; ``format_b`` is empty when ``b`` is quantized like ``a``,
+else ``b``'s whole format, ``"mantissa_bits,block_size,rounding,exponent_bits[;element]"``
+(per-operand formats, numerics.md 5.4; :func:`format_args`); ``accumulator`` is empty for FP32
+accumulation, else the accumulator's name (numerics.md 6). ``seed`` is a 0-d int64 tensor, so
+that per-step seeds flow through compiled graphs as data. The op has a fake (meta)
+implementation, so shapes propagate through ``torch.compile``, ``torch.export`` and FakeTensor
+tracing; it has no autograd formula of its own: :mod:`hbfp_hw.torch.autograd` builds the three
+GEMMs of a layer from it. In plain eager mode (CPU tensors, no compile, tracing or dispatch
+mode) :func:`role_gemm` calls the backend directly, which is what the op's CPU kernel does.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from hbfp_hw.formats import (
     Accumulator,
     BFPFormat,
     Minifloat,
+    Posit,
     Rounding,
     check_operand_formats,
     resolve_format,
@@ -69,7 +69,9 @@ def format_args(fmt):
         spec_b = ",".join(str(v) for v in args_b[:4]) + (f";{args_b[4]}" if args_b[4] else "")
         return _with_accumulator((*args_a[:5], spec_b), fa.accumulator)
     args = (fmt.mantissa_bits, fmt.block_size, fmt.rounding.value, fmt.exponent_bits)
-    if fmt.element is not None:
+    if fmt.is_posit:
+        args = (*args, f"posit,{fmt.element.n},{fmt.element.es}")
+    elif fmt.element is not None:
         el = fmt.element
         args = (*args, f"{el.exponent_bits},{el.mantissa_bits},{el.special.value},{el.bias},"
                        f"{fmt.scale_rule.value}")
@@ -114,6 +116,10 @@ def _single_format(mantissa_bits, block_size, rounding, exponent_bits, element="
     if not element:
         return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits,
                          accumulator=accumulator)
+    if element.startswith("posit,"):
+        _, n, es = element.split(",")
+        return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits,
+                         Posit(int(n), int(es)), accumulator=accumulator)
     e, m, special, bias, rule = element.split(",")
     return BFPFormat(mantissa_bits, block_size, rounding, exponent_bits,
                      Minifloat(int(e), int(m), special, int(bias)), rule, accumulator)

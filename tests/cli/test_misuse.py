@@ -125,6 +125,8 @@ CORPUS = [
     ("sweep", ["--formats", "mxfp8_e4m3,mxfp9"], "--formats"),
     ("sweep", ["--formats", ","], "--formats"),
     ("sweep", ["--formats", "mxint8_exact"], "--formats"),
+    ("sweep", ["--formats", "posit8_es2"], "--formats"),
+    ("demo", ["--format", "posit8_es0"], "--format"),
     ("sweep", ["--block-size", "128"], "--block-size"),
     ("sweep", ["--block-size", ","], "--block-size"),
     ("sweep", ["--seeds", "-1"], "--seeds"),
