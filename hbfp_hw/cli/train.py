@@ -33,7 +33,8 @@ def add_parser(sub):
                         "Minifloat presets with --backend emulate; A/G: activations and "
                         "weights in A, gradients in G, e.g. mxfp8_e4m3/mxfp8_e5m2; a suffix "
                         "_fp32kahan, _bf16rne, _bf16sr or _exact sets the GEMMs' accumulator, "
-                        "e.g. bfp8_bf16sr, with --backend emulate)")
+                        "e.g. bfp8_bf16sr; the posits posit8_es0, posit8_es2, posit16_es1 with "
+                        "a quire; these with --backend emulate)")
     p.add_argument("--formats", metavar="LIST",
                    type=cli_args.format_names(minifloat=True, operand_pairs=True,
                                               accumulators=True),
