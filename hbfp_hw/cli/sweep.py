@@ -258,6 +258,7 @@ def run(args):
               "command resumes where this one stopped", file=sys.stderr)
         return 130
     doc["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    doc["options"]["formats"] = [f.name for f in args.formats]      # JSON: names, not objects
     if args.with_accuracy:
         # The command line, not the sweep, joins the hardware rows and the accuracy results.
         from .sweep_accuracy import AccuracyUnavailable, attach_accuracy
@@ -340,6 +341,7 @@ def _run_fill_chip(args):
               "command resumes where this one stopped", file=sys.stderr)
         return 130
     doc["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    doc["options"]["formats"] = [f.name for f in args.formats]      # JSON: names, not objects
     print(format_fill_chip(doc))
     plot = args.plot or (str(Path(args.out) / "fill_chip.png") if args.out else None)
     try:

@@ -719,6 +719,17 @@ def test_cli_end_to_end(fake_tools, tmp_path, capsys):
     assert doc["options"]["mantissa_bits"] == [4, 8]
 
 
+def test_cli_json_names_the_preset_formats(fake_tools, tmp_path):
+    """``--formats`` presets are points of their own, and the JSON names them (it held the
+    format objects, which JSON cannot write)."""
+    argv = ["sweep", "--mantissa-bits", "4", "--block-size", "8", "--formats", "bfp4",
+            "--full-chip", "none", "--seeds", "1", "--quiet", "--json", str(tmp_path / "s.json")]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert [r["label"] for r in doc["points"]] == ["fp32-mac", "w4b8", "bfp4"]
+    assert doc["options"]["formats"] == ["bfp4"]
+
+
 def test_cli_reports_broken_points(fake_tools, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_NEXTPNR", "crash")
     argv = ["sweep", "--mantissa-bits", "4", "--block-size", "8", "--seeds", "1", "--quiet",
