@@ -279,6 +279,12 @@ class Exact:
             np.negative(part, out=part, where=negative)
             flat[index + i * self.size] += part
 
+    def add_values(self, kb, values):
+        """Add float64 ``values`` shaped like the tile, each an exact product (its 53-bit
+        significand and exponent go in as they are)."""
+        frac, ex = np.frexp(values)
+        self.add_exact(kb, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
+
     def result(self):
         return _limbs_to_float32(self.limbs, self.lowest).reshape(self.shape)
 

@@ -6,7 +6,6 @@ import numpy as np
 
 from hbfp_hw.formats import CANONICAL_NAN_BITS, check_operand_formats, resolve_format
 from hbfp_hw.golden import posit
-from hbfp_hw.golden.accumulators import Exact
 from hbfp_hw.golden.quantizer import BFPTensor
 
 __all__ = [
@@ -199,11 +198,8 @@ def _posit_dot(a, b):
     vb = posit.decode(b.mantissas, b.fmt.element)
     va, vb = np.broadcast_arrays(va, vb)
     shape = va.shape[:-1]
-    lowest = min(posit.quire_width(f.element)[0] for f in (a.fmt, b.fmt))
-    top = max(sum(posit.quire_width(f.element)) for f in (a.fmt, b.fmt))
-    quire = Exact(shape, (lowest, top - lowest))
+    quire = posit.new_quire(shape, (a.fmt.element, b.fmt.element))
     for t in range(va.shape[-1]):
-        frac, ex = np.frexp(va[..., t] * vb[..., t])           # exact products
-        quire.add_exact(t, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
+        quire.add_values(t, va[..., t] * vb[..., t])           # exact products
     nan = np.broadcast_to(a.nan_mask, shape) | np.broadcast_to(b.nan_mask, shape)
     return np.where(nan, CANONICAL_NAN, quire.result()).astype(np.float32)

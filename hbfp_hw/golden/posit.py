@@ -31,7 +31,7 @@ from hbfp_hw.golden.accumulators import Exact
 _CANONICAL_NAN = np.uint32(CANONICAL_NAN_BITS).view(np.float32)
 
 __all__ = ["decode", "encode", "encode_exact", "code_values", "code_dtype", "quire_width",
-           "gemm"]
+           "new_quire", "quire_gemm", "gemm"]
 
 
 def code_dtype(element):
@@ -166,6 +166,14 @@ def encode_exact(values, lowest, element):
     return np.array(out, dtype=code_dtype(element))
 
 
+def new_quire(shape, elements):
+    """A quire per element of ``shape`` for products of posit types ``elements = (A's,
+    B's)``: wide enough for both (:func:`quire_width`)."""
+    widths = [quire_width(e) for e in elements]
+    lowest = min(w[0] for w in widths)
+    return Exact(shape, (lowest, max(w[0] + w[1] for w in widths) - lowest))
+
+
 def gemm(a, b, element, output="fp32"):
     """``a @ b`` in posits with a quire: both operands rounded to ``element`` (:func:`encode`),
     every product exact, the sum over K exact, rounded once: to FP32 (``output="fp32"``,
@@ -232,14 +240,9 @@ def quire_gemm(va, vb, elements, posit_output=None):
             (ga[1] + gb[1] + (k - 1).bit_length()) - (ga[0] + gb[0]) <= 53:
         out = (va @ vb).astype(np.float32)              # exact, then the one rounding
     else:
-        widths = [quire_width(e) for e in elements]
-        lowest = min(w[0] for w in widths)
-        quire = Exact(shape, (lowest, max(w[0] + w[1] for w in widths) - lowest))
+        quire = new_quire(shape, elements)
         for i in range(k):
-            p = va[:, i, None] * vb[None, i, :]         # exact: at most 34 significant bits
-            frac, ex = np.frexp(p)
-            quire.add_exact(i, (frac * float(1 << 53)).astype(np.int64),
-                            ex.astype(np.int64) - 53)
+            quire.add_values(i, va[:, i, None] * vb[None, i, :])   # exact: 34 bits at most
         if posit_output is None:
             out = quire.result()
         else:

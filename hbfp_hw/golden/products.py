@@ -336,8 +336,7 @@ def _add_exact_values(state, kb, values, fa, fb, a_side, b_side, rows):
         fixes = list(_exact_pairs(fa, fb, a_side, b_side, kb, rows))
         for i, j, _, _ in fixes:
             values[i, j] = 0
-    frac, ex = np.frexp(values)
-    state.add_exact(kb, (frac * float(1 << 53)).astype(np.int64), ex.astype(np.int64) - 53)
+    state.add_values(kb, values)
     if rows is not None:
         for i, j, s, e in fixes:
             one = np.zeros(values.shape, dtype=object)
@@ -437,13 +436,11 @@ def gemm(a, b, fmt, seed=None, input_format="fp32", *, accumulator=None):
         return posit.quire_gemm(posit.decode(posit.encode(a, fa.element), fa.element),
                                 posit.decode(posit.encode(b, fb.element), fb.element),
                                 (fa.element, fb.element))
-    kblocks = -(-a.shape[1] // fa.block_size)
-    acc = _accumulation(fa, accumulator, None, kblocks)
-    if seed is None and ("stochastic" in (fa.rounding.value, fb.rounding.value)
-                         or acc[0].stochastic):
+    if seed is None and "stochastic" in (fa.rounding.value, fb.rounding.value):
         seed = prng.fresh_seed()
-    if acc[0].stochastic:
-        acc = _accumulation(fa, accumulator, seed, kblocks)
+    acc = _accumulation(fa, accumulator, seed, -(-a.shape[1] // fa.block_size))
+    if seed is None:
+        seed = acc[1]                 # a fresh seed drawn for a stochastic accumulator only
     seed_b = None if seed is None else (prng.check_seed(seed) + 1) % (1 << 32)
     spans = not _float64_exact(fa, fb)
     return _gemm_core(fa, fb, _operand_a(a, fa, seed, spans),
